@@ -1,0 +1,179 @@
+"""Starting and stopping a box, from the supervisor (trio) side.
+
+Process tree::
+
+    supervisor ── outer (new user namespace; waits) ── box init (pid 1 of the new
+                                                        pid/mount/net/ipc/uts/cgroup namespaces)
+
+The outer process exists because a user namespace's id map must be written
+from outside it (newuidmap needs the target pid), and because a new pid
+namespace only applies to children.  Each link dies with its parent
+(PR_SET_PDEATHSIG), and when box init dies the kernel kills every process of
+its pid namespace: nothing of a box can outlive the supervisor.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+from typing import Any, NoReturn
+
+import trio
+
+from . import boxinit, protocol
+from . import syscalls as sc
+from .errors import SetupError
+from .mounts import Layout
+from .stub import stub_binary
+from .userns import IdMap, write_single_map
+
+_NAMESPACES = (
+    sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
+)
+_CLOSE_TIMEOUT = 5.0
+
+
+class Box:
+    """One live box: namespaces, root filesystem, and box init waiting for run requests."""
+
+    def __init__(self, layout: Layout, ids: IdMap) -> None:
+        self.layout = layout
+        self.ids = ids
+        self._sock: trio.socket.SocketType | None = None
+        self._pid = 0
+        self._pidfd = -1
+        self._send_lock = trio.Lock()
+
+    async def start(self) -> None:
+        stub = stub_binary()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        unshared_r, unshared_w = os.pipe()
+        mapped_r, mapped_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            parent.close()
+            _outer(self.layout, self.ids, stub, child, unshared_w, mapped_r, os.getppid())
+        self._pid, self._pidfd = pid, os.pidfd_open(pid)
+        self._sock = trio.socket.from_stdlib_socket(parent)
+        for fd in (child.detach(), unshared_w, mapped_r):
+            os.close(fd)
+        try:
+            if self.ids.mode == "range":
+                await self._map_ids(unshared_r, mapped_w)
+            reply, _ = await protocol.arecv(self._sock)
+        except EOFError:
+            reply = {"error": "box init exited during setup"}
+        except BaseException:
+            await self.aclose()
+            raise
+        finally:
+            os.close(unshared_r)
+            os.close(mapped_w)
+        if "error" in reply:
+            await self.aclose()
+            raise SetupError(reply["error"])
+
+    async def _map_ids(self, unshared_r: int, mapped_w: int) -> None:
+        await trio.lowlevel.wait_readable(unshared_r)
+        if os.read(unshared_r, 1) != b"u":
+            return  # the outer process failed; its error arrives on the socket
+        for tool, args in (("newuidmap", self.ids.uid_map_args()), ("newgidmap", self.ids.gid_map_args())):
+            proc = await trio.run_process([tool, str(self._pid), *args], capture_stderr=True, check=False,
+                                          stdout=subprocess.DEVNULL)
+            if proc.returncode != 0:
+                detail = proc.stderr.decode(errors="replace").strip().splitlines()
+                raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
+        os.write(mapped_w, b"g")
+
+    async def request(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
+        """Send one run request and wait for its reply.
+
+        `fds` (the program's stdin, stdout, stderr) are closed once sent: the
+        output pipes must reach EOF when the last process of the run dies.
+        """
+        assert self._sock is not None, "box is not started"
+        try:
+            async with self._send_lock:
+                await protocol.asend(self._sock, msg, fds)
+        finally:
+            for fd in fds:
+                os.close(fd)
+        try:
+            reply, _ = await protocol.arecv(self._sock)
+        except EOFError:
+            raise SetupError("box init died during the run") from None
+        return reply
+
+    async def kill_run(self, reason: str) -> None:
+        """Ask box init to end the current run now (box init ignores this when idle)."""
+        assert self._sock is not None
+        async with self._send_lock:
+            try:
+                await protocol.asend(self._sock, {"kill": reason})
+            except OSError:
+                pass
+
+    async def aclose(self) -> None:
+        """Close the control socket (box init exits on EOF); SIGKILL the outer process if that is slow."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._pidfd < 0:
+            return
+        with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
+            await trio.lowlevel.wait_readable(self._pidfd)
+        if scope.cancelled_caught:
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+        os.waitpid(self._pid, 0)
+        os.close(self._pidfd)
+        self._pidfd = -1
+
+    async def __aenter__(self) -> Box:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _outer(layout: Layout, ids: IdMap, stub: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int) -> NoReturn:
+    """The outer process: new user namespace, id map, the other namespaces, then box init as its child."""
+    try:
+        signal.set_wakeup_fd(-1)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)
+        _close_all_but({0, 1, 2, sock.fileno(), unshared_w, mapped_r})
+        sc.unshare(sc.CLONE_NEWUSER)
+        if ids.mode == "single":
+            write_single_map(ids)
+        else:
+            os.write(unshared_w, b"u")
+            if os.read(mapped_r, 1) != b"g":
+                os._exit(1)
+        os.close(unshared_w)
+        os.close(mapped_r)
+        sc.unshare(_NAMESPACES)
+        pid = os.fork()
+        if pid == 0:
+            boxinit.main(layout, ids, sock, stub)
+        sock.close()
+        _, status = os.waitpid(pid, 0)
+        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+    except BaseException as e:  # noqa: BLE001 - report anything, never return into the supervisor's code
+        try:
+            protocol.send(sock, {"error": e.strerror if isinstance(e, OSError) and e.strerror else str(e)})
+        finally:
+            os._exit(1)
+
+
+def _close_all_but(keep: set[int]) -> None:
+    """Drop every fd inherited from the supervisor (other boxes' sockets, trio's epoll) but `keep`."""
+    low = 0
+    for fd in sorted(keep):
+        if fd > low:
+            sc.close_range(low, fd - 1)
+        low = fd + 1
+    sc.close_range(low)

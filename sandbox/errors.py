@@ -1,0 +1,36 @@
+"""Typed errors of the public API.
+
+Each maps to one precise line on the command line and to an exit status, so a
+caller can tell "the sandbox could not be built" (125) from "the program could
+not be executed" (126/127) without parsing messages.
+"""
+
+from __future__ import annotations
+
+
+class SandboxError(Exception):
+    """Base class: anything that stopped the sandbox from producing a result."""
+
+    exit_status = 125
+
+
+class ConfigError(SandboxError):
+    """Bad input from the caller: a malformed size, a missing bind source, an unknown option."""
+
+
+class SetupError(SandboxError):
+    """The machine refused to build the box (namespaces, mounts, uid mapping)."""
+
+
+class ExecError(SandboxError):
+    """The program itself could not be started inside the box."""
+
+    def __init__(self, message: str, errno: int) -> None:
+        super().__init__(message)
+        self.errno = errno
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        import errno as _errno
+
+        return 127 if self.errno == _errno.ENOENT else 126

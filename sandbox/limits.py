@@ -1,0 +1,72 @@
+"""Resource limits of a run, and the parsing of their command-line spellings."""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+
+from .errors import ConfigError
+
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(i?B)?", re.IGNORECASE)
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def parse_size(text: str, what: str = "size") -> int:
+    """`256M`, `1G`, `65536`, `1.5GiB` -> bytes; binary units as isolate and go-judge use them."""
+    m = _SIZE.fullmatch(text.strip())
+    if not m:
+        raise ConfigError(f"{what}: invalid size {text!r} (expected e.g. 65536, 256M, 1G)")
+    value = float(m.group(1)) * _UNITS[m.group(2).upper()]
+    if value < 1:
+        raise ConfigError(f"{what}: size {text!r} must be at least one byte")
+    return int(value)
+
+
+def parse_seconds(text: str, what: str = "time") -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"{what}: invalid number of seconds {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{what}: {text!r} must be a positive number of seconds")
+    return value
+
+
+def parse_count(text: str, what: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(f"{what}: invalid count {text!r}") from None
+    if value < 1:
+        raise ConfigError(f"{what}: {text!r} must be at least 1")
+    return value
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-run limits; None means "not limited".
+
+    The defaults are what a sandbox for untrusted code should never run without:
+    a process cap against fork bombs, bounded captured output, bounded file
+    size and open files, and no core dumps (always).
+    """
+
+    cpu_time: float | None = None
+    wall_time: float | None = None
+    memory: int | None = None
+    pids: int | None = 64
+    output: int | None = 64 * 2**20
+    file_size: int | None = 1 * 2**30
+    open_files: int = 256
+    stack: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("cpu_time", "wall_time"):
+            v = getattr(self, name)
+            if v is not None and (not math.isfinite(v) or v <= 0):
+                raise ConfigError(f"{name}: must be a positive number of seconds, not {v!r}")
+        for name in ("memory", "pids", "output", "file_size", "open_files", "stack"):
+            v = getattr(self, name)
+            if v is not None and (not isinstance(v, int) or v < 1):
+                raise ConfigError(f"{name}: must be a positive integer, not {v!r}")

@@ -1,0 +1,59 @@
+"""Messages between the supervisor and box init: one JSON object per SOCK_SEQPACKET datagram, fds alongside.
+
+SEQPACKET keeps message boundaries and delivers the fds with the message
+they belong to, so no framing or fd bookkeeping is needed on either side.
+Box init uses the blocking half (it has no event loop); the supervisor the
+trio half.
+"""
+
+from __future__ import annotations
+
+import array
+import json
+import socket
+from typing import Any
+
+import trio
+
+MAX_MESSAGE = 1 << 20
+MAX_FDS = 8
+_ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
+
+Message = dict[str, Any]
+
+
+def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    return [json.dumps(msg).encode()], anc
+
+
+def _decode(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:
+    fds: list[int] = []
+    for level, kind, payload in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
+            fds.extend(a)
+    if not data:
+        raise EOFError("peer closed the control socket")
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        raise ValueError("control message truncated")
+    return json.loads(data), fds
+
+
+def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> None:
+    sock.sendmsg(*_encode(msg, fds or []))
+
+
+def recv(sock: socket.socket) -> tuple[Message, list[int]]:
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+    return _decode(data, anc, flags)
+
+
+async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | None = None) -> None:
+    await sock.sendmsg(*_encode(msg, fds or []))
+
+
+async def arecv(sock: trio.socket.SocketType) -> tuple[Message, list[int]]:
+    data, anc, flags, _ = await sock.recvmsg(MAX_MESSAGE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+    return _decode(data, anc, flags)

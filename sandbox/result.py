@@ -1,0 +1,53 @@
+"""The result record of a run (a contract: see DESIGN.md)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from enum import Enum
+
+
+class Status(str, Enum):
+    OK = "OK"
+    RE = "RE"
+    SG = "SG"
+    TLE = "TLE"
+    WLE = "WLE"
+    MLE = "MLE"
+    OLE = "OLE"
+    SV = "SV"
+    IE = "IE"
+
+
+@dataclass
+class Result:
+    status: Status
+    exit_code: int | None
+    signal: int | None
+    cpu_time: float
+    wall_time: float
+    memory_peak: int
+    syscall: str | None = None
+    message: str = ""
+    enforcement: dict[str, str] = field(default_factory=dict)
+    stdout: bytes = field(default=b"", repr=False)
+    stderr: bytes = field(default=b"", repr=False)
+
+    def record(self) -> dict[str, object]:
+        """The JSON record: every contract field, never the captured output."""
+        d = asdict(self)
+        del d["stdout"], d["stderr"]
+        d["status"] = self.status.value
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.record(), sort_keys=True)
+
+    @property
+    def shell_status(self) -> int:
+        """The exit status a shell expects: the program's own, or 128+N for signal N."""
+        if self.status is Status.IE:
+            return 125
+        if self.signal is not None:
+            return 128 + self.signal
+        return self.exit_code if self.exit_code is not None else 125

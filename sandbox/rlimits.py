@@ -1,0 +1,36 @@
+"""How `Limits` become setrlimit calls in the program's process.
+
+Computed by the supervisor and applied verbatim by the child, so box init
+holds no policy.  Each rlimit is either the limit itself or a backstop for a
+limit that is really enforced elsewhere (CPU time by the run monitor).
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+
+from .limits import Limits
+from .userns import IdMap
+
+Rlimit = tuple[int, int, int]
+
+
+def rlimits(limits: Limits, ids: IdMap) -> list[Rlimit]:
+    out: list[Rlimit] = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files)]
+    if limits.cpu_time is not None:
+        # The monitor kills within a millisecond of the limit; this only catches a monitor that failed.
+        soft = math.ceil(limits.cpu_time) + 1
+        out.append((resource.RLIMIT_CPU, soft, soft + 1))
+    if limits.memory is not None:
+        out.append((resource.RLIMIT_AS, limits.memory, limits.memory))
+    if limits.pids is not None:
+        # Counted per (user namespace, uid) since Linux 5.14, so per box.  The exec stub shares the
+        # program's uid, and so does box init in single mode.
+        n = limits.pids + 1 + (1 if ids.init_shares_program_uid else 0)
+        out.append((resource.RLIMIT_NPROC, n, n))
+    if limits.file_size is not None:
+        out.append((resource.RLIMIT_FSIZE, limits.file_size, limits.file_size))
+    if limits.stack is not None:
+        out.append((resource.RLIMIT_STACK, limits.stack, limits.stack))
+    return out

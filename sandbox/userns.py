@@ -1,0 +1,143 @@
+"""User-namespace id mapping: who is who inside the box.
+
+Two shapes, chosen once per box:
+
+* ``range``: the caller has an /etc/subuid and /etc/subgid range and the
+  setuid helpers newuidmap/newgidmap exist.  Box root (uid 0) is the caller,
+  uids 1..N are the subordinate range, and the program runs as uid 1000 of
+  that range: a host uid of its own, so it cannot signal, ptrace or read the
+  files of box init or of the supervisor even if it escaped a check.
+* ``single``: only the caller's own uid is mapped (setgroups denied), the
+  program keeps that uid inside and loses every capability.  This is what
+  bubblewrap does and works everywhere unprivileged user namespaces do.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import grp
+import shutil
+from dataclasses import dataclass
+from typing import Literal
+
+from .errors import ConfigError, SetupError
+
+PROGRAM_ID = 1000
+"""The uid and gid the program runs as inside a ``range`` box."""
+
+IdmapMode = Literal["auto", "range", "single"]
+
+
+@dataclass(frozen=True)
+class IdMap:
+    mode: Literal["range", "single"]
+    outer_uid: int
+    outer_gid: int
+    subuid: tuple[int, int] | None = None
+    subgid: tuple[int, int] | None = None
+
+    @property
+    def program_uid(self) -> int:
+        return PROGRAM_ID if self.mode == "range" else self.outer_uid
+
+    @property
+    def program_gid(self) -> int:
+        return PROGRAM_ID if self.mode == "range" else self.outer_gid
+
+    @property
+    def init_shares_program_uid(self) -> bool:
+        """In single mode box init counts against the program's RLIMIT_NPROC."""
+        return self.mode == "single"
+
+    def describe(self) -> str:
+        if self.mode == "range":
+            assert self.subuid and self.subgid
+            return (
+                f"range: box root = host uid {self.outer_uid}, program uid {PROGRAM_ID} = host uid "
+                f"{self.subuid[0] + PROGRAM_ID - 1} (subuid {self.subuid[0]}+{self.subuid[1]})"
+            )
+        return f"single: only host uid {self.outer_uid} mapped (no subuid range); program keeps it, no capabilities"
+
+    def uid_map_args(self) -> list[str]:
+        assert self.subuid
+        return ["0", str(self.outer_uid), "1", "1", str(self.subuid[0]), str(self.subuid[1])]
+
+    def gid_map_args(self) -> list[str]:
+        assert self.subgid
+        return ["0", str(self.outer_gid), "1", "1", str(self.subgid[0]), str(self.subgid[1])]
+
+
+def subordinate_range(path: str, uid: int, name: str | None) -> tuple[int, int] | None:
+    """The first usable `name:start:count` (or `uid:start:count`) line of /etc/subuid or /etc/subgid."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        parts = line.strip().split(":")
+        if len(parts) != 3 or parts[0] not in {name, str(uid)}:
+            continue
+        try:
+            start, count = int(parts[1]), int(parts[2])
+        except ValueError:
+            continue
+        if count >= PROGRAM_ID:
+            return start, count
+    return None
+
+
+def detect(mode: IdmapMode = "auto") -> IdMap:
+    uid, gid = os.getuid(), os.getgid()
+    if mode == "single":
+        return IdMap("single", uid, gid)
+    if mode not in ("auto", "range"):
+        raise ConfigError(f"--idmap: unknown mode {mode!r} (expected auto, range or single)")
+    reason = range_unavailable_reason(uid)
+    if reason is None:
+        user = _user_name(uid)
+        group = _group_name(gid)
+        subuid = subordinate_range("/etc/subuid", uid, user)
+        subgid = subordinate_range("/etc/subgid", gid, user) or subordinate_range("/etc/subgid", gid, group)
+        assert subuid is not None
+        if subgid is not None:
+            return IdMap("range", uid, gid, subuid, subgid)
+        reason = f"no /etc/subgid range of at least {PROGRAM_ID} ids for {user}"
+    if mode == "range":
+        raise SetupError(f"--idmap range: {reason}")
+    return IdMap("single", uid, gid)
+
+
+def range_unavailable_reason(uid: int) -> str | None:
+    for helper in ("newuidmap", "newgidmap"):
+        if shutil.which(helper) is None:
+            return f"{helper} not found (install package uidmap)"
+    user = _user_name(uid)
+    if subordinate_range("/etc/subuid", uid, user) is None:
+        return f"no /etc/subuid range of at least {PROGRAM_ID} ids for {user}"
+    return None
+
+
+def write_single_map(ids: IdMap) -> None:
+    """Map only the caller; called by the process that just unshared its user namespace."""
+    with open("/proc/self/setgroups", "w") as f:
+        f.write("deny")
+    with open("/proc/self/uid_map", "w") as f:
+        f.write(f"{ids.outer_uid} {ids.outer_uid} 1\n")
+    with open("/proc/self/gid_map", "w") as f:
+        f.write(f"{ids.outer_gid} {ids.outer_gid} 1\n")
+
+
+def _user_name(uid: int) -> str | None:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return None
+
+
+def _group_name(gid: int) -> str | None:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return None

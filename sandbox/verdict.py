@@ -1,0 +1,68 @@
+"""From what box init measured to a `Result`: the order in which causes win.
+
+A limit the sandbox enforced wins over what it caused (a TLE kill shows as
+SIGKILL, an output cap as SIGPIPE), and a run that used more CPU than allowed
+is TLE even if it managed to exit first, as in every judge.
+"""
+
+from __future__ import annotations
+
+import os
+import signal as signals
+from typing import Any
+
+from .limits import Limits
+from .result import Result, Status
+
+MLE_INFERENCE = 0.8
+"""Under an address-space rlimit a failed allocation is invisible from outside; a run that failed with a
+peak RSS above this fraction of the limit is reported MLE (cgroups make this exact)."""
+
+
+def _signame(sig: int) -> str:
+    try:
+        return signals.Signals(sig).name
+    except ValueError:
+        return f"signal {sig}"
+
+
+def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
+            enforcement: dict[str, str]) -> Result:
+    wstatus = reply["wait_status"]
+    exit_code = sig = None
+    if wstatus is not None:
+        code = os.waitstatus_to_exitcode(wstatus)
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+    cpu, wall, peak = reply["cpu_time"], reply["wall_time"], reply["memory_peak"]
+    killed = reply["killed"]
+    failed = sig is not None or exit_code != 0
+
+    def result(status: Status, message: str) -> Result:
+        return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement)
+
+    if output_exceeded or killed == "OLE":
+        return result(Status.OLE, f"output limit of {limits.output} bytes exceeded")
+    if killed == "TLE" or sig == signals.SIGXCPU or (limits.cpu_time is not None and cpu > limits.cpu_time):
+        return result(Status.TLE, f"CPU time limit {limits.cpu_time:.3f} s exceeded ({cpu:.3f} s)")
+    if killed == "WLE":
+        return result(Status.WLE, f"wall time limit {limits.wall_time:.3f} s exceeded")
+    if killed is not None:
+        return result(Status.IE, f"run stopped: {killed}")
+    if sig == signals.SIGXFSZ:
+        return result(Status.OLE, f"file size limit of {limits.file_size} bytes exceeded")
+    if failed and limits.memory is not None and peak >= MLE_INFERENCE * limits.memory:
+        return result(Status.MLE, f"memory limit {limits.memory} bytes reached (peak RSS {peak} bytes)")
+    if sig is not None:
+        return result(Status.SG, f"killed by {_signame(sig)}")
+    if exit_code:
+        return result(Status.RE, f"exited with status {exit_code}")
+    return result(Status.OK, "exited normally")
+
+
+def enforcement(limits: Limits) -> dict[str, str]:
+    """Which mechanism enforces each limit that is set (never claim one that is not)."""
+    mechanisms = {
+        "cpu_time": "monitor", "wall_time": "monitor", "memory": "rlimit", "pids": "rlimit",
+        "output": "supervisor", "file_size": "rlimit",
+    }
+    return {name: how for name, how in mechanisms.items() if getattr(limits, name) is not None}
