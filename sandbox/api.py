@@ -29,14 +29,17 @@ _CHUNK = 1 << 16
 class Sandbox:
     """A prepared box; `run()` starts programs in it, all sharing its /box and /tmp."""
 
+    DEFAULT_DISK = 256 * 2**20
+    DEFAULT_INODES = 16384
+
     def __init__(
         self,
         *,
         limits: Limits | None = None,
         binds: Sequence[Bind] = (),
         tmpfs: Sequence[str] = (),
-        disk: int = 256 * 2**20,
-        inodes: int = 16384,
+        disk: int = DEFAULT_DISK,
+        inodes: int = DEFAULT_INODES,
         net: str = "loopback",
         idmap: IdmapMode = "auto",
         env: Mapping[str, str] | None = None,
@@ -45,8 +48,8 @@ class Sandbox:
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
-        self.layout = Layout(tuple(binds), tuple(check_box_path(t, "--tmpfs") for t in tmpfs),
-                             disk, inodes, loopback=net == "loopback")
+        self.layout = Layout(disk, inodes, tuple(binds), tuple(check_box_path(t, "--tmpfs") for t in tmpfs),
+                             loopback=net == "loopback")
         self.env = dict(env or {})
         self.cwd = cwd
         self._idmap: IdmapMode = idmap

@@ -93,7 +93,7 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, ids: IdMap, w
     for fd in fds:
         os.close(fd)
     with status:
-        failure = _exec_outcome(status)
+        failure = _exec_outcome(status, monitor)
         if failure is not None:
             _kill_all(monitor)
             return {"exec_error": failure}
@@ -103,13 +103,13 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, ids: IdMap, w
     return {
         "killed": killed,
         "wait_status": monitor.main_status,
-        "cpu_time": monitor.reaped_cpu,
+        "cpu_time": monitor.cpu_time,
         "wall_time": ended - monitor.started,
         "memory_peak": monitor.peak_rss,
     }
 
 
-def _exec_outcome(status: socket.socket) -> dict[str, Any] | None:
+def _exec_outcome(status: socket.socket, monitor: Monitor) -> dict[str, Any] | None:
     """None once the program runs, else what failed (from the Python child or the stub)."""
     while True:
         try:
@@ -119,6 +119,8 @@ def _exec_outcome(status: socket.socket) -> dict[str, Any] | None:
         for fd in fds:
             os.close(fd)
         if msg.get("exec"):
+            monitor.overhead = msg["overhead"]
+            monitor.started = time.monotonic()
             return None
         if "stage" in msg:
             return msg

@@ -26,14 +26,14 @@ def _live_cpu(pid: int) -> float:
     """CPU of a live process: its own threads (exact) plus the children it has waited for (ticks)."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
+            fields = f.read().rsplit(b")", 1)[1].split()  # fields[0] is field 3 (state) of proc(5)
     except OSError:
         return 0.0
-    waited = (int(fields[14]) + int(fields[15])) / _TICK
+    waited = (int(fields[13]) + int(fields[14])) / _TICK
     try:
         return time.clock_gettime(_process_clock(pid)) + waited
     except OSError:
-        return (int(fields[12]) + int(fields[13])) / _TICK + waited
+        return (int(fields[11]) + int(fields[12])) / _TICK + waited
 
 
 @dataclass
@@ -42,6 +42,7 @@ class Monitor:
     wall_limit: float | None
     started: float = field(default_factory=time.monotonic)
     reaped_cpu: float = 0.0
+    overhead: float = 0.0
     peak_rss: int = 0
     main_pid: int = 0
     main_status: int | None = None
@@ -54,7 +55,12 @@ class Monitor:
 
     def cpu_used(self) -> float:
         live = sum(_live_cpu(int(name)) for name in os.listdir("/proc") if name.isdigit() and name != "1")
-        return self.reaped_cpu + live
+        return self.reaped_cpu + live - self.overhead
+
+    @property
+    def cpu_time(self) -> float:
+        """The run's CPU time once every process is reaped: all of it but the sandbox's own setup."""
+        return max(self.reaped_cpu - self.overhead, 0.0)
 
     def check(self) -> tuple[str | None, float | None]:
         """(limit that was reached or None, seconds until the next look or None for "no limit")."""

@@ -47,10 +47,10 @@ class Bind:
 
 @dataclass(frozen=True)
 class Layout:
+    disk: int
+    inodes: int
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ()
-    disk: int = 256 * 2**20
-    inodes: int = 16384
     hostname: str = "sbx"
     loopback: bool = True
 

@@ -1,0 +1,121 @@
+"""`sbx check`: what this machine offers a rootless sandbox, probed for real rather than guessed.
+
+Each probe runs the actual mechanism in a short-lived child (a user
+namespace, an overlay mount inside it), because sysctls and config files
+lie: a kernel may list user namespaces yet deny them through an LSM.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import tempfile
+from typing import Any
+
+from . import syscalls as sc
+from .userns import IdMap, detect, write_single_map
+
+
+def _in_child(probe: Any) -> str | None:
+    """Run `probe()` in a forked child; None if it succeeded, else its error message."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            probe()
+            os._exit(0)
+        except BaseException as e:  # noqa: BLE001 - the probe's failure is the answer
+            os.write(w, str(e).encode()[:500])
+            os._exit(1)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        message = f.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    return None if status == 0 else (message or f"probe exited with status {status}")
+
+
+def _userns_probe() -> None:
+    ids = IdMap("single", os.getuid(), os.getgid())
+    sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNS)
+    write_single_map(ids)
+
+
+def _overlay_probe() -> None:
+    _userns_probe()
+    with tempfile.TemporaryDirectory(prefix="sbx-check-") as d:
+        for sub in ("l", "u", "w", "m"):
+            os.mkdir(f"{d}/{sub}")
+        sc.mount("overlay", f"{d}/m", "overlay", 0, f"lowerdir={d}/l,upperdir={d}/u,workdir={d}/w,userxattr")
+        sc.umount2(f"{d}/m")
+
+
+def _cgroup_v2() -> dict[str, Any]:
+    """Whether this process sits in a cgroup v2 subtree it may manage (full delegation comes with cgroups.py)."""
+    try:
+        with open("/proc/self/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError as e:
+        return {"ok": False, "detail": str(e)}
+    path = next((line[3:] for line in lines if line.startswith("0::")), None)
+    v1 = [line.split(":")[1] for line in lines if not line.startswith("0::") and line.split(":")[1]]
+    if path is None:
+        return {"ok": False, "detail": "no cgroup v2 hierarchy (cgroup v1 only)"}
+    root = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/unified"
+    directory = os.path.join(root, path.lstrip("/"))
+    try:
+        with open(os.path.join(root, "cgroup.controllers")) as f:
+            controllers = f.read().split()
+    except OSError:
+        controllers = []
+    missing = [c for c in ("memory", "pids", "cpu") if c not in controllers]
+    owned = os.path.isdir(directory) and os.stat(directory).st_uid == os.getuid()
+    if missing:
+        detail = f"controllers {', '.join(missing)} not on cgroup v2" + (f" (bound to v1: {', '.join(v1)})" if v1 else "")
+        return {"ok": False, "detail": detail}
+    if not owned:
+        return {"ok": False, "detail": f"{directory} is not delegated to uid {os.getuid()}"}
+    return {"ok": True, "detail": f"delegated: {directory}"}
+
+
+def _seccomp() -> dict[str, Any]:
+    try:
+        with open("/proc/sys/kernel/seccomp/actions_avail") as f:
+            actions = f.read().split()
+    except OSError:
+        return {"ok": False, "detail": "kernel without seccomp filters"}
+    ok = "user_notif" in actions and "kill_process" in actions
+    return {"ok": ok, "detail": " ".join(actions)}
+
+
+def report() -> dict[str, Any]:
+    userns = _in_child(_userns_probe)
+    ids = detect("auto")
+    fuse_ok = os.access("/dev/fuse", os.R_OK | os.W_OK)
+    overlay = _in_child(_overlay_probe) if userns is None else "no user namespaces"
+    cgroup = _cgroup_v2()
+    return {
+        "kernel": {"ok": True, "detail": platform.release()},
+        "user_namespaces": {"ok": userns is None, "detail": userns or "unprivileged user namespaces work"},
+        "uid_mapping": {"ok": ids.mode == "range", "detail": ids.describe()},
+        "newuidmap": {"ok": shutil.which("newuidmap") is not None, "detail": shutil.which("newuidmap") or "missing"},
+        "fuse": {"ok": fuse_ok, "detail": "/dev/fuse usable" if fuse_ok else "/dev/fuse not readable and writable"},
+        "kernel_overlayfs": {"ok": overlay is None, "detail": overlay or "mountable with userxattr in a user namespace"},
+        "cgroup_v2": cgroup,
+        "seccomp": _seccomp(),
+        "will_use": {
+            "ok": userns is None,
+            "detail": (
+                f"uid map {ids.mode}; root: host system dirs read-only + tmpfs /box; "
+                f"limits: {'cgroup' if cgroup['ok'] else 'rlimit'} (memory, pids), box-init monitor (CPU, wall)"
+            ),
+        },
+    }
+
+
+def table(rep: dict[str, Any]) -> str:
+    width = max(len(k) for k in rep)
+    return "\n".join(
+        f"{name.ljust(width)}  {'yes' if item['ok'] else 'no ':3}  {item['detail']}" for name, item in rep.items()
+    )
