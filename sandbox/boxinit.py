@@ -102,7 +102,7 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, ids: IdMap, w
         _kill_all(monitor)
     return {
         "killed": killed,
-        "wait_status": monitor.main_status,
+        "wait_status": monitor.main_status if monitor.main_status is not None else monitor.stub_status,
         "cpu_time": monitor.cpu_time,
         "wall_time": ended - monitor.started,
         "memory_peak": monitor.peak_rss,
@@ -133,6 +133,7 @@ def _watch(monitor: Monitor, sock: socket.socket, status: socket.socket, wakeup:
         poller.register(fd, select.POLLIN)
     while True:
         if _reap(monitor):
+            _stub_report(monitor, status)  # sent before the stub exited: already queued, or EOF
             return None
         reached, wait = monitor.check()
         if reached:
@@ -143,7 +144,7 @@ def _watch(monitor: Monitor, sock: socket.socket, status: socket.socket, wakeup:
             elif fd == status.fileno():
                 if _stub_report(monitor, status):
                     return None
-                poller.unregister(status)
+                poller.unregister(status)  # EOF: the stub died without a report; its reaping ends the run
             else:
                 try:
                     msg, _ = protocol.recv(sock)
@@ -180,8 +181,7 @@ def _reap(monitor: Monitor, block: bool = False) -> bool:
         main = pid == monitor.main_pid
         monitor.reaped(ru.ru_utime, ru.ru_stime, 0 if main else ru.ru_maxrss)
         if main:
-            if monitor.main_status is None:
-                monitor.main_status = wstatus
+            monitor.stub_status = wstatus
             found = True
 
 

@@ -46,6 +46,9 @@ class Monitor:
     peak_rss: int = 0
     main_pid: int = 0
     main_status: int | None = None
+    """The program's wait status, as the stub reported it."""
+    stub_status: int | None = None
+    """The stub's own, used only when it died without reporting (it was killed)."""
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
     def reaped(self, utime: float, stime: float, maxrss_kib: int) -> None:

@@ -1,0 +1,28 @@
+"""Helpers shared by the tests: the real command line, and a look at the host's processes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+
+def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+    """Run the real command line, as a user would."""
+    return subprocess.run([sys.executable, "-m", "sandbox", *args], input=stdin if stdin is not None else b"",
+                          capture_output=True, timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+
+
+def host_processes_matching(marker: str) -> list[int]:
+    """Host pids whose command line contains `marker` (to prove nothing of a run survived)."""
+    found = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found

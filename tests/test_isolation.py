@@ -1,0 +1,221 @@
+"""Each isolation property, attacked from inside the box."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from sandbox import Bind, Limits, Sandbox, Status
+from sandbox.userns import PROGRAM_ID
+
+from helpers import host_processes_matching, sbx
+
+
+def _status_field(text: str, name: str) -> str:
+    return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name + ":"))
+
+
+def test_tests_run_unprivileged_without_capabilities() -> None:
+    assert os.getuid() != 0 and os.geteuid() != 0
+    status = Path("/proc/self/status").read_text()
+    for field in ("CapInh", "CapPrm", "CapEff", "CapAmb"):
+        assert int(_status_field(status, field), 16) == 0, field
+
+
+async def test_program_has_no_privileges(box: Sandbox) -> None:
+    r = await box.run(["cat", "/proc/self/status"])
+    assert r.status is Status.OK
+    status = r.stdout.decode()
+    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+        assert int(_status_field(status, field), 16) == 0, field
+    assert _status_field(status, "NoNewPrivs") == "1"
+    uid = int(_status_field(status, "Uid").split()[0])
+    assert uid == (PROGRAM_ID if box._box.ids.mode == "range" else os.getuid())  # type: ignore[union-attr]
+
+
+async def test_program_gets_its_own_host_uid_from_the_subuid_range(box: Sandbox) -> None:
+    ids = box._box.ids  # type: ignore[union-attr]
+    assert ids.mode == "range", "the test user has an /etc/subuid range (useradd gives one)"
+    r = await box.run(["cat", "/proc/self/uid_map"])
+    rows = [line.split() for line in r.stdout.decode().splitlines()]
+    assert ["0", str(os.getuid()), "1"] in rows
+    assert ids.subuid and ["1", str(ids.subuid[0]), str(ids.subuid[1])] in rows
+
+
+async def test_single_id_mapping_also_isolates() -> None:
+    async with Sandbox(idmap="single") as box:
+        r = await box.run(["sh", "-c", "id -u; grep CapEff /proc/self/status; cat /proc/self/uid_map"])
+    lines = r.stdout.decode().split("\n")
+    assert lines[0] == str(os.getuid())
+    assert lines[1].split()[1] == "0000000000000000"
+    assert lines[2].split() == [str(os.getuid()), str(os.getuid()), "1"]
+
+
+async def test_host_files_outside_binds_are_invisible(box: Sandbox, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("host secret")
+    r = await box.run(["sh", "-c", f"cat {secret}; ls /home /root /etc/shadow /var"])
+    assert b"host secret" not in r.stdout
+    assert r.stderr.count(b"No such file or directory") == 5
+
+
+async def test_system_dirs_are_read_only(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", "touch /usr/sbx-was-here || echo denied; echo x > /etc/passwd || echo denied2;"
+                                   "mkdir /newdir || echo denied3"])
+    assert r.stdout.split() == [b"denied", b"denied2", b"denied3"]
+    assert b"Read-only file system" in r.stderr
+    assert not Path("/usr/sbx-was-here").exists()
+
+
+async def test_work_dir_tmp_and_shm_are_writable_and_private(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", "pwd; echo a > /box/f && echo b > /tmp/f && echo c > /dev/shm/f && cat /box/f /tmp/f"
+                                   " /dev/shm/f"])
+    assert r.stdout.split() == [b"/box", b"a", b"b", b"c"]
+    r2 = await box.run(["cat", "/box/f"])
+    assert r2.stdout == b"a\n", "a box keeps its work dir between runs"
+
+
+async def test_old_root_is_detached_not_hidden(box: Sandbox) -> None:
+    r = await box.run(["cat", "/proc/self/mountinfo"])
+    mounts = r.stdout.decode()
+    assert "oldroot" not in mounts
+    assert all(line.split()[4] != "/oldroot" for line in mounts.splitlines())
+    assert len(mounts.splitlines()) < 60
+
+
+async def test_host_processes_are_invisible(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", f"ls /proc | grep -c '^[0-9]'; kill -0 {os.getpid()} && echo reachable"])
+    assert int(r.stdout.split()[0]) <= 5  # box init, the stub, sh, ls, grep
+    assert b"reachable" not in r.stdout
+
+
+async def test_program_cannot_kill_the_supervisor_or_the_box(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", f"kill -9 {os.getpid()}; kill -9 1; kill -KILL -1"])
+    assert r.status is Status.SG
+    again = await box.run(["echo", "still here"])
+    assert again.stdout == b"still here\n"
+
+
+async def test_only_loopback_network(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", "cat /proc/net/dev; echo ---; cat /proc/net/route"])
+    devices, routes = r.stdout.decode().split("---")
+    names = [line.split(":")[0].strip() for line in devices.splitlines()[2:]]
+    assert names == ["lo"]
+    assert len(routes.strip().splitlines()) <= 1, "no IPv4 route: nothing but loopback is reachable"
+    server = (
+        "import socket,threading\n"
+        "s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen()\n"
+        "threading.Thread(target=lambda: s.accept()[0].sendall(b'pong'), daemon=True).start()\n"
+        "c=socket.create_connection(s.getsockname()); print(c.recv(4).decode())\n"
+    )
+    r = await box.run(["python3", "-c", server], limits=Limits(pids=8))
+    assert r.stdout == b"pong\n", r.stderr
+
+
+async def test_net_none_has_no_loopback() -> None:
+    async with Sandbox(net="none") as box:
+        r = await box.run(["python3", "-c", "import socket; socket.create_connection(('127.0.0.1', 9))"])
+    assert r.status is Status.RE
+    assert b"Network is unreachable" in r.stderr or b"Cannot assign" in r.stderr
+
+
+async def test_hostname_ipc_and_session(box: Sandbox) -> None:
+    r = await box.run(["sh", "-c", "hostname; cat /proc/self/stat"])
+    hostname, stat = r.stdout.decode().splitlines()
+    assert hostname == "sbx"
+    fields = stat.rsplit(")", 1)[1].split()
+    assert fields[4] == "0", "no controlling terminal: TIOCSTI cannot reach the caller's terminal"
+    assert int(fields[3]) != os.getsid(0)
+
+
+async def test_only_standard_fds_and_scrubbed_environment(box: Sandbox) -> None:
+    os.environ["SBX_HOST_SECRET"] = "leak"
+    try:
+        r = await box.run(["sh", "-c", "ls /proc/$$/fd; echo ---; /usr/bin/env"], env={"MINE": "1"})
+    finally:
+        del os.environ["SBX_HOST_SECRET"]
+    fds, env = r.stdout.decode().split("---")
+    assert fds.split() == ["0", "1", "2"]
+    keys = {line.split("=", 1)[0] for line in env.split()}
+    assert keys == {"PATH", "HOME", "LANG", "MINE", "PWD"}
+
+
+async def test_binds(tmp_path: Path) -> None:
+    ro = tmp_path / "ro"
+    rw = tmp_path / "rw"
+    ro.mkdir()
+    rw.mkdir()
+    rw.chmod(0o777)  # the program runs under its own uid
+    (ro / "in.txt").write_text("input\n")
+    async with Sandbox(binds=[Bind(str(ro), "/data", False), Bind(str(rw), "/out", True)]) as box:
+        r = await box.run(["sh", "-c", "cat /data/in.txt; echo x > /data/new || echo ro; echo result > /out/r"])
+    assert r.stdout.split() == [b"input", b"ro"]
+    assert (rw / "r").read_text() == "result\n"
+    assert not (ro / "new").exists()
+
+
+async def test_disk_and_inode_limits() -> None:
+    async with Sandbox(disk=1 << 20, inodes=64) as box:
+        big = await box.run(["sh", "-c", "head -c 2000000 /dev/zero > /box/big"])
+        many = await box.run(["sh", "-c", "for i in $(seq 100); do touch /tmp/f$i || exit 9; done"])
+    assert big.status is Status.RE and b"No space left on device" in big.stderr
+    assert many.exit_code == 9
+
+
+async def test_nothing_survives_the_run_background_setsid_double_fork(box: Sandbox) -> None:
+    marker = "1000.4321"
+    script = f"sleep {marker} & setsid sleep {marker} & (sh -c 'sleep {marker} &' &); nohup sleep {marker} &"
+    r = await box.run(["sh", "-c", script])
+    assert r.status is Status.OK
+    assert host_processes_matching(marker) == []
+
+
+def test_nothing_survives_a_killed_supervisor() -> None:
+    marker = "1000.9876"
+    cli = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--", "sh", "-c", f"sleep {marker} & sleep {marker}"])
+    deadline = time.monotonic() + 10
+    while not host_processes_matching(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert host_processes_matching(marker), "the run started"
+    cli.kill()
+    cli.wait()
+    deadline = time.monotonic() + 5
+    while host_processes_matching(marker) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert host_processes_matching(marker) == []
+
+
+def test_cli_run_leaves_no_mount_or_temp_dir() -> None:
+    before_tmp = set(os.listdir("/tmp"))
+    before_mounts = Path("/proc/self/mountinfo").read_text()
+    r = sbx("run", "--", "sh", "-c", "echo hi > /box/x; echo hi > /tmp/y")
+    assert r.returncode == 0
+    assert set(os.listdir("/tmp")) == before_tmp
+    assert Path("/proc/self/mountinfo").read_text() == before_mounts
+
+
+@pytest.mark.parametrize("idmap", ["range", "single"])
+async def test_devices(idmap: str) -> None:
+    async with Sandbox(idmap=idmap) as box:  # type: ignore[arg-type]
+        r = await box.run(["sh", "-c", "head -c 4 /dev/urandom | wc -c; echo x > /dev/null && echo null-ok;"
+                                       "ls /dev; python3 -c 'import os; os.openpty(); print(\"pty-ok\")'"])
+    out = r.stdout.decode().split()
+    assert out[:2] == ["4", "null-ok"]
+    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "ptmx", "shm"} <= set(out)
+    assert "sda" not in out and "vda" not in out
+    assert out[-1] == "pty-ok", r.stderr
+
+
+async def test_cancelled_run_leaves_no_process() -> None:
+    marker = "1000.2468"
+    async with Sandbox() as box:
+        with trio.move_on_after(0.5):
+            await box.run(["sleep", marker])
+    await trio.sleep(0.2)
+    assert host_processes_matching(marker) == []

@@ -1,0 +1,77 @@
+"""Parsing and verdict rules, without a box."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from sandbox import ConfigError, Limits, Status, parse_size
+from sandbox.limits import parse_count, parse_seconds
+from sandbox.verdict import enforcement, verdict
+
+
+@pytest.mark.parametrize("text,value", [("65536", 65536), ("256M", 256 * 2**20), ("1G", 2**30), ("1.5k", 1536),
+                                        ("64MiB", 64 * 2**20), ("2t", 2 * 2**40)])
+def test_parse_size_accepts(text: str, value: int) -> None:
+    assert parse_size(text) == value
+
+
+@pytest.mark.parametrize("text", ["12Q", "", "M", "-1", "0", "1e9", "ten"])
+def test_parse_size_rejects_with_the_flag_name(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--memory: "):
+        parse_size(text, "--memory")
+
+
+@pytest.mark.parametrize("text", ["abc", "0", "-1", "nan", "inf"])
+def test_parse_seconds_rejects(text: str) -> None:
+    with pytest.raises(ConfigError, match=r"^--time: "):
+        parse_seconds(text, "--time")
+
+
+def test_parse_count_rejects_non_numbers() -> None:
+    with pytest.raises(ConfigError, match=r"^--pids: invalid count 'x'"):
+        parse_count("x", "--pids")
+
+
+def test_limits_reject_nonsense() -> None:
+    with pytest.raises(ConfigError):
+        Limits(cpu_time=-1)
+    with pytest.raises(ConfigError):
+        Limits(memory=0)
+
+
+def _reply(**kw: object) -> dict[str, object]:
+    base = {"wait_status": 0, "cpu_time": 0.1, "wall_time": 0.2, "memory_peak": 1000, "killed": None}
+    return {**base, **kw}
+
+
+def test_verdict_order() -> None:
+    limits = Limits(cpu_time=1.0, wall_time=2.0, memory=100_000)
+    enf = enforcement(limits)
+    assert verdict(_reply(), limits, output_exceeded=False, enforcement=enf).status is Status.OK
+    assert verdict(_reply(wait_status=3 << 8), limits, output_exceeded=False, enforcement=enf).status is Status.RE
+    assert verdict(_reply(wait_status=signal.SIGSEGV), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.SG
+    # An enforced limit wins over the SIGKILL it caused; over-limit CPU is TLE even after a clean exit.
+    assert verdict(_reply(wait_status=9, killed="TLE"), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.TLE
+    assert verdict(_reply(cpu_time=1.01), limits, output_exceeded=False, enforcement=enf).status is Status.TLE
+    assert verdict(_reply(wait_status=9, killed="WLE"), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.WLE
+    assert verdict(_reply(wait_status=13), limits, output_exceeded=True, enforcement=enf).status is Status.OLE
+    assert verdict(_reply(wait_status=6, memory_peak=90_000), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.MLE
+    assert verdict(_reply(wait_status=signal.SIGXFSZ), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.OLE
+
+
+def test_enforcement_names_only_set_limits() -> None:
+    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None))
+    assert enf == {"cpu_time": "monitor"}
+
+
+def test_result_record_has_every_contract_field() -> None:
+    r = verdict(_reply(), Limits(), output_exceeded=False, enforcement={})
+    assert set(r.record()) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
+                               "message", "enforcement"}
