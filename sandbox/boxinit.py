@@ -23,6 +23,9 @@ from .monitor import Monitor
 from .userns import IdMap
 
 
+_PRECISE_SLEEP = 0.002
+"""Below this, box init sleeps with clock_nanosleep instead of poll (which rounds up to whole ms)."""
+
 _STUB_FD_MIN = 100
 """The stub's fd is kept out of the way of the low fds the program's process rearranges."""
 
@@ -138,6 +141,9 @@ def _watch(monitor: Monitor, sock: socket.socket, status: socket.socket, wakeup:
         reached, wait = monitor.check()
         if reached:
             return reached
+        if wait is not None and wait < _PRECISE_SLEEP:
+            time.sleep(wait)  # poll() sleeps whole milliseconds; this last stretch needs finer steps
+            continue
         for fd, _ in poller.poll(None if wait is None else wait * 1000):
             if fd == wakeup:
                 _drain(wakeup)

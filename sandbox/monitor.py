@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 _TICK = os.sysconf("SC_CLK_TCK")
-_MIN_SLEEP = 0.0005
+_MIN_SLEEP = 0.0002
 
 
 def _process_clock(pid: int) -> int:

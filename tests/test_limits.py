@@ -33,7 +33,7 @@ async def test_cpu_time_is_summed_over_processes(box: Sandbox) -> None:
     r = await box.run(["sh", "-c", "while :; do :; done & while :; do :; done"], limits=Limits(cpu_time=0.6))
     assert r.status is Status.TLE
     assert r.cpu_time >= 0.6
-    assert r.wall_time < r.cpu_time, "two busy processes on two cores: CPU time grows faster than wall time"
+    assert r.cpu_time < 1.0, "a per-process limit would have let the two processes use 1.2 s together"
 
 
 async def test_cpu_time_of_waited_children_is_counted(box: Sandbox) -> None:
