@@ -26,7 +26,7 @@ from . import boxinit, protocol
 from . import syscalls as sc
 from .errors import SetupError
 from .mounts import Layout
-from .stub import stub_binary
+from .spawner import spawner_binary
 from .userns import IdMap, write_single_map
 
 _NAMESPACES = (
@@ -47,14 +47,14 @@ class Box:
         self._send_lock = trio.Lock()
 
     async def start(self) -> None:
-        stub = stub_binary()
+        spawner = spawner_binary()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         unshared_r, unshared_w = os.pipe()
         mapped_r, mapped_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             parent.close()
-            _outer(self.layout, self.ids, stub, child, unshared_w, mapped_r, os.getppid())
+            _outer(self.layout, self.ids, spawner, child, unshared_w, mapped_r, os.getppid())
         self._pid, self._pidfd = pid, os.pidfd_open(pid)
         self._sock = trio.socket.from_stdlib_socket(parent)
         for fd in (child.detach(), unshared_w, mapped_r):
@@ -138,7 +138,7 @@ class Box:
         await self.aclose()
 
 
-def _outer(layout: Layout, ids: IdMap, stub: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int) -> NoReturn:
+def _outer(layout: Layout, ids: IdMap, spawner: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int) -> NoReturn:
     """The outer process: new user namespace, id map, the other namespaces, then box init as its child."""
     try:
         signal.set_wakeup_fd(-1)
@@ -158,7 +158,7 @@ def _outer(layout: Layout, ids: IdMap, stub: str, sock: socket.socket, unshared_
         sc.unshare(_NAMESPACES)
         pid = os.fork()
         if pid == 0:
-            boxinit.main(layout, ids, sock, stub)
+            boxinit.main(layout, ids, sock, spawner)
         sock.close()
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)

@@ -1,10 +1,10 @@
 """Box init: pid 1 of the box's pid namespace.
 
 Forked from the supervisor (so it needs no fresh interpreter), it builds the
-root filesystem, then serves run requests over its control socket: fork the
-program, watch it, kill everything when it ends, and send back the exact
-accounting from wait4.  Nothing is imported after pivot_root: the box cannot
-see the supervisor's site-packages.
+root filesystem, starts the box's spawner (spawner.c), then serves run
+requests: it hands each to the spawner, watches the CPU and wall limits, and
+relays the spawner's exact accounting.  Nothing is imported after
+pivot_root: the box cannot see the supervisor's site-packages.
 """
 
 from __future__ import annotations
@@ -17,24 +17,66 @@ import socket
 import time
 from typing import Any, NoReturn
 
-from . import mounts, network, program, protocol
+from . import mounts, network, protocol
 from . import syscalls as sc
 from .monitor import Monitor
 from .userns import IdMap
 
-
 _PRECISE_SLEEP = 0.002
 """Below this, box init sleeps with clock_nanosleep instead of poll (which rounds up to whole ms)."""
 
-_STUB_FD_MIN = 100
-"""The stub's fd is kept out of the way of the low fds the program's process rearranges."""
+_SPAWNER_FD_MIN = 100
+"""The spawner binary's fd is kept clear of the low fds a child rearranges."""
+
+_SPAWNER_GRACE = 1.0
+"""How long a spawner may take to end a run; one that does not (a program stopped it) is replaced."""
 
 
-def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, stub_path: str) -> NoReturn:
+class _Spawner:
+    """The box's spawner process and its control socket."""
+
+    def __init__(self, binary: int, ids: IdMap) -> None:
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.pid = os.fork()
+        if self.pid == 0:
+            _exec_spawner(binary, theirs, ids)
+        theirs.close()
+
+    def close(self) -> None:
+        self.sock.close()
+        try:
+            os.kill(self.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _exec_spawner(binary: int, sock: socket.socket, ids: IdMap) -> NoReturn:
+    """In the forked child: undo what Python set up (ignored signals survive execve), then become the spawner."""
+    try:
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass
+        signal.set_wakeup_fd(-1)
+        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        os.dup2(sock.fileno(), 3)
+        os.dup2(binary, 4, inheritable=False)
+        sc.close_range(5)
+        if ids.mode == "single":
+            sc.drop_bounding_set()  # the spawner keeps no capability across execve here, so drop it now
+        use_setgroups = "1" if ids.mode == "range" else "0"
+        os.execve(4, ["sbx-spawner", "3", str(ids.program_uid), str(ids.program_gid), use_setgroups], {})
+    finally:
+        os._exit(127)
+
+
+def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: str) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        path_fd = os.open(stub_path, os.O_PATH | os.O_CLOEXEC)
-        stub = fcntl.fcntl(path_fd, fcntl.F_DUPFD_CLOEXEC, _STUB_FD_MIN)
+        path_fd = os.open(spawner_path, os.O_PATH | os.O_CLOEXEC)
+        binary = fcntl.fcntl(path_fd, fcntl.F_DUPFD_CLOEXEC, _SPAWNER_FD_MIN)
         os.close(path_fd)
         mounts.build_root(layout, ids)
         socket.sethostname(layout.hostname)
@@ -42,11 +84,24 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, stub_path: str)
             network.loopback_up()
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         wakeup = _install_signals()
+        spawner = _Spawner(binary, ids)
     except BaseException as e:  # noqa: BLE001 - report anything, then die: the supervisor raises SetupError
         _send_error(sock, e)
         os._exit(1)
     protocol.send(sock, {"ready": True})
-    _serve(sock, ids, wakeup, stub)
+    while True:
+        try:
+            req, fds = protocol.recv(sock)
+        except (EOFError, OSError):
+            os._exit(0)
+        if "argv" not in req:
+            continue  # a kill that arrived after its run had ended
+        reply, healthy = _run(req, fds, sock, spawner, wakeup)
+        if not healthy:
+            spawner.close()
+            _reap_all()
+            spawner = _Spawner(binary, ids)
+        protocol.send(sock, reply)
 
 
 def _send_error(sock: socket.socket, e: BaseException) -> None:
@@ -71,133 +126,113 @@ def _install_signals() -> int:
     return r
 
 
-def _serve(sock: socket.socket, ids: IdMap, wakeup: int, stub: int) -> NoReturn:
-    while True:
-        try:
-            req, fds = protocol.recv(sock)
-        except (EOFError, OSError):
-            os._exit(0)
-        if "argv" not in req:
-            continue  # a kill that arrived after its run had ended
-        reply = _run(req, fds, sock, ids, wakeup, stub)
-        protocol.send(sock, reply)
-
-
-def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, ids: IdMap, wakeup: int,
-         stub: int) -> dict[str, Any]:
-    status, status_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    monitor = Monitor(req.get("cpu_time"), req.get("wall_time"))
-    pid = os.fork()
-    if pid == 0:
-        status.close()
-        program.exec_program(req, fds, status_child, ids, stub)
-    monitor.main_pid = pid
-    status_child.close()
-    for fd in fds:
-        os.close(fd)
-    with status:
-        failure = _exec_outcome(status, monitor)
-        if failure is not None:
-            _kill_all(monitor)
-            return {"exec_error": failure}
-        killed = _watch(monitor, sock, status, wakeup)
-        ended = time.monotonic()
-        _kill_all(monitor)
-    return {
-        "killed": killed,
-        "wait_status": monitor.main_status if monitor.main_status is not None else monitor.stub_status,
-        "cpu_time": monitor.cpu_time,
-        "wall_time": ended - monitor.started,
-        "memory_peak": monitor.peak_rss,
-    }
-
-
-def _exec_outcome(status: socket.socket, monitor: Monitor) -> dict[str, Any] | None:
-    """None once the program runs, else what failed (from the Python child or the stub)."""
-    while True:
-        try:
-            msg, fds = protocol.recv(status)
-        except EOFError:
-            return {"stage": "setup", "errno": 0, "message": "the program's process died before execve"}
+def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spawner,
+         wakeup: int) -> tuple[dict[str, Any], bool]:
+    """One run; returns the reply and whether the spawner is still fit for the next one."""
+    monitor = Monitor(req.get("cpu_time"), req.get("wall_time"), spawner.pid)
+    rlimits = [str(v) for triple in req["rlimits"] for v in triple]
+    env = [f"{k}={v}" for k, v in req["env"].items()]
+    tokens = ["run", "0", "0", str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+              *rlimits, *req["argv"], *env]
+    try:
+        protocol.send_tokens(spawner.sock, tokens, fds)
+    finally:
         for fd in fds:
             os.close(fd)
-        if msg.get("exec"):
-            monitor.overhead = msg["overhead"]
-            monitor.started = time.monotonic()
-            return None
-        if "stage" in msg:
+    started = _started(spawner.sock)
+    if "stage" in started:
+        return {"exec_error": started}, True
+    monitor.started = time.monotonic()
+    killed, report = _watch(monitor, sock, spawner, wakeup)
+    ended = time.monotonic()
+    if report is None:
+        return {"killed": killed or "IE", "wait_status": None, "cpu_time": monitor.cpu_used(),
+                "wall_time": ended - monitor.started, "memory_peak": 0}, False
+    return {
+        "killed": killed,
+        "wait_status": report["wait_status"],
+        "cpu_time": report["cpu"],
+        "wall_time": ended - monitor.started,
+        "memory_peak": report["maxrss"] * 1024,
+    }, True
+
+
+def _started(spawner: socket.socket) -> dict[str, Any]:
+    while True:
+        try:
+            msg, fds = protocol.recv(spawner)
+        except EOFError:
+            return {"stage": "setup", "errno": 0, "message": "the box's spawner died"}
+        for fd in fds:
+            os.close(fd)
+        if msg.get("exec") or "stage" in msg:
             return msg
 
 
-def _watch(monitor: Monitor, sock: socket.socket, status: socket.socket, wakeup: int) -> str | None:
-    """Wait for the program to end or a limit to be hit; returns the verdict of a kill, if any."""
+def _watch(monitor: Monitor, sock: socket.socket, spawner: _Spawner,
+           wakeup: int) -> tuple[str | None, dict[str, Any] | None]:
+    """Wait for the spawner's end-of-run report, ending the run first if a limit is hit or a kill is asked."""
     poller = select.poll()
-    for fd in (wakeup, sock, status):
+    for fd in (wakeup, sock, spawner.sock):
         poller.register(fd, select.POLLIN)
+    killed: str | None = None
+    deadline: float | None = None
     while True:
-        if _reap(monitor):
-            _stub_report(monitor, status)  # sent before the stub exited: already queued, or EOF
-            return None
-        reached, wait = monitor.check()
-        if reached:
-            return reached
+        if killed is None:
+            killed, wait = monitor.check()
+            if killed is not None:
+                spawner.sock.send(b"kill")
+                deadline = time.monotonic() + _SPAWNER_GRACE
+                wait = _SPAWNER_GRACE
+        else:
+            assert deadline is not None
+            wait = deadline - time.monotonic()
+            if wait <= 0:
+                return killed, None
         if wait is not None and wait < _PRECISE_SLEEP:
             time.sleep(wait)  # poll() sleeps whole milliseconds; this last stretch needs finer steps
             continue
         for fd, _ in poller.poll(None if wait is None else wait * 1000):
-            if fd == wakeup:
-                _drain(wakeup)
-            elif fd == status.fileno():
-                if _stub_report(monitor, status):
-                    return None
-                poller.unregister(status)  # EOF: the stub died without a report; its reaping ends the run
-            else:
+            if fd == spawner.sock.fileno():
+                try:
+                    msg, _ = protocol.recv(spawner.sock)
+                except EOFError:
+                    return killed or "IE", None
+                if "wait_status" in msg:
+                    return killed, msg
+            elif fd == sock.fileno():
                 try:
                     msg, _ = protocol.recv(sock)
                 except EOFError:
                     os._exit(0)  # supervisor gone: dying takes the whole pid namespace with us
-                return str(msg.get("kill", "IE"))
+                if killed is None:
+                    killed = str(msg.get("kill", "IE"))
+                    spawner.sock.send(b"kill")
+                    deadline = time.monotonic() + _SPAWNER_GRACE
+            else:
+                _drain(wakeup)
+                if _reaped_spawner(spawner.pid):
+                    return killed or "IE", None
 
 
-def _stub_report(monitor: Monitor, status: socket.socket) -> bool:
-    """The stub's exact wait4 of the program: its status and its own peak RSS."""
+def _reaped_spawner(pid: int) -> bool:
     try:
-        msg, _ = protocol.recv(status)
-    except EOFError:
-        return False
-    monitor.main_status = msg["wait_status"]
-    monitor.peak_rss = max(monitor.peak_rss, msg["maxrss"] * 1024)
-    return True
+        return os.waitpid(pid, os.WNOHANG)[0] == pid
+    except ChildProcessError:
+        return True
 
 
-def _reap(monitor: Monitor, block: bool = False) -> bool:
-    """Collect every exited child's accounting; True once the stub (the program's parent) is among them.
-
-    The stub's own peak RSS is not the program's (it inherited box init's), so
-    only its CPU time counts; the program's peak comes from the stub's report.
-    """
-    found = False
-    while True:
-        try:
-            pid, wstatus, ru = os.wait4(-1, 0 if block else os.WNOHANG)
-        except ChildProcessError:
-            return found
-        if pid == 0:
-            return found
-        main = pid == monitor.main_pid
-        monitor.reaped(ru.ru_utime, ru.ru_stime, 0 if main else ru.ru_maxrss)
-        if main:
-            monitor.stub_status = wstatus
-            found = True
-
-
-def _kill_all(monitor: Monitor) -> None:
-    """Kill every process of the run (pid 1 is spared by kill(-1)) and reap them all."""
+def _reap_all() -> None:
+    """After a spawner failed: kill every process but pid 1 and collect them."""
     try:
         os.kill(-1, signal.SIGKILL)
     except ProcessLookupError:
         pass
-    _reap(monitor, block=True)
+    while True:
+        try:
+            os.wait()
+        except ChildProcessError:
+            return
 
 
 def _drain(fd: int) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import socket
 from typing import Any
 
@@ -22,9 +23,12 @@ _ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
 Message = dict[str, Any]
 
 
+def _ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
+    return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+
+
 def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    return [json.dumps(msg).encode()], anc
+    return [json.dumps(msg).encode()], _ancillary(fds)
 
 
 def _decode(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:
@@ -43,6 +47,11 @@ def _decode(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> t
 
 def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> None:
     sock.sendmsg(*_encode(msg, fds or []))
+
+
+def send_tokens(sock: socket.socket, tokens: list[str], fds: list[int] | None = None) -> None:
+    """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
+    sock.sendmsg([b"\0".join(os.fsencode(t) for t in tokens) + b"\0"], _ancillary(fds or []))
 
 
 def recv(sock: socket.socket) -> tuple[Message, list[int]]:

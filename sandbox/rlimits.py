@@ -25,9 +25,9 @@ def rlimits(limits: Limits, ids: IdMap) -> list[Rlimit]:
     if limits.memory is not None:
         out.append((resource.RLIMIT_AS, limits.memory, limits.memory))
     if limits.pids is not None:
-        # Counted per (user namespace, uid) since Linux 5.14, so per box.  The exec stub shares the
-        # program's uid, and so does box init in single mode.
-        n = limits.pids + 1 + (1 if ids.init_shares_program_uid else 0)
+        # Counted per (user namespace, uid) since Linux 5.14, so per box.  In single mode box init and
+        # the spawner share the program's uid.
+        n = limits.pids + (2 if ids.init_shares_program_uid else 0)
         out.append((resource.RLIMIT_NPROC, n, n))
     if limits.file_size is not None:
         out.append((resource.RLIMIT_FSIZE, limits.file_size, limits.file_size))

@@ -47,7 +47,7 @@ class IdMap:
 
     @property
     def init_shares_program_uid(self) -> bool:
-        """In single mode box init counts against the program's RLIMIT_NPROC."""
+        """In single mode box init and the spawner count against the program's RLIMIT_NPROC."""
         return self.mode == "single"
 
     def describe(self) -> str:

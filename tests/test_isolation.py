@@ -96,9 +96,18 @@ async def test_host_processes_are_invisible(box: Sandbox) -> None:
 
 
 async def test_program_cannot_kill_the_supervisor_or_the_box(box: Sandbox) -> None:
-    r = await box.run(["sh", "-c", f"kill -9 {os.getpid()}; kill -9 1; kill -KILL -1"])
-    assert r.status is Status.SG
+    r = await box.run(["sh", "-c", f"kill -9 {os.getpid()}; kill -9 1; kill -KILL -1; kill -STOP $PPID || echo denied"])
+    assert r.status is Status.OK
+    assert r.stdout == b"denied\n", "the spawner (the program's parent) runs as box root, out of the program's reach"
     again = await box.run(["echo", "still here"])
+    assert again.stdout == b"still here\n"
+
+
+async def test_a_program_that_stops_its_parent_cannot_wedge_the_box() -> None:
+    async with Sandbox(idmap="single") as box:
+        r = await box.run(["sh", "-c", "kill -STOP $PPID; sleep 10"], limits=Limits(wall_time=0.3))
+        assert r.status is Status.WLE
+        again = await box.run(["echo", "still here"])
     assert again.stdout == b"still here\n"
 
 
