@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import trio
 
@@ -76,15 +78,36 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         stdin: bytes | int | None = None,
-        stdout: int | None = None,
-        stderr: int | None = None,
+        stdout: int | Relay | None = None,
+        stderr: int | Relay | None = None,
     ) -> Result:
         """Run one program to completion.
 
-        `stdin` is data to feed, an fd to hand over as it is, or None for
-        /dev/null.  `stdout`/`stderr` None captures into the Result; an fd
-        receives the output as it comes.  Either way the output limit counts.
+        `stdin`: data to feed, an fd to hand over, or None for /dev/null.
+        `stdout`/`stderr`: None captures into the Result, `Relay(fd)` streams to
+        fd as output comes, a plain fd is handed to the program as it is (then
+        that stream is not counted against the output limit).
         """
+        with _single_error():
+            async with trio.open_nursery() as nursery:
+                pending = await self._start(nursery, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
+                                            stdout=stdout, stderr=stderr)
+                reply = await pending.box.reply()
+        return pending.finish(reply)  # only now have the pumps drained every pipe
+
+    async def _start(
+        self,
+        nursery: trio.Nursery,
+        argv: Sequence[str],
+        *,
+        limits: Limits | None,
+        env: Mapping[str, str] | None,
+        cwd: str | None,
+        stdin: bytes | int | None,
+        stdout: int | Relay | None,
+        stderr: int | Relay | None,
+    ) -> _Pending:
+        """Send the run request (the program starts) and return what waits for its end."""
         if self._box is None:
             raise SetupError("sandbox is not open (use `async with Sandbox(...)`)")
         if not argv:
@@ -100,27 +123,94 @@ class Sandbox:
             "wall_time": limits.wall_time,
         }
         out = _Output(limits.output, box)
-        out_r, out_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        feed_w = -1
-        if isinstance(stdin, bytes):
-            in_fd, feed_w = os.pipe2(os.O_CLOEXEC)
-        elif stdin is None:
-            in_fd = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        else:
-            in_fd = os.dup(stdin)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(out.pump, out_r, stdout, out.stdout)
-            nursery.start_soon(out.pump, err_r, stderr, out.stderr)
-            if feed_w >= 0:
-                assert isinstance(stdin, bytes)
-                nursery.start_soon(_feed, feed_w, stdin)
-            reply = await box.request(req, [in_fd, out_w, err_w])
+        fds = [_stdin_fd(nursery, stdin)]
+        for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
+            if isinstance(mode, int):
+                fds.append(os.dup(mode))
+                continue
+            r, w = os.pipe2(os.O_CLOEXEC)
+            nursery.start_soon(out.pump, r, mode.fd if isinstance(mode, Relay) else None, buf)
+            fds.append(w)
+        await box.submit(req, fds)
+        return _Pending(box, req, limits, out)
+
+
+@dataclass(frozen=True)
+class Relay:
+    """Stream a program's output to this fd as it comes, counted against the output limit."""
+
+    fd: int
+
+
+@dataclass
+class _Pending:
+    box: Box
+    req: dict[str, object]
+    limits: Limits
+    out: _Output
+
+    def finish(self, reply: dict[str, Any]) -> Result:
         if "exec_error" in reply:
-            raise _exec_failure(reply["exec_error"], req)
-        result = verdict(reply, limits, output_exceeded=out.exceeded, enforcement=enforcement(limits))
-        result.stdout, result.stderr = bytes(out.stdout), bytes(out.stderr)
+            raise _exec_failure(reply["exec_error"], self.req)
+        result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,
+                         enforcement=enforcement(self.limits))
+        result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
         return result
+
+
+async def run_interactive(
+    box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
+    limits_a: Limits | None = None, limits_b: Limits | None = None,
+) -> tuple[Result, Result]:
+    """Two programs, each one's stdout the other's stdin, joined by plain pipes (no relay through Python).
+
+    Both sides' stderr is captured. The pipes' only copies end up in the two
+    runs, so each side sees EOF as soon as the other exits.
+    """
+    a_to_b = os.pipe2(os.O_CLOEXEC)
+    b_to_a = os.pipe2(os.O_CLOEXEC)
+    replies: list[dict[str, Any]] = [{}, {}]
+    try:
+        with _single_error():
+            async with trio.open_nursery() as nursery:
+                a = await box_a._start(nursery, argv_a, limits=limits_a, env=None, cwd=None, stdin=b_to_a[0],
+                                       stdout=a_to_b[1], stderr=None)
+                b = await box_b._start(nursery, argv_b, limits=limits_b, env=None, cwd=None, stdin=a_to_b[0],
+                                       stdout=b_to_a[1], stderr=None)
+                for fd in (*a_to_b, *b_to_a):
+                    os.close(fd)
+                a_to_b = b_to_a = ()
+
+                async def collect(pending: _Pending, slot: int) -> None:
+                    replies[slot] = await pending.box.reply()
+
+                nursery.start_soon(collect, a, 0)
+                nursery.start_soon(collect, b, 1)
+    finally:
+        for fd in (*a_to_b, *b_to_a):
+            os.close(fd)
+    return a.finish(replies[0]), b.finish(replies[1])
+
+
+@contextmanager
+def _single_error() -> Iterator[None]:
+    """A nursery wraps even a lone error in an ExceptionGroup; callers of the API expect the error itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise
+
+
+def _stdin_fd(nursery: trio.Nursery, stdin: bytes | int | None) -> int:
+    if isinstance(stdin, bytes):
+        r, w = os.pipe2(os.O_CLOEXEC)
+        nursery.start_soon(_feed, w, stdin)
+        return r
+    if stdin is None:
+        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return os.dup(stdin)
 
 
 @dataclass

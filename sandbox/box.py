@@ -33,6 +33,7 @@ _NAMESPACES = (
     sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
 )
 _CLOSE_TIMEOUT = 5.0
+_CANCEL_TIMEOUT = 2.0
 
 
 class Box:
@@ -45,6 +46,7 @@ class Box:
         self._pid = 0
         self._pidfd = -1
         self._send_lock = trio.Lock()
+        self.broken = False
 
     async def start(self) -> None:
         spawner = spawner_binary()
@@ -87,23 +89,41 @@ class Box:
                 raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
         os.write(mapped_w, b"g")
 
-    async def request(self, msg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
-        """Send one run request and wait for its reply.
+    async def submit(self, msg: dict[str, Any], fds: list[int]) -> None:
+        """Send one run request.
 
         `fds` (the program's stdin, stdout, stderr) are closed once sent: the
         output pipes must reach EOF when the last process of the run dies.
         """
-        assert self._sock is not None, "box is not started"
         try:
+            if self._sock is None or self.broken:
+                raise SetupError("the box is closed or broken")
             async with self._send_lock:
                 await protocol.asend(self._sock, msg, fds)
         finally:
             for fd in fds:
                 os.close(fd)
+
+    async def reply(self) -> dict[str, Any]:
+        """Wait for the submitted run to end.
+
+        Cancelled, it ends the run (box init kills every process) and still
+        collects the reply, so the box stays usable; a box that does not answer
+        in time is marked broken.
+        """
+        assert self._sock is not None
         try:
             reply, _ = await protocol.arecv(self._sock)
         except EOFError:
+            self.broken = True
             raise SetupError("box init died during the run") from None
+        except trio.Cancelled:
+            with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_TIMEOUT) as scope:
+                await self.kill_run("cancelled")
+                await protocol.arecv(self._sock)
+            if scope.cancelled_caught:
+                self.broken = True
+            raise
         return reply
 
     async def kill_run(self, reason: str) -> None:

@@ -139,12 +139,11 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
     finally:
         for fd in fds:
             os.close(fd)
-    started = _started(spawner.sock)
-    if "stage" in started:
-        return {"exec_error": started}, True
     monitor.started = time.monotonic()
     killed, report = _watch(monitor, sock, spawner, wakeup)
     ended = time.monotonic()
+    if report is not None and "stage" in report:
+        return {"exec_error": report}, True
     if report is None:
         return {"killed": killed or "IE", "wait_status": None, "cpu_time": monitor.cpu_used(),
                 "wall_time": ended - monitor.started, "memory_peak": 0}, False
@@ -157,21 +156,11 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
     }, True
 
 
-def _started(spawner: socket.socket) -> dict[str, Any]:
-    while True:
-        try:
-            msg, fds = protocol.recv(spawner)
-        except EOFError:
-            return {"stage": "setup", "errno": 0, "message": "the box's spawner died"}
-        for fd in fds:
-            os.close(fd)
-        if msg.get("exec") or "stage" in msg:
-            return msg
-
-
 def _watch(monitor: Monitor, sock: socket.socket, spawner: _Spawner,
            wakeup: int) -> tuple[str | None, dict[str, Any] | None]:
-    """Wait for the spawner's end-of-run report, ending the run first if a limit is hit or a kill is asked."""
+    """Wait for the spawner's end-of-run report (or its report that the program could not start), ending
+    the run first if a limit is hit or a kill is asked.  A spawner that does not answer a kill in time
+    (the program stopped it) gives None."""
     poller = select.poll()
     for fd in (wakeup, sock, spawner.sock):
         poller.register(fd, select.POLLIN)
@@ -198,7 +187,7 @@ def _watch(monitor: Monitor, sock: socket.socket, spawner: _Spawner,
                     msg, _ = protocol.recv(spawner.sock)
                 except EOFError:
                     return killed or "IE", None
-                if "wait_status" in msg:
+                if "wait_status" in msg or "stage" in msg:
                     return killed, msg
             elif fd == sock.fileno():
                 try:

@@ -17,7 +17,7 @@ from typing import NoReturn
 import trio
 
 from . import doctor
-from .api import Sandbox
+from .api import Relay, Sandbox
 from .errors import ConfigError, SandboxError
 from .limits import Limits, parse_count, parse_seconds, parse_size
 from .mounts import WORK_DIR, parse_bind, check_box_path
@@ -126,7 +126,7 @@ def _fd_open(fd: int) -> bool:
 
 async def _run_once(sandbox: Sandbox, argv: Sequence[str], stdin: int) -> Result:
     async with sandbox:
-        return await sandbox.run(argv, stdin=stdin, stdout=1, stderr=2)
+        return await sandbox.run(argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
 
 
 def _write_json(target: str, result: Result) -> None:

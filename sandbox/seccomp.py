@@ -1,0 +1,328 @@
+"""Compile a `Policy` to a seccomp BPF program with libseccomp, once, and cache it.
+
+Actions map to seccomp return values: allow -> SCMP_ACT_ALLOW, errno NAME ->
+SCMP_ACT_ERRNO(n), kill -> SCMP_ACT_NOTIFY.  "kill" is a user notification, not
+SECCOMP_RET_KILL: the supervisor holding the listener fd reads which syscall it
+was (reliably, with its arguments), answers it with an error so the call never
+runs, and ends the run with status SV.  The bad-architecture action is NOTIFY
+too, so an i386 (`int $0x80`) or x32 (nr | 0x40000000) call is reported by name
+(`i386:mount`); libseccomp sends x32 numbers on the x86_64 arch to that action.
+
+Per-syscall rules are first-match (see `Policy.decide`).  libseccomp has no
+order among rules of one syscall (an unconditional rule silently swallows
+conditional ones with another action, and one rule cannot compare an argument
+twice), so each syscall's rules are first turned into disjoint regions of the
+argument space, each region a conjunction of masked-equal tests, one per
+argument (a "cube"); ranges become aligned power-of-two blocks.  Disjoint rules
+mean libseccomp's order cannot matter.
+
+The compiled program is cached by content hash of the policy's meaning (not
+its file), the libseccomp version and this compiler's version: in memory, and
+on disk under $XDG_CACHE_HOME/sbx/seccomp/ (written atomically, checksummed; a
+corrupt entry is recompiled).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from .policy import U64, Action, Policy, PolicyError
+
+FORMAT = 1  # bump when the compilation changes, so old cache entries are not used
+_MAGIC = b"SBXBPF1\n"
+_MAX_TERMS = 4096  # per syscall; a policy beyond that is refused, not compiled slowly
+
+Cube = tuple[int, int]  # (mask, value): the argument matches when arg & mask == value
+Term = tuple[Cube, ...]  # one cube per argument (mask 0: any value)
+_ANY: Cube = (0, 0)
+_FULL: Term = (_ANY,) * 6
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    name: str
+    bpf: bytes  # sock_filter instructions, 8 bytes each, for syscalls.seccomp_set_filter
+    reports: bool  # whether some action is NOTIFY, so a listener must be created and watched
+    digest: str  # the cache key
+
+    @property
+    def instructions(self) -> int:
+        return len(self.bpf) // 8
+
+
+# --- cubes -----------------------------------------------------------------------------------------
+
+
+def _cube_and(a: Cube, b: Cube) -> Cube | None:
+    common = a[0] & b[0]
+    if (a[1] ^ b[1]) & common:
+        return None
+    return a[0] | b[0], a[1] | b[1]
+
+
+def _cube_not(c: Cube) -> list[Cube]:
+    """Disjoint cubes covering everything outside c: the first differing bit, from the top."""
+    mask, value = c
+    out, prefix = [], 0
+    for bit in range(63, -1, -1):
+        b = 1 << bit
+        if mask & b:
+            out.append((prefix | b, (value & prefix) | (~value & b)))
+            prefix |= b
+    return out
+
+
+def _range_cubes(mask: int, lo: int, hi: int) -> list[Cube]:
+    """Disjoint cubes for `lo <= arg & mask <= hi`: split [lo, hi] into aligned blocks."""
+    out = []
+    while lo <= hi:
+        size = (lo & -lo) if lo else 1 << 64
+        while lo + size - 1 > hi:
+            size >>= 1
+        fixed = U64 & ~(size - 1)  # bits the block fixes
+        if not (lo & fixed & ~mask):  # the block needs a 1 where arg & mask is always 0: empty
+            m = mask & fixed
+            out.append((m, lo & m))
+        lo += size
+    return out
+
+
+def _term_and(a: Term, b: Term) -> Term | None:
+    out = []
+    for x, y in zip(a, b):
+        c = _cube_and(x, y)
+        if c is None:
+            return None
+        out.append(c)
+    return tuple(out)
+
+
+def _region_and(a: list[Term], b: list[Term]) -> list[Term]:
+    out = []
+    for x in a:
+        for y in b:
+            t = _term_and(x, y)
+            if t is not None:
+                out.append(t)
+                if len(out) > _MAX_TERMS:
+                    raise _TooComplex
+    return out
+
+
+def _term_not(t: Term) -> list[Term]:
+    """Disjoint terms covering everything outside t."""
+    out, prefix = [], list(_FULL)
+    for i, cube in enumerate(t):
+        if cube == _ANY:
+            continue
+        for c in _cube_not(cube):
+            term = list(prefix)
+            term[i] = c
+            out.append(tuple(term))
+        prefix[i] = cube
+    return out
+
+
+def _region_not(region: list[Term]) -> list[Term]:
+    out = [_FULL]
+    for t in region:
+        out = _region_and(out, _term_not(t))
+    return out
+
+
+def _condition_region(rule) -> list[Term]:
+    region = [_FULL]
+    for cond in rule.when:
+        cubes = [c for lo, hi in cond.ranges for c in _range_cubes(cond.mask, lo, hi)]
+        terms = []
+        for c in cubes:
+            term = list(_FULL)
+            term[cond.arg] = c
+            terms.append(tuple(term))
+        region = _region_and(region, terms)
+    return region
+
+
+class _TooComplex(Exception):
+    pass
+
+
+def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
+    """Disjoint (action, term) pairs that together give the first-match meaning of the syscall's rules.
+
+    Regions whose action is the policy default are left out: the filter's default covers them.
+    """
+    out: list[tuple[Action, Term]] = []
+    remaining = [_FULL]
+    try:
+        for rule in policy.rules_for(syscall):
+            cond = _condition_region(rule)
+            if rule.action != policy.default:
+                out.extend((rule.action, t) for t in _region_and(remaining, cond))
+            remaining = _region_and(remaining, _region_not(cond))
+            if not remaining:
+                break
+            if len(out) > _MAX_TERMS:
+                raise _TooComplex
+    except _TooComplex:
+        raise PolicyError(f"policy {policy.name!r}: the conditions for {syscall!r} are too complex to compile") from None
+    return out
+
+
+# --- libseccomp ------------------------------------------------------------------------------------
+
+
+def _scmp_action(action: Action):
+    import seccomp
+
+    if action.kind == "allow":
+        return seccomp.ALLOW
+    if action.kind == "kill":
+        return seccomp.NOTIFY
+    return seccomp.ERRNO(action.errno)
+
+
+def _build(policy: Policy) -> bytes:
+    import seccomp
+
+    f = seccomp.SyscallFilter(_scmp_action(policy.default))
+    f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.NOTIFY)
+    f.set_attr(seccomp.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself
+    try:
+        f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)  # binary tree over syscall numbers
+    except (RuntimeError, ValueError, OSError):
+        pass
+    for syscall in policy.syscalls:
+        for action, term in syscall_regions(policy, syscall):
+            args = []
+            for i, (mask, value) in enumerate(term):
+                if mask == U64:
+                    args.append(seccomp.Arg(i, seccomp.EQ, value))
+                elif mask:
+                    args.append(seccomp.Arg(i, seccomp.MASKED_EQ, mask, value))
+            try:
+                f.add_rule_exactly(_scmp_action(action), syscall, *args)
+            except (RuntimeError, ValueError, OSError) as e:
+                raise PolicyError(f"policy {policy.name!r}: libseccomp refused a rule for {syscall!r}: {e}") from None
+    with tempfile.TemporaryFile() as tmp:
+        f.export_bpf(tmp)
+        tmp.seek(0)
+        bpf = tmp.read()
+    if not bpf or len(bpf) % 8:
+        raise PolicyError(f"policy {policy.name!r}: libseccomp produced no valid BPF program")
+    if len(bpf) // 8 > 4096:
+        raise PolicyError(f"policy {policy.name!r}: the filter has {len(bpf) // 8} instructions, more than the kernel's 4096")
+    return bpf
+
+
+def _libseccomp_version() -> str:
+    try:
+        import ctypes
+
+        lib = ctypes.CDLL("libseccomp.so.2")
+        lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
+        return ".".join(map(str, lib.seccomp_version().contents))
+    except (OSError, AttributeError):
+        return "unknown"
+
+
+# --- cache -----------------------------------------------------------------------------------------
+
+
+_memory: dict[str, CompiledPolicy] = {}
+_lock = threading.Lock()
+_version: str | None = None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME")
+    root = Path(base) if base and os.path.isabs(base) else Path(os.path.expanduser("~")) / ".cache"
+    return root / "sbx" / "seccomp"
+
+
+def cache_key(policy: Policy) -> str:
+    global _version
+    if _version is None:
+        _version = _libseccomp_version()
+    import platform
+
+    material = f"sbx-seccomp {FORMAT} libseccomp {_version} {platform.machine()}\n{policy.canonical()}"
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _read_entry(path: Path) -> bytes | None:
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    head = len(_MAGIC) + 32
+    if len(data) <= head or not data.startswith(_MAGIC):
+        return None
+    digest, bpf = data[len(_MAGIC):head], data[head:]
+    if hashlib.sha256(bpf).digest() != digest or len(bpf) % 8:
+        return None
+    return bpf
+
+
+def _write_entry(path: Path, bpf: bytes) -> bool:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".bpf")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_MAGIC + hashlib.sha256(bpf).digest() + bpf)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+            raise
+    except OSError:
+        return False
+    return True
+
+
+def compile(policy: Policy) -> CompiledPolicy:  # noqa: A001 - the public name the launcher calls
+    """The policy's BPF program: from memory, else from the disk cache, else compiled (and cached)."""
+    key = cache_key(policy)
+    with _lock:
+        hit = _memory.get(key)
+        if hit is not None:
+            return hit if hit.name == policy.name else _renamed(hit, policy.name)
+        path = cache_dir() / f"{key}.bpf"
+        bpf = _read_entry(path)
+        if bpf is None:
+            bpf = _build(policy)
+            _write_entry(path, bpf)  # a cache that cannot be written only costs a compilation next time
+        compiled = CompiledPolicy(policy.name, bpf, reports=_has_notify(bpf), digest=key)
+        _memory[key] = compiled
+        return compiled
+
+
+def _renamed(c: CompiledPolicy, name: str) -> CompiledPolicy:
+    return CompiledPolicy(name, c.bpf, c.reports, c.digest)
+
+
+_RET = 0x06  # BPF_RET | BPF_K
+_SECCOMP_RET_USER_NOTIF = 0x7FC00000
+
+
+def _has_notify(bpf: bytes) -> bool:
+    for code, _jt, _jf, k in struct.iter_unpack("=HBBI", bpf):
+        if code == _RET and k & 0xFFFF0000 == _SECCOMP_RET_USER_NOTIF:
+            return True
+    return False
+
+
+def clear_memory_cache() -> None:
+    with _lock:
+        _memory.clear()
