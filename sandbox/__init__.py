@@ -1,12 +1,12 @@
 """sbx: a rootless Linux sandbox for untrusted code."""
 
 from .api import Relay, Sandbox, run_interactive
-from .errors import ConfigError, ExecError, SandboxError, SetupError
+from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
 from .limits import Limits, parse_size
 from .mounts import Bind
 from .result import Result, Status
 
 __all__ = [
-    "Bind", "ConfigError", "ExecError", "Limits", "Relay", "Result", "Sandbox", "SandboxError", "SetupError",
+    "Bind", "BoxFileError", "ConfigError", "ExecError", "Limits", "Relay", "Result", "Sandbox", "SandboxError", "SetupError",
     "Status", "parse_size", "run_interactive",
 ]

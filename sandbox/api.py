@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from .box import Box
-from .errors import ConfigError, ExecError, SetupError
+from .errors import BoxFileError, ConfigError, ExecError, SetupError
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path
 from .result import Result
@@ -70,6 +70,36 @@ class Sandbox:
             box, self._box = self._box, None
             await box.aclose()
 
+    async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Create or replace a file under /box (relative paths are relative to it), owned by the program."""
+        box = self._open_box()
+        fd = os.memfd_create("sbx-write", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, data)
+        except BaseException:
+            os.close(fd)
+            raise
+        reply, _ = await box.file_op({"op": "write", "path": path, "mode": mode}, [fd])
+        if "error" in reply:
+            raise BoxFileError(f"write_file {reply['error']}")
+
+    async def read_file(self, path: str, max_size: int = 64 * 2**20) -> bytes:
+        """Read a regular file under /box; never follows a symlink or blocks on a FIFO the program planted."""
+        box = self._open_box()
+        reply, fds = await box.file_op({"op": "read", "path": path}, [])
+        if "error" in reply:
+            raise BoxFileError(f"read_file {reply['error']}")
+        with os.fdopen(fds[0], "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > max_size:
+                raise BoxFileError(f"read_file {path}: {size} bytes is more than max_size={max_size}")
+            return f.read(max_size)
+
+    def _open_box(self) -> Box:
+        if self._box is None:
+            raise SetupError("sandbox is not open (use `async with Sandbox(...)`)")
+        return self._box
+
     async def run(
         self,
         argv: Sequence[str],
@@ -108,12 +138,10 @@ class Sandbox:
         stderr: int | Relay | None,
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end."""
-        if self._box is None:
-            raise SetupError("sandbox is not open (use `async with Sandbox(...)`)")
+        box = self._open_box()
         if not argv:
             raise ConfigError("no program given")
         limits = limits or self.limits
-        box = self._box
         req = {
             "argv": list(argv),
             "env": {**BASE_ENV, **self.env, **(env or {})},

@@ -47,6 +47,7 @@ class Box:
         self._pidfd = -1
         self._send_lock = trio.Lock()
         self.broken = False
+        self._busy = False
 
     async def start(self) -> None:
         spawner = spawner_binary()
@@ -96,13 +97,34 @@ class Box:
         output pipes must reach EOF when the last process of the run dies.
         """
         try:
-            if self._sock is None or self.broken:
-                raise SetupError("the box is closed or broken")
+            self._claim()
             async with self._send_lock:
-                await protocol.asend(self._sock, msg, fds)
+                await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
+        except BaseException:
+            self._busy = False
+            raise
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _claim(self) -> None:
+        """Box init does one thing at a time; a second request during a run would read as a kill."""
+        if self._sock is None or self.broken:
+            raise SetupError("the box is closed or broken")
+        if self._busy:
+            raise SetupError("the box is busy: one run or file operation at a time")
+        self._busy = True
+
+    async def file_op(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """A request for box init's file copying (see boxfiles.py); returns its reply and any fd it sent."""
+        await self.submit(msg, fds)
+        try:
+            return await protocol.arecv(self._sock)  # type: ignore[arg-type]
+        except EOFError:
+            self.broken = True
+            raise SetupError("box init died") from None
+        finally:
+            self._busy = False
 
     async def reply(self) -> dict[str, Any]:
         """Wait for the submitted run to end.
@@ -111,6 +133,13 @@ class Box:
         collects the reply, so the box stays usable; a box that does not answer
         in time is marked broken.
         """
+        assert self._sock is not None
+        try:
+            return await self._reply()
+        finally:
+            self._busy = False
+
+    async def _reply(self) -> dict[str, Any]:
         assert self._sock is not None
         try:
             reply, _ = await protocol.arecv(self._sock)

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any, NoReturn
 
-from . import mounts, network, protocol
+from . import boxfiles, mounts, network, protocol
 from . import syscalls as sc
 from .monitor import Monitor
 from .userns import IdMap
@@ -94,6 +94,12 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
             req, fds = protocol.recv(sock)
         except (EOFError, OSError):
             os._exit(0)
+        if "op" in req:
+            reply, out = _file_op(req, fds, ids)
+            protocol.send(sock, reply, out)
+            for fd in out:
+                os.close(fd)
+            continue
         if "argv" not in req:
             continue  # a kill that arrived after its run had ended
         reply, healthy = _run(req, fds, sock, spawner, wakeup)
@@ -102,6 +108,20 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
             _reap_all()
             spawner = _Spawner(binary, ids)
         protocol.send(sock, reply)
+
+
+def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap) -> tuple[dict[str, Any], list[int]]:
+    try:
+        if req["op"] == "read":
+            return {"ok": True}, [boxfiles.open_for_reading(req["path"])]
+        boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
+        return {"ok": True}, []
+    except (OSError, ValueError) as e:
+        return {"error": str(e) if not isinstance(e, OSError) or not e.strerror else
+                f"{req['path']}: {e.strerror}"}, []
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def _send_error(sock: socket.socket, e: BaseException) -> None:

@@ -22,6 +22,10 @@ class SetupError(SandboxError):
     """The machine refused to build the box (namespaces, mounts, uid mapping)."""
 
 
+class BoxFileError(SandboxError):
+    """A file could not be copied into or out of the box (missing, not a regular file, a symlink, too big)."""
+
+
 class ExecError(SandboxError):
     """The program itself could not be started inside the box."""
 

@@ -224,7 +224,7 @@ class _Source:
         else:
             pats = [rf"(?<![\w.]){re.escape(str(value))}(?![\w.])"]
             if isinstance(value, int) and value >= 0:
-                pats.append(rf"(?i)0x0*{value:x}(?!\w)")
+                pats.append(rf"(?i:0x0*{value:x})(?!\w)")
         if key is not None:
             pats = [rf"(^|[{{,\s])\"?{re.escape(key)}\"?\s*=\s*{p}" for p in pats] + pats
             pats.append(rf"(^|[{{,\s])\"?{re.escape(key)}\"?\s*=")
@@ -341,14 +341,14 @@ class _Parser:
         if len(kinds) + ranged != 1:
             raise self.fail(self.src.value_line(block, arg, "arg"),
                             "a condition needs exactly one comparison: eq, ne, or a range (min and/or max)")
-        subject = f"arg{arg}" if mask == U64 else f"(arg{arg} & {_show(mask)})"
+        subject = f"arg{arg}" if mask == U64 else f"(arg{arg} & {_shown(raw['mask'], mask)})"
         if "eq" in raw:
             v = self.value(raw["eq"], block, "eq")
-            ranges, text = [(v, v)], f"{subject} == {_show(v)}"
+            ranges, text = [(v, v)], f"{subject} == {_shown(raw['eq'], v)}"
         elif "ne" in raw:
             v = self.value(raw["ne"], block, "ne")
             ranges = [r for r in ((0, v - 1), (v + 1, U64)) if r[0] <= r[1]]
-            text = f"{subject} != {_show(v)}"
+            text = f"{subject} != {_shown(raw['ne'], v)}"
         else:
             lo = self.value(raw["min"], block, "min") if "min" in raw else 0
             hi = self.value(raw["max"], block, "max") if "max" in raw else U64
@@ -431,6 +431,11 @@ class _Parser:
 def _has_key(src: _Source, block: tuple[int, int], key: str) -> bool:
     rx = re.compile(rf"^\s*\"?{re.escape(key)}\"?\s*=")
     return any(rx.search(src.lines[i]) for i in range(*block))
+
+
+def _shown(raw: object, v: int) -> str:
+    """A value as the policy wrote it if that was a name, else as a number."""
+    return raw if isinstance(raw, str) else _show(v)
 
 
 def _show(v: int) -> str:

@@ -58,6 +58,12 @@ _SYS_PIVOT_ROOT = 155
 _SYS_CAPSET = 126
 _SYS_SECCOMP = 317
 _SYS_MOUNT_SETATTR = 442
+_SYS_OPENAT2 = 437
+
+# openat2(2) resolve flags.
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 
@@ -146,6 +152,12 @@ def seccomp_set_filter(bpf: bytes, flags: int = 0) -> int:
     buf = ctypes.create_string_buffer(bpf, len(bpf))
     prog = struct.pack("=H6xQ", len(bpf) // 8, ctypes.addressof(buf))
     return _check(_libc.syscall(_SYS_SECCOMP, SECCOMP_SET_MODE_FILTER, flags, prog), "seccomp")
+
+
+def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
+    """open() whose path resolution the kernel confines (no symlinks, nothing outside `dirfd`)."""
+    how = struct.pack("=QQQ", flags, mode, resolve)
+    return _check(_libc.syscall(_SYS_OPENAT2, dirfd, _path(path), how, len(how)), f"open {path}", path)
 
 
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:

@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from sandbox import ExecError, Limits, Relay, Sandbox, Status, run_interactive
+from sandbox import BoxFileError, ExecError, Limits, Relay, Sandbox, Status, run_interactive
 
 from helpers import host_processes_matching
 
@@ -87,3 +87,48 @@ async def test_errors_are_typed_not_grouped(box: Sandbox) -> None:
     assert e.value.errno == 2 and e.value.exit_status == 127
     again = await box.run(["true"])
     assert again.status is Status.OK
+
+
+async def test_write_and_read_files(box: Sandbox) -> None:
+    await box.write_file("main.c", b"int main(void) { return 0; }\n")
+    await box.write_file("/box/data.bin", bytes(range(256)) * 1000, mode=0o600)
+    r = await box.run(["sh", "-c", "stat -c '%U %a %s' main.c data.bin; echo out > out.txt"])
+    assert r.stdout.split(b"\n")[:2] == [b"sbx 644 29", b"sbx 600 256000"], "owned by the program's uid"
+    assert await box.read_file("out.txt") == b"out\n"
+    assert await box.read_file("/box/data.bin") == bytes(range(256)) * 1000
+
+
+@pytest.mark.parametrize(
+    "plant,path,reason",
+    [
+        ("ln -s /etc/passwd out.txt", "out.txt", "Too many levels of symbolic links"),
+        ("ln -s /proc/1/environ out.txt", "out.txt", "Too many levels of symbolic links"),
+        ("mkdir d; ln -s /etc d2", "d2/passwd", "Too many levels of symbolic links"),
+        ("mkfifo out.txt", "out.txt", "not a regular file"),
+        ("mkdir out.txt", "out.txt", "not a regular file"),
+        ("true", "../etc/passwd", "not a file under /box"),
+        ("true", "/etc/passwd", "not under /box"),
+        ("true", "missing.txt", "No such file or directory"),
+    ],
+)
+async def test_copy_out_is_safe_against_planted_files(box: Sandbox, plant: str, path: str, reason: str) -> None:
+    await box.run(["sh", "-c", plant])
+    with trio.fail_after(5):  # a FIFO must not block the supervisor
+        with pytest.raises(BoxFileError, match=reason):
+            await box.read_file(path)
+
+
+@pytest.mark.parametrize("plant", ["ln -s /tmp/victim in.txt", "mkfifo in.txt", "ln -s /proc/self/fd/1 in.txt"])
+async def test_copy_in_is_safe_against_planted_files(box: Sandbox, plant: str) -> None:
+    await box.run(["sh", "-c", f"echo original > /tmp/victim; {plant}"])
+    with trio.fail_after(5):
+        with pytest.raises(BoxFileError):
+            await box.write_file("in.txt", b"data")
+    r = await box.run(["cat", "/tmp/victim"])
+    assert r.stdout == b"original\n"
+
+
+async def test_read_file_size_cap(box: Sandbox) -> None:
+    await box.run(["sh", "-c", "head -c 100000 /dev/zero > big"])
+    with pytest.raises(BoxFileError, match="more than max_size"):
+        await box.read_file("big", max_size=1000)
