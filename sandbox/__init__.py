@@ -4,9 +4,10 @@ from .api import Relay, Sandbox, run_interactive
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
 from .limits import Limits, parse_size
 from .mounts import Bind
+from .pool import SandboxPool
 from .result import Result, Status
 
 __all__ = [
-    "Bind", "BoxFileError", "ConfigError", "ExecError", "Limits", "Relay", "Result", "Sandbox", "SandboxError", "SetupError",
+    "Bind", "BoxFileError", "ConfigError", "ExecError", "Limits", "Relay", "Result", "Sandbox", "SandboxError", "SandboxPool", "SetupError",
     "Status", "parse_size", "run_interactive",
 ]

@@ -95,6 +95,12 @@ class Sandbox:
                 raise BoxFileError(f"read_file {path}: {size} bytes is more than max_size={max_size}")
             return f.read(max_size)
 
+    async def reset(self) -> None:
+        """Make the box as new: empty /box, /tmp, /dev/shm and its IPC objects (no process outlives a run)."""
+        reply, _ = await self._open_box().file_op({"op": "reset"}, [])
+        if "error" in reply:
+            raise SetupError(f"reset failed: {reply['error']}")
+
     def _open_box(self) -> Box:
         if self._box is None:
             raise SetupError("sandbox is not open (use `async with Sandbox(...)`)")

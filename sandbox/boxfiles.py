@@ -1,4 +1,4 @@
-"""Copying files into and out of a box's work dir, safely against the program.
+"""Copying files into and out of a box's work dir, safely against the program, and emptying it.
 
 Box init does the opening, inside the box, with openat2 confined beneath
 /box with no symlinks at all (RESOLVE_NO_SYMLINKS also refuses magic links
@@ -10,6 +10,7 @@ the fd alone, so it never resolves a path the program controls.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 
 from . import syscalls as sc
@@ -69,3 +70,22 @@ def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
+
+
+WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
+
+
+def reset() -> None:
+    """Empty the box's writable dirs and its System V IPC objects: what one run may leave for the next."""
+    for d in WRITABLE_DIRS:
+        with os.scandir(d) as entries:
+            for entry in entries:
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+    for kind in ("shm", "sem", "msg"):
+        with open(f"/proc/sysvipc/{kind}") as f:
+            ids = [int(line.split()[1]) for line in f.read().splitlines()[1:]]
+        for ident in ids:
+            sc.ipc_remove(kind, ident)

@@ -114,11 +114,14 @@ def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap) -> tuple[dict[str,
     try:
         if req["op"] == "read":
             return {"ok": True}, [boxfiles.open_for_reading(req["path"])]
+        if req["op"] == "reset":
+            boxfiles.reset()
+            return {"ok": True}, []
         boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
         return {"ok": True}, []
     except (OSError, ValueError) as e:
         return {"error": str(e) if not isinstance(e, OSError) or not e.strerror else
-                f"{req['path']}: {e.strerror}"}, []
+                f"{req.get('path', req['op'])}: {e.strerror}"}, []
     finally:
         for fd in fds:
             os.close(fd)

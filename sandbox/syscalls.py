@@ -160,5 +160,15 @@ def openat2(dirfd: int, path: str, flags: int, mode: int, resolve: int) -> int:
     return _check(_libc.syscall(_SYS_OPENAT2, dirfd, _path(path), how, len(how)), f"open {path}", path)
 
 
+_IPC_RMID = 0
+
+
+def ipc_remove(kind: str, ident: int) -> None:
+    """Remove one System V IPC object ("shm", "sem" or "msg") of the caller's IPC namespace."""
+    calls = {"shm": lambda: _libc.shmctl(ident, _IPC_RMID, None), "sem": lambda: _libc.semctl(ident, 0, _IPC_RMID),
+             "msg": lambda: _libc.msgctl(ident, _IPC_RMID, None)}
+    _check(calls[kind](), f"{kind}ctl IPC_RMID {ident}")
+
+
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     _check(_libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), 0), "close_range")

@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from sandbox import BoxFileError, ExecError, Limits, Relay, Sandbox, Status, run_interactive
+from sandbox import BoxFileError, ExecError, Limits, Relay, Sandbox, SandboxPool, Status, run_interactive
 
 from helpers import host_processes_matching
 
@@ -132,3 +132,26 @@ async def test_read_file_size_cap(box: Sandbox) -> None:
     await box.run(["sh", "-c", "head -c 100000 /dev/zero > big"])
     with pytest.raises(BoxFileError, match="more than max_size"):
         await box.read_file("big", max_size=1000)
+
+
+async def test_pool_hands_out_clean_boxes_and_replaces_broken_ones() -> None:
+    async with SandboxPool(size=2, limits=Limits(wall_time=5)) as pool:
+        assert pool.stats() == {"ready": 2, "busy": 0, "resetting": 0}
+        async with pool.acquire() as box:
+            assert pool.stats()["busy"] == 1
+            await box.run(["sh", "-c", "echo left > /box/f; echo x > /tmp/t; echo y > /dev/shm/s;"
+                                       "ipcmk -M 4096 >/dev/null"])
+        seen = []
+        for _ in range(4):
+            async with pool.acquire() as box:
+                r = await box.run(["sh", "-c", "ls -A /box /tmp /dev/shm; ipcs -m | grep -c 0x || true"])
+                seen.append(r.stdout.split())
+        assert all(out == [b"/box:", b"/dev/shm:", b"/tmp:", b"0"] for out in seen), seen
+        async with pool.acquire() as box:
+            await box._box.aclose()  # type: ignore[union-attr]  # a box that died while lent out
+        with trio.fail_after(10):
+            while pool.stats()["ready"] < 2:
+                await trio.sleep(0.01)
+        async with pool.acquire() as box:
+            assert (await box.run(["echo", "ok"])).stdout == b"ok\n"
+    assert pool.stats()["busy"] == 0
