@@ -12,11 +12,13 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import NoReturn
 
 import trio
 
 from . import doctor
+from . import judge as judging
 from .api import Relay, Sandbox
 from .errors import ConfigError, SandboxError
 from .limits import Limits, parse_count, parse_seconds, parse_size
@@ -60,6 +62,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE|-", help="write the result record as JSON")
     run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]")
     run.set_defaults(func=_cmd_run)
+
+    judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
+    judge.add_argument("solution", metavar="SOLUTION")
+    judge.add_argument("--tests", required=True, metavar="DIR", help="NAME.in with NAME.out (or NAME.ans)")
+    judge.add_argument("--lang", metavar="c|cpp|py", help="default: from the file extension")
+    judge.add_argument("--time", default="1", metavar="S", help="CPU time limit per test (default 1)")
+    judge.add_argument("--memory", default="256M", metavar="SIZE", help="memory limit per test (default 256M)")
+    judge.add_argument("--checker", metavar="PROG", help="checker executable: PROG INPUT OUTPUT ANSWER, exit 0 = OK")
+    judge.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    judge.set_defaults(func=_cmd_judge)
 
     check = sub.add_parser("check", help="what this machine supports and what sbx will use")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -140,6 +152,20 @@ def _write_json(target: str, result: Result) -> None:
             f.write(text)
     except OSError as e:
         raise ConfigError(f"--json {target}: {e.strerror}") from None
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    solution = Path(args.solution)
+    lang = judging.detect_lang(solution, args.lang)
+    tests = judging.find_tests(Path(args.tests))
+    cpu = parse_seconds(args.time, "--time")
+    limits = Limits(cpu_time=cpu, wall_time=max(3 * cpu, cpu + 2), memory=parse_size(args.memory, "--memory"),
+                    pids=1, output=64 * 2**20)
+    report = trio.run(lambda: judging.judge(solution, tests, lang=lang, limits=limits,
+                                            checker=Path(args.checker) if args.checker else None,
+                                            progress=sys.stderr))
+    print(json.dumps(report.record()) if args.json else judging.table(report))
+    return 0 if report.verdict == "OK" else 1
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

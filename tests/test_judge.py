@@ -1,0 +1,73 @@
+"""`sbx judge` end to end, on the shipped example problem."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sandbox.judge import find_tests
+
+from helpers import sbx
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
+
+
+def judge(solution: str, *extra: str) -> tuple[int, dict]:
+    r = sbx("judge", str(EXAMPLE / "solutions" / solution), "--tests", str(EXAMPLE / "tests"), "--memory", "64M",
+            "--json", *extra, timeout=120)
+    return r.returncode, json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("solution,verdict,statuses", [
+    ("ok.c", "OK", ["OK", "OK", "OK"]),
+    ("ok.py", "OK", ["OK", "OK", "OK"]),
+    ("wa.c", "WA", ["OK", "OK", "WA"]),
+    ("tle.c", "TLE", ["OK", "OK", "TLE"]),
+    ("mle.c", "MLE", ["MLE", "MLE", "MLE"]),
+    ("re.c", "WA", ["WA", "SG", "SG"]),
+])
+def test_verdicts(solution: str, verdict: str, statuses: list[str]) -> None:
+    code, report = judge(solution)
+    assert report["verdict"] == verdict
+    assert [t["status"] for t in report["tests"]] == statuses
+    assert [t["name"] for t in report["tests"]] == ["1", "2", "3"]
+    assert code == (0 if verdict == "OK" else 1)
+    for t in report["tests"]:
+        assert set(t) == {"name", "status", "cpu_time", "wall_time", "memory_peak", "message"}
+
+
+def test_compile_error() -> None:
+    code, report = judge("ce.c")
+    assert (code, report["verdict"], report["tests"]) == (1, "CE", [])
+    assert report["compile"]["status"] == "RE"
+
+
+def test_custom_checker(tmp_path: Path) -> None:
+    checker = tmp_path / "checker.sh"
+    checker.write_text("#!/bin/sh\n# accepts anything with as many lines as the answer\n"
+                       "[ $(wc -l < \"$2\") = $(wc -l < \"$3\") ] || { echo 'line count' >&2; exit 1; }\n")
+    checker.chmod(0o755)
+    code, report = judge("wa.c", "--checker", str(checker))
+    assert (code, report["verdict"]) == (0, "OK"), "the checker accepts a wrong sum"
+
+
+def test_natural_order_and_ans_files(tmp_path: Path) -> None:
+    for name in ("10", "2", "1"):
+        (tmp_path / f"{name}.in").write_text("1\n5\n")
+        (tmp_path / f"{name}.ans").write_text("5\n")
+    assert [t.name for t in find_tests(tmp_path)] == ["1", "2", "10"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["judge", "x.c", "--tests", "/nonexistent"], "sbx: --tests /nonexistent: not a directory"),
+    (["judge", "x.rb", "--tests", str(EXAMPLE / "tests")], "sbx: x.rb: cannot tell the language from '.rb'; use --lang"),
+    (["judge", "x.c", "--tests", str(EXAMPLE / "tests"), "--lang", "cobol"],
+     "sbx: --lang: unknown language 'cobol' (expected c, cpp, py)"),
+    (["judge", "/nonexistent.c", "--tests", str(EXAMPLE / "tests")], "sbx: /nonexistent.c: No such file or directory"),
+])
+def test_bad_input(args: list[str], message: str) -> None:
+    r = sbx(*args)
+    assert r.returncode == 125
+    assert r.stderr.decode().splitlines() == [message]
