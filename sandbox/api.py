@@ -26,6 +26,8 @@ from .verdict import enforcement, verdict
 
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 _CHUNK = 1 << 16
+MAX_ARGS = 4096
+"""Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
 
 
 class Sandbox:
@@ -147,10 +149,13 @@ class Sandbox:
         box = self._open_box()
         if not argv:
             raise ConfigError("no program given")
+        full_env = {**BASE_ENV, **self.env, **(env or {})}
+        if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
+            raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         limits = limits or self.limits
         req = {
             "argv": list(argv),
-            "env": {**BASE_ENV, **self.env, **(env or {})},
+            "env": full_env,
             "cwd": cwd or self.cwd,
             "rlimits": rlimits(limits, box.ids),
             "cpu_time": limits.cpu_time,

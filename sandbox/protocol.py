@@ -16,6 +16,8 @@ from typing import Any
 
 import trio
 
+from .errors import ConfigError
+
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
@@ -28,7 +30,10 @@ def _ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
 
 
 def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    return [json.dumps(msg).encode()], _ancillary(fds)
+    data = json.dumps(msg).encode()
+    if len(data) > MAX_MESSAGE:
+        raise ConfigError(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit (argv and environment)")
+    return [data], _ancillary(fds)
 
 
 def _decode(data: bytes, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:

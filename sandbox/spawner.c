@@ -48,11 +48,13 @@
 
 #define MAX_MSG (1 << 20)
 #define MAX_FDS 5
+#define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
 
 static int ctl;
 static uid_t program_uid;
 static gid_t program_gid;
 static int use_setgroups;
+static int last_cap = CAP_LAST_CAP;
 
 static void send_msg(const char *msg, int fd)
 {
@@ -86,13 +88,6 @@ static void child_fail(int err_pipe, const char *stage, int err)
 
 static void drop_privileges(int err_pipe)
 {
-    int last_cap = CAP_LAST_CAP;
-    FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
-    if (f) {
-        if (fscanf(f, "%d", &last_cap) != 1)
-            last_cap = CAP_LAST_CAP;
-        fclose(f);
-    }
     for (int cap = 0; cap <= last_cap; cap++)
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
             child_fail(err_pipe, "setup", errno);
@@ -209,7 +204,7 @@ static void finish_run(void)
 
 static int parse_run(char *buf, size_t len, struct run *r)
 {
-    char *tok[8 + 3 * 64 + 4096];
+    static char *tok[8 + 3 * 64 + 2 * MAX_ARGS];
     size_t ntok = 0;
     for (char *p = buf; p < buf + len && ntok < sizeof tok / sizeof *tok; p += strlen(p) + 1)
         tok[ntok++] = p;
@@ -219,13 +214,14 @@ static int parse_run(char *buf, size_t len, struct run *r)
     r->has_cgroup = atoi(tok[2]);
     r->nrlimits = atoi(tok[3]);
     int argc = atoi(tok[4]), envc = atoi(tok[5]);
-    if (r->nrlimits < 0 || argc < 1 || envc < 0 || 7 + 3 * (size_t)r->nrlimits + argc + envc != ntok)
+    if (r->nrlimits < 0 || r->nrlimits > 64 || argc < 1 || argc > MAX_ARGS || envc < 0 || envc > MAX_ARGS ||
+        7 + 3 * (size_t)r->nrlimits + argc + envc != ntok)
         return -1;
     if (r->nfds != 3 + r->has_bpf + r->has_cgroup)
         return -1;
     r->cwd = tok[6];
     r->rlimits = tok + 7;
-    static char *argv[4096 + 1], *envp[4096 + 1];
+    static char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
     char **a = tok + 7 + 3 * r->nrlimits;
     memcpy(argv, a, argc * sizeof *a);
     argv[argc] = NULL;
@@ -284,6 +280,12 @@ int main(int argc, char **argv)
     program_uid = (uid_t)atol(argv[2]);
     program_gid = (gid_t)atol(argv[3]);
     use_setgroups = atoi(argv[4]);
+    FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
+    if (f) {
+        if (fscanf(f, "%d", &last_cap) != 1)
+            last_cap = CAP_LAST_CAP;
+        fclose(f);
+    }
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     sigset_t chld;

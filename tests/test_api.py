@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from sandbox import BoxFileError, ExecError, Limits, Relay, Sandbox, SandboxPool, Status, run_interactive
+from sandbox import BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, Status, run_interactive
 
 from helpers import host_processes_matching
 
@@ -155,3 +155,12 @@ async def test_pool_hands_out_clean_boxes_and_replaces_broken_ones() -> None:
         async with pool.acquire() as box:
             assert (await box.run(["echo", "ok"])).stdout == b"ok\n"
     assert pool.stats()["busy"] == 0
+
+
+async def test_oversized_requests_are_refused_and_the_box_survives(box: Sandbox) -> None:
+    with pytest.raises(ConfigError, match="at most 4096 arguments"):
+        await box.run(["echo", *["x"] * 5000])
+    with pytest.raises(ConfigError, match="over the 1048576-byte limit"):
+        await box.run(["echo", "y" * (2 << 20)])
+    r = await box.run(["echo", *["z"] * 4000])
+    assert r.stdout == b" ".join([b"z"] * 4000) + b"\n"
