@@ -146,10 +146,16 @@ class Box:
         except EOFError:
             self.broken = True
             raise SetupError("box init died during the run") from None
+        except trio.ClosedResourceError:
+            raise SetupError("the box was closed during the run") from None
         except trio.Cancelled:
             with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_TIMEOUT) as scope:
-                await self.kill_run("cancelled")
-                await protocol.arecv(self._sock)
+                try:
+                    await self.kill_run("cancelled")
+                    if self._sock is not None:
+                        await protocol.arecv(self._sock)
+                except (EOFError, OSError, trio.ClosedResourceError):
+                    self.broken = True
             if scope.cancelled_caught:
                 self.broken = True
             raise
@@ -157,11 +163,12 @@ class Box:
 
     async def kill_run(self, reason: str) -> None:
         """Ask box init to end the current run now (box init ignores this when idle)."""
-        assert self._sock is not None
         async with self._send_lock:
+            if self._sock is None:
+                return
             try:
                 await protocol.asend(self._sock, {"kill": reason})
-            except OSError:
+            except (OSError, trio.ClosedResourceError):
                 pass
 
     async def aclose(self) -> None:

@@ -33,6 +33,7 @@ class SandboxPool:
         self._resetting = 0
         self._boxes: set[Sandbox] = set()
         self._nursery: trio.Nursery | None = None
+        self._closing = False
         self._nursery_cm: Any = None
 
     async def __aenter__(self) -> SandboxPool:
@@ -49,6 +50,7 @@ class SandboxPool:
 
     async def __aexit__(self, *exc: Any) -> None:
         assert self._nursery is not None
+        self._closing = True
         self._nursery.cancel_scope.cancel()
         await self._nursery_cm.__aexit__(*exc)
         with trio.CancelScope(shield=True):
@@ -71,9 +73,10 @@ class SandboxPool:
             yield box
         finally:
             self._busy -= 1
-            self._resetting += 1
-            assert self._nursery is not None
-            self._nursery.start_soon(self._recycle, box)
+            if not self._closing:  # a closing pool closes every box itself
+                self._resetting += 1
+                assert self._nursery is not None
+                self._nursery.start_soon(self._recycle, box)
 
     async def _recycle(self, box: Sandbox) -> None:
         try:

@@ -164,3 +164,21 @@ async def test_oversized_requests_are_refused_and_the_box_survives(box: Sandbox)
         await box.run(["echo", "y" * (2 << 20)])
     r = await box.run(["echo", *["z"] * 4000])
     assert r.stdout == b" ".join([b"z"] * 4000) + b"\n"
+
+
+async def test_closing_a_pool_mid_run_leaves_no_process() -> None:
+    marker = "1000.8642"
+    async with trio.open_nursery() as nursery:
+        async with SandboxPool(size=2) as pool:
+            async def run_forever() -> None:
+                async with pool.acquire() as box:
+                    await box.run(["sh", "-c", f"sleep {marker} & sleep {marker}"])
+            nursery.start_soon(run_forever)
+            with trio.fail_after(10):
+                while not host_processes_matching(marker):
+                    await trio.sleep(0.01)
+            nursery.cancel_scope.cancel()
+    with trio.fail_after(5):
+        while host_processes_matching(marker):
+            await trio.sleep(0.01)
+    assert host_processes_matching("sbx-spawner") == []
