@@ -15,19 +15,29 @@ from typing import Any
 
 import trio
 
+from . import seccomp
 from .box import Box
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path
+from .policy import load_policy
 from .result import Result
 from .rlimits import rlimits
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
 
+DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 _CHUNK = 1 << 16
 MAX_ARGS = 4096
 """Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
+
+
+class _Inherit:
+    """The default of `run(policy=...)`: use the sandbox's policy (None already means "no policy")."""
+
+
+_INHERIT = _Inherit()
 
 
 class Sandbox:
@@ -48,6 +58,7 @@ class Sandbox:
         idmap: IdmapMode = "auto",
         env: Mapping[str, str] | None = None,
         cwd: str = WORK_DIR,
+        policy: str | None = DEFAULT_POLICY,
     ) -> None:
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
@@ -58,6 +69,10 @@ class Sandbox:
         self.cwd = cwd
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
+        self.policy = policy
+        self._filters: dict[str, int] = {}
+        if policy is not None:
+            self._filter(policy)  # a bad policy is bad input: fail before any box is built
 
     async def __aenter__(self) -> Sandbox:
         self._box = Box(self.layout, detect(self._idmap))
@@ -67,7 +82,19 @@ class Sandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _filter(self, policy: str) -> int:
+        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox."""
+        if policy not in self._filters:
+            bpf = seccomp.compile(load_policy(policy)).bpf
+            fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
+            _write_all(fd, bpf)
+            self._filters[policy] = fd
+        return self._filters[policy]
+
     async def aclose(self) -> None:
+        for fd in self._filters.values():
+            os.close(fd)
+        self._filters.clear()
         if self._box is not None:
             box, self._box = self._box, None
             await box.aclose()
@@ -118,6 +145,7 @@ class Sandbox:
         stdin: bytes | int | None = None,
         stdout: int | Relay | None = None,
         stderr: int | Relay | None = None,
+        policy: str | None | _Inherit = _INHERIT,
     ) -> Result:
         """Run one program to completion.
 
@@ -125,11 +153,13 @@ class Sandbox:
         `stdout`/`stderr`: None captures into the Result, `Relay(fd)` streams to
         fd as output comes, a plain fd is handed to the program as it is (then
         that stream is not counted against the output limit).
+        `policy`: a seccomp policy name or file for this run, None for none;
+        by default the sandbox's.
         """
         with _single_error():
             async with trio.open_nursery() as nursery:
                 pending = await self._start(nursery, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
-                                            stdout=stdout, stderr=stderr)
+                                            stdout=stdout, stderr=stderr, policy=policy)
                 reply = await pending.box.reply()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
@@ -144,6 +174,7 @@ class Sandbox:
         stdin: bytes | int | None,
         stdout: int | Relay | None,
         stderr: int | Relay | None,
+        policy: str | None | _Inherit = _INHERIT,
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end."""
         box = self._open_box()
@@ -161,6 +192,9 @@ class Sandbox:
             "cpu_time": limits.cpu_time,
             "wall_time": limits.wall_time,
         }
+        policy_name = self.policy if isinstance(policy, _Inherit) else policy
+        filter_fd = self._filter(policy_name) if policy_name is not None else None
+        req["seccomp"] = filter_fd is not None
         out = _Output(limits.output, box)
         fds = [_stdin_fd(nursery, stdin)]
         for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
@@ -170,8 +204,10 @@ class Sandbox:
             r, w = os.pipe2(os.O_CLOEXEC)
             nursery.start_soon(out.pump, r, mode.fd if isinstance(mode, Relay) else None, buf)
             fds.append(w)
+        if filter_fd is not None:
+            fds.append(os.dup(filter_fd))
         await box.submit(req, fds)
-        return _Pending(box, req, limits, out)
+        return _Pending(box, req, limits, out, policy_name)
 
 
 @dataclass(frozen=True)
@@ -187,12 +223,13 @@ class _Pending:
     req: dict[str, object]
     limits: Limits
     out: _Output
+    policy: str | None
 
     def finish(self, reply: dict[str, Any]) -> Result:
         if "exec_error" in reply:
             raise _exec_failure(reply["exec_error"], self.req)
         result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,
-                         enforcement=enforcement(self.limits))
+                         enforcement=enforcement(self.limits, self.policy))
         result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
         return result
 
@@ -200,6 +237,7 @@ class _Pending:
 async def run_interactive(
     box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
+    policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
 ) -> tuple[Result, Result]:
     """Two programs, each one's stdout the other's stdin, joined by plain pipes (no relay through Python).
 
@@ -213,9 +251,9 @@ async def run_interactive(
         with _single_error():
             async with trio.open_nursery() as nursery:
                 a = await box_a._start(nursery, argv_a, limits=limits_a, env=None, cwd=None, stdin=b_to_a[0],
-                                       stdout=a_to_b[1], stderr=None)
+                                       stdout=a_to_b[1], stderr=None, policy=policy_a)
                 b = await box_b._start(nursery, argv_b, limits=limits_b, env=None, cwd=None, stdin=a_to_b[0],
-                                       stdout=b_to_a[1], stderr=None)
+                                       stdout=b_to_a[1], stderr=None, policy=policy_b)
                 for fd in (*a_to_b, *b_to_a):
                     os.close(fd)
                 a_to_b = b_to_a = ()

@@ -17,7 +17,7 @@ import socket
 import time
 from typing import Any, NoReturn
 
-from . import boxfiles, mounts, network, protocol
+from . import boxfiles, mounts, network, protocol, seccomp_notify
 from . import syscalls as sc
 from .monitor import Monitor
 from .userns import IdMap
@@ -155,7 +155,7 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
     monitor = Monitor(req.get("cpu_time"), req.get("wall_time"), spawner.pid)
     rlimits = [str(v) for triple in req["rlimits"] for v in triple]
     env = [f"{k}={v}" for k, v in req["env"].items()]
-    tokens = ["run", "0", "0", str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+    tokens = ["run", "1" if req.get("seccomp") else "0", "0", str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
               *rlimits, *req["argv"], *env]
     try:
         protocol.send_tokens(spawner.sock, tokens, fds)
@@ -163,15 +163,17 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
         for fd in fds:
             os.close(fd)
     monitor.started = time.monotonic()
-    killed, report = _watch(monitor, sock, spawner, wakeup)
+    watch = _Watch(monitor, sock, spawner, wakeup)
+    killed, report = watch.run()
     ended = time.monotonic()
     if report is not None and "stage" in report:
         return {"exec_error": report}, True
     if report is None:
-        return {"killed": killed or "IE", "wait_status": None, "cpu_time": monitor.cpu_used(),
+        return {"killed": killed or "IE", "syscall": watch.syscall, "wait_status": None, "cpu_time": monitor.cpu_used(),
                 "wall_time": ended - monitor.started, "memory_peak": 0}, False
     return {
         "killed": killed,
+        "syscall": watch.syscall,
         "wait_status": report["wait_status"],
         "cpu_time": report["cpu"],
         "wall_time": ended - monitor.started,
@@ -179,52 +181,89 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
     }, True
 
 
-def _watch(monitor: Monitor, sock: socket.socket, spawner: _Spawner,
-           wakeup: int) -> tuple[str | None, dict[str, Any] | None]:
-    """Wait for the spawner's end-of-run report (or its report that the program could not start), ending
-    the run first if a limit is hit or a kill is asked.  A spawner that does not answer a kill in time
-    (the program stopped it) gives None."""
-    poller = select.poll()
-    for fd in (wakeup, sock, spawner.sock):
-        poller.register(fd, select.POLLIN)
-    killed: str | None = None
-    deadline: float | None = None
-    while True:
-        if killed is None:
-            killed, wait = monitor.check()
-            if killed is not None:
-                spawner.sock.send(b"kill")
-                deadline = time.monotonic() + _SPAWNER_GRACE
-                wait = _SPAWNER_GRACE
-        else:
-            assert deadline is not None
-            wait = deadline - time.monotonic()
-            if wait <= 0:
-                return killed, None
-        if wait is not None and wait < _PRECISE_SLEEP:
-            time.sleep(wait)  # poll() sleeps whole milliseconds; this last stretch needs finer steps
-            continue
-        for fd, _ in poller.poll(None if wait is None else wait * 1000):
-            if fd == spawner.sock.fileno():
-                try:
-                    msg, _ = protocol.recv(spawner.sock)
-                except EOFError:
-                    return killed or "IE", None
-                if "wait_status" in msg or "stage" in msg:
-                    return killed, msg
-            elif fd == sock.fileno():
-                try:
-                    msg, _ = protocol.recv(sock)
-                except EOFError:
-                    os._exit(0)  # supervisor gone: dying takes the whole pid namespace with us
-                if killed is None:
-                    killed = str(msg.get("kill", "IE"))
-                    spawner.sock.send(b"kill")
-                    deadline = time.monotonic() + _SPAWNER_GRACE
+class _Watch:
+    """One run as box init sees it: the spawner's messages, the seccomp listener, limits and kill requests.
+
+    `run()` returns (what ended the run early, the spawner's report).  The
+    report is the end-of-run accounting, or the reason the program could not
+    start; None means the spawner did not answer a kill in time (the program
+    stopped it), and then it must be replaced.
+    """
+
+    def __init__(self, monitor: Monitor, sock: socket.socket, spawner: _Spawner, wakeup: int) -> None:
+        self.monitor, self.sock, self.spawner, self.wakeup = monitor, sock, spawner, wakeup
+        self.poller = select.poll()
+        for fd in (wakeup, sock, spawner.sock):
+            self.poller.register(fd, select.POLLIN)
+        self.listener = -1
+        self.killed: str | None = None
+        self.syscall: str | None = None
+        self.deadline: float | None = None
+
+    def kill(self, reason: str) -> None:
+        if self.killed is None:
+            self.killed = reason
+            self.spawner.sock.send(b"kill")
+            self.deadline = time.monotonic() + _SPAWNER_GRACE
+
+    def run(self) -> tuple[str | None, dict[str, Any] | None]:
+        try:
+            return self._loop()
+        finally:
+            if self.listener >= 0:
+                os.close(self.listener)
+
+    def _loop(self) -> tuple[str | None, dict[str, Any] | None]:
+        while True:
+            if self.killed is None:
+                reached, wait = self.monitor.check()
+                if reached is not None:
+                    self.kill(reached)
+                    wait = _SPAWNER_GRACE
             else:
-                _drain(wakeup)
-                if _reaped_spawner(spawner.pid):
-                    return killed or "IE", None
+                assert self.deadline is not None
+                wait = self.deadline - time.monotonic()
+                if wait <= 0:
+                    return self.killed, None
+            if wait is not None and wait < _PRECISE_SLEEP:
+                time.sleep(wait)  # poll() sleeps whole milliseconds; this last stretch needs finer steps
+                continue
+            for fd, events in self.poller.poll(None if wait is None else wait * 1000):
+                if fd == self.spawner.sock.fileno():
+                    try:
+                        msg, fds = protocol.recv(self.spawner.sock)
+                    except EOFError:
+                        return self.killed or "IE", None
+                    if msg.get("listener") and fds:
+                        self.listener = fds[0]
+                        self.poller.register(self.listener, select.POLLIN)
+                    elif "wait_status" in msg or "stage" in msg:
+                        return self.killed, msg
+                elif fd == self.listener:
+                    self._violation(events)
+                elif fd == self.sock.fileno():
+                    try:
+                        msg, _ = protocol.recv(self.sock)
+                    except EOFError:
+                        os._exit(0)  # supervisor gone: dying takes the whole pid namespace with us
+                    self.kill(str(msg.get("kill", "IE")))
+                else:
+                    _drain(self.wakeup)
+                    if _reaped_spawner(self.spawner.pid):
+                        return self.killed or "IE", None
+
+    def _violation(self, events: int) -> None:
+        """A call the policy reports: refuse it (it never runs), name it, end the run."""
+        if not events & select.POLLIN:
+            self.poller.unregister(self.listener)  # every process under the filter is gone
+            return
+        notification = seccomp_notify.receive(self.listener)
+        if notification is None:
+            return
+        seccomp_notify.answer(self.listener, notification)
+        if self.syscall is None:
+            self.syscall = notification.syscall
+        self.kill("SV")
 
 
 def _reaped_spawner(pid: int) -> bool:

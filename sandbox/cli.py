@@ -17,7 +17,7 @@ from typing import NoReturn
 
 import trio
 
-from . import doctor
+from . import doctor, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
 from .errors import ConfigError, SandboxError
@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     run = sub.add_parser("run", help="run one program in a fresh box")
+    run.add_argument("--policy", default="default", metavar="NAME|FILE",
+                     help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
     run.add_argument("--time", metavar="S", help="CPU time limit in seconds, summed over all processes")
     run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds")
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M")
@@ -72,6 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--checker", metavar="PROG", help="checker executable: PROG INPUT OUTPUT ANSWER, exit 0 = OK")
     judge.add_argument("--json", action="store_true", help="print the report as one JSON object")
     judge.set_defaults(func=_cmd_judge)
+
+    policy = sub.add_parser("policy", help="the seccomp policies")
+    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    psub.add_parser("list", help="the shipped policies").set_defaults(func=lambda a: _print(policy_cli.list_policies()))
+    show = psub.add_parser("show", help="what a policy allows and blocks")
+    show.add_argument("name", metavar="NAME|FILE")
+    show.set_defaults(func=lambda a: _print(policy_cli.show_policy(a.name)))
+    pcheck = psub.add_parser("check", help="validate a policy file")
+    pcheck.add_argument("file", metavar="FILE")
+    pcheck.set_defaults(func=lambda a: _print(policy_cli.check_policy(a.file)))
 
     check = sub.add_parser("check", help="what this machine supports and what sbx will use")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -108,6 +120,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         idmap=args.idmap,
         env=dict(_env_pair(e) for e in args.env),
         cwd=check_box_path(args.cwd, "--cwd") if args.cwd != WORK_DIR else WORK_DIR,
+        policy=args.policy,
     )
     stdin = _open_stdin(args.stdin)
     try:
@@ -166,6 +179,11 @@ def _cmd_judge(args: argparse.Namespace) -> int:
                                             progress=sys.stderr))
     print(json.dumps(report.record()) if args.json else judging.table(report))
     return 0 if report.verdict == "OK" else 1
+
+
+def _print(text: str) -> int:
+    print(text)
+    return 0
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

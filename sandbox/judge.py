@@ -1,5 +1,8 @@
 """`sbx judge`: compile a solution, run it on every test in a pool of boxes, check, and give verdicts.
 
+The compiler runs under the `compile` seccomp policy, the solution under
+`strict` (one process and its threads), the checker under `default`.
+
 The compiler runs in a box of its own; the binary is copied out of it and
 into each test's box, so a test never sees another test's files.  Checkers
 run sandboxed too (testlib convention: `checker INPUT OUTPUT ANSWER`).
@@ -27,6 +30,8 @@ LANGS = {
     "py": (None, "sol.py", ("python3", "sol.py")),
 }
 EXTENSIONS = {".c": "c", ".cpp": "cpp", ".cc": "cpp", ".cxx": "cpp", ".py": "py"}
+COMPILE_POLICY = "compile"
+RUN_POLICY = "strict"
 COMPILE_LIMITS = Limits(cpu_time=30.0, wall_time=60.0, memory=None, pids=64, output=1 << 20)
 
 
@@ -112,7 +117,7 @@ async def judge(solution: Path, tests: list[TestCase], *, lang: str, limits: Lim
     files = {source_name: (source, 0o644)}
     report = Report(compile=None)
     if compile_argv is not None:
-        async with Sandbox() as box:
+        async with Sandbox(policy=COMPILE_POLICY) as box:
             await box.write_file(source_name, source)
             result = await box.run(compile_argv, limits=COMPILE_LIMITS)
             report.compile = result
@@ -122,7 +127,7 @@ async def judge(solution: Path, tests: list[TestCase], *, lang: str, limits: Lim
             files = {"sol": (await box.read_file("sol"), 0o755)}
     report.tests = [Verdict(t.name, "") for t in tests]
     pool_size = workers or len(os.sched_getaffinity(0))
-    async with SandboxPool(size=min(pool_size, len(tests))) as pool:
+    async with SandboxPool(size=min(pool_size, len(tests)), policy=RUN_POLICY) as pool:
         async def one(i: int, test: TestCase) -> None:
             async with pool.acquire() as box:
                 for name, (data, mode) in files.items():
@@ -157,7 +162,8 @@ async def _check(box: Sandbox, test: TestCase, output: bytes, checker: bytes | N
     await box.write_file("input", test.input.read_bytes())
     await box.write_file("output", output)
     await box.write_file("answer", answer)
-    r = await box.run(["./checker", "input", "output", "answer"], limits=Limits(cpu_time=10.0, wall_time=20.0))
+    r = await box.run(["./checker", "input", "output", "answer"], limits=Limits(cpu_time=10.0, wall_time=20.0),
+                      policy="default")  # a checker may be a script
     comment = (r.stderr or r.stdout).decode(errors="replace").strip()[:200]
     if r.status is Status.OK:
         return "OK", comment

@@ -103,7 +103,15 @@ def _term_and(a: Term, b: Term) -> Term | None:
     return tuple(out)
 
 
+_WORK_LIMIT = 400_000  # term intersections per syscall before a policy is called too complex
+_work = 0
+
+
 def _region_and(a: list[Term], b: list[Term]) -> list[Term]:
+    global _work
+    _work += len(a) * len(b)
+    if _work > _WORK_LIMIT:
+        raise _TooComplex
     out = []
     for x in a:
         for y in b:
@@ -112,7 +120,38 @@ def _region_and(a: list[Term], b: list[Term]) -> list[Term]:
                 out.append(t)
                 if len(out) > _MAX_TERMS:
                     raise _TooComplex
-    return out
+    return _merge(out)
+
+
+def _merge(region: list[Term]) -> list[Term]:
+    """Join sibling terms (equal but for one bit of one argument's cube) until none are left.
+
+    Keeps regions near their smallest: the complement of `arg != x` comes back as the one cube `arg == x`.
+    """
+    if len(region) < 2:
+        return region
+    terms = set(region)
+    changed = True
+    while changed:
+        changed = False
+        for t in list(terms):
+            if t not in terms:
+                continue
+            for i, (mask, value) in enumerate(t):
+                m = mask
+                while m:
+                    bit = m & -m
+                    m ^= bit
+                    sibling = t[:i] + ((mask, value ^ bit),) + t[i + 1:]
+                    if sibling in terms:
+                        terms.discard(t)
+                        terms.discard(sibling)
+                        terms.add(t[:i] + ((mask & ~bit, value & ~bit),) + t[i + 1:])
+                        changed = True
+                        break
+                if t not in terms:
+                    break
+    return list(terms)
 
 
 def _term_not(t: Term) -> list[Term]:
@@ -158,6 +197,8 @@ def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
 
     Regions whose action is the policy default are left out: the filter's default covers them.
     """
+    global _work
+    _work = 0
     out: list[tuple[Action, Term]] = []
     remaining = [_FULL]
     try:
@@ -170,9 +211,12 @@ def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
                 break
             if len(out) > _MAX_TERMS:
                 raise _TooComplex
+        merged: list[tuple[Action, Term]] = []
+        for action in dict.fromkeys(a for a, _ in out):
+            merged.extend((action, t) for t in _merge([t for a, t in out if a == action]))
     except _TooComplex:
         raise PolicyError(f"policy {policy.name!r}: the conditions for {syscall!r} are too complex to compile") from None
-    return out
+    return merged
 
 
 # --- libseccomp ------------------------------------------------------------------------------------

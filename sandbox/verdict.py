@@ -40,6 +40,11 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     def result(status: Status, message: str) -> Result:
         return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement)
 
+    if killed == "SV":
+        name = reply.get("syscall") or "unknown"
+        r = result(Status.SV, f"SV: {name}")
+        r.syscall = name
+        return r
     if output_exceeded or killed == "OLE":
         return result(Status.OLE, f"output limit of {limits.output} bytes exceeded")
     if killed == "TLE" or sig == signals.SIGXCPU or (limits.cpu_time is not None and cpu > limits.cpu_time):
@@ -59,10 +64,13 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     return result(Status.OK, "exited normally")
 
 
-def enforcement(limits: Limits) -> dict[str, str]:
+def enforcement(limits: Limits, policy: str | None) -> dict[str, str]:
     """Which mechanism enforces each limit that is set (never claim one that is not)."""
     mechanisms = {
         "cpu_time": "monitor", "wall_time": "monitor", "memory": "rlimit", "pids": "rlimit",
         "output": "supervisor", "file_size": "rlimit",
     }
-    return {name: how for name, how in mechanisms.items() if getattr(limits, name) is not None}
+    enforced = {name: how for name, how in mechanisms.items() if getattr(limits, name) is not None}
+    if policy is not None:
+        enforced["syscalls"] = f"seccomp:{policy}"
+    return enforced

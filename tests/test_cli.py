@@ -32,7 +32,7 @@ def test_json_record(tmp_path: Path) -> None:
     rec = json.loads(out.read_text())
     assert rec["status"] == "RE" and rec["exit_code"] == 3 and rec["signal"] is None
     assert rec["enforcement"] == {"cpu_time": "monitor", "memory": "rlimit", "pids": "rlimit",
-                                  "output": "supervisor", "file_size": "rlimit"}
+                                  "output": "supervisor", "file_size": "rlimit", "syscalls": "seccomp:default"}
     assert isinstance(rec["cpu_time"], float) and rec["memory_peak"] > 0
     to_stdout = sbx("run", "--json", "-", "--", "true")
     assert json.loads(to_stdout.stdout)["status"] == "OK"

@@ -27,6 +27,7 @@ def judge(solution: str, *extra: str) -> tuple[int, dict]:
     ("tle.c", "TLE", ["OK", "OK", "TLE"]),
     ("mle.c", "MLE", ["MLE", "MLE", "MLE"]),
     ("re.c", "WA", ["WA", "SG", "SG"]),
+    ("sv.c", "SV", ["SV", "SV", "SV"]),
 ])
 def test_verdicts(solution: str, verdict: str, statuses: list[str]) -> None:
     code, report = judge(solution)
@@ -71,3 +72,8 @@ def test_bad_input(args: list[str], message: str) -> None:
     r = sbx(*args)
     assert r.returncode == 125
     assert r.stderr.decode().splitlines() == [message]
+
+
+def test_sv_names_the_syscall() -> None:
+    _, report = judge("sv.c")
+    assert report["tests"][0]["message"] == "SV: fork" or report["tests"][0]["message"].startswith("SV: clone")

@@ -48,7 +48,7 @@ def _reply(**kw: object) -> dict[str, object]:
 
 def test_verdict_order() -> None:
     limits = Limits(cpu_time=1.0, wall_time=2.0, memory=100_000)
-    enf = enforcement(limits)
+    enf = enforcement(limits, None)
     assert verdict(_reply(), limits, output_exceeded=False, enforcement=enf).status is Status.OK
     assert verdict(_reply(wait_status=3 << 8), limits, output_exceeded=False, enforcement=enf).status is Status.RE
     assert verdict(_reply(wait_status=signal.SIGSEGV), limits, output_exceeded=False,
@@ -67,8 +67,9 @@ def test_verdict_order() -> None:
 
 
 def test_enforcement_names_only_set_limits() -> None:
-    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None))
+    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None), None)
     assert enf == {"cpu_time": "monitor"}
+    assert enforcement(Limits(pids=None, output=None, file_size=None), "strict") == {"syscalls": "seccomp:strict"}
 
 
 def test_result_record_has_every_contract_field() -> None:

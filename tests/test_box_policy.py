@@ -1,0 +1,57 @@
+"""Seccomp policies applied in a real box: SV with the syscall named, and programs that must still work."""
+
+from __future__ import annotations
+
+import pytest
+
+from sandbox import ConfigError, Limits, Sandbox, Status
+
+
+@pytest.mark.parametrize("policy,argv,syscall", [
+    ("default", ["unshare", "-U", "true"], "unshare"),
+    ("strict", ["sh", "-c", "ls / | cat"], None),   # fork or clone, as libc chooses
+    ("permissive", ["python3", "-c", "import ctypes; ctypes.CDLL(None).mount(b'x', b'/tmp', b'tmpfs', 0, None)"],
+     "mount"),
+    ("compile", ["python3", "-c", "import ctypes; ctypes.CDLL(None).ptrace(0, 0, 0, 0)"], "ptrace"),
+])
+async def test_blocked_call_is_sv_with_its_name(policy: str, argv: list[str], syscall: str | None) -> None:
+    async with Sandbox(policy=policy) as box:
+        r = await box.run(argv)
+    assert r.status is Status.SV, (r, r.stderr)
+    if syscall is not None:
+        assert r.syscall == syscall
+    assert r.syscall and r.message == f"SV: {r.syscall}"
+    assert r.enforcement["syscalls"] == f"seccomp:{policy}"
+
+
+async def test_per_run_policy_and_no_policy() -> None:
+    async with Sandbox(policy="strict") as box:
+        strict = await box.run(["sh", "-c", "true | true"])
+        relaxed = await box.run(["sh", "-c", "true | true"], policy="default")
+        none = await box.run(["unshare", "-U", "true"], policy=None)
+    assert strict.status is Status.SV
+    assert relaxed.status is Status.OK
+    assert none.status is Status.OK, "no policy at all: the kernel allows a nested user namespace"
+    assert "syscalls" not in none.enforcement
+
+
+async def test_strict_runs_threads_and_interpreters() -> None:
+    prog = "import threading; t = [threading.Thread(target=sum, args=(range(10**5),)) for _ in range(4)];" \
+           "[x.start() for x in t]; [x.join() for x in t]; print('threads ok')"
+    async with Sandbox(policy="strict") as box:
+        r = await box.run(["python3", "-c", prog], limits=Limits(pids=8))
+    assert (r.status, r.stdout) == (Status.OK, b"threads ok\n"), r.stderr
+
+
+async def test_compile_policy_runs_gcc() -> None:
+    async with Sandbox(policy="compile") as box:
+        await box.write_file("t.c", b"#include <stdio.h>\nint main(void){puts(\"hi\");return 0;}\n")
+        c = await box.run(["gcc", "-O2", "-o", "t", "t.c"])
+        r = await box.run(["./t"], policy="strict")
+    assert c.status is Status.OK, c.stderr
+    assert r.stdout == b"hi\n"
+
+
+def test_unknown_policy_is_bad_input() -> None:
+    with pytest.raises(ConfigError, match="no such policy"):
+        Sandbox(policy="nope")
