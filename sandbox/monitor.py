@@ -62,7 +62,7 @@ class Monitor:
     cores: int = field(default_factory=lambda: len(os.sched_getaffinity(0)))
 
     def __post_init__(self) -> None:
-        fields = _stat(self.spawner)
+        fields = _stat(self.spawner) if self.cpu_limit is not None else None
         self.baseline = _waited(fields) if fields else 0.0
 
     def cpu_used(self) -> float:

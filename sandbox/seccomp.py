@@ -93,6 +93,14 @@ def _range_cubes(mask: int, lo: int, hi: int) -> list[Cube]:
     return out
 
 
+def _condition_cubes(mask: int, ranges: tuple[tuple[int, int], ...]) -> list[Cube]:
+    """Disjoint cubes for `arg & mask` lying in the ranges; `!= x` as the complement of one cube."""
+    if len(ranges) == 2 and ranges[0][0] == 0 and ranges[1][1] == U64 and ranges[0][1] + 2 == ranges[1][0]:
+        x = ranges[0][1] + 1  # the ranges of `ne = x`
+        return [_ANY] if x & ~mask else _cube_not((mask, x))
+    return [c for lo, hi in ranges for c in _range_cubes(mask, lo, hi)]
+
+
 def _term_and(a: Term, b: Term) -> Term | None:
     out = []
     for x, y in zip(a, b):
@@ -130,10 +138,14 @@ def _merge(region: list[Term]) -> list[Term]:
     """
     if len(region) < 2:
         return region
+    global _work
     terms = set(region)
     changed = True
     while changed:
         changed = False
+        _work += len(terms) * 8
+        if _work > _WORK_LIMIT:
+            raise _TooComplex
         for t in list(terms):
             if t not in terms:
                 continue
@@ -178,7 +190,7 @@ def _region_not(region: list[Term]) -> list[Term]:
 def _condition_region(rule) -> list[Term]:
     region = [_FULL]
     for cond in rule.when:
-        cubes = [c for lo, hi in cond.ranges for c in _range_cubes(cond.mask, lo, hi)]
+        cubes = _condition_cubes(cond.mask, cond.ranges)
         terms = []
         for c in cubes:
             term = list(_FULL)

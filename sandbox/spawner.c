@@ -20,9 +20,8 @@
  *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs]
  *   kill        end the current run now
  * Replies (JSON):
- *   {"listener":true} + the seccomp listener fd   (before "exec")
+ *   {"listener":true} + the seccomp listener fd   (before the program execs)
  *   {"stage":S,"errno":N}                          the program could not be started
- *   {"exec":true,"pid":N}                          the program runs
  *   {"wait_status":N,"cpu":S,"maxrss":KIB}         the run is over, every process reaped
  */
 #define _GNU_SOURCE
@@ -267,9 +266,6 @@ static void start_run(struct run *r)
         main_pid = 0;
         return;
     }
-    char msg[64];
-    snprintf(msg, sizeof msg, "{\"exec\":true,\"pid\":%d}", main_pid);
-    send_msg(msg, -1);
 }
 
 int main(int argc, char **argv)
