@@ -260,10 +260,10 @@ class _Watch:
         notification = seccomp_notify.receive(self.listener)
         if notification is None:
             return
-        seccomp_notify.answer(self.listener, notification)
         if self.syscall is None:
             self.syscall = notification.syscall
-        self.kill("SV")
+        self.kill("SV")  # first: answered first, the program would run on for a moment with EPERM
+        seccomp_notify.answer(self.listener, notification)
 
 
 def _reaped_spawner(pid: int) -> bool:

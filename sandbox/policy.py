@@ -25,11 +25,25 @@ import json
 import re
 import tomllib
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 from .errors import ConfigError
 
-POLICY_DIR = Path(__file__).resolve().parent.parent / "policies"
+
+
+def _policy_dir() -> Path:
+    """`policies/` beside the package (a checkout or an editable install), else where a wheel puts it."""
+    import sys
+
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "policies", Path(sys.prefix) / "share" / "sbx" / "policies"):
+        if candidate.is_dir():
+            return candidate
+    return here.parent / "policies"
+
+
+POLICY_DIR = _policy_dir()
 U64 = (1 << 64) - 1
 ACTIONS = ("allow", "errno", "kill")
 
@@ -147,6 +161,7 @@ class Policy:
     default: Action
     syscalls: dict[str, tuple[Rule, ...]] = field(hash=False)
     chain: tuple[str, ...] = ()  # this policy's name, then the names of what it inherits, nearest first
+    files: tuple[Path, ...] = ()  # the files of the chain, in the same order
 
     def rules_for(self, syscall: str) -> tuple[Rule, ...]:
         return self.syscalls.get(syscall, ())
@@ -170,7 +185,7 @@ class Policy:
         }
         return json.dumps(body, sort_keys=True, separators=(",", ":"))
 
-    @property
+    @cached_property
     def digest(self) -> str:
         return hashlib.sha256(self.canonical().encode()).hexdigest()
 
@@ -186,6 +201,7 @@ class _Source:
 
     def __init__(self, text: str) -> None:
         self.lines = text.splitlines()
+        self.code = [_strip_comment(line) for line in self.lines]
         self.headers: list[tuple[int, str, bool]] = []  # (line index, name, is array-of-tables)
         for i, line in enumerate(self.lines):
             m = _HEADER.match(line)
@@ -211,7 +227,7 @@ class _Source:
         for pattern in patterns:
             rx = re.compile(pattern)
             for i in range(start, end):
-                if rx.search(_strip_comment(self.lines[i])):
+                if rx.search(self.code[i]):
                     return i + 1
         return start + 1
 
@@ -396,8 +412,8 @@ class _Parser:
         rules: list[tuple[str, Rule, int]] = []
         for key, action in (("allow", ALLOW), ("kill", KILL)):
             if key in doc:
+                line = self.src.key_line(top, key)
                 for name in self.syscall_names(doc[key], top, key):
-                    line = self.src.value_line(top, name)
                     rules.append((name, Rule(action, (), f"{self.file}:{line}"), line))
         raw_rules = doc.get("rule", [])
         if not isinstance(raw_rules, list) or not all(isinstance(r, dict) for r in raw_rules):
@@ -476,9 +492,30 @@ def resolve(ref: str, relative_to: Path | None = None) -> Path:
     return p
 
 
+_loaded: dict[tuple[str, Path], tuple[tuple[tuple[Path, tuple[int, int, int]], ...], Policy]] = {}
+
+
+def _signature(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError:
+        return (-1, -1, -1)
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
 def load_policy(name_or_path: str) -> Policy:
-    """A shipped policy by name (`strict`), or a policy file by path (anything with `/` or ending `.toml`)."""
-    return _load(resolve(name_or_path), name_or_path, ())
+    """A shipped policy by name (`strict`), or a policy file by path (anything with `/` or ending `.toml`).
+
+    Parsed once: later calls return the same Policy while none of the files in its inheritance chain changed.
+    """
+    path = resolve(name_or_path)
+    key = (name_or_path, path)
+    hit = _loaded.get(key)
+    if hit is not None and all(_signature(p) == sig for p, sig in hit[0]):
+        return hit[1]
+    policy = _load(path, name_or_path, ())
+    _loaded[key] = (tuple((p, _signature(p)) for p in policy.files), policy)
+    return policy
 
 
 def _display(path: Path, ref: str) -> str:
@@ -530,6 +567,7 @@ def _load(path: Path, ref: str, seen: tuple[Path, ...], display: str | None = No
         default=default,
         syscalls=dict(sorted(syscalls.items())),
         chain=(name,) + (parent.chain if parent else ()),
+        files=(path,) + (parent.files if parent else ()),
     )
 
 

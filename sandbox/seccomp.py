@@ -35,6 +35,7 @@ from pathlib import Path
 from .policy import U64, Action, Policy, PolicyError
 
 FORMAT = 1  # bump when the compilation changes, so old cache entries are not used
+OPTIMIZE = 2  # libseccomp: 2 = binary tree over syscall numbers, 1 = rules in priority order
 _MAGIC = b"SBXBPF1\n"
 _MAX_TERMS = 4096  # per syscall; a policy beyond that is refused, not compiled slowly
 
@@ -251,7 +252,7 @@ def _build(policy: Policy) -> bytes:
     f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.NOTIFY)
     f.set_attr(seccomp.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself
     try:
-        f.set_attr(seccomp.Attr.CTL_OPTIMIZE, 2)  # binary tree over syscall numbers
+        f.set_attr(seccomp.Attr.CTL_OPTIMIZE, OPTIMIZE)
     except (RuntimeError, ValueError, OSError):
         pass
     for syscall in policy.syscalls:
@@ -308,7 +309,7 @@ def cache_key(policy: Policy) -> str:
         _version = _libseccomp_version()
     import platform
 
-    material = f"sbx-seccomp {FORMAT} libseccomp {_version} {platform.machine()}\n{policy.canonical()}"
+    material = f"sbx-seccomp {FORMAT} libseccomp {_version} {platform.machine()}\n{policy.digest}"
     return hashlib.sha256(material.encode()).hexdigest()
 
 

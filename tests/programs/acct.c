@@ -1,0 +1,15 @@
+/* Hostile: acct on a file that does not exist.
+ * Blocked by every shipped policy (fork: by strict); prints "survived" only if the call returned. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+
+int main(void)
+{
+    long r = acct("/nonexistent-sbx-acct");
+    printf("survived: %ld %s\n", r, r < 0 ? strerror(errno) : "ok");
+    return 0;
+}

@@ -1,0 +1,16 @@
+/* Hostile: personality(PER_LINUX32).
+ * Blocked by every shipped policy (fork: by strict); prints "survived" only if the call returned. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/personality.h>
+
+int main(void)
+{
+    long r = personality(PER_LINUX32);
+    printf("survived: %ld %s\n", r, r < 0 ? strerror(errno) : "ok");
+    return 0;
+}

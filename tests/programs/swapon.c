@@ -1,0 +1,16 @@
+/* Hostile: swapon of a file that does not exist.
+ * Blocked by every shipped policy (fork: by strict); prints "survived" only if the call returned. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/swap.h>
+
+int main(void)
+{
+    long r = swapon("/nonexistent-sbx-swap", 0);
+    printf("survived: %ld %s\n", r, r < 0 ? strerror(errno) : "ok");
+    return 0;
+}

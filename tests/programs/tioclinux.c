@@ -1,0 +1,17 @@
+/* Hostile: TIOCLINUX.
+ * Blocked by every shipped policy (fork: by strict); prints "survived" only if the call returned. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sys/ioctl.h>
+
+int main(void)
+{
+    char sub = 12; /* TIOCL_GETFGCONSOLE */
+    long r = ioctl(0, TIOCLINUX, &sub);
+    printf("survived: %ld %s\n", r, r < 0 ? strerror(errno) : "ok");
+    return 0;
+}

@@ -1,0 +1,16 @@
+/* Hostile: unshare(CLONE_NEWUSER) creates a user namespace.
+ * Blocked by every shipped policy (fork: by strict); prints "survived" only if the call returned. */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+#include <sched.h>
+
+int main(void)
+{
+    long r = unshare(CLONE_NEWUSER);
+    printf("survived: %ld %s\n", r, r < 0 ? strerror(errno) : "ok");
+    return 0;
+}
