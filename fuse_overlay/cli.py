@@ -1,0 +1,131 @@
+"""``sbx-overlayfs``: a drop-in for fuse-overlayfs's command line.
+
+Without ``-f`` the process forks, the child mounts, and the parent exits
+only once the mount is ready (or failed), so scripts may use the
+mountpoint as soon as the command returns.
+"""
+
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+
+import trio
+
+from .mount import mount, serve
+from .errors import OverlayError
+from .operations import UnionFS
+from .options import parse_options
+
+PROG = "sbx-overlayfs"
+USAGE = f"usage: {PROG} [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,...] MOUNTPOINT"
+_FD_TARGET = re.compile(r"^/dev/fd/(\d+)$")
+
+
+class UsageError(OverlayError):
+    pass
+
+
+def _parse_argv(argv: Sequence[str]) -> tuple[list[str], str, bool, bool]:
+    opts: list[str] = []
+    positional: list[str] = []
+    foreground = debug = False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--":
+            positional.extend(args)
+        elif arg == "-o":
+            value = next(args, None)
+            if value is None:
+                raise UsageError("option -o needs a value")
+            opts.append(value)
+        elif arg.startswith("-o"):
+            opts.append(arg[2:])
+        elif arg == "-f":
+            foreground = True
+        elif arg == "-d":
+            foreground = debug = True
+        elif arg in ("-s",):
+            continue
+        elif arg.startswith("-") and arg != "-":
+            raise UsageError(f"unknown argument {arg!r}")
+        else:
+            positional.append(arg)
+    if len(positional) != 1:
+        raise UsageError("expected exactly one MOUNTPOINT" if positional else "missing MOUNTPOINT")
+    return opts, positional[0], foreground, debug
+
+
+def _target(mountpoint: str) -> str | int:
+    m = _FD_TARGET.match(mountpoint)
+    return int(m.group(1)) if m else mountpoint
+
+
+def _run(target: str | int) -> None:
+    trio.run(lambda: serve(unmount=not isinstance(target, int)))
+
+
+def _daemonize(fs: UnionFS, target: str | int, allow_other: bool) -> int:
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid:
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            status = pipe.read()
+        if status == b"ok":
+            return 0
+        print(f"{PROG}: {status.decode(errors='replace') or 'daemon died while mounting'}", file=sys.stderr)
+        return 1
+    os.close(r)
+    os.setsid()
+    try:
+        mount(fs, target, allow_other=allow_other)
+    except OverlayError as exc:
+        os.write(w, str(exc).encode())
+        os._exit(1)
+    os.write(w, b"ok")
+    os.close(w)
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.chdir("/")
+    _run(target)
+    os._exit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if any(a in ("-h", "--help") for a in argv):
+        print(USAGE)
+        return 0
+    if any(a in ("-V", "--version") for a in argv):
+        print(f"{PROG} 0.1")
+        return 0
+    try:
+        opts, mountpoint, foreground, debug = _parse_argv(argv)
+        options = parse_options(opts)
+        target = _target(mountpoint)
+        if not isinstance(target, int) and not os.path.isdir(mountpoint):
+            raise UsageError(f"mountpoint {mountpoint}: not a directory")
+        fs = UnionFS(options.lowers, options.upper, options.work, quota_bytes=options.quota_bytes,
+                     quota_inodes=options.quota_inodes, uid_map=options.uid_map(), gid_map=options.gid_map(),
+                     whiteout=options.whiteout)
+    except OverlayError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    logging.basicConfig(level=logging.DEBUG if (debug or options.debug) else logging.WARNING,
+                        format=f"{PROG}: %(message)s")
+    if not foreground:
+        return _daemonize(fs, target, options.allow_other)
+    try:
+        mount(fs, target, allow_other=options.allow_other, debug=debug)
+    except OverlayError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return 1
+    _run(target)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

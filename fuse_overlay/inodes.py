@@ -1,0 +1,104 @@
+"""Inodes of the merged tree and their numbering.
+
+Each object the kernel has heard of is a :class:`Node` reached by its
+FUSE inode number.  A node remembers where it lives (``upper`` and, until
+copied up, which ``lowers``) and its place in the tree (parent and name),
+so renames move one node and its whole subtree follows.  Numbers come
+from a counter and a node is kept until it is both unlinked and
+forgotten, which keeps ``st_ino`` stable for the life of the mount.
+"""
+
+import os
+from typing import Any
+
+import pyfuse3
+
+ROOT_INO = pyfuse3.ROOT_INODE
+
+
+class Node:
+    __slots__ = (
+        "ino", "parent", "name", "is_dir", "upper", "lowers", "lower_st", "nlookup",
+        "children", "listing", "attr", "aliases", "fds", "unlinked", "key", "mem_override",
+    )
+
+    def __init__(self, ino: int, parent: "Node | None", name: bytes, is_dir: bool,
+                 upper: bool, lowers: tuple[int, ...], lower_st: os.stat_result | None) -> None:
+        self.ino = ino
+        self.parent = parent
+        self.name = name
+        self.is_dir = is_dir
+        self.upper = upper
+        # Lower layers holding this object, topmost first: for a directory
+        # every layer merged into it, for anything else the one it comes from.
+        self.lowers = lowers
+        self.lower_st = lower_st
+        self.nlookup = 0
+        # Resolved children by name; None caches a miss.  Valid because the
+        # daemon is the only writer of the upper and lowers never change.
+        self.children: dict[bytes, Node | None] = {}
+        self.listing: tuple[tuple[bytes, Node], ...] | None = None
+        # Cached attributes of objects not in the upper (immutable).
+        self.attr: Any = None
+        # Extra hard-link names besides (parent, name).
+        self.aliases: list[tuple[Node, bytes]] = []
+        self.fds: set[int] = set()
+        self.unlinked = False
+        self.key: tuple[int, int] | None = None
+        self.mem_override: Any = None
+
+    def rel(self) -> bytes:
+        parts = []
+        node = self
+        while node.parent is not None:
+            parts.append(node.name)
+            node = node.parent
+        parts.reverse()
+        return b"/".join(parts)
+
+    def is_under(self, ancestor: "Node") -> bool:
+        node = self.parent
+        while node is not None:
+            if node is ancestor:
+                return True
+            node = node.parent
+        return False
+
+
+class InodeTable:
+    def __init__(self) -> None:
+        self.nodes: dict[int, Node] = {}
+        self.by_key: dict[tuple[int, int], Node] = {}
+        self._next = ROOT_INO + 1
+
+    def add_root(self, upper: bool, lowers: tuple[int, ...], lower_st: os.stat_result | None) -> Node:
+        root = Node(ROOT_INO, None, b"", True, upper, lowers, lower_st)
+        root.nlookup = 1
+        self.nodes[ROOT_INO] = root
+        return root
+
+    def new(self, parent: Node, name: bytes, is_dir: bool, upper: bool,
+            lowers: tuple[int, ...], lower_st: os.stat_result | None) -> Node:
+        node = Node(self._next, parent, name, is_dir, upper, lowers, lower_st)
+        self._next += 1
+        self.nodes[node.ino] = node
+        return node
+
+    def register_key(self, node: Node, st: os.stat_result) -> None:
+        """Remember a multiply-linked object so its other names share the node."""
+        key = (st.st_dev, st.st_ino)
+        node.key = key
+        self.by_key[key] = node
+
+    def drop_key(self, node: Node) -> None:
+        if node.key is not None and self.by_key.get(node.key) is node:
+            del self.by_key[node.key]
+        node.key = None
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.nodes.get(ino)
+        if node is None:
+            return
+        node.nlookup -= count
+        if node.nlookup <= 0 and node.unlinked and ino != ROOT_INO:
+            del self.nodes[ino]

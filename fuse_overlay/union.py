@@ -1,0 +1,625 @@
+"""The merged tree: name resolution across layers and every mutation.
+
+All methods are synchronous and raise OSError; the FUSE glue turns those
+into replies.  Handlers never await in the middle of a mutation, so the
+single trio thread serialises them and no locking is needed.
+"""
+
+import errno
+import fcntl
+import os
+import stat
+from dataclasses import dataclass
+
+from . import copyup
+from .copyup import WorkDir
+from .inodes import InodeTable, Node
+from .layers import Lowers
+from .markers import WH_PREFIX, MarkerWriter, is_chardev_whiteout, is_opaque_dir, is_reserved_name, remove_whiteout
+from .ownership import IdMap, Override, can_hold_xattr, host_mode, read_override, write_override
+from .quota import Quota
+from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, rename2
+
+
+def _err(code: int) -> OSError:
+    return OSError(code, os.strerror(code))
+
+
+def _stat(target: bytes | int) -> os.stat_result:
+    if isinstance(target, int):
+        return os.fstat(target)
+    return os.lstat(target)
+
+
+@dataclass(slots=True)
+class Presented:
+    """What the box sees of an object, next to the real stat it came from."""
+
+    st: os.stat_result
+    mode: int
+    uid: int
+    gid: int
+    rdev: int
+    nlink: int
+    size: int
+
+
+class Union:
+    def __init__(self, lowers: list[bytes], upper: bytes | None, work: WorkDir | None,
+                 markers: MarkerWriter, quota: Quota, uid_map: IdMap, gid_map: IdMap) -> None:
+        self.lowers = Lowers(lowers)
+        self.upper_root = upper
+        self.work = work
+        self.markers = markers
+        self.quota = quota
+        self.uid_map = uid_map
+        self.gid_map = gid_map
+        self.table = InodeTable()
+        lower_layers = self.lowers.root_layers()
+        upper_present = upper is not None
+        if upper is not None and is_opaque_dir(upper):
+            lower_layers = ()
+        lower_st = os.lstat(self.lowers.roots[lower_layers[0]]) if lower_layers else None
+        self.root = self.table.add_root(upper_present, lower_layers, lower_st)
+
+    # -- paths -------------------------------------------------------------
+
+    def upper_path(self, node: Node) -> bytes:
+        assert self.upper_root is not None
+        rel = node.rel()
+        return self.upper_root + b"/" + rel if rel else self.upper_root
+
+    def real_path(self, node: Node) -> bytes:
+        if node.upper:
+            return self.upper_path(node)
+        return self.lowers.path(node.lowers[0], node.rel())
+
+    def _writable(self) -> None:
+        if self.upper_root is None:
+            raise _err(errno.EROFS)
+
+    # -- resolution --------------------------------------------------------
+
+    def lookup(self, parent: Node, name: bytes) -> Node | None:
+        try:
+            return parent.children[name]
+        except KeyError:
+            pass
+        node = self._resolve(parent, name)
+        parent.children[name] = node
+        return node
+
+    def _resolve(self, parent: Node, name: bytes) -> Node | None:
+        if is_reserved_name(name):
+            return None
+        prel = parent.rel()
+        rel = prel + b"/" + name if prel else name
+        upper_is_dir = False
+        check_lowers = True
+        if parent.upper:
+            up = self.upper_root + b"/" + rel  # type: ignore[operator]
+            try:
+                st = os.lstat(up)
+            except FileNotFoundError:
+                if parent.lowers and os.path.lexists(self.upper_root + b"/" + (prel + b"/" if prel else b"") + WH_PREFIX + name):  # type: ignore[operator]
+                    return None
+            else:
+                if is_chardev_whiteout(st):
+                    return None
+                if not stat.S_ISDIR(st.st_mode):
+                    return self._file_node(parent, name, True, (), None, st)
+                upper_is_dir = True
+                check_lowers = not is_opaque_dir(up)
+        layers: list[int] = []
+        top_st: os.stat_result | None = None
+        if check_lowers:
+            for idx in parent.lowers:
+                sc = self.lowers.scan(idx, prel)
+                if sc is None:
+                    continue
+                if name in sc.names:
+                    st = os.lstat(self.lowers.path(idx, rel))
+                    if stat.S_ISDIR(st.st_mode):
+                        layers.append(idx)
+                        if top_st is None:
+                            top_st = st
+                        child = self.lowers.scan(idx, rel)
+                        if child is not None and child.opaque:
+                            break
+                    else:
+                        if not upper_is_dir and not layers:
+                            return self._file_node(parent, name, False, (idx,), st, st)
+                        break
+                if name in sc.whiteouts or sc.opaque:
+                    break
+        if not upper_is_dir and not layers:
+            return None
+        return self.table.new(parent, name, True, upper_is_dir, tuple(layers), top_st)
+
+    def _file_node(self, parent: Node, name: bytes, upper: bool, lowers: tuple[int, ...],
+                   lower_st: os.stat_result | None, st: os.stat_result) -> Node:
+        """Upper hard links share one node; lower ones do not.
+
+        FUSE names no dentry in inode requests, so a node shared by several
+        lower names could not tell which name a write went through; each
+        lower name is its own node and copy-up splits it from the others,
+        as kernel overlayfs without ``index`` does.
+        """
+        if upper and st.st_nlink > 1:
+            known = self.table.by_key.get((st.st_dev, st.st_ino))
+            if known is not None and not known.unlinked:
+                known.aliases.append((parent, name))
+                return known
+        node = self.table.new(parent, name, False, upper, lowers, lower_st)
+        if upper and st.st_nlink > 1:
+            self.table.register_key(node, st)
+        return node
+
+    def listing(self, d: Node) -> tuple[tuple[bytes, Node], ...]:
+        if d.listing is not None:
+            return d.listing
+        names: dict[bytes, None] = {}
+        if d.upper:
+            with os.scandir(self.upper_path(d)) as it:
+                for entry in it:
+                    names[entry.name] = None
+        rel = d.rel()
+        for idx in d.lowers:
+            sc = self.lowers.scan(idx, rel)
+            if sc is not None:
+                names.update(dict.fromkeys(sc.names))
+        result = []
+        for name in names:
+            node = self.lookup(d, name)
+            if node is not None:
+                result.append((name, node))
+        d.listing = tuple(result)
+        return d.listing
+
+    # -- attributes --------------------------------------------------------
+
+    def real_stat(self, node: Node) -> os.stat_result:
+        if not node.upper:
+            assert node.lower_st is not None
+            return node.lower_st
+        if node.unlinked:
+            for fd in node.fds:
+                return os.fstat(fd)
+            raise _err(errno.ENOENT)
+        return os.lstat(self.upper_path(node))
+
+    def presented(self, node: Node) -> Presented:
+        st = self.real_stat(node)
+        mode = st.st_mode
+        ov: Override | None = node.mem_override
+        if ov is None and can_hold_xattr(mode) and not node.unlinked:
+            ov = read_override(self.real_path(node))
+        if ov is None:
+            uid = self.uid_map.to_box(st.st_uid)
+            gid = self.gid_map.to_box(st.st_gid)
+            rdev = st.st_rdev
+        else:
+            uid, gid, rdev = ov.uid, ov.gid, ov.rdev
+            if stat.S_IFMT(ov.mode) and stat.S_ISREG(mode):
+                mode = ov.mode
+            else:
+                mode = stat.S_IFMT(mode) | stat.S_IMODE(ov.mode)
+        nlink = st.st_nlink
+        if node.is_dir and (len(node.lowers) + node.upper) > 1:
+            nlink = 1
+        return Presented(st, mode, uid, gid, rdev, nlink, st.st_size)
+
+    def _set_owner(self, node: Node, target: bytes | int, uid: int, gid: int, mode: int,
+                   rdev: int = 0, fresh: bool = False) -> None:
+        """Record what the box asked for wherever the real object cannot hold it."""
+        st = _stat(target)
+        natural = (self.uid_map.to_box(st.st_uid), self.gid_map.to_box(st.st_gid), st.st_mode, st.st_rdev)
+        ov = None if natural == (uid, gid, mode, rdev) else Override(uid, gid, mode, rdev)
+        if can_hold_xattr(st.st_mode):
+            node.mem_override = None
+            if ov is not None or not fresh:
+                write_override(target, ov)
+        else:
+            node.mem_override = ov
+
+    # -- copy-up -----------------------------------------------------------
+
+    def ensure_upper(self, node: Node) -> None:
+        """Copy NODE (and its parents) into the upper unless already there."""
+        if node.upper:
+            return
+        self._writable()
+        assert node.parent is not None and self.work is not None
+        self.ensure_upper(node.parent)
+        pres = self.presented(node)
+        src = self.lowers.path(node.lowers[0], node.rel())
+        tmp = self.work.temp()
+        copyup.copy_object(src, pres.st, tmp, self.quota)
+        try:
+            node.upper = True
+            self._set_owner(node, tmp, pres.uid, pres.gid, pres.mode, pres.rdev, fresh=True)
+            os.utime(tmp, ns=(pres.st.st_atime_ns, pres.st.st_mtime_ns), follow_symlinks=False)
+            copyup.publish(tmp, self.upper_path(node), self.upper_path(node.parent))
+        except BaseException:
+            node.upper = False
+            raise
+        node.attr = None
+        if not node.is_dir:
+            node.lowers = ()
+            node.lower_st = None
+            self._reopen_readers(node)
+
+    def _reopen_readers(self, node: Node) -> None:
+        """Readers opened before copy-up must see later writes."""
+        path = self.upper_path(node)
+        for fd in node.fds:
+            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
+                continue
+            new = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            os.dup2(new, fd)
+            os.close(new)
+
+    def _copy_up_tree(self, node: Node) -> None:
+        """Bring a whole merged directory into the upper, then cut it from the lowers.
+
+        Each step keeps the merged view unchanged; after the last one the
+        directory is opaque and can move anywhere like a plain upper dir.
+        """
+        self.ensure_upper(node)
+        for _name, child in self.listing(node):
+            if child.is_dir:
+                self._copy_up_tree(child)
+            else:
+                self.ensure_upper(child)
+        if node.lowers:
+            self.markers.mark_opaque(self.upper_path(node))
+            node.lowers = ()
+            node.lower_st = None
+            node.listing = None
+            node.attr = None
+
+    # -- creating ----------------------------------------------------------
+
+    def _prepare_new(self, parent: Node, name: bytes) -> bytes:
+        """Make room for a new entry; returns the upper directory path."""
+        self._writable()
+        if is_reserved_name(name):
+            raise _err(errno.EINVAL)
+        if self.lookup(parent, name) is not None:
+            raise _err(errno.EEXIST)
+        self.ensure_upper(parent)
+        updir = self.upper_path(parent)
+        remove_whiteout(updir, name)
+        return updir
+
+    def _owner_for(self, parent: Node, uid: int, gid: int, mode: int) -> tuple[int, int]:
+        """setgid directories hand their group (and, to subdirs, the bit) down."""
+        pp = self.presented(parent)
+        if pp.mode & stat.S_ISGID:
+            gid = pp.gid
+            if stat.S_ISDIR(mode):
+                mode |= stat.S_ISGID
+        return gid, mode
+
+    def _attach(self, parent: Node, name: bytes, node: Node) -> Node:
+        parent.children[name] = node
+        parent.listing = None
+        return node
+
+    def create(self, parent: Node, name: bytes, mode: int, flags: int, uid: int, gid: int) -> tuple[int, Node]:
+        updir = self._prepare_new(parent, name)
+        gid, mode = self._owner_for(parent, uid, gid, mode)
+        self.quota.charge_inode(1)
+        path = updir + b"/" + name
+        try:
+            fd = os.open(path, (flags & ~(os.O_TRUNC | os.O_APPEND)) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
+                         host_mode(mode))
+        except BaseException:
+            self.quota.charge_inode(-1)
+            raise
+        node = self.table.new(parent, name, False, True, (), None)
+        self._set_owner(node, path, uid, gid, stat.S_IFREG | stat.S_IMODE(mode), fresh=True)
+        node.fds.add(fd)
+        return fd, self._attach(parent, name, node)
+
+    def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
+        updir = self._prepare_new(parent, name)
+        gid, mode = self._owner_for(parent, uid, gid, mode)
+        path = updir + b"/" + name
+        self.quota.charge_inode(1)
+        try:
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+                # The host refuses device nodes (and a 0:0 one would read as a
+                # whiteout): keep an empty file and present the device.
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            else:
+                os.mknod(path, stat.S_IFMT(mode) | host_mode(mode), 0)
+        except BaseException:
+            self.quota.charge_inode(-1)
+            raise
+        node = self.table.new(parent, name, False, True, (), None)
+        self._set_owner(node, path, uid, gid, mode, rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0,
+                        fresh=True)
+        return self._attach(parent, name, node)
+
+    def mkdir(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
+        updir = self._prepare_new(parent, name)
+        gid, mode = self._owner_for(parent, uid, gid, stat.S_IFDIR | stat.S_IMODE(mode))
+        assert self.work is not None
+        self.quota.charge_inode(1)
+        tmp = self.work.temp()
+        try:
+            os.mkdir(tmp, host_mode(mode))
+            node = self.table.new(parent, name, True, True, (), None)
+            if self.lowers.has_name(parent.lowers, parent.rel(), name):
+                self.markers.mark_opaque(tmp)
+            self._set_owner(node, tmp, uid, gid, mode, fresh=True)
+            os.rename(tmp, updir + b"/" + name)
+        except BaseException:
+            self.quota.charge_inode(-1)
+            raise
+        return self._attach(parent, name, node)
+
+    def symlink(self, parent: Node, name: bytes, target: bytes, uid: int, gid: int) -> Node:
+        updir = self._prepare_new(parent, name)
+        gid, _ = self._owner_for(parent, uid, gid, stat.S_IFLNK)
+        path = updir + b"/" + name
+        self.quota.charge_inode(1)
+        try:
+            os.symlink(target, path)
+        except BaseException:
+            self.quota.charge_inode(-1)
+            raise
+        node = self.table.new(parent, name, False, True, (), None)
+        self._set_owner(node, path, uid, gid, stat.S_IFLNK | 0o777, fresh=True)
+        return self._attach(parent, name, node)
+
+    def link(self, node: Node, parent: Node, name: bytes) -> Node:
+        if node.is_dir:
+            raise _err(errno.EPERM)
+        updir = self._prepare_new(parent, name)
+        self.ensure_upper(node)
+        src = self.upper_path(node)
+        os.link(src, updir + b"/" + name)
+        if node.key is None:
+            self.table.register_key(node, os.lstat(src))
+        node.aliases.append((parent, name))
+        return self._attach(parent, name, node)
+
+    # -- removing ----------------------------------------------------------
+
+    def _detach(self, node: Node, parent: Node, name: bytes) -> None:
+        """Drop one name of NODE; the node lives on while open or looked up."""
+        parent.children[name] = None
+        parent.listing = None
+        if node.parent is parent and node.name == name:
+            if node.aliases:
+                node.parent, node.name = node.aliases.pop()
+                return
+            node.unlinked = True
+            self.table.drop_key(node)
+            if node.nlookup <= 0:
+                self.table.nodes.pop(node.ino, None)
+        else:
+            node.aliases = [a for a in node.aliases if not (a[0] is parent and a[1] == name)]
+
+    def _whiteout_if_needed(self, parent: Node, name: bytes) -> None:
+        if self.lowers.has_name(parent.lowers, parent.rel(), name):
+            self.quota.charge_inode(1)
+            self.markers.whiteout(self.upper_path(parent), name)
+
+    def unlink(self, parent: Node, name: bytes) -> None:
+        self._writable()
+        node = self.lookup(parent, name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        if node.is_dir:
+            raise _err(errno.EISDIR)
+        self.ensure_upper(parent)
+        if node.upper:
+            path = self.upper_path(parent) + b"/" + name
+            st = os.lstat(path)
+            os.unlink(path)
+            if st.st_nlink <= 1:
+                self.quota.charge_inode(-1)
+                if stat.S_ISREG(st.st_mode):
+                    self.quota.charge_bytes(-st.st_size)
+        self._whiteout_if_needed(parent, name)
+        self._detach(node, parent, name)
+
+    def rmdir(self, parent: Node, name: bytes) -> None:
+        self._writable()
+        node = self.lookup(parent, name)
+        if node is None:
+            raise _err(errno.ENOENT)
+        if not node.is_dir:
+            raise _err(errno.ENOTDIR)
+        if self.listing(node):
+            raise _err(errno.ENOTEMPTY)
+        self.ensure_upper(parent)
+        if node.upper:
+            assert self.work is not None
+            self.work.discard_tree(self.upper_path(node), self.quota)
+        self._whiteout_if_needed(parent, name)
+        self._detach(node, parent, name)
+
+    # -- rename ------------------------------------------------------------
+
+    def _make_movable(self, node: Node) -> None:
+        if node.is_dir and node.lowers:
+            self._copy_up_tree(node)
+            for other in list(self.table.nodes.values()):
+                if other.is_dir and other.lowers and other.is_under(node):
+                    other.lowers = ()
+                    other.listing = None
+        else:
+            self.ensure_upper(node)
+
+    def rename(self, p1: Node, n1: bytes, p2: Node, n2: bytes, flags: int) -> None:
+        self._writable()
+        if is_reserved_name(n2):
+            raise _err(errno.EINVAL)
+        src = self.lookup(p1, n1)
+        if src is None:
+            raise _err(errno.ENOENT)
+        dst = self.lookup(p2, n2)
+        if flags & RENAME_EXCHANGE:
+            if dst is None:
+                raise _err(errno.ENOENT)
+            self._exchange(p1, n1, src, p2, n2, dst)
+            return
+        if dst is not None and flags & RENAME_NOREPLACE:
+            raise _err(errno.EEXIST)
+        if dst is src:
+            return
+        if dst is not None:
+            if src.is_dir and not dst.is_dir:
+                raise _err(errno.ENOTDIR)
+            if not src.is_dir and dst.is_dir:
+                raise _err(errno.EISDIR)
+            if dst.is_dir and self.listing(dst):
+                raise _err(errno.ENOTEMPTY)
+        self._make_movable(src)
+        self.ensure_upper(p1)
+        self.ensure_upper(p2)
+        up1 = self.upper_path(p1) + b"/" + n1
+        updir2 = self.upper_path(p2)
+        up2 = updir2 + b"/" + n2
+        replaced: os.stat_result | None = None
+        if dst is not None and dst.upper:
+            if dst.is_dir:
+                assert self.work is not None
+                self.work.discard_tree(up2, self.quota)
+            else:
+                replaced = os.lstat(up2)
+        elif dst is None:
+            remove_whiteout(updir2, n2)
+        if src.is_dir and self.lowers.has_name(p2.lowers, p2.rel(), n2):
+            self.markers.mark_opaque(up1)
+        os.rename(up1, up2)
+        if replaced is not None and replaced.st_nlink <= 1:
+            self.quota.charge_inode(-1)
+            if stat.S_ISREG(replaced.st_mode):
+                self.quota.charge_bytes(-replaced.st_size)
+        self._whiteout_if_needed(p1, n1)
+        if dst is not None:
+            self._detach(dst, p2, n2)
+        self._move_name(src, p1, n1, p2, n2)
+
+    def _move_name(self, node: Node, p1: Node, n1: bytes, p2: Node, n2: bytes) -> None:
+        p1.children[n1] = None
+        p1.listing = None
+        if node.parent is p1 and node.name == n1:
+            node.parent, node.name = p2, n2
+        else:
+            node.aliases = [(p2, n2) if (a[0] is p1 and a[1] == n1) else a for a in node.aliases]
+        p2.children[n2] = node
+        p2.listing = None
+
+    def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
+        self._make_movable(a)
+        self._make_movable(b)
+        self.ensure_upper(p1)
+        self.ensure_upper(p2)
+        up1 = self.upper_path(p1) + b"/" + n1
+        up2 = self.upper_path(p2) + b"/" + n2
+        if a.is_dir and self.lowers.has_name(p2.lowers, p2.rel(), n2):
+            self.markers.mark_opaque(up1)
+        if b.is_dir and self.lowers.has_name(p1.lowers, p1.rel(), n1):
+            self.markers.mark_opaque(up2)
+        rename2(up1, up2, RENAME_EXCHANGE)
+        for node, old_p, old_n, new_p, new_n in ((a, p1, n1, p2, n2), (b, p2, n2, p1, n1)):
+            if node.parent is old_p and node.name == old_n:
+                node.parent, node.name = new_p, new_n
+            else:
+                node.aliases = [(new_p, new_n) if (x[0] is old_p and x[1] == old_n) else x for x in node.aliases]
+        p1.children[n1] = b
+        p2.children[n2] = a
+        p1.listing = None
+        p2.listing = None
+
+    # -- attributes: changes -------------------------------------------------
+
+    def set_attrs(self, node: Node, *, mode: int | None = None, uid: int | None = None,
+                  gid: int | None = None, size: int | None = None, fd: int | None = None,
+                  atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
+        self._writable()
+        self.ensure_upper(node)
+        if node.unlinked:
+            if fd is None:
+                fd = next(iter(node.fds), None)
+                if fd is None:
+                    raise _err(errno.ENOENT)
+            target: bytes | int = fd
+        else:
+            target = self.upper_path(node)
+        if size is not None:
+            st = _stat(target)
+            self.quota.charge_bytes(size - st.st_size)
+            try:
+                os.truncate(target, size)
+            except BaseException:
+                self.quota.charge_bytes(st.st_size - size)
+                raise
+        if mode is not None or uid is not None or gid is not None:
+            pres = self.presented(node)
+            new_mode = pres.mode if mode is None else (stat.S_IFMT(pres.mode) | stat.S_IMODE(mode))
+            if not stat.S_ISLNK(pres.st.st_mode):
+                os.chmod(target, host_mode(new_mode))
+            self._set_owner(node, target, pres.uid if uid is None else uid, pres.gid if gid is None else gid,
+                            new_mode, pres.rdev)
+        if atime_ns is not None or mtime_ns is not None:
+            st = _stat(target)
+            times = (st.st_atime_ns if atime_ns is None else atime_ns,
+                     st.st_mtime_ns if mtime_ns is None else mtime_ns)
+            if isinstance(target, int):
+                os.utime(target, ns=times)
+            else:
+                os.utime(target, ns=times, follow_symlinks=False)
+        node.attr = None
+
+    # -- data ----------------------------------------------------------------
+
+    def open(self, node: Node, flags: int) -> int:
+        if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
+            self._writable()
+            self.ensure_upper(node)
+        path = self.real_path(node)
+        if flags & os.O_TRUNC:
+            self.quota.charge_bytes(-os.lstat(path).st_size)
+        keep = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC | os.O_NONBLOCK
+        fd = os.open(path, (flags & keep) | os.O_CLOEXEC)
+        node.fds.add(fd)
+        return fd
+
+    def write(self, fd: int, off: int, data: bytes) -> int:
+        if self.quota.max_bytes is None:
+            return os.pwrite(fd, data, off)
+        size = os.fstat(fd).st_size
+        growth = max(0, off + len(data) - size)
+        self.quota.charge_bytes(growth)
+        try:
+            written = os.pwrite(fd, data, off)
+        except BaseException:
+            self.quota.charge_bytes(-growth)
+            raise
+        self.quota.charge_bytes(max(0, off + written - size) - growth)
+        return written
+
+    def release(self, node: Node, fd: int) -> None:
+        node.fds.discard(fd)
+        os.close(fd)
+
+    # -- xattrs --------------------------------------------------------------
+
+    def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
+        self._writable()
+        self.ensure_upper(node)
+        os.setxattr(self.upper_path(node), name, value, follow_symlinks=False)
+
+    def removexattr(self, node: Node, name: bytes) -> None:
+        self._writable()
+        os.getxattr(self.real_path(node), name, follow_symlinks=False)
+        self.ensure_upper(node)
+        os.removexattr(self.upper_path(node), name, follow_symlinks=False)
+

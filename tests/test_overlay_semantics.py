@@ -1,0 +1,351 @@
+"""Focused tests of sbx-overlayfs semantics, served the way the sandbox does.
+
+Each test mounts /dev/fuse inside a user+mount namespace worker, hands the
+descriptor to an ``sbx-overlayfs /dev/fd/N`` daemon, and inspects both the
+merged view (through the worker) and the upper on the host.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from overlay_helpers import Daemon, NsWorker
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[NsWorker]:
+    w = NsWorker()
+    yield w
+    w.close()
+
+
+class Mount:
+    def __init__(self, worker: NsWorker, base: Path, lowers: list[Path], extra: str = "",
+                 upper: bool = True) -> None:
+        self.w = worker
+        self.base = base
+        self.upper = base / "upper"
+        self.work = base / "work"
+        self.root = base / "merged"
+        for d in (self.upper, self.work, self.root):
+            d.mkdir(exist_ok=True)
+        fd = worker.fuse_fd(self.root)
+        self.daemon = Daemon(fd, lowers, self.upper if upper else None, self.work if upper else None, extra)
+
+    def p(self, rel: str = "") -> str:
+        return str(self.root / rel) if rel else str(self.root)
+
+    def __getattr__(self, name: str):  # forwards filesystem calls, paths relative to the mount
+        def call(rel: str, *args, **kwargs):
+            return self.w.call(name, self.p(rel), *args, **kwargs)
+        return call
+
+    def rename(self, a: str, b: str) -> None:
+        self.w.call("rename", self.p(a), self.p(b))
+
+    def replace(self, a: str, b: str) -> None:
+        self.w.call("replace", self.p(a), self.p(b))
+
+    def link(self, a: str, b: str) -> None:
+        self.w.call("link", self.p(a), self.p(b))
+
+    def symlink(self, target: str, rel: str) -> None:
+        self.w.call("symlink", target, self.p(rel))
+
+    def err(self, name: str, rel: str, *args) -> int:
+        return self.w.errno_of(name, self.p(rel), *args)
+
+    def close(self) -> int:
+        self.w.call("umount", str(self.root))
+        rc = self.daemon.stop()
+        self.w.call("rmtree", str(self.upper))
+        return rc
+
+
+@pytest.fixture
+def mount(worker: NsWorker, tmp_path: Path) -> Iterator:
+    mounts: list[Mount] = []
+
+    def make(lowers: list[Path], extra: str = "", upper: bool = True) -> Mount:
+        m = Mount(worker, tmp_path / f"m{len(mounts)}", lowers, extra, upper)
+        mounts.append(m)
+        return m
+
+    for i in range(4):
+        (tmp_path / f"m{i}").mkdir()
+    yield make
+    for m in mounts:
+        assert m.close() == 0
+
+
+def layer(tmp_path: Path, name: str, files: dict[str, bytes | None]) -> Path:
+    """Build a lower: bytes make files, None makes directories."""
+    root = tmp_path / name
+    root.mkdir()
+    for rel, data in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if data is None:
+            p.mkdir(exist_ok=True)
+        else:
+            p.write_bytes(data)
+    return root
+
+
+def test_merged_listing_deduplicates_and_hides_whiteouts(mount, tmp_path: Path) -> None:
+    top = layer(tmp_path, "top", {"d/a": b"top a", "d/only_top": b"1"})
+    os.mknod(top / "d/gone", stat.S_IFCHR, 0)
+    bottom = layer(tmp_path, "bottom", {"d/a": b"bottom a", "d/gone": b"x", "d/only_bottom": b"2"})
+    m = mount([top, bottom])
+    assert m.listdir("d") == ["a", "only_bottom", "only_top"]
+    assert m.read("d/a") == b"top a"
+    assert m.err("stat", "d/gone") == errno.ENOENT
+
+
+def test_oci_whiteouts_and_opaque_dirs_in_lowers(mount, tmp_path: Path) -> None:
+    top = layer(tmp_path, "top", {"etc/.wh.passwd": b"", "opt/.wh..wh..opq": b"", "opt/new": b"n",
+                                  "var/.wh.cache": b""})
+    bottom = layer(tmp_path, "bottom", {"etc/passwd": b"root", "etc/group": b"g", "opt/old": b"o",
+                                        "var/cache/x": b"c", "var/log": None})
+    m = mount([top, bottom])
+    assert m.listdir("etc") == ["group"]
+    assert m.listdir("opt") == ["new"]
+    assert m.listdir("var") == ["log"]
+    assert m.err("stat", "etc/passwd") == errno.ENOENT
+    assert m.err("stat", "etc/.wh.passwd") == errno.ENOENT
+    assert m.err("stat", "opt/old") == errno.ENOENT
+    # A name reserved for OCI whiteouts cannot be created.
+    assert m.err("mkdir", "etc/.wh.x", 0o755) == errno.EINVAL
+
+
+def test_opaque_xattr_in_lower(mount, tmp_path: Path) -> None:
+    top = layer(tmp_path, "top", {"d/new": b"n"})
+    os.setxattr(top / "d", "user.overlay.opaque", b"y")
+    bottom = layer(tmp_path, "bottom", {"d/old": b"o"})
+    m = mount([top, bottom])
+    assert m.listdir("d") == ["new"]
+    assert "user.overlay.opaque" not in m.listxattr("d")
+
+
+def test_copy_up_is_atomic_and_keeps_metadata(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"dir/f": b"original"})
+    os.chmod(low / "dir/f", 0o604)
+    os.setxattr(low / "dir/f", "user.keep", b"me")
+    os.utime(low / "dir/f", ns=(1_000_000_000, 2_000_000_000))
+    os.utime(low / "dir", ns=(3_000_000_000, 4_000_000_000))
+    m = mount([low])
+    before = m.lstat("dir/f")
+    m.write("dir/f", b"more", True)
+    after = m.lstat("dir/f")
+    assert m.read("dir/f") == b"originalmore"
+    assert (low / "dir/f").read_bytes() == b"original"
+    assert after["st_ino"] == before["st_ino"]
+    assert stat.S_IMODE(after["st_mode"]) == 0o604
+    assert m.getxattr("dir/f", "user.keep") == b"me"
+    # The parent was copied up too, with its times untouched by the copy-up.
+    assert m.lstat("dir")["st_mtime_ns"] == 4_000_000_000
+    assert (m.upper / "dir/f").read_bytes() == b"originalmore"
+    assert os.listdir(m.work / "sbx-work") == []
+
+
+def test_chmod_touch_copy_up_only_metadata_objects(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"data", "g": b"data"})
+    m = mount([low])
+    m.chmod("f", 0o600)
+    m.utime("g", ns=(5_000_000_000, 6_000_000_000))
+    assert stat.S_IMODE(m.lstat("f")["st_mode"]) == 0o600
+    assert m.lstat("g")["st_mtime_ns"] == 6_000_000_000
+    assert m.read("g") == b"data"
+    assert (m.upper / "g").exists() and stat.S_IMODE(os.stat(low / "f").st_mode) == 0o644
+
+
+def test_unlink_and_rmdir_leave_whiteouts_and_recreate(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x", "d/inner": b"y"})
+    m = mount([low])
+    m.unlink("f")
+    assert m.err("stat", "f") == errno.ENOENT
+    assert m.err("rmdir", "d") == errno.ENOTEMPTY
+    m.unlink("d/inner")
+    m.rmdir("d")
+    assert m.listdir("") == []
+    m.mkdir("d", 0o755)
+    assert m.listdir("d") == []  # the new dir is opaque, the lower content stays hidden
+    m.write("f", b"new")
+    assert m.read("f") == b"new"
+    assert (low / "d/inner").exists() and (low / "f").read_bytes() == b"x"
+
+
+def test_rename_of_lower_directory_moves_whole_tree(mount, tmp_path: Path) -> None:
+    top = layer(tmp_path, "top", {"src/a": b"a", "src/sub/b": b"b"})
+    bottom = layer(tmp_path, "bottom", {"src/c": b"c", "dst/z": b"behind"})
+    m = mount([top, bottom])
+    ino = m.lstat("src/sub/b")["st_ino"]
+    m.unlink("dst/z")
+    m.rename("src", "dst")
+    assert m.err("stat", "src") == errno.ENOENT
+    assert m.listdir("dst") == ["a", "c", "sub"]
+    assert m.read("dst/sub/b") == b"b"
+    assert m.lstat("dst/sub/b")["st_ino"] == ino
+    m.rename("dst", "again")
+    assert m.read("again/c") == b"c"
+    assert m.listdir("") == ["again"]
+
+
+def test_rename_files_and_exchange_flags(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"a": b"A", "b": b"B"})
+    m = mount([low])
+    m.rename("a", "c")
+    assert m.listdir("") == ["b", "c"]
+    m.replace("c", "b")
+    assert m.read("b") == b"A" and m.listdir("") == ["b"]
+
+
+def test_hard_links_share_inode(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"data"})
+    m = mount([low])
+    m.link("f", "g")
+    f, g = m.lstat("f"), m.lstat("g")
+    assert f["st_ino"] == g["st_ino"] and f["st_nlink"] == 2
+    m.write("g", b"changed")
+    assert m.read("f") == b"changed"
+    m.unlink("f")
+    assert m.lstat("g")["st_nlink"] == 1
+    assert m.read("g") == b"changed"
+
+
+def test_xattrs_set_listed_and_internal_ones_hidden(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x"})
+    m = mount([low], extra=",whiteout=chardev")
+    m.setxattr("f", "user.mine", b"1")
+    m.chown("f", 1000, 1000)
+    assert m.listxattr("f") == ["user.mine"]
+    for name in ("user.sbx.owner", "user.overlay.opaque", "trusted.overlay.opaque"):
+        assert m.err("getxattr", "f", name) in (errno.ENODATA, errno.EPERM)
+        assert m.err("setxattr", "f", name, b"y") == errno.EPERM
+    m.removexattr("f", "user.mine")
+    assert m.listxattr("f") == []
+    assert os.getxattr(m.upper / "f", "user.sbx.owner") == b"1000:1000:100644:0"
+
+
+def test_ownership_presentation(mount, tmp_path: Path, worker: NsWorker) -> None:
+    if not worker.full_map:
+        pytest.fail("newuidmap/newgidmap with a subordinate id range are needed for this test")
+    low = layer(tmp_path, "low", {"f": b"x", "d/g": b"y"})
+    m = mount([low])
+    st = m.lstat("f")
+    assert (st["st_uid"], st["st_gid"]) == (0, 0)  # the host user's files are the box's root's
+    m.chown("f", 1000, 1001)
+    m.chmod("f", 0o4750)
+    st = m.lstat("f")
+    assert (st["st_uid"], st["st_gid"], stat.S_IMODE(st["st_mode"])) == (1000, 1001, 0o4750)
+    host = os.stat(m.upper / "f")
+    assert host.st_uid == os.getuid() and not host.st_mode & stat.S_ISUID
+    # chmod 000 in the box must not lock the daemon out of its own file.
+    m.chmod("f", 0)
+    assert stat.S_IMODE(m.lstat("f")["st_mode"]) == 0
+    assert m.read("f") == b"x"
+    # New files belong to their creator, setgid dirs pass their group on.
+    m.chown("d", 0, 50)
+    m.chmod("d", 0o2775)
+    m.mkdir("d/sub", 0o755)
+    sub = m.lstat("d/sub")
+    assert sub["st_gid"] == 50 and sub["st_mode"] & stat.S_ISGID
+    m.symlink("target", "link")
+    m.lchown("link", 7, 8)
+    ln = m.lstat("link")
+    assert (ln["st_uid"], ln["st_gid"]) == (7, 8)
+    # Only 0:0 devices get past the kernel in a user namespace; one made by a
+    # nested container tool must stay a visible device, not become our whiteout.
+    m.mknod("wh", stat.S_IFCHR | 0o600, 0)
+    dev = m.lstat("wh")
+    assert stat.S_ISCHR(dev["st_mode"]) and dev["st_rdev"] == 0
+    assert "wh" in m.listdir("")
+    assert stat.S_ISREG(os.lstat(m.upper / "wh").st_mode)
+
+
+def test_unmapped_host_ids_can_show_as_overflow(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x"})
+    m = mount([low], extra=",uidmapping=5:4242:1,gidmapping=5:4242:1,unmapped=overflow")
+    st = m.lstat("f")
+    assert (st["st_uid"], st["st_gid"]) == (65534, 65534)
+
+
+def test_quota_bytes_and_inodes(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"small": b"s" * 10})
+    m = mount([low], extra=",quota_bytes=64k,quota_inodes=20")
+    m.write("a", b"x" * 40000)
+    assert m.err("write", "b", b"y" * 40000) == errno.ENOSPC
+    m.unlink("a")
+    m.write("c", b"z" * 60000)
+    assert m.err("truncate", "c", 1 << 20) == errno.ENOSPC
+    m.truncate("c", 0)
+    created = 0
+    while m.err("mkdir", f"d{created}", 0o755) == 0:
+        created += 1
+        assert created < 100
+    assert m.err("mkdir", "one-more", 0o755) == errno.ENOSPC
+    assert 10 < created < 20
+    vfs = m.statvfs("")
+    assert vfs[2] * vfs[1] == 64 * 1024  # f_blocks * f_frsize
+    assert sum(f.stat().st_size for f in m.upper.rglob("*") if f.is_file()) <= 64 * 1024
+
+
+def test_inode_numbers_stable_and_one_device(mount, tmp_path: Path) -> None:
+    top = layer(tmp_path, "top", {"a/x": b"1"})
+    bottom = layer(tmp_path, "bottom", {"b/y": b"2"})
+    m = mount([top, bottom])
+    first = {p: m.lstat(p) for p in ("", "a", "a/x", "b", "b/y")}
+    assert len({s["st_dev"] for s in first.values()}) == 1
+    assert len({s["st_ino"] for s in first.values()}) == 5
+    m.write("a/x", b"changed")
+    m.rename("a/x", "a/moved")
+    assert m.lstat("a/moved")["st_ino"] == first["a/x"]["st_ino"]
+    assert m.lstat("b/y")["st_ino"] == first["b/y"]["st_ino"]
+
+
+def test_read_only_mount_without_upper(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x"})
+    m = mount([low], upper=False)
+    assert m.read("f") == b"x"
+    assert m.err("write", "g", b"y") == errno.EROFS
+    assert m.err("unlink", "f") == errno.EROFS
+
+
+def test_open_reader_sees_copy_up_writes(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"0123456789"})
+    m = mount([low])
+    fd = m.w.call("open", m.p("f"), os.O_RDONLY)
+    m.write("f", b"abc")
+    assert m.w.call("pread", fd, 10, 0) == b"abc"
+    m.w.call("close", fd)
+
+
+def test_special_files_and_symlinks(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x"})
+    os.symlink("f", low / "ln")
+    os.mkfifo(low / "fifo")
+    m = mount([low])
+    assert m.readlink("ln") == "f"
+    assert stat.S_ISFIFO(m.lstat("fifo")["st_mode"])
+    m.chmod("fifo", 0o600)
+    assert stat.S_ISFIFO(os.lstat(m.upper / "fifo").st_mode)
+    m.symlink("../somewhere", "new")
+    assert m.readlink("new") == "../somewhere"
+    m.mknod("pipe", stat.S_IFIFO | 0o644, 0)
+    assert stat.S_ISFIFO(m.lstat("pipe")["st_mode"])
+
+
+def test_statfs_and_fsync(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"f": b"x"})
+    m = mount([low])
+    fd = m.w.call("open", m.p("g"), os.O_WRONLY | os.O_CREAT, 0o644)
+    m.w.call("pwrite", fd, b"data", 0)
+    m.w.call("fsync", fd)
+    m.w.call("close", fd)
+    assert m.read("g") == b"data"
+    assert m.statvfs("")[8] >= 250  # f_namemax
