@@ -27,6 +27,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sandbox.userns import detect
+
 REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CLONE_NEWNS = 0x00020000
@@ -36,8 +38,10 @@ MS_PRIVATE = 1 << 18
 MS_NOSUID = 2
 MS_NODEV = 4
 MNT_DETACH = 2
-SUBID_BASE = 100000
-SUBID_COUNT = 65536
+_IDS = detect("auto")
+"""The test user's own subordinate ranges (useradd gives each user a different one)."""
+SUBID_BASE, SUBID_COUNT = _IDS.subuid or (100000, 65536)
+SUBGID_BASE, SUBGID_COUNT = _IDS.subgid or (100000, 65536)
 
 
 def child_env() -> dict[str, str]:
@@ -236,7 +240,7 @@ def _map_ids(pid: int) -> bool:
     full = (
         subprocess.run(["newuidmap", str(pid), "0", str(uid), "1", "1", str(SUBID_BASE), str(SUBID_COUNT)],
                        capture_output=True).returncode == 0
-        and subprocess.run(["newgidmap", str(pid), "0", str(gid), "1", "1", str(SUBID_BASE), str(SUBID_COUNT)],
+        and subprocess.run(["newgidmap", str(pid), "0", str(gid), "1", "1", str(SUBGID_BASE), str(SUBGID_COUNT)],
                            capture_output=True).returncode == 0
     )
     if not full:
@@ -252,7 +256,7 @@ def id_mapping() -> str:
 
 
 def gid_mapping() -> str:
-    return f"0:{os.getgid()}:1:1:{SUBID_BASE}:{SUBID_COUNT}"
+    return f"0:{os.getgid()}:1:1:{SUBGID_BASE}:{SUBGID_COUNT}"
 
 
 class Daemon:
