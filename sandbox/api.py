@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
+import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from . import seccomp
 from .box import Box
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
 from .limits import Limits
-from .mounts import WORK_DIR, Bind, Layout, check_box_path
+from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
 from .policy import load_policy
 from .result import Result
 from .rlimits import rlimits
@@ -59,12 +61,20 @@ class Sandbox:
         env: Mapping[str, str] | None = None,
         cwd: str = WORK_DIR,
         policy: str | None = DEFAULT_POLICY,
+        lowers: Sequence[str] = (),
+        upper: str | None = None,
     ) -> None:
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
-        self.layout = Layout(disk, inodes, tuple(binds), tuple(check_box_path(t, "--tmpfs") for t in tmpfs),
-                             loopback=net == "loopback")
+        if upper is not None and not lowers:
+            raise ConfigError("--upper needs --lower: it is the writable layer over them")
+        self._lowers = tuple(parse_lower(d) for d in lowers)
+        self._upper = parse_upper(upper) if upper is not None else None
+        self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
+        self._binds = tuple(binds)
+        self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
+        self._workdir: str | None = None
         self.env = dict(env or {})
         self.cwd = cwd
         self._idmap: IdmapMode = idmap
@@ -75,9 +85,29 @@ class Sandbox:
             self._filter(policy)  # a bad policy is bad input: fail before any box is built
 
     async def __aenter__(self) -> Sandbox:
-        self._box = Box(self.layout, detect(self._idmap))
-        await self._box.start()
+        if self._upper is not None:
+            # overlayfs needs a scratch dir on the upper's filesystem, beside it and not inside it
+            self._workdir = tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(self._upper))
+        layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
+                        upper=self._upper, workdir=self._workdir, loopback=self._loopback)
+        self._box = Box(layout, detect(self._idmap))
+        try:
+            await self._box.start()
+        except BaseException:
+            self._box = None
+            self._remove_workdir()
+            raise
         return self
+
+    def _remove_workdir(self) -> None:
+        """overlayfs leaves a mode-000 `work` inside: make it removable first."""
+        if self._workdir is None:
+            return
+        for root, dirs, _ in os.walk(self._workdir):
+            for d in dirs:
+                os.chmod(os.path.join(root, d), 0o700)
+        shutil.rmtree(self._workdir, ignore_errors=True)
+        self._workdir = None
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -98,6 +128,7 @@ class Sandbox:
         if self._box is not None:
             box, self._box = self._box, None
             await box.aclose()
+        self._remove_workdir()
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create or replace a file under /box (relative paths are relative to it), owned by the program."""

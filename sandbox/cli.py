@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
     run.add_argument("--disk", metavar="SIZE", help="size of the writable /box, /tmp, /dev/shm (default 256M)")
     run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
+    run.add_argument("--lower", action="append", default=[], metavar="DIR",
+                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root")
+    run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
     run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]", help="writable bind mount")
     run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]", help="read-only bind mount")
     run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="an empty writable tmpfs")
@@ -121,6 +124,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         env=dict(_env_pair(e) for e in args.env),
         cwd=check_box_path(args.cwd, "--cwd") if args.cwd != WORK_DIR else WORK_DIR,
         policy=args.policy,
+        lowers=args.lower,
+        upper=args.upper,
     )
     stdin = _open_stdin(args.stdin)
     try:

@@ -51,6 +51,12 @@ class Layout:
     inodes: int
     binds: tuple[Bind, ...] = ()
     tmpfs: tuple[str, ...] = ()
+    lowers: tuple[str, ...] = ()
+    """With lowers, the root is their union (top first) over `upper`, not the host's system dirs."""
+    upper: str | None = None
+    """Host dir keeping what the program wrote; None: a tmpfs inside the box, capped by `disk`."""
+    workdir: str | None = None
+    """Overlayfs' scratch dir for `upper`, on the same filesystem (made and removed by the supervisor)."""
     hostname: str = "sbx"
     loopback: bool = True
 
@@ -65,6 +71,26 @@ def parse_bind(spec: str, writable: bool) -> Bind:
     if not os.path.exists(real):
         raise ConfigError(f"{flag} {src}: No such file or directory")
     return Bind(real, check_box_path(dst if sep else os.path.abspath(src), flag), writable)
+
+
+def parse_lower(path: str) -> str:
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise ConfigError(f"--lower {path}: not a directory")
+    if any(c in real for c in ":,"):
+        raise ConfigError(f"--lower {path}: overlay paths cannot contain ':' or ','")
+    return real
+
+
+def parse_upper(path: str) -> str:
+    real = os.path.realpath(path)
+    if not os.path.isdir(real):
+        raise ConfigError(f"--upper {path}: not a directory")
+    if not os.access(real, os.W_OK | os.X_OK):
+        raise ConfigError(f"--upper {path}: not writable")
+    if any(c in real for c in ":,"):
+        raise ConfigError(f"--upper {path}: overlay paths cannot contain ':' or ','")
+    return real
 
 
 def check_box_path(path: str, flag: str) -> str:
@@ -86,11 +112,14 @@ def build_root(layout: Layout, ids: IdMap) -> None:
     os.chdir("/")
     for d in ("new", "rw"):
         os.mkdir(f"/{d}", 0o755)
-    sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
     sc.mount("tmpfs", "/rw", "tmpfs", _NOSUID_NODEV, f"mode=0755,size={layout.disk},nr_inodes={layout.inodes}")
-    _mount_system()
-    _mount_etc(layout, ids)
-    _mount_writable(ids)
+    if layout.lowers:
+        _mount_union(layout)
+    else:
+        sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
+        _mount_system()
+        _mount_etc(layout, ids)
+    _mount_writable(ids, union=bool(layout.lowers))
     _mount_dev()
     _mount_proc()
     for bind in layout.binds:
@@ -98,7 +127,8 @@ def build_root(layout: Layout, ids: IdMap) -> None:
     for dst in layout.tmpfs:
         target = _mountpoint(dst, True)
         sc.mount("tmpfs", target, "tmpfs", _NOSUID_NODEV, f"mode=0777,size={layout.disk},nr_inodes={layout.inodes}")
-    sc.mount_setattr("/new", sc.MOUNT_ATTR_RDONLY, recursive=False)
+    if not layout.lowers:
+        sc.mount_setattr("/new", sc.MOUNT_ATTR_RDONLY, recursive=False)
     os.chdir("/new")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
@@ -136,6 +166,28 @@ def _mountpoint(box_path: str, directory: bool) -> str:
         if stat.S_ISLNK(st.st_mode):
             raise OSError(f"{box_path}: mount point passes through the symlink /{'/'.join(parts[: i + 1])}")
     return path
+
+
+def _mount_union(layout: Layout) -> None:
+    """Kernel overlayfs, mountable inside a user namespace with `userxattr` (Linux >= 5.11)."""
+    if layout.upper is not None:
+        assert layout.workdir is not None
+        upper, work = f"/oldroot{layout.upper}", f"/oldroot{layout.workdir}"
+    else:
+        upper, work = "/rw/upper", "/rw/work"
+        os.mkdir(upper, 0o755)
+        os.mkdir(work, 0o700)
+    lowers = ":".join(f"/oldroot{d}" for d in layout.lowers)
+    sc.mount("overlay", "/new", "overlay", _NOSUID_NODEV,
+             f"lowerdir={lowers},upperdir={upper},workdir={work},userxattr")
+
+
+def _mkdir(path: str, mode: int = 0o755) -> None:
+    """A mount point that a root filesystem image may already have."""
+    try:
+        os.mkdir(path, mode)
+    except FileExistsError:
+        pass
 
 
 def _mount_system() -> None:
@@ -189,7 +241,7 @@ def _group(ids: IdMap) -> bytes:
 
 
 def _mount_dev() -> None:
-    os.mkdir("/new/dev", 0o755)
+    _mkdir("/new/dev")
     sc.mount("tmpfs", "/new/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755")
     for name in DEVICES:
         node = f"/new/dev/{name}"
@@ -208,7 +260,7 @@ def _mount_dev() -> None:
 
 def _mount_proc() -> None:
     """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only."""
-    os.mkdir("/new/proc", 0o555)
+    _mkdir("/new/proc", 0o555)
     sc.mount("proc", "/new/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
     for name in PROC_READONLY:
         path = f"/new/proc/{name}"
@@ -216,13 +268,21 @@ def _mount_proc() -> None:
             _bind(path, path, False)
 
 
-def _mount_writable(ids: IdMap) -> None:
-    """/box, /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together."""
-    os.mkdir("/rw/box", 0o755)
-    os.chown("/rw/box", ids.program_uid, ids.program_gid)
-    for d in ("tmp", "shm"):
+def _mount_writable(ids: IdMap, union: bool) -> None:
+    """/box, /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together.
+
+    Over a union root, /box is the union's own directory instead, so that an
+    `upper` keeps what the program wrote there.
+    """
+    for d in ("box", "tmp", "shm"):
         os.mkdir(f"/rw/{d}")
-        os.chmod(f"/rw/{d}", 0o1777)
-    for box, rw in ((WORK_DIR, "/rw/box"), ("/tmp", "/rw/tmp")):
-        os.mkdir(f"/new{box}", 0o755)
-        _bind(rw, f"/new{box}", True)
+    os.chmod("/rw/tmp", 0o1777)
+    os.chmod("/rw/shm", 0o1777)
+    _mkdir(f"/new{WORK_DIR}")
+    box_dir = f"/new{WORK_DIR}" if union else "/rw/box"
+    os.chown(box_dir, ids.program_uid, ids.program_gid)
+    os.chmod(box_dir, 0o755)
+    if not union:
+        _bind("/rw/box", f"/new{WORK_DIR}", True)
+    _mkdir("/new/tmp")
+    _bind("/rw/tmp", "/new/tmp", True)

@@ -1,0 +1,89 @@
+"""A root filesystem made of layers (--lower, top first) with a writable upper (--upper)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from sandbox import Bind, ConfigError, Sandbox, Status
+
+from helpers import sbx
+
+
+def rootfs(base: Path, name: str, files: dict[str, str]) -> Path:
+    """A layer; the bottom one also has the merged-/usr symlinks, /usr itself is bound from the host."""
+    layer = base / name
+    layer.mkdir()
+    for rel, text in files.items():
+        (layer / rel).parent.mkdir(parents=True, exist_ok=True)
+        (layer / rel).write_text(text)
+    for d in (layer, *(p for p in layer.rglob("*") if p.is_dir())):
+        d.chmod(0o755)
+    return layer
+
+
+def bottom(base: Path) -> Path:
+    layer = rootfs(base, "bottom", {"etc/motd": "bottom\n", "etc/only-bottom": "b\n"})
+    (layer / "usr").mkdir()
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (layer / link).symlink_to(f"usr/{link}")
+    return layer
+
+
+USR = [Bind("/usr", "/usr", False)]
+
+
+async def test_layers_merge_top_first_and_upper_keeps_writes(tmp_path: Path) -> None:
+    low = bottom(tmp_path)
+    top = rootfs(tmp_path, "top", {"etc/motd": "top\n"})
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    async with Sandbox(lowers=[str(top), str(low)], upper=str(upper), binds=USR) as box:
+        r = await box.run(["sh", "-c", "cat /etc/motd /etc/only-bottom; echo artifact > /box/out.txt"])
+    assert r.stdout == b"top\nb\n", r.stderr
+    assert (upper / "box" / "out.txt").read_text() == "artifact\n"
+    assert (top / "etc" / "motd").read_text() == "top\n"
+    assert not any(p.name.startswith(".sbx-work-") for p in tmp_path.iterdir()), "the work dir is removed"
+
+
+async def test_nothing_reaches_a_lower(tmp_path: Path) -> None:
+    low = bottom(tmp_path)
+    (low / "etc" / "shared").write_text("lower\n")
+    (low / "etc" / "shared").chmod(0o666)
+    (low / "etc").chmod(0o777)
+    before = sorted(str(p.relative_to(low)) for p in low.rglob("*"))
+    async with Sandbox(lowers=[str(low)], binds=USR) as box:
+        r = await box.run(["sh", "-c", "echo mod >> /etc/shared; rm /etc/only-bottom; mkdir /etc/new; cat /etc/shared"])
+        again = await box.run(["sh", "-c", "ls /etc"])
+    assert r.stdout == b"lower\nmod\n", r.stderr
+    assert b"only-bottom" not in again.stdout and b"new" in again.stdout
+    assert (low / "etc" / "shared").read_text() == "lower\n"
+    assert sorted(str(p.relative_to(low)) for p in low.rglob("*")) == before
+
+
+async def test_default_upper_is_capped_by_disk(tmp_path: Path) -> None:
+    async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, disk=1 << 20) as box:
+        r = await box.run(["sh", "-c", "head -c 3000000 /dev/zero > /box/big"])
+    assert r.status is Status.RE and b"No space left" in r.stderr
+
+
+def test_union_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="--upper needs --lower"):
+        Sandbox(upper=str(tmp_path))
+    with pytest.raises(ConfigError, match="--lower /nonexistent: not a directory"):
+        Sandbox(lowers=["/nonexistent"])
+    r = sbx("run", "--lower", str(tmp_path), "--upper", "/nonexistent", "--", "true")
+    assert (r.returncode, r.stderr) == (125, b"sbx: --upper /nonexistent: not a directory\n")
+
+
+def test_cli_union_root(tmp_path: Path) -> None:
+    low = bottom(tmp_path)
+    upper = tmp_path / "up"
+    upper.mkdir()
+    r = sbx("run", "--lower", str(low), "--upper", str(upper), "--ro-bind", "/usr", "--",
+            "sh", "-c", "cat /etc/motd > /box/copy")
+    assert r.returncode == 0, r.stderr
+    assert (upper / "box" / "copy").read_text() == "bottom\n"
+    assert not any(n.startswith(".sbx-work-") for n in os.listdir(tmp_path))
