@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import trio
 
@@ -62,8 +62,9 @@ def _target(mountpoint: str) -> str | int:
     return int(m.group(1)) if m else mountpoint
 
 
-def _run(target: str | int) -> None:
-    trio.run(lambda: serve(unmount=not isinstance(target, int)))
+def _run(target: str | int, start: Callable[[], None]) -> None:
+    """Mount (with `start`) and serve; the mount happens once signals are already handled."""
+    trio.run(lambda: serve(start, unmount=not isinstance(target, int)))
 
 
 def _daemonize(fs: UnionFS, target: str | int, allow_other: bool) -> int:
@@ -79,18 +80,21 @@ def _daemonize(fs: UnionFS, target: str | int, allow_other: bool) -> int:
         return 1
     os.close(r)
     os.setsid()
-    try:
-        mount(fs, target, allow_other=allow_other)
-    except OverlayError as exc:
-        os.write(w, str(exc).encode())
-        os._exit(1)
-    os.write(w, b"ok")
-    os.close(w)
     null = os.open(os.devnull, os.O_RDWR)
-    for fd in (0, 1, 2):
-        os.dup2(null, fd)
-    os.chdir("/")
-    _run(target)
+
+    def start() -> None:
+        try:
+            mount(fs, target, allow_other=allow_other)
+        except OverlayError as exc:
+            os.write(w, str(exc).encode())
+            os._exit(1)
+        os.write(w, b"ok")
+        os.close(w)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.chdir("/")
+
+    _run(target, start)
     os._exit(0)
 
 
@@ -119,11 +123,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not foreground:
         return _daemonize(fs, target, options.allow_other)
     try:
-        mount(fs, target, allow_other=options.allow_other, debug=debug)
+        _run(target, lambda: mount(fs, target, allow_other=options.allow_other, debug=debug))
     except OverlayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    _run(target)
     return 0
 
 

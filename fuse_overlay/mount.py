@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import subprocess
+from collections.abc import AsyncIterator, Callable
 
 import pyfuse3
 import trio
@@ -65,31 +66,33 @@ def _unmount_when_gone(mountpoint: str) -> None:
     os.close(r)
 
 
-async def _stop_on_signals(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+async def _stop_on(signals: AsyncIterator[int]) -> None:
+    async for _ in signals:
+        pyfuse3.terminate()
+        return
+
+
+async def serve(start: Callable[[], None], *, unmount: bool) -> None:
+    """Mount with `start`, then answer requests until the mount goes away or a signal asks us to stop.
+
+    The signal receiver exists before the mount: a SIGTERM arriving right
+    after it must unmount cleanly, not kill the daemon with the mount in place.
+    """
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-        task_status.started()
-        async for _ in signals:
-            pyfuse3.terminate()
-            return
-
-
-async def serve(*, unmount: bool = True) -> None:
-    """Answer requests until the mount goes away or a signal asks us to stop."""
-    try:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(_stop_on_signals)
-            await pyfuse3.main()
-            nursery.cancel_scope.cancel()
-    finally:
-        pyfuse3.close(unmount=unmount)
+        start()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_stop_on, signals)
+                await pyfuse3.main()
+                nursery.cancel_scope.cancel()
+        finally:
+            pyfuse3.close(unmount=unmount)
 
 
 async def serve_fd(fs: UnionFS, fd: int) -> None:
     """Serve an already-mounted /dev/fuse descriptor (the sandbox's way in)."""
-    mount(fs, fd)
-    await serve(unmount=False)
+    await serve(lambda: mount(fs, fd), unmount=False)
 
 
 async def serve_path(fs: UnionFS, mountpoint: str | os.PathLike[str], *, allow_other: bool = False) -> None:
-    mount(fs, mountpoint, allow_other=allow_other)
-    await serve(unmount=True)
+    await serve(lambda: mount(fs, mountpoint, allow_other=allow_other), unmount=True)

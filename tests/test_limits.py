@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 
 from sandbox import Limits, Sandbox, Status
@@ -114,5 +115,11 @@ async def test_stdin_bytes_and_large_output(box: Sandbox) -> None:
 
 
 async def test_exact_cpu_time_excludes_sandbox_overhead(box: Sandbox) -> None:
-    r = await box.run(["true"])
-    assert r.cpu_time < 0.005
+    """The spawner's and box init's own work is not the program's: compare with a bare run of the same."""
+    bare = []
+    for _ in range(5):
+        pid = os.posix_spawn("/bin/true", ["true"], {})
+        ru = os.wait4(pid, 0)[2]
+        bare.append(ru.ru_utime + ru.ru_stime)
+    boxed = [(await box.run(["/bin/true"], policy=None)).cpu_time for _ in range(5)]
+    assert min(boxed) <= 2 * max(bare) + 0.001, (boxed, bare)
