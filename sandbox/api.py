@@ -63,6 +63,7 @@ class Sandbox:
         policy: str | None = DEFAULT_POLICY,
         lowers: Sequence[str] = (),
         upper: str | None = None,
+        fs: str = "auto",
     ) -> None:
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
@@ -75,6 +76,12 @@ class Sandbox:
         self._binds = tuple(binds)
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
         self._workdir: str | None = None
+        self._scratch: str | None = None
+        if fs not in ("auto", "fuse", "kernel"):
+            raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
+        if fs == "auto":
+            fs = "fuse" if os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
+        self.fs = fs
         self.env = dict(env or {})
         self.cwd = cwd
         self._idmap: IdmapMode = idmap
@@ -85,11 +92,22 @@ class Sandbox:
             self._filter(policy)  # a bad policy is bad input: fail before any box is built
 
     async def __aenter__(self) -> Sandbox:
-        if self._upper is not None:
-            # overlayfs needs a scratch dir on the upper's filesystem, beside it and not inside it
-            self._workdir = tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(self._upper))
+        upper = self._upper
+        if upper is not None:
+            # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
+            try:
+                self._workdir = tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper))
+            except OSError as e:
+                raise ConfigError(f"--upper {upper}: cannot make the union's work dir beside it: "
+                                  f"{e.strerror}") from None
+        elif self._lowers and self.fs == "fuse":
+            # the daemon lives outside the box, so its default upper is a host dir removed on close
+            self._scratch = tempfile.mkdtemp(prefix="sbx-union-")
+            upper, self._workdir = f"{self._scratch}/upper", f"{self._scratch}/work"
+            os.mkdir(upper)
+            os.mkdir(self._workdir)
         layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
-                        upper=self._upper, workdir=self._workdir, loopback=self._loopback)
+                        upper=upper, workdir=self._workdir, fs=self.fs, loopback=self._loopback)
         self._box = Box(layout, detect(self._idmap))
         try:
             await self._box.start()
@@ -101,13 +119,14 @@ class Sandbox:
 
     def _remove_workdir(self) -> None:
         """overlayfs leaves a mode-000 `work` inside: make it removable first."""
-        if self._workdir is None:
-            return
-        for root, dirs, _ in os.walk(self._workdir):
-            for d in dirs:
-                os.chmod(os.path.join(root, d), 0o700)
-        shutil.rmtree(self._workdir, ignore_errors=True)
-        self._workdir = None
+        for path in (self._workdir, self._scratch):
+            if path is None:
+                continue
+            for root, dirs, _ in os.walk(path):
+                for d in dirs:
+                    os.chmod(os.path.join(root, d), 0o700)
+            shutil.rmtree(path, ignore_errors=True)
+        self._workdir = self._scratch = None
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -191,7 +210,11 @@ class Sandbox:
             async with trio.open_nursery() as nursery:
                 pending = await self._start(nursery, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
                                             stdout=stdout, stderr=stderr, policy=policy)
-                reply = await pending.box.reply()
+                async with trio.open_nursery() as watcher:
+                    if pending.box.daemon is not None:
+                        watcher.start_soon(pending.box.watch_daemon)
+                    reply = await pending.box.reply()
+                    watcher.cancel_scope.cancel()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
     async def _start(

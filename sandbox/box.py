@@ -18,6 +18,8 @@ import os
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 from typing import Any, NoReturn
 
 import trio
@@ -47,6 +49,7 @@ class Box:
         self._pidfd = -1
         self._send_lock = trio.Lock()
         self.broken = False
+        self.daemon: trio.Process | None = None
         self._busy = False
 
     async def start(self) -> None:
@@ -65,7 +68,10 @@ class Box:
         try:
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
-            reply, _ = await protocol.arecv(self._sock)
+            reply, fds = await protocol.arecv(self._sock)
+            if reply.get("fuse"):
+                await self._start_daemon(fds[0])
+                reply, _ = await protocol.arecv(self._sock)
         except EOFError:
             reply = {"error": "box init exited during setup"}
         except BaseException:
@@ -75,8 +81,45 @@ class Box:
             os.close(unshared_r)
             os.close(mapped_w)
         if "error" in reply:
+            if self.daemon is not None and self.daemon.returncode is not None:
+                reply["error"] += f" (union filesystem: {self.daemon_error()})"
             await self.aclose()
             raise SetupError(reply["error"])
+
+    async def _start_daemon(self, fd: int) -> None:
+        """Serve the box's FUSE root (mounted by box init on `fd`) with sbx-overlayfs, from outside the box.
+
+        The daemon runs as the caller, out of the program's reach (another pid
+        namespace, another uid in range mode).  Its stderr goes to an unlinked
+        file, read only to explain a failure.
+        """
+        layout = self.layout
+        opts = [f"lowerdir={':'.join(layout.lowers)}", f"upperdir={layout.upper}", f"workdir={layout.workdir}",
+                f"quota_bytes={layout.disk}", f"quota_inodes={layout.inodes}"]
+        if self.ids.mode == "range":
+            assert self.ids.subuid and self.ids.subgid
+            opts += [f"uidmapping=0:{self.ids.outer_uid}:1:1:{self.ids.subuid[0]}:{self.ids.subuid[1]}",
+                     f"gidmapping=0:{self.ids.outer_gid}:1:1:{self.ids.subgid[0]}:{self.ids.subgid[1]}"]
+        self._daemon_log = tempfile.TemporaryFile()
+        try:
+            self.daemon = await trio.lowlevel.open_process(
+                [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", ",".join(opts), f"/dev/fd/{fd}"],
+                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._daemon_log)
+        finally:
+            os.close(fd)
+
+    def daemon_error(self) -> str:
+        """The daemon's last words, for the one-line message of a failure."""
+        self._daemon_log.seek(0)
+        lines = self._daemon_log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else f"exit status {self.daemon.returncode}"  # type: ignore[union-attr]
+
+    async def watch_daemon(self) -> None:
+        """End the current run (IE) if the union filesystem's daemon dies under it."""
+        assert self.daemon is not None
+        await self.daemon.wait()
+        self.broken = True
+        await self.kill_run(f"the union filesystem daemon died ({self.daemon_error()})")
 
     async def _map_ids(self, unshared_r: int, mapped_w: int) -> None:
         await trio.lowlevel.wait_readable(unshared_r)
@@ -185,6 +228,16 @@ class Box:
         os.waitpid(self._pid, 0)
         os.close(self._pidfd)
         self._pidfd = -1
+        if self.daemon is not None:
+            # the mount went with the box's namespaces; the daemon sees ENODEV and exits
+            with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
+                await self.daemon.wait()
+            if scope.cancelled_caught:
+                self.daemon.kill()
+                with trio.CancelScope(shield=True):
+                    await self.daemon.wait()
+            self._daemon_log.close()
+            self.daemon = None
 
     async def __aenter__(self) -> Box:
         await self.start()

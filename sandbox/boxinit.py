@@ -78,7 +78,7 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         path_fd = os.open(spawner_path, os.O_PATH | os.O_CLOEXEC)
         binary = fcntl.fcntl(path_fd, fcntl.F_DUPFD_CLOEXEC, _SPAWNER_FD_MIN)
         os.close(path_fd)
-        mounts.build_root(layout, ids)
+        mounts.build_root(layout, ids, lambda fd: protocol.send(sock, {"fuse": True}, [fd]))
         socket.sethostname(layout.hostname)
         if layout.loopback:
             network.loopback_up()

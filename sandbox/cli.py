@@ -54,6 +54,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
                      help="a read-only layer of the root (repeatable, top first): the layers are the whole root")
+    run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
+                     help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or FUSE when "
+                          "/dev/fuse is usable (default)")
     run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
     run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]", help="writable bind mount")
     run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]", help="read-only bind mount")
@@ -126,6 +129,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         policy=args.policy,
         lowers=args.lower,
         upper=args.upper,
+        fs=args.fs,
     )
     stdin = _open_stdin(args.stdin)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import glob
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from . import syscalls as sc
@@ -56,7 +57,9 @@ class Layout:
     upper: str | None = None
     """Host dir keeping what the program wrote; None: a tmpfs inside the box, capped by `disk`."""
     workdir: str | None = None
-    """Overlayfs' scratch dir for `upper`, on the same filesystem (made and removed by the supervisor)."""
+    """The union's scratch dir for `upper`, on the same filesystem (made and removed by the supervisor)."""
+    fs: str = "kernel"
+    """The union's implementation: "kernel" (overlayfs) or "fuse" (sbx-overlayfs, served from outside)."""
     hostname: str = "sbx"
     loopback: bool = True
 
@@ -102,7 +105,7 @@ def check_box_path(path: str, flag: str) -> str:
     return norm
 
 
-def build_root(layout: Layout, ids: IdMap) -> None:
+def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]) -> None:
     """Build the box tree under an intermediate root and switch to it. Runs as box init (pid 1)."""
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", _BASE, "tmpfs", _NOSUID_NODEV, "mode=0755")
@@ -113,7 +116,9 @@ def build_root(layout: Layout, ids: IdMap) -> None:
     for d in ("new", "rw"):
         os.mkdir(f"/{d}", 0o755)
     sc.mount("tmpfs", "/rw", "tmpfs", _NOSUID_NODEV, f"mode=0755,size={layout.disk},nr_inodes={layout.inodes}")
-    if layout.lowers:
+    if layout.lowers and layout.fs == "fuse":
+        _mount_fuse(hand_over_fuse)
+    elif layout.lowers:
         _mount_union(layout)
     else:
         sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
@@ -180,6 +185,23 @@ def _mount_union(layout: Layout) -> None:
     lowers = ":".join(f"/oldroot{d}" for d in layout.lowers)
     sc.mount("overlay", "/new", "overlay", _NOSUID_NODEV,
              f"lowerdir={lowers},upperdir={upper},workdir={work},userxattr")
+
+
+def _mount_fuse(hand_over: Callable[[int], None]) -> None:
+    """Mount the FUSE union as the new root; the daemon serving it runs outside the box.
+
+    Mounting FUSE needs only the user namespace that owns this mount
+    namespace.  `hand_over` gives the connection's fd to the supervisor, which
+    starts the daemon on it (`sbx-overlayfs ... /dev/fd/N`); the first access
+    to /new waits until the daemon has answered the kernel's INIT.
+    """
+    fd = os.open("/oldroot/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        sc.mount("sbx-overlayfs", "/new", "fuse.sbx-overlayfs", _NOSUID_NODEV,
+                 f"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other")
+        hand_over(fd)
+    finally:
+        os.close(fd)
 
 
 def _mkdir(path: str, mode: int = 0o755) -> None:

@@ -6,10 +6,11 @@ import os
 from pathlib import Path
 
 import pytest
+import trio
 
 from sandbox import Bind, ConfigError, Sandbox, Status
 
-from helpers import sbx
+from helpers import host_processes_matching, sbx
 
 
 def rootfs(base: Path, name: str, files: dict[str, str]) -> Path:
@@ -35,12 +36,17 @@ def bottom(base: Path) -> Path:
 USR = [Bind("/usr", "/usr", False)]
 
 
-async def test_layers_merge_top_first_and_upper_keeps_writes(tmp_path: Path) -> None:
+@pytest.fixture(params=["kernel", "fuse"])
+def fs(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def test_layers_merge_top_first_and_upper_keeps_writes(tmp_path: Path, fs: str) -> None:
     low = bottom(tmp_path)
     top = rootfs(tmp_path, "top", {"etc/motd": "top\n"})
     upper = tmp_path / "upper"
     upper.mkdir()
-    async with Sandbox(lowers=[str(top), str(low)], upper=str(upper), binds=USR) as box:
+    async with Sandbox(lowers=[str(top), str(low)], upper=str(upper), binds=USR, fs=fs) as box:
         r = await box.run(["sh", "-c", "cat /etc/motd /etc/only-bottom; echo artifact > /box/out.txt"])
     assert r.stdout == b"top\nb\n", r.stderr
     assert (upper / "box" / "out.txt").read_text() == "artifact\n"
@@ -48,13 +54,13 @@ async def test_layers_merge_top_first_and_upper_keeps_writes(tmp_path: Path) -> 
     assert not any(p.name.startswith(".sbx-work-") for p in tmp_path.iterdir()), "the work dir is removed"
 
 
-async def test_nothing_reaches_a_lower(tmp_path: Path) -> None:
+async def test_nothing_reaches_a_lower(tmp_path: Path, fs: str) -> None:
     low = bottom(tmp_path)
     (low / "etc" / "shared").write_text("lower\n")
     (low / "etc" / "shared").chmod(0o666)
     (low / "etc").chmod(0o777)
     before = sorted(str(p.relative_to(low)) for p in low.rglob("*"))
-    async with Sandbox(lowers=[str(low)], binds=USR) as box:
+    async with Sandbox(lowers=[str(low)], binds=USR, fs=fs) as box:
         r = await box.run(["sh", "-c", "echo mod >> /etc/shared; rm /etc/only-bottom; mkdir /etc/new; cat /etc/shared"])
         again = await box.run(["sh", "-c", "ls /etc"])
     assert r.stdout == b"lower\nmod\n", r.stderr
@@ -63,8 +69,8 @@ async def test_nothing_reaches_a_lower(tmp_path: Path) -> None:
     assert sorted(str(p.relative_to(low)) for p in low.rglob("*")) == before
 
 
-async def test_default_upper_is_capped_by_disk(tmp_path: Path) -> None:
-    async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, disk=1 << 20) as box:
+async def test_default_upper_is_capped_by_disk(tmp_path: Path, fs: str) -> None:
+    async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, disk=1 << 20, fs=fs) as box:
         r = await box.run(["sh", "-c", "head -c 3000000 /dev/zero > /box/big"])
     assert r.status is Status.RE and b"No space left" in r.stderr
 
@@ -74,6 +80,8 @@ def test_union_bad_input(tmp_path: Path) -> None:
         Sandbox(upper=str(tmp_path))
     with pytest.raises(ConfigError, match="--lower /nonexistent: not a directory"):
         Sandbox(lowers=["/nonexistent"])
+    with pytest.raises(ConfigError, match="--fs: unknown filesystem 'zfs'"):
+        Sandbox(lowers=[str(tmp_path)], fs="zfs")
     r = sbx("run", "--lower", str(tmp_path), "--upper", "/nonexistent", "--", "true")
     assert (r.returncode, r.stderr) == (125, b"sbx: --upper /nonexistent: not a directory\n")
 
@@ -87,3 +95,25 @@ def test_cli_union_root(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (upper / "box" / "copy").read_text() == "bottom\n"
     assert not any(n.startswith(".sbx-work-") for n in os.listdir(tmp_path))
+
+
+async def test_fuse_daemon_death_ends_the_run_ie_and_leaves_nothing(tmp_path: Path) -> None:
+    marker = "1000.7531"
+    before = set(os.listdir("/tmp"))
+    async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, fs="fuse") as box:
+        daemon = box._box.daemon  # type: ignore[union-attr]
+        assert daemon is not None
+
+        async def kill_daemon_soon() -> None:
+            with trio.fail_after(10):
+                while not host_processes_matching(marker):
+                    await trio.sleep(0.01)
+            daemon.kill()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(kill_daemon_soon)
+            r = await box.run(["sh", "-c", f"sleep {marker}; ls /etc"])
+    assert r.status is Status.IE
+    assert "union filesystem daemon died" in r.message
+    assert host_processes_matching(marker) == []
+    assert set(os.listdir("/tmp")) - before == set(), "the default FUSE upper is removed"
