@@ -80,6 +80,8 @@ def parse_lower(path: str) -> str:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         raise ConfigError(f"--lower {path}: not a directory")
+    if not os.access(real, os.R_OK | os.X_OK):
+        raise ConfigError(f"--lower {path}: not readable")
     if any(c in real for c in ":,"):
         raise ConfigError(f"--lower {path}: overlay paths cannot contain ':' or ','")
     return real

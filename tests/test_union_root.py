@@ -80,6 +80,10 @@ def test_union_bad_input(tmp_path: Path) -> None:
         Sandbox(upper=str(tmp_path))
     with pytest.raises(ConfigError, match="--lower /nonexistent: not a directory"):
         Sandbox(lowers=["/nonexistent"])
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o000)
+    with pytest.raises(ConfigError, match="not readable"):
+        Sandbox(lowers=[str(locked)])
     with pytest.raises(ConfigError, match="--fs: unknown filesystem 'zfs'"):
         Sandbox(lowers=[str(tmp_path)], fs="zfs")
     r = sbx("run", "--lower", str(tmp_path), "--upper", "/nonexistent", "--", "true")
