@@ -107,7 +107,8 @@ def report() -> dict[str, Any]:
         "will_use": {
             "ok": userns is None,
             "detail": (
-                f"uid map {ids.mode}; root: host system dirs read-only + tmpfs /box; "
+                f"uid map {ids.mode}; root: host system dirs read-only + tmpfs /box, or with --lower the union "
+                f"by {'sbx-overlayfs (FUSE)' if fuse_ok else 'kernel overlayfs'}; seccomp policy 'default'; "
                 f"limits: {'cgroup' if cgroup['ok'] else 'rlimit'} (memory, pids), box-init monitor (CPU, wall)"
             ),
         },
