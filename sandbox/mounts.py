@@ -77,24 +77,22 @@ def parse_bind(spec: str, writable: bool) -> Bind:
 
 
 def parse_lower(path: str) -> str:
-    real = os.path.realpath(path)
-    if not os.path.isdir(real):
-        raise ConfigError(f"--lower {path}: not a directory")
-    if not os.access(real, os.R_OK | os.X_OK):
-        raise ConfigError(f"--lower {path}: not readable")
-    if any(c in real for c in ":,"):
-        raise ConfigError(f"--lower {path}: overlay paths cannot contain ':' or ','")
-    return real
+    return _layer_dir(path, "--lower", os.R_OK | os.X_OK, "not readable")
 
 
 def parse_upper(path: str) -> str:
+    return _layer_dir(path, "--upper", os.W_OK | os.X_OK, "not writable")
+
+
+def _layer_dir(path: str, flag: str, access: int, refusal: str) -> str:
+    """A host dir for the union: real path, accessible, and spellable in overlay's option string."""
     real = os.path.realpath(path)
     if not os.path.isdir(real):
-        raise ConfigError(f"--upper {path}: not a directory")
-    if not os.access(real, os.W_OK | os.X_OK):
-        raise ConfigError(f"--upper {path}: not writable")
+        raise ConfigError(f"{flag} {path}: not a directory")
+    if not os.access(real, access):
+        raise ConfigError(f"{flag} {path}: {refusal}")
     if any(c in real for c in ":,"):
-        raise ConfigError(f"--upper {path}: overlay paths cannot contain ':' or ','")
+        raise ConfigError(f"{flag} {path}: overlay paths cannot contain ':' or ','")
     return real
 
 
