@@ -356,14 +356,15 @@ def _probe_values(p: Policy, draw) -> list[tuple[int, ...]]:
     return [tuple(draw(st.sampled_from(edges)) for _ in range(3)) + (0, 0, 0) for _ in range(40)]
 
 
-@settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, database=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_compiled_filter_agrees_with_first_match_semantics(data) -> None:
     p = data.draw(policies())
     try:
         bpf = _build(p)
     except PolicyError as e:  # a refusal is allowed (and must say why); a wrong filter is not
-        assert "too complex to compile" in str(e)
+        assert "too complex to compile" in str(e) or "more than the kernel's 4096" in str(e)
         reject()
     for args in _probe_values(p, data.draw):
         for name in p.syscalls:
