@@ -31,6 +31,8 @@ from .verdict import enforcement, verdict
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
 _CHUNK = 1 << 16
+# the accounting of a run whose program never started (its exec failed)
+_NEVER_RAN: dict[str, Any] = {"wait_status": None, "syscall": None, "cpu_time": 0.0, "wall_time": 0.0, "memory_peak": 0}
 MAX_ARGS = 4096
 """Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
 
@@ -280,6 +282,9 @@ class _Pending:
     policy: str | None
 
     def finish(self, reply: dict[str, Any]) -> Result:
+        death = self.box.daemon_death()
+        if death is not None:
+            reply = {**(_NEVER_RAN if "exec_error" in reply else reply), "killed": death}
         if "exec_error" in reply:
             raise _exec_failure(reply["exec_error"], self.req)
         result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,

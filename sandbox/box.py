@@ -118,8 +118,21 @@ class Box:
         """End the current run (IE) if the union filesystem's daemon dies under it."""
         assert self.daemon is not None
         await self.daemon.wait()
+        reason = self.daemon_death()
+        assert reason is not None
+        await self.kill_run(reason)
+
+    def daemon_death(self) -> str | None:
+        """Why the run cannot be trusted, if the daemon is gone.
+
+        A program that touched the root right after the daemon died got
+        ENOTCONN and may have ended before `watch_daemon` woke: its failure is
+        the sandbox's, not the program's.
+        """
+        if self.daemon is None or self.daemon.returncode is None:
+            return None
         self.broken = True
-        await self.kill_run(f"the union filesystem daemon died ({self.daemon_error()})")
+        return f"the union filesystem daemon died ({self.daemon_error()})"
 
     async def _map_ids(self, unshared_r: int, mapped_w: int) -> None:
         await trio.lowlevel.wait_readable(unshared_r)

@@ -13,16 +13,18 @@ def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subproce
                           capture_output=True, timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 
-def host_processes_matching(marker: str) -> list[int]:
-    """Host pids whose command line contains `marker` (to prove nothing of a run survived)."""
+def host_processes_matching(marker: str) -> list[str]:
+    """Host processes whose command line contains `marker`, as "PID: CMDLINE" (to prove nothing of a run survived)."""
     found = []
     for name in os.listdir("/proc"):
         if not name.isdigit():
             continue
         try:
             with open(f"/proc/{name}/cmdline", "rb") as f:
-                if marker.encode() in f.read():
-                    found.append(int(name))
+                cmdline = f.read()
         except OSError:
             continue
+        if marker.encode() in cmdline:
+            words = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
+            found.append(f"{name}: {words}")
     return found
