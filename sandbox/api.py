@@ -19,6 +19,7 @@ import trio
 
 from . import seccomp
 from .box import Box
+from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
@@ -110,7 +111,8 @@ class Sandbox:
             os.mkdir(self._workdir)
         layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
                         upper=upper, workdir=self._workdir, fs=self.fs, loopback=self._loopback)
-        self._box = Box(layout, detect(self._idmap))
+        found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
+        self._box = Box(layout, detect(self._idmap), found)
         try:
             await self._box.start()
         except BaseException:
@@ -240,11 +242,14 @@ class Sandbox:
         if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
             raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         limits = limits or self.limits
+        cgroup = box.cgroup is not None
+        if limits.cpus is not None and not cgroup:
+            raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
         req = {
             "argv": list(argv),
             "env": full_env,
             "cwd": cwd or self.cwd,
-            "rlimits": rlimits(limits, box.ids),
+            "rlimits": rlimits(limits, box.ids, cgroup),
             "cpu_time": limits.cpu_time,
             "wall_time": limits.wall_time,
         }
@@ -262,8 +267,8 @@ class Sandbox:
             fds.append(w)
         if filter_fd is not None:
             fds.append(os.dup(filter_fd))
-        await box.submit(req, fds)
-        return _Pending(box, req, limits, out, policy_name)
+        await box.submit(req, fds, run_limits=limits)
+        return _Pending(box, req, limits, out, policy_name, cgroup)
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,7 @@ class _Pending:
     limits: Limits
     out: _Output
     policy: str | None
+    cgroup: bool
 
     def finish(self, reply: dict[str, Any]) -> Result:
         death = self.box.daemon_death()
@@ -288,7 +294,7 @@ class _Pending:
         if "exec_error" in reply:
             raise _exec_failure(reply["exec_error"], self.req)
         result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,
-                         enforcement=enforcement(self.limits, self.policy))
+                         enforcement=enforcement(self.limits, self.policy, self.cgroup))
         result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
         return result
 
@@ -404,4 +410,6 @@ def _exec_failure(err: dict[str, object], req: dict[str, object]) -> Exception:
         return ExecError(f"{req['argv'][0]}: {message}", code)  # type: ignore[index]
     if stage == "cwd":
         return ConfigError(f"--cwd {req['cwd']}: {message}")
+    if stage == "cgroup":
+        return SetupError(f"the program could not join its run's cgroup: {message}")
     return SetupError(f"preparing the program failed: {message}")

@@ -14,6 +14,7 @@ its pid namespace: nothing of a box can outlive the supervisor.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -26,7 +27,9 @@ import trio
 
 from . import boxinit, protocol
 from . import syscalls as sc
+from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
+from .limits import Limits
 from .mounts import Layout
 from .spawner import spawner_binary
 from .userns import IdMap, write_single_map
@@ -41,9 +44,12 @@ _CANCEL_TIMEOUT = 2.0
 class Box:
     """One live box: namespaces, root filesystem, and box init waiting for run requests."""
 
-    def __init__(self, layout: Layout, ids: IdMap) -> None:
+    def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation) -> None:
         self.layout = layout
         self.ids = ids
+        self._delegation = delegation
+        self.cgroup: BoxCgroup | None = None
+        self._run_cgroup: RunCgroup | None = None
         self._sock: trio.socket.SocketType | None = None
         self._pid = 0
         self._pidfd = -1
@@ -54,17 +60,27 @@ class Box:
 
     async def start(self) -> None:
         spawner = spawner_binary()
+        cgroup_fd = -1
+        if self._delegation.base is not None:
+            try:
+                self.cgroup = BoxCgroup(self._delegation)
+                cgroup_fd = self.cgroup.init_procs()
+            except OSError as e:
+                await self.aclose()
+                raise SetupError(f"cannot make the box's cgroup: {e.strerror or e}") from None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         unshared_r, unshared_w = os.pipe()
         mapped_r, mapped_w = os.pipe()
         pid = os.fork()
         if pid == 0:
             parent.close()
-            _outer(self.layout, self.ids, spawner, child, unshared_w, mapped_r, os.getppid())
+            _outer(self.layout, self.ids, spawner, child, unshared_w, mapped_r, os.getppid(), cgroup_fd)
         self._pid, self._pidfd = pid, os.pidfd_open(pid)
         self._sock = trio.socket.from_stdlib_socket(parent)
         for fd in (child.detach(), unshared_w, mapped_r):
             os.close(fd)
+        if cgroup_fd >= 0:
+            os.close(cgroup_fd)
         try:
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
@@ -146,22 +162,35 @@ class Box:
                 raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
         os.write(mapped_w, b"g")
 
-    async def submit(self, msg: dict[str, Any], fds: list[int]) -> None:
-        """Send one run request.
+    async def submit(self, msg: dict[str, Any], fds: list[int], run_limits: Limits | None = None) -> None:
+        """Send one request; with `run_limits` it is a run, which gets a fresh cgroup when the box has one.
 
         `fds` (the program's stdin, stdout, stderr) are closed once sent: the
         output pipes must reach EOF when the last process of the run dies.
         """
         try:
             self._claim()
+            if run_limits is not None and self.cgroup is not None:
+                try:
+                    self._run_cgroup = self.cgroup.new_run(run_limits)
+                except OSError as e:
+                    raise SetupError(f"cannot make the run's cgroup: {e.strerror or e}") from None
+                fds = [*fds, self._run_cgroup.procs_fd]  # the program joins it before execve
+                msg = {**msg, "cgroup": True}
             async with self._send_lock:
                 await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
         except BaseException:
             self._busy = False
+            self._drop_run_cgroup()
             raise
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _drop_run_cgroup(self) -> None:
+        if self._run_cgroup is not None:
+            cgroup, self._run_cgroup = self._run_cgroup, None
+            cgroup.remove()
 
     def _claim(self) -> None:
         """Box init does one thing at a time; a second request during a run would read as a kill."""
@@ -191,14 +220,19 @@ class Box:
         """
         assert self._sock is not None
         try:
-            return await self._reply()
+            reply = await self._reply()
+            if self._run_cgroup is not None and "exec_error" not in reply:
+                acct = self._run_cgroup.account()
+                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak, events=acct.events)
+            return reply
         finally:
             self._busy = False
+            self._drop_run_cgroup()
 
     async def _reply(self) -> dict[str, Any]:
         assert self._sock is not None
         try:
-            reply, _ = await protocol.arecv(self._sock)
+            reply = await self._recv_run_reply()
         except EOFError:
             self.broken = True
             raise SetupError("box init died during the run") from None
@@ -217,6 +251,17 @@ class Box:
             raise
         return reply
 
+    async def _recv_run_reply(self) -> dict[str, Any]:
+        """The end-of-run reply; without memory.peak (Linux < 5.19), sample the run's memory meanwhile."""
+        assert self._sock is not None
+        cgroup = self._run_cgroup
+        while True:
+            with trio.move_on_after(0.005 if cgroup is not None and not cgroup.has_peak else math.inf):
+                reply, _ = await protocol.arecv(self._sock)  # one recvmsg: cancelling it loses nothing
+                return reply
+            assert cgroup is not None
+            cgroup.sample_memory()
+
     async def kill_run(self, reason: str) -> None:
         """Ask box init to end the current run now (box init ignores this when idle)."""
         async with self._send_lock:
@@ -232,15 +277,18 @@ class Box:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._pidfd < 0:
-            return
-        with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
-            await trio.lowlevel.wait_readable(self._pidfd)
-        if scope.cancelled_caught:
-            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-        os.waitpid(self._pid, 0)
-        os.close(self._pidfd)
-        self._pidfd = -1
+        if self._pidfd >= 0:
+            with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
+                await trio.lowlevel.wait_readable(self._pidfd)
+            if scope.cancelled_caught:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+            os.waitpid(self._pid, 0)
+            os.close(self._pidfd)
+            self._pidfd = -1
+        if self.cgroup is not None:
+            cgroup, self.cgroup = self.cgroup, None
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(cgroup.remove)
         if self.daemon is not None:
             # the mount went with the box's namespaces; the daemon sees ENODEV and exits
             with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
@@ -260,13 +308,19 @@ class Box:
         await self.aclose()
 
 
-def _outer(layout: Layout, ids: IdMap, spawner: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int) -> NoReturn:
-    """The outer process: new user namespace, id map, the other namespaces, then box init as its child."""
+def _outer(layout: Layout, ids: IdMap, spawner: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int,
+           cgroup_fd: int) -> NoReturn:
+    """The outer process: its cgroup, new user namespace, id map, the other namespaces, then box init as its child.
+
+    It joins the box's cgroup first, so the new cgroup namespace is rooted there.
+    """
     try:
         signal.set_wakeup_fd(-1)
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != parent:
             os._exit(1)
+        if cgroup_fd >= 0:
+            os.write(cgroup_fd, b"0")
         _close_all_but({0, 1, 2, sock.fileno(), unshared_w, mapped_r})
         sc.unshare(sc.CLONE_NEWUSER)
         if ids.mode == "single":

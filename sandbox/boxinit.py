@@ -155,7 +155,8 @@ def _run(req: dict[str, Any], fds: list[int], sock: socket.socket, spawner: _Spa
     monitor = Monitor(req.get("cpu_time"), req.get("wall_time"), spawner.pid)
     rlimits = [str(v) for triple in req["rlimits"] for v in triple]
     env = [f"{k}={v}" for k, v in req["env"].items()]
-    tokens = ["run", "1" if req.get("seccomp") else "0", "0", str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+    flags = ["1" if req.get(name) else "0" for name in ("seccomp", "cgroup")]
+    tokens = ["run", *flags, str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
               *rlimits, *req["argv"], *env]
     try:
         protocol.send_tokens(spawner.sock, tokens, fds)

@@ -21,7 +21,7 @@ from . import doctor, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
 from .errors import ConfigError, SandboxError
-from .limits import Limits, parse_count, parse_seconds, parse_size
+from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from .mounts import WORK_DIR, parse_bind, check_box_path
 from .result import Result
 
@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds")
     run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M")
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
+    run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
     run.add_argument("--disk", metavar="SIZE", help="size of the writable /box, /tmp, /dev/shm (default 256M)")
     run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
@@ -105,6 +106,7 @@ def _limits(args: argparse.Namespace) -> Limits:
         memory=parse_size(args.memory, "--memory") if args.memory else None,
         pids=parse_count(args.pids, "--pids") if args.pids else defaults.pids,
         output=parse_size(args.output, "--output") if args.output else defaults.output,
+        cpus=parse_cpus(args.cpus) if args.cpus else None,
     )
 
 

@@ -14,6 +14,7 @@ import tempfile
 from typing import Any
 
 from . import syscalls as sc
+from .cgroups import inspect, systemd_unreachable
 from .userns import IdMap, detect, write_single_map
 
 
@@ -52,31 +53,14 @@ def _overlay_probe() -> None:
 
 
 def _cgroup_v2() -> dict[str, Any]:
-    """Whether this process sits in a cgroup v2 subtree it may manage (full delegation comes with cgroups.py)."""
-    try:
-        with open("/proc/self/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError as e:
-        return {"ok": False, "detail": str(e)}
-    path = next((line[3:] for line in lines if line.startswith("0::")), None)
-    v1 = [line.split(":")[1] for line in lines if not line.startswith("0::") and line.split(":")[1]]
-    if path is None:
-        return {"ok": False, "detail": "no cgroup v2 hierarchy (cgroup v1 only)"}
-    root = "/sys/fs/cgroup" if os.path.exists("/sys/fs/cgroup/cgroup.controllers") else "/sys/fs/cgroup/unified"
-    directory = os.path.join(root, path.lstrip("/"))
-    try:
-        with open(os.path.join(root, "cgroup.controllers")) as f:
-            controllers = f.read().split()
-    except OSError:
-        controllers = []
-    missing = [c for c in ("memory", "pids", "cpu") if c not in controllers]
-    owned = os.path.isdir(directory) and os.stat(directory).st_uid == os.getuid()
-    if missing:
-        detail = f"controllers {', '.join(missing)} not on cgroup v2" + (f" (bound to v1: {', '.join(v1)})" if v1 else "")
-        return {"ok": False, "detail": detail}
-    if not owned:
-        return {"ok": False, "detail": f"{directory} is not delegated to uid {os.getuid()}"}
-    return {"ok": True, "detail": f"delegated: {directory}"}
+    """Whether runs get cgroups: a delegated subtree now, or a systemd scope that sbx would ask for."""
+    found = inspect()
+    if found.base is not None:
+        return {"ok": True, "detail": f"delegated: {found.base} ({' '.join(sorted(found.controllers))})"}
+    unreachable = systemd_unreachable()
+    if unreachable is None:
+        return {"ok": True, "detail": f"{found.reason}; sbx will ask systemd for a delegated scope"}
+    return {"ok": False, "detail": f"{found.reason}; {unreachable}"}
 
 
 def _seccomp() -> dict[str, Any]:

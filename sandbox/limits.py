@@ -33,6 +33,16 @@ def parse_seconds(text: str, what: str = "time") -> float:
     return value
 
 
+def parse_cpus(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ConfigError(f"--cpus: invalid number of CPUs {text!r}") from None
+    if not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--cpus: {text!r} must be a positive number of CPUs")
+    return value
+
+
 def parse_count(text: str, what: str) -> int:
     try:
         value = int(text)
@@ -60,12 +70,13 @@ class Limits:
     file_size: int | None = 1 * 2**30
     open_files: int = 256
     stack: int | None = None
+    cpus: float | None = None  # cpu.max: how many cores' worth of time per period (cgroup only)
 
     def __post_init__(self) -> None:
-        for name in ("cpu_time", "wall_time"):
+        for name in ("cpu_time", "wall_time", "cpus"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v <= 0):
-                raise ConfigError(f"{name}: must be a positive number of seconds, not {v!r}")
+                raise ConfigError(f"{name}: must be a positive number, not {v!r}")
         for name in ("memory", "pids", "output", "file_size", "open_files", "stack"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -30,6 +30,8 @@ class Result:
     syscall: str | None = None
     message: str = ""
     enforcement: dict[str, str] = field(default_factory=dict)
+    # the run cgroup's counters of limits hit, e.g. {"memory.oom_kill": 1, "pids.max": 12}
+    events: dict[str, int] = field(default_factory=dict)
     stdout: bytes = field(default=b"", repr=False)
     stderr: bytes = field(default=b"", repr=False)
 

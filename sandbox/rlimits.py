@@ -16,15 +16,16 @@ from .userns import IdMap
 Rlimit = tuple[int, int, int]
 
 
-def rlimits(limits: Limits, ids: IdMap) -> list[Rlimit]:
+def rlimits(limits: Limits, ids: IdMap, cgroup: bool) -> list[Rlimit]:
+    """With a run cgroup, memory and pids are its limits: no address-space cap to break the JVM, Go or V8."""
     out: list[Rlimit] = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files)]
     if limits.cpu_time is not None:
         # The monitor kills within a millisecond of the limit; this only catches a monitor that failed.
         soft = math.ceil(limits.cpu_time) + 1
         out.append((resource.RLIMIT_CPU, soft, soft + 1))
-    if limits.memory is not None:
+    if limits.memory is not None and not cgroup:
         out.append((resource.RLIMIT_AS, limits.memory, limits.memory))
-    if limits.pids is not None:
+    if limits.pids is not None and not cgroup:
         # Counted per (user namespace, uid) since Linux 5.14, so per box.  In single mode box init and
         # the spawner share the program's uid.
         n = limits.pids + (2 if ids.init_shares_program_uid else 0)

@@ -37,8 +37,13 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     killed = reply["killed"]
     failed = sig is not None or exit_code != 0
 
+    events: dict[str, int] = reply.get("events", {})
+
     def result(status: Status, message: str) -> Result:
-        return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement)
+        if "pids.max" in events:
+            message += f" (the pids limit of {limits.pids} refused {events['pids.max']} forks)"
+        return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement,
+                      events=events)
 
     if killed == "SV":
         name = reply.get("syscall") or "unknown"
@@ -55,7 +60,10 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         return result(Status.IE, f"run stopped: {killed}")
     if sig == signals.SIGXFSZ:
         return result(Status.OLE, f"file size limit of {limits.file_size} bytes exceeded")
-    if failed and limits.memory is not None and peak >= MLE_INFERENCE * limits.memory:
+    if events.get("memory.oom_kill"):
+        return result(Status.MLE, f"memory limit {limits.memory} bytes exceeded (OOM-killed; peak {peak} bytes)")
+    if (failed and enforcement.get("memory") == "rlimit" and limits.memory is not None
+            and peak >= MLE_INFERENCE * limits.memory):
         return result(Status.MLE, f"memory limit {limits.memory} bytes reached (peak RSS {peak} bytes)")
     if sig is not None:
         return result(Status.SG, f"killed by {_signame(sig)}")
@@ -64,11 +72,11 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     return result(Status.OK, "exited normally")
 
 
-def enforcement(limits: Limits, policy: str | None) -> dict[str, str]:
+def enforcement(limits: Limits, policy: str | None, cgroup: bool) -> dict[str, str]:
     """Which mechanism enforces each limit that is set (never claim one that is not)."""
     mechanisms = {
-        "cpu_time": "monitor", "wall_time": "monitor", "memory": "rlimit", "pids": "rlimit",
-        "output": "supervisor", "file_size": "rlimit",
+        "cpu_time": "monitor", "wall_time": "monitor", "memory": "cgroup" if cgroup else "rlimit",
+        "pids": "cgroup" if cgroup else "rlimit", "output": "supervisor", "file_size": "rlimit", "cpus": "cgroup",
     }
     enforced = {name: how for name, how in mechanisms.items() if getattr(limits, name) is not None}
     if policy is not None:

@@ -48,7 +48,7 @@ def _reply(**kw: object) -> dict[str, object]:
 
 def test_verdict_order() -> None:
     limits = Limits(cpu_time=1.0, wall_time=2.0, memory=100_000)
-    enf = enforcement(limits, None)
+    enf = enforcement(limits, None, cgroup=False)
     assert verdict(_reply(), limits, output_exceeded=False, enforcement=enf).status is Status.OK
     assert verdict(_reply(wait_status=3 << 8), limits, output_exceeded=False, enforcement=enf).status is Status.RE
     assert verdict(_reply(wait_status=signal.SIGSEGV), limits, output_exceeded=False,
@@ -66,13 +66,29 @@ def test_verdict_order() -> None:
                    enforcement=enf).status is Status.OLE
 
 
+def test_verdict_under_cgroups_is_exact() -> None:
+    """MLE only from the kernel's OOM count (no inference from the peak); pids hits are named."""
+    limits = Limits(memory=100_000, pids=8)
+    enf = enforcement(limits, None, cgroup=True)
+    assert enf == {"memory": "cgroup", "pids": "cgroup", "output": "supervisor", "file_size": "rlimit"}
+    high_but_not_killed = verdict(_reply(wait_status=6, memory_peak=99_000), limits, output_exceeded=False,
+                                  enforcement=enf)
+    assert high_but_not_killed.status is Status.SG
+    oom = verdict(_reply(wait_status=9, memory_peak=100_000, events={"memory.oom_kill": 1}), limits,
+                  output_exceeded=False, enforcement=enf)
+    assert oom.status is Status.MLE and oom.events == {"memory.oom_kill": 1}
+    bomb = verdict(_reply(wait_status=1 << 8, events={"pids.max": 5}), limits, output_exceeded=False, enforcement=enf)
+    assert bomb.status is Status.RE and bomb.message == "exited with status 1 (the pids limit of 8 refused 5 forks)"
+
+
 def test_enforcement_names_only_set_limits() -> None:
-    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None), None)
+    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None), None, cgroup=False)
     assert enf == {"cpu_time": "monitor"}
-    assert enforcement(Limits(pids=None, output=None, file_size=None), "strict") == {"syscalls": "seccomp:strict"}
+    assert enforcement(Limits(pids=None, output=None, file_size=None), "strict",
+                       cgroup=False) == {"syscalls": "seccomp:strict"}
 
 
 def test_result_record_has_every_contract_field() -> None:
     r = verdict(_reply(), Limits(), output_exceeded=False, enforcement={})
     assert set(r.record()) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
-                               "message", "enforcement"}
+                               "message", "enforcement", "events"}

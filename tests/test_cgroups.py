@@ -1,0 +1,171 @@
+"""cgroup v2 delegation, on a kernel that has it: exact memory, pids and CPU limits and accounting, rootless.
+
+This machine kind has a v1/v2 hybrid (memory, cpu and pids on v1), so
+`tests/guest/run` boots a guest kernel with pure cgroup v2, delegates a
+subtree to an unprivileged user the way systemd's Delegate=yes does, and
+runs this file there with SBX_REQUIRE_CGROUP=1 (then nothing here may skip).
+`./dev test` does that after the host suite.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from helpers import sbx
+from sandbox import Bind, Limits, Sandbox, Status
+from sandbox.cgroups import delegation, inspect
+
+FOUND = inspect()
+REQUIRED = os.environ.get("SBX_REQUIRE_CGROUP") == "1"
+pytestmark = pytest.mark.skipif(
+    FOUND.base is None and not REQUIRED,
+    reason=f"no delegated cgroup v2 here ({FOUND.reason}); tests/guest/run runs this file in a guest kernel "
+           "with pure cgroup v2, and ./dev test runs that")
+MiB = 2**20
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def _ours() -> list[str]:
+    """Box cgroups of this process (and of CLI children, `sbx-<pid>-<n>`) left in the delegated tree."""
+    base = delegation().base
+    assert base is not None, delegation().reason
+    return sorted(n for n in os.listdir(base) if n.startswith("sbx-") and n != "sbx-procs")
+
+
+def _run_cgroups() -> list[str]:
+    """Run cgroups left in this process's one box."""
+    [box_dir] = _ours()
+    return [n for n in os.listdir(Path(delegation().base or "", box_dir)) if n.startswith("run-")]
+
+
+@pytest.fixture(autouse=True)
+def leaves_no_cgroup() -> Iterator[None]:
+    yield
+    assert _ours() == []
+
+
+def test_delegation_is_found_and_prepared() -> None:
+    found = delegation()
+    assert found.base is not None, found.reason
+    assert {"memory", "pids"} <= found.controllers
+    # the no-internal-processes rule: this process moved into a leaf, the base holds none
+    assert Path(found.base, "cgroup.procs").read_text() == ""
+    assert open("/proc/self/cgroup").read().strip().endswith("/sbx-procs")
+    check = json.loads(sbx("check", "--json").stdout)
+    assert check["cgroup_v2"] == {"ok": True, "detail": f"delegated: {found.base} (cpu memory pids)"}
+
+
+async def test_each_run_has_its_own_cgroup_and_the_box_leaves_none() -> None:
+    async with Sandbox(limits=Limits(memory=64 * MiB, pids=8), policy=None) as box:
+        first = await box.run(["cat", "/proc/self/cgroup"])
+        second = await box.run(["cat", "/proc/self/cgroup"])
+        assert first.enforcement["memory"] == "cgroup" and first.enforcement["pids"] == "cgroup"
+        # seen from the box's cgroup namespace, rooted at the box's init/: each run is a fresh sibling
+        assert (first.stdout, second.stdout) == (b"0::/../run-0\n", b"0::/../run-1\n")
+        assert _run_cgroups() == []  # each removed as its run ended
+
+
+async def test_memory_hog_is_mle_with_the_exact_peak() -> None:
+    async with Sandbox(limits=Limits(memory=64 * MiB, wall_time=60), policy=None) as box:
+        # tail keeps a line without newlines whole: it grows until the kernel's OOM killer stops it
+        r = await box.run(["sh", "-c", "head -c 400M /dev/zero | tail"])
+    assert r.status is Status.MLE, r
+    assert r.events.get("memory.oom_kill", 0) >= 1
+    assert 60 * MiB <= r.memory_peak <= 64 * MiB
+
+
+async def test_fork_bomb_is_contained_by_pids_max() -> None:
+    count = ["sh", "-c", "ls /proc | grep -c '^[0-9]'"]
+    async with Sandbox(limits=Limits(pids=16, wall_time=20), policy=None) as box:
+        before = await box.run(count)
+        # dash gives up on a failed fork, so the bomb collapses once the limit stops it
+        r = await box.run(["sh", "-c", "b() { b & b & wait; }; b"])
+        assert r.status is not Status.WLE, r
+        assert r.events.get("pids.max", 0) > 0
+        assert "the pids limit of 16 refused" in r.message
+        after = await box.run(count)
+        assert after.stdout == before.stdout  # nothing of the bomb survived
+
+
+@pytest.fixture(scope="module")
+def busy_threads(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    exe = tmp_path_factory.mktemp("programs") / "busy_threads"
+    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(PROGRAMS / "busy_threads.c")], check=True)
+    exe.parent.chmod(0o755)
+    return exe
+
+
+async def test_cpu_time_counts_every_thread_and_tle_lands_promptly(busy_threads: Path) -> None:
+    limit = 1.0
+    async with Sandbox(limits=Limits(cpu_time=limit, wall_time=30), binds=[Bind(str(busy_threads.parent), "/t", False)],
+                       policy=None) as box:
+        r = await box.run(["/t/busy_threads"])
+    assert r.status is Status.TLE, r
+    assert r.wall_time < 0.8 * r.cpu_time  # two cores busy: CPU time from every thread, not one
+    print(f"TLE kill latency: {(r.cpu_time - limit) * 1000:.1f} ms after a {limit} s limit")
+    assert limit <= r.cpu_time < limit + 0.25
+
+
+async def test_cpus_caps_bandwidth(busy_threads: Path) -> None:
+    async with Sandbox(limits=Limits(cpus=0.5, wall_time=2.0), binds=[Bind(str(busy_threads.parent), "/t", False)],
+                       policy=None) as box:
+        r = await box.run(["/t/busy_threads"])
+    assert r.status is Status.WLE, r
+    assert r.enforcement["cpus"] == "cgroup"
+    assert 0.6 <= r.cpu_time <= 1.4  # half a core for two seconds, from four spinning threads
+
+
+async def test_jvm_runs_under_a_256m_limit() -> None:
+    async with Sandbox(limits=Limits(memory=256 * MiB, pids=64, wall_time=120), policy=None) as box:
+        r = await box.run(["java", "-version"])
+    assert r.status is Status.OK, (r, r.stderr)
+    assert b"version" in r.stderr
+    assert 0 < r.memory_peak <= 256 * MiB
+
+
+def test_not_delegated_falls_back_to_rlimit_and_says_so() -> None:
+    plain = os.environ.get("SBX_PLAIN_CGROUP")
+    if plain is None:
+        pytest.skip("SBX_PLAIN_CGROUP (a cgroup the user may enter but does not own) is set up by tests/guest/run")
+    proc = subprocess.run(
+        ["sh", "-c", f'echo $$ > {plain}/cgroup.procs && exec "$@"', "sh",
+         sys.executable, "-m", "sandbox", "run", "--memory", "64M", "--json", "-", "--", "true"],
+        capture_output=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["enforcement"]["memory"] == "rlimit"
+
+
+def test_cgroups_of_a_killed_supervisor_are_removed_by_the_next() -> None:
+    cli = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--", "sleep", "1000"],
+                           env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    stale = f"sbx-{cli.pid}-0"
+    base = delegation().base
+    assert base is not None
+    deadline = time.monotonic() + 60
+    while not Path(base, stale, "run-0").exists():
+        assert time.monotonic() < deadline, "the CLI's run started"
+        time.sleep(0.05)
+    cli.send_signal(signal.SIGKILL)
+    cli.wait()
+    assert stale in _ours()
+    r = sbx("run", "--", "true")
+    assert r.returncode == 0, r.stderr
+    assert stale not in _ours()
+
+
+async def test_cancelled_run_leaves_no_run_cgroup() -> None:
+    async with Sandbox(policy=None) as box:
+        with trio.move_on_after(1):
+            await box.run(["sleep", "100"])
+        assert _run_cgroups() == []
+        assert (await box.run(["true"])).status is Status.OK
