@@ -133,16 +133,49 @@ async def test_jvm_runs_under_a_256m_limit() -> None:
     assert 0 < r.memory_peak <= 256 * MiB
 
 
-def test_not_delegated_falls_back_to_rlimit_and_says_so() -> None:
+def _run_from_plain_cgroup(env: dict[str, str]) -> dict[str, object]:
+    """`sbx run` started in a cgroup the user may enter but does not own (not delegated); its JSON record."""
     plain = os.environ.get("SBX_PLAIN_CGROUP")
     if plain is None:
         pytest.skip("SBX_PLAIN_CGROUP (a cgroup the user may enter but does not own) is set up by tests/guest/run")
     proc = subprocess.run(
         ["sh", "-c", f'echo $$ > {plain}/cgroup.procs && exec "$@"', "sh",
          sys.executable, "-m", "sandbox", "run", "--memory", "64M", "--json", "-", "--", "true"],
-        capture_output=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}, check=False)
+        capture_output=True, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1", **env}, check=False)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout)["enforcement"]["memory"] == "rlimit"
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+def test_not_delegated_falls_back_to_rlimit_and_says_so() -> None:
+    assert _run_from_plain_cgroup({"DBUS_SESSION_BUS_ADDRESS": ""})["enforcement"]["memory"] == "rlimit"  # type: ignore[index]
+
+
+FAKE_SYSTEMD = """#!/bin/sh
+# Stands in for the user's systemd: accepts exactly the call rootless podman makes for a
+# delegated scope, then does what systemd would: a cgroup owned by the user, holding the pid.
+[ "$*" = "--user call org.freedesktop.systemd1 /org/freedesktop/systemd1 org.freedesktop.systemd1.Manager \
+StartTransientUnit ssa(sv)a(sa(sv)) $8 fail 2 PIDs au 1 ${14} Delegate b true 0" ] || { echo "bad call: $*" >&2; exit 3; }
+case "$8" in sbx-*.scope) ;; *) exit 4 ;; esac
+mkdir "$SCOPE" && echo "${14}" > "$SCOPE/cgroup.procs"
+"""
+
+
+def test_not_delegated_asks_systemd_for_a_delegated_scope(tmp_path: Path) -> None:
+    base = delegation().base
+    assert base is not None
+    scope = Path(base, "fake.scope")
+    (tmp_path / "busctl").write_text(FAKE_SYSTEMD)
+    (tmp_path / "busctl").chmod(0o755)
+    try:
+        record = _run_from_plain_cgroup({"PATH": f"{tmp_path}:{os.environ['PATH']}", "SCOPE": str(scope),
+                                         "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/fake-bus"})
+        assert record["enforcement"] == {"memory": "cgroup", "pids": "cgroup", "output": "supervisor",
+                                         "file_size": "rlimit", "syscalls": "seccomp:default"}
+        assert (scope / "sbx-procs").is_dir()  # the scope is used as a delegated base: processes in a leaf
+    finally:
+        for d in (scope / "sbx-procs", scope):
+            if d.exists():
+                d.rmdir()
 
 
 def test_cgroups_of_a_killed_supervisor_are_removed_by_the_next() -> None:
