@@ -23,7 +23,7 @@ import trio
 
 from helpers import sbx
 from sandbox import Bind, Limits, Sandbox, Status
-from sandbox.cgroups import delegation, inspect
+from sandbox.cgroups import RunCgroup, delegation, inspect
 
 FOUND = inspect()
 REQUIRED = os.environ.get("SBX_REQUIRE_CGROUP") == "1"
@@ -82,6 +82,21 @@ async def test_memory_hog_is_mle_with_the_exact_peak() -> None:
     assert r.status is Status.MLE, r
     assert r.events.get("memory.oom_kill", 0) >= 1
     assert 60 * MiB <= r.memory_peak <= 64 * MiB
+
+
+async def test_without_memory_peak_the_supervisor_samples(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Linux 5.16-5.18 has no memory.peak: the peak is sampled from memory.current during the run."""
+    real_init = RunCgroup.__init__
+
+    def without_peak(self: RunCgroup, *args: object) -> None:
+        real_init(self, *args)  # type: ignore[arg-type]
+        self.has_peak = False
+
+    monkeypatch.setattr(RunCgroup, "__init__", without_peak)
+    async with Sandbox(limits=Limits(memory=64 * MiB, wall_time=60), policy=None) as box:
+        r = await box.run(["sh", "-c", "head -c 40M /dev/zero | tail; sleep 0.5"])
+    assert r.status is Status.OK, r
+    assert 30 * MiB <= r.memory_peak <= 64 * MiB
 
 
 async def test_fork_bomb_is_contained_by_pids_max() -> None:
