@@ -63,7 +63,8 @@ class Box:
         cgroup_fd = -1
         if self._delegation.base is not None:
             try:
-                self.cgroup = BoxCgroup(self._delegation)
+                # it may first remove a dead supervisor's cgroups, waiting for their processes to die
+                self.cgroup = await trio.to_thread.run_sync(BoxCgroup, self._delegation)
                 cgroup_fd = self.cgroup.init_procs()
             except OSError as e:
                 await self.aclose()

@@ -49,6 +49,8 @@ class Delegation:
     base: str | None
     reason: str
     controllers: frozenset[str] = frozenset()
+    # cgroup v2 with the controllers is there, only not delegated: a systemd scope would be
+    not_delegated: bool = False
 
 
 def _write(path: str, text: str) -> None:
@@ -125,7 +127,7 @@ def inspect() -> Delegation:
     if missing:
         return Delegation(None, f"controllers {', '.join(missing)} are not available in {base} (bound to cgroup v1?)")
     if why is not None:
-        return Delegation(None, why)
+        return Delegation(None, why, not_delegated=True)
     return Delegation(base, "delegated", frozenset(c for c in _WANTED if c in available))
 
 
@@ -159,11 +161,8 @@ def _supervisor_alive(pid: int, base: str) -> bool:
 
 
 def _kill_and_remove(path: str) -> None:
-    """Kill everything in the cgroup tree at `path` and remove it, deepest first."""
-    try:
-        _write(os.path.join(path, "cgroup.kill"), "1")
-    except FileNotFoundError:
-        _freeze_and_kill(path)
+    """Kill everything in the cgroup tree at `path` (cgroup.kill: Linux 5.14, below our 5.16) and remove it."""
+    _write(os.path.join(path, "cgroup.kill"), "1")
     deadline = time.monotonic() + _EMPTY_TIMEOUT
     while "populated 1" in _read(os.path.join(path, "cgroup.events")):
         if time.monotonic() > deadline:
@@ -175,30 +174,15 @@ def _kill_and_remove(path: str) -> None:
     os.rmdir(path)
 
 
-def _freeze_and_kill(path: str) -> None:
-    """Linux < 5.14 has no cgroup.kill: freeze the tree so nothing forks, SIGKILL each process, thaw."""
-    _write(os.path.join(path, "cgroup.freeze"), "1")
-    for dirpath, _, _ in os.walk(path):
-        for pid in _read(os.path.join(dirpath, "cgroup.procs")).split():
-            try:
-                os.kill(int(pid), 9)
-            except ProcessLookupError:
-                pass
-    _write(os.path.join(path, "cgroup.freeze"), "0")
-
-
-def _clean_stale(base: str) -> list[str]:
+def _clean_stale(base: str) -> None:
     """Remove box cgroups whose supervisor is gone (it was SIGKILLed and could not clean up)."""
-    removed = []
     for name in os.listdir(base):
         m = _BOX.fullmatch(name)
         if m and not _supervisor_alive(int(m.group(1)), base):
             try:
                 _kill_and_remove(os.path.join(base, name))
-                removed.append(name)
             except OSError:
                 pass  # another supervisor is cleaning it, or it resists: the next start tries again
-    return removed
 
 
 def systemd_unreachable() -> str | None:
@@ -240,7 +224,7 @@ def _systemd_scope() -> str | None:
 
 def _prepare() -> Delegation:
     found = inspect()
-    if found.base is None and cgroup_of() is not None:
+    if found.not_delegated:
         scope_error = _systemd_scope()
         found = inspect() if scope_error is None else Delegation(None, f"{found.reason}; {scope_error}")
     if found.base is None:

@@ -57,10 +57,10 @@ def _cgroup_v2() -> dict[str, Any]:
     found = inspect()
     if found.base is not None:
         return {"ok": True, "detail": f"delegated: {found.base} ({' '.join(sorted(found.controllers))})"}
-    unreachable = systemd_unreachable()
-    if unreachable is None:
+    unreachable = systemd_unreachable() if found.not_delegated else None
+    if found.not_delegated and unreachable is None:
         return {"ok": True, "detail": f"{found.reason}; sbx will ask systemd for a delegated scope"}
-    return {"ok": False, "detail": f"{found.reason}; {unreachable}"}
+    return {"ok": False, "detail": found.reason + (f"; {unreachable}" if unreachable else "")}
 
 
 def _seccomp() -> dict[str, Any]:
