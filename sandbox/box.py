@@ -189,9 +189,13 @@ class Box:
                 os.close(fd)
 
     def _drop_run_cgroup(self) -> None:
+        """A run cgroup that cannot be removed leaves the box unfit: closing it kills its whole tree."""
         if self._run_cgroup is not None:
             cgroup, self._run_cgroup = self._run_cgroup, None
-            cgroup.remove()
+            try:
+                cgroup.remove()
+            except OSError:
+                self.broken = True
 
     def _claim(self) -> None:
         """Box init does one thing at a time; a second request during a run would read as a kill."""
@@ -223,7 +227,10 @@ class Box:
         try:
             reply = await self._reply()
             if self._run_cgroup is not None and "exec_error" not in reply:
-                acct = self._run_cgroup.account()
+                try:
+                    acct = self._run_cgroup.account()
+                except OSError as e:
+                    raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
                 reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak, events=acct.events)
             return reply
         finally:
