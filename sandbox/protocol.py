@@ -21,8 +21,9 @@ from .errors import ConfigError
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
-# One receive buffer per process: recvmsg(MAX_MESSAGE) would allocate and free 1 MiB per message
-# (~15 us).  Each receive decodes before anything else can run, so sharing it is safe under trio too.
+# Box init's receive buffer: recvmsg(MAX_MESSAGE) would allocate and free 1 MiB per message (~15 us).
+# Only the blocking side may share one: a trio receive yields after the syscall, and another box's
+# reply could land in the buffer before it is decoded.
 _BUFFER = bytearray(MAX_MESSAGE)
 
 Message = dict[str, Any]
@@ -39,18 +40,18 @@ def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, 
     return [data], _ancillary(fds)
 
 
-def _decode(size: int, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:
+def _decode(data: bytes | bytearray, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:
     fds: list[int] = []
     for level, kind, payload in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             a = array.array("i")
             a.frombytes(payload[: len(payload) - len(payload) % a.itemsize])
             fds.extend(a)
-    if not size:
+    if not data:
         raise EOFError("peer closed the control socket")
     if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
         raise ValueError("control message truncated")
-    return json.loads(_BUFFER[:size]), fds
+    return json.loads(data), fds
 
 
 def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> None:
@@ -64,7 +65,7 @@ def send_tokens(sock: socket.socket, tokens: list[str], fds: list[int] | None = 
 
 def recv(sock: socket.socket) -> tuple[Message, list[int]]:
     size, anc, flags, _ = sock.recvmsg_into([_BUFFER], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
-    return _decode(size, anc, flags)
+    return _decode(_BUFFER[:size], anc, flags)
 
 
 async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | None = None) -> None:
@@ -72,5 +73,5 @@ async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | Non
 
 
 async def arecv(sock: trio.socket.SocketType) -> tuple[Message, list[int]]:
-    size, anc, flags, _ = await sock.recvmsg_into([_BUFFER], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
-    return _decode(size, anc, flags)
+    data, anc, flags, _ = await sock.recvmsg(MAX_MESSAGE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+    return _decode(data, anc, flags)

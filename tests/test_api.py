@@ -182,3 +182,20 @@ async def test_closing_a_pool_mid_run_leaves_no_process() -> None:
         while host_processes_matching(marker):
             await trio.sleep(0.01)
     assert host_processes_matching("sbx-spawner") == []
+
+
+async def test_concurrent_runs_in_many_boxes_keep_their_replies_apart() -> None:
+    """Replies of boxes that end at the same moment must not mix (each has its own socket and buffers)."""
+    async with SandboxPool(size=3, policy=None) as pool:
+        results: dict[int, bytes] = {}
+
+        async def one(i: int) -> None:
+            async with pool.acquire() as box:
+                r = await box.run(["echo", str(i)])
+                assert r.status is Status.OK, r
+                results[i] = r.stdout
+
+        async with trio.open_nursery() as nursery:
+            for i in range(60):
+                nursery.start_soon(one, i)
+    assert results == {i: f"{i}\n".encode() for i in range(60)}
