@@ -169,8 +169,10 @@ class Box:
         `fds` (the program's stdin, stdout, stderr) are closed once sent: the
         output pipes must reach EOF when the last process of the run dies.
         """
+        claimed = False
         try:
             self._claim()
+            claimed = True
             if run_limits is not None and self.cgroup is not None:
                 try:
                     self._run_cgroup = self.cgroup.new_run(run_limits)
@@ -181,8 +183,9 @@ class Box:
             async with self._send_lock:
                 await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
         except BaseException:
-            self._busy = False
-            self._drop_run_cgroup()
+            if claimed:  # a refused request must not release the run that holds the box, or its cgroup
+                self._busy = False
+                self._drop_run_cgroup()
             raise
         finally:
             for fd in fds:

@@ -7,7 +7,7 @@ import os
 import pytest
 import trio
 
-from sandbox import BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, Status, run_interactive
+from sandbox import BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, SetupError, Status, run_interactive
 
 from helpers import host_processes_matching
 
@@ -199,3 +199,19 @@ async def test_concurrent_runs_in_many_boxes_keep_their_replies_apart() -> None:
             for i in range(60):
                 nursery.start_soon(one, i)
     assert results == {i: f"{i}\n".encode() for i in range(60)}
+
+
+async def test_a_request_refused_as_busy_leaves_the_running_one_alone() -> None:
+    async with Sandbox(policy=None) as box:
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def first() -> None:
+                results.append(await box.run(["sh", "-c", "sleep 0.5; echo done"]))
+
+            nursery.start_soon(first)
+            await trio.sleep(0.1)
+            for _ in range(2):  # the second refusal proves the first did not release the box
+                with pytest.raises(SetupError, match="busy"):
+                    await box.run(["true"])
+        assert results[0].status is Status.OK and results[0].stdout == b"done\n"
