@@ -28,6 +28,7 @@ from .union import Union
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 86400.0 * 365
+_DOT, _DOTDOT = b".", b".."
 
 T = TypeVar("T")
 
@@ -288,7 +289,9 @@ class UnionFS(pyfuse3.Operations):
 
     @handler
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
-        listing = self.union.listing(self._node(inode))
+        node = self._node(inode)
+        # "." and "..", as every filesystem lists them (ls -a, find, tar expect them)
+        listing = [(_DOT, node), (_DOTDOT, node.parent or node), *self.union.listing(node)]
         fh = self._next_dir_fh
         self._next_dir_fh += 1
         self._dirs[fh] = listing
@@ -310,7 +313,8 @@ class UnionFS(pyfuse3.Operations):
                     continue
             if not reply(token, name, attr, i + 1):
                 return
-            node.nlookup += 1
+            if name not in (_DOT, _DOTDOT):  # the kernel takes no lookup reference on these two
+                node.nlookup += 1
 
     @handler
     async def releasedir(self, fh: int) -> None:

@@ -103,6 +103,11 @@ def test_merged_listing_deduplicates_and_hides_whiteouts(mount, tmp_path: Path) 
     bottom = layer(tmp_path, "bottom", {"d/a": b"bottom a", "d/gone": b"x", "d/only_bottom": b"2"})
     m = mount([top, bottom])
     assert m.listdir("d") == ["a", "only_bottom", "only_top"]
+    # "." and ".." are listed too (os.listdir hides them; ls -a, find and tar read them), with their inodes
+    rc, out, _ = m.w.call("run", ["ls", "-a1i", m.p("d")])
+    listed = dict(reversed(line.split()) for line in out.decode().splitlines())
+    assert rc == 0 and sorted(listed) == [".", "..", "a", "only_bottom", "only_top"]
+    assert (int(listed["."]), int(listed[".."])) == (m.stat("d")["st_ino"], m.stat("")["st_ino"])
     assert m.read("d/a") == b"top a"
     assert m.err("stat", "d/gone") == errno.ENOENT
 
