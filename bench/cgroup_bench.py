@@ -40,8 +40,9 @@ async def main(n: int) -> None:
         limit = 0.5
         async with Sandbox(binds=[Bind(d, "/t", False)], policy="strict") as box:
             late: dict[str, list[float]] = {"1 thread": [], "4 threads": []}
+            spinners = {"1 thread": ["sh", "-c", "while :; do :; done"], "4 threads": ["/t/busy_threads"]}
             for _ in range(n):
-                for name, argv in (("1 thread", ["sh", "-c", "while :; do :; done"]), ("4 threads", ["/t/busy_threads"])):
+                for name, argv in spinners.items():
                     r = await box.run(argv, limits=Limits(cpu_time=limit), policy="default")
                     assert r.status == "TLE", r
                     assert r.enforcement["pids"] == "cgroup", r.enforcement
