@@ -23,24 +23,22 @@ def parse_size(text: str, what: str = "size") -> int:
     return int(value)
 
 
-def parse_seconds(text: str, what: str = "time") -> float:
+def _positive(text: str, what: str, unit: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise ConfigError(f"{what}: invalid number of seconds {text!r}") from None
+        raise ConfigError(f"{what}: invalid number of {unit} {text!r}") from None
     if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{what}: {text!r} must be a positive number of seconds")
+        raise ConfigError(f"{what}: {text!r} must be a positive number of {unit}")
     return value
+
+
+def parse_seconds(text: str, what: str = "time") -> float:
+    return _positive(text, what, "seconds")
 
 
 def parse_cpus(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise ConfigError(f"--cpus: invalid number of CPUs {text!r}") from None
-    if not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"--cpus: {text!r} must be a positive number of CPUs")
-    return value
+    return _positive(text, "--cpus", "CPUs")
 
 
 def parse_count(text: str, what: str) -> int:

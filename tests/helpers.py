@@ -7,9 +7,14 @@ import subprocess
 import sys
 
 
-def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-    """Run the real command line, as a user would."""
-    return subprocess.run([sys.executable, "-m", "sandbox", *args], input=stdin if stdin is not None else b"",
+def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60, mark: str = "") -> subprocess.CompletedProcess[bytes]:
+    """Run the real command line, as a user would.
+
+    `mark` goes into the interpreter's command line (`-X`, ignored by Python), which every forked
+    process of the run keeps: `host_processes_matching(mark)` then finds exactly this command's.
+    """
+    marker = ["-X", f"sbx-test-mark={mark}"] if mark else []
+    return subprocess.run([sys.executable, *marker, "-m", "sandbox", *args], input=stdin if stdin is not None else b"",
                           capture_output=True, timeout=timeout, env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
 
 
