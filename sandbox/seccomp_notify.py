@@ -120,21 +120,18 @@ def answer(fd: int, notification: Notification, errno: int = _errno.EPERM) -> bo
     """Make the notified call fail with `errno` (never let it run).  False if the caller is already gone."""
     if errno <= 0:
         raise ValueError("answer() fails the call: errno must be positive")
-    buf = bytearray(_RESP.pack(notification.id, 0, -errno, 0))
-    try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_SEND, buf, True)
-    except OSError as e:
-        if e.errno == _errno.ENOENT:
-            return False
-        raise
-    return True
+    return _ioctl_unless_gone(fd, SECCOMP_IOCTL_NOTIF_SEND, bytearray(_RESP.pack(notification.id, 0, -errno, 0)))
 
 
 def still_pending(fd: int, notification: Notification) -> bool:
     """Whether the call is still waiting for an answer (SECCOMP_IOCTL_NOTIF_ID_VALID)."""
-    buf = bytearray(struct.pack("=Q", notification.id))
+    return _ioctl_unless_gone(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, bytearray(struct.pack("=Q", notification.id)))
+
+
+def _ioctl_unless_gone(fd: int, request: int, buf: bytearray) -> bool:
+    """An ioctl about one notification; False when ENOENT says its caller is gone (killed, or interrupted)."""
     try:
-        fcntl.ioctl(fd, SECCOMP_IOCTL_NOTIF_ID_VALID, buf, True)
+        fcntl.ioctl(fd, request, buf, True)
     except OSError as e:
         if e.errno == _errno.ENOENT:
             return False
