@@ -71,8 +71,12 @@ def _keyed(path: str) -> dict[str, int]:
     return {k: int(v) for k, v in (line.split() for line in _read(path).splitlines())}
 
 
+@functools.cache
 def _mountpoint() -> str | None:
-    """Where the cgroup v2 hierarchy is mounted with its root visible (unified or hybrid), if anywhere."""
+    """Where the cgroup v2 hierarchy is mounted with its root visible (unified or hybrid), if anywhere.
+
+    Read once: every box creation checks its siblings' supervisors with it.
+    """
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields, _, rest = line.partition(" - ")
