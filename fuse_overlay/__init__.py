@@ -1,11 +1,24 @@
-"""sbx's union filesystem: read-only lowers merged under a writable upper, over FUSE."""
+"""sbx's union filesystem: read-only lowers merged under a writable upper, over FUSE.
 
-from .errors import ConfigError, CorruptUpperError, OverlayError
-from .mount import MountError, serve, serve_fd, serve_path
-from .operations import UnionFS
-from .ownership import IdMap, IdRange
+The names are imported on first use: pyfuse3 must not be loaded before the
+daemon has put its libfuse shim in place (see libfuse.py), and the sandbox
+imports the small helpers here (cbuild) without wanting pyfuse3 at all.
+"""
 
-__all__ = [
-    "ConfigError", "CorruptUpperError", "IdMap", "IdRange", "MountError", "OverlayError",
-    "UnionFS", "serve", "serve_fd", "serve_path",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ConfigError": "errors", "CorruptUpperError": "errors", "OverlayError": "errors",
+    "MountError": "mount", "serve": "mount", "serve_fd": "mount", "serve_path": "mount",
+    "UnionFS": "operations", "IdMap": "ownership", "IdRange": "ownership",
+}
+
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{module}", __name__), name)

@@ -11,7 +11,7 @@ forgotten, which keeps ``st_ino`` stable for the life of the mount.
 import os
 from typing import Any
 
-import pyfuse3
+from .libfuse import pyfuse3
 
 ROOT_INO = pyfuse3.ROOT_INODE
 
@@ -19,7 +19,8 @@ ROOT_INO = pyfuse3.ROOT_INODE
 class Node:
     __slots__ = (
         "ino", "parent", "name", "is_dir", "upper", "lowers", "lower_st", "nlookup",
-        "children", "listing", "attr", "aliases", "fds", "unlinked", "key", "mem_override",
+        "children", "listing", "stream", "attr", "aliases", "fd", "fd_rw", "orphan", "unlinked", "key",
+        "mem_override",
     )
 
     def __init__(self, ino: int, parent: "Node | None", name: bytes, is_dir: bool,
@@ -38,11 +39,16 @@ class Node:
         # daemon is the only writer of the upper and lowers never change.
         self.children: dict[bytes, Node | None] = {}
         self.listing: tuple[tuple[bytes, Node], ...] | None = None
+        self.stream: Any = None  # a DirStream once listed
         # Cached attributes of objects not in the upper (immutable).
         self.attr: Any = None
         # Extra hard-link names besides (parent, name).
         self.aliases: list[tuple[Node, bytes]] = []
-        self.fds: set[int] = set()
+        # The descriptor OpenFiles keeps for it, and whether it is read-write.
+        self.fd: int | None = None
+        self.fd_rw = False
+        # Where an unlinked regular file lives until forgotten, in the work dir.
+        self.orphan: bytes | None = None
         self.unlinked = False
         self.key: tuple[int, int] | None = None
         self.mem_override: Any = None
@@ -95,10 +101,13 @@ class InodeTable:
             del self.by_key[node.key]
         node.key = None
 
-    def forget(self, ino: int, count: int) -> None:
+    def forget(self, ino: int, count: int) -> Node | None:
+        """Drop COUNT lookups; returns the node if that was the end of it."""
         node = self.nodes.get(ino)
         if node is None:
-            return
+            return None
         node.nlookup -= count
         if node.nlookup <= 0 and node.unlinked and ino != ROOT_INO:
             del self.nodes[ino]
+            return node
+        return None

@@ -18,10 +18,10 @@ import signal
 import subprocess
 from collections.abc import AsyncIterator, Callable
 
-import pyfuse3
 import trio
 
 from .errors import OverlayError
+from .libfuse import pyfuse3
 from .operations import UnionFS
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,11 @@
 Replies carry long entry/attribute timeouts (and negative entries are
 cached too): the daemon is the only writer of the upper and lowers never
 change, so the kernel's caches stay right and most requests never reach
-this process.
+this process.  With the noopen shim (libfuse.py) open and opendir answer
+ENOSYS, so the kernel also keeps file data and directory listings cached
+and never asks again; every other request then names its inode as the
+file handle.  Without the shim, open hands out the inode number as the
+handle, so both ways the handlers only ever see inodes.
 """
 
 import errno
@@ -14,11 +18,21 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import pyfuse3
 import trio
-from pyfuse3 import EntryAttributes, FileInfo, FUSEError, RequestContext, SetattrFields, StatvfsData
 
+from .dirstream import FIRST_COOKIE, DirStream
 from .inodes import Node
+from .libfuse import (
+    EntryAttributes,
+    FileInfo,
+    FUSEError,
+    ReaddirToken,
+    RequestContext,
+    SetattrFields,
+    StatvfsData,
+    noopen_active,
+    pyfuse3,
+)
 from .markers import WH_PREFIX, MarkerWriter, is_hidden_xattr
 from .ownership import IdMap
 from .prepare import prepare_layers
@@ -28,7 +42,6 @@ from .union import Union
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 86400.0 * 365
-_DOT, _DOTDOT = b".", b".."
 
 T = TypeVar("T")
 
@@ -80,9 +93,7 @@ class UnionFS(pyfuse3.Operations):
         self.union = Union(lower_b, upper_b, workdir, MarkerWriter(style), self.quota,
                            uid_map or IdMap(), gid_map or IdMap())
         self.timeout = timeout
-        self._files: dict[int, Node] = {}
-        self._dirs: dict[int, tuple[tuple[bytes, Node], ...]] = {}
-        self._next_dir_fh = 1
+        self.noopen = False
 
     @property
     def whiteout_style(self) -> str:
@@ -126,12 +137,8 @@ class UnionFS(pyfuse3.Operations):
         node.nlookup += 1
         return attr
 
-    def _fd_target(self, node: Node) -> bytes | int:
-        if node.unlinked:
-            for fd in node.fds:
-                return fd
-            raise FUSEError(errno.ENOENT)
-        return self.union.real_path(node)
+    def init(self) -> None:
+        self.noopen = noopen_active()
 
     # -- lookups and attributes ------------------------------------------------
 
@@ -154,7 +161,7 @@ class UnionFS(pyfuse3.Operations):
     @handler
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
-            self.union.table.forget(ino, count)
+            self.union.forget(ino, count)
 
     @handler
     async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
@@ -173,7 +180,6 @@ class UnionFS(pyfuse3.Operations):
             kw["gid"] = attr.st_gid
         if fields.update_size:
             kw["size"] = attr.st_size
-            kw["fd"] = fh
         if fields.update_atime:
             kw["atime_ns"] = attr.st_atime_ns
         if fields.update_mtime:
@@ -252,57 +258,58 @@ class UnionFS(pyfuse3.Operations):
 
     @handler
     async def open(self, inode: int, flags: int, ctx: RequestContext) -> FileInfo:
-        node = self._node(inode)
-        fd = self.union.open(node, flags)
-        self._files[fd] = node
-        return FileInfo(fh=fd, keep_cache=True)
+        if self.noopen:
+            raise FUSEError(errno.ENOSYS)
+        self.union.open(self._node(inode), flags)
+        return FileInfo(fh=inode, keep_cache=True)
 
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        fd, node = self.union.create(self._node(parent_inode), name, mode, flags, ctx.uid, ctx.gid)
-        self._files[fd] = node
-        return FileInfo(fh=fd, keep_cache=True), self._entry(node)
+        node = self.union.create(self._node(parent_inode), name, mode, ctx.uid, ctx.gid)
+        return FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
 
     @handler
     async def read(self, fh: int, off: int, size: int) -> bytes:
-        return os.pread(fh, size, off)
+        return self.union.read(self._node(fh), off, size)
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self.union.write(fh, off, buf)
+        return self.union.write(self._node(fh), off, buf)
 
     async def flush(self, fh: int) -> None:
         # Nothing is buffered here; ENOSYS makes the kernel stop sending flushes.
         raise FUSEError(errno.ENOSYS)
 
-    @handler
     async def release(self, fh: int) -> None:
-        node = self._files.pop(fh)
-        self.union.release(node, fh)
+        # Descriptors belong to nodes (OpenFiles), not to opens.
+        return None
 
     @handler
     async def fsync(self, fh: int, datasync: bool) -> None:
-        await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fh)
+        node = self._node(fh)
+        # a copy: OpenFiles may close its own descriptor while the thread syncs
+        fd = os.dup(self.union.files.get(node, self.union.real_path(node), writable=False))
+        try:
+            await trio.to_thread.run_sync(os.fdatasync if datasync else os.fsync, fd)
+        finally:
+            os.close(fd)
 
     # -- directories -------------------------------------------------------------
 
     @handler
     async def opendir(self, inode: int, ctx: RequestContext) -> int:
-        node = self._node(inode)
-        # "." and "..", as every filesystem lists them (ls -a, find, tar expect them)
-        listing = [(_DOT, node), (_DOTDOT, node.parent or node), *self.union.listing(node)]
-        fh = self._next_dir_fh
-        self._next_dir_fh += 1
-        self._dirs[fh] = listing
-        return fh
+        if self.noopen:
+            raise FUSEError(errno.ENOSYS)
+        return inode
 
     @handler
-    async def readdir(self, fh: int, start_id: int, token: pyfuse3.ReaddirToken) -> None:
-        listing = self._dirs[fh]
+    async def readdir(self, fh: int, start_id: int, token: ReaddirToken) -> None:
+        d = self._node(fh)
+        if d.stream is None:
+            d.stream = DirStream()
         reply = pyfuse3.readdir_reply
-        for i in range(start_id, len(listing)):
-            name, node = listing[i]
+        for cookie, name, node in d.stream.after(d, self.union.listing(d), start_id):
             if node.unlinked:
                 continue
             attr = node.attr
@@ -311,14 +318,13 @@ class UnionFS(pyfuse3.Operations):
                     attr = self._attr(node)
                 except OSError:
                     continue
-            if not reply(token, name, attr, i + 1):
+            if not reply(token, name, attr, cookie):
                 return
-            if name not in (_DOT, _DOTDOT):  # the kernel takes no lookup reference on these two
+            if cookie >= FIRST_COOKIE:  # the kernel takes no lookup reference on "." and ".."
                 node.nlookup += 1
 
-    @handler
     async def releasedir(self, fh: int) -> None:
-        del self._dirs[fh]
+        return None
 
     @handler
     async def fsyncdir(self, fh: int, datasync: bool) -> None:
@@ -330,15 +336,11 @@ class UnionFS(pyfuse3.Operations):
     async def getxattr(self, inode: int, name: bytes, ctx: RequestContext) -> bytes:
         if is_hidden_xattr(name):
             raise FUSEError(pyfuse3.ENOATTR)
-        target = self._fd_target(self._node(inode))
-        if isinstance(target, int):
-            return os.getxattr(target, name)
-        return os.getxattr(target, name, follow_symlinks=False)
+        return os.getxattr(self.union.real_path(self._node(inode)), name, follow_symlinks=False)
 
     @handler
     async def listxattr(self, inode: int, ctx: RequestContext) -> list[bytes]:
-        target = self._fd_target(self._node(inode))
-        names = os.listxattr(target) if isinstance(target, int) else os.listxattr(target, follow_symlinks=False)
+        names = os.listxattr(self.union.real_path(self._node(inode)), follow_symlinks=False)
         return [n for n in (x.encode() for x in names) if not is_hidden_xattr(n)]
 
     @handler

@@ -94,16 +94,15 @@ def read_override(path: bytes) -> Override | None:
         raise
 
 
-def write_override(target: bytes | int, ov: Override | None) -> None:
-    extra = {} if isinstance(target, int) else {"follow_symlinks": False}
+def write_override(path: bytes, ov: Override | None) -> None:
     if ov is None:
         try:
-            os.removexattr(target, OWNER_XATTR, **extra)
+            os.removexattr(path, OWNER_XATTR, follow_symlinks=False)
         except OSError as exc:
             if exc.errno not in (errno.ENODATA, errno.ENOTSUP):
                 raise
         return
-    os.setxattr(target, OWNER_XATTR, ov.encode(), **extra)
+    os.setxattr(path, OWNER_XATTR, ov.encode(), follow_symlinks=False)
 
 
 def host_mode(mode: int) -> int:

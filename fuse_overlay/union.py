@@ -6,7 +6,6 @@ single trio thread serialises them and no locking is needed.
 """
 
 import errno
-import fcntl
 import os
 import stat
 from dataclasses import dataclass
@@ -15,20 +14,29 @@ from . import copyup
 from .copyup import WorkDir
 from .inodes import InodeTable, Node
 from .layers import Lowers
-from .markers import WH_PREFIX, MarkerWriter, is_chardev_whiteout, is_opaque_dir, is_reserved_name, remove_whiteout
-from .ownership import IdMap, Override, can_hold_xattr, host_mode, read_override, write_override
+from .markers import (
+    WH_PREFIX,
+    MarkerWriter,
+    is_chardev_whiteout,
+    is_opaque_dir,
+    is_reserved_name,
+    remove_whiteout,
+)
+from .openfiles import OpenFiles
+from .ownership import (
+    IdMap,
+    Override,
+    can_hold_xattr,
+    host_mode,
+    read_override,
+    write_override,
+)
 from .quota import Quota
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, rename2
 
 
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
-
-
-def _stat(target: bytes | int) -> os.stat_result:
-    if isinstance(target, int):
-        return os.fstat(target)
-    return os.lstat(target)
 
 
 @dataclass(slots=True)
@@ -55,6 +63,7 @@ class Union:
         self.uid_map = uid_map
         self.gid_map = gid_map
         self.table = InodeTable()
+        self.files = OpenFiles()
         lower_layers = self.lowers.root_layers()
         upper_present = upper is not None
         if upper is not None and is_opaque_dir(upper):
@@ -70,9 +79,13 @@ class Union:
         return self.upper_root + b"/" + rel if rel else self.upper_root
 
     def real_path(self, node: Node) -> bytes:
-        if node.upper:
-            return self.upper_path(node)
-        return self.lowers.path(node.lowers[0], node.rel())
+        if node.orphan is not None:
+            return node.orphan
+        if not node.upper:
+            return self.lowers.path(node.lowers[0], node.rel())
+        if node.unlinked:  # its old name may hold something else by now
+            raise _err(errno.ENOENT)
+        return self.upper_path(node)
 
     def _writable(self) -> None:
         if self.upper_root is None:
@@ -182,17 +195,13 @@ class Union:
         if not node.upper:
             assert node.lower_st is not None
             return node.lower_st
-        if node.unlinked:
-            for fd in node.fds:
-                return os.fstat(fd)
-            raise _err(errno.ENOENT)
-        return os.lstat(self.upper_path(node))
+        return os.lstat(self.real_path(node))
 
     def presented(self, node: Node) -> Presented:
         st = self.real_stat(node)
         mode = st.st_mode
         ov: Override | None = node.mem_override
-        if ov is None and can_hold_xattr(mode) and not node.unlinked:
+        if ov is None and can_hold_xattr(mode):
             ov = read_override(self.real_path(node))
         if ov is None:
             uid = self.uid_map.to_box(st.st_uid)
@@ -209,10 +218,10 @@ class Union:
             nlink = 1
         return Presented(st, mode, uid, gid, rdev, nlink, st.st_size)
 
-    def _set_owner(self, node: Node, target: bytes | int, uid: int, gid: int, mode: int,
+    def _set_owner(self, node: Node, target: bytes, uid: int, gid: int, mode: int,
                    rdev: int = 0, fresh: bool = False) -> None:
         """Record what the box asked for wherever the real object cannot hold it."""
-        st = _stat(target)
+        st = os.lstat(target)
         natural = (self.uid_map.to_box(st.st_uid), self.gid_map.to_box(st.st_gid), st.st_mode, st.st_rdev)
         ov = None if natural == (uid, gid, mode, rdev) else Override(uid, gid, mode, rdev)
         if can_hold_xattr(st.st_mode):
@@ -230,7 +239,8 @@ class Union:
             return
         self._writable()
         assert node.parent is not None and self.work is not None
-        self.ensure_upper(node.parent)
+        if not node.unlinked:
+            self.ensure_upper(node.parent)
         pres = self.presented(node)
         src = self.lowers.path(node.lowers[0], node.rel())
         tmp = self.work.temp()
@@ -239,7 +249,10 @@ class Union:
             node.upper = True
             self._set_owner(node, tmp, pres.uid, pres.gid, pres.mode, pres.rdev, fresh=True)
             os.utime(tmp, ns=(pres.st.st_atime_ns, pres.st.st_mtime_ns), follow_symlinks=False)
-            copyup.publish(tmp, self.upper_path(node), self.upper_path(node.parent))
+            if node.unlinked:  # written through a descriptor of a removed name: the copy is an orphan
+                node.orphan = tmp
+            else:
+                copyup.publish(tmp, self.upper_path(node), self.upper_path(node.parent))
         except BaseException:
             node.upper = False
             raise
@@ -247,17 +260,7 @@ class Union:
         if not node.is_dir:
             node.lowers = ()
             node.lower_st = None
-            self._reopen_readers(node)
-
-    def _reopen_readers(self, node: Node) -> None:
-        """Readers opened before copy-up must see later writes."""
-        path = self.upper_path(node)
-        for fd in node.fds:
-            if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE != os.O_RDONLY:
-                continue
-            new = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            os.dup2(new, fd)
-            os.close(new)
+            self.files.drop(node)  # later reads must see the copy
 
     def _copy_up_tree(self, node: Node) -> None:
         """Bring a whole merged directory into the upper, then cut it from the lowers.
@@ -306,21 +309,20 @@ class Union:
         parent.listing = None
         return node
 
-    def create(self, parent: Node, name: bytes, mode: int, flags: int, uid: int, gid: int) -> tuple[int, Node]:
+    def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
         gid, mode = self._owner_for(parent, uid, gid, mode)
         self.quota.charge_inode(1)
         path = updir + b"/" + name
         try:
-            fd = os.open(path, (flags & ~(os.O_TRUNC | os.O_APPEND)) | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC,
-                         host_mode(mode))
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, host_mode(mode))
         except BaseException:
             self.quota.charge_inode(-1)
             raise
         node = self.table.new(parent, name, False, True, (), None)
+        self.files.put(node, fd, writable=True)
         self._set_owner(node, path, uid, gid, stat.S_IFREG | stat.S_IMODE(mode), fresh=True)
-        node.fds.add(fd)
-        return fd, self._attach(parent, name, node)
+        return self._attach(parent, name, node)
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
@@ -400,8 +402,34 @@ class Union:
             self.table.drop_key(node)
             if node.nlookup <= 0:
                 self.table.nodes.pop(node.ino, None)
+                self._discard(node)
         else:
             node.aliases = [a for a in node.aliases if not (a[0] is parent and a[1] == name)]
+
+    def _remove_upper_name(self, node: Node, parent: Node, name: bytes, path: bytes, st: os.stat_result) -> None:
+        """Remove PATH, the upper name NAME of NODE in PARENT.
+
+        The box may still read or write a regular file by inode after its last
+        name is gone, so that one moves into the work dir until forgotten.
+        """
+        if stat.S_ISREG(st.st_mode) and node.parent is parent and node.name == name and not node.aliases:
+            assert self.work is not None
+            node.orphan = self.work.temp()
+            os.rename(path, node.orphan)
+        else:
+            os.unlink(path)
+
+    def forget(self, ino: int, count: int) -> None:
+        node = self.table.forget(ino, count)
+        if node is not None:
+            self._discard(node)
+
+    def _discard(self, node: Node) -> None:
+        """Release what a node that is gone for good still holds."""
+        self.files.drop(node)
+        if node.orphan is not None:
+            os.unlink(node.orphan)
+            node.orphan = None
 
     def _whiteout_if_needed(self, parent: Node, name: bytes) -> None:
         if self.lowers.has_name(parent.lowers, parent.rel(), name):
@@ -419,7 +447,7 @@ class Union:
         if node.upper:
             path = self.upper_path(parent) + b"/" + name
             st = os.lstat(path)
-            os.unlink(path)
+            self._remove_upper_name(node, parent, name, path, st)
             if st.st_nlink <= 1:
                 self.quota.charge_inode(-1)
                 if stat.S_ISREG(st.st_mode):
@@ -496,6 +524,9 @@ class Union:
             remove_whiteout(updir2, n2)
         if src.is_dir and self.lowers.has_name(p2.lowers, p2.rel(), n2):
             self.markers.mark_opaque(up1)
+        if replaced is not None:
+            assert dst is not None
+            self._remove_upper_name(dst, p2, n2, up2, replaced)
         os.rename(up1, up2)
         if replaced is not None and replaced.st_nlink <= 1:
             self.quota.charge_inode(-1)
@@ -541,26 +572,13 @@ class Union:
     # -- attributes: changes -------------------------------------------------
 
     def set_attrs(self, node: Node, *, mode: int | None = None, uid: int | None = None,
-                  gid: int | None = None, size: int | None = None, fd: int | None = None,
+                  gid: int | None = None, size: int | None = None,
                   atime_ns: int | None = None, mtime_ns: int | None = None) -> None:
         self._writable()
         self.ensure_upper(node)
-        if node.unlinked:
-            if fd is None:
-                fd = next(iter(node.fds), None)
-                if fd is None:
-                    raise _err(errno.ENOENT)
-            target: bytes | int = fd
-        else:
-            target = self.upper_path(node)
+        target = self.real_path(node)
         if size is not None:
-            st = _stat(target)
-            self.quota.charge_bytes(size - st.st_size)
-            try:
-                os.truncate(target, size)
-            except BaseException:
-                self.quota.charge_bytes(st.st_size - size)
-                raise
+            self._truncate(target, size)
         if mode is not None or uid is not None or gid is not None:
             pres = self.presented(node)
             new_mode = pres.mode if mode is None else (stat.S_IFMT(pres.mode) | stat.S_IMODE(mode))
@@ -569,30 +587,36 @@ class Union:
             self._set_owner(node, target, pres.uid if uid is None else uid, pres.gid if gid is None else gid,
                             new_mode, pres.rdev)
         if atime_ns is not None or mtime_ns is not None:
-            st = _stat(target)
+            st = os.lstat(target)
             times = (st.st_atime_ns if atime_ns is None else atime_ns,
                      st.st_mtime_ns if mtime_ns is None else mtime_ns)
-            if isinstance(target, int):
-                os.utime(target, ns=times)
-            else:
-                os.utime(target, ns=times, follow_symlinks=False)
+            os.utime(target, ns=times, follow_symlinks=False)
         node.attr = None
+
+    def _truncate(self, path: bytes, size: int) -> None:
+        st = os.lstat(path)
+        self.quota.charge_bytes(size - st.st_size)
+        try:
+            os.truncate(path, size)
+        except BaseException:
+            self.quota.charge_bytes(st.st_size - size)
+            raise
 
     # -- data ----------------------------------------------------------------
 
-    def open(self, node: Node, flags: int) -> int:
+    def open(self, node: Node, flags: int) -> None:
+        """Only when the kernel sends opens (no noopen shim): then copy-up and O_TRUNC happen here."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
-            self._writable()
             self.ensure_upper(node)
-        path = self.real_path(node)
         if flags & os.O_TRUNC:
-            self.quota.charge_bytes(-os.lstat(path).st_size)
-        keep = os.O_ACCMODE | os.O_SYNC | os.O_DSYNC | os.O_TRUNC | os.O_NONBLOCK
-        fd = os.open(path, (flags & keep) | os.O_CLOEXEC)
-        node.fds.add(fd)
-        return fd
+            self._truncate(self.real_path(node), 0)
 
-    def write(self, fd: int, off: int, data: bytes) -> int:
+    def read(self, node: Node, off: int, size: int) -> bytes:
+        return os.pread(self.files.get(node, self.real_path(node), writable=False), size, off)
+
+    def write(self, node: Node, off: int, data: bytes) -> int:
+        self.ensure_upper(node)
+        fd = self.files.get(node, self.real_path(node), writable=True)
         if self.quota.max_bytes is None:
             return os.pwrite(fd, data, off)
         size = os.fstat(fd).st_size
@@ -605,10 +629,6 @@ class Union:
             raise
         self.quota.charge_bytes(max(0, off + written - size) - growth)
         return written
-
-    def release(self, node: Node, fd: int) -> None:
-        node.fds.discard(fd)
-        os.close(fd)
 
     # -- xattrs --------------------------------------------------------------
 

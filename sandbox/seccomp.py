@@ -32,6 +32,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from fuse_overlay.cbuild import cache_dir
+
 from .policy import U64, Action, Policy, PolicyError
 
 FORMAT = 1  # bump when the compilation changes, so old cache entries are not used
@@ -297,12 +299,6 @@ _lock = threading.Lock()
 _version: str | None = None
 
 
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME")
-    root = Path(base) if base and os.path.isabs(base) else Path(os.path.expanduser("~")) / ".cache"
-    return root / "sbx" / "seccomp"
-
-
 def cache_key(policy: Policy) -> str:
     global _version
     if _version is None:
@@ -355,7 +351,7 @@ def compile(policy: Policy) -> CompiledPolicy:  # noqa: A001 - the public name t
         hit = _memory.get(key)
         if hit is not None:
             return hit if hit.name == policy.name else _renamed(hit, policy.name)
-        path = cache_dir() / f"{key}.bpf"
+        path = cache_dir() / "seccomp" / f"{key}.bpf"
         bpf = _read_entry(path)
         if bpf is None:
             bpf = _build(policy)
