@@ -139,6 +139,7 @@ class UnionFS(pyfuse3.Operations):
 
     def init(self) -> None:
         self.noopen = noopen_active()
+        log.debug("open and opendir: %s", "served by the kernel" if self.noopen else "requests to the daemon")
 
     # -- lookups and attributes ------------------------------------------------
 

@@ -137,6 +137,20 @@ def _mount_fuse(sock: socket.socket, target: str, extra: str = "") -> None:
         os.close(fd)
 
 
+def _scan_while_changing(path: str, after: int, remove: list[str], add: list[str]) -> list[str]:
+    """List PATH with one readdir stream, removing and adding names once AFTER were read."""
+    seen = []
+    with os.scandir(path) as it:
+        for entry in it:
+            seen.append(entry.name)
+            if len(seen) == after:
+                for name in remove:
+                    os.unlink(os.path.join(path, name))
+                for name in add:
+                    os.close(os.open(os.path.join(path, name), os.O_CREAT | os.O_WRONLY, 0o644))
+    return seen
+
+
 def _run(argv: list[str], cwd: str | None = None) -> tuple[int, bytes, bytes]:
     p = subprocess.run(argv, cwd=cwd, capture_output=True, timeout=300)
     return p.returncode, p.stdout, p.stderr
@@ -159,7 +173,7 @@ def worker_main(sock_fd: int) -> None:
         "fstat": lambda fd: stat_dict(os.fstat(fd)),
         "statvfs": lambda p: tuple(os.statvfs(p)),
         "copytree": lambda a, b: shutil.copytree(a, b, symlinks=True) and None,
-        "rmtree": shutil.rmtree,
+        "rmtree": shutil.rmtree, "scan_while_changing": _scan_while_changing,
     }
     while True:
         try:
@@ -259,16 +273,22 @@ def gid_mapping() -> str:
     return f"0:{os.getgid()}:1:1:{SUBGID_BASE}:{SUBGID_COUNT}"
 
 
+# The daemon as it runs when pyfuse3 was loaded before fuse_overlay, so the noopen shim
+# is not in place: the kernel sends open and opendir requests.
+WITH_OPENS = ["-c", "import sys, pyfuse3; from fuse_overlay.cli import main; sys.exit(main(sys.argv[1:]))"]
+
+
 class Daemon:
     """An sbx-overlayfs process serving a FUSE fd mounted by the worker."""
 
     def __init__(self, fd: int, lowers: list[Path], upper: Path | None, work: Path | None,
-                 extra: str = "") -> None:
+                 extra: str = "", opens: bool = False) -> None:
         opts = f"lowerdir={':'.join(map(str, lowers))}"
         if upper is not None:
             opts += f",upperdir={upper},workdir={work}"
         opts += f",uidmapping={id_mapping()},gidmapping={gid_mapping()}{extra}"
-        self.proc = subprocess.Popen([PY, "-m", "fuse_overlay.cli", "-f", "-o", opts, f"/dev/fd/{fd}"],
+        entry = WITH_OPENS if opens else ["-m", "fuse_overlay.cli"]
+        self.proc = subprocess.Popen([PY, *entry, "-f", "-o", opts, f"/dev/fd/{fd}"],
                                      pass_fds=[fd], env=child_env(), stderr=subprocess.PIPE)
         os.close(fd)
 

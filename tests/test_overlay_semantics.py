@@ -26,7 +26,7 @@ def worker() -> Iterator[NsWorker]:
 
 class Mount:
     def __init__(self, worker: NsWorker, base: Path, lowers: list[Path], extra: str = "",
-                 upper: bool = True) -> None:
+                 upper: bool = True, opens: bool = False) -> None:
         self.w = worker
         self.base = base
         self.upper = base / "upper"
@@ -35,7 +35,8 @@ class Mount:
         for d in (self.upper, self.work, self.root):
             d.mkdir(exist_ok=True)
         fd = worker.fuse_fd(self.root)
-        self.daemon = Daemon(fd, lowers, self.upper if upper else None, self.work if upper else None, extra)
+        self.daemon = Daemon(fd, lowers, self.upper if upper else None, self.work if upper else None, extra, opens)
+        self.rc: int | None = None
 
     def p(self, rel: str = "") -> str:
         return str(self.root / rel) if rel else str(self.root)
@@ -61,18 +62,20 @@ class Mount:
         return self.w.errno_of(name, self.p(rel), *args)
 
     def close(self) -> int:
-        self.w.call("umount", str(self.root))
-        rc = self.daemon.stop()
-        self.w.call("rmtree", str(self.upper))
-        return rc
+        """Unmount and stop the daemon (once; the fixture calls it again)."""
+        if self.rc is None:
+            self.w.call("umount", str(self.root))
+            self.rc = self.daemon.stop()
+            self.w.call("rmtree", str(self.upper))
+        return self.rc
 
 
 @pytest.fixture
 def mount(worker: NsWorker, tmp_path: Path) -> Iterator:
     mounts: list[Mount] = []
 
-    def make(lowers: list[Path], extra: str = "", upper: bool = True) -> Mount:
-        m = Mount(worker, tmp_path / f"m{len(mounts)}", lowers, extra, upper)
+    def make(lowers: list[Path], extra: str = "", upper: bool = True, opens: bool = False) -> Mount:
+        m = Mount(worker, tmp_path / f"m{len(mounts)}", lowers, extra, upper, opens)
         mounts.append(m)
         return m
 
@@ -354,3 +357,107 @@ def test_statfs_and_fsync(mount, tmp_path: Path) -> None:
     m.w.call("close", fd)
     assert m.read("g") == b"data"
     assert m.statvfs("")[8] >= 250  # f_namemax
+
+
+# -- serving without open requests (noopen.c) and with them (fallback) --------------
+
+BOTH_WAYS = pytest.mark.parametrize("opens", [False, True], ids=["kernel-opens", "daemon-opens"])
+
+
+def test_the_kernel_serves_warm_opens_and_listings_itself(mount, tmp_path: Path) -> None:
+    """Once read, a file and a listing come from the kernel's caches: the daemon is not asked again.
+
+    Lowers must not change under a mount; changing one here shows who answers.
+    """
+    low = layer(tmp_path, "low", {"d/f": b"cached"})
+    m = mount([low], extra=",debug")
+    assert m.read("d/f") == b"cached"
+    assert m.listdir("d") == ["f"]
+    (low / "d" / "f").unlink()
+    (low / "d" / "g").write_bytes(b"new")
+    assert m.read("d/f") == b"cached"
+    assert m.listdir("d") == ["f"]
+    assert m.close() == 0
+    assert b"open and opendir: served by the kernel" in m.daemon.proc.stderr.read()
+
+
+def test_without_the_shim_the_daemon_answers_opens(mount, tmp_path: Path) -> None:
+    low = layer(tmp_path, "low", {"d/f": b"x"})
+    m = mount([low], extra=",debug", opens=True)
+    assert m.read("d/f") == b"x"
+    assert m.listdir("d") == ["f"]
+    assert m.close() == 0
+    assert b"open and opendir: requests to the daemon" in m.daemon.proc.stderr.read()
+
+
+@BOTH_WAYS
+def test_o_trunc_truncates_lower_and_upper_files(mount, tmp_path: Path, opens: bool) -> None:
+    low = layer(tmp_path, "low", {"f": b"0123456789"})
+    m = mount([low], opens=opens)
+    fd = m.w.call("open", m.p("f"), os.O_WRONLY | os.O_TRUNC)
+    m.w.call("pwrite", fd, b"ab", 0)
+    m.w.call("close", fd)
+    assert m.read("f") == b"ab"
+    assert (m.upper / "f").read_bytes() == b"ab"
+    m.write("f", b"xyz123")
+    fd = m.w.call("open", m.p("f"), os.O_RDWR | os.O_TRUNC)
+    assert m.w.call("fstat", fd)["st_size"] == 0
+    m.w.call("close", fd)
+    assert (m.upper / "f").read_bytes() == b""
+    assert (low / "f").read_bytes() == b"0123456789"
+
+
+@BOTH_WAYS
+def test_removed_files_stay_usable_through_open_descriptors(mount, tmp_path: Path, opens: bool) -> None:
+    low = layer(tmp_path, "low", {"lowfile": b"lower data", "d": None})
+    m = mount([low], opens=opens)
+    m.write("up", b"upper data")
+    m.write("over", b"old")
+    fd_up = m.w.call("open", m.p("up"), os.O_RDWR)
+    fd_low = m.w.call("open", m.p("lowfile"), os.O_RDWR)
+    fd_over = m.w.call("open", m.p("over"), os.O_RDONLY)
+    m.unlink("up")
+    m.unlink("lowfile")
+    m.write("new", b"replacement")
+    m.rename("new", "over")
+    assert m.w.call("pwrite", fd_up, b"UPPER", 0) == 5
+    assert m.w.call("pread", fd_up, 100, 0) == b"UPPER data"
+    assert m.w.call("fstat", fd_up)["st_size"] == 10
+    m.w.call("pwrite", fd_low, b"LOWER", 0)
+    assert m.w.call("pread", fd_low, 100, 0) == b"LOWER data"
+    assert m.w.call("pread", fd_over, 100, 0) == b"old"
+    assert m.read("over") == b"replacement"
+    assert sorted(m.listdir("")) == ["d", "over"]
+    assert (low / "lowfile").read_bytes() == b"lower data"
+    for fd in (fd_up, fd_low, fd_over):
+        m.w.call("close", fd)
+    leftovers = m.work / "sbx-work"
+    for _ in range(100):  # the kernel forgets the inodes asynchronously
+        if not any(leftovers.iterdir()):
+            break
+        m.w.call("sleep", 0.05)
+    assert list(leftovers.iterdir()) == []
+
+
+@BOTH_WAYS
+def test_a_listing_stays_exact_while_the_directory_changes(mount, tmp_path: Path, opens: bool) -> None:
+    """Each name present throughout is listed once, however the directory changes mid-listing.
+
+    The names are long, so the listing takes many readdir requests; after the
+    first 300 names some already listed names go and new ones come.
+    """
+    names = [f"{i:04d}-" + "x" * 120 for i in range(1500)]
+    low = layer(tmp_path, "low", {f"d/{n}": b"" for n in names[:750]})
+    m = mount([low], opens=opens)
+    for n in names[750:]:
+        m.write(f"d/{n}", b"")
+    first = m.listdir("d")
+    assert first == sorted(names)
+    seen = m.scan_while_changing("d", 300, [], [])
+    removed = seen[:100]
+    added = [f"new-{i}" for i in range(100)]
+    seen = m.scan_while_changing("d", 300, removed, added)
+    assert len(seen) == len(set(seen))
+    assert set(names) - set(removed) <= set(seen)
+    assert set(removed) <= set(seen)
+    assert sorted(m.listdir("d")) == sorted(set(names) - set(removed) | set(added))

@@ -1,11 +1,16 @@
-"""Parsing and verdict rules, without a box."""
+"""Parsing, verdict rules and other pieces that need no box or mount."""
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+from pathlib import Path
 
 import pytest
 
+from fuse_overlay.inodes import Node
+from fuse_overlay.openfiles import OpenFiles
 from sandbox import ConfigError, Limits, Status, parse_size
 from sandbox.limits import parse_count, parse_seconds
 from sandbox.verdict import enforcement, verdict
@@ -92,3 +97,25 @@ def test_result_record_has_every_contract_field() -> None:
     r = verdict(_reply(), Limits(), output_exceeded=False, enforcement={})
     assert set(r.record()) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
                                "message", "enforcement", "events"}
+
+
+def test_open_files_keep_a_bounded_number_of_descriptors(tmp_path: Path) -> None:
+    paths = []
+    for i in range(3):
+        paths.append(tmp_path / f"f{i}")
+        paths[-1].write_bytes(b"%d" % i)
+    nodes = [Node(10 + i, None, b"", False, True, (), None) for i in range(3)]
+    files = OpenFiles(limit=2)
+    fds = [files.get(node, bytes(path), writable=False) for node, path in zip(nodes, paths)]
+    assert nodes[0].fd is None
+    with pytest.raises(OSError) as closed:
+        os.fstat(fds[0])
+    assert closed.value.errno == errno.EBADF
+    assert os.pread(files.get(nodes[0], bytes(paths[0]), writable=False), 1, 0) == b"0"
+    assert nodes[1].fd is None  # the least recently used went this time
+    writable = files.get(nodes[2], bytes(paths[2]), writable=True)
+    assert writable != fds[2] and nodes[2].fd_rw
+    os.pwrite(writable, b"X", 0)
+    assert paths[2].read_bytes() == b"X"
+    files.drop(nodes[2])
+    assert nodes[2].fd is None
