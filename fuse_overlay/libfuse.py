@@ -1,9 +1,10 @@
-"""pyfuse3, loaded after the noopen shim (noopen.c) so that its libfuse session goes through it.
+"""pyfuse3, loaded after the libfuse shim (shim.c) so that its session goes through it.
 
 Every module here imports pyfuse3 from this one.  The shim is built on first
 use like the spawner; where it cannot be built or loaded (no compiler or no
 libfuse3 headers), or pyfuse3 was loaded before this module, the daemon
-still works, with open and opendir requests (see `noopen_active`).
+still works, with open and opendir requests (see `noopen_active`) and
+every request answered in Python.
 """
 
 import ctypes
@@ -18,7 +19,7 @@ from .cbuild import BuildError, build_cached
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("noopen.c")
+SOURCE = Path(__file__).with_name("shim.c")
 
 
 def _cflags() -> list[str]:
@@ -35,7 +36,7 @@ def _load() -> ctypes.CDLL | None:
         log.warning("pyfuse3 was loaded before fuse_overlay: serving with open requests")
         return None
     try:
-        path = build_cached(SOURCE, "sbx-noopen", _cflags(), "libfuse shim")
+        path = build_cached(SOURCE, "sbx-fuse-shim", _cflags(), "libfuse shim")
         return ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
     except (BuildError, OSError) as exc:
         log.warning("serving with open requests: %s", exc)
@@ -61,7 +62,46 @@ def noopen_active() -> bool:
     return _shim is not None and ctypes.c_int.in_dll(_shim, "sbx_noopen_active").value == 1
 
 
+class FastPath:
+    """The tables from which the shim answers getattr and read without Python.
+
+    Only what can no longer change goes in: attributes of objects not in the
+    upper, and read-only descriptors of lower files.  An entry must be
+    withdrawn before the object changes (copy-up) or the descriptor is
+    closed; all of it runs in the daemon's one thread.
+    """
+
+    def __init__(self, lib: ctypes.CDLL | None) -> None:
+        self._lib = lib
+        if lib is not None:
+            u32, u64, i64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
+            lib.sbx_fast_attr.argtypes = [u64, u32, u32, u32, u32, u32, u64, u64, u32, i64, i64, i64, u64]
+            lib.sbx_fast_file.argtypes = [u64, ctypes.c_int]
+            lib.sbx_fast_forget.argtypes = [u64]
+
+    def attr(self, ino: int, e: EntryAttributes, valid: float) -> None:
+        if self._lib is not None:
+            self._lib.sbx_fast_attr(ino, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size,
+                                    e.st_blocks, e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns,
+                                    int(valid))
+
+    def file(self, ino: int, fd: int) -> None:
+        if self._lib is not None:
+            self._lib.sbx_fast_file(ino, fd)
+
+    def forget(self, ino: int) -> None:
+        if self._lib is not None:
+            self._lib.sbx_fast_forget(ino)
+
+    def answered(self) -> int:
+        """How many requests the shim answered by itself."""
+        return 0 if self._lib is None else ctypes.c_ulong.in_dll(self._lib, "sbx_fast_answered").value
+
+
+fast = FastPath(_shim)
+
+
 __all__ = [
     "EntryAttributes", "FUSEError", "FileInfo", "ReaddirToken", "RequestContext", "SetattrFields",
-    "StatvfsData", "noopen_active", "pyfuse3",
+    "StatvfsData", "fast", "noopen_active", "pyfuse3",
 ]

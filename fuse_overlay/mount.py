@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator, Callable
 import trio
 
 from .errors import OverlayError
-from .libfuse import pyfuse3
+from .libfuse import fast, pyfuse3
 from .operations import UnionFS
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,7 @@ async def serve(start: Callable[[], None], *, unmount: bool) -> None:
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=unmount)
+            log.debug("requests answered by the shim without Python: %d", fast.answered())
 
 
 async def serve_fd(fs: UnionFS, fd: int) -> None:

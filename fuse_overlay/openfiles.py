@@ -12,6 +12,7 @@ import os
 from collections import OrderedDict
 
 from .inodes import Node
+from .libfuse import fast
 
 DEFAULT_LIMIT = 256
 
@@ -35,6 +36,8 @@ class OpenFiles:
         self.drop(node)
         node.fd, node.fd_rw = fd, writable
         self._lru[node.ino] = node
+        if not writable and not node.upper:
+            fast.file(node.ino, fd)
         while len(self._lru) > self.limit:
             _, old = self._lru.popitem(last=False)
             self._close(old)
@@ -49,4 +52,5 @@ class OpenFiles:
     def _close(node: Node) -> None:
         fd, node.fd, node.fd_rw = node.fd, None, False
         if fd is not None:
+            fast.file(node.ino, -1)
             os.close(fd)

@@ -30,6 +30,7 @@ from .libfuse import (
     RequestContext,
     SetattrFields,
     StatvfsData,
+    fast,
     noopen_active,
     pyfuse3,
 )
@@ -130,6 +131,7 @@ class UnionFS(pyfuse3.Operations):
         e.attr_timeout = self.timeout
         if not node.upper:
             node.attr = e
+            fast.attr(node.ino, e, self.timeout)
         return e
 
     def _entry(self, node: Node) -> EntryAttributes:

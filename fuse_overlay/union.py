@@ -14,6 +14,7 @@ from . import copyup
 from .copyup import WorkDir
 from .inodes import InodeTable, Node
 from .layers import Lowers
+from .libfuse import fast
 from .markers import (
     WH_PREFIX,
     MarkerWriter,
@@ -257,6 +258,7 @@ class Union:
             node.upper = False
             raise
         node.attr = None
+        fast.forget(node.ino)
         if not node.is_dir:
             node.lowers = ()
             node.lower_st = None
@@ -427,6 +429,7 @@ class Union:
     def _discard(self, node: Node) -> None:
         """Release what a node that is gone for good still holds."""
         self.files.drop(node)
+        fast.forget(node.ino)
         if node.orphan is not None:
             os.unlink(node.orphan)
             node.orphan = None

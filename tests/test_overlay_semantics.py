@@ -461,3 +461,27 @@ def test_a_listing_stays_exact_while_the_directory_changes(mount, tmp_path: Path
     assert set(names) - set(removed) <= set(seen)
     assert set(removed) <= set(seen)
     assert sorted(m.listdir("d")) == sorted(set(names) - set(removed) | set(added))
+
+
+@BOTH_WAYS
+def test_the_shim_answers_unchanging_objects_and_lets_changed_ones_go(mount, tmp_path: Path, opens: bool) -> None:
+    """getattr and read of lower objects are answered in C; a copy-up takes them back to Python."""
+    data = bytes(range(256)) * 8192  # 2 MiB: many read requests
+    low = layer(tmp_path, "low", {"big": data, "d/f": b"x"})
+    m = mount([low], extra=",debug", opens=opens)
+    assert m.read("big") == data
+    m.listdir("d")  # readdir leaves d's atime stale: the next stat asks the daemon
+    assert stat.S_ISDIR(m.stat("d")["st_mode"])
+    m.chmod("big", 0o600)
+    assert stat.S_IMODE(m.stat("big")["st_mode"]) == 0o600
+    fd = m.w.call("open", m.p("big"), os.O_RDWR)
+    m.w.call("pwrite", fd, b"changed", 1 << 20)
+    m.w.call("posix_fadvise", fd, 0, 0, os.POSIX_FADV_DONTNEED)  # the next reads must reach the daemon
+    m.w.call("close", fd)
+    assert m.read("big") == data[:1 << 20] + b"changed" + data[(1 << 20) + 7:]
+    assert stat.S_IMODE(m.stat("big")["st_mode"]) == 0o600  # asked again after those reads
+    assert (low / "big").read_bytes() == data
+    assert m.close() == 0
+    log = m.daemon.proc.stderr.read().decode()
+    answered = int(log.rsplit("requests answered by the shim without Python: ", 1)[1].split()[0])
+    assert (answered == 0) if opens else (answered >= 5), log[-2000:]
