@@ -46,15 +46,7 @@ def _load() -> ctypes.CDLL | None:
 _shim = _load()
 
 import pyfuse3  # must come after the shim
-from pyfuse3 import (
-    EntryAttributes,
-    FileInfo,
-    FUSEError,
-    ReaddirToken,
-    RequestContext,
-    SetattrFields,
-    StatvfsData,
-)
+from pyfuse3 import EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext, SetattrFields, StatvfsData
 
 
 def noopen_active() -> bool:

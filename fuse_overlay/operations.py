@@ -23,16 +23,8 @@ import trio
 from .dirstream import FIRST_COOKIE, DirStream
 from .inodes import Node
 from .libfuse import (
-    EntryAttributes,
-    FileInfo,
-    FUSEError,
-    ReaddirToken,
-    RequestContext,
-    SetattrFields,
-    StatvfsData,
-    fast,
-    noopen_active,
-    pyfuse3,
+    EntryAttributes, FileInfo, FUSEError, ReaddirToken, RequestContext, SetattrFields, StatvfsData, fast,
+    noopen_active, pyfuse3,
 )
 from .markers import WH_PREFIX, MarkerWriter, is_hidden_xattr
 from .ownership import IdMap

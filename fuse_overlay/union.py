@@ -5,6 +5,7 @@ into replies.  Handlers never await in the middle of a mutation, so the
 single trio thread serialises them and no locking is needed.
 """
 
+import contextlib
 import errno
 import os
 import stat
@@ -15,23 +16,9 @@ from .copyup import WorkDir
 from .inodes import InodeTable, Node
 from .layers import Lowers
 from .libfuse import fast
-from .markers import (
-    WH_PREFIX,
-    MarkerWriter,
-    is_chardev_whiteout,
-    is_opaque_dir,
-    is_reserved_name,
-    remove_whiteout,
-)
+from .markers import WH_PREFIX, MarkerWriter, is_chardev_whiteout, is_opaque_dir, is_reserved_name, remove_whiteout
 from .openfiles import OpenFiles
-from .ownership import (
-    IdMap,
-    Override,
-    can_hold_xattr,
-    host_mode,
-    read_override,
-    write_override,
-)
+from .ownership import IdMap, Override, can_hold_xattr, host_mode, read_override, write_override
 from .quota import Quota
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, rename2
 
@@ -431,7 +418,8 @@ class Union:
         self.files.drop(node)
         fast.forget(node.ino)
         if node.orphan is not None:
-            os.unlink(node.orphan)
+            with contextlib.suppress(FileNotFoundError):  # a purged work dir
+                os.unlink(node.orphan)
             node.orphan = None
 
     def _whiteout_if_needed(self, parent: Node, name: bytes) -> None:
