@@ -23,7 +23,8 @@
  * keep it like file data.
  *
  * This wraps fuse_session_new; `sbx_noopen_active` tells the daemon whether
- * the negotiation really went through here.
+ * the negotiation really went through here (and the kernel, 5.1 or later,
+ * takes ENOSYS from open and opendir that way rather than as an error).
  *
  * 2. A fast path (below): fuse_session_receive_buf, which pyfuse3's trio
  * loop calls once /dev/fuse is readable, answers getattr and read of objects
@@ -78,10 +79,14 @@ static struct fuse_lowlevel_ops orig, ops;
 
 static void w_init(void *userdata, struct fuse_conn_info *conn)
 {
-    conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+    const unsigned noopen = FUSE_CAP_NO_OPEN_SUPPORT | FUSE_CAP_NO_OPENDIR_SUPPORT;
+
+    if ((conn->capable & noopen) == noopen) {  /* Linux 5.1 on */
+        conn->want &= ~FUSE_CAP_ATOMIC_O_TRUNC;
+        sbx_noopen_active = 1;
+    }
     if (conn->capable & FUSE_CAP_CACHE_SYMLINKS)
         conn->want |= FUSE_CAP_CACHE_SYMLINKS;
-    sbx_noopen_active = 1;
     orig.init(userdata, conn);
     if (conn->want & FUSE_CAP_ATOMIC_O_TRUNC)
         sbx_noopen_active = 0;
