@@ -35,6 +35,7 @@ from .union import Union
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 86400.0 * 365
+QUOTA_WAIT = 1.0
 
 T = TypeVar("T")
 
@@ -87,6 +88,7 @@ class UnionFS(pyfuse3.Operations):
                            uid_map or IdMap(), gid_map or IdMap())
         self.timeout = timeout
         self.noopen = False
+        self._forgotten = trio.Event()
 
     @property
     def whiteout_style(self) -> str:
@@ -157,6 +159,28 @@ class UnionFS(pyfuse3.Operations):
     async def forget(self, inode_list: Sequence[tuple[int, int]]) -> None:
         for ino, count in inode_list:
             self.union.forget(ino, count)
+        self._forgotten.set()
+        self._forgotten = trio.Event()
+
+    async def _within_quota(self, fn: Callable[..., T], *args: Any) -> T:
+        """FN(*ARGS), waiting out an ENOSPC that removed files still hold the quota for.
+
+        A removed file keeps its quota while the kernel may still use it.  The
+        kernel forgets a file closed and removed a moment ago asynchronously,
+        so "rm big; write new" may arrive before that forget: wait for forgets,
+        up to QUOTA_WAIT, before giving up.  (FN fails before changing anything.)
+        """
+        deadline = trio.current_time() + QUOTA_WAIT
+        while True:
+            try:
+                return fn(*args)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC or not self.union.orphans:
+                    raise
+                with trio.move_on_at(deadline):
+                    await self._forgotten.wait()
+                if trio.current_time() >= deadline:
+                    raise
 
     @handler
     async def getattr(self, inode: int, ctx: RequestContext) -> EntryAttributes:
@@ -180,7 +204,7 @@ class UnionFS(pyfuse3.Operations):
         if fields.update_mtime:
             kw["mtime_ns"] = attr.st_mtime_ns
         if kw:
-            self.union.set_attrs(node, **kw)  # type: ignore[arg-type]
+            await self._within_quota(functools.partial(self.union.set_attrs, node, **kw))
         return self._attr(node)
 
     @handler
@@ -220,21 +244,25 @@ class UnionFS(pyfuse3.Operations):
     @handler
     async def mknod(self, parent_inode: int, name: bytes, mode: int, rdev: int,
                     ctx: RequestContext) -> EntryAttributes:
-        return self._entry(self.union.mknod(self._node(parent_inode), name, mode, rdev, ctx.uid, ctx.gid))
+        return self._entry(await self._within_quota(self.union.mknod, self._node(parent_inode), name, mode, rdev,
+                                                    ctx.uid, ctx.gid))
 
     @handler
     async def mkdir(self, parent_inode: int, name: bytes, mode: int, ctx: RequestContext) -> EntryAttributes:
-        return self._entry(self.union.mkdir(self._node(parent_inode), name, mode, ctx.uid, ctx.gid))
+        return self._entry(await self._within_quota(self.union.mkdir, self._node(parent_inode), name, mode, ctx.uid,
+                                                    ctx.gid))
 
     @handler
     async def symlink(self, parent_inode: int, name: bytes, target: bytes,
                       ctx: RequestContext) -> EntryAttributes:
-        return self._entry(self.union.symlink(self._node(parent_inode), name, target, ctx.uid, ctx.gid))
+        return self._entry(await self._within_quota(self.union.symlink, self._node(parent_inode), name, target,
+                                                    ctx.uid, ctx.gid))
 
     @handler
     async def link(self, inode: int, new_parent_inode: int, new_name: bytes,
                    ctx: RequestContext) -> EntryAttributes:
-        return self._entry(self.union.link(self._node(inode), self._node(new_parent_inode), new_name))
+        return self._entry(await self._within_quota(self.union.link, self._node(inode), self._node(new_parent_inode),
+                                                    new_name))
 
     @handler
     async def unlink(self, parent_inode: int, name: bytes, ctx: RequestContext) -> None:
@@ -261,7 +289,7 @@ class UnionFS(pyfuse3.Operations):
     @handler
     async def create(self, parent_inode: int, name: bytes, mode: int, flags: int,
                      ctx: RequestContext) -> tuple[FileInfo, EntryAttributes]:
-        node = self.union.create(self._node(parent_inode), name, mode, ctx.uid, ctx.gid)
+        node = await self._within_quota(self.union.create, self._node(parent_inode), name, mode, ctx.uid, ctx.gid)
         return FileInfo(fh=node.ino, keep_cache=True), self._entry(node)
 
     @handler
@@ -270,7 +298,7 @@ class UnionFS(pyfuse3.Operations):
 
     @handler
     async def write(self, fh: int, off: int, buf: bytes) -> int:
-        return self.union.write(self._node(fh), off, buf)
+        return await self._within_quota(self.union.write, self._node(fh), off, buf)
 
     async def flush(self, fh: int) -> None:
         # Nothing is buffered here; ENOSYS makes the kernel stop sending flushes.

@@ -52,6 +52,7 @@ class Union:
         self.gid_map = gid_map
         self.table = InodeTable()
         self.files = OpenFiles()
+        self.orphans: set[int] = set()  # inodes of removed files kept in the work dir
         lower_layers = self.lowers.root_layers()
         upper_present = upper is not None
         if upper is not None and is_opaque_dir(upper):
@@ -239,6 +240,7 @@ class Union:
             os.utime(tmp, ns=(pres.st.st_atime_ns, pres.st.st_mtime_ns), follow_symlinks=False)
             if node.unlinked:  # written through a descriptor of a removed name: the copy is an orphan
                 node.orphan = tmp
+                self.orphans.add(node.ino)
             else:
                 copyup.publish(tmp, self.upper_path(node), self.upper_path(node.parent))
         except BaseException:
@@ -396,17 +398,27 @@ class Union:
             node.aliases = [a for a in node.aliases if not (a[0] is parent and a[1] == name)]
 
     def _remove_upper_name(self, node: Node, parent: Node, name: bytes, path: bytes, st: os.stat_result) -> None:
-        """Remove PATH, the upper name NAME of NODE in PARENT.
+        """Remove PATH, the upper name NAME of NODE in PARENT (ST: its lstat).
 
         The box may still read or write a regular file by inode after its last
-        name is gone, so that one moves into the work dir until forgotten.
+        name is gone, so that one moves into the work dir until forgotten, and
+        keeps its quota until then, as an open deleted file keeps its blocks.
         """
         if stat.S_ISREG(st.st_mode) and node.parent is parent and node.name == name and not node.aliases:
             assert self.work is not None
             node.orphan = self.work.temp()
             os.rename(path, node.orphan)
-        else:
-            os.unlink(path)
+            self.orphans.add(node.ino)
+            return
+        os.unlink(path)
+        self._refund(st)
+
+    def _refund(self, st: os.stat_result) -> None:
+        """Give back the quota of an object whose name ST described is gone (its last, if nlink was 1)."""
+        if st.st_nlink <= 1:
+            self.quota.charge_inode(-1)
+            if stat.S_ISREG(st.st_mode):
+                self.quota.charge_bytes(-st.st_size)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.table.forget(ino, count)
@@ -419,8 +431,11 @@ class Union:
         fast.forget(node.ino)
         if node.orphan is not None:
             with contextlib.suppress(FileNotFoundError):  # a purged work dir
+                st = os.lstat(node.orphan)
                 os.unlink(node.orphan)
+                self._refund(st)
             node.orphan = None
+            self.orphans.discard(node.ino)
 
     def _whiteout_if_needed(self, parent: Node, name: bytes) -> None:
         if self.lowers.has_name(parent.lowers, parent.rel(), name):
@@ -437,12 +452,7 @@ class Union:
         self.ensure_upper(parent)
         if node.upper:
             path = self.upper_path(parent) + b"/" + name
-            st = os.lstat(path)
-            self._remove_upper_name(node, parent, name, path, st)
-            if st.st_nlink <= 1:
-                self.quota.charge_inode(-1)
-                if stat.S_ISREG(st.st_mode):
-                    self.quota.charge_bytes(-st.st_size)
+            self._remove_upper_name(node, parent, name, path, os.lstat(path))
         self._whiteout_if_needed(parent, name)
         self._detach(node, parent, name)
 
@@ -519,10 +529,6 @@ class Union:
             assert dst is not None
             self._remove_upper_name(dst, p2, n2, up2, replaced)
         os.rename(up1, up2)
-        if replaced is not None and replaced.st_nlink <= 1:
-            self.quota.charge_inode(-1)
-            if stat.S_ISREG(replaced.st_mode):
-                self.quota.charge_bytes(-replaced.st_size)
         self._whiteout_if_needed(p1, n1)
         if dst is not None:
             self._detach(dst, p2, n2)

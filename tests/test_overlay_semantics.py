@@ -303,6 +303,23 @@ def test_quota_bytes_and_inodes(mount, tmp_path: Path) -> None:
     assert sum(f.stat().st_size for f in m.upper.rglob("*") if f.is_file()) <= 64 * 1024
 
 
+def test_a_removed_file_held_open_keeps_its_quota(mount, tmp_path: Path) -> None:
+    """Unlinking a big file the program still holds open must not free quota the host disk still spends."""
+    low = layer(tmp_path, "low", {"small": b"s"})
+    m = mount([low], extra=",quota_bytes=64k")
+    m.write("a", b"x" * 40000)
+    fd = m.w.call("open", m.p("a"), os.O_RDONLY)
+    m.unlink("a")
+    assert m.err("write", "b", b"y" * 40000) == errno.ENOSPC
+    assert m.w.call("pread", fd, 5, 0) == b"xxxxx"
+    m.w.call("close", fd)
+    for _ in range(100):  # the kernel forgets the closed file asynchronously
+        if m.err("write", "b", b"y" * 40000) == 0:
+            break
+        m.w.call("sleep", 0.05)
+    assert m.read("b") == b"y" * 40000
+
+
 def test_inode_numbers_stable_and_one_device(mount, tmp_path: Path) -> None:
     top = layer(tmp_path, "top", {"a/x": b"1"})
     bottom = layer(tmp_path, "bottom", {"b/y": b"2"})
