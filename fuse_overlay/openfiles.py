@@ -1,6 +1,6 @@
 """Descriptors by node, for requests that name an inode rather than an open file.
 
-The kernel serves opens itself (noopen.c), so the daemon never learns when
+The kernel serves opens itself (shim.c), so the daemon never learns when
 a file is opened or closed: it opens the real file when data is first read
 or written and keeps the descriptor in a bounded LRU.  A file whose last
 name is removed while the box may still use it is moved into the work dir

@@ -3,7 +3,7 @@
 Replies carry long entry/attribute timeouts (and negative entries are
 cached too): the daemon is the only writer of the upper and lowers never
 change, so the kernel's caches stay right and most requests never reach
-this process.  With the noopen shim (libfuse.py) open and opendir answer
+this process.  With the libfuse shim (shim.c) open and opendir answer
 ENOSYS, so the kernel also keeps file data and directory listings cached
 and never asks again; every other request then names its inode as the
 file handle.  Without the shim, open hands out the inode number as the
