@@ -602,7 +602,7 @@ class Union:
     # -- data ----------------------------------------------------------------
 
     def open(self, node: Node, flags: int) -> None:
-        """Only when the kernel sends opens (no noopen shim): then copy-up and O_TRUNC happen here."""
+        """Only when the kernel sends opens (no libfuse shim): then copy-up and O_TRUNC happen here."""
         if flags & os.O_ACCMODE != os.O_RDONLY or flags & os.O_TRUNC:
             self.ensure_upper(node)
         if flags & os.O_TRUNC:

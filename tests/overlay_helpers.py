@@ -273,7 +273,7 @@ def gid_mapping() -> str:
     return f"0:{os.getgid()}:1:1:{SUBGID_BASE}:{SUBGID_COUNT}"
 
 
-# The daemon as it runs when pyfuse3 was loaded before fuse_overlay, so the noopen shim
+# The daemon as it runs when pyfuse3 was loaded before fuse_overlay, so the libfuse shim
 # is not in place: the kernel sends open and opendir requests.
 WITH_OPENS = ["-c", "import sys, pyfuse3; from fuse_overlay.cli import main; sys.exit(main(sys.argv[1:]))"]
 

@@ -376,7 +376,7 @@ def test_statfs_and_fsync(mount, tmp_path: Path) -> None:
     assert m.statvfs("")[8] >= 250  # f_namemax
 
 
-# -- serving without open requests (noopen.c) and with them (fallback) --------------
+# -- serving without open requests (shim.c) and with them (fallback) ----------------
 
 BOTH_WAYS = pytest.mark.parametrize("opens", [False, True], ids=["kernel-opens", "daemon-opens"])
 
