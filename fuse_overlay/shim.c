@@ -257,10 +257,9 @@ void sbx_fast_forget(uint64_t ino)
     }
 }
 
-/* Big enough for any request (libfuse's own buffer size) and any read reply. */
-#define BUF_SIZE (258 * 4096)
 #define SPIN_NS 200000
 
+static size_t buf_size;  /* any request (libfuse's own buffer: 256 pages and a header) and any read reply */
 static char *reply_buf;
 static int spin;  /* only with another CPU for the client to run on meanwhile */
 
@@ -291,7 +290,7 @@ static int answer(int fd, const struct fuse_in_header *in)
         out->len = sizeof(*out) + sizeof(*ao);
     } else if (in->opcode == FUSE_READ && k->fd >= 0) {
         const struct fuse_read_in *ri = (const struct fuse_read_in *)(in + 1);
-        size_t size = ri->size < BUF_SIZE - sizeof(*out) ? ri->size : BUF_SIZE - sizeof(*out);
+        size_t size = ri->size < buf_size - sizeof(*out) ? ri->size : buf_size - sizeof(*out);
         ssize_t got = pread(k->fd, out + 1, size, ri->offset);
 
         if (got < 0)
@@ -316,16 +315,17 @@ int fuse_session_receive_buf(struct fuse_session *se, struct fuse_buf *buf)
         return real.receive_buf(se, buf);
     fd = real.session_fd(se);
     if (reply_buf == NULL) {
+        buf_size = 258 * (size_t)getpagesize();
         /* nonblocking, so that the loop below ends when nothing is left for now */
-        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 || (reply_buf = malloc(BUF_SIZE)) == NULL)
+        if (fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK) < 0 || (reply_buf = malloc(buf_size)) == NULL)
             return -errno;
         spin = sysconf(_SC_NPROCESSORS_ONLN) > 1;
     }
-    if (buf->mem == NULL && (buf->mem = malloc(BUF_SIZE)) == NULL)
+    if (buf->mem == NULL && (buf->mem = malloc(buf_size)) == NULL)
         return -ENOMEM;
     int64_t last = now_ns();
     for (;;) {
-        ssize_t n = read(fd, buf->mem, BUF_SIZE);
+        ssize_t n = read(fd, buf->mem, buf_size);
 
         if (n < 0) {
             if (errno == EAGAIN) {
