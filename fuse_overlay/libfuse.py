@@ -23,8 +23,9 @@ SOURCE = Path(__file__).with_name("shim.c")
 
 
 def _cflags() -> list[str]:
+    """Debian's header path, or pkg-config's answer where that is not it (a subprocess each daemon start)."""
     include = ["-I/usr/include/fuse3"]
-    if shutil.which("pkg-config"):
+    if not os.path.exists("/usr/include/fuse3/fuse_lowlevel.h") and shutil.which("pkg-config"):
         proc = subprocess.run(["pkg-config", "--cflags", "fuse3"], capture_output=True, text=True)
         if proc.returncode == 0:
             include = proc.stdout.split()

@@ -66,6 +66,11 @@ def _read(path: str) -> str:
         return f.read()
 
 
+def _enable(path: str, controllers: frozenset[str]) -> None:
+    """Give the children of `path` these controllers."""
+    _write(os.path.join(path, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(controllers)))
+
+
 def _keyed(path: str) -> dict[str, int]:
     """A flat-keyed cgroup file (cpu.stat, memory.events): {"key": value}."""
     return {k: int(v) for k, v in (line.split() for line in _read(path).splitlines())}
@@ -239,7 +244,7 @@ def _prepare() -> Delegation:
             _evacuate(base)
         enabled = set(_read(os.path.join(base, "cgroup.subtree_control")).split())
         if not found.controllers <= enabled:
-            _write(os.path.join(base, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(found.controllers)))
+            _enable(base, found.controllers)
     except OSError as e:
         return Delegation(None, f"cannot use the delegated {base}: {e.strerror or e}")
     return found
@@ -323,8 +328,7 @@ class BoxCgroup:
         os.mkdir(self.path)
         try:
             os.mkdir(os.path.join(self.path, "init"))
-            _write(os.path.join(self.path, "cgroup.subtree_control"),
-                   " ".join(f"+{c}" for c in sorted(self.controllers)))
+            _enable(self.path, self.controllers)
         except BaseException:
             _kill_and_remove(self.path)
             raise
