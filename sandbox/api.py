@@ -217,7 +217,7 @@ class Sandbox:
                 async with trio.open_nursery() as watcher:
                     if pending.box.daemon is not None:
                         watcher.start_soon(pending.box.watch_daemon)
-                    reply = await pending.box.reply()
+                    reply = await pending.reply()
                     watcher.cancel_scope.cancel()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
@@ -267,7 +267,7 @@ class Sandbox:
             fds.append(w)
         if filter_fd is not None:
             fds.append(os.dup(filter_fd))
-        await box.submit(req, fds, run_limits=limits)
+        await box.start_run(req, fds, limits)
         return _Pending(box, req, limits, out, policy_name, cgroup)
 
 
@@ -286,6 +286,9 @@ class _Pending:
     out: _Output
     policy: str | None
     cgroup: bool
+
+    async def reply(self) -> dict[str, Any]:
+        return await self.box.reply(self.limits.wall_time)
 
     def finish(self, reply: dict[str, Any]) -> Result:
         death = self.box.daemon_death()
@@ -324,7 +327,7 @@ async def run_interactive(
                 a_to_b = b_to_a = ()
 
                 async def collect(pending: _Pending, slot: int) -> None:
-                    replies[slot] = await pending.box.reply()
+                    replies[slot] = await pending.reply()
 
                 nursery.start_soon(collect, a, 0)
                 nursery.start_soon(collect, b, 1)

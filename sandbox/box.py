@@ -21,11 +21,12 @@ import socket
 import subprocess
 import sys
 import tempfile
+import time
 from typing import Any, NoReturn
 
 import trio
 
-from . import boxinit, protocol
+from . import boxinit, protocol, seccomp_notify
 from . import syscalls as sc
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
@@ -39,6 +40,8 @@ _NAMESPACES = (
 )
 _CLOSE_TIMEOUT = 5.0
 _CANCEL_TIMEOUT = 2.0
+_SPAWNER_GRACE = 1.0
+"""How long a spawner may be late with a wall limit or a kill; one that is (a program wedged it) is replaced."""
 
 
 class Box:
@@ -51,6 +54,9 @@ class Box:
         self.cgroup: BoxCgroup | None = None
         self._run_cgroup: RunCgroup | None = None
         self._sock: trio.socket.SocketType | None = None
+        self._spawner: trio.socket.SocketType | None = None
+        self._killed: str | None = None
+        self._run_started = 0.0
         self._pid = 0
         self._pidfd = -1
         self._send_lock = trio.Lock()
@@ -88,7 +94,9 @@ class Box:
             reply, fds = await protocol.arecv(self._sock)
             if reply.get("fuse"):
                 await self._start_daemon(fds[0])
-                reply, _ = await protocol.arecv(self._sock)
+                reply, fds = await protocol.arecv(self._sock)
+            if reply.get("ready"):
+                self._spawner = _socket(fds[0])
         except EOFError:
             reply = {"error": "box init exited during setup"}
         except BaseException:
@@ -163,25 +171,28 @@ class Box:
                 raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
         os.write(mapped_w, b"g")
 
-    async def submit(self, msg: dict[str, Any], fds: list[int], run_limits: Limits | None = None) -> None:
-        """Send one request; with `run_limits` it is a run, which gets a fresh cgroup when the box has one.
+    async def start_run(self, req: dict[str, Any], fds: list[int], limits: Limits) -> None:
+        """Hand a run to the spawner, in a fresh cgroup when the box has one.
 
-        `fds` (the program's stdin, stdout, stderr) are closed once sent: the
-        output pipes must reach EOF when the last process of the run dies.
+        `fds` (the program's stdin, stdout, stderr, then the seccomp filter if
+        any) are closed once sent: the output pipes must reach EOF when the last
+        process of the run dies.
         """
         claimed = False
         try:
             self._claim()
             claimed = True
-            if run_limits is not None and self.cgroup is not None:
+            self._killed = None
+            cgroup = self.cgroup is not None
+            if self.cgroup is not None:
                 try:
-                    self._run_cgroup = self.cgroup.new_run(run_limits)
+                    self._run_cgroup = self.cgroup.new_run(limits)
                 except OSError as e:
                     raise SetupError(f"cannot make the run's cgroup: {e.strerror or e}") from None
                 fds = [*fds, self._run_cgroup.procs_fd]  # the program joins it before execve
-                msg = {**msg, "cgroup": True}
             async with self._send_lock:
-                await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
+                self._run_started = time.monotonic()
+                await protocol.asend_tokens(self._spawner, _run_tokens(req, cgroup), fds)  # type: ignore[arg-type]
         except BaseException:
             if claimed:  # a refused request must not release the run that holds the box, or its cgroup
                 self._busy = False
@@ -201,7 +212,7 @@ class Box:
                 self.broken = True
 
     def _claim(self) -> None:
-        """Box init does one thing at a time; a second request during a run would read as a kill."""
+        """One run or one file request at a time: each waits for its own reply on its socket."""
         if self._sock is None or self.broken:
             raise SetupError("the box is closed or broken")
         if self._busy:
@@ -209,26 +220,35 @@ class Box:
         self._busy = True
 
     async def file_op(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
-        """A request for box init's file copying (see boxfiles.py); returns its reply and any fd it sent."""
-        await self.submit(msg, fds)
+        """A request for box init's file copying (see boxfiles.py); returns its reply and any fd it sent.
+
+        `fds` are closed once sent.
+        """
+        claimed = False
         try:
+            self._claim()
+            claimed = True
+            await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
             return await protocol.arecv(self._sock)  # type: ignore[arg-type]
         except EOFError:
             self.broken = True
             raise SetupError("box init died") from None
         finally:
-            self._busy = False
+            if claimed:
+                self._busy = False
+            for fd in fds:
+                os.close(fd)
 
-    async def reply(self) -> dict[str, Any]:
-        """Wait for the submitted run to end.
+    async def reply(self, wall_limit: float | None) -> dict[str, Any]:
+        """Wait for the started run to end.
 
-        Cancelled, it ends the run (box init kills every process) and still
-        collects the reply, so the box stays usable; a box that does not answer
-        in time is marked broken.
+        Cancelled, it ends the run (the spawner kills every process) and still
+        collects the report, so the box stays usable; a spawner that does not
+        answer in time is replaced, and a box that cannot replace it is marked
+        broken.
         """
-        assert self._sock is not None
         try:
-            reply = await self._reply()
+            reply = await self._reply(wall_limit)
             if self._run_cgroup is not None and "exec_error" not in reply:
                 try:
                     acct = self._run_cgroup.account()
@@ -240,54 +260,100 @@ class Box:
             self._busy = False
             self._drop_run_cgroup()
 
-    async def _reply(self) -> dict[str, Any]:
-        assert self._sock is not None
+    async def _reply(self, wall_limit: float | None) -> dict[str, Any]:
+        report = None
         try:
-            reply = await self._recv_run_reply()
-        except EOFError:
-            self.broken = True
-            raise SetupError("box init died during the run") from None
-        except trio.ClosedResourceError:
-            raise SetupError("the box was closed during the run") from None
+            with trio.move_on_after(math.inf if wall_limit is None else wall_limit + _SPAWNER_GRACE):
+                report = await self._recv_report()
+            if report is None:
+                await self.kill_run("WLE")
+                report = await self._late_report()
         except trio.Cancelled:
-            with trio.CancelScope(shield=True), trio.move_on_after(_CANCEL_TIMEOUT) as scope:
-                try:
-                    await self.kill_run("cancelled")
-                    if self._sock is not None:
-                        await protocol.arecv(self._sock)
-                except (EOFError, OSError, trio.ClosedResourceError):
-                    self.broken = True
-            if scope.cancelled_caught:
-                self.broken = True
+            with trio.CancelScope(shield=True):
+                await self.kill_run("cancelled")
+                await self._late_report()
             raise
-        return reply
+        except (EOFError, OSError):
+            await self._respawn()
+        except trio.ClosedResourceError:
+            pass
+        if self._sock is None:
+            raise SetupError("the box was closed during the run")
+        return self._translate(report)
 
-    async def _recv_run_reply(self) -> dict[str, Any]:
-        """The end-of-run reply; without memory.peak (Linux < 5.19), sample the run's memory meanwhile."""
-        assert self._sock is not None
+    async def _recv_report(self) -> dict[str, Any]:
+        """The spawner's end-of-run report; without memory.peak (Linux < 5.19), sample the run's memory meanwhile."""
         cgroup = self._run_cgroup
         while True:
+            if self._spawner is None:
+                raise trio.ClosedResourceError("the box was closed")
             with trio.move_on_after(0.005 if cgroup is not None and not cgroup.has_peak else math.inf):
-                reply, _ = await protocol.arecv(self._sock)  # one recvmsg: cancelling it loses nothing
-                return reply
+                report, _ = await protocol.arecv(self._spawner)  # one recvmsg: cancelling it loses nothing
+                return report
             assert cgroup is not None
             cgroup.sample_memory()
 
+    async def _late_report(self) -> dict[str, Any] | None:
+        """The report of a run that was told to end; None if the spawner failed to give it (it is replaced)."""
+        with trio.move_on_after(_SPAWNER_GRACE):
+            try:
+                return await self._recv_report()
+            except (EOFError, OSError, trio.ClosedResourceError):
+                pass
+        await self._respawn()
+        return None
+
+    async def _respawn(self) -> None:
+        """Box init kills every process of the box and starts a new spawner (a program stopped or killed the old one)."""
+        if self._spawner is not None:
+            self._spawner.close()
+            self._spawner = None
+        if self._sock is None:
+            return  # the box was closed meanwhile
+        try:
+            with trio.fail_after(_CLOSE_TIMEOUT):
+                await protocol.asend(self._sock, {"op": "respawn"})  # type: ignore[arg-type]
+                reply, fds = await protocol.arecv(self._sock)  # type: ignore[arg-type]
+            self._spawner = _socket(fds[0])
+        except (EOFError, OSError, IndexError, trio.TooSlowError, trio.ClosedResourceError):
+            self.broken = True
+
+    def _translate(self, report: dict[str, Any] | None) -> dict[str, Any]:
+        """The spawner's report in the terms of `verdict`; without one, what the supervisor knows."""
+        if report is not None and "stage" in report:
+            return {"exec_error": report}
+        if report is None:
+            return {"killed": self._killed or "the sandbox's spawner died (the program killed it)",
+                    "syscall": None, "wait_status": None, "cpu_time": 0.0,
+                    "wall_time": time.monotonic() - self._run_started, "memory_peak": 0}
+        syscall = report["syscall"]
+        return {
+            "killed": report["limit"] or self._killed,
+            "syscall": seccomp_notify.syscall_label(syscall[0], syscall[1] & 0xFFFFFFFF) if syscall else None,
+            "wait_status": report["wait_status"] if report["wait_status"] >= 0 else None,
+            "cpu_time": report["cpu"],
+            "wall_time": report["wall"],
+            "memory_peak": report["maxrss"] * 1024,
+        }
+
     async def kill_run(self, reason: str) -> None:
-        """Ask box init to end the current run now (box init ignores this when idle)."""
+        """Ask the spawner to end the current run now (it ignores this between runs); the first reason stands."""
+        if self._killed is None:
+            self._killed = reason
         async with self._send_lock:
-            if self._sock is None:
+            if self._spawner is None:
                 return
             try:
-                await protocol.asend(self._sock, {"kill": reason})
+                await self._spawner.send(b"kill")
             except (OSError, trio.ClosedResourceError):
                 pass
 
     async def aclose(self) -> None:
         """Close the control socket (box init exits on EOF); SIGKILL the outer process if that is slow."""
-        if self._sock is not None:
-            self._sock.close()
-            self._sock = None
+        for sock in (self._spawner, self._sock):
+            if sock is not None:
+                sock.close()
+        self._sock = self._spawner = None
         if self._pidfd >= 0:
             with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
                 await trio.lowlevel.wait_readable(self._pidfd)
@@ -317,6 +383,18 @@ class Box:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
+
+
+def _socket(fd: int) -> trio.socket.SocketType:
+    return trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+
+
+def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
+    """The spawner's request (see spawner.c): NUL-separated tokens, which C splits without a parser."""
+    env = [f"{k}={v}" for k, v in req["env"].items()]
+    return ["run", "1" if req["seccomp"] else "0", "1" if cgroup else "0", str(req["cpu_time"] or 0),
+            str(req["wall_time"] or 0), str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+            *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]
 
 
 def _outer(layout: Layout, ids: IdMap, spawner: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int,

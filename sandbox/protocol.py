@@ -1,4 +1,4 @@
-"""Messages between the supervisor and box init: one JSON object per SOCK_SEQPACKET datagram, fds alongside.
+"""Messages between the supervisor, box init and the spawner: one per SOCK_SEQPACKET datagram, fds alongside.
 
 SEQPACKET keeps message boundaries and delivers the fds with the message
 they belong to, so no framing or fd bookkeeping is needed on either side.
@@ -9,6 +9,7 @@ trio half.
 from __future__ import annotations
 
 import array
+import errno
 import json
 import os
 import socket
@@ -58,11 +59,6 @@ def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> Non
     sock.sendmsg(*_encode(msg, fds or []))
 
 
-def send_tokens(sock: socket.socket, tokens: list[str], fds: list[int] | None = None) -> None:
-    """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
-    sock.sendmsg([b"\0".join(os.fsencode(t) for t in tokens) + b"\0"], _ancillary(fds or []))
-
-
 def recv(sock: socket.socket) -> tuple[Message, list[int]]:
     size, anc, flags, _ = sock.recvmsg_into([_BUFFER], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
     return _decode(_BUFFER[:size], anc, flags)
@@ -70,6 +66,21 @@ def recv(sock: socket.socket) -> tuple[Message, list[int]]:
 
 async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | None = None) -> None:
     await sock.sendmsg(*_encode(msg, fds or []))
+
+
+async def asend_tokens(sock: trio.socket.SocketType, tokens: list[str], fds: list[int]) -> None:
+    """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
+    data = b"\0".join(os.fsencode(t) for t in tokens) + b"\0"
+    if len(data) > MAX_MESSAGE:
+        raise ConfigError(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit (argv and environment)")
+    try:
+        await sock.sendmsg([data], _ancillary(fds))
+    except OSError as e:
+        if e.errno != errno.EMSGSIZE:
+            raise
+        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+        raise ConfigError(f"request of {len(data)} bytes is over what the spawner's socket takes ({size} bytes: "
+                          "net.core.wmem_max); pass long data through stdin or a file") from None
 
 
 async def arecv(sock: trio.socket.SocketType) -> tuple[Message, list[int]]:

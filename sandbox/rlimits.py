@@ -2,7 +2,7 @@
 
 Computed by the supervisor and applied verbatim by the child, so box init
 holds no policy.  Each rlimit is either the limit itself or a backstop for a
-limit that is really enforced elsewhere (CPU time by the run monitor).
+limit that is really enforced elsewhere (CPU time by the spawner).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ def rlimits(limits: Limits, ids: IdMap, cgroup: bool) -> list[Rlimit]:
     """With a run cgroup, memory and pids are its limits: no address-space cap to break the JVM, Go or V8."""
     out: list[Rlimit] = [(resource.RLIMIT_CORE, 0, 0), (resource.RLIMIT_NOFILE, limits.open_files, limits.open_files)]
     if limits.cpu_time is not None:
-        # The monitor kills within a millisecond of the limit; this only catches a monitor that failed.
+        # The spawner kills within a millisecond of the limit; this only catches a spawner that failed.
         soft = math.ceil(limits.cpu_time) + 1
         out.append((resource.RLIMIT_CPU, soft, soft + 1))
     if limits.memory is not None and not cgroup:

@@ -1,12 +1,14 @@
-"""The supervisor's side of seccomp user notification: read a blocked call, refuse it.
+"""Seccomp user notification from Python: read a blocked call, refuse it, name it.
 
 Policies compile "kill" rules (and calls from a foreign ABI) to
 SECCOMP_RET_USER_NOTIF.  The program's process then sleeps in the kernel until
-the holder of the listener fd answers.  The supervisor polls the fd; on POLLIN
-it calls `receive(fd)`, which says who called what, then `answer(fd, n, errno)`
-(the call fails with that errno: never SECCOMP_USER_NOTIF_FLAG_CONTINUE, so a
-blocked call never runs), then ends the run and reports SV with
-`n.syscall` (e.g. "mount", "i386:mount", "x32:mount").
+the holder of the listener fd answers.  In a box the spawner (spawner.c) holds
+it and reports the call's arch and number, which `syscall_label` names for
+the SV record.  This module is the same protocol for a Python holder (the
+policy test harness): poll the fd; on POLLIN `receive(fd)` says who called
+what, then `answer(fd, n, errno)` fails the call with that errno (never
+SECCOMP_USER_NOTIF_FLAG_CONTINUE, so a blocked call never runs), and
+`n.syscall` names it (e.g. "mount", "i386:mount", "x32:mount").
 
 If the listener is closed, notified calls fail with ENOSYS; if the caller dies
 first (or a signal withdraws the call), `receive` returns None and `answer`
@@ -62,8 +64,7 @@ class Notification:
 
     @property
     def syscall(self) -> str:
-        """The name to report: "mount" for the native ABI, "i386:mount" or "x32:mount" for foreign ones."""
-        return self.name if self.arch == native_arch() else f"{self.arch}:{self.name}"
+        return _label(self.arch, self.name)
 
 
 def native_arch() -> str:
@@ -94,6 +95,15 @@ def syscall_name(audit_arch: int, nr: int) -> tuple[str, str]:
         except (ValueError, TypeError, OSError):
             name = None
     return abi, name or f"#{nr}"
+
+
+def syscall_label(audit_arch: int, nr: int) -> str:
+    """The name to report: "mount" for the native ABI, "i386:mount" or "x32:mount" for foreign ones."""
+    return _label(*syscall_name(audit_arch, nr))
+
+
+def _label(abi: str, name: str) -> str:
+    return name if abi == native_arch() else f"{abi}:{name}"
 
 
 def receive(fd: int) -> Notification | None:

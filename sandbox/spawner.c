@@ -1,30 +1,43 @@
 /*
- * sbx spawner: the small, long-lived parent of every program run in a box.
+ * sbx spawner: the small, long-lived parent of every program run in a box, and the watcher of its runs.
  *
  * Why C: a process forked from Python pays copy-on-write faults on the
  * interpreter's heap (1-7 ms per run) and reports the interpreter's peak RSS
  * as its own (Linux keeps ru_maxrss across execve).  Forking from this tiny
- * image costs tens of microseconds and gives exact accounting.
+ * image costs tens of microseconds and gives exact accounting.  It also talks
+ * to the supervisor directly and enforces the CPU and wall limits and the
+ * seccomp policy's notifications itself: every process hand-off of a run costs
+ * 50-100 us of wake-ups, so a run is one request and one report.
  *
  * Box init execs it once per box, as box root with its capabilities in the
  * box's user namespace (none outside it).  It is a child subreaper, so every
  * process of a run, orphans included, is its descendant: it reaps them all and
  * sums their wait4() accounting, and ends a run with kill(-1), which spares box
  * init and itself.  In the range id mapping the program runs under another
- * uid and cannot signal it.
+ * uid and cannot signal it; in the single mapping it can, and box init, which
+ * nothing in the box can signal, continues a stopped spawner.
+ *
+ * CPU time without cgroups: RLIMIT_CPU is per process with one-second
+ * resolution, and isolate and go-judge poll every 100 ms.  The spawner instead
+ * sums the CPU clocks of every process of the run and sleeps until the earliest
+ * moment the run could reach its limit with every core busy, then looks again;
+ * the sleeps shrink as the limit nears, so the kill lands within about a
+ * millisecond of it.  A run shorter than limit/cores is never looked at.
  *
  * usage: sbx-spawner CONTROL_FD PROGRAM_UID PROGRAM_GID SETGROUPS(0|1)
  *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
- *   run HAS_BPF HAS_CGROUP NRLIMITS ARGC ENVC CWD (RES SOFT HARD)* ARGV* ENV*
- *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs]
- *   kill        end the current run now
+ *   run HAS_BPF HAS_CGROUP CPU_LIMIT WALL_LIMIT NRLIMITS ARGC ENVC CWD (RES SOFT HARD)* ARGV* ENV*
+ *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs]; a limit of 0 is none
+ *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
- *   {"listener":true} + the seccomp listener fd   (before the program execs)
- *   {"stage":S,"errno":N}                          the program could not be started
- *   {"wait_status":N,"cpu":S,"maxrss":KIB}         the run is over, every process reaped
+ *   {"stage":S,"errno":N}      the program could not be started
+ *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR]}
+ *       the run is over, every process reaped; L is "TLE", "WLE", "SV" or null,
+ *       and syscall (else null) is the first call the policy refused
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -32,10 +45,12 @@
 #include <linux/filter.h>
 #include <linux/seccomp.h>
 #include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -43,19 +58,24 @@
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_MSG (1 << 20)
 #define MAX_FDS 5
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
+#define HEAD_TOKENS 9 /* "run" up to CWD */
+#define MIN_CPU_SLEEP 0.0002
 
 static int ctl;
+static int listener_pair[2]; /* the program's process hands its seccomp listener to the spawner over it */
 static uid_t program_uid;
 static gid_t program_gid;
 static int use_setgroups;
 static int last_cap = CAP_LAST_CAP;
+static long clock_tick;
 
-static void send_msg(const char *msg, int fd)
+static void send_msg(int sock, const char *msg, int fd)
 {
     struct iovec iov = {(void *)msg, strlen(msg)};
     union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
@@ -70,8 +90,15 @@ static void send_msg(const char *msg, int fd)
         c->cmsg_len = CMSG_LEN(sizeof(int));
         memcpy(CMSG_DATA(c), &fd, sizeof fd);
     }
-    while (sendmsg(ctl, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
+    while (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
         ;
+}
+
+static double now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
 }
 
 /* --- the program's process, between vfork and execve ------------------------------------------ */
@@ -119,12 +146,13 @@ static void load_filter(int err_pipe, int bpf_fd)
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
     if (listener < 0)
         child_fail(err_pipe, "seccomp", errno);
-    send_msg("{\"listener\":true}", (int)listener);
+    send_msg(listener_pair[1], "L", (int)listener);
     close((int)listener);
 }
 
 struct run {
     char *cwd;
+    double cpu_limit, wall_limit;
     int nrlimits;
     char **rlimits; /* 3 tokens each */
     char **argv;
@@ -166,18 +194,26 @@ static void exec_program(struct run *r, int err_pipe)
     child_fail(err_pipe, "exec", err);
 }
 
-/* --- the spawner's loop ----------------------------------------------------------------------- */
+/* --- the current run -------------------------------------------------------------------------- */
 
-static pid_t main_pid;
-static int main_status, main_done;
-static double cpu;
-static long maxrss;
+static struct {
+    pid_t main_pid; /* 0 between runs */
+    int main_status, main_done;
+    double cpu;   /* of every reaped process of the run, exact */
+    long maxrss;  /* KiB */
+    double started, cpu_limit, wall_limit, next_cpu_look;
+    int cores;
+    int listener; /* -1 without a policy, or once every process under the filter is gone */
+    const char *limit;
+    unsigned syscall_arch;
+    int syscall_nr;
+} run;
 
 static void account(struct rusage *ru)
 {
-    cpu += ru->ru_utime.tv_sec + ru->ru_stime.tv_sec + (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
-    if (ru->ru_maxrss > maxrss)
-        maxrss = ru->ru_maxrss;
+    run.cpu += ru->ru_utime.tv_sec + ru->ru_stime.tv_sec + (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
+    if (ru->ru_maxrss > run.maxrss)
+        run.maxrss = ru->ru_maxrss;
 }
 
 static void reap(int options)
@@ -187,44 +223,155 @@ static void reap(int options)
     pid_t p;
     while ((p = wait4(-1, &st, options, &ru)) > 0) {
         account(&ru);
-        if (p == main_pid) {
-            main_status = st;
-            main_done = 1;
+        if (p == run.main_pid) {
+            run.main_status = st;
+            run.main_done = 1;
         }
     }
 }
 
+/* A live process's CPU: its own threads (exact) plus the children it has waited for (clock ticks:
+ * the kernel keeps no finer sum).  Reaped processes count through wait4. */
+static double live_cpu(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = 0;
+    char *p = strrchr(buf, ')');
+    unsigned long long f[15] = {0};
+    if (!p)
+        return 0;
+    p += 2;
+    for (int i = 0; i < 15 && *p; i++) { /* f[0] is field 3 (state) of proc(5), skipped */
+        f[i] = i ? strtoull(p, &p, 10) : (p++, 0);
+        while (*p == ' ')
+            p++;
+    }
+    double waited = (double)(f[13] + f[14]) / clock_tick, own;
+    struct timespec ts;
+    if (clock_gettime(((~(clockid_t)pid) << 3) | 2, &ts) == 0) /* the process's CPU clock, all threads */
+        own = ts.tv_sec + ts.tv_nsec / 1e9;
+    else
+        own = (double)(f[11] + f[12]) / clock_tick;
+    return own + waited;
+}
+
+static double cpu_used(void)
+{
+    double used = run.cpu;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return used;
+    pid_t self = getpid();
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        pid_t pid = atoi(e->d_name);
+        if (pid > 1 && pid != self)
+            used += live_cpu(pid);
+    }
+    closedir(d);
+    return used;
+}
+
+static void end_run(const char *why)
+{
+    if (!run.limit)
+        run.limit = why;
+    kill(-1, SIGKILL);
+}
+
+/* Seconds until the run must be looked at again (negative: never), ending it at a limit it reached. */
+static double check_limits(void)
+{
+    double t = now(), wait = -1;
+    if (run.wall_limit > 0) {
+        wait = run.started + run.wall_limit - t;
+        if (wait <= 0) {
+            end_run("WLE");
+            return -1;
+        }
+    }
+    if (run.cpu_limit > 0) {
+        if (t >= run.next_cpu_look) {
+            double left = run.cpu_limit - cpu_used();
+            if (left <= 0) {
+                end_run("TLE");
+                return -1;
+            }
+            run.next_cpu_look = t + (left / run.cores > MIN_CPU_SLEEP ? left / run.cores : MIN_CPU_SLEEP);
+        }
+        if (wait < 0 || run.next_cpu_look - t < wait)
+            wait = run.next_cpu_look - t;
+    }
+    return wait;
+}
+
+/* A call the policy reports: name the first, end the run, and refuse the call (it never runs).  The
+ * kill comes first: answered first, the program would run on for a moment with EPERM. */
+static void violation(void)
+{
+    struct seccomp_notif req;
+    memset(&req, 0, sizeof req);
+    if (ioctl(run.listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
+        return; /* withdrawn: the caller died or a signal interrupted it */
+    if (!run.limit) {
+        run.syscall_arch = req.data.arch;
+        run.syscall_nr = req.data.nr;
+    }
+    end_run("SV");
+    struct seccomp_notif_resp resp = {.id = req.id, .error = -EPERM};
+    ioctl(run.listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+}
+
 static void finish_run(void)
 {
+    double wall = now() - run.started;
     kill(-1, SIGKILL);
     reap(0);
-    char msg[128];
-    snprintf(msg, sizeof msg, "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld}", main_status, cpu, maxrss);
-    send_msg(msg, -1);
-    main_pid = 0;
+    if (run.listener >= 0)
+        close(run.listener);
+    run.listener = -1;
+    char msg[256], limit[16] = "null", syscall[48] = "null";
+    if (run.limit)
+        snprintf(limit, sizeof limit, "\"%s\"", run.limit);
+    if (run.limit && strcmp(run.limit, "SV") == 0)
+        snprintf(syscall, sizeof syscall, "[%u,%d]", run.syscall_arch, run.syscall_nr);
+    snprintf(msg, sizeof msg, "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld,\"wall\":%.6f,\"limit\":%s,\"syscall\":%s}",
+             run.main_done ? run.main_status : -1, run.cpu, run.maxrss, wall, limit, syscall);
+    send_msg(ctl, msg, -1);
+    run.main_pid = 0;
 }
 
 static int parse_run(char *buf, size_t len, struct run *r)
 {
-    static char *tok[8 + 3 * 64 + 2 * MAX_ARGS];
+    static char *tok[HEAD_TOKENS + 3 * 64 + 2 * MAX_ARGS];
     size_t ntok = 0;
     for (char *p = buf; p < buf + len && ntok < sizeof tok / sizeof *tok; p += strlen(p) + 1)
         tok[ntok++] = p;
-    if (ntok < 7 || strcmp(tok[0], "run") != 0)
+    if (ntok < HEAD_TOKENS || strcmp(tok[0], "run") != 0)
         return -1;
     r->has_bpf = atoi(tok[1]);
     r->has_cgroup = atoi(tok[2]);
-    r->nrlimits = atoi(tok[3]);
-    int argc = atoi(tok[4]), envc = atoi(tok[5]);
+    r->cpu_limit = strtod(tok[3], NULL);
+    r->wall_limit = strtod(tok[4], NULL);
+    r->nrlimits = atoi(tok[5]);
+    int argc = atoi(tok[6]), envc = atoi(tok[7]);
     if (r->nrlimits < 0 || r->nrlimits > 64 || argc < 1 || argc > MAX_ARGS || envc < 0 || envc > MAX_ARGS ||
-        7 + 3 * (size_t)r->nrlimits + argc + envc != ntok)
+        HEAD_TOKENS + 3 * (size_t)r->nrlimits + argc + envc != ntok)
         return -1;
     if (r->nfds != 3 + r->has_bpf + r->has_cgroup)
         return -1;
-    r->cwd = tok[6];
-    r->rlimits = tok + 7;
+    r->cwd = tok[8];
+    r->rlimits = tok + HEAD_TOKENS;
     static char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
-    char **a = tok + 7 + 3 * r->nrlimits;
+    char **a = tok + HEAD_TOKENS + 3 * r->nrlimits;
     memcpy(argv, a, argc * sizeof *a);
     argv[argc] = NULL;
     memcpy(envp, a + argc, envc * sizeof *a);
@@ -234,40 +381,73 @@ static int parse_run(char *buf, size_t len, struct run *r)
     return 0;
 }
 
+/* The listener the program's process sent before execve (it is queued by the time vfork returns). */
+static int take_listener(void)
+{
+    union { struct cmsghdr h; char b[CMSG_SPACE(sizeof(int))]; } anc;
+    char c;
+    struct iovec iov = {&c, 1};
+    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = anc.b, .msg_controllen = sizeof anc.b};
+    if (recvmsg(listener_pair[0], &mh, MSG_DONTWAIT | MSG_CMSG_CLOEXEC) <= 0)
+        return -1;
+    struct cmsghdr *h = CMSG_FIRSTHDR(&mh);
+    int fd = -1;
+    if (h && h->cmsg_level == SOL_SOCKET && h->cmsg_type == SCM_RIGHTS)
+        memcpy(&fd, CMSG_DATA(h), sizeof fd);
+    return fd;
+}
+
 static void start_run(struct run *r)
 {
     int err_pipe[2];
     if (pipe2(err_pipe, O_CLOEXEC) < 0) {
-        send_msg("{\"stage\":\"setup\",\"errno\":24}", -1);
+        send_msg(ctl, "{\"stage\":\"setup\",\"errno\":24}", -1);
         return;
     }
-    cpu = 0;
-    maxrss = 0;
-    main_done = 0;
-    main_status = 0;
-    main_pid = vfork();
-    if (main_pid == 0) {
+    memset(&run, 0, sizeof run);
+    cpu_set_t cpus;
+    run.cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
+    run.cpu_limit = r->cpu_limit;
+    run.wall_limit = r->wall_limit;
+    run.next_cpu_look = (run.started = now()) + r->cpu_limit / run.cores;
+    run.main_pid = vfork();
+    if (run.main_pid == 0) {
         close(err_pipe[0]);
         exec_program(r, err_pipe[1]);
     }
     close(err_pipe[1]);
+    run.listener = r->has_bpf ? take_listener() : -1;
     char buf[96] = {0};
     ssize_t n;
     while ((n = read(err_pipe[0], buf, sizeof buf - 1)) < 0 && errno == EINTR)
         ;
     close(err_pipe[0]);
-    if (main_pid < 0 || n > 0) {
+    if (run.main_pid < 0 || n > 0) {
         char stage[32] = "setup";
-        int err = main_pid < 0 ? errno : 0;
+        int err = run.main_pid < 0 ? errno : 0;
         if (n > 0)
             sscanf(buf, "%31s %d", stage, &err);
-        if (main_pid > 0)
+        if (run.main_pid > 0)
             reap(0);
+        if (run.listener >= 0)
+            close(run.listener);
         char msg[96];
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
-        send_msg(msg, -1);
-        main_pid = 0;
-        return;
+        send_msg(ctl, msg, -1);
+        run.main_pid = 0;
+    }
+}
+
+/* One request from the supervisor; the fds it carried are closed by the caller. */
+static void handle_request(char *buf, ssize_t n, struct run *r)
+{
+    if (strcmp(buf, "kill") == 0) {
+        if (run.main_pid)
+            finish_run();
+    } else if (run.main_pid == 0 && parse_run(buf, n, r) == 0) {
+        start_run(r);
+    } else {
+        send_msg(ctl, "{\"stage\":\"setup\",\"errno\":22}", -1);
     }
 }
 
@@ -279,12 +459,15 @@ int main(int argc, char **argv)
     program_uid = (uid_t)atol(argv[2]);
     program_gid = (gid_t)atol(argv[3]);
     use_setgroups = atoi(argv[4]);
+    clock_tick = sysconf(_SC_CLK_TCK);
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
     if (f) {
         if (fscanf(f, "%d", &last_cap) != 1)
             last_cap = CAP_LAST_CAP;
         fclose(f);
     }
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, listener_pair) < 0)
+        return 1;
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     sigset_t chld;
@@ -293,16 +476,29 @@ int main(int argc, char **argv)
     sigprocmask(SIG_BLOCK, &chld, NULL);
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
     static char buf[MAX_MSG];
+    run.listener = -1;
     for (;;) {
-        struct pollfd pfd[2] = {{ctl, POLLIN, 0}, {sfd, POLLIN, 0}};
-        if (poll(pfd, 2, -1) < 0 && errno != EINTR)
+        double wait = run.main_pid ? check_limits() : -1;
+        if (run.main_pid && run.limit) {
+            finish_run(); /* a limit was reached: every process is killed, collect them */
+            continue;
+        }
+        struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
+        struct pollfd pfd[3] = {{ctl, POLLIN, 0}, {sfd, POLLIN, 0}, {run.main_pid ? run.listener : -1, POLLIN, 0}};
+        if (ppoll(pfd, 3, wait < 0 ? NULL : &ts, NULL) < 0 && errno != EINTR)
             return 1;
+        if (pfd[2].revents & POLLIN)
+            violation();
+        else if (pfd[2].revents) {
+            close(run.listener); /* every process under the filter is gone */
+            run.listener = -1;
+        }
         if (pfd[1].revents) {
             struct signalfd_siginfo si;
             while (read(sfd, &si, sizeof si) > 0)
                 ;
             reap(WNOHANG);
-            if (main_pid && main_done)
+            if (run.main_pid && run.main_done)
                 finish_run();
         }
         if (!pfd[0].revents)
@@ -321,14 +517,7 @@ int main(int argc, char **argv)
                 for (int i = 0; i < k && r.nfds < MAX_FDS; i++)
                     memcpy(&r.fds[r.nfds++], CMSG_DATA(c) + i * sizeof(int), sizeof(int));
             }
-        if (strcmp(buf, "kill") == 0) {
-            if (main_pid)
-                finish_run();
-        } else if (main_pid == 0 && parse_run(buf, n, &r) == 0) {
-            start_run(&r);
-        } else {
-            send_msg("{\"stage\":\"setup\",\"errno\":22}", -1);
-        }
+        handle_request(buf, n, &r);
         for (int i = 0; i < r.nfds; i++)
             close(r.fds[i]);
     }

@@ -162,6 +162,8 @@ async def test_oversized_requests_are_refused_and_the_box_survives(box: Sandbox)
         await box.run(["echo", *["x"] * 5000])
     with pytest.raises(ConfigError, match="over the 1048576-byte limit"):
         await box.run(["echo", "y" * (2 << 20)])
+    with pytest.raises(ConfigError, match="over what the spawner's socket takes"):
+        await box.run(["echo", "y" * (500 << 10)])
     r = await box.run(["echo", *["z"] * 4000])
     assert r.stdout == b" ".join([b"z"] * 4000) + b"\n"
 

@@ -103,10 +103,19 @@ async def test_program_cannot_kill_the_supervisor_or_the_box(box: Sandbox) -> No
     assert again.stdout == b"still here\n"
 
 
-async def test_a_program_that_stops_its_parent_cannot_wedge_the_box() -> None:
+async def test_a_program_that_stops_or_kills_its_parent_cannot_wedge_the_box() -> None:
+    """In the single mapping the program may signal the spawner: box init continues it, or it is replaced."""
     async with Sandbox(idmap="single") as box:
         r = await box.run(["sh", "-c", "kill -STOP $PPID; sleep 10"], limits=Limits(wall_time=0.3))
         assert r.status is Status.WLE
+        assert r.wall_time < 0.5, "continued at once, the spawner itself enforced the limit"
+        r = await box.run(["sh", "-c", "kill -STOP $PPID; while :; do :; done"], limits=Limits(cpu_time=0.3))
+        assert r.status is Status.TLE
+        r = await box.run(["sh", "-c", "while :; do kill -STOP $PPID; done"], limits=Limits(wall_time=0.3))
+        assert r.status is Status.WLE
+        r = await box.run(["sh", "-c", "kill -KILL $PPID; sleep 10"], limits=Limits(wall_time=5))
+        assert r.status is Status.IE and "spawner died" in r.message
+        assert r.wall_time < 1
         again = await box.run(["echo", "still here"])
     assert again.stdout == b"still here\n"
 
