@@ -91,6 +91,7 @@ class Sandbox:
         self._box: Box | None = None
         self.policy = policy
         self._filters: dict[str, int] = {}
+        self._captured: tuple[int, int] | None = None
         if policy is not None:
             self._filter(policy)  # a bad policy is bad input: fail before any box is built
 
@@ -144,10 +145,18 @@ class Sandbox:
             self._filters[policy] = fd
         return self._filters[policy]
 
+    def _capture_files(self) -> tuple[int, int]:
+        """The memfds the spawner copies captured stdout and stderr into: one pair per sandbox, emptied after each run."""
+        if self._captured is None:
+            self._captured = (os.memfd_create("sbx-stdout", os.MFD_CLOEXEC),
+                              os.memfd_create("sbx-stderr", os.MFD_CLOEXEC))
+        return self._captured
+
     async def aclose(self) -> None:
-        for fd in self._filters.values():
+        for fd in (*self._filters.values(), *(self._captured or ())):
             os.close(fd)
         self._filters.clear()
+        self._captured = None
         if self._box is not None:
             box, self._box = self._box, None
             await box.aclose()
@@ -203,10 +212,12 @@ class Sandbox:
     ) -> Result:
         """Run one program to completion.
 
-        `stdin`: data to feed, an fd to hand over, or None for /dev/null.
+        `stdin`: data to read (a file holding it), an fd to hand over, or None
+        for /dev/null.
         `stdout`/`stderr`: None captures into the Result, `Relay(fd)` streams to
         fd as output comes, a plain fd is handed to the program as it is (then
-        that stream is not counted against the output limit).
+        that stream is not counted against the output limit).  When both are
+        captured the spawner collects them, with no reader task here.
         `policy`: a seccomp policy name or file for this run, None for none;
         by default the sandbox's.
         """
@@ -214,11 +225,7 @@ class Sandbox:
             async with trio.open_nursery() as nursery:
                 pending = await self._start(nursery, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
                                             stdout=stdout, stderr=stderr, policy=policy)
-                async with trio.open_nursery() as watcher:
-                    if pending.box.daemon is not None:
-                        watcher.start_soon(pending.box.watch_daemon)
-                    reply = await pending.reply()
-                    watcher.cancel_scope.cancel()
+                reply = await pending.reply()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
     async def _start(
@@ -252,23 +259,29 @@ class Sandbox:
             "rlimits": rlimits(limits, box.ids, cgroup),
             "cpu_time": limits.cpu_time,
             "wall_time": limits.wall_time,
+            "output": limits.output,
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
         filter_fd = self._filter(policy_name) if policy_name is not None else None
         req["seccomp"] = filter_fd is not None
         out = _Output(limits.output, box)
-        fds = [_stdin_fd(nursery, stdin)]
-        for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
-            if isinstance(mode, int):
-                fds.append(os.dup(mode))
-                continue
-            r, w = os.pipe2(os.O_CLOEXEC)
-            nursery.start_soon(out.pump, r, mode.fd if isinstance(mode, Relay) else None, buf)
-            fds.append(w)
+        captured = self._capture_files() if stdout is None and stderr is None else None
+        req["capture"] = captured is not None
+        fds = [_stdin_fd(stdin)]
+        if captured is not None:
+            fds += [os.dup(fd) for fd in captured]
+        else:
+            for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
+                if isinstance(mode, int):
+                    fds.append(os.dup(mode))
+                    continue
+                r, w = os.pipe2(os.O_CLOEXEC)
+                nursery.start_soon(out.pump, r, mode.fd if isinstance(mode, Relay) else None, buf)
+                fds.append(w)
         if filter_fd is not None:
             fds.append(os.dup(filter_fd))
         await box.start_run(req, fds, limits)
-        return _Pending(box, req, limits, out, policy_name, cgroup)
+        return _Pending(box, req, limits, out, policy_name, cgroup, captured)
 
 
 @dataclass(frozen=True)
@@ -286,11 +299,25 @@ class _Pending:
     out: _Output
     policy: str | None
     cgroup: bool
+    captured: tuple[int, int] | None
 
     async def reply(self) -> dict[str, Any]:
-        return await self.box.reply(self.limits.wall_time)
+        """The run's end; a box whose union filesystem daemon dies meanwhile ends it (IE)."""
+        box = self.box
+        if box.daemon is None:
+            return await box.reply(self.limits.wall_time)
+        async with trio.open_nursery() as watcher:
+            watcher.start_soon(box.watch_daemon)
+            reply = await box.reply(self.limits.wall_time)
+            watcher.cancel_scope.cancel()
+        return reply
 
     def finish(self, reply: dict[str, Any]) -> Result:
+        """Called once the pumps, if any, have drained every pipe."""
+        if self.captured is not None:
+            for fd, buf, size in zip(self.captured, (self.out.stdout, self.out.stderr), reply.get("out", (0, 0))):
+                buf += os.pread(fd, size, 0)
+                os.ftruncate(fd, 0)
         death = self.box.daemon_death()
         if death is not None:
             reply = {**(_NEVER_RAN if "exec_error" in reply else reply), "killed": death}
@@ -348,11 +375,17 @@ def _single_error() -> Iterator[None]:
         raise
 
 
-def _stdin_fd(nursery: trio.Nursery, stdin: bytes | int | None) -> int:
+def _stdin_fd(stdin: bytes | int | None) -> int:
+    """Data is given as a file (as isolate and go-judge do): no feeder task, and a program may seek or reread it."""
     if isinstance(stdin, bytes):
-        r, w = os.pipe2(os.O_CLOEXEC)
-        nursery.start_soon(_feed, w, stdin)
-        return r
+        fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
+        try:
+            _write_all(fd, stdin)
+            os.lseek(fd, 0, os.SEEK_SET)
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
     if stdin is None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
     return os.dup(stdin)
@@ -395,14 +428,6 @@ def _write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
         except BrokenPipeError:
             return
-
-
-async def _feed(fd: int, data: bytes) -> None:
-    async with trio.lowlevel.FdStream(fd) as stream:
-        try:
-            await stream.send_all(data)
-        except trio.BrokenResourceError:
-            pass  # the program exited without reading all its input: not our failure
 
 
 def _exec_failure(err: dict[str, object], req: dict[str, object]) -> Exception:

@@ -334,6 +334,7 @@ class Box:
             "cpu_time": report["cpu"],
             "wall_time": report["wall"],
             "memory_peak": report["maxrss"] * 1024,
+            "out": report["out"],
         }
 
     async def kill_run(self, reason: str) -> None:
@@ -393,7 +394,8 @@ def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
     """The spawner's request (see spawner.c): NUL-separated tokens, which C splits without a parser."""
     env = [f"{k}={v}" for k, v in req["env"].items()]
     return ["run", "1" if req["seccomp"] else "0", "1" if cgroup else "0", str(req["cpu_time"] or 0),
-            str(req["wall_time"] or 0), str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+            str(req["wall_time"] or 0), "1" if req["capture"] else "0", str(req["output"] or 0),
+            str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
             *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]
 
 

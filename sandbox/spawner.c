@@ -26,15 +26,22 @@
  *
  * usage: sbx-spawner CONTROL_FD PROGRAM_UID PROGRAM_GID SETGROUPS(0|1)
  *
+ * Captured output: with CAPTURE 1, the stdout and stderr fds of a request are
+ * files (the supervisor's memfds); the program gets pipes, and the spawner
+ * copies them into the files, ending the run (OLE) at OUTPUT_LIMIT bytes of the
+ * two together.  So a judge's run needs no reader task in the supervisor.
+ *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
- *   run HAS_BPF HAS_CGROUP CPU_LIMIT WALL_LIMIT NRLIMITS ARGC ENVC CWD (RES SOFT HARD)* ARGV* ENV*
+ *   run HAS_BPF HAS_CGROUP CPU_LIMIT WALL_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
+ *       (RES SOFT HARD)* ARGV* ENV*
  *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs]; a limit of 0 is none
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
- *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR]}
- *       the run is over, every process reaped; L is "TLE", "WLE", "SV" or null,
- *       and syscall (else null) is the first call the policy refused
+ *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B]}
+ *       the run is over, every process reaped; L is "TLE", "WLE", "SV", "OLE" or
+ *       null, syscall (else null) is the first call the policy refused, and out
+ *       the bytes captured into each file
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -64,7 +71,8 @@
 #define MAX_MSG (1 << 20)
 #define MAX_FDS 5
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
-#define HEAD_TOKENS 9 /* "run" up to CWD */
+#define HEAD_TOKENS 11 /* "run" up to CWD */
+#define CHUNK (1 << 16)
 #define MIN_CPU_SLEEP 0.0002
 
 static int ctl;
@@ -153,6 +161,8 @@ static void load_filter(int err_pipe, int bpf_fd)
 struct run {
     char *cwd;
     double cpu_limit, wall_limit;
+    int capture;
+    long long output_limit;
     int nrlimits;
     char **rlimits; /* 3 tokens each */
     char **argv;
@@ -204,6 +214,9 @@ static struct {
     double started, cpu_limit, wall_limit, next_cpu_look;
     int cores;
     int listener; /* -1 without a policy, or once every process under the filter is gone */
+    int pipe[2];  /* read ends of the captured stdout and stderr, -1 at EOF or without capture */
+    int file[2];  /* where they go */
+    long long out[2], output_limit;
     const char *limit;
     unsigned syscall_arch;
     int syscall_nr;
@@ -280,6 +293,38 @@ static double cpu_used(void)
     return used;
 }
 
+/* Copy what the program wrote on one captured stream; `drain`: until EOF (every writer is gone). */
+static void copy_output(int i, int drain)
+{
+    static char chunk[CHUNK];
+    while (run.pipe[i] >= 0) {
+        ssize_t n = read(run.pipe[i], chunk, sizeof chunk);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && errno == EAGAIN && !drain)
+            return;
+        if (n <= 0) {
+            close(run.pipe[i]);
+            run.pipe[i] = -1;
+            return;
+        }
+        long long room = run.output_limit > 0 ? run.output_limit - run.out[0] - run.out[1] : n;
+        if (n > room) {
+            n = room;
+            if (!run.limit)
+                run.limit = "OLE";
+            kill(-1, SIGKILL);
+        }
+        if (n > 0 && pwrite(run.file[i], chunk, n, run.out[i]) != n) {
+            if (!run.limit)
+                run.limit = "OLE"; /* the supervisor's file is full: no more output can be kept */
+            kill(-1, SIGKILL);
+            n = 0;
+        }
+        run.out[i] += n;
+    }
+}
+
 static void end_run(const char *why)
 {
     if (!run.limit)
@@ -335,16 +380,22 @@ static void finish_run(void)
     double wall = now() - run.started;
     kill(-1, SIGKILL);
     reap(0);
+    for (int i = 0; i < 2; i++) {
+        copy_output(i, 1);
+        if (run.file[i] >= 0)
+            close(run.file[i]);
+    }
     if (run.listener >= 0)
         close(run.listener);
     run.listener = -1;
-    char msg[256], limit[16] = "null", syscall[48] = "null";
+    char msg[320], limit[16] = "null", syscall[48] = "null";
     if (run.limit)
         snprintf(limit, sizeof limit, "\"%s\"", run.limit);
     if (run.limit && strcmp(run.limit, "SV") == 0)
         snprintf(syscall, sizeof syscall, "[%u,%d]", run.syscall_arch, run.syscall_nr);
-    snprintf(msg, sizeof msg, "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld,\"wall\":%.6f,\"limit\":%s,\"syscall\":%s}",
-             run.main_done ? run.main_status : -1, run.cpu, run.maxrss, wall, limit, syscall);
+    snprintf(msg, sizeof msg,
+             "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld,\"wall\":%.6f,\"limit\":%s,\"syscall\":%s,\"out\":[%lld,%lld]}",
+             run.main_done ? run.main_status : -1, run.cpu, run.maxrss, wall, limit, syscall, run.out[0], run.out[1]);
     send_msg(ctl, msg, -1);
     run.main_pid = 0;
 }
@@ -361,14 +412,16 @@ static int parse_run(char *buf, size_t len, struct run *r)
     r->has_cgroup = atoi(tok[2]);
     r->cpu_limit = strtod(tok[3], NULL);
     r->wall_limit = strtod(tok[4], NULL);
-    r->nrlimits = atoi(tok[5]);
-    int argc = atoi(tok[6]), envc = atoi(tok[7]);
+    r->capture = atoi(tok[5]);
+    r->output_limit = strtoll(tok[6], NULL, 10);
+    r->nrlimits = atoi(tok[7]);
+    int argc = atoi(tok[8]), envc = atoi(tok[9]);
     if (r->nrlimits < 0 || r->nrlimits > 64 || argc < 1 || argc > MAX_ARGS || envc < 0 || envc > MAX_ARGS ||
         HEAD_TOKENS + 3 * (size_t)r->nrlimits + argc + envc != ntok)
         return -1;
     if (r->nfds != 3 + r->has_bpf + r->has_cgroup)
         return -1;
-    r->cwd = tok[8];
+    r->cwd = tok[10];
     r->rlimits = tok + HEAD_TOKENS;
     static char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
     char **a = tok + HEAD_TOKENS + 3 * r->nrlimits;
@@ -397,14 +450,36 @@ static int take_listener(void)
     return fd;
 }
 
+/* With capture, the program's stdout and stderr become pipes whose read ends the spawner keeps. */
+static int capture_pipes(struct run *r)
+{
+    run.pipe[0] = run.pipe[1] = run.file[0] = run.file[1] = -1;
+    if (!r->capture)
+        return 0;
+    for (int i = 0; i < 2; i++) {
+        int p[2];
+        if (pipe2(p, O_CLOEXEC) < 0)
+            return -1;
+        fcntl(p[0], F_SETFL, O_NONBLOCK);
+        run.pipe[i] = p[0];
+        run.file[i] = r->fds[1 + i];
+        r->fds[1 + i] = p[1]; /* the caller closes the request's fds: now the write end, after vfork */
+    }
+    return 0;
+}
+
 static void start_run(struct run *r)
 {
     int err_pipe[2];
-    if (pipe2(err_pipe, O_CLOEXEC) < 0) {
+    memset(&run, 0, sizeof run);
+    if (capture_pipes(r) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0) {
+        for (int i = 0; i < 2; i++)
+            if (run.pipe[i] >= 0)
+                close(run.pipe[i]), close(run.file[i]);
         send_msg(ctl, "{\"stage\":\"setup\",\"errno\":24}", -1);
         return;
     }
-    memset(&run, 0, sizeof run);
+    run.output_limit = r->output_limit;
     cpu_set_t cpus;
     run.cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
     run.cpu_limit = r->cpu_limit;
@@ -431,6 +506,9 @@ static void start_run(struct run *r)
             reap(0);
         if (run.listener >= 0)
             close(run.listener);
+        for (int i = 0; i < 2; i++)
+            if (run.pipe[i] >= 0)
+                close(run.pipe[i]), close(run.file[i]);
         char msg[96];
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
         send_msg(ctl, msg, -1);
@@ -484,9 +562,13 @@ int main(int argc, char **argv)
             continue;
         }
         struct timespec ts = {(time_t)wait, (long)((wait - (time_t)wait) * 1e9)};
-        struct pollfd pfd[3] = {{ctl, POLLIN, 0}, {sfd, POLLIN, 0}, {run.main_pid ? run.listener : -1, POLLIN, 0}};
-        if (ppoll(pfd, 3, wait < 0 ? NULL : &ts, NULL) < 0 && errno != EINTR)
+        struct pollfd pfd[5] = {{ctl, POLLIN, 0}, {sfd, POLLIN, 0}, {run.main_pid ? run.listener : -1, POLLIN, 0},
+                                {run.main_pid ? run.pipe[0] : -1, POLLIN, 0}, {run.main_pid ? run.pipe[1] : -1, POLLIN, 0}};
+        if (ppoll(pfd, 5, wait < 0 ? NULL : &ts, NULL) < 0 && errno != EINTR)
             return 1;
+        for (int i = 0; i < 2; i++)
+            if (pfd[3 + i].revents)
+                copy_output(i, 0);
         if (pfd[2].revents & POLLIN)
             violation();
         else if (pfd[2].revents) {

@@ -112,6 +112,18 @@ async def test_stdin_bytes_and_large_output(box: Sandbox) -> None:
     assert r.stdout == data
     ignored = await box.run(["true"], stdin=data * 4)
     assert ignored.status is Status.OK
+    again = await box.run(["sh", "-c", "head -c 3; echo; cat /dev/stdin"], stdin=b"abcdef")
+    assert again.stdout == b"abc\nabcdef", "stdin data is a file: a program may reopen or reread it"
+
+
+async def test_captured_output_keeps_streams_apart_and_each_run_sees_its_own(box: Sandbox) -> None:
+    """The spawner copies both pipes into the sandbox's files; each run sees only its own output."""
+    big = await box.run(["sh", "-c", "head -c 300000 /dev/zero; echo err >&2; echo out"])
+    assert big.stdout == bytes(300000) + b"out\n" and big.stderr == b"err\n"
+    small = await box.run(["echo", "x"])
+    assert (small.stdout, small.stderr) == (b"x\n", b"")
+    silent = await box.run(["sh", "-c", "exec >&- 2>&-; sleep 0.05"])
+    assert silent.status is Status.OK and silent.stdout == b""
 
 
 async def test_exact_cpu_time_excludes_sandbox_overhead(box: Sandbox) -> None:
