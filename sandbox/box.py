@@ -45,7 +45,7 @@ _SPAWNER_GRACE = 1.0
 
 
 class Box:
-    """One live box: namespaces, root filesystem, and box init waiting for run requests."""
+    """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation) -> None:
         self.layout = layout

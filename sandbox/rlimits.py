@@ -1,6 +1,6 @@
 """How `Limits` become setrlimit calls in the program's process.
 
-Computed by the supervisor and applied verbatim by the child, so box init
+Computed by the supervisor and applied verbatim by the child, so the spawner
 holds no policy.  Each rlimit is either the limit itself or a backstop for a
 limit that is really enforced elsewhere (CPU time by the spawner).
 """
