@@ -3,7 +3,7 @@
     python bench/judge_bench.py [RUNS]      # as an unprivileged user
 
 Peers in the same run: a bare posix_spawn+waitpid of /bin/true from this
-process; a loop of bubblewrap starts with as many workers as cores; the same
+process, alternating with the pooled runs; a loop of bubblewrap starts with as many workers as cores; the same
 ping/pong programs joined by plain pipes outside any sandbox.
 """
 
@@ -42,17 +42,19 @@ def bare_spawn(n: int) -> list[float]:
     return samples
 
 
-async def pool_runs(n: int) -> list[float]:
+async def pool_runs(n: int) -> tuple[list[float], list[float]]:
+    """Pooled runs and bare spawns taken in turn: this VM's speed drifts by tens of percent within seconds."""
     async with SandboxPool(size=1, policy="strict", limits=JUDGE_LIMITS) as pool:
         async with pool.acquire() as box:
             for _ in range(20):
                 await box.run(["/bin/true"])
-            samples = []
+            pooled, bare = [], []
             for _ in range(n):
                 t = time.perf_counter()
                 await box.run(["/bin/true"])
-                samples.append(time.perf_counter() - t)
-    return samples
+                pooled.append(time.perf_counter() - t)
+                bare += bare_spawn(1)
+    return pooled, bare
 
 
 async def pool_throughput(seconds: float, workers: int) -> float:
@@ -125,8 +127,7 @@ async def sandboxed_pingpong(ping: Path, pong: Path) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     cores = len(os.sched_getaffinity(0))
-    bare = statistics.median(bare_spawn(n))
-    pooled = statistics.median(trio.run(pool_runs, n))
+    pooled, bare = (statistics.median(samples) for samples in trio.run(pool_runs, n))
     print(f"| what | result | ratio |\n|---|---:|---:|")
     print(f"| bare posix_spawn+waitpid /bin/true, median of {n} | {bare * 1000:.3f} ms | 1.00x |")
     print(f"| pooled box.run(['/bin/true']), strict policy, CPU/wall/memory limits, median of {n} "
