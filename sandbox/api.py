@@ -146,7 +146,7 @@ class Sandbox:
         return self._filters[policy]
 
     def _capture_files(self) -> tuple[int, int]:
-        """The memfds the spawner copies captured stdout and stderr into: one pair per sandbox, emptied after each run."""
+        """The memfds the spawner copies captured stdout and stderr into: one pair per sandbox, emptied per run."""
         if self._captured is None:
             self._captured = (os.memfd_create("sbx-stdout", os.MFD_CLOEXEC),
                               os.memfd_create("sbx-stderr", os.MFD_CLOEXEC))
@@ -267,7 +267,7 @@ class Sandbox:
         out = _Output(limits.output, box)
         captured = self._capture_files() if stdout is None and stderr is None else None
         req["capture"] = captured is not None
-        fds = [_stdin_fd(stdin)]
+        fds = [await _stdin_fd(stdin)]
         if captured is not None:
             fds += [os.dup(fd) for fd in captured]
         else:
@@ -315,7 +315,8 @@ class _Pending:
     def finish(self, reply: dict[str, Any]) -> Result:
         """Called once the pumps, if any, have drained every pipe."""
         if self.captured is not None:
-            for fd, buf, size in zip(self.captured, (self.out.stdout, self.out.stderr), reply.get("out", (0, 0))):
+            sizes = reply.get("out", (0, 0))
+            for fd, buf, size in zip(self.captured, (self.out.stdout, self.out.stderr), sizes, strict=True):
                 buf += os.pread(fd, size, 0)
                 os.ftruncate(fd, 0)
         death = self.box.daemon_death()
@@ -375,12 +376,18 @@ def _single_error() -> Iterator[None]:
         raise
 
 
-def _stdin_fd(stdin: bytes | int | None) -> int:
-    """Data is given as a file (as isolate and go-judge do): no feeder task, and a program may seek or reread it."""
+async def _stdin_fd(stdin: bytes | int | None) -> int:
+    """Data is given as a file (as isolate and go-judge do): no feeder task, and a program may seek or reread it.
+
+    Large data is copied in a worker thread, so other boxes' runs go on meanwhile.
+    """
     if isinstance(stdin, bytes):
         fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
         try:
-            _write_all(fd, stdin)
+            if len(stdin) > _CHUNK:
+                await trio.to_thread.run_sync(_write_all, fd, stdin)
+            else:
+                _write_all(fd, stdin)
             os.lseek(fd, 0, os.SEEK_SET)
         except BaseException:
             os.close(fd)
@@ -421,7 +428,7 @@ class _Output:
 
 
 def _write_all(fd: int, data: bytes) -> None:
-    """Blocking writes in a worker thread: the caller's fd (a terminal, a pipe) must stay in blocking mode."""
+    """Blocking writes, in a worker thread for a caller's fd (a terminal, a pipe must stay in blocking mode)."""
     view = memoryview(data)
     while view:
         try:

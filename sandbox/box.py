@@ -39,7 +39,6 @@ _NAMESPACES = (
     sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
 )
 _CLOSE_TIMEOUT = 5.0
-_CANCEL_TIMEOUT = 2.0
 _SPAWNER_GRACE = 1.0
 """How long a spawner may be late with a wall limit or a kill; one that is (a program wedged it) is replaced."""
 
@@ -304,7 +303,7 @@ class Box:
         return None
 
     async def _respawn(self) -> None:
-        """Box init kills every process of the box and starts a new spawner (a program stopped or killed the old one)."""
+        """Box init kills every process of the box and starts a new spawner (a program wedged or killed the old one)."""
         if self._spawner is not None:
             self._spawner.close()
             self._spawner = None
