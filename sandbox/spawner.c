@@ -293,6 +293,13 @@ static double cpu_used(void)
     return used;
 }
 
+static void end_run(const char *why)
+{
+    if (!run.limit)
+        run.limit = why;
+    kill(-1, SIGKILL);
+}
+
 /* Copy what the program wrote on one captured stream; `drain`: until EOF (every writer is gone). */
 static void copy_output(int i, int drain)
 {
@@ -311,25 +318,14 @@ static void copy_output(int i, int drain)
         long long room = run.output_limit > 0 ? run.output_limit - run.out[0] - run.out[1] : n;
         if (n > room) {
             n = room;
-            if (!run.limit)
-                run.limit = "OLE";
-            kill(-1, SIGKILL);
+            end_run("OLE");
         }
         if (n > 0 && pwrite(run.file[i], chunk, n, run.out[i]) != n) {
-            if (!run.limit)
-                run.limit = "OLE"; /* the supervisor's file is full: no more output can be kept */
-            kill(-1, SIGKILL);
+            end_run("OLE"); /* the supervisor's file is full: no more output can be kept */
             n = 0;
         }
         run.out[i] += n;
     }
-}
-
-static void end_run(const char *why)
-{
-    if (!run.limit)
-        run.limit = why;
-    kill(-1, SIGKILL);
 }
 
 /* Seconds until the run must be looked at again (negative: never), ending it at a limit it reached. */
