@@ -70,7 +70,7 @@ async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | Non
 
 async def asend_tokens(sock: trio.socket.SocketType, tokens: list[str], fds: list[int]) -> None:
     """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
-    data = b"\0".join(os.fsencode(t) for t in tokens) + b"\0"
+    data = os.fsencode("\0".join(tokens) + "\0")
     if len(data) > MAX_MESSAGE:
         raise ConfigError(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit (argv and environment)")
     try:
