@@ -73,6 +73,7 @@
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
 #define HEAD_TOKENS 11 /* "run" up to CWD */
 #define CHUNK (1 << 16)
+#define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
 
 static int ctl;
@@ -300,11 +301,13 @@ static void end_run(const char *why)
     kill(-1, SIGKILL);
 }
 
-/* Copy what the program wrote on one captured stream; `drain`: until EOF (every writer is gone). */
+/* Copy what the program wrote on one captured stream; `drain`: until EOF (every writer is gone).
+ * Otherwise at most COPY_ROUNDS chunks, so a program that writes without pause cannot keep the
+ * spawner from its limits. */
 static void copy_output(int i, int drain)
 {
     static char chunk[CHUNK];
-    while (run.pipe[i] >= 0) {
+    for (int rounds = 0; run.pipe[i] >= 0 && (drain || rounds < COPY_ROUNDS); rounds++) {
         ssize_t n = read(run.pipe[i], chunk, sizeof chunk);
         if (n < 0 && errno == EINTR)
             continue;

@@ -116,6 +116,13 @@ async def test_stdin_bytes_and_large_output(box: Sandbox) -> None:
     assert again.stdout == b"abc\nabcdef", "stdin data is a file: a program may reopen or reread it"
 
 
+async def test_endless_output_without_an_output_limit_still_meets_the_wall_limit(box: Sandbox) -> None:
+    """All of it is kept (no output limit), and the spawner still ends the run at its wall limit."""
+    r = await box.run(["sh", "-c", "yes | head -c 30000000; exec yes"], limits=Limits(output=None, wall_time=0.5))
+    assert r.status is Status.WLE and r.wall_time < 1.0
+    assert len(r.stdout) > 30_000_000
+
+
 async def test_captured_output_keeps_streams_apart_and_each_run_sees_its_own(box: Sandbox) -> None:
     """The spawner copies both pipes into the sandbox's files; each run sees only its own output."""
     big = await box.run(["sh", "-c", "head -c 300000 /dev/zero; echo err >&2; echo out"])
