@@ -34,11 +34,14 @@ def _ancillary(fds: list[int]) -> list[tuple[int, int, bytes]]:
     return [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
 
 
-def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
-    data = json.dumps(msg).encode()
+def _within_limit(data: bytes) -> bytes:
     if len(data) > MAX_MESSAGE:
         raise ConfigError(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit (argv and environment)")
-    return [data], _ancillary(fds)
+    return data
+
+
+def _encode(msg: Message, fds: list[int]) -> tuple[list[bytes], list[tuple[int, int, bytes]]]:
+    return [_within_limit(json.dumps(msg).encode())], _ancillary(fds)
 
 
 def _decode(data: bytes | bytearray, ancdata: list[tuple[int, int, bytes]], flags: int) -> tuple[Message, list[int]]:
@@ -70,9 +73,7 @@ async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | Non
 
 async def asend_tokens(sock: trio.socket.SocketType, tokens: list[str], fds: list[int]) -> None:
     """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
-    data = os.fsencode("\0".join(tokens) + "\0")
-    if len(data) > MAX_MESSAGE:
-        raise ConfigError(f"request of {len(data)} bytes is over the {MAX_MESSAGE}-byte limit (argv and environment)")
+    data = _within_limit(os.fsencode("\0".join(tokens) + "\0"))
     try:
         await sock.sendmsg([data], _ancillary(fds))
     except OSError as e:

@@ -467,14 +467,20 @@ static int capture_pipes(struct run *r)
     return 0;
 }
 
+/* A run that did not start: its capture pipes and files are not needed. */
+static void drop_capture(void)
+{
+    for (int i = 0; i < 2; i++)
+        if (run.pipe[i] >= 0)
+            close(run.pipe[i]), close(run.file[i]);
+}
+
 static void start_run(struct run *r)
 {
     int err_pipe[2];
     memset(&run, 0, sizeof run);
     if (capture_pipes(r) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0) {
-        for (int i = 0; i < 2; i++)
-            if (run.pipe[i] >= 0)
-                close(run.pipe[i]), close(run.file[i]);
+        drop_capture();
         send_msg(ctl, "{\"stage\":\"setup\",\"errno\":24}", -1);
         return;
     }
@@ -489,8 +495,9 @@ static void start_run(struct run *r)
         close(err_pipe[0]);
         exec_program(r, err_pipe[1]);
     }
+    int fork_err = errno;
     close(err_pipe[1]);
-    run.listener = r->has_bpf ? take_listener() : -1;
+    run.listener = r->has_bpf && run.main_pid > 0 ? take_listener() : -1;
     char buf[96] = {0};
     ssize_t n;
     while ((n = read(err_pipe[0], buf, sizeof buf - 1)) < 0 && errno == EINTR)
@@ -498,16 +505,14 @@ static void start_run(struct run *r)
     close(err_pipe[0]);
     if (run.main_pid < 0 || n > 0) {
         char stage[32] = "setup";
-        int err = run.main_pid < 0 ? errno : 0;
+        int err = run.main_pid < 0 ? fork_err : 0;
         if (n > 0)
             sscanf(buf, "%31s %d", stage, &err);
         if (run.main_pid > 0)
             reap(0);
         if (run.listener >= 0)
             close(run.listener);
-        for (int i = 0; i < 2; i++)
-            if (run.pipe[i] >= 0)
-                close(run.pipe[i]), close(run.file[i]);
+        drop_capture();
         char msg[96];
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
         send_msg(ctl, msg, -1);
