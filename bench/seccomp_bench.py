@@ -25,12 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from sandbox import seccomp as sbx_seccomp
+from sandbox import syscalls
+from sandbox.policy import load_policy
 
-from sandbox import seccomp as sbx_seccomp  # noqa: E402
-from sandbox import syscalls  # noqa: E402
-from sandbox.policy import load_policy  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def run_once(bpf: bytes | None, argv: list[str]) -> tuple[float, float]:

@@ -1,8 +1,7 @@
 """sbx's union filesystem: read-only lowers merged under a writable upper, over FUSE.
 
 The names are imported on first use: pyfuse3 must not be loaded before the
-daemon has put its libfuse shim in place (see libfuse.py), and the sandbox
-imports the small helpers here (cbuild) without wanting pyfuse3 at all.
+daemon has put its libfuse shim in place (see libfuse.py).
 """
 
 import importlib

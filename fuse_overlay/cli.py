@@ -5,6 +5,7 @@ only once the mount is ready (or failed), so scripts may use the
 mountpoint as soon as the command returns.
 """
 
+import importlib.metadata
 import logging
 import os
 import re
@@ -104,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE)
         return 0
     if any(a in ("-V", "--version") for a in argv):
-        print(f"{PROG} 0.1")
+        print(f"{PROG} {importlib.metadata.version('sbx')}")
         return 0
     try:
         opts, mountpoint, foreground, debug = _parse_argv(argv)

@@ -1,35 +1,21 @@
 """pyfuse3, loaded after the libfuse shim (shim.c) so that its session goes through it.
 
-Every module here imports pyfuse3 from this one.  The shim is built on first
-use like the spawner; where it cannot be built or loaded (no compiler or no
-libfuse3 headers), or pyfuse3 was loaded before this module, the daemon
-still works, with open and opendir requests (see `noopen_active`) and
-every request answered in Python.
+Every module here imports pyfuse3 from this one.  The shim is compiled when
+the wheel is built (setup.py) and ships inside this package; where it cannot
+be loaded, or pyfuse3 was loaded before this module, the daemon still works,
+with open and opendir requests (see `noopen_active`) and every request
+answered in Python.
 """
 
 import ctypes
+import importlib.resources
 import logging
 import os
-import shutil
-import subprocess
 import sys
-from pathlib import Path
-
-from .cbuild import BuildError, build_cached
 
 log = logging.getLogger(__name__)
 
-SOURCE = Path(__file__).with_name("shim.c")
-
-
-def _cflags() -> list[str]:
-    """Debian's header path, or pkg-config's answer where that is not it (a subprocess each daemon start)."""
-    include = ["-I/usr/include/fuse3"]
-    if not os.path.exists("/usr/include/fuse3/fuse_lowlevel.h") and shutil.which("pkg-config"):
-        proc = subprocess.run(["pkg-config", "--cflags", "fuse3"], capture_output=True, text=True)
-        if proc.returncode == 0:
-            include = proc.stdout.split()
-    return ["-O2", "-shared", "-fPIC", *include, "-ldl"]
+SHIM = str(importlib.resources.files(__package__).joinpath("_bin/sbx-fuse-shim.so"))
 
 
 def _load() -> ctypes.CDLL | None:
@@ -37,10 +23,9 @@ def _load() -> ctypes.CDLL | None:
         log.warning("pyfuse3 was loaded before fuse_overlay: serving with open requests")
         return None
     try:
-        path = build_cached(SOURCE, "sbx-fuse-shim", _cflags(), "libfuse shim")
-        return ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
-    except (BuildError, OSError) as exc:
-        log.warning("serving with open requests: %s", exc)
+        return ctypes.CDLL(SHIM, mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+    except OSError as exc:
+        log.warning("serving with open requests: the libfuse shim cannot be loaded: %s", exc)
         return None
 
 

@@ -32,7 +32,7 @@ from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
 from .limits import Limits
 from .mounts import Layout
-from .spawner import spawner_binary
+from .shipped import SPAWNER, shipped
 from .userns import IdMap, write_single_map
 
 _NAMESPACES = (
@@ -64,7 +64,7 @@ class Box:
         self._busy = False
 
     async def start(self) -> None:
-        spawner = spawner_binary()
+        spawner = str(shipped(SPAWNER, "the spawner"))
         cgroup_fd = -1
         if self._delegation.base is not None:
             try:

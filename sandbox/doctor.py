@@ -7,12 +7,14 @@ lie: a kernel may list user namespaces yet deny them through an LSM.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import shutil
 import tempfile
 from typing import Any
 
+from . import shipped
 from . import syscalls as sc
 from .cgroups import inspect, systemd_unreachable
 from .userns import IdMap, detect, write_single_map
@@ -73,13 +75,26 @@ def _seccomp() -> dict[str, Any]:
     return {"ok": ok, "detail": " ".join(actions)}
 
 
+def _installation() -> dict[str, Any]:
+    """The wheel's own parts: the spawner, the policies and libseccomp (through pyseccomp)."""
+    problems = shipped.problems()
+    try:
+        import pyseccomp  # noqa: F401 - importing it loads libseccomp.so.2
+    except (ImportError, OSError) as e:
+        problems.append(f"libseccomp cannot be loaded through pyseccomp: {e}")
+    version = importlib.metadata.version("sbx")
+    return {"ok": not problems, "detail": "; ".join(problems) or f"sbx {version}, spawner and policies in {shipped.POLICY_DIR.parent}"}
+
+
 def report() -> dict[str, Any]:
     userns = _in_child(_userns_probe)
     ids = detect("auto")
     fuse_ok = os.access("/dev/fuse", os.R_OK | os.W_OK)
     overlay = _in_child(_overlay_probe) if userns is None else "no user namespaces"
     cgroup = _cgroup_v2()
+    installation = _installation()
     return {
+        "installation": installation,
         "kernel": {"ok": True, "detail": platform.release()},
         "user_namespaces": {"ok": userns is None, "detail": userns or "unprivileged user namespaces work"},
         "uid_mapping": {"ok": ids.mode == "range", "detail": ids.describe()},
@@ -89,7 +104,7 @@ def report() -> dict[str, Any]:
         "cgroup_v2": cgroup,
         "seccomp": _seccomp(),
         "will_use": {
-            "ok": userns is None,
+            "ok": userns is None and installation["ok"],
             "detail": (
                 f"uid map {ids.mode}; root: host system dirs read-only + tmpfs /box, or with --lower the union "
                 f"by {'sbx-overlayfs (FUSE)' if fuse_ok else 'kernel overlayfs'}; seccomp policy 'default'; "

@@ -29,21 +29,8 @@ from functools import cached_property
 from pathlib import Path
 
 from .errors import ConfigError
+from .shipped import POLICY_DIR, shipped
 
-
-
-def _policy_dir() -> Path:
-    """`policies/` beside the package (a checkout or an editable install), else where a wheel puts it."""
-    import sys
-
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "policies", Path(sys.prefix) / "share" / "sbx" / "policies"):
-        if candidate.is_dir():
-            return candidate
-    return here.parent / "policies"
-
-
-POLICY_DIR = _policy_dir()
 U64 = (1 << 64) - 1
 ACTIONS = ("allow", "errno", "kill")
 
@@ -278,7 +265,7 @@ def _in_multiline_value(lines: list[str], i: int) -> bool:
 
 
 def _syscall_known(name: str) -> bool:
-    import seccomp
+    import pyseccomp as seccomp
 
     try:
         return seccomp.resolve_syscall(seccomp.Arch.NATIVE, name) >= 0
@@ -468,9 +455,7 @@ def _show(v: int) -> str:
 
 def available_policies() -> list[str]:
     """Names of the shipped policies."""
-    if not POLICY_DIR.is_dir():
-        return []
-    return sorted(p.stem for p in POLICY_DIR.glob("*.toml") if not p.stem.startswith("_"))
+    return sorted(p.stem for p in shipped(POLICY_DIR, "the shipped policies").glob("*.toml") if not p.stem.startswith("_"))
 
 
 def _is_path(ref: str) -> bool:

@@ -16,29 +16,25 @@ argument space, each region a conjunction of masked-equal tests, one per
 argument (a "cube"); ranges become aligned power-of-two blocks.  Disjoint rules
 mean libseccomp's order cannot matter.
 
-The compiled program is cached by content hash of the policy's meaning (not
-its file), the libseccomp version and this compiler's version: in memory, and
-on disk under $XDG_CACHE_HOME/sbx/seccomp/ (written atomically, checksummed; a
-corrupt entry is recompiled).
+The compiled program is kept in memory for the life of the process, keyed by
+the policy's meaning (not its file).  It is never
+kept on disk: a filter read back from a cache directory would decide what an
+untrusted program may call on the word of whoever can write that directory.
+Compiling costs 20-75 ms once per policy and process (the shipped policies).
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import struct
 import tempfile
 import threading
 from dataclasses import dataclass
-from pathlib import Path
 
-from fuse_overlay.cbuild import cache_dir
+import pyseccomp as seccomp
 
 from .policy import U64, Action, Policy, PolicyError
 
-FORMAT = 1  # bump when the compilation changes, so old cache entries are not used
 OPTIMIZE = 2  # libseccomp: 2 = binary tree over syscall numbers, 1 = rules in priority order
-_MAGIC = b"SBXBPF1\n"
 _MAX_TERMS = 4096  # per syscall; a policy beyond that is refused, not compiled slowly
 
 Cube = tuple[int, int]  # (mask, value): the argument matches when arg & mask == value
@@ -52,7 +48,7 @@ class CompiledPolicy:
     name: str
     bpf: bytes  # sock_filter instructions, 8 bytes each, for syscalls.seccomp_set_filter
     reports: bool  # whether some action is NOTIFY, so a listener must be created and watched
-    digest: str  # the cache key
+    digest: str  # the policy's meaning (Policy.digest)
 
     @property
     def instructions(self) -> int:
@@ -237,9 +233,7 @@ def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
 # --- libseccomp ------------------------------------------------------------------------------------
 
 
-def _scmp_action(action: Action):
-    import seccomp
-
+def _scmp_action(action: Action) -> int:
     if action.kind == "allow":
         return seccomp.ALLOW
     if action.kind == "kill":
@@ -248,8 +242,6 @@ def _scmp_action(action: Action):
 
 
 def _build(policy: Policy) -> bytes:
-    import seccomp
-
     f = seccomp.SyscallFilter(_scmp_action(policy.default))
     f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.NOTIFY)
     f.set_attr(seccomp.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself
@@ -280,82 +272,21 @@ def _build(policy: Policy) -> bytes:
     return bpf
 
 
-def _libseccomp_version() -> str:
-    try:
-        import ctypes
-
-        lib = ctypes.CDLL("libseccomp.so.2")
-        lib.seccomp_version.restype = ctypes.POINTER(ctypes.c_uint * 3)
-        return ".".join(map(str, lib.seccomp_version().contents))
-    except (OSError, AttributeError):
-        return "unknown"
-
-
-# --- cache -----------------------------------------------------------------------------------------
+# --- the in-memory cache ---------------------------------------------------------------------------
 
 
 _memory: dict[str, CompiledPolicy] = {}
 _lock = threading.Lock()
-_version: str | None = None
-
-
-def cache_key(policy: Policy) -> str:
-    global _version
-    if _version is None:
-        _version = _libseccomp_version()
-    import platform
-
-    material = f"sbx-seccomp {FORMAT} libseccomp {_version} {platform.machine()}\n{policy.digest}"
-    return hashlib.sha256(material.encode()).hexdigest()
-
-
-def _read_entry(path: Path) -> bytes | None:
-    try:
-        data = path.read_bytes()
-    except OSError:
-        return None
-    head = len(_MAGIC) + 32
-    if len(data) <= head or not data.startswith(_MAGIC):
-        return None
-    digest, bpf = data[len(_MAGIC):head], data[head:]
-    if hashlib.sha256(bpf).digest() != digest or len(bpf) % 8:
-        return None
-    return bpf
-
-
-def _write_entry(path: Path, bpf: bytes) -> bool:
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".bpf")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_MAGIC + hashlib.sha256(bpf).digest() + bpf)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
-    except OSError:
-        return False
-    return True
 
 
 def compile(policy: Policy) -> CompiledPolicy:  # noqa: A001 - the public name the launcher calls
-    """The policy's BPF program: from memory, else from the disk cache, else compiled (and cached)."""
-    key = cache_key(policy)
+    """The policy's BPF program: from memory, else compiled (and kept)."""
+    key = policy.digest
     with _lock:
         hit = _memory.get(key)
         if hit is not None:
             return hit if hit.name == policy.name else _renamed(hit, policy.name)
-        path = cache_dir() / "seccomp" / f"{key}.bpf"
-        bpf = _read_entry(path)
-        if bpf is None:
-            bpf = _build(policy)
-            _write_entry(path, bpf)  # a cache that cannot be written only costs a compilation next time
+        bpf = _build(policy)
         compiled = CompiledPolicy(policy.name, bpf, reports=_has_notify(bpf), digest=key)
         _memory[key] = compiled
         return compiled

@@ -68,14 +68,14 @@ class Notification:
 
 
 def native_arch() -> str:
-    import seccomp
+    import pyseccomp as seccomp
 
     return _ARCH_NAMES.get(int(seccomp.system_arch()) & 0xFFFFFFFF, "native")
 
 
 def syscall_name(audit_arch: int, nr: int) -> tuple[str, str]:
     """(ABI name, syscall name) for a raw seccomp_data arch and nr."""
-    import seccomp
+    import pyseccomp as seccomp
 
     audit_arch &= 0xFFFFFFFF
     if audit_arch == AUDIT_ARCH_X86_64 and nr & X32_SYSCALL_BIT:

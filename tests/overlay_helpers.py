@@ -29,7 +29,6 @@ from typing import Any
 
 from sandbox.userns import detect
 
-REPO = Path(__file__).resolve().parent.parent
 PY = sys.executable
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUSER = 0x10000000
@@ -46,7 +45,6 @@ SUBGID_BASE, SUBGID_COUNT = _IDS.subgid or (100000, 65536)
 
 def child_env() -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     return env
 

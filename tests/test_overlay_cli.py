@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from overlay_helpers import PY, REPO, NsWorker, child_env
+from overlay_helpers import PY, NsWorker, child_env
 
 from fuse_overlay import ConfigError, CorruptUpperError, UnionFS
 
@@ -159,7 +159,7 @@ def test_python_api_serves_a_premounted_fd(dirs: dict[str, Path]) -> None:
                          uid_map=IdMap.single({os.getuid()}, 0), gid_map=IdMap.single({os.getgid()}, 0))
             trio.run(serve_fd, fs, {fd})
         """)
-        daemon = subprocess.Popen([PY, "-c", script], pass_fds=[fd], env=child_env(), cwd=REPO)
+        daemon = subprocess.Popen([PY, "-c", script], pass_fds=[fd], env=child_env(), cwd=dirs["work"].parent)
         os.close(fd)
         assert worker.call("read", str(dirs["mnt"] / "file")) == b"lower data"
         st = worker.call("stat", str(dirs["mnt"] / "file"))

@@ -7,7 +7,7 @@ import errno
 from pathlib import Path
 
 import pytest
-import seccomp as libseccomp
+import pyseccomp as libseccomp
 from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
@@ -21,12 +21,6 @@ from sandbox.seccomp import _build, syscall_regions
 SHIPPED = ["compile", "default", "permissive", "strict"]
 X86_64 = 0xC000003E
 I386 = 0x40000003
-
-
-@pytest.fixture(autouse=True)
-def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """`sbx policy show/check` compile, and the cache must land in the test's own directory."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:

@@ -32,17 +32,8 @@ def programs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def bpf(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
-    cache = tmp_path_factory.mktemp("cache")
-    old = os.environ.get("XDG_CACHE_HOME")
-    os.environ["XDG_CACHE_HOME"] = str(cache)
-    try:
-        return {name: compile(load_policy(name)).bpf for name in SHIPPED}
-    finally:
-        if old is None:
-            del os.environ["XDG_CACHE_HOME"]
-        else:
-            os.environ["XDG_CACHE_HOME"] = old
+def bpf() -> dict[str, bytes]:
+    return {name: compile(load_policy(name)).bpf for name in SHIPPED}
 
 
 # --- every blocked item is named, under every shipped policy -----------------------------------------
@@ -264,14 +255,15 @@ def test_javac_under_compile_and_java_under_default_and_strict(bpf, tmp_path: Pa
 
 @pytest.fixture
 def fresh_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty per-user cache directory, and nothing compiled in memory yet."""
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     sbx_seccomp.clear_memory_cache()
-    yield tmp_path / "xdg" / "sbx" / "seccomp"
+    yield tmp_path
     sbx_seccomp.clear_memory_cache()
 
 
-def test_compile_once_then_from_memory_then_from_disk(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_once_then_from_memory_and_never_from_disk(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     builds = []
     real = sbx_seccomp._build
     monkeypatch.setattr(sbx_seccomp, "_build", lambda p: builds.append(p.name) or real(p))
@@ -280,12 +272,10 @@ def test_compile_once_then_from_memory_then_from_disk(fresh_cache: Path, monkeyp
     assert len(first.bpf) % 8 == 0 and first.instructions == len(first.bpf) // 8
     assert builds == ["strict"]
     assert compile(load_policy("strict")) is first  # memory
-    files = list(fresh_cache.iterdir())
-    assert [f.name for f in files] == [f"{first.digest}.bpf"]
-    assert oct(fresh_cache.stat().st_mode & 0o777) == "0o700"
+    assert list(fresh_cache.iterdir()) == []  # no cache directory: a filter is never read back from disk
     sbx_seccomp.clear_memory_cache()
-    again = compile(load_policy("strict"))  # disk
-    assert builds == ["strict"] and again.bpf == first.bpf
+    again = compile(load_policy("strict"))
+    assert builds == ["strict", "strict"] and again.bpf == first.bpf
 
 
 def test_cache_key_is_the_policy_meaning_not_its_file(fresh_cache: Path, tmp_path: Path) -> None:
@@ -298,38 +288,3 @@ def test_cache_key_is_the_policy_meaning_not_its_file(fresh_cache: Path, tmp_pat
     c = tmp_path / "c.toml"
     c.write_text('inherit = "strict"\nallow = ["syncfs", "sync"]\n')
     assert compile(load_policy(str(c))).digest != ca.digest
-
-
-@pytest.mark.parametrize("damage", ["truncate", "flip", "empty", "garbage"])
-def test_corrupt_cache_entry_is_recompiled(fresh_cache: Path, monkeypatch: pytest.MonkeyPatch, damage: str) -> None:
-    good = compile(load_policy("default"))
-    entry = fresh_cache / f"{good.digest}.bpf"
-    data = entry.read_bytes()
-    entry.write_bytes({"truncate": data[:-5], "flip": data[:-1] + bytes([data[-1] ^ 1]), "empty": b"",
-                       "garbage": b"\0" * 64}[damage])
-    sbx_seccomp.clear_memory_cache()
-    builds = []
-    real = sbx_seccomp._build
-    monkeypatch.setattr(sbx_seccomp, "_build", lambda p: builds.append(p.name) or real(p))
-    again = compile(load_policy("default"))
-    assert builds == ["default"] and again.bpf == good.bpf
-    assert entry.read_bytes() == data  # rewritten whole
-
-
-def test_unwritable_cache_still_compiles(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    blocker = tmp_path / "not-a-directory"
-    blocker.write_text("")  # the cache directory cannot be made below a file, not even by root
-    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))
-    sbx_seccomp.clear_memory_cache()
-    try:
-        c = compile(load_policy("permissive"))
-        assert c.instructions > 50 and blocker.read_text() == ""
-    finally:
-        sbx_seccomp.clear_memory_cache()
-
-
-def test_no_temporary_files_left_in_the_cache(fresh_cache: Path) -> None:
-    for name in SHIPPED:
-        compile(load_policy(name))
-    names = sorted(f.name for f in fresh_cache.iterdir())
-    assert len(names) == 4 and all(n.endswith(".bpf") and not n.startswith(".tmp") for n in names)

@@ -1,0 +1,42 @@
+"""What the wheel ships inside the package: the spawner, built by setup.py, and the shipped policies.
+
+They are found next to the installed code, never in a cache or on PATH, so
+nothing at run time compiles, and nothing writable by someone else decides
+what runs as the spawner.  A source tree that was never built has neither:
+that is said in one line rather than as an empty policy list.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+from pathlib import Path
+
+from .errors import SetupError
+
+
+def _package_path(name: str) -> Path:
+    # an installed wheel is unpacked on disk, so the package's resources are real paths
+    return Path(str(importlib.resources.files(__package__).joinpath(name)))
+
+
+SPAWNER = _package_path("_bin/sbx-spawner")
+POLICY_DIR = _package_path("policies")
+
+
+def shipped(path: Path, what: str) -> Path:
+    """PATH, or a SetupError saying that sbx was not installed from its wheel."""
+    if not path.exists():
+        raise SetupError(f"{what}: not found at {path}; install sbx with pip (pip install . builds it), "
+                         f"rather than running it from a source tree")
+    return path
+
+
+def problems() -> list[str]:
+    """What is missing from this installation (for `sbx check`)."""
+    out = []
+    for path, what in ((SPAWNER, "the spawner"), (POLICY_DIR, "the shipped policies")):
+        try:
+            shipped(path, what)
+        except SetupError as e:
+            out.append(str(e))
+    return out

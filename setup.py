@@ -1,0 +1,74 @@
+"""Build sbx's C parts and package data into the wheel, so nothing compiles at run time.
+
+- `sandbox/spawner.c` becomes `sandbox/_bin/sbx-spawner`, a static executable
+  (box init execs it inside the box, where the host's libraries may not be).
+- `fuse_overlay/shim.c` becomes `fuse_overlay/_bin/sbx-fuse-shim.so`, loaded
+  by the FUSE daemon before pyfuse3.
+- `policies/*.toml` (top level, where a reader looks for them) become
+  `sandbox/policies/`, read with importlib.resources.
+
+A build without a C compiler, libc's static archive or the libfuse3 headers
+fails here, naming what is missing, rather than producing a wheel that
+cannot run.  Everything else is in pyproject.toml.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from setuptools import Distribution, setup
+from setuptools.command.build_py import build_py
+
+HERE = Path(__file__).resolve().parent
+
+
+def _compiler() -> list[str]:
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise SystemExit("sbx build: no C compiler (install gcc and libc6-dev)")
+    return shlex.split(cc)
+
+
+def _fuse_cflags() -> list[str]:
+    try:
+        out = subprocess.run(["pkg-config", "--cflags", "fuse3"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        raise SystemExit("sbx build: pkg-config cannot find fuse3 (install pkg-config and libfuse3-dev)") from None
+    return shlex.split(out)
+
+
+def _compile(args: list[str], what: str) -> None:
+    proc = subprocess.run([*_compiler(), *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(f"sbx build: compiling the {what} failed:\n{proc.stderr}")
+
+
+class BuildWithC(build_py):
+    def run(self) -> None:
+        super().run()
+        out = Path(self.build_lib)
+        spawner = out / "sandbox" / "_bin" / "sbx-spawner"
+        shim = out / "fuse_overlay" / "_bin" / "sbx-fuse-shim.so"
+        for target in (spawner, shim):
+            target.parent.mkdir(parents=True, exist_ok=True)
+        _compile(["-O2", "-static", "-s", "-o", str(spawner), str(HERE / "sandbox" / "spawner.c")], "spawner")
+        _compile(["-O2", "-shared", "-fPIC", *_fuse_cflags(), "-o", str(shim), str(HERE / "fuse_overlay" / "shim.c"),
+                  "-ldl"], "libfuse shim")
+        policies = out / "sandbox" / "policies"
+        policies.mkdir(parents=True, exist_ok=True)
+        for src in sorted((HERE / "policies").glob("*.toml")):
+            shutil.copyfile(src, policies / src.name)
+
+
+class BinaryDistribution(Distribution):
+    """The wheel carries machine code: tag it for this platform, not as pure Python."""
+
+    def has_ext_modules(self) -> bool:
+        return True
+
+
+setup(cmdclass={"build_py": BuildWithC}, distclass=BinaryDistribution)
