@@ -87,8 +87,9 @@ def test_check_reports_every_mechanism() -> None:
     r = sbx("check", "--json")
     assert r.returncode == 0
     rep = json.loads(r.stdout)
-    assert set(rep) == {"kernel", "user_namespaces", "uid_mapping", "newuidmap", "fuse", "kernel_overlayfs",
-                        "cgroup_v2", "seccomp", "will_use"}
+    assert set(rep) == {"installation", "kernel", "user_namespaces", "uid_mapping", "newuidmap", "fuse",
+                        "kernel_overlayfs", "cgroup_v2", "seccomp", "will_use"}
+    assert rep["installation"]["ok"] is True
     assert rep["user_namespaces"]["ok"] is True
     assert rep["uid_mapping"]["detail"].startswith("range:")
     table = sbx("check").stdout.decode()
