@@ -80,10 +80,10 @@ def _installation() -> dict[str, Any]:
     problems = shipped.problems()
     try:
         import pyseccomp  # noqa: F401 - importing it loads libseccomp.so.2
-    except (ImportError, OSError) as e:
+    except (ImportError, OSError, AttributeError) as e:  # pyseccomp without libseccomp.so.2 fails late
         problems.append(f"libseccomp cannot be loaded through pyseccomp: {e}")
-    version = importlib.metadata.version("sbx")
-    return {"ok": not problems, "detail": "; ".join(problems) or f"sbx {version}, spawner and policies in {shipped.POLICY_DIR.parent}"}
+    where = f"sbx {importlib.metadata.version('sbx')}, spawner and policies in {shipped.POLICY_DIR.parent}"
+    return {"ok": not problems, "detail": "; ".join(problems) or where}
 
 
 def report() -> dict[str, Any]:
