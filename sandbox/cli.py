@@ -2,33 +2,97 @@
 
 Every failure of the sandbox itself is one line on stderr and exit status
 125; a program that cannot be executed gets 126/127 as from a shell; else
-the program's own status, or 128+N for signal N.
+the program's own status, or 128+N for signal N.  A run that does not end
+OK is explained in one line after the program's own output.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import json
 import os
+import secrets
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
-from . import doctor, policy_cli
+from . import boxfiles, doctor, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
-from .errors import ConfigError, SandboxError
+from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
-from .mounts import WORK_DIR, parse_bind, check_box_path
-from .result import Result
+from .mounts import WORK_DIR, Bind, parse_bind, check_box_path
+from .result import Result, Status
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors (exit 125), and no abbreviated options.
+
+    argparse would take `--tim` as `--time`; a script relying on that breaks
+    the day another option starts the same way, so a near miss is refused
+    with the nearest real name suggested instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.option_names: list[str] = []
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.option_names += action.option_strings
+        return action
+
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """Each (sub)command refuses what it does not know itself, so the suggestion comes from its own options."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            word = extras[0]
+            if not word.startswith("-"):
+                raise ConfigError(f"unrecognized argument {word}")
+            raise ConfigError(_unrecognized("option", word.partition("=")[0], self.option_names))
+        return parsed, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # the only choices here are subcommands: name the nearest one
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(_unrecognized("command", value, list(action.choices)))
+        super()._check_value(action, value)
+
+
+def _unrecognized(kind: str, word: str, known: list[str]) -> str:
+    near = difflib.get_close_matches(word, known, n=1)
+    return f"unrecognized {kind} {word}" + (f" (did you mean {near[0]}?)" if near else "")
+
+
+def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:
+    """A missing subcommand is checked after parsing (not by argparse's `required`), so that in
+    `sbx --verison` the unknown option is what gets reported, with its suggestion."""
+    def fail(args: argparse.Namespace) -> NoReturn:
+        raise ConfigError(f"no command given (one of {', '.join(choices)})")
+    return fail
+
+
+class _Version(argparse.Action):
+    """`sbx --version`: read from the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print sbx's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"sbx {version('sbx')}")
+        parser.exit()
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -40,9 +104,19 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sbx", description="Run untrusted programs in a rootless sandbox.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser.set_defaults(func=_no_command(sub.choices))
 
-    run = sub.add_parser("run", help="run one program in a fresh box")
+    run = sub.add_parser(
+        "run", help="run one program in a fresh box",
+        description="Run PROG in a fresh box. The box sees only the host's /usr, /bin, /sbin, /lib* and the parts "
+                    "of /etc a toolchain needs; /box (the working directory), /tmp and /dev/shm start empty. "
+                    "Give it more with --ro-bind, --bind or --copy-in.",
+        epilog="Exit status: the program's own, 128+N when it was killed by signal N, 126/127 when it is not "
+               "executable / not found, 125 when the sandbox could not be set up or a --copy-in or --copy-out "
+               "failed. A run that does not end OK is explained in one line on stderr after the program's "
+               "own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
     run.add_argument("--policy", default="default", metavar="NAME|FILE",
                      help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
     run.add_argument("--time", metavar="S", help="CPU time limit in seconds, summed over all processes")
@@ -51,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
-    run.add_argument("--disk", metavar="SIZE", help="size of the writable /box, /tmp, /dev/shm (default 256M)")
+    run.add_argument("--disk", metavar="SIZE",
+                     help="size of the writable /box, /tmp, /dev/shm together (default 256M); also the most that "
+                          "all --copy-out files together may bring back")
     run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
                      help="a read-only layer of the root (repeatable, top first): the layers are the whole root")
@@ -59,16 +135,32 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or FUSE when "
                           "/dev/fuse is usable (default)")
     run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
-    run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]", help="writable bind mount")
-    run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]", help="read-only bind mount")
+    run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="writable bind mount of a host path (DST defaults to SRC); with a subuid range the "
+                          "program writes as its own uid, so SRC must be writable by others")
+    run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="read-only bind mount of a host path (DST defaults to SRC)")
     run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="an empty writable tmpfs")
+    run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
+                     help="copy the host file SRC to DST in the box before the run (repeatable; DST relative to "
+                          "/box or absolute under /box, /tmp or /dev/shm; owned by the program; regular files "
+                          "only, not directories)")
+    run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
+                     help="after the run, even a failed one, copy the box file SRC (as for --copy-in) to the host "
+                          "path DST or into the directory DST (repeatable). It arrives owned by you, mode 644 or "
+                          "755; DST is replaced, never written through a symlink, and symlinks in the box are "
+                          "never followed. Regular files only, not directories")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
-    run.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="environment variable (the box starts with only PATH, HOME and LANG)")
     run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
     run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin")
-    run.add_argument("--json", metavar="FILE|-", help="write the result record as JSON")
+    run.add_argument("--json", metavar="FILE|-",
+                     help="write the result record as JSON, for every run attempted (also one whose program "
+                          "could not be started or whose box could not be set up)")
+    run.add_argument("--quiet", action="store_true", help="do not explain a run that did not end OK on stderr")
     run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]")
     run.set_defaults(func=_cmd_run)
 
@@ -83,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.set_defaults(func=_cmd_judge)
 
     policy = sub.add_parser("policy", help="the seccomp policies")
-    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)
+    policy.set_defaults(func=_no_command(psub.choices))
     psub.add_parser("list", help="the shipped policies").set_defaults(func=lambda a: _print(policy_cli.list_policies()))
     show = psub.add_parser("show", help="what a policy allows and blocks")
     show.add_argument("name", metavar="NAME|FILE")
@@ -116,13 +209,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("run: no program given (usage: sbx run [OPTIONS] -- PROG [ARG...])")
     if argv[0].startswith("-"):
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
-    limits = _limits(args)
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
+    disk = parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK
     sandbox = Sandbox(
-        limits=limits,
+        limits=_limits(args),
         binds=binds,
         tmpfs=args.tmpfs,
-        disk=parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK,
+        disk=disk,
         inodes=parse_count(args.inodes, "--inodes") if args.inodes else Sandbox.DEFAULT_INODES,
         net=args.net,
         idmap=args.idmap,
@@ -133,14 +226,194 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upper=args.upper,
         fs=args.fs,
     )
+    plan = _Plan(argv, args.quiet, binds, [_copy_in(spec) for spec in args.copy_in],
+                 [_copy_out(spec) for spec in args.copy_out], copy_out_budget=disk)
     stdin = _open_stdin(args.stdin)
     try:
-        result = trio.run(_run_once, sandbox, argv, stdin)
+        outcome = trio.run(_session, sandbox, plan, stdin)
+    except SandboxError as e:
+        if args.json:  # the run was attempted, but its box could not be set up
+            _write_json(args.json, Result.not_run(Status.IE, None, str(e)))
+        raise
     finally:
         os.close(stdin)
+    for line in outcome.lines:
+        print(f"sbx: {line}", file=sys.stderr)
     if args.json:
-        _write_json(args.json, result)
-    return result.shell_status
+        _write_json(args.json, outcome.result)
+    return outcome.exit_status
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other a file in /box, /tmp or /dev/shm."""
+
+    src: str
+    dst: str
+
+
+def _copy_spec(spec: str, flag: str, box_side: int) -> _Copy:
+    parts = spec.partition(":")[::2]
+    if not all(parts):
+        raise ConfigError(f"{flag} {spec!r}: expected SRC:DST")
+    try:
+        boxfiles.locate(parts[box_side])
+    except ValueError as e:
+        raise ConfigError(f"{flag} {e}") from None
+    return _Copy(*parts)
+
+
+def _copy_in(spec: str) -> _Copy:
+    """Checked before any box is built: a missing source is bad input."""
+    copy = _copy_spec(spec, "--copy-in", 1)
+    if not os.path.isfile(copy.src):
+        why = "not a regular file (directories are not copied)" if os.path.exists(copy.src) else \
+            "No such file or directory"
+        raise ConfigError(f"--copy-in {copy.src}: {why}")
+    return copy
+
+
+def _copy_out(spec: str) -> _Copy:
+    """Checked before the run, so that a typo in the destination loses no run's work."""
+    copy = _copy_spec(spec, "--copy-out", 0)
+    if not os.path.isdir(os.path.dirname(copy.dst) or "."):
+        raise ConfigError(f"--copy-out {copy.dst}: No such directory")
+    return copy
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `sbx run` does with its box, checked before the box is built."""
+
+    argv: list[str]
+    quiet: bool
+    binds: list[Bind]
+    copy_in: list[_Copy]
+    copy_out: list[_Copy]
+    copy_out_budget: int
+    """Bytes that all --copy-out files together may bring back: what the box could hold (--disk)."""
+
+
+@dataclass
+class _Outcome:
+    """How `sbx run` ends: the record, the exit status, and the lines to say after the program's output."""
+
+    result: Result
+    exit_status: int
+    lines: list[str] = field(default_factory=list)
+
+
+async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
+    """The box's whole life: copy in, run, copy out (also after a failed run or one that never started)."""
+    async with sandbox:
+        for c in plan.copy_in:
+            await _send(sandbox, c)
+        try:
+            result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
+            outcome = _Outcome(result, result.shell_status)
+            if result.status is not Status.OK and not plan.quiet:
+                outcome.lines.append(result.summary)
+        except ExecError as e:
+            outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, [str(e)])
+            if e.errno == errno.ENOENT and not plan.quiet:
+                outcome.lines = _not_found(plan, sandbox.cwd, str(e))
+        left = plan.copy_out_budget
+        for c in plan.copy_out:
+            try:
+                left -= await _fetch(sandbox, c, left)
+            except BoxFileError as e:
+                outcome.lines.append(f"--copy-out {e}")
+                outcome.exit_status = outcome.exit_status or BoxFileError.exit_status
+    return outcome
+
+
+async def _send(sandbox: Sandbox, c: _Copy) -> None:
+    """One --copy-in: box init copies straight from the host file, which keeps its executable bits only."""
+    try:
+        fd = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ConfigError(f"--copy-in {c.src}: {e.strerror}") from None
+    try:
+        await sandbox.copy_in(c.dst, fd, _plain_mode(os.fstat(fd).st_mode))
+    except BoxFileError as e:
+        raise BoxFileError(f"--copy-in {e}") from None
+    finally:
+        os.close(fd)
+
+
+async def _fetch(sandbox: Sandbox, c: _Copy, left: int) -> int:
+    """One --copy-out, at most `left` bytes; returns its size.
+
+    Box init opens the file (never through a symlink); this process only
+    reads the fd, and writes the host side as itself with a plain mode.
+    """
+    fd = await sandbox.open_file(c.src)
+    try:
+        st = os.fstat(fd)
+        if st.st_size > left:
+            raise BoxFileError(f"{c.src}: {st.st_size} bytes, more than the {left} bytes left for copying out "
+                               "(at most --disk in all)")
+        try:
+            await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), c.dst,
+                                          os.path.basename(c.src))
+        except OSError as e:
+            raise BoxFileError(f"{c.dst}: {e.strerror or e}") from None
+        return st.st_size
+    finally:
+        os.close(fd)
+
+
+def _store(source: int, size: int, mode: int, dst: str, name: str) -> None:
+    """Write a new file beside `dst` and rename it over `dst` (or into the directory `dst` as `name`).
+
+    An existing `dst` (a symlink a program with a writable --bind planted,
+    a hard link) is replaced, never written through; a failed copy leaves
+    `dst` as it was.
+    """
+    try:
+        if stat.S_ISDIR(os.lstat(dst).st_mode):
+            dst = os.path.join(dst, name)
+    except FileNotFoundError:
+        pass
+    final = os.path.basename(dst)
+    temp = f".{final}.sbx-{secrets.token_hex(4)}"
+    parent = os.open(os.path.dirname(dst) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+        try:
+            boxfiles.copy(source, fd, size)
+            os.rename(temp, final, src_dir_fd=parent, dst_dir_fd=parent)
+        except BaseException:
+            os.unlink(temp, dir_fd=parent)
+            raise
+        finally:
+            os.close(fd)
+    finally:
+        os.close(parent)
+
+
+def _plain_mode(mode: int) -> int:
+    """What a copied file gets: 755 if it was executable by anyone, else 644 (no setuid, nothing world-writable)."""
+    return 0o755 if mode & 0o111 else 0o644
+
+
+_BOX_HAS_ONLY = ("the box has only the host's /usr, /bin, /sbin, /lib* and parts of /etc; /box, /tmp and /dev/shm "
+                 "start empty (add files with --ro-bind or --copy-in)")
+
+
+def _not_found(plan: _Plan, cwd: str, error: str) -> list[str]:
+    """What to say when PROG is not in the box: how to bring it in, if it is a host file the caller named."""
+    prog = plan.argv[0]
+    in_box = os.path.normpath(os.path.join(cwd, prog))
+    provided = [b.dst for b in plan.binds] + [os.path.join(*boxfiles.locate(c.dst)) for c in plan.copy_in]
+    if "/" not in prog or not os.path.isfile(prog) or any(in_box == d or in_box.startswith(d + "/") for d in provided):
+        return [error, _BOX_HAS_ONLY]  # (if it was provided, what is missing is e.g. its ELF interpreter)
+    hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \
+        (prog if os.path.isabs(prog) else f"{prog}:{in_box}")
+    root, name = os.path.split(in_box)
+    if root in boxfiles.WRITABLE_DIRS:  # (a copy cannot make directories on the way)
+        hint += f" (or --copy-in {prog}:{name if root == WORK_DIR else in_box})"
+    return [hint]
 
 
 def _open_stdin(path: str | None) -> int:
@@ -158,11 +431,6 @@ def _fd_open(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-async def _run_once(sandbox: Sandbox, argv: Sequence[str], stdin: int) -> Result:
-    async with sandbox:
-        return await sandbox.run(argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
 
 
 def _write_json(target: str, result: Result) -> None:
