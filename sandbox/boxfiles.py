@@ -44,10 +44,9 @@ def _open_beneath(path: str, flags: int, mode: int = 0) -> int:
     root = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         fd = sc.openat2(root, rel, flags | _BASE_FLAGS, mode, _RESOLVE)
-    except OSError as e:
-        if e.errno == errno.ELOOP:
-            raise OSError(e.errno, f"{e.strerror} (symlinks in the box are never followed)") from None
-        raise
+    except OSError as e:  # box init names the path: the reason alone, and why a link was refused
+        note = " (symlinks in the box are never followed)" if e.errno == errno.ELOOP else ""
+        raise OSError(e.errno, os.strerror(e.errno) + note) from None
     finally:
         os.close(root)
     if not stat.S_ISREG(os.fstat(fd).st_mode):

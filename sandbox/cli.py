@@ -72,8 +72,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _unrecognized(kind: str, word: str, known: list[str]) -> str:
-    near = difflib.get_close_matches(word, known, n=1)
-    return f"unrecognized {kind} {word}" + (f" (did you mean {near[0]}?)" if near else "")
+    """The refusal, with the nearest known name; compared without dashes, which every option shares."""
+    names = {name.lstrip("-"): name for name in known}
+    near = difflib.get_close_matches(word.lstrip("-"), names, n=1)
+    return f"unrecognized {kind} {word}" + (f" (did you mean {names[near[0]]}?)" if near else "")
 
 
 def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:

@@ -11,6 +11,9 @@ import pytest
 
 from helpers import host_processes_matching, sbx
 
+BOX_HAS_ONLY = ("sbx: the box has only the host's /usr, /bin, /sbin, /lib* and parts of /etc; /box, /tmp and "
+                "/dev/shm start empty (add files with --ro-bind or --copy-in)")
+
 
 def test_exit_status_is_the_programs_own_or_128_plus_signal() -> None:
     assert sbx("run", "--", "sh", "-c", "exit 42").returncode == 42
@@ -53,10 +56,16 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
         (["run", "--memory", "12Q", "--", "true"], 125, "sbx: --memory: invalid size '12Q' (expected e.g. 65536, 256M, 1G)"),
         (["run", "--time", "abc", "--", "true"], 125, "sbx: --time: invalid number of seconds 'abc'"),
         (["run", "--pids", "x", "--", "true"], 125, "sbx: --pids: invalid count 'x'"),
-        (["run", "--bogus", "--", "true"], 125, "sbx: unrecognized arguments: --bogus"),
+        (["run", "--bogus", "--", "true"], 125, "sbx: unrecognized option --bogus"),
+        (["run", "--tim", "1", "--", "/bin/true"], 125, "sbx: unrecognized option --tim (did you mean --time?)"),
+        (["run", "--wall-tme=1", "--", "true"], 125, "sbx: unrecognized option --wall-tme (did you mean --wall-time?)"),
+        (["rn", "--", "true"], 125, "sbx: unrecognized command rn (did you mean run?)"),
+        (["policy", "shwo", "strict"], 125, "sbx: unrecognized command shwo (did you mean show?)"),
+        (["--verison"], 125, "sbx: unrecognized option --verison (did you mean --version?)"),
         (["run"], 125, "sbx: run: no program given (usage: sbx run [OPTIONS] -- PROG [ARG...])"),
-        (["run", "--", "/no/such/program"], 127, "sbx: /no/such/program: No such file or directory"),
-        (["run", "--", "no-such-program"], 127, "sbx: no-such-program: No such file or directory"),
+        (["run", "--", "/no/such/program"], 127, f"sbx: /no/such/program: No such file or directory\n{BOX_HAS_ONLY}"),
+        (["run", "--", "no-such-program"], 127, f"sbx: no-such-program: No such file or directory\n{BOX_HAS_ONLY}"),
+        (["run", "--quiet", "--", "no-such-program"], 127, "sbx: no-such-program: No such file or directory"),
         (["run", "--", "/usr"], 126, "sbx: /usr: Is a directory"),
         (["run", "--", "/etc/passwd"], 126, "sbx: /etc/passwd: Permission denied"),
         (["run", "--bind", "/no/such/dir", "--", "true"], 125, "sbx: --bind /no/such/dir: No such file or directory"),
@@ -70,6 +79,16 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
         (["run", "--env", "NOEQUALS", "--", "true"], 125, "sbx: --env 'NOEQUALS': expected KEY=VALUE"),
         (["run", "--ro-bind", "/etc:/usr/lib/sbx-new", "--", "true"], 125,
          "sbx: /usr/lib/sbx-new: cannot create mount point: Read-only file system"),
+        (["run", "--copy-in", "/no/file:f", "--", "true"], 125, "sbx: --copy-in /no/file: No such file or directory"),
+        (["run", "--copy-in", "/etc:etc", "--", "true"], 125,
+         "sbx: --copy-in /etc: not a regular file (directories are not copied)"),
+        (["run", "--copy-in", "/etc/hostname:/etc/x", "--", "true"], 125,
+         "sbx: --copy-in /etc/x: not under /box, /tmp or /dev/shm"),
+        (["run", "--copy-in", "/etc/hostname", "--", "true"], 125, "sbx: --copy-in '/etc/hostname': expected SRC:DST"),
+        (["run", "--copy-out", "f:/no/dir/f", "--", "true"], 125, "sbx: --copy-out /no/dir/f: No such directory"),
+        (["run", "--copy-out", "sub:/tmp/", "--", "mkdir", "sub"], 125, "sbx: --copy-out sub: not a regular file"),
+        (["run", "--copy-in", "/etc/hostname:no/dir/f", "--", "true"], 125,
+         "sbx: --copy-in no/dir/f: No such file or directory"),
     ],
 )
 def test_bad_input_is_one_line_and_leaves_nothing(args: list[str], status: int, message: str) -> None:
@@ -77,7 +96,7 @@ def test_bad_input_is_one_line_and_leaves_nothing(args: list[str], status: int, 
     mark = str(uuid.uuid4())  # other sbx processes on the machine (another suite, CI's own) do not count
     r = sbx(*args, mark=mark)
     assert r.returncode == status
-    assert r.stderr.decode().splitlines() == [message]
+    assert r.stderr.decode().splitlines() == message.splitlines()
     # what sbx or Python's tempfile would name (the machine's other tools, e.g. gcc's cc*.s, may come and go)
     assert {n for n in set(os.listdir("/tmp")) - before_tmp if n.startswith(("sbx", "tmp"))} == set()
     assert host_processes_matching(mark) == []
