@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import stat
 import uuid
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
@@ -112,3 +115,177 @@ def test_check_reports_every_mechanism() -> None:
     assert rep["uid_mapping"]["detail"].startswith("range:")
     table = sbx("check").stdout.decode()
     assert "user_namespaces" in table and "cgroup_v2" in table
+
+
+@pytest.mark.parametrize("args,program_stderr,line", [
+    (["--time", "0.3", "--", "sh", "-c", "echo err >&2; while :; do :; done"], ["err"],
+     r"sbx: TLE: \d+\.\d\d s of CPU time, limit 0\.3 s"),
+    (["--wall-time", "0.3", "--", "sh", "-c", "echo err >&2; sleep 10"], ["err"],
+     r"sbx: WLE: \d+\.\d\d s of wall time, limit 0\.3 s"),
+    (["--", "python3", "-c", "import ctypes; ctypes.CDLL(None).ptrace(0, 0, 0, 0)"], [], r"sbx: SV: ptrace"),
+    (["--output", "1K", "--", "sh", "-c", "echo err >&2; yes"], ["err"],
+     r"sbx: OLE: output reached the limit of 1 KiB \(stdout and stderr together\)"),
+    (["--memory", "64M", "--", "python3", "-c", "x = [bytearray(2**20) for _ in range(200)]"], None,
+     r"sbx: MLE: [\d.]+ MiB of memory at peak, limit 64 MiB \(.*\)"),
+    (["--", "sh", "-c", "echo err >&2; exit 3"], ["err"], r"sbx: RE: exited with status 3"),
+    (["--", "sh", "-c", "echo err >&2; kill -SEGV $$"], ["err"], r"sbx: SG: killed by SIGSEGV"),
+])
+def test_a_run_that_does_not_end_ok_says_why_after_its_own_output(
+        args: list[str], program_stderr: list[str] | None, line: str) -> None:
+    r = sbx("run", *args)
+    *before, last = r.stderr.decode().splitlines()
+    assert re.fullmatch(line, last), r.stderr
+    if program_stderr is not None:  # (a MemoryError's traceback is the program's own business)
+        assert before == program_stderr
+    assert b"sbx:" not in r.stdout
+    quiet = sbx("run", "--quiet", *args)
+    assert quiet.returncode == r.returncode and b"sbx:" not in quiet.stderr
+
+
+def test_an_ok_run_says_nothing() -> None:
+    r = sbx("run", "--", "sh", "-c", "echo out")
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"out\n", b"")
+
+
+@pytest.mark.parametrize("args,status,record", [
+    (["--", "no-such-program"], 127, {"status": "RE", "exit_code": 127, "signal": None,
+                                      "message": "no-such-program: No such file or directory"}),
+    (["--", "/usr"], 126, {"status": "RE", "exit_code": 126, "signal": None, "message": "/usr: Is a directory"}),
+    (["--cwd", "/nope", "--", "true"], 125, {"status": "IE", "exit_code": None, "signal": None,
+                                             "message": "--cwd /nope: No such file or directory"}),
+    (["--copy-in", "/etc/hostname:no/dir/f", "--", "true"], 125,
+     {"status": "IE", "exit_code": None, "signal": None, "message": "--copy-in no/dir/f: No such file or directory"}),
+])
+def test_json_record_for_a_run_that_never_started(tmp_path: Path, args: list[str], status: int,
+                                                   record: dict[str, object]) -> None:
+    out = tmp_path / "r.json"
+    r = sbx("run", "--json", str(out), *args)
+    assert r.returncode == status
+    rec = json.loads(out.read_text())
+    assert {k: rec[k] for k in record} == record
+    assert set(rec) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
+                        "message", "enforcement", "events"}
+
+
+def test_no_record_for_input_refused_before_any_run(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    assert sbx("run", "--json", str(out), "--memory", "12Q", "--", "true").returncode == 125
+    assert not out.exists()
+
+
+def test_a_host_program_not_in_the_box_gets_a_hint_that_works(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    hello = tmp_path / "hello"
+    hello.write_bytes(Path("/bin/true").read_bytes())
+    hello.chmod(0o755)
+    tmp_path.chmod(0o755)  # the program has its own uid: a bound file must be readable by "others"
+    monkeypatch.chdir(tmp_path)
+    r = sbx("run", "--policy", "strict", "./hello")
+    assert r.returncode == 127
+    assert r.stderr.decode().splitlines() == [
+        "sbx: ./hello: not found in the box; it exists on the host: bind it in with --ro-bind ./hello:/box/hello "
+        "(or --copy-in ./hello:hello)"]
+    assert sbx("run", "--policy", "strict", "--ro-bind", "./hello:/box/hello", "./hello").returncode == 0
+    assert sbx("run", "--policy", "strict", "--copy-in", "./hello:hello", "./hello").returncode == 0
+    absolute = sbx("run", "--", str(hello))
+    assert absolute.stderr.decode().splitlines() == [
+        f"sbx: {hello}: not found in the box; it exists on the host: bind it in with --ro-bind {hello}"]
+
+
+def test_copy_in_and_out_arrive_plain_and_owned_by_the_caller(tmp_path: Path) -> None:
+    src = tmp_path / "in.txt"
+    src.write_text("hello\n")
+    src.chmod(0o600)
+    (tmp_path / "dir").mkdir()
+    r = sbx("run", "--copy-in", f"{src}:in.txt", "--copy-in", f"{src}:/tmp/in2",
+            "--copy-out", f"out:{tmp_path}/out", "--copy-out", f"/dev/shm/tool:{tmp_path}/dir",
+            "--", "sh", "-c", "tr a-z A-Z < in.txt > out; chmod 4777 out; "
+                              "cat /tmp/in2 > /dev/shm/tool; chmod 2777 /dev/shm/tool; exit 4")
+    assert r.returncode == 4, r.stderr  # copied out after a failed run too
+    for path, text in ((tmp_path / "out", "HELLO\n"), (tmp_path / "dir" / "tool", "hello\n")):
+        st = path.lstat()
+        assert path.read_text() == text
+        assert st.st_uid == os.getuid() and stat.S_ISREG(st.st_mode)
+        assert stat.S_IMODE(st.st_mode) & ~0o755 == 0 and st.st_mode & stat.S_IXUSR  # executable, nothing more
+
+
+def _host_state(root: Path) -> dict[str, tuple[str, bytes]]:
+    """Every entry under `root` with what it is: a link's target, a file's contents."""
+    state = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_symlink():
+            state[str(path)] = ("link", os.readlink(path).encode())
+        elif path.is_file():
+            state[str(path)] = ("file", path.read_bytes())
+        else:
+            state[str(path)] = ("dir", b"")
+    return state
+
+
+@pytest.mark.parametrize("plant,src", [
+    ("ln -s {secret} out", "out"),
+    ("ln -s /proc/self/root{secret} out", "out"),
+    ("mkdir d; ln -s {dir} d2", "d2/secret"),
+    ("ln -s /proc/1/environ out", "out"),
+])
+def test_copy_out_never_follows_a_link_the_program_planted(tmp_path: Path, plant: str, src: str) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("the caller's secret\n")
+    secret.chmod(0o600)
+    before = _host_state(tmp_path)
+    out = tmp_path / "r.json"
+    r = sbx("run", "--json", str(out), "--copy-out", f"{src}:{tmp_path}/got",
+            "--", "sh", "-c", plant.format(secret=secret, dir=tmp_path))
+    assert r.returncode == 125
+    assert r.stderr.decode().splitlines() == [
+        f"sbx: --copy-out {src}: Too many levels of symbolic links (symlinks in the box are never followed)"]
+    assert json.loads(out.read_text())["status"] == "OK"  # the record is written all the same
+    out.unlink()
+    assert _host_state(tmp_path) == before
+    assert b"the caller's secret" not in r.stdout + r.stderr
+
+
+def test_copy_out_replaces_a_host_link_the_program_planted_and_never_writes_through_it(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.write_text("mine\n")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # writable by the program's own uid through --bind
+    r = sbx("run", "--bind", f"{shared}:/shared", "--copy-out", f"result:{shared}/result",
+            "--", "sh", "-c", f"ln -s {victim} /shared/result; echo artifact > result")
+    assert r.returncode == 0, r.stderr
+    result = shared / "result"
+    assert not result.is_symlink() and result.read_text() == "artifact\n"
+    assert victim.read_text() == "mine\n"
+    assert sorted(p.name for p in shared.iterdir()) == ["result"]  # no temporary file left behind
+
+
+def test_copy_out_of_a_missing_file_is_one_line_and_keeps_the_record(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    r = sbx("run", "--json", str(out), "--copy-out", f"missing:{tmp_path}/x", "--", "true")
+    assert r.returncode == 125
+    assert r.stderr.decode().splitlines() == ["sbx: --copy-out missing: No such file or directory"]
+    assert json.loads(out.read_text())["status"] == "OK"
+    assert not (tmp_path / "x").exists()
+
+
+def test_copy_out_brings_back_at_most_disk_in_all(tmp_path: Path) -> None:
+    r = sbx("run", "--disk", "1M", "--copy-out", f"big:{tmp_path}/a", "--copy-out", f"big:{tmp_path}/b",
+            "--", "sh", "-c", "head -c 700000 /dev/zero > big")
+    assert r.returncode == 125
+    assert r.stderr.decode().splitlines() == [
+        "sbx: --copy-out big: 700000 bytes, more than the 348576 bytes left for copying out (at most --disk in all)"]
+    assert (tmp_path / "a").stat().st_size == 700000
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]
+
+
+def test_version() -> None:
+    r = sbx("--version")
+    assert (r.returncode, r.stdout.decode()) == (0, f"sbx {version('sbx')}\n")
+
+
+def test_run_help_names_every_option() -> None:
+    text = sbx("run", "--help").stdout.decode()
+    for flag in ("--copy-in", "--copy-out", "--quiet", "--json", "--disk", "--bind", "--ro-bind", "--time"):
+        assert flag in text
+    assert "Exit status" in text and "Regular files only" in text
