@@ -89,7 +89,7 @@ def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace],
 class _Version(argparse.Action):
     """`sbx --version`: read from the installed package's metadata only when asked."""
 
-    def __init__(self, option_strings: list[str], dest: str, **kwargs: Any) -> None:
+    def __init__(self, option_strings: list[str], dest: str) -> None:
         super().__init__(option_strings, dest, nargs=0, help="print sbx's version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
@@ -254,20 +254,24 @@ class _Copy:
     dst: str
 
 
-def _copy_spec(spec: str, flag: str, box_side: int) -> _Copy:
-    parts = spec.partition(":")[::2]
-    if not all(parts):
+def _copy_spec(spec: str, flag: str) -> _Copy:
+    src, sep, dst = spec.partition(":")
+    if not (src and sep and dst):
         raise ConfigError(f"{flag} {spec!r}: expected SRC:DST")
+    return _Copy(src, dst)
+
+
+def _check_box_file(path: str, flag: str) -> None:
     try:
-        boxfiles.locate(parts[box_side])
+        boxfiles.locate(path)
     except ValueError as e:
         raise ConfigError(f"{flag} {e}") from None
-    return _Copy(*parts)
 
 
 def _copy_in(spec: str) -> _Copy:
     """Checked before any box is built: a missing source is bad input."""
-    copy = _copy_spec(spec, "--copy-in", 1)
+    copy = _copy_spec(spec, "--copy-in")
+    _check_box_file(copy.dst, "--copy-in")
     if not os.path.isfile(copy.src):
         why = "not a regular file (directories are not copied)" if os.path.exists(copy.src) else \
             "No such file or directory"
@@ -277,7 +281,8 @@ def _copy_in(spec: str) -> _Copy:
 
 def _copy_out(spec: str) -> _Copy:
     """Checked before the run, so that a typo in the destination loses no run's work."""
-    copy = _copy_spec(spec, "--copy-out", 0)
+    copy = _copy_spec(spec, "--copy-out")
+    _check_box_file(copy.src, "--copy-out")
     if not os.path.isdir(os.path.dirname(copy.dst) or "."):
         raise ConfigError(f"--copy-out {copy.dst}: No such directory")
     return copy
