@@ -116,14 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "of /etc a toolchain needs; /box (the working directory), /tmp and /dev/shm start empty. "
                     "Give it more with --ro-bind, --bind or --copy-in.",
         epilog="Exit status: the program's own, 128+N when it was killed by signal N, 126/127 when it is not "
-               "executable / not found, 125 when the sandbox could not be set up or a --copy-in or --copy-out "
-               "failed. A run that does not end OK is explained in one line on stderr after the program's "
-               "own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
+               "executable / not found, 125 when the sandbox could not be set up, a --copy-in failed, or a "
+               "--copy-out failed after a run that exited 0. A run that does not end OK is explained in one line "
+               "on stderr after the program's own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
     run.add_argument("--policy", default="default", metavar="NAME|FILE",
                      help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
     run.add_argument("--time", metavar="S", help="CPU time limit in seconds, summed over all processes")
     run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds")
-    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="memory limit, e.g. 256M (a cgroup's when one is delegated, else an address-space rlimit)")
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
@@ -132,38 +133,45 @@ def build_parser() -> argparse.ArgumentParser:
                           "all --copy-out files together may bring back")
     run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
-                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root")
+                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
+                          "instead of the host's system dirs")
     run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
                      help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or FUSE when "
                           "/dev/fuse is usable (default)")
     run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
     run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
-                     help="writable bind mount of a host path (DST defaults to SRC); with a subuid range the "
-                          "program writes as its own uid, so SRC must be writable by others")
+                     help="writable bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range the program writes as its own uid, so SRC must be writable by others")
     run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]",
-                     help="read-only bind mount of a host path (DST defaults to SRC)")
-    run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="an empty writable tmpfs")
+                     help="read-only bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range SRC must be readable by others")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST",
+                     help="an empty writable tmpfs at DST (repeatable; each up to --disk and --inodes)")
     run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
-                     help="copy the host file SRC to DST in the box before the run (repeatable; DST relative to "
-                          "/box or absolute under /box, /tmp or /dev/shm; owned by the program; regular files "
-                          "only, not directories)")
+                     help="copy the host file SRC to DST in the box before the run (repeatable). DST is relative "
+                          "to /box or absolute under /box, /tmp or /dev/shm, in a directory that exists; the copy "
+                          "is the program's, mode 644, or 755 if SRC is executable. Regular files only, not "
+                          "directories.")
     run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
-                     help="after the run, even a failed one, copy the box file SRC (as for --copy-in) to the host "
-                          "path DST or into the directory DST (repeatable). It arrives owned by you, mode 644 or "
-                          "755; DST is replaced, never written through a symlink, and symlinks in the box are "
-                          "never followed. Regular files only, not directories")
+                     help="after the run, even a failed one, copy the box file SRC (a path as for --copy-in's "
+                          "DST) to the host path DST, or into DST if it is a directory (repeatable). The copy is "
+                          "yours, mode 644, or 755 if SRC was executable (less your umask). DST is replaced, never "
+                          "written through a symlink, and symlinks in the box are never followed. Regular files "
+                          "only, not directories.")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
-                     help="environment variable (the box starts with only PATH, HOME and LANG)")
+                     help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
     run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
-    run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin")
+    run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
     run.add_argument("--json", metavar="FILE|-",
                      help="write the result record as JSON, for every run attempted (also one whose program "
                           "could not be started or whose box could not be set up)")
-    run.add_argument("--quiet", action="store_true", help="do not explain a run that did not end OK on stderr")
-    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]")
+    run.add_argument("--quiet", action="store_true",
+                     help="do not say why a run did not end OK, nor give hints (errors are still said)")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]",
+                     help="the program: a path in the box, or a name looked up in /usr/local/bin, /usr/bin, /bin")
     run.set_defaults(func=_cmd_run)
 
     judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
