@@ -56,7 +56,47 @@ def _open_beneath(path: str, flags: int, mode: int = 0) -> int:
 
 
 def open_for_reading(path: str) -> int:
-    return _open_beneath(path, os.O_RDONLY)
+    """An fd the supervisor can read: the file's own, or for a file of a FUSE union a copy in a memfd.
+
+    A FUSE mount with allow_other serves only processes of the user namespace
+    it was mounted in, so the supervisor, outside it, would get EACCES through
+    the file's own fd.  The copy is bounded by the box's tmpfs (--disk).
+    """
+    fd = _open_beneath(path, os.O_RDONLY)
+    if not _on_fuse(fd):
+        return fd
+    try:
+        return _in_memory(fd)
+    finally:
+        os.close(fd)
+
+
+def _on_fuse(fd: int) -> bool:
+    """Whether the file open as `fd` is on a FUSE mount (its mount's type, from box init's own mount table)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        mount_id = next(line.split()[1] for line in f if line.startswith("mnt_id:"))
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == mount_id:
+                return fields[fields.index("-") + 1].startswith("fuse")
+    return False
+
+
+def _in_memory(fd: int) -> int:
+    st = os.fstat(fd)
+    room = os.statvfs("/tmp")  # the tmpfs that --disk sizes
+    if st.st_size > room.f_blocks * room.f_frsize:
+        raise OSError(errno.EFBIG, f"{st.st_size} bytes, more than the box's --disk")
+    mem = os.memfd_create("sbx-read", os.MFD_CLOEXEC)
+    try:
+        copy(fd, mem, st.st_size)
+        os.lseek(mem, 0, os.SEEK_SET)
+        os.fchmod(mem, stat.S_IMODE(st.st_mode))
+    except BaseException:
+        os.close(mem)
+        raise
+    return mem
 
 
 def copy(source: int, target: int, size: int) -> int:

@@ -289,3 +289,21 @@ def test_run_help_names_every_option() -> None:
     for flag in ("--copy-in", "--copy-out", "--quiet", "--json", "--disk", "--bind", "--ro-bind", "--time"):
         assert flag in text
     assert "Exit status" in text and "Regular files only" in text
+
+
+@pytest.mark.parametrize("fs", ["kernel", "fuse"])
+def test_copy_in_and_out_of_a_union_root(tmp_path: Path, fs: str) -> None:
+    """A FUSE union serves only the box's user namespace: box init hands such a file over as a copy."""
+    low = tmp_path / "low"
+    (low / "usr").mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (low / link).symlink_to(f"usr/{link}")
+    for d in (tmp_path, low, low / "usr"):
+        d.chmod(0o755)
+    src = tmp_path / "in"
+    src.write_text("layered\n")
+    r = sbx("run", "--fs", fs, "--lower", str(low), "--ro-bind", "/usr", "--copy-in", f"{src}:in",
+            "--copy-out", f"out:{tmp_path}/out", "--", "sh", "-c", "rev in > out")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "out").read_text() == "dereyal\n"
+    assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & ~0o644 == 0
