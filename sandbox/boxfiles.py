@@ -18,7 +18,8 @@ from . import syscalls as sc
 from .mounts import WORK_DIR
 
 _RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
-_BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW
+_BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+"""No O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a link anywhere (ELOOP), where O_NOFOLLOW|O_DIRECTORY says ENOTDIR."""
 WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
 
 
@@ -38,21 +39,40 @@ def locate(path: str) -> tuple[str, str]:
     raise ValueError(f"{path}: not under {', '.join(WRITABLE_DIRS[:-1])} or {WRITABLE_DIRS[-1]}")
 
 
-def _open_beneath(path: str, flags: int, mode: int = 0) -> int:
-    """Open `path` in its writable dir, never through a symlink, and only if it is a regular file."""
+def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None) -> int:
+    """Open `path` in its writable dir, never through a symlink, and only if it is a regular file.
+
+    With `owner`, missing directories on the way are made, owned by it: a
+    tree is copied in file by file.
+    """
     root_dir, rel = locate(path)
-    root = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    parent = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        fd = sc.openat2(root, rel, flags | _BASE_FLAGS, mode, _RESOLVE)
-    except OSError as e:  # box init names the path: the reason alone, and why a link was refused
-        note = " (symlinks in the box are never followed)" if e.errno == errno.ELOOP else ""
-        raise OSError(e.errno, os.strerror(e.errno) + note) from None
+        for name in rel.split("/")[:-1]:
+            if owner is not None:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+            below = _openat(parent, name, os.O_RDONLY | os.O_DIRECTORY, 0)
+            os.close(parent)
+            parent = below
+        fd = _openat(parent, os.path.basename(rel), flags, mode)
     finally:
-        os.close(root)
+        os.close(parent)
     if not stat.S_ISREG(os.fstat(fd).st_mode):
         os.close(fd)
         raise OSError(f"{path}: not a regular file")
     return fd
+
+
+def _openat(parent: int, name: str, flags: int, mode: int) -> int:
+    try:
+        return sc.openat2(parent, name, flags | _BASE_FLAGS, mode, _RESOLVE)
+    except OSError as e:  # box init names the path: the reason alone, and why a link was refused
+        note = " (symlinks in the box are never followed)" if e.errno == errno.ELOOP else ""
+        raise OSError(e.errno, os.strerror(e.errno) + note) from None
 
 
 def open_for_reading(path: str) -> int:
@@ -111,8 +131,9 @@ def copy(source: int, target: int, size: int) -> int:
 
 
 def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
-    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid."""
-    fd = _open_beneath(path, os.O_WRONLY | os.O_CREAT, mode)
+    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid (as are the
+    directories made on the way)."""
+    fd = _open_beneath(path, os.O_WRONLY | os.O_CREAT, mode, (uid, gid))
     try:
         os.ftruncate(fd, 0)
         copy(source, fd, os.fstat(source).st_size)

@@ -148,16 +148,18 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--tmpfs", action="append", default=[], metavar="DST",
                      help="an empty writable tmpfs at DST (repeatable; each up to --disk and --inodes)")
     run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
-                     help="copy the host file SRC to DST in the box before the run (repeatable). DST is relative "
-                          "to /box or absolute under /box, /tmp or /dev/shm, in a directory that exists; the copy "
-                          "is the program's, mode 644, or 755 if SRC is executable. Regular files only, not "
-                          "directories.")
+                     help="copy the host file or directory SRC to DST in the box before the run (repeatable). "
+                          "DST is relative to /box or absolute under /box, /tmp or /dev/shm (a directory may go "
+                          "to /box itself: DST .); directories on the way are made. The copies are the "
+                          "program's, mode 644, or 755 if executable. Of a directory's tree, regular files and "
+                          "directories are copied, symlinks and special files left out (never followed), and "
+                          "empty directories not made.")
     run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
                      help="after the run, even a failed one, copy the box file SRC (a path as for --copy-in's "
                           "DST) to the host path DST, or into DST if it is a directory (repeatable). The copy is "
                           "yours, mode 644, or 755 if SRC was executable (less your umask). DST is replaced, never "
                           "written through a symlink, and symlinks in the box are never followed. Regular files "
-                          "only, not directories.")
+                          "only: for a directory, archive it in the box (tar cf out.tar DIR) and copy that out.")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
@@ -279,10 +281,10 @@ def _check_box_file(path: str, flag: str) -> None:
 def _copy_in(spec: str) -> _Copy:
     """Checked before any box is built: a missing source is bad input."""
     copy = _copy_spec(spec, "--copy-in")
-    _check_box_file(copy.dst, "--copy-in")
-    if not os.path.isfile(copy.src):
-        why = "not a regular file (directories are not copied)" if os.path.exists(copy.src) else \
-            "No such file or directory"
+    if not (os.path.isdir(copy.src) and os.path.normpath(copy.dst) in (".", *boxfiles.WRITABLE_DIRS)):
+        _check_box_file(copy.dst, "--copy-in")  # (a tree may go straight into /box, /tmp or /dev/shm)
+    if not (os.path.isfile(copy.src) or os.path.isdir(copy.src)):
+        why = "neither a regular file nor a directory" if os.path.exists(copy.src) else "No such file or directory"
         raise ConfigError(f"--copy-in {copy.src}: {why}")
     return copy
 
@@ -321,17 +323,20 @@ class _Outcome:
 async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
     """The box's whole life: copy in, run, copy out (also after a failed run or one that never started)."""
     async with sandbox:
+        notes = []
         for c in plan.copy_in:
-            await _send(sandbox, c)
+            left_out = await _send(sandbox, c)
+            if left_out and not plan.quiet:
+                notes.append(f"--copy-in {c.src}: left out {left_out} symlink(s) or special file(s) in it "
+                             "(only regular files and directories are copied)")
         try:
             result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
-            outcome = _Outcome(result, result.shell_status)
+            outcome = _Outcome(result, result.shell_status, notes)
             if result.status is not Status.OK and not plan.quiet:
                 outcome.lines.append(result.summary)
         except ExecError as e:
-            outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, [str(e)])
-            if e.errno == errno.ENOENT and not plan.quiet:
-                outcome.lines = _not_found(plan, sandbox.cwd, str(e))
+            said = _not_found(plan, sandbox.cwd, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
+            outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, notes + said)
         left = plan.copy_out_budget
         for c in plan.copy_out:
             try:
@@ -342,18 +347,57 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
     return outcome
 
 
-async def _send(sandbox: Sandbox, c: _Copy) -> None:
-    """One --copy-in: box init copies straight from the host file, which keeps its executable bits only."""
+async def _send(sandbox: Sandbox, c: _Copy) -> int:
+    """One --copy-in, of a file or a directory tree; returns how many entries of the tree were left out.
+
+    SRC itself may be a symlink (the caller named it), but nothing in its
+    tree is followed: a link there may have been planted by an earlier run
+    through a writable --bind, and would carry the caller's files into the box.
+    """
     try:
-        fd = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        top = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"--copy-in {c.src}: {e.strerror}") from None
     try:
-        await sandbox.copy_in(c.dst, fd, _plain_mode(os.fstat(fd).st_mode))
+        return await _send_entry(sandbox, top, c.src, c.dst)
+    finally:
+        os.close(top)
+
+
+async def _send_entry(sandbox: Sandbox, fd: int, src: str, dst: str) -> int:
+    """A regular file is copied; a directory, entry by entry; anything else is left out (counted)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        await _send_file(sandbox, fd, dst)
+        return 0
+    if not stat.S_ISDIR(mode):
+        return 1
+    left_out = 0
+    names = []
+    with os.scandir(fd) as scan:
+        for entry in scan:
+            if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
+                names.append(entry.name)
+            else:
+                left_out += 1
+    for name in sorted(names):
+        try:  # (O_NOFOLLOW: an entry swapped for a link meanwhile is refused, not followed)
+            below = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as e:
+            raise ConfigError(f"--copy-in {src}/{name}: {e.strerror}") from None
+        try:
+            left_out += await _send_entry(sandbox, below, f"{src}/{name}", f"{dst}/{name}")
+        finally:
+            os.close(below)
+    return left_out
+
+
+async def _send_file(sandbox: Sandbox, fd: int, dst: str) -> None:
+    """Box init copies straight from the host file, which keeps its executable bits only."""
+    try:
+        await sandbox.copy_in(dst, fd, _plain_mode(os.fstat(fd).st_mode))
     except BoxFileError as e:
         raise BoxFileError(f"--copy-in {e}") from None
-    finally:
-        os.close(fd)
 
 
 async def _fetch(sandbox: Sandbox, c: _Copy, left: int) -> int:
