@@ -258,7 +258,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 @dataclass(frozen=True)
 class _Copy:
-    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other a file in /box, /tmp or /dev/shm."""
+    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm."""
 
     src: str
     dst: str
@@ -456,6 +456,15 @@ def _plain_mode(mode: int) -> int:
     return 0o755 if mode & 0o111 else 0o644
 
 
+def _brought_in(plan: _Plan, in_box: str) -> bool:
+    """Whether a bind or a copy put a host file at `in_box`: then what is missing is e.g. its ELF interpreter."""
+    given = [(b.src, b.dst) for b in plan.binds] + \
+        [(c.src, os.path.normpath(os.path.join(WORK_DIR, c.dst))) for c in plan.copy_in]
+    return any((in_box == dst or in_box.startswith(dst + "/"))
+               and os.path.lexists(os.path.normpath(os.path.join(src, os.path.relpath(in_box, dst))))
+               for src, dst in given)
+
+
 _BOX_HAS_ONLY = ("the box has only the host's /usr, /bin, /sbin, /lib* and parts of /etc; /box, /tmp and /dev/shm "
                  "start empty (add files with --ro-bind or --copy-in)")
 
@@ -464,9 +473,8 @@ def _not_found(plan: _Plan, cwd: str, error: str) -> list[str]:
     """What to say when PROG is not in the box: how to bring it in, if it is a host file the caller named."""
     prog = plan.argv[0]
     in_box = os.path.normpath(os.path.join(cwd, prog))
-    provided = [b.dst for b in plan.binds] + [os.path.join(*boxfiles.locate(c.dst)) for c in plan.copy_in]
-    if "/" not in prog or not os.path.isfile(prog) or any(in_box == d or in_box.startswith(d + "/") for d in provided):
-        return [error, _BOX_HAS_ONLY]  # (if it was provided, what is missing is e.g. its ELF interpreter)
+    if "/" not in prog or not os.path.isfile(prog) or _brought_in(plan, in_box):
+        return [error, _BOX_HAS_ONLY]
     hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \
         (prog if os.path.isabs(prog) else f"{prog}:{in_box}")
     root, name = os.path.split(in_box)

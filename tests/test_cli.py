@@ -188,6 +188,14 @@ def test_a_host_program_not_in_the_box_gets_a_hint_that_works(tmp_path: Path,
         "(or --copy-in ./hello:hello)"]
     assert sbx("run", "--policy", "strict", "--ro-bind", "./hello:/box/hello", "./hello").returncode == 0
     assert sbx("run", "--policy", "strict", "--copy-in", "./hello:hello", "./hello").returncode == 0
+    (tmp_path / "other").mkdir()
+    elsewhere = sbx("run", "--copy-in", "other:.", "--", "./hello")  # a tree went to /box, but not hello
+    assert elsewhere.stderr.decode().splitlines() == r.stderr.decode().splitlines()
+    no_loader = tmp_path / "no-loader"  # in the box, but its ELF interpreter is not
+    no_loader.write_bytes(b"#!/no/such/interpreter\n")
+    no_loader.chmod(0o755)
+    assert sbx("run", "--copy-in", "no-loader:no-loader", "--", "./no-loader").stderr.decode().splitlines() == [
+        "sbx: ./no-loader: No such file or directory", BOX_HAS_ONLY]
     absolute = sbx("run", "--", str(hello))
     assert absolute.stderr.decode().splitlines() == [
         f"sbx: {hello}: not found in the box; it exists on the host: bind it in with --ro-bind {hello}"]
