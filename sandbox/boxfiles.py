@@ -3,8 +3,9 @@
 Box init does the opening, inside the box, with openat2 confined beneath
 /box, /tmp or /dev/shm with no symlinks at all (RESOLVE_NO_SYMLINKS also
 refuses magic links like /proc/self/fd/N), non-blocking (a planted FIFO
-cannot stall it), and only for regular files.  The supervisor then reads or fills the file through
-the fd alone, so it never resolves a path the program controls.
+cannot stall it), and only for regular files.  The supervisor then reads or
+fills the file through the fd alone, so it never resolves a path the
+program controls.
 """
 
 from __future__ import annotations
@@ -131,8 +132,10 @@ def copy(source: int, target: int, size: int) -> int:
 
 
 def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
-    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid (as are the
-    directories made on the way)."""
+    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid.
+
+    Directories missing on the way are made, the program's too.
+    """
     fd = _open_beneath(path, os.O_WRONLY | os.O_CREAT, mode, (uid, gid))
     try:
         os.ftruncate(fd, 0)
