@@ -163,7 +163,10 @@ class Sandbox:
         self._remove_workdir()
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Create or replace a file in /box, /tmp or /dev/shm (relative paths are in /box), owned by the program."""
+        """Create or replace a file in /box, /tmp or /dev/shm (relative paths are in /box), owned by the program.
+
+        Directories missing on the way are made (the program's too).
+        """
         fd = os.memfd_create("sbx-write", os.MFD_CLOEXEC)
         try:
             _write_all(fd, data)
