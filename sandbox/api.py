@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -187,11 +188,12 @@ class Sandbox:
             raise BoxFileError(reply["error"])
 
     async def open_file(self, path: str) -> int:
-        """A read-only fd of a regular file in /box, /tmp or /dev/shm, for the caller to close.
+        """A read-only fd of a regular file or directory in /box, /tmp or /dev/shm, for the caller to close.
 
         Box init opens it, never through a symlink and never blocking on a FIFO
         the program planted: reading through the fd trusts no path the program
-        controls.
+        controls.  A directory's entries can be listed through it (os.scandir),
+        not opened: open each with `open_file` again.
         """
         reply, fds = await self._open_box().file_op({"op": "read", "path": path}, [])
         if "error" in reply:
@@ -204,10 +206,12 @@ class Sandbox:
             fd = await self.open_file(path)
         except BoxFileError as e:
             raise BoxFileError(f"read_file {e}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_size:
+            os.close(fd)
+            raise BoxFileError(f"read_file {path}: " + (f"{st.st_size} bytes is more than max_size={max_size}"
+                                                        if stat.S_ISREG(st.st_mode) else "not a regular file"))
         with os.fdopen(fd, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_size:
-                raise BoxFileError(f"read_file {path}: {size} bytes is more than max_size={max_size}")
             return f.read(max_size)
 
     async def reset(self) -> None:

@@ -25,23 +25,22 @@ WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
 
 
 def locate(path: str) -> tuple[str, str]:
-    """The writable dir holding `path` (a relative path is relative to /box), and the path beneath it."""
+    """The writable dir holding `path` (a relative path is relative to /box), and the path beneath it ("." for
+    the dir itself)."""
     norm = os.path.normpath(path)
     if not norm.startswith("/"):
-        if norm == "." or norm == ".." or norm.startswith("../"):
+        if norm == ".." or norm.startswith("../"):
             raise ValueError(f"{path}: not a file under {WORK_DIR}")
         return WORK_DIR, norm
     for root in WRITABLE_DIRS:
         if norm == root or norm.startswith(root + "/"):
-            rel = os.path.relpath(norm, root)
-            if rel == ".":
-                raise ValueError(f"{path}: not a file under {root}")
-            return root, rel
+            return root, os.path.relpath(norm, root)
     raise ValueError(f"{path}: not under {', '.join(WRITABLE_DIRS[:-1])} or {WRITABLE_DIRS[-1]}")
 
 
-def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None) -> int:
-    """Open `path` in its writable dir, never through a symlink, and only if it is a regular file.
+def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None,
+                  directory: bool = False) -> int:
+    """Open `path` in its writable dir, never through a symlink, and only if it is a regular file (or a directory).
 
     With `owner`, missing directories on the way are made, owned by it: a
     tree is copied in file by file.
@@ -62,9 +61,10 @@ def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] |
         fd = _openat(parent, os.path.basename(rel), flags, mode)
     finally:
         os.close(parent)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    kind = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(kind) or directory and stat.S_ISDIR(kind)):
         os.close(fd)
-        raise OSError(f"{path}: not a regular file")
+        raise OSError(f"{path}: not a regular file" + (" or directory" if directory else ""))
     return fd
 
 
@@ -77,16 +77,19 @@ def _openat(parent: int, name: str, flags: int, mode: int) -> int:
 
 
 def open_for_reading(path: str) -> int:
-    """An fd the supervisor can read: the file's own, or for a file of a FUSE union a copy in a memfd.
+    """An fd the supervisor can read: a regular file's own, or for one of a FUSE union a copy in a memfd; or a
+    directory's, whose entries the supervisor lists through it (and opens, each, through box init again).
 
     A FUSE mount with allow_other serves only processes of the user namespace
     it was mounted in, so the supervisor, outside it, would get EACCES through
     the file's own fd.  The copy is bounded by the box's tmpfs (--disk).
     """
-    fd = _open_beneath(path, os.O_RDONLY)
+    fd = _open_beneath(path, os.O_RDONLY, directory=True)
     if not _on_fuse(fd):
         return fd
     try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: a directory of a FUSE union cannot be listed from outside the box")
         return _in_memory(fd)
     finally:
         os.close(fd)

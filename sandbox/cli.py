@@ -129,9 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
     run.add_argument("--disk", metavar="SIZE",
-                     help="size of the writable /box, /tmp, /dev/shm together (default 256M); also the most that "
-                          "all --copy-out files together may bring back")
-    run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
+                     help="size of the writable /box, /tmp, /dev/shm together (default 256M); also the most "
+                          "that all --copy-out copies together may bring back")
+    run.add_argument("--inodes", metavar="N",
+                     help="number of files in them (default 16384); also the most files --copy-out may bring back")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
                      help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
                           "instead of the host's system dirs")
@@ -155,11 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                           "directories are copied, symlinks and special files left out (never followed), and "
                           "empty directories not made.")
     run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
-                     help="after the run, even a failed one, copy the box file SRC (a path as for --copy-in's "
-                          "DST) to the host path DST, or into DST if it is a directory (repeatable). The copy is "
-                          "yours, mode 644, or 755 if SRC was executable (less your umask). DST is replaced, never "
-                          "written through a symlink, and symlinks in the box are never followed. Regular files "
-                          "only: for a directory, archive it in the box (tar cf out.tar DIR) and copy that out.")
+                     help="after the run, even a failed one, copy the box file or directory SRC (a path as for "
+                          "--copy-in's DST; . is all of /box) to the host path DST, or into DST if it is a "
+                          "directory (repeatable). Of a tree, regular files and directories are copied, symlinks "
+                          "and special files left out (never followed); an existing host directory is merged "
+                          "into. The copies are yours, mode 644, or 755 if executable, less your umask. A file "
+                          "already at the destination is replaced, never written through a symlink; a symlink "
+                          "where a directory goes is refused. At most --disk bytes and --inodes files in all.")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
@@ -223,12 +226,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
     disk = parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK
+    inodes = parse_count(args.inodes, "--inodes") if args.inodes else Sandbox.DEFAULT_INODES
     sandbox = Sandbox(
         limits=_limits(args),
         binds=binds,
         tmpfs=args.tmpfs,
         disk=disk,
-        inodes=parse_count(args.inodes, "--inodes") if args.inodes else Sandbox.DEFAULT_INODES,
+        inodes=inodes,
         net=args.net,
         idmap=args.idmap,
         env=dict(_env_pair(e) for e in args.env),
@@ -239,7 +243,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fs=args.fs,
     )
     plan = _Plan(argv, args.quiet, binds, [_copy_in(spec) for spec in args.copy_in],
-                 [_copy_out(spec) for spec in args.copy_out], copy_out_budget=disk)
+                 [_copy_out(spec) for spec in args.copy_out], disk, inodes)
     stdin = _open_stdin(args.stdin)
     try:
         outcome = trio.run(_session, sandbox, plan, stdin)
@@ -271,18 +275,20 @@ def _copy_spec(spec: str, flag: str) -> _Copy:
     return _Copy(src, dst)
 
 
-def _check_box_file(path: str, flag: str) -> None:
+def _check_box_path(path: str, flag: str, file: bool) -> None:
+    """In /box, /tmp or /dev/shm; a file cannot be one of those dirs themselves (a tree can)."""
     try:
-        boxfiles.locate(path)
+        root, rel = boxfiles.locate(path)
     except ValueError as e:
         raise ConfigError(f"{flag} {e}") from None
+    if file and rel == ".":
+        raise ConfigError(f"{flag} {path}: not a file under {root}")
 
 
 def _copy_in(spec: str) -> _Copy:
     """Checked before any box is built: a missing source is bad input."""
     copy = _copy_spec(spec, "--copy-in")
-    if not (os.path.isdir(copy.src) and os.path.normpath(copy.dst) in (".", *boxfiles.WRITABLE_DIRS)):
-        _check_box_file(copy.dst, "--copy-in")  # (a tree may go straight into /box, /tmp or /dev/shm)
+    _check_box_path(copy.dst, "--copy-in", file=not os.path.isdir(copy.src))
     if not (os.path.isfile(copy.src) or os.path.isdir(copy.src)):
         why = "neither a regular file nor a directory" if os.path.exists(copy.src) else "No such file or directory"
         raise ConfigError(f"--copy-in {copy.src}: {why}")
@@ -292,7 +298,7 @@ def _copy_in(spec: str) -> _Copy:
 def _copy_out(spec: str) -> _Copy:
     """Checked before the run, so that a typo in the destination loses no run's work."""
     copy = _copy_spec(spec, "--copy-out")
-    _check_box_file(copy.src, "--copy-out")
+    _check_box_path(copy.src, "--copy-out", file=False)
     if not os.path.isdir(os.path.dirname(copy.dst) or "."):
         raise ConfigError(f"--copy-out {copy.dst}: No such directory")
     return copy
@@ -307,8 +313,8 @@ class _Plan:
     binds: list[Bind]
     copy_in: list[_Copy]
     copy_out: list[_Copy]
-    copy_out_budget: int
-    """Bytes that all --copy-out files together may bring back: what the box could hold (--disk)."""
+    disk: int
+    inodes: int
 
 
 @dataclass
@@ -327,8 +333,7 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
         for c in plan.copy_in:
             left_out = await _send(sandbox, c)
             if left_out and not plan.quiet:
-                notes.append(f"--copy-in {c.src}: left out {left_out} symlink(s) or special file(s) in it "
-                             "(only regular files and directories are copied)")
+                notes.append(f"--copy-in {c.src}: {_left_out(left_out)}")
         try:
             result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
             outcome = _Outcome(result, result.shell_status, notes)
@@ -337,13 +342,16 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
         except ExecError as e:
             said = _not_found(plan, sandbox.cwd, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
             outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, notes + said)
-        left = plan.copy_out_budget
+        budget = _Budget(plan.disk, plan.inodes)
         for c in plan.copy_out:
             try:
-                left -= await _fetch(sandbox, c, left)
+                left_out = await _fetch(sandbox, c, budget)
             except BoxFileError as e:
                 outcome.lines.append(f"--copy-out {e}")
                 outcome.exit_status = outcome.exit_status or BoxFileError.exit_status
+                continue
+            if left_out and not plan.quiet:
+                outcome.lines.append(f"--copy-out {c.src}: {_left_out(left_out)}")
     return outcome
 
 
@@ -400,55 +408,121 @@ async def _send_file(sandbox: Sandbox, fd: int, dst: str) -> None:
         raise BoxFileError(f"--copy-in {e}") from None
 
 
-async def _fetch(sandbox: Sandbox, c: _Copy, left: int) -> int:
-    """One --copy-out, at most `left` bytes; returns its size.
+def _left_out(count: int) -> str:
+    return f"left out {count} symlink(s) or special file(s) in it (only regular files and directories are copied)"
 
-    Box init opens the file (never through a symlink); this process only
-    reads the fd, and writes the host side as itself with a plain mode.
+
+@dataclass
+class _Budget:
+    """What all --copy-out copies together may still bring back: at most what the box could hold.
+
+    A hostile program cannot fill the host through a copy-out: not with a
+    sparse file, not with an --upper that no --disk caps.
     """
-    fd = await sandbox.open_file(c.src)
+
+    bytes: int
+    entries: int
+
+    def take(self, path: str, size: int) -> None:
+        if size > self.bytes:
+            raise BoxFileError(f"{path}: {size} bytes, more than the {self.bytes} bytes left for copying out "
+                               "(at most --disk in all)")
+        if self.entries < 1:
+            raise BoxFileError(f"{path}: more files than --inodes in all to copy out")
+        self.bytes -= size
+        self.entries -= 1
+
+
+async def _fetch(sandbox: Sandbox, c: _Copy, budget: _Budget) -> int:
+    """One --copy-out, of a file or a directory tree; returns how many entries of the tree were left out.
+
+    Box init opens every file and directory (never through a symlink); this
+    process only reads and lists through those fds, and writes the host side
+    as itself, with plain modes, relative to directory fds.
+    """
+    into = os.path.isdir(c.dst) and not os.path.islink(c.dst)  # (a link there is replaced, not followed)
+    directory, name = (c.dst, os.path.basename(os.path.normpath(c.src))) if into else \
+        (os.path.dirname(c.dst) or ".", os.path.basename(c.dst))
+    try:
+        parent = os.open(directory, _DIR_FLAGS)
+    except OSError as e:
+        raise BoxFileError(f"{directory}: {e.strerror}") from None
+    try:
+        return await _fetch_entry(sandbox, c.src, parent, name, os.path.join(c.dst, name) if into else c.dst, budget)
+    finally:
+        os.close(parent)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown: str, budget: _Budget) -> int:
+    """Copy the box's `src` to `name` in the host directory `parent` (`shown` is that host path, for messages)."""
+    fd = await sandbox.open_file(src)
     try:
         st = os.fstat(fd)
-        if st.st_size > left:
-            raise BoxFileError(f"{c.src}: {st.st_size} bytes, more than the {left} bytes left for copying out "
-                               "(at most --disk in all)")
+        is_dir = stat.S_ISDIR(st.st_mode)
+        budget.take(src, 0 if is_dir else st.st_size)
         try:
-            await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), c.dst,
-                                          os.path.basename(c.src))
+            if not is_dir:
+                await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)
+                return 0
+            below = _host_dir(parent, name)
         except OSError as e:
-            raise BoxFileError(f"{c.dst}: {e.strerror or e}") from None
-        return st.st_size
+            raise BoxFileError(f"{shown}: {e.strerror or e}") from None
+        try:
+            names, left_out = _listing(fd)
+            for entry in names:
+                left_out += await _fetch_entry(sandbox, f"{src}/{entry}", below, entry, f"{shown}/{entry}", budget)
+            return left_out
+        finally:
+            os.close(below)
     finally:
         os.close(fd)
 
 
-def _store(source: int, size: int, mode: int, dst: str, name: str) -> None:
-    """Write a new file beside `dst` and rename it over `dst` (or into the directory `dst` as `name`).
+def _listing(directory: int) -> tuple[list[str], int]:
+    """The names of a box directory's regular files and directories (sorted), and how many others it has."""
+    names, others = [], 0
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            try:
+                wanted = entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+            except OSError:
+                wanted = False
+            if wanted:
+                names.append(entry.name)
+            else:
+                others += 1
+    return sorted(names), others
 
-    An existing `dst` (a symlink a program with a writable --bind planted,
-    a hard link) is replaced, never written through; a failed copy leaves
-    `dst` as it was.
-    """
+
+def _host_dir(parent: int, name: str) -> int:
+    """The host directory `name` in `parent`, made if missing; a symlink there is refused, not followed."""
     try:
-        if stat.S_ISDIR(os.lstat(dst).st_mode):
-            dst = os.path.join(dst, name)
-    except FileNotFoundError:
+        os.mkdir(name, 0o755, dir_fd=parent)
+    except FileExistsError:
         pass
-    final = os.path.basename(dst)
-    temp = f".{final}.sbx-{secrets.token_hex(4)}"
-    parent = os.open(os.path.dirname(dst) or ".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+
+
+def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
+    """Write a new file in `parent` and rename it to `name`.
+
+    An existing `name` (a symlink a program with a writable --bind planted,
+    a hard link) is replaced, never written through; a failed copy leaves it
+    as it was.
+    """
+    temp = f".{name}.sbx-{secrets.token_hex(4)}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
-        try:
-            boxfiles.copy(source, fd, size)
-            os.rename(temp, final, src_dir_fd=parent, dst_dir_fd=parent)
-        except BaseException:
-            os.unlink(temp, dir_fd=parent)
-            raise
-        finally:
-            os.close(fd)
+        boxfiles.copy(source, fd, size)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        os.unlink(temp, dir_fd=parent)
+        raise
     finally:
-        os.close(parent)
+        os.close(fd)
 
 
 def _plain_mode(mode: int) -> int:

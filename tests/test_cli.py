@@ -90,7 +90,8 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
          "sbx: --copy-in /etc/x: not under /box, /tmp or /dev/shm"),
         (["run", "--copy-in", "/etc/hostname", "--", "true"], 125, "sbx: --copy-in '/etc/hostname': expected SRC:DST"),
         (["run", "--copy-out", "f:/no/dir/f", "--", "true"], 125, "sbx: --copy-out /no/dir/f: No such directory"),
-        (["run", "--copy-out", "sub:/tmp/", "--", "mkdir", "sub"], 125, "sbx: --copy-out sub: not a regular file"),
+        (["run", "--copy-out", "f:/tmp/", "--", "mkfifo", "f"], 125,
+         "sbx: --copy-out f: not a regular file or directory"),
         (["run", "--ro-bind", "/etc/hostname:/box/ro", "--copy-in", "/etc/hostname:ro", "--", "true"], 125,
          "sbx: --copy-in ro: Permission denied"),
     ],
@@ -297,7 +298,7 @@ def test_run_help_names_every_option() -> None:
     text = sbx("run", "--help").stdout.decode()
     for flag in ("--copy-in", "--copy-out", "--quiet", "--json", "--disk", "--bind", "--ro-bind", "--time"):
         assert flag in text
-    assert "Exit status" in text and "tar cf out.tar DIR" in text
+    assert "Exit status" in text and "--inodes files in all" in text
 
 
 @pytest.mark.parametrize("fs", ["kernel", "fuse"])
@@ -340,3 +341,37 @@ def test_copy_in_of_a_tree_copies_files_and_directories_and_follows_no_link_in_i
             f"sbx: --copy-in {src}: left out 3 symlink(s) or special file(s) in it "
             "(only regular files and directories are copied)"]
         assert (tmp_path / "out").read_text() == "built\n"
+
+
+def test_copy_out_of_a_tree_brings_files_and_directories_and_follows_no_link(tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("the caller's secret\n")
+    secret.chmod(0o600)
+    (tmp_path / "into").mkdir()
+    r = sbx("run", "--copy-out", f"dist:{tmp_path}/dist", "--copy-out", f".:{tmp_path}/into",
+            "--", "sh", "-c", f"mkdir -p dist/a/b dist/empty; echo top > dist/top; echo deep > dist/a/b/deep; "
+                              f"chmod 4777 dist/top; chmod 700 dist/a; ln -s {secret} dist/leak; "
+                              f"ln -s {tmp_path} dist/a/up; mkfifo dist/fifo")
+    assert r.returncode == 0, r.stderr
+    note = "left out 3 symlink(s) or special file(s) in it (only regular files and directories are copied)"
+    assert r.stderr.decode().splitlines() == [f"sbx: --copy-out dist: {note}", f"sbx: --copy-out .: {note}"]
+    for root in (tmp_path / "dist", tmp_path / "into" / "dist"):
+        found = {str(p.relative_to(root)): p.lstat() for p in root.rglob("*")}
+        assert sorted(found) == ["a", "a/b", "a/b/deep", "empty", "top"]
+        assert all(st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & ~0o755 == 0 for st in found.values())
+        assert (root / "top").read_text() == "top\n" and (root / "a" / "b" / "deep").read_text() == "deep\n"
+    assert secret.read_text() == "the caller's secret\n"
+
+
+def test_copy_out_of_a_tree_refuses_a_host_link_where_a_directory_goes(tmp_path: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    r = sbx("run", "--bind", f"{shared}:/shared", "--copy-out", f"dist:{shared}",
+            "--", "sh", "-c", f"mkdir -p /shared/dist dist/sub; chmod 777 /shared/dist; "
+                              f"ln -s {victim} /shared/dist/sub; echo x > dist/sub/x")
+    assert r.returncode == 125
+    assert r.stderr.decode().splitlines() == [f"sbx: --copy-out {shared}/dist/sub: Not a directory"]
+    assert list(victim.iterdir()) == []
