@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "and special files left out (never followed); an existing host directory is merged "
                           "into. The copies are yours, mode 644, or 755 if executable, less your umask. A file "
                           "already at the destination is replaced, never written through a symlink; a symlink "
-                          "where a directory goes is refused. At most --disk bytes and --inodes files in all.")
+                          "where a directory goes is refused. At most --disk bytes and --inodes files in all. (A "
+                          "directory of a --fs fuse union cannot be copied out, only its files.)")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")

@@ -219,6 +219,18 @@ def test_copy_in_and_out_arrive_plain_and_owned_by_the_caller(tmp_path: Path) ->
         assert stat.S_IMODE(st.st_mode) & ~0o755 == 0 and st.st_mode & stat.S_IXUSR  # executable, nothing more
 
 
+SECRET = "the caller's secret\n"
+
+
+@pytest.fixture
+def secret(tmp_path: Path) -> Path:
+    """A file only the caller may read: no copy in or out may carry it or change it."""
+    path = tmp_path / "secret"
+    path.write_text(SECRET)
+    path.chmod(0o600)
+    return path
+
+
 def _host_state(root: Path) -> dict[str, tuple[str, bytes]]:
     """Every entry under `root` with what it is: a link's target, a file's contents."""
     state = {}
@@ -238,10 +250,8 @@ def _host_state(root: Path) -> dict[str, tuple[str, bytes]]:
     ("mkdir d; ln -s {dir} d2", "d2/secret"),
     ("ln -s /proc/1/environ out", "out"),
 ])
-def test_copy_out_never_follows_a_link_the_program_planted(tmp_path: Path, plant: str, src: str) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("the caller's secret\n")
-    secret.chmod(0o600)
+def test_copy_out_never_follows_a_link_the_program_planted(tmp_path: Path, secret: Path, plant: str,
+                                                           src: str) -> None:
     before = _host_state(tmp_path)
     out = tmp_path / "r.json"
     r = sbx("run", "--json", str(out), "--copy-out", f"{src}:{tmp_path}/got",
@@ -252,7 +262,7 @@ def test_copy_out_never_follows_a_link_the_program_planted(tmp_path: Path, plant
     assert json.loads(out.read_text())["status"] == "OK"  # the record is written all the same
     out.unlink()
     assert _host_state(tmp_path) == before
-    assert b"the caller's secret" not in r.stdout + r.stderr
+    assert SECRET.encode() not in r.stdout + r.stderr
 
 
 def test_copy_out_replaces_a_host_link_the_program_planted_and_never_writes_through_it(tmp_path: Path) -> None:
@@ -317,12 +327,17 @@ def test_copy_in_and_out_of_a_union_root(tmp_path: Path, fs: str) -> None:
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "out").read_text() == "dereyal\n"
     assert stat.S_IMODE((tmp_path / "out").stat().st_mode) & ~0o644 == 0
+    tree = sbx("run", "--fs", fs, "--lower", str(low), "--ro-bind", "/usr", "--copy-out", f"d:{tmp_path}/d",
+               "--", "sh", "-c", "mkdir d; echo x > d/x")
+    if fs == "kernel":
+        assert tree.returncode == 0 and (tmp_path / "d" / "x").read_text() == "x\n"
+    else:  # FUSE serves only the box's user namespace, and box init copies files, not listings
+        assert tree.stderr.decode().splitlines() == [
+            "sbx: --copy-out d: a directory of a FUSE union cannot be listed from outside the box"]
 
 
-def test_copy_in_of_a_tree_copies_files_and_directories_and_follows_no_link_in_it(tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("the caller's secret\n")
-    secret.chmod(0o600)
+def test_copy_in_of_a_tree_copies_files_and_directories_and_follows_no_link_in_it(tmp_path: Path,
+                                                                                    secret: Path) -> None:
     src = tmp_path / "src"
     (src / "a" / "b").mkdir(parents=True)
     (src / "a" / "b" / "deep").write_text("deep\n")
@@ -343,10 +358,8 @@ def test_copy_in_of_a_tree_copies_files_and_directories_and_follows_no_link_in_i
         assert (tmp_path / "out").read_text() == "built\n"
 
 
-def test_copy_out_of_a_tree_brings_files_and_directories_and_follows_no_link(tmp_path: Path) -> None:
-    secret = tmp_path / "secret"
-    secret.write_text("the caller's secret\n")
-    secret.chmod(0o600)
+def test_copy_out_of_a_tree_brings_files_and_directories_and_follows_no_link(tmp_path: Path,
+                                                                             secret: Path) -> None:
     (tmp_path / "into").mkdir()
     r = sbx("run", "--copy-out", f"dist:{tmp_path}/dist", "--copy-out", f".:{tmp_path}/into",
             "--", "sh", "-c", f"mkdir -p dist/a/b dist/empty; echo top > dist/top; echo deep > dist/a/b/deep; "
@@ -360,7 +373,7 @@ def test_copy_out_of_a_tree_brings_files_and_directories_and_follows_no_link(tmp
         assert sorted(found) == ["a", "a/b", "a/b/deep", "empty", "top"]
         assert all(st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) & ~0o755 == 0 for st in found.values())
         assert (root / "top").read_text() == "top\n" and (root / "a" / "b" / "deep").read_text() == "deep\n"
-    assert secret.read_text() == "the caller's secret\n"
+    assert secret.read_text() == SECRET
 
 
 def test_copy_out_of_a_tree_refuses_a_host_link_where_a_directory_goes(tmp_path: Path) -> None:
