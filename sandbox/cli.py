@@ -381,15 +381,8 @@ async def _send_entry(sandbox: Sandbox, fd: int, src: str, dst: str) -> int:
         return 0
     if not stat.S_ISDIR(mode):
         return 1
-    left_out = 0
-    names = []
-    with os.scandir(fd) as scan:
-        for entry in scan:
-            if entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False):
-                names.append(entry.name)
-            else:
-                left_out += 1
-    for name in sorted(names):
+    names, left_out = _listing(fd)
+    for name in names:
         try:  # (O_NOFOLLOW: an entry swapped for a link meanwhile is refused, not followed)
             below = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=fd)
         except OSError as e:
@@ -483,7 +476,7 @@ async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown
 
 
 def _listing(directory: int) -> tuple[list[str], int]:
-    """The names of a box directory's regular files and directories (sorted), and how many others it has."""
+    """The names of a directory's regular files and directories (sorted), and how many others it has."""
     names, others = [], 0
     with os.scandir(directory) as scan:
         for entry in scan:
