@@ -507,7 +507,7 @@ def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
     a hard link) is replaced, never written through; a failed copy leaves it
     as it was.
     """
-    temp = f".{name}.sbx-{secrets.token_hex(4)}"
+    temp = f".sbx-copy-{secrets.token_hex(8)}"  # (not from `name`: that may already be 255 bytes long)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
     try:
         boxfiles.copy(source, fd, size)
