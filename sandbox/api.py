@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -163,28 +164,54 @@ class Sandbox:
         self._remove_workdir()
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Create or replace a file under /box (relative paths are relative to it), owned by the program."""
-        box = self._open_box()
+        """Create or replace a file in /box, /tmp or /dev/shm (relative paths are in /box), owned by the program.
+
+        Directories missing on the way are made (the program's too).
+        """
         fd = os.memfd_create("sbx-write", os.MFD_CLOEXEC)
         try:
             _write_all(fd, data)
-        except BaseException:
+            await self.copy_in(path, fd, mode)
+        except BoxFileError as e:
+            raise BoxFileError(f"write_file {e}") from None
+        finally:
             os.close(fd)
-            raise
-        reply, _ = await box.file_op({"op": "write", "path": path, "mode": mode}, [fd])
+
+    async def copy_in(self, path: str, source: int, mode: int = 0o644) -> None:
+        """Like `write_file`, from the regular file open as `source` (from its start; left open).
+
+        Box init copies it straight from the fd, so a large file never passes
+        through this process.
+        """
+        reply, _ = await self._open_box().file_op({"op": "write", "path": path, "mode": mode}, [os.dup(source)])
         if "error" in reply:
-            raise BoxFileError(f"write_file {reply['error']}")
+            raise BoxFileError(reply["error"])
+
+    async def open_file(self, path: str) -> int:
+        """A read-only fd of a regular file or directory in /box, /tmp or /dev/shm, for the caller to close.
+
+        Box init opens it, never through a symlink and never blocking on a FIFO
+        the program planted: reading through the fd trusts no path the program
+        controls.  A directory's entries can be listed through it (os.scandir),
+        not opened: open each with `open_file` again.
+        """
+        reply, fds = await self._open_box().file_op({"op": "read", "path": path}, [])
+        if "error" in reply:
+            raise BoxFileError(reply["error"])
+        return fds[0]
 
     async def read_file(self, path: str, max_size: int = 64 * 2**20) -> bytes:
-        """Read a regular file under /box; never follows a symlink or blocks on a FIFO the program planted."""
-        box = self._open_box()
-        reply, fds = await box.file_op({"op": "read", "path": path}, [])
-        if "error" in reply:
-            raise BoxFileError(f"read_file {reply['error']}")
-        with os.fdopen(fds[0], "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size > max_size:
-                raise BoxFileError(f"read_file {path}: {size} bytes is more than max_size={max_size}")
+        """The contents of a regular file in /box, /tmp or /dev/shm (see `open_file`), at most `max_size` bytes."""
+        try:
+            fd = await self.open_file(path)
+        except BoxFileError as e:
+            raise BoxFileError(f"read_file {e}") from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_size:
+            os.close(fd)
+            raise BoxFileError(f"read_file {path}: " + (f"{st.st_size} bytes is more than max_size={max_size}"
+                                                        if stat.S_ISREG(st.st_mode) else "not a regular file"))
+        with os.fdopen(fd, "rb") as f:
             return f.read(max_size)
 
     async def reset(self) -> None:

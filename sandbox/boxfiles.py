@@ -1,14 +1,16 @@
-"""Copying files into and out of a box's work dir, safely against the program, and emptying it.
+"""Copying files into and out of a box's writable dirs, safely against the program, and emptying them.
 
 Box init does the opening, inside the box, with openat2 confined beneath
-/box with no symlinks at all (RESOLVE_NO_SYMLINKS also refuses magic links
-like /proc/self/fd/N), non-blocking (a planted FIFO cannot stall it), and
-only for regular files.  The supervisor then reads or fills the file through
-the fd alone, so it never resolves a path the program controls.
+/box, /tmp or /dev/shm with no symlinks at all (RESOLVE_NO_SYMLINKS also
+refuses magic links like /proc/self/fd/N), non-blocking (a planted FIFO
+cannot stall it), and only for regular files.  The supervisor then reads or
+fills the file through the fd alone, so it never resolves a path the
+program controls.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -17,62 +19,134 @@ from . import syscalls as sc
 from .mounts import WORK_DIR
 
 _RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
-_BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY | os.O_NOFOLLOW
+_BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+"""No O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a link anywhere (ELOOP), where O_NOFOLLOW|O_DIRECTORY says ENOTDIR."""
+WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
 
 
-def relative(path: str) -> str:
-    """A path relative to /box; absolute paths must lie under /box."""
+def locate(path: str) -> tuple[str, str]:
+    """The writable dir holding `path` (a relative path is relative to /box), and the path beneath it ("." for
+    the dir itself)."""
     norm = os.path.normpath(path)
-    if norm.startswith("/"):
-        if norm != WORK_DIR and not norm.startswith(WORK_DIR + "/"):
-            raise ValueError(f"{path}: not under {WORK_DIR}")
-        norm = os.path.relpath(norm, WORK_DIR)
-    if norm in (".", "") or norm.startswith(".."):
-        raise ValueError(f"{path}: not a file under {WORK_DIR}")
-    return norm
+    if not norm.startswith("/"):
+        if norm == ".." or norm.startswith("../"):
+            raise ValueError(f"{path}: not a file under {WORK_DIR}")
+        return WORK_DIR, norm
+    for root in WRITABLE_DIRS:
+        if norm == root or norm.startswith(root + "/"):
+            return root, os.path.relpath(norm, root)
+    raise ValueError(f"{path}: not under {', '.join(WRITABLE_DIRS[:-1])} or {WRITABLE_DIRS[-1]}")
 
 
-def _regular(fd: int, path: str) -> int:
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
+def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None,
+                  directory: bool = False) -> int:
+    """Open `path` in its writable dir, never through a symlink, and only if it is a regular file (or a directory).
+
+    With `owner`, missing directories on the way are made, owned by it: a
+    tree is copied in file by file.
+    """
+    root_dir, rel = locate(path)
+    parent = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for name in rel.split("/")[:-1]:
+            if owner is not None:
+                try:
+                    os.mkdir(name, 0o755, dir_fd=parent)
+                    os.chown(name, *owner, dir_fd=parent, follow_symlinks=False)
+                except FileExistsError:
+                    pass
+            below = _openat(parent, name, os.O_RDONLY | os.O_DIRECTORY, 0)
+            os.close(parent)
+            parent = below
+        fd = _openat(parent, os.path.basename(rel), flags, mode)
+    finally:
+        os.close(parent)
+    kind = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(kind) or directory and stat.S_ISDIR(kind)):
         os.close(fd)
-        raise OSError(f"{path}: not a regular file")
+        raise OSError(f"{path}: not a regular file" + (" or directory" if directory else ""))
     return fd
 
 
-def open_for_reading(path: str) -> int:
-    rel = relative(path)
-    root = os.open(WORK_DIR, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+def _openat(parent: int, name: str, flags: int, mode: int) -> int:
     try:
-        return _regular(sc.openat2(root, rel, os.O_RDONLY | _BASE_FLAGS, 0, _RESOLVE), path)
+        return sc.openat2(parent, name, flags | _BASE_FLAGS, mode, _RESOLVE)
+    except OSError as e:  # box init names the path: the reason alone, and why a link was refused
+        note = " (symlinks in the box are never followed)" if e.errno == errno.ELOOP else ""
+        raise OSError(e.errno, os.strerror(e.errno) + note) from None
+
+
+def open_for_reading(path: str) -> int:
+    """An fd the supervisor can read: a regular file's own, or for one of a FUSE union a copy in a memfd; or a
+    directory's, whose entries the supervisor lists through it (and opens, each, through box init again).
+
+    A FUSE mount with allow_other serves only processes of the user namespace
+    it was mounted in, so the supervisor, outside it, would get EACCES through
+    the file's own fd.  The copy is bounded by the box's tmpfs (--disk).
+    """
+    fd = _open_beneath(path, os.O_RDONLY, directory=True)
+    if not _on_fuse(fd):
+        return fd
+    try:
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(f"{path}: a directory of a FUSE union cannot be listed from outside the box")
+        return _in_memory(fd)
     finally:
-        os.close(root)
+        os.close(fd)
+
+
+def _on_fuse(fd: int) -> bool:
+    """Whether the file open as `fd` is on a FUSE mount (its mount's type, from box init's own mount table)."""
+    with open(f"/proc/self/fdinfo/{fd}") as f:
+        mount_id = next(line.split()[1] for line in f if line.startswith("mnt_id:"))
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if fields[0] == mount_id:
+                return fields[fields.index("-") + 1].startswith("fuse")
+    return False
+
+
+def _in_memory(fd: int) -> int:
+    st = os.fstat(fd)
+    room = os.statvfs("/tmp")  # the tmpfs that --disk sizes
+    if st.st_size > room.f_blocks * room.f_frsize:
+        raise OSError(errno.EFBIG, f"{st.st_size} bytes, more than the box's --disk")
+    mem = os.memfd_create("sbx-read", os.MFD_CLOEXEC)
+    try:
+        copy(fd, mem, st.st_size)
+        os.lseek(mem, 0, os.SEEK_SET)
+        os.fchmod(mem, stat.S_IMODE(st.st_mode))
+    except BaseException:
+        os.close(mem)
+        raise
+    return mem
+
+
+def copy(source: int, target: int, size: int) -> int:
+    """Copy up to `size` bytes from the start of `source` to `target`'s position; fewer if `source` ends first."""
+    copied = 0
+    while copied < size:
+        n = os.sendfile(target, source, copied, size - copied)
+        if n == 0:
+            break
+        copied += n
+    return copied
 
 
 def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
-    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid."""
-    rel = relative(path)
-    root = os.open(WORK_DIR, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fd = _regular(sc.openat2(root, rel, os.O_WRONLY | os.O_CREAT | _BASE_FLAGS, mode, _RESOLVE), path)
-    finally:
-        os.close(root)
+    """Create or replace `path` with the contents of the fd `source`, owned by the program's uid.
+
+    Directories missing on the way are made, the program's too.
+    """
+    fd = _open_beneath(path, os.O_WRONLY | os.O_CREAT, mode, (uid, gid))
     try:
         os.ftruncate(fd, 0)
-        size = os.fstat(source).st_size
-        copied = 0
-        while copied < size:
-            n = os.sendfile(fd, source, copied, size - copied)
-            if n == 0:
-                break
-            copied += n
+        copy(source, fd, os.fstat(source).st_size)
         os.fchown(fd, uid, gid)
         os.fchmod(fd, mode)
     finally:
         os.close(fd)
-
-
-WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
 
 
 def reset() -> None:

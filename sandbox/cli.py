@@ -2,33 +2,99 @@
 
 Every failure of the sandbox itself is one line on stderr and exit status
 125; a program that cannot be executed gets 126/127 as from a shell; else
-the program's own status, or 128+N for signal N.
+the program's own status, or 128+N for signal N.  A run that does not end
+OK is explained in one line after the program's own output.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import errno
 import json
 import os
+import secrets
+import stat
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import version
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import trio
 
-from . import doctor, policy_cli
+from . import boxfiles, doctor, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
-from .errors import ConfigError, SandboxError
+from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
-from .mounts import WORK_DIR, parse_bind, check_box_path
-from .result import Result
+from .mounts import WORK_DIR, Bind, parse_bind, check_box_path
+from .result import Result, Status
 
 
 class _Parser(argparse.ArgumentParser):
+    """One-line errors (exit 125), and no abbreviated options.
+
+    argparse would take `--tim` as `--time`; a script relying on that breaks
+    the day another option starts the same way, so a near miss is refused
+    with the nearest real name suggested instead.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.option_names: list[str] = []
+        super().__init__(*args, allow_abbrev=False, **kwargs)
+
+    def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
+        action = super().add_argument(*args, **kwargs)
+        self.option_names += action.option_strings
+        return action
+
     def error(self, message: str) -> NoReturn:
         raise ConfigError(message)
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        """Each (sub)command refuses what it does not know itself, so the suggestion comes from its own options."""
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            word = extras[0]
+            if not word.startswith("-"):
+                raise ConfigError(f"unrecognized argument {word}")
+            raise ConfigError(_unrecognized("option", word.partition("=")[0], self.option_names))
+        return parsed, extras
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # the only choices here are subcommands: name the nearest one
+        if action.choices is not None and value not in action.choices:
+            raise ConfigError(_unrecognized("command", value, list(action.choices)))
+        super()._check_value(action, value)
+
+
+def _unrecognized(kind: str, word: str, known: list[str]) -> str:
+    """The refusal, with the nearest known name; compared without dashes, which every option shares."""
+    names = {name.lstrip("-"): name for name in known}
+    near = difflib.get_close_matches(word.lstrip("-"), names, n=1)
+    return f"unrecognized {kind} {word}" + (f" (did you mean {names[near[0]]}?)" if near else "")
+
+
+def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:
+    """A missing subcommand is checked after parsing (not by argparse's `required`), so that in
+    `sbx --verison` the unknown option is what gets reported, with its suggestion."""
+    def fail(args: argparse.Namespace) -> NoReturn:
+        raise ConfigError(f"no command given (one of {', '.join(choices)})")
+    return fail
+
+
+class _Version(argparse.Action):
+    """`sbx --version`: read from the installed package's metadata only when asked."""
+
+    def __init__(self, option_strings: list[str], dest: str) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print sbx's version and exit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        print(f"sbx {version('sbx')}")
+        parser.exit()
 
 
 def _env_pair(text: str) -> tuple[str, str]:
@@ -40,36 +106,78 @@ def _env_pair(text: str) -> tuple[str, str]:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sbx", description="Run untrusted programs in a rootless sandbox.")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.add_argument("--version", action=_Version)
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser)
+    parser.set_defaults(func=_no_command(sub.choices))
 
-    run = sub.add_parser("run", help="run one program in a fresh box")
+    run = sub.add_parser(
+        "run", help="run one program in a fresh box",
+        description="Run PROG in a fresh box. The box sees only the host's /usr, /bin, /sbin, /lib* and the parts "
+                    "of /etc a toolchain needs; /box (the working directory), /tmp and /dev/shm start empty. "
+                    "Give it more with --ro-bind, --bind or --copy-in.",
+        epilog="Exit status: the program's own, 128+N when it was killed by signal N, 126/127 when it is not "
+               "executable / not found, 125 when the sandbox could not be set up, a --copy-in failed, or a "
+               "--copy-out failed after a run that exited 0. A run that does not end OK is explained in one line "
+               "on stderr after the program's own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
     run.add_argument("--policy", default="default", metavar="NAME|FILE",
                      help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
     run.add_argument("--time", metavar="S", help="CPU time limit in seconds, summed over all processes")
     run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds")
-    run.add_argument("--memory", metavar="SIZE", help="memory limit, e.g. 256M")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="memory limit, e.g. 256M (a cgroup's when one is delegated, else an address-space rlimit)")
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
-    run.add_argument("--disk", metavar="SIZE", help="size of the writable /box, /tmp, /dev/shm (default 256M)")
-    run.add_argument("--inodes", metavar="N", help="number of files in them (default 16384)")
+    run.add_argument("--disk", metavar="SIZE",
+                     help="size of the writable /box, /tmp, /dev/shm together (default 256M); also the most "
+                          "that all --copy-out copies together may bring back")
+    run.add_argument("--inodes", metavar="N",
+                     help="number of files in them (default 16384); also the most files --copy-out may bring back")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
-                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root")
+                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
+                          "instead of the host's system dirs")
     run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
                      help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or FUSE when "
                           "/dev/fuse is usable (default)")
     run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
-    run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]", help="writable bind mount")
-    run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]", help="read-only bind mount")
-    run.add_argument("--tmpfs", action="append", default=[], metavar="DST", help="an empty writable tmpfs")
+    run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="writable bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range the program writes as its own uid, so SRC must be writable by others")
+    run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="read-only bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range SRC must be readable by others")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST",
+                     help="an empty writable tmpfs at DST (repeatable; each up to --disk and --inodes)")
+    run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
+                     help="copy the host file or directory SRC to DST in the box before the run (repeatable). "
+                          "DST is relative to /box or absolute under /box, /tmp or /dev/shm (a directory may go "
+                          "to /box itself: DST .); directories on the way are made. The copies are the "
+                          "program's, mode 644, or 755 if executable. Of a directory's tree, regular files and "
+                          "directories are copied, symlinks and special files left out (never followed), and "
+                          "empty directories not made.")
+    run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
+                     help="after the run, even a failed one, copy the box file or directory SRC (a path as for "
+                          "--copy-in's DST; . is all of /box) to the host path DST, or into DST if it is a "
+                          "directory (repeatable). Of a tree, regular files and directories are copied, symlinks "
+                          "and special files left out (never followed); an existing host directory is merged "
+                          "into. The copies are yours, mode 644, or 755 if executable, less your umask. A file "
+                          "already at the destination is replaced, never written through a symlink; a symlink "
+                          "where a directory goes is refused. At most --disk bytes and --inodes files in all. (A "
+                          "directory of a --fs fuse union cannot be copied out, only its files.)")
     run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
-    run.add_argument("--env", action="append", default=[], metavar="K=V", help="environment variable")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
     run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
-    run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin")
-    run.add_argument("--json", metavar="FILE|-", help="write the result record as JSON")
-    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]")
+    run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
+    run.add_argument("--json", metavar="FILE|-",
+                     help="write the result record as JSON, for every run attempted (also one whose program "
+                          "could not be started or whose box could not be set up)")
+    run.add_argument("--quiet", action="store_true",
+                     help="do not say why a run did not end OK, nor give hints (errors are still said)")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]",
+                     help="the program: a path in the box, or a name looked up in /usr/local/bin, /usr/bin, /bin")
     run.set_defaults(func=_cmd_run)
 
     judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
@@ -83,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.set_defaults(func=_cmd_judge)
 
     policy = sub.add_parser("policy", help="the seccomp policies")
-    psub = policy.add_subparsers(dest="policy_command", required=True, parser_class=_Parser)
+    psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)
+    policy.set_defaults(func=_no_command(psub.choices))
     psub.add_parser("list", help="the shipped policies").set_defaults(func=lambda a: _print(policy_cli.list_policies()))
     show = psub.add_parser("show", help="what a policy allows and blocks")
     show.add_argument("name", metavar="NAME|FILE")
@@ -116,14 +225,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise ConfigError("run: no program given (usage: sbx run [OPTIONS] -- PROG [ARG...])")
     if argv[0].startswith("-"):
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
-    limits = _limits(args)
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
+    disk = parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK
+    inodes = parse_count(args.inodes, "--inodes") if args.inodes else Sandbox.DEFAULT_INODES
     sandbox = Sandbox(
-        limits=limits,
+        limits=_limits(args),
         binds=binds,
         tmpfs=args.tmpfs,
-        disk=parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK,
-        inodes=parse_count(args.inodes, "--inodes") if args.inodes else Sandbox.DEFAULT_INODES,
+        disk=disk,
+        inodes=inodes,
         net=args.net,
         idmap=args.idmap,
         env=dict(_env_pair(e) for e in args.env),
@@ -133,14 +243,312 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upper=args.upper,
         fs=args.fs,
     )
+    plan = _Plan(argv, args.quiet, binds, [_copy_in(spec) for spec in args.copy_in],
+                 [_copy_out(spec) for spec in args.copy_out], disk, inodes)
     stdin = _open_stdin(args.stdin)
     try:
-        result = trio.run(_run_once, sandbox, argv, stdin)
+        outcome = trio.run(_session, sandbox, plan, stdin)
+    except SandboxError as e:
+        if args.json:  # the run was attempted, but its box could not be set up
+            _write_json(args.json, Result.not_run(Status.IE, None, str(e)))
+        raise
     finally:
         os.close(stdin)
+    for line in outcome.lines:
+        print(f"sbx: {line}", file=sys.stderr)
     if args.json:
-        _write_json(args.json, result)
-    return result.shell_status
+        _write_json(args.json, outcome.result)
+    return outcome.exit_status
+
+
+@dataclass(frozen=True)
+class _Copy:
+    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm."""
+
+    src: str
+    dst: str
+
+
+def _copy_spec(spec: str, flag: str) -> _Copy:
+    src, sep, dst = spec.partition(":")
+    if not (src and sep and dst):
+        raise ConfigError(f"{flag} {spec!r}: expected SRC:DST")
+    return _Copy(src, dst)
+
+
+def _check_box_path(path: str, flag: str, file: bool) -> None:
+    """In /box, /tmp or /dev/shm; a file cannot be one of those dirs themselves (a tree can)."""
+    try:
+        root, rel = boxfiles.locate(path)
+    except ValueError as e:
+        raise ConfigError(f"{flag} {e}") from None
+    if file and rel == ".":
+        raise ConfigError(f"{flag} {path}: not a file under {root}")
+
+
+def _copy_in(spec: str) -> _Copy:
+    """Checked before any box is built: a missing source is bad input."""
+    copy = _copy_spec(spec, "--copy-in")
+    _check_box_path(copy.dst, "--copy-in", file=not os.path.isdir(copy.src))
+    if not (os.path.isfile(copy.src) or os.path.isdir(copy.src)):
+        why = "neither a regular file nor a directory" if os.path.exists(copy.src) else "No such file or directory"
+        raise ConfigError(f"--copy-in {copy.src}: {why}")
+    return copy
+
+
+def _copy_out(spec: str) -> _Copy:
+    """Checked before the run, so that a typo in the destination loses no run's work."""
+    copy = _copy_spec(spec, "--copy-out")
+    _check_box_path(copy.src, "--copy-out", file=False)
+    if not os.path.isdir(os.path.dirname(copy.dst) or "."):
+        raise ConfigError(f"--copy-out {copy.dst}: No such directory")
+    return copy
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """What `sbx run` does with its box, checked before the box is built."""
+
+    argv: list[str]
+    quiet: bool
+    binds: list[Bind]
+    copy_in: list[_Copy]
+    copy_out: list[_Copy]
+    disk: int
+    inodes: int
+
+
+@dataclass
+class _Outcome:
+    """How `sbx run` ends: the record, the exit status, and the lines to say after the program's output."""
+
+    result: Result
+    exit_status: int
+    lines: list[str] = field(default_factory=list)
+
+
+async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
+    """The box's whole life: copy in, run, copy out (also after a failed run or one that never started)."""
+    async with sandbox:
+        notes = []
+        for c in plan.copy_in:
+            left_out = await _send(sandbox, c)
+            if left_out and not plan.quiet:
+                notes.append(f"--copy-in {c.src}: {_left_out(left_out)}")
+        try:
+            result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
+            outcome = _Outcome(result, result.shell_status, notes)
+            if result.status is not Status.OK and not plan.quiet:
+                outcome.lines.append(result.summary)
+        except ExecError as e:
+            said = _not_found(plan, sandbox.cwd, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
+            outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, notes + said)
+        budget = _Budget(plan.disk, plan.inodes)
+        for c in plan.copy_out:
+            try:
+                left_out = await _fetch(sandbox, c, budget)
+            except BoxFileError as e:
+                outcome.lines.append(f"--copy-out {e}")
+                outcome.exit_status = outcome.exit_status or BoxFileError.exit_status
+                continue
+            if left_out and not plan.quiet:
+                outcome.lines.append(f"--copy-out {c.src}: {_left_out(left_out)}")
+    return outcome
+
+
+async def _send(sandbox: Sandbox, c: _Copy) -> int:
+    """One --copy-in, of a file or a directory tree; returns how many entries of the tree were left out.
+
+    SRC itself may be a symlink (the caller named it), but nothing in its
+    tree is followed: a link there may have been planted by an earlier run
+    through a writable --bind, and would carry the caller's files into the box.
+    """
+    try:
+        top = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError as e:
+        raise ConfigError(f"--copy-in {c.src}: {e.strerror}") from None
+    try:
+        return await _send_entry(sandbox, top, c.src, c.dst)
+    finally:
+        os.close(top)
+
+
+async def _send_entry(sandbox: Sandbox, fd: int, src: str, dst: str) -> int:
+    """A regular file is copied; a directory, entry by entry; anything else is left out (counted)."""
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISREG(mode):
+        await _send_file(sandbox, fd, dst)
+        return 0
+    if not stat.S_ISDIR(mode):
+        return 1
+    names, left_out = _listing(fd)
+    for name in names:
+        try:  # (O_NOFOLLOW: an entry swapped for a link meanwhile is refused, not followed)
+            below = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=fd)
+        except OSError as e:
+            raise ConfigError(f"--copy-in {src}/{name}: {e.strerror}") from None
+        try:
+            left_out += await _send_entry(sandbox, below, f"{src}/{name}", f"{dst}/{name}")
+        finally:
+            os.close(below)
+    return left_out
+
+
+async def _send_file(sandbox: Sandbox, fd: int, dst: str) -> None:
+    """Box init copies straight from the host file, which keeps its executable bits only."""
+    try:
+        await sandbox.copy_in(dst, fd, _plain_mode(os.fstat(fd).st_mode))
+    except BoxFileError as e:
+        raise BoxFileError(f"--copy-in {e}") from None
+
+
+def _left_out(count: int) -> str:
+    return f"left out {count} symlink(s) or special file(s) in it (only regular files and directories are copied)"
+
+
+@dataclass
+class _Budget:
+    """What all --copy-out copies together may still bring back: at most what the box could hold.
+
+    A hostile program cannot fill the host through a copy-out: not with a
+    sparse file, not with an --upper that no --disk caps.
+    """
+
+    bytes: int
+    entries: int
+
+    def take(self, path: str, size: int) -> None:
+        if size > self.bytes:
+            raise BoxFileError(f"{path}: {size} bytes, more than the {self.bytes} bytes left for copying out "
+                               "(at most --disk in all)")
+        if self.entries < 1:
+            raise BoxFileError(f"{path}: more files than --inodes in all to copy out")
+        self.bytes -= size
+        self.entries -= 1
+
+
+async def _fetch(sandbox: Sandbox, c: _Copy, budget: _Budget) -> int:
+    """One --copy-out, of a file or a directory tree; returns how many entries of the tree were left out.
+
+    Box init opens every file and directory (never through a symlink); this
+    process only reads and lists through those fds, and writes the host side
+    as itself, with plain modes, relative to directory fds.
+    """
+    into = os.path.isdir(c.dst) and not os.path.islink(c.dst)  # (a link there is replaced, not followed)
+    directory, name = (c.dst, os.path.basename(os.path.normpath(c.src))) if into else \
+        (os.path.dirname(c.dst) or ".", os.path.basename(c.dst))
+    try:
+        parent = os.open(directory, _DIR_FLAGS)
+    except OSError as e:
+        raise BoxFileError(f"{directory}: {e.strerror}") from None
+    try:
+        return await _fetch_entry(sandbox, c.src, parent, name, os.path.join(c.dst, name) if into else c.dst, budget)
+    finally:
+        os.close(parent)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown: str, budget: _Budget) -> int:
+    """Copy the box's `src` to `name` in the host directory `parent` (`shown` is that host path, for messages)."""
+    fd = await sandbox.open_file(src)
+    try:
+        st = os.fstat(fd)
+        is_dir = stat.S_ISDIR(st.st_mode)
+        budget.take(src, 0 if is_dir else st.st_size)
+        try:
+            if not is_dir:
+                await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)
+                return 0
+            below = _host_dir(parent, name)
+        except OSError as e:
+            raise BoxFileError(f"{shown}: {e.strerror or e}") from None
+        try:
+            names, left_out = _listing(fd)
+            for entry in names:
+                left_out += await _fetch_entry(sandbox, f"{src}/{entry}", below, entry, f"{shown}/{entry}", budget)
+            return left_out
+        finally:
+            os.close(below)
+    finally:
+        os.close(fd)
+
+
+def _listing(directory: int) -> tuple[list[str], int]:
+    """The names of a directory's regular files and directories (sorted), and how many others it has."""
+    names, others = [], 0
+    with os.scandir(directory) as scan:
+        for entry in scan:
+            try:
+                wanted = entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
+            except OSError:
+                wanted = False
+            if wanted:
+                names.append(entry.name)
+            else:
+                others += 1
+    return sorted(names), others
+
+
+def _host_dir(parent: int, name: str) -> int:
+    """The host directory `name` in `parent`, made if missing; a symlink there is refused, not followed."""
+    try:
+        os.mkdir(name, 0o755, dir_fd=parent)
+    except FileExistsError:
+        pass
+    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+
+
+def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
+    """Write a new file in `parent` and rename it to `name`.
+
+    An existing `name` (a symlink a program with a writable --bind planted,
+    a hard link) is replaced, never written through; a failed copy leaves it
+    as it was.
+    """
+    temp = f".sbx-copy-{secrets.token_hex(8)}"  # (not from `name`: that may already be 255 bytes long)
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+    try:
+        boxfiles.copy(source, fd, size)
+        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
+    except BaseException:
+        os.unlink(temp, dir_fd=parent)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _plain_mode(mode: int) -> int:
+    """What a copied file gets: 755 if it was executable by anyone, else 644 (no setuid, nothing world-writable)."""
+    return 0o755 if mode & 0o111 else 0o644
+
+
+def _brought_in(plan: _Plan, in_box: str) -> bool:
+    """Whether a bind or a copy put a host file at `in_box`: then what is missing is e.g. its ELF interpreter."""
+    given = [(b.src, b.dst) for b in plan.binds] + \
+        [(c.src, os.path.normpath(os.path.join(WORK_DIR, c.dst))) for c in plan.copy_in]
+    return any((in_box == dst or in_box.startswith(dst + "/"))
+               and os.path.lexists(os.path.normpath(os.path.join(src, os.path.relpath(in_box, dst))))
+               for src, dst in given)
+
+
+_BOX_HAS_ONLY = ("the box has only the host's /usr, /bin, /sbin, /lib* and parts of /etc; /box, /tmp and /dev/shm "
+                 "start empty (add files with --ro-bind or --copy-in)")
+
+
+def _not_found(plan: _Plan, cwd: str, error: str) -> list[str]:
+    """What to say when PROG is not in the box: how to bring it in, if it is a host file the caller named."""
+    prog = plan.argv[0]
+    in_box = os.path.normpath(os.path.join(cwd, prog))
+    if "/" not in prog or not os.path.isfile(prog) or _brought_in(plan, in_box):
+        return [error, _BOX_HAS_ONLY]
+    hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \
+        (prog if os.path.isabs(prog) else f"{prog}:{in_box}")
+    root, name = os.path.split(in_box)
+    if root in boxfiles.WRITABLE_DIRS:  # (a copy cannot make directories on the way)
+        hint += f" (or --copy-in {prog}:{name if root == WORK_DIR else in_box})"
+    return [hint]
 
 
 def _open_stdin(path: str | None) -> int:
@@ -158,11 +566,6 @@ def _fd_open(fd: int) -> bool:
     except OSError:
         return False
     return True
-
-
-async def _run_once(sandbox: Sandbox, argv: Sequence[str], stdin: int) -> Result:
-    async with sandbox:
-        return await sandbox.run(argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
 
 
 def _write_json(target: str, result: Result) -> None:

@@ -35,6 +35,17 @@ class Result:
     stdout: bytes = field(default=b"", repr=False)
     stderr: bytes = field(default=b"", repr=False)
 
+    @classmethod
+    def not_run(cls, status: Status, exit_code: int | None, message: str) -> Result:
+        """The record of a run whose program never ran (not found, not executable, no box): nothing measured."""
+        return cls(status, exit_code, None, 0.0, 0.0, 0, message=message)
+
+    @property
+    def summary(self) -> str:
+        """`STATUS: message` (`TLE: 1.00 s of CPU time, limit 1 s`), for a person; SV's message already starts so."""
+        prefix = f"{self.status.value}: "
+        return self.message if self.message.startswith(prefix) else prefix + self.message
+
     def record(self) -> dict[str, object]:
         """The JSON record: every contract field, never the captured output."""
         d = asdict(self)

@@ -26,6 +26,16 @@ def _signame(sig: int) -> str:
         return f"signal {sig}"
 
 
+def _size(n: int | None) -> str:
+    """Bytes as a person reads a limit: 256 MiB, 1.5 GiB, 100 bytes."""
+    if n is None:
+        return "none"
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.4g} {unit}"
+    return f"{n} bytes"
+
+
 def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
             enforcement: dict[str, str]) -> Result:
     wstatus = reply["wait_status"]
@@ -51,20 +61,21 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         r.syscall = name
         return r
     if output_exceeded or killed == "OLE":
-        return result(Status.OLE, f"output limit of {limits.output} bytes exceeded")
-    if killed == "TLE" or sig == signals.SIGXCPU or (limits.cpu_time is not None and cpu > limits.cpu_time):
-        return result(Status.TLE, f"CPU time limit {limits.cpu_time:.3f} s exceeded ({cpu:.3f} s)")
+        return result(Status.OLE, f"output reached the limit of {_size(limits.output)} (stdout and stderr together)")
+    if limits.cpu_time is not None and (killed == "TLE" or sig == signals.SIGXCPU or cpu > limits.cpu_time):
+        return result(Status.TLE, f"{cpu:.2f} s of CPU time, limit {limits.cpu_time:g} s")
     if killed == "WLE":
-        return result(Status.WLE, f"wall time limit {limits.wall_time:.3f} s exceeded")
+        return result(Status.WLE, f"{wall:.2f} s of wall time, limit {limits.wall_time:g} s")
     if killed is not None:
         return result(Status.IE, f"run stopped: {killed}")
     if sig == signals.SIGXFSZ:
-        return result(Status.OLE, f"file size limit of {limits.file_size} bytes exceeded")
+        return result(Status.OLE, f"a file reached the size limit of {_size(limits.file_size)} (SIGXFSZ)")
     if events.get("memory.oom_kill"):
-        return result(Status.MLE, f"memory limit {limits.memory} bytes exceeded (OOM-killed; peak {peak} bytes)")
+        return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} (OOM-killed)")
     if (failed and enforcement.get("memory") == "rlimit" and limits.memory is not None
             and peak >= MLE_INFERENCE * limits.memory):
-        return result(Status.MLE, f"memory limit {limits.memory} bytes reached (peak RSS {peak} bytes)")
+        return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} "
+                                  "(an allocation failed near it)")
     if sig is not None:
         return result(Status.SG, f"killed by {_signame(sig)}")
     if exit_code:
