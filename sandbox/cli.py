@@ -13,8 +13,6 @@ import difflib
 import errno
 import json
 import os
-import secrets
-import stat
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +22,7 @@ from typing import Any, NoReturn
 
 import trio
 
-from . import boxfiles, doctor, policy_cli
+from . import boxfiles, copies, doctor, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
@@ -243,8 +241,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upper=args.upper,
         fs=args.fs,
     )
-    plan = _Plan(argv, args.quiet, binds, [_copy_in(spec) for spec in args.copy_in],
-                 [_copy_out(spec) for spec in args.copy_out], disk, inodes)
+    plan = _Plan(argv, args.quiet, binds, [copies.parse_copy_in(spec) for spec in args.copy_in],
+                 [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes)
     stdin = _open_stdin(args.stdin)
     try:
         outcome = trio.run(_session, sandbox, plan, stdin)
@@ -262,58 +260,14 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 @dataclass(frozen=True)
-class _Copy:
-    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm."""
-
-    src: str
-    dst: str
-
-
-def _copy_spec(spec: str, flag: str) -> _Copy:
-    src, sep, dst = spec.partition(":")
-    if not (src and sep and dst):
-        raise ConfigError(f"{flag} {spec!r}: expected SRC:DST")
-    return _Copy(src, dst)
-
-
-def _check_box_path(path: str, flag: str, file: bool) -> None:
-    """In /box, /tmp or /dev/shm; a file cannot be one of those dirs themselves (a tree can)."""
-    try:
-        root, rel = boxfiles.locate(path)
-    except ValueError as e:
-        raise ConfigError(f"{flag} {e}") from None
-    if file and rel == ".":
-        raise ConfigError(f"{flag} {path}: not a file under {root}")
-
-
-def _copy_in(spec: str) -> _Copy:
-    """Checked before any box is built: a missing source is bad input."""
-    copy = _copy_spec(spec, "--copy-in")
-    _check_box_path(copy.dst, "--copy-in", file=not os.path.isdir(copy.src))
-    if not (os.path.isfile(copy.src) or os.path.isdir(copy.src)):
-        why = "neither a regular file nor a directory" if os.path.exists(copy.src) else "No such file or directory"
-        raise ConfigError(f"--copy-in {copy.src}: {why}")
-    return copy
-
-
-def _copy_out(spec: str) -> _Copy:
-    """Checked before the run, so that a typo in the destination loses no run's work."""
-    copy = _copy_spec(spec, "--copy-out")
-    _check_box_path(copy.src, "--copy-out", file=False)
-    if not os.path.isdir(os.path.dirname(copy.dst) or "."):
-        raise ConfigError(f"--copy-out {copy.dst}: No such directory")
-    return copy
-
-
-@dataclass(frozen=True)
 class _Plan:
     """What `sbx run` does with its box, checked before the box is built."""
 
     argv: list[str]
     quiet: bool
     binds: list[Bind]
-    copy_in: list[_Copy]
-    copy_out: list[_Copy]
+    copy_in: list[copies.Copy]
+    copy_out: list[copies.Copy]
     disk: int
     inodes: int
 
@@ -332,9 +286,9 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
     async with sandbox:
         notes = []
         for c in plan.copy_in:
-            left_out = await _send(sandbox, c)
+            left_out = await copies.copy_in(sandbox, c)
             if left_out and not plan.quiet:
-                notes.append(f"--copy-in {c.src}: {_left_out(left_out)}")
+                notes.append(f"--copy-in {c.src}: {copies.left_out(left_out)}")
         try:
             result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
             outcome = _Outcome(result, result.shell_status, notes)
@@ -343,185 +297,17 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
         except ExecError as e:
             said = _not_found(plan, sandbox.cwd, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
             outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, notes + said)
-        budget = _Budget(plan.disk, plan.inodes)
+        budget = copies.Budget(plan.disk, plan.inodes)
         for c in plan.copy_out:
             try:
-                left_out = await _fetch(sandbox, c, budget)
+                left_out = await copies.copy_out(sandbox, c, budget)
             except BoxFileError as e:
                 outcome.lines.append(f"--copy-out {e}")
                 outcome.exit_status = outcome.exit_status or BoxFileError.exit_status
                 continue
             if left_out and not plan.quiet:
-                outcome.lines.append(f"--copy-out {c.src}: {_left_out(left_out)}")
+                outcome.lines.append(f"--copy-out {c.src}: {copies.left_out(left_out)}")
     return outcome
-
-
-async def _send(sandbox: Sandbox, c: _Copy) -> int:
-    """One --copy-in, of a file or a directory tree; returns how many entries of the tree were left out.
-
-    SRC itself may be a symlink (the caller named it), but nothing in its
-    tree is followed: a link there may have been planted by an earlier run
-    through a writable --bind, and would carry the caller's files into the box.
-    """
-    try:
-        top = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError as e:
-        raise ConfigError(f"--copy-in {c.src}: {e.strerror}") from None
-    try:
-        return await _send_entry(sandbox, top, c.src, c.dst)
-    finally:
-        os.close(top)
-
-
-async def _send_entry(sandbox: Sandbox, fd: int, src: str, dst: str) -> int:
-    """A regular file is copied; a directory, entry by entry; anything else is left out (counted)."""
-    mode = os.fstat(fd).st_mode
-    if stat.S_ISREG(mode):
-        await _send_file(sandbox, fd, dst)
-        return 0
-    if not stat.S_ISDIR(mode):
-        return 1
-    names, left_out = _listing(fd)
-    for name in names:
-        try:  # (O_NOFOLLOW: an entry swapped for a link meanwhile is refused, not followed)
-            below = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=fd)
-        except OSError as e:
-            raise ConfigError(f"--copy-in {src}/{name}: {e.strerror}") from None
-        try:
-            left_out += await _send_entry(sandbox, below, f"{src}/{name}", f"{dst}/{name}")
-        finally:
-            os.close(below)
-    return left_out
-
-
-async def _send_file(sandbox: Sandbox, fd: int, dst: str) -> None:
-    """Box init copies straight from the host file, which keeps its executable bits only."""
-    try:
-        await sandbox.copy_in(dst, fd, _plain_mode(os.fstat(fd).st_mode))
-    except BoxFileError as e:
-        raise BoxFileError(f"--copy-in {e}") from None
-
-
-def _left_out(count: int) -> str:
-    return f"left out {count} symlink(s) or special file(s) in it (only regular files and directories are copied)"
-
-
-@dataclass
-class _Budget:
-    """What all --copy-out copies together may still bring back: at most what the box could hold.
-
-    A hostile program cannot fill the host through a copy-out: not with a
-    sparse file, not with an --upper that no --disk caps.
-    """
-
-    bytes: int
-    entries: int
-
-    def take(self, path: str, size: int) -> None:
-        if size > self.bytes:
-            raise BoxFileError(f"{path}: {size} bytes, more than the {self.bytes} bytes left for copying out "
-                               "(at most --disk in all)")
-        if self.entries < 1:
-            raise BoxFileError(f"{path}: more files than --inodes in all to copy out")
-        self.bytes -= size
-        self.entries -= 1
-
-
-async def _fetch(sandbox: Sandbox, c: _Copy, budget: _Budget) -> int:
-    """One --copy-out, of a file or a directory tree; returns how many entries of the tree were left out.
-
-    Box init opens every file and directory (never through a symlink); this
-    process only reads and lists through those fds, and writes the host side
-    as itself, with plain modes, relative to directory fds.
-    """
-    into = os.path.isdir(c.dst) and not os.path.islink(c.dst)  # (a link there is replaced, not followed)
-    directory, name = (c.dst, os.path.basename(os.path.normpath(c.src))) if into else \
-        (os.path.dirname(c.dst) or ".", os.path.basename(c.dst))
-    try:
-        parent = os.open(directory, _DIR_FLAGS)
-    except OSError as e:
-        raise BoxFileError(f"{directory}: {e.strerror}") from None
-    try:
-        return await _fetch_entry(sandbox, c.src, parent, name, os.path.join(c.dst, name) if into else c.dst, budget)
-    finally:
-        os.close(parent)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
-
-
-async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown: str, budget: _Budget) -> int:
-    """Copy the box's `src` to `name` in the host directory `parent` (`shown` is that host path, for messages)."""
-    fd = await sandbox.open_file(src)
-    try:
-        st = os.fstat(fd)
-        is_dir = stat.S_ISDIR(st.st_mode)
-        budget.take(src, 0 if is_dir else st.st_size)
-        try:
-            if not is_dir:
-                await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)
-                return 0
-            below = _host_dir(parent, name)
-        except OSError as e:
-            raise BoxFileError(f"{shown}: {e.strerror or e}") from None
-        try:
-            names, left_out = _listing(fd)
-            for entry in names:
-                left_out += await _fetch_entry(sandbox, f"{src}/{entry}", below, entry, f"{shown}/{entry}", budget)
-            return left_out
-        finally:
-            os.close(below)
-    finally:
-        os.close(fd)
-
-
-def _listing(directory: int) -> tuple[list[str], int]:
-    """The names of a directory's regular files and directories (sorted), and how many others it has."""
-    names, others = [], 0
-    with os.scandir(directory) as scan:
-        for entry in scan:
-            try:
-                wanted = entry.is_file(follow_symlinks=False) or entry.is_dir(follow_symlinks=False)
-            except OSError:
-                wanted = False
-            if wanted:
-                names.append(entry.name)
-            else:
-                others += 1
-    return sorted(names), others
-
-
-def _host_dir(parent: int, name: str) -> int:
-    """The host directory `name` in `parent`, made if missing; a symlink there is refused, not followed."""
-    try:
-        os.mkdir(name, 0o755, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
-
-
-def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
-    """Write a new file in `parent` and rename it to `name`.
-
-    An existing `name` (a symlink a program with a writable --bind planted,
-    a hard link) is replaced, never written through; a failed copy leaves it
-    as it was.
-    """
-    temp = f".sbx-copy-{secrets.token_hex(8)}"  # (not from `name`: that may already be 255 bytes long)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
-    try:
-        boxfiles.copy(source, fd, size)
-        os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
-    except BaseException:
-        os.unlink(temp, dir_fd=parent)
-        raise
-    finally:
-        os.close(fd)
-
-
-def _plain_mode(mode: int) -> int:
-    """What a copied file gets: 755 if it was executable by anyone, else 644 (no setuid, nothing world-writable)."""
-    return 0o755 if mode & 0o111 else 0o644
 
 
 def _brought_in(plan: _Plan, in_box: str) -> bool:

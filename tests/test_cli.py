@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import re
 import stat
 import uuid
@@ -389,3 +390,21 @@ def test_copy_out_of_a_tree_refuses_a_host_link_where_a_directory_goes(tmp_path:
     assert r.returncode == 125
     assert r.stderr.decode().splitlines() == [f"sbx: --copy-out {shared}/dist/sub: Not a directory"]
     assert list(victim.iterdir()) == []
+
+
+def test_a_tree_deeper_than_a_copy_descends_is_one_line_both_ways(tmp_path: Path) -> None:
+    """1500 levels: deeper than Python's recursion limit, which a recursive copy would hit with a traceback."""
+    deep = "/".join(["d"] * 1500)
+    out = tmp_path / "out"
+    r = sbx("run", "--copy-out", f"d:{out}", "--json", str(tmp_path / "rec.json"), "--",
+            "sh", "-c", f"mkdir -p {deep}")
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 125 and len(lines) == 1, r.stderr
+    assert lines[0].startswith("sbx: --copy-out d/d/") and lines[0].endswith(": more than 128 levels of directories")
+    assert json.loads((tmp_path / "rec.json").read_text())["status"] == "OK"
+    host = tmp_path / "host"
+    host.mkdir()
+    subprocess.run(["mkdir", "-p", deep], cwd=host, check=True)  # (os.makedirs recurses too)
+    r = sbx("run", "--copy-in", f"{host}:tree", "--", "/bin/true")
+    lines = r.stderr.decode().splitlines()
+    assert r.returncode == 125 and len(lines) == 1 and lines[0].endswith(": more than 128 levels of directories"), r.stderr
