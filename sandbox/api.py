@@ -303,7 +303,7 @@ class Sandbox:
                     fds.append(os.dup(mode))
                     continue
                 r, w = os.pipe2(os.O_CLOEXEC)
-                nursery.start_soon(out.pump, r, mode.fd if isinstance(mode, Relay) else None, buf)
+                nursery.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
                 fds.append(w)
         if filter_fd is not None:
             fds.append(os.dup(filter_fd))
@@ -311,11 +311,16 @@ class Sandbox:
         return _Pending(box, req, limits, out, policy_name, cgroup, captured)
 
 
-@dataclass(frozen=True)
+@dataclass
 class Relay:
-    """Stream a program's output to this fd as it comes, counted against the output limit."""
+    """Stream a program's output to this fd as it comes, counted against the output limit.
+
+    `ends_line` says whether what was relayed so far ends a line, so that a
+    caller writing after the program to the same fd can start a new one.
+    """
 
     fd: int
+    ends_line: bool = True
 
 
 @dataclass
@@ -438,7 +443,7 @@ class _Output:
         self.stdout = bytearray()
         self.stderr = bytearray()
 
-    async def pump(self, fd: int, sink: int | None, buf: bytearray) -> None:
+    async def pump(self, fd: int, sink: Relay | None, buf: bytearray) -> None:
         async with trio.lowlevel.FdStream(fd) as stream:
             while chunk := await stream.receive_some(_CHUNK):
                 if self.exceeded:
@@ -451,7 +456,8 @@ class _Output:
                 if sink is None:
                     buf += chunk
                 elif chunk:
-                    await trio.to_thread.run_sync(_write_all, sink, chunk)
+                    await trio.to_thread.run_sync(_write_all, sink.fd, chunk)
+                    sink.ends_line = chunk.endswith(b"\n")
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -252,6 +252,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         os.close(stdin)
+    if outcome.lines and not plan.stderr.ends_line:  # the program's last line is not ours to finish
+        print(file=sys.stderr)
     for line in outcome.lines:
         print(f"sbx: {line}", file=sys.stderr)
     if args.json:
@@ -270,6 +272,7 @@ class _Plan:
     copy_out: list[copies.Copy]
     disk: int
     inodes: int
+    stderr: Relay = field(default_factory=lambda: Relay(2))  # the program's stderr, relayed to ours
 
 
 @dataclass
@@ -290,7 +293,7 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
             if left_out and not plan.quiet:
                 notes.append(f"--copy-in {c.src}: {copies.left_out(left_out)}")
         try:
-            result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=Relay(2))
+            result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=plan.stderr)
             outcome = _Outcome(result, result.shell_status, notes)
             if result.status is not Status.OK and not plan.quiet:
                 outcome.lines.append(result.summary)

@@ -146,6 +146,11 @@ def test_a_run_that_does_not_end_ok_says_why_after_its_own_output(
     assert quiet.returncode == r.returncode and b"sbx:" not in quiet.stderr
 
 
+def test_the_line_starts_a_line_of_its_own_after_a_partial_one() -> None:
+    r = sbx("run", "--", "sh", "-c", "printf partial >&2; exit 3")
+    assert r.stderr.decode().splitlines() == ["partial", "sbx: RE: exited with status 3"]
+
+
 def test_an_ok_run_says_nothing() -> None:
     r = sbx("run", "--", "sh", "-c", "echo out")
     assert (r.returncode, r.stdout, r.stderr) == (0, b"out\n", b"")
