@@ -410,6 +410,9 @@ def test_a_tree_deeper_than_a_copy_descends_is_one_line_both_ways(tmp_path: Path
     host = tmp_path / "host"
     host.mkdir()
     subprocess.run(["mkdir", "-p", deep], cwd=host, check=True)  # (os.makedirs recurses too)
-    r = sbx("run", "--copy-in", f"{host}:tree", "--", "/bin/true")
+    try:
+        r = sbx("run", "--copy-in", f"{host}:tree", "--", "/bin/true")
+    finally:
+        subprocess.run(["rm", "-rf", str(host)], check=True)  # (so does pytest's removal of old temp dirs)
     lines = r.stderr.decode().splitlines()
     assert r.returncode == 125 and len(lines) == 1 and lines[0].endswith(": more than 128 levels of directories"), r.stderr

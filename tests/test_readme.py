@@ -26,3 +26,19 @@ async def test_the_judge_backend_example_gives_verdicts() -> None:
     assert await judge(b"int main(void) { return }\n", tests) == ["CE"]
     spin = b"int main(void){for(;;);}\n"
     assert await judge(spin, tests[:1]) == ["TLE"]
+
+
+def test_the_shell_session_prints_what_the_readme_shows(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    session = re.search(r"\*\*At a shell\.\*\*.*?```\n(.*?)```", README.read_text(), re.S)
+    assert session is not None
+    (tmp_path / "hello.c").write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin"}
+    steps = re.findall(r"^\$ (.*)\n((?:(?!\$ ).*\n)*)", session.group(1), re.M)
+    assert len(steps) == 5
+    for command, shown in steps:
+        done = subprocess.run(["bash", "-c", command], cwd=tmp_path, env=env, capture_output=True, timeout=120)
+        assert (done.stdout + done.stderr).decode() == shown, command
