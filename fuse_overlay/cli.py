@@ -1,5 +1,11 @@
 """``sbx-overlayfs``: a drop-in for fuse-overlayfs's command line.
 
+Three callers, one grammar: people and podman's ``mount_program`` run
+``sbx-overlayfs -o OPTS MOUNTPOINT``; mount(8) (``mount -t
+fuse.sbx-overlayfs``, fstab) runs it through mount.fuse3 as
+``sbx-overlayfs SOURCE MOUNTPOINT -o rw,OPTS,dev,suid``.  The SOURCE is
+ignored, as fuse-overlayfs ignores it.
+
 Without ``-f`` the process forks, the child mounts, and the parent exits
 only once the mount is ready (or failed), so scripts may use the
 mountpoint as soon as the command returns.
@@ -20,7 +26,7 @@ from .operations import UnionFS
 from .options import parse_options
 
 PROG = "sbx-overlayfs"
-USAGE = f"usage: {PROG} [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,...] MOUNTPOINT"
+USAGE = f"usage: {PROG} [-f] [-d] -o lowerdir=DIR[:DIR...][,upperdir=DIR,workdir=DIR][,...] [SOURCE] MOUNTPOINT"
 _FD_TARGET = re.compile(r"^/dev/fd/(\d+)$")
 
 
@@ -53,9 +59,11 @@ def _parse_argv(argv: Sequence[str]) -> tuple[list[str], str, bool, bool]:
             raise UsageError(f"unknown argument {arg!r}")
         else:
             positional.append(arg)
-    if len(positional) != 1:
-        raise UsageError("expected exactly one MOUNTPOINT" if positional else "missing MOUNTPOINT")
-    return opts, positional[0], foreground, debug
+    if not positional:
+        raise UsageError("missing MOUNTPOINT")
+    if len(positional) > 2:
+        raise UsageError(f"expected [SOURCE] MOUNTPOINT, got {len(positional)} arguments")
+    return opts, positional[-1], foreground, debug
 
 
 def _target(mountpoint: str) -> str | int:
@@ -68,7 +76,7 @@ def _run(target: str | int, start: Callable[[], None]) -> None:
     trio.run(lambda: serve(start, unmount=not isinstance(target, int)))
 
 
-def _daemonize(fs: UnionFS, target: str | int, allow_other: bool) -> int:
+def _daemonize(fs: UnionFS, target: str | int, allow_other: bool | None, read_only: bool) -> int:
     r, w = os.pipe()
     pid = os.fork()
     if pid:
@@ -85,7 +93,7 @@ def _daemonize(fs: UnionFS, target: str | int, allow_other: bool) -> int:
 
     def start() -> None:
         try:
-            mount(fs, target, allow_other=allow_other)
+            mount(fs, target, allow_other=allow_other, read_only=read_only)
         except OverlayError as exc:
             os.write(w, str(exc).encode())
             os._exit(1)
@@ -122,9 +130,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if (debug or options.debug) else logging.WARNING,
                         format=f"{PROG}: %(message)s")
     if not foreground:
-        return _daemonize(fs, target, options.allow_other)
+        return _daemonize(fs, target, options.allow_other, options.read_only)
     try:
-        _run(target, lambda: mount(fs, target, allow_other=options.allow_other, debug=debug))
+        _run(target, lambda: mount(fs, target, allow_other=options.allow_other, read_only=options.read_only,
+                                   debug=debug))
     except OverlayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

@@ -3,13 +3,20 @@
 pyfuse3 holds one session per process, so a process serves one mount.
 Two ways in:
 
-* ``mount(fs, "/some/dir")`` mounts at a path (via fusermount3 when
-  unprivileged) with ``auto_unmount``, so the mount disappears when this
-  process dies;
+* ``mount(fs, "/some/dir")`` mounts at a path (via fusermount3) with
+  ``auto_unmount``, so the mount disappears when this process dies;
 * ``mount(fs, fd)`` serves a /dev/fuse descriptor that someone else
   already mounted (libfuse accepts ``/dev/fd/N`` as the mountpoint).  The
   mounter must pass ``default_permissions``: the daemon does no permission
   checks of its own.
+
+A path mount may cover what the daemon itself reads (``lowerdir=/usr`` on
+``/usr``).  Until the session serves, any path walk into the mountpoint
+sleeps in the kernel waiting for an answer only this process can give, so
+everything that needs the filesystem happens before the mount: layers at
+or below the mountpoint are opened first (`UnionFS.pin_layers`) and the
+watchdog is started first; after ``pyfuse3.init`` nothing execs or opens a
+path until ``pyfuse3.main`` runs.
 """
 
 import logging
@@ -33,37 +40,62 @@ class MountError(OverlayError):
     """libfuse could not start the session."""
 
 
-def mount(fs: UnionFS, target: str | os.PathLike[str] | int, *, allow_other: bool = False,
-          fsname: str = FS_NAME, debug: bool = False) -> None:
+def mount(fs: UnionFS, target: str | os.PathLike[str] | int, *, allow_other: bool | None = None,
+          read_only: bool = False, fsname: str = FS_NAME, debug: bool = False) -> None:
+    """Mount `fs` at TARGET.  At a path, ``allow_other`` defaults to whether this process is
+    root (of its user namespace), as fuse-overlayfs does, so the namespace's other ids can use it."""
     options = {f"fsname={fsname}", f"subtype={FS_NAME}", "default_permissions"}
+    if read_only:
+        options.add("ro")
+    if debug:
+        options.add("debug")
+    watchdog = None
     if isinstance(target, int):
         mountpoint = f"/dev/fd/{target}"
     else:
-        mountpoint = os.fspath(target)
+        mountpoint = os.path.abspath(os.fspath(target))
+        if allow_other is None:
+            allow_other = os.geteuid() == 0
         options.add("auto_unmount")
         if allow_other:
             options.add("allow_other")
-    if debug:
-        options.add("debug")
+        fs.pin_layers(mountpoint)
+        if not allow_other:
+            watchdog = _Watchdog(mountpoint)
     try:
         pyfuse3.init(fs, mountpoint, options)
     except RuntimeError as exc:
+        if watchdog is not None:
+            watchdog.cancel()
         raise MountError(f"cannot mount on {mountpoint}: {exc}") from None
-    if not isinstance(target, int):
-        _unmount_when_gone(os.path.abspath(mountpoint))
+    if watchdog is not None:
+        watchdog.arm()
 
 
-def _unmount_when_gone(mountpoint: str) -> None:
-    """Lazily unmount MOUNTPOINT once this process dies, however it dies.
+class _Watchdog:
+    """Lazily unmounts MOUNTPOINT once this process dies, however it dies.
 
     fusermount3's own auto_unmount gives up when it cannot open the dead
-    mount, which is the case without allow_other; a watchdog blocked on a
-    pipe only this process holds does not depend on that.
+    mount, which is the case without allow_other; a shell blocked on a pipe
+    only this process holds does not depend on that.  It is started before
+    the mount (its exec must not walk into a mount nobody serves yet) and
+    only unmounts once told the mount exists, so a failed mount leaves
+    whatever was mounted there alone.
     """
-    r, _w = os.pipe()
-    subprocess.Popen(["sh", "-c", 'read _; exec fusermount3 -u -z -- "$1"', "sbx-overlayfs-watchdog", mountpoint],
-                     stdin=r, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    os.close(r)
+
+    def __init__(self, mountpoint: str) -> None:
+        r, self._w = os.pipe()
+        script = 'read m; [ "$m" = mounted ] || exit 0; read _; exec fusermount3 -u -z -- "$1"'
+        subprocess.Popen(["sh", "-c", script, "sbx-overlayfs-watchdog", mountpoint], stdin=r,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        os.close(r)
+
+    def arm(self) -> None:
+        """The mount exists: unmount it when our end of the pipe closes (kept open until we exit)."""
+        os.write(self._w, b"mounted\n")
+
+    def cancel(self) -> None:
+        os.close(self._w)
 
 
 async def _stop_on(signals: AsyncIterator[int]) -> None:
@@ -95,5 +127,5 @@ async def serve_fd(fs: UnionFS, fd: int) -> None:
     await serve(lambda: mount(fs, fd), unmount=False)
 
 
-async def serve_path(fs: UnionFS, mountpoint: str | os.PathLike[str], *, allow_other: bool = False) -> None:
+async def serve_path(fs: UnionFS, mountpoint: str | os.PathLike[str], *, allow_other: bool | None = None) -> None:
     await serve(lambda: mount(fs, mountpoint, allow_other=allow_other), unmount=True)

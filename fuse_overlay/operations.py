@@ -90,6 +90,10 @@ class UnionFS(pyfuse3.Operations):
         self.noopen = False
         self._forgotten = trio.Event()
 
+    def pin_layers(self, mountpoint: str | os.PathLike[str]) -> None:
+        """Before mounting at MOUNTPOINT: keep reaching the layers that the mount will cover."""
+        self.union.pin_beneath(os.fsencode(mountpoint))
+
     @property
     def whiteout_style(self) -> str:
         return self.union.markers.style

@@ -15,7 +15,7 @@ from .ownership import IdMap, Unmapped
 # Accepted and meaningless for this implementation (caching, threading and
 # inode tricks of fuse-overlayfs, generic VFS flags the kernel applies).
 IGNORED = frozenset({
-    "rw", "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
+    "suid", "nosuid", "dev", "nodev", "exec", "noexec", "atime", "noatime", "relatime",
     "strictatime", "nodiratime", "diratime", "lazytime", "sync", "async", "dirsync", "auto",
     "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "silent", "loud",
     "default_permissions", "allow_root", "auto_unmount", "fast_ino", "threaded", "writeback",
@@ -39,7 +39,8 @@ class Options:
     quota_bytes: int | None = None
     quota_inodes: int | None = None
     whiteout: Literal["auto", "chardev", "oci"] = "auto"
-    allow_other: bool = False
+    allow_other: bool | None = None  # None: as fuse-overlayfs, only when running as (namespace) root
+    read_only: bool = False
     debug: bool = False
 
     def uid_map(self) -> IdMap:
@@ -103,8 +104,8 @@ def parse_options(opts: list[str]) -> Options:
                 result.whiteout = value  # type: ignore[assignment]
             elif name == "allow_other":
                 result.allow_other = True
-            elif name == "ro":
-                result.upper = result.work = None
+            elif name in ("ro", "rw"):  # mount(8) always passes one; ro mounts read-only, layers as given
+                result.read_only = name == "ro"
             elif name in IGNORED:
                 if name == "debug":
                     result.debug = True

@@ -53,6 +53,7 @@ class Union:
         self.table = InodeTable()
         self.files = OpenFiles()
         self.orphans: set[int] = set()  # inodes of removed files kept in the work dir
+        self._pins: list[int] = []  # descriptors of layers a path mount covers (pin_beneath)
         lower_layers = self.lowers.root_layers()
         upper_present = upper is not None
         if upper is not None and is_opaque_dir(upper):
@@ -61,6 +62,38 @@ class Union:
         self.root = self.table.add_root(upper_present, lower_layers, lower_st)
 
     # -- paths -------------------------------------------------------------
+
+    def pin_beneath(self, mountpoint: bytes) -> None:
+        """Reach each layer at or below MOUNTPOINT through a descriptor opened now, before the mount.
+
+        Once mounted, MOUNTPOINT's path leads into this very filesystem: a
+        layer reached by its path would make the daemon wait on itself.
+        ``/proc/self/fd/N`` leads to the directory that was opened, the one
+        the mount now covers.  Other layers keep their plain paths.
+        """
+        mnt = os.path.realpath(mountpoint).rstrip(b"/") + b"/"
+
+        def pinned(path: bytes) -> bytes:
+            if not (os.path.realpath(path) + b"/").startswith(mnt):
+                return path
+            fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            via = b"/proc/self/fd/%d" % fd
+            try:
+                same = os.path.samestat(os.stat(via), os.fstat(fd))
+            except OSError:
+                same = False
+            if not same:  # no /proc: nothing better to offer
+                os.close(fd)
+                return path
+            self._pins.append(fd)
+            return via
+
+        self.lowers.roots[:] = [pinned(r) for r in self.lowers.roots]
+        if self.upper_root is not None:
+            self.upper_root = pinned(self.upper_root)
+        if self.work is not None:
+            self.work.path = pinned(self.work.path)
+
 
     def upper_path(self, node: Node) -> bytes:
         assert self.upper_root is not None
