@@ -197,8 +197,11 @@ def _mount_fuse(hand_over: Callable[[int], None]) -> None:
     """
     fd = os.open("/oldroot/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
     try:
+        # user_id/group_id name the mounter in this user namespace's terms: 0 in the range
+        # mapping, the caller's own ids in the single one (where 0 is unmapped: EINVAL).
         sc.mount("sbx-overlayfs", "/new", "fuse.sbx-overlayfs", _NOSUID_NODEV,
-                 f"fd={fd},rootmode=40000,user_id=0,group_id=0,default_permissions,allow_other")
+                 f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()},"
+                 "default_permissions,allow_other")
         hand_over(fd)
     finally:
         os.close(fd)
