@@ -1,0 +1,147 @@
+"""sbx-overlayfs where fuse-overlayfs is used: mount(8), over its own /usr, as namespace root, in a box.
+
+Every test runs unprivileged, in user+mount namespaces of its own.  The
+command under test is the installed ``sbx-overlayfs`` script next to the
+interpreter, never a file of the source tree.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from overlay_helpers import NsWorker
+
+from helpers import sbx
+
+SBX_OVERLAYFS = Path(sys.executable).parent / "sbx-overlayfs"
+MS_BIND = 4096
+
+
+@pytest.fixture
+def open_dirs() -> Iterator[dict[str, Path]]:
+    """lower/upper/work/mnt under a directory every uid may traverse (pytest's own is 0700)."""
+    base = Path(tempfile.mkdtemp(prefix="sbx-dropin-", dir="/tmp"))
+    base.chmod(0o755)
+    d = {n: base / n for n in ("lower", "upper", "work", "mnt", "bin")}
+    for p in d.values():
+        p.mkdir(mode=0o755)
+    (d["lower"] / "file").write_bytes(b"lower data")
+    (d["lower"] / "file").chmod(0o644)
+    yield d
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def worker() -> Iterator[NsWorker]:
+    w = NsWorker()
+    yield w
+    w.close()
+
+
+def mounted(worker: NsWorker, path: Path) -> str | None:
+    """The filesystem type mounted at PATH in the worker's namespace, if any."""
+    for line in worker.call("read", "/proc/self/mountinfo").decode().splitlines():
+        fields = line.split()
+        if fields[4] == str(path):
+            return fields[fields.index("-") + 1]
+    return None
+
+
+def run_in(worker: NsWorker, *argv: str) -> tuple[int, str]:
+    rc, out, err = worker.call("run", list(argv))
+    return rc, (out + err).decode(errors="replace")
+
+
+def test_mount8_runs_it_as_fuse_overlayfs_is_run(worker: NsWorker, open_dirs: dict[str, Path]) -> None:
+    """`mount -t fuse.sbx-overlayfs` (and fstab) reach it through mount.fuse3 as `SOURCE MOUNTPOINT -o rw,...,dev,suid`."""
+    if shutil.which("mount.fuse3", path="/sbin:/usr/sbin") is None:
+        pytest.skip("mount.fuse3 (package fuse3) is not installed")
+    d = open_dirs
+    # mount(8) runs helpers with PATH removed, so mount.fuse3's shell searches only the default PATH.
+    (d["bin"] / "sbx-overlayfs").symlink_to(SBX_OVERLAYFS)
+    worker.call("mount", str(d["bin"]), "/usr/local/bin", "", MS_BIND, None)
+    opts = f"lowerdir={d['lower']},upperdir={d['upper']},workdir={d['work']},fsync=0,volatile"  # podman adds these
+    rc, out = run_in(worker, "mount", "-t", "fuse.sbx-overlayfs", "-o", opts, "overlay", str(d["mnt"]))
+    assert rc == 0, out
+    try:
+        assert mounted(worker, d["mnt"]) == "fuse.sbx-overlayfs"
+        assert worker.call("read", str(d["mnt"] / "file")) == b"lower data"
+        worker.call("write", str(d["mnt"] / "new"), b"upper data")
+        assert (d["upper"] / "new").read_bytes() == b"upper data"
+        assert not (d["lower"] / "new").exists()
+    finally:
+        run_in(worker, "umount", str(d["mnt"]))
+    assert mounted(worker, d["mnt"]) is None
+
+    # mount -r: the same layers, upper included, read-only
+    rc, out = run_in(worker, "mount", "-r", "-t", "fuse.sbx-overlayfs", "-o", opts, "overlay", str(d["mnt"]))
+    assert rc == 0, out
+    try:
+        assert worker.call("read", str(d["mnt"] / "new")) == b"upper data"
+        assert worker.errno_of("write", str(d["mnt"] / "other"), b"x") == errno.EROFS
+    finally:
+        run_in(worker, "umount", str(d["mnt"]))
+
+
+def test_allow_other_when_namespace_root(worker: NsWorker, open_dirs: dict[str, Path]) -> None:
+    """As fuse-overlayfs does: the namespace's other uids can use a mount made by its root."""
+    if not worker.full_map:
+        pytest.skip("no subordinate id range: the namespace has no other uid")
+    d = open_dirs
+    opts = f"lowerdir={d['lower']},upperdir={d['upper']},workdir={d['work']}"
+    rc, out = run_in(worker, str(SBX_OVERLAYFS), "-o", opts, str(d["mnt"]))
+    assert rc == 0, out
+    try:
+        as_uid_1 = ["setpriv", "--reuid=1", "--regid=1", "--clear-groups"]
+        rc, out = run_in(worker, *as_uid_1, "cat", str(d["mnt"] / "file"))
+        assert (rc, out) == (0, "lower data")
+        rc, out = run_in(worker, *as_uid_1, "sh", "-c", f"echo x > {d['mnt']}/by-uid-1")
+        assert rc != 0 and "Permission denied" in out, "permissions are still checked (default_permissions)"
+    finally:
+        run_in(worker, "umount", str(d["mnt"]))
+
+
+def test_mounting_over_usr_with_usr_as_lower_serves(tmp_path: Path) -> None:
+    """Nothing the daemon does between mounting /usr and serving it may walk into /usr.
+
+    In its own pid namespace, so that on failure (a hang) killing `unshare`
+    takes every process and the mount with it.
+    """
+    upper, work = tmp_path / "upper", tmp_path / "work"
+    upper.mkdir()
+    work.mkdir()
+    script = r"""
+        set -eu
+        "$SBX" -o "lowerdir=/usr,upperdir=$UPPER,workdir=$WORK" /usr
+        echo "type: $(awk '$5 == "/usr" { print $(NF-2) }' /proc/self/mountinfo)"
+        echo probe > /usr/sbx-probe
+        cat /usr/sbx-probe
+        test -x /usr/bin/sh && echo "sh: ok"
+    """
+    env = {**os.environ, "SBX": str(SBX_OVERLAYFS), "UPPER": str(upper), "WORK": str(work)}
+    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
+                           "sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["type: fuse.sbx-overlayfs", "probe", "sh: ok"]
+    assert (upper / "sbx-probe").read_text() == "probe\n"
+    assert not Path("/usr/sbx-probe").exists()
+
+
+def test_single_mapping_runs_on_the_fuse_union(tmp_path: Path) -> None:
+    """--idmap single (only the caller's uid mapped) with --lower: the FUSE root mounts and serves."""
+    root = tmp_path / "root"
+    (root / "usr").mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (root / link).symlink_to(f"usr/{link}")
+    r = sbx("run", "--idmap", "single", "--fs", "fuse", "--lower", str(root), "--ro-bind", "/usr",
+            "--", "/bin/sh", "-c", "id -u; echo hi > /tmp/x; cat /tmp/x")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(os.getuid()).encode(), b"hi"]
