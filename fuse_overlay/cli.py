@@ -123,7 +123,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise UsageError(f"mountpoint {mountpoint}: not a directory")
         fs = UnionFS(options.lowers, options.upper, options.work, quota_bytes=options.quota_bytes,
                      quota_inodes=options.quota_inodes, uid_map=options.uid_map(), gid_map=options.gid_map(),
-                     whiteout=options.whiteout)
+                     whiteout=options.whiteout, redirect_dir=options.redirect_dir)
     except OverlayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1

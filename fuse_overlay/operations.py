@@ -73,7 +73,7 @@ class UnionFS(pyfuse3.Operations):
                  work: str | os.PathLike[str] | None, *, quota_bytes: int | None = None,
                  quota_inodes: int | None = None, uid_map: IdMap | None = None,
                  gid_map: IdMap | None = None, whiteout: Literal["auto", "chardev", "oci"] = "auto",
-                 timeout: float = DEFAULT_TIMEOUT) -> None:
+                 redirect_dir: bool = True, timeout: float = DEFAULT_TIMEOUT) -> None:
         super().__init__()
         lower_b, upper_b, workdir = prepare_layers([Path(p) for p in lowers],
                                                    None if upper is None else Path(upper),
@@ -86,6 +86,7 @@ class UnionFS(pyfuse3.Operations):
             self.quota.scan(upper_b)
         self.union = Union(lower_b, upper_b, workdir, MarkerWriter(style), self.quota,
                            uid_map or IdMap(), gid_map or IdMap())
+        self.union.redirect_dir = redirect_dir
         self.timeout = timeout
         self.noopen = False
         self._forgotten = trio.Event()

@@ -20,7 +20,7 @@ IGNORED = frozenset({
     "noauto", "user", "nouser", "users", "_netdev", "nofail", "defaults", "silent", "loud",
     "default_permissions", "allow_root", "auto_unmount", "fast_ino", "threaded", "writeback",
     "noacl", "acl", "static_nlink", "volatile", "xattr_permissions", "noxattrs", "fsync",
-    "redirect_dir", "index", "metacopy", "userxattr", "xino", "uuid", "nfs_export",
+    "index", "metacopy", "userxattr", "xino", "uuid", "nfs_export",
     "max_read", "fsname", "subtype", "context", "fscontext", "defcontext", "rootcontext",
     "plugins", "squash_to_root", "squash_to_uid", "squash_to_gid", "timeout", "debug",
 })
@@ -39,6 +39,7 @@ class Options:
     quota_bytes: int | None = None
     quota_inodes: int | None = None
     whiteout: Literal["auto", "chardev", "oci"] = "auto"
+    redirect_dir: bool = True  # renaming directories that have lower contents; off: EXDEV, as fuse-overlayfs
     allow_other: bool | None = None  # None: as fuse-overlayfs, only when running as (namespace) root
     read_only: bool = False
     debug: bool = False
@@ -102,6 +103,10 @@ def parse_options(opts: list[str]) -> Options:
                 if value not in ("auto", "chardev", "oci"):
                     raise ConfigError(f"option whiteout={value!r}: expected auto, chardev or oci")
                 result.whiteout = value  # type: ignore[assignment]
+            elif name == "redirect_dir":
+                if value not in ("on", "follow", "nofollow", "off"):
+                    raise ConfigError(f"option redirect_dir={value!r}: expected on, follow, nofollow or off")
+                result.redirect_dir = value == "on"  # kernel overlayfs: only "on" creates redirects
             elif name == "allow_other":
                 result.allow_other = True
             elif name in ("ro", "rw"):  # mount(8) always passes one; ro mounts read-only, layers as given

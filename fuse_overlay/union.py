@@ -53,6 +53,7 @@ class Union:
         self.table = InodeTable()
         self.files = OpenFiles()
         self.orphans: set[int] = set()  # inodes of removed files kept in the work dir
+        self.redirect_dir = True  # directories with lower contents can be renamed (copied up whole first)
         self._pins: list[int] = []  # descriptors of layers a path mount covers (pin_beneath)
         lower_layers = self.lowers.root_layers()
         upper_present = upper is not None
@@ -507,6 +508,12 @@ class Union:
 
     # -- rename ------------------------------------------------------------
 
+    def _check_movable(self, node: Node) -> None:
+        """Without redirect_dir, a directory with lower contents cannot move (EXDEV, as kernel overlayfs
+        and fuse-overlayfs answer; mv then copies it)."""
+        if node.is_dir and node.lowers and not self.redirect_dir:
+            raise _err(errno.EXDEV)
+
     def _make_movable(self, node: Node) -> None:
         if node.is_dir and node.lowers:
             self._copy_up_tree(node)
@@ -541,6 +548,7 @@ class Union:
                 raise _err(errno.EISDIR)
             if dst.is_dir and self.listing(dst):
                 raise _err(errno.ENOTEMPTY)
+        self._check_movable(src)
         self._make_movable(src)
         self.ensure_upper(p1)
         self.ensure_upper(p2)
@@ -578,6 +586,8 @@ class Union:
         p2.listing = None
 
     def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
+        self._check_movable(a)
+        self._check_movable(b)
         self._make_movable(a)
         self._make_movable(b)
         self.ensure_upper(p1)

@@ -145,3 +145,32 @@ def test_single_mapping_runs_on_the_fuse_union(tmp_path: Path) -> None:
             "--", "/bin/sh", "-c", "id -u; echo hi > /tmp/x; cat /tmp/x")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == [str(os.getuid()).encode(), b"hi"]
+
+
+def test_redirect_dir_off_refuses_to_move_lower_directories(tmp_path: Path) -> None:
+    """redirect_dir=off: EXDEV for a directory with lower contents, as fuse-overlayfs and kernel overlayfs say
+    (mv then copies); by default such a directory moves."""
+    d = {n: tmp_path / n for n in ("lower", "upper", "work", "mnt")}
+    for p in d.values():
+        p.mkdir()
+    (d["lower"] / "dir").mkdir()
+    (d["lower"] / "dir" / "file").write_bytes(b"x")
+    opts = f"lowerdir={d['lower']},upperdir={d['upper']},workdir={d['work']}"
+    for extra, lower_dir_moves in ((",redirect_dir=off", False), ("", True)):
+        r = subprocess.run([str(SBX_OVERLAYFS), "-o", opts + extra, str(d["mnt"])], capture_output=True, text=True,
+                           timeout=60)
+        assert r.returncode == 0, r.stderr
+        try:
+            (d["mnt"] / "new").mkdir()
+            (d["mnt"] / "new").rename(d["mnt"] / "new2")  # nothing below it: always movable
+            if lower_dir_moves:
+                (d["mnt"] / "dir").rename(d["mnt"] / "moved")
+                assert (d["mnt"] / "moved" / "file").read_bytes() == b"x"
+            else:
+                with pytest.raises(OSError) as exc:
+                    (d["mnt"] / "dir").rename(d["mnt"] / "moved")
+                assert exc.value.errno == errno.EXDEV
+                assert (d["mnt"] / "dir" / "file").read_bytes() == b"x"
+        finally:
+            subprocess.run(["fusermount3", "-u", str(d["mnt"])], check=False, timeout=60)
+        shutil.rmtree(d["upper"] / "new2")
