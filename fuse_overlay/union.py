@@ -95,7 +95,6 @@ class Union:
         if self.work is not None:
             self.work.path = pinned(self.work.path)
 
-
     def upper_path(self, node: Node) -> bytes:
         assert self.upper_root is not None
         rel = node.rel()
