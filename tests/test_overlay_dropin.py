@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -109,6 +110,12 @@ def test_allow_other_when_namespace_root(worker: NsWorker, open_dirs: dict[str, 
         run_in(worker, "umount", str(d["mnt"]))
 
 
+def in_own_namespaces(script: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """SCRIPT as root of new user, mount and pid namespaces: killing `unshare` (on a timeout) ends them all."""
+    return subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
+                           "sh", "-c", script], capture_output=True, text=True, env={**os.environ, **env}, timeout=120)
+
+
 def test_mounting_over_usr_with_usr_as_lower_serves(tmp_path: Path) -> None:
     """Nothing the daemon does between mounting /usr and serving it may walk into /usr.
 
@@ -126,13 +133,40 @@ def test_mounting_over_usr_with_usr_as_lower_serves(tmp_path: Path) -> None:
         cat /usr/sbx-probe
         test -x /usr/bin/sh && echo "sh: ok"
     """
-    env = {**os.environ, "SBX": str(SBX_OVERLAYFS), "UPPER": str(upper), "WORK": str(work)}
-    proc = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "--pid", "--fork", "--kill-child",
-                           "sh", "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    proc = in_own_namespaces(script, SBX=str(SBX_OVERLAYFS), UPPER=str(upper), WORK=str(work))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines() == ["type: fuse.sbx-overlayfs", "probe", "sh: ok"]
     assert (upper / "sbx-probe").read_text() == "probe\n"
     assert not Path("/usr/sbx-probe").exists()
+
+
+def test_an_internal_error_while_serving_usr_does_not_hang_it(tmp_path: Path) -> None:
+    """A handler's bug raised inside a standard library module, with the daemon serving that module's file:
+    reporting it must not read the file (a traceback's quoted lines), or the daemon waits on itself for good."""
+    (tmp_path / "upper").mkdir()
+    (tmp_path / "work").mkdir()
+    daemon = textwrap.dedent("""
+        import json, sys
+        from fuse_overlay.operations import UnionFS, handler
+
+        @handler
+        async def statfs(self, ctx):
+            return json.loads(0)  # a bug, raised from json's own code under /usr
+
+        UnionFS.statfs = statfs
+        from fuse_overlay.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    script = r"""
+        set -eu
+        "$PY" -c "$DAEMON" -o "lowerdir=/usr,upperdir=$UPPER,workdir=$WORK" /usr
+        if "$PY" -c 'import os; os.statvfs("/usr")' 2>/dev/null; then echo "statfs: ok"; else echo "statfs: EIO"; fi
+        test -x /usr/bin/sh && echo "still serving"
+    """
+    proc = in_own_namespaces(script, PY=sys.executable, DAEMON=daemon, UPPER=str(tmp_path / "upper"),
+                             WORK=str(tmp_path / "work"))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["statfs: EIO", "still serving"]
 
 
 def test_single_mapping_runs_on_the_fuse_union(tmp_path: Path) -> None:
