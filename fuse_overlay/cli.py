@@ -16,7 +16,11 @@ import logging
 import os
 import re
 import sys
+import traceback
+import warnings
 from collections.abc import Callable, Sequence
+from types import TracebackType
+from typing import Any
 
 import trio
 
@@ -64,6 +68,35 @@ def _parse_argv(argv: Sequence[str]) -> tuple[list[str], str, bool, bool]:
     if len(positional) > 2:
         raise UsageError(f"expected [SOURCE] MOUNTPOINT, got {len(positional)} arguments")
     return opts, positional[-1], foreground, debug
+
+
+def _trace(exc: BaseException, tb: TracebackType | None) -> str:
+    """A traceback naming each file and line without reading the file.
+
+    The daemon may be serving the very files (``lowerdir=/usr`` mounted on
+    /usr holds the standard library): reading one to quote a line, from the
+    one thread that must answer that read, would wait forever.
+    """
+    frames = "".join(f'  File "{frame.f_code.co_filename}", line {line}, in {frame.f_code.co_name}\n'
+                     for frame, line in traceback.walk_tb(tb))
+    message = str(exc)
+    return f"Traceback (most recent call last):\n{frames}{type(exc).__qualname__}{': ' + message if message else ''}\n"
+
+
+class _Formatter(logging.Formatter):
+    def formatException(self, ei: Any) -> str:
+        return _trace(ei[1], ei[2]).rstrip("\n") if ei[1] is not None else ""
+
+
+def _report_without_reading_sources(level: int) -> None:
+    """Log, report a crash and show warnings the way `_trace` does: without opening source files."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(_Formatter(f"{PROG}: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
+    sys.excepthook = lambda _type, exc, tb: sys.stderr.write(_trace(exc, tb))
+    show = warnings.showwarning
+    warnings.showwarning = lambda message, category, filename, lineno, file=None, line=None: show(
+        message, category, filename, lineno, file, "" if line is None else line)
 
 
 def _target(mountpoint: str) -> str | int:
@@ -127,8 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OverlayError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return 1
-    logging.basicConfig(level=logging.DEBUG if (debug or options.debug) else logging.WARNING,
-                        format=f"{PROG}: %(message)s")
+    _report_without_reading_sources(logging.DEBUG if (debug or options.debug) else logging.WARNING)
     if not foreground:
         return _daemonize(fs, target, options.allow_other, options.read_only)
     try:
