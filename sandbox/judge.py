@@ -5,11 +5,19 @@ The compiler runs under the `compile` seccomp policy, the solution under
 
 The compiler runs in a box of its own; the binary is copied out of it and
 into each test's box, so a test never sees another test's files.  Checkers
-run sandboxed too (testlib convention: `checker INPUT OUTPUT ANSWER`).
+run sandboxed too, in boxes of their own: a solution's box may hold anything
+it wrote (a module a Python checker would import, a directory where the
+checker's output file goes), so the checker never runs there; only the
+solution's captured output is copied over.  Checkers follow testlib's
+convention: `checker INPUT OUTPUT ANSWER`, exit 0 OK, 1 WA, 2 PE, anything
+else (3 is testlib's "fail") or a checker that does not end normally IE.
+Every test gets a verdict: a box that fails during one test makes that test
+IE, not the whole judging a traceback.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass, field
@@ -19,7 +27,7 @@ from typing import Any, TextIO
 import trio
 
 from .api import Sandbox
-from .errors import ConfigError
+from .errors import ConfigError, SandboxError
 from .limits import Limits
 from .pool import SandboxPool
 from .result import Result, Status
@@ -33,6 +41,10 @@ EXTENSIONS = {".c": "c", ".cpp": "cpp", ".cc": "cpp", ".cxx": "cpp", ".py": "py"
 COMPILE_POLICY = "compile"
 RUN_POLICY = "strict"
 COMPILE_LIMITS = Limits(cpu_time=30.0, wall_time=60.0, memory=None, pids=64, output=1 << 20)
+CHECKER_POLICY = "default"  # a checker may be a script
+CHECKER_LIMITS = Limits(cpu_time=10.0, wall_time=20.0)
+CHECKER_ENV = {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}  # a Python checker imports nothing from its dir
+TESTLIB_EXIT = {0: "OK", 1: "WA", 2: "PE"}
 
 
 @dataclass
@@ -126,25 +138,46 @@ async def judge(solution: Path, tests: list[TestCase], *, lang: str, limits: Lim
                 return report
             files = {"sol": (await box.read_file("sol"), 0o755)}
     report.tests = [Verdict(t.name, "") for t in tests]
-    pool_size = workers or len(os.sched_getaffinity(0))
-    async with SandboxPool(size=min(pool_size, len(tests)), policy=RUN_POLICY) as pool:
+    pool_size = min(workers or len(os.sched_getaffinity(0)), len(tests))
+    async with contextlib.AsyncExitStack() as stack:
+        runs = await stack.enter_async_context(SandboxPool(size=pool_size, policy=RUN_POLICY))
+        checks = None if checker_bin is None else await stack.enter_async_context(
+            SandboxPool(size=pool_size, policy=CHECKER_POLICY, env=CHECKER_ENV))
+
         async def one(i: int, test: TestCase) -> None:
-            async with pool.acquire() as box:
-                for name, (data, mode) in files.items():
-                    await box.write_file(name, data, mode)
-                result = await box.run(list(run_argv), stdin=test.input.read_bytes(), limits=limits)
-                verdict = Verdict(test.name, result.status.value, result)
-                if result.status is Status.OK:
-                    verdict.status, verdict.message = await _check(box, test, result.stdout, checker_bin)
+            try:
+                verdict = await _run_test(runs, checks, files, run_argv, test, limits, checker_bin)
+            except SandboxError as e:
+                verdict = Verdict(test.name, "IE", message=f"the sandbox failed: {e}")
             report.tests[i] = verdict
             if progress:
-                print(f"  test {test.name}: {verdict.status} {result.cpu_time:.3f}s {result.memory_peak // 1024}KiB",
-                      file=progress, flush=True)
+                r = verdict.result
+                print(f"  test {test.name}: {verdict.status} {r.cpu_time if r else 0:.3f}s "
+                      f"{r.memory_peak // 1024 if r else 0}KiB", file=progress, flush=True)
 
         async with trio.open_nursery() as nursery:
             for i, test in enumerate(tests):
                 nursery.start_soon(one, i, test)
     return report
+
+
+async def _run_test(runs: SandboxPool, checks: SandboxPool | None, files: dict[str, tuple[bytes, int]],
+                    run_argv: tuple[str, ...], test: TestCase, limits: Limits, checker: bytes | None) -> Verdict:
+    async with runs.acquire() as box:
+        for name, (data, mode) in files.items():
+            await box.write_file(name, data, mode)
+        result = await box.run(list(run_argv), stdin=test.input.read_bytes(), limits=limits)
+    verdict = Verdict(test.name, result.status.value, result)
+    if result.status is Status.OK:
+        answer = test.answer.read_bytes()
+        if checks is None or checker is None:
+            ok = tokens_match(result.stdout, answer)
+            verdict.status, verdict.message = ("OK", "") if ok else ("WA", "output differs from the answer")
+        else:
+            async with checks.acquire() as box:
+                verdict.status, verdict.message = await _check(box, test.input.read_bytes(), result.stdout, answer,
+                                                               checker)
+    return verdict
 
 
 def _read_executable(path: Path) -> bytes:
@@ -154,22 +187,17 @@ def _read_executable(path: Path) -> bytes:
         raise ConfigError(f"--checker {path}: {e.strerror}") from None
 
 
-async def _check(box: Sandbox, test: TestCase, output: bytes, checker: bytes | None) -> tuple[str, str]:
-    answer = test.answer.read_bytes()
-    if checker is None:
-        return ("OK", "") if tokens_match(output, answer) else ("WA", "output differs from the answer")
-    await box.write_file("checker", checker, 0o755)
-    await box.write_file("input", test.input.read_bytes())
-    await box.write_file("output", output)
-    await box.write_file("answer", answer)
-    r = await box.run(["./checker", "input", "output", "answer"], limits=Limits(cpu_time=10.0, wall_time=20.0),
-                      policy="default")  # a checker may be a script
+async def _check(box: Sandbox, given: bytes, output: bytes, answer: bytes, checker: bytes) -> tuple[str, str]:
+    """The checker's verdict, in a box that holds only the checker and its three files."""
+    for name, data, mode in (("checker", checker, 0o755), ("input", given, 0o644), ("output", output, 0o644),
+                             ("answer", answer, 0o644)):
+        await box.write_file(name, data, mode)
+    r = await box.run(["./checker", "input", "output", "answer"], limits=CHECKER_LIMITS)
     comment = (r.stderr or r.stdout).decode(errors="replace").strip()[:200]
-    if r.status is Status.OK:
-        return "OK", comment
-    if r.status is Status.RE:
-        return "WA", comment or f"checker exit status {r.exit_code}"
-    return "IE", f"checker failed: {r.status.value} {r.message}"
+    if r.status in (Status.OK, Status.RE) and (r.exit_code or 0) in TESTLIB_EXIT:
+        return TESTLIB_EXIT[r.exit_code or 0], comment
+    why = f"exit status {r.exit_code}" if r.status is Status.RE else f"{r.status.value} {r.message}"
+    return "IE", f"checker failed ({why})" + (f": {comment}" if comment else "")
 
 
 def table(report: Report) -> str:
