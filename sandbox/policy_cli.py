@@ -24,6 +24,8 @@ DANGEROUS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("ioctl(TIOCSTI | 1 << 32)", "ioctl", (0, 0x100005412)),
     ("ioctl(TIOCLINUX)", "ioctl", (0, 0x541C)),
     ("personality(PER_LINUX32)", "personality", (0x0008,)),
+    ("seccomp(SECCOMP_SET_MODE_FILTER)", "seccomp", (1,)),
+    ("prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)", "prctl", (22, 2)),
 )
 
 

@@ -75,6 +75,25 @@ def test_blocked_call_is_reported_by_name_and_killed(programs, bpf, tmp_path: Pa
     assert run.signal == 9 and run.stdout == ""  # killed while the call waited: it never returned
 
 
+@pytest.mark.parametrize("policy", SHIPPED)
+@pytest.mark.parametrize("via,syscall", [([], "seccomp"), (["prctl"], "prctl")])
+def test_a_filter_of_the_programs_own_cannot_hide_a_blocked_call(programs, bpf, tmp_path: Path, policy: str,
+                                                                   via: list[str], syscall: str) -> None:
+    """Stacking a filter is itself the violation: the kernel would rank its ERRNO above our notification."""
+    run = run_filtered(bpf[policy], [str(programs["stacked_filter"]), *via], tmp=tmp_path)
+    assert (run.reported, run.signal, run.stdout) == (syscall, 9, "")
+
+
+def test_other_seccomp_and_prctl_calls_still_work(programs, bpf, tmp_path: Path) -> None:
+    """Only installing a filter is refused: asking which actions exist, naming a thread, no_new_privs are not."""
+    script = ("import ctypes, ctypes.util; libc = ctypes.CDLL(None, use_errno=True)\n"
+              "print(libc.syscall(317, 2, 0, ctypes.byref(ctypes.c_uint(0x7fff0000))))\n"  # SECCOMP_GET_ACTION_AVAIL
+              "print(libc.prctl(15, b'named', 0, 0, 0), libc.prctl(38, 1, 0, 0, 0))\n")  # PR_SET_NAME, NO_NEW_PRIVS
+    for policy in SHIPPED:
+        run = run_filtered(bpf[policy], ["python3", "-c", script], tmp=tmp_path)
+        assert (run.reported, run.stdout) == (None, "0\n0 0\n"), (policy, run.stderr)
+
+
 def test_notification_carries_pid_arch_number_and_arguments(programs, bpf, tmp_path: Path) -> None:
     run = run_filtered(bpf["strict"], [str(programs["tiocsti_high"])], tmp=tmp_path)
     n = run.notifications[0]
