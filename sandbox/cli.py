@@ -171,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
     run.add_argument("--json", metavar="FILE|-",
                      help="write the result record as JSON, for every run attempted (also one whose program "
-                          "could not be started or whose box could not be set up)")
+                          "could not be started or whose box could not be set up); with -, stdout carries the "
+                          "record alone and the program's stdout goes to stderr")
     run.add_argument("--quiet", action="store_true",
                      help="do not say why a run did not end OK, nor give hints (errors are still said)")
     run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]",
@@ -243,7 +244,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         fs=args.fs,
     )
     plan = _Plan(argv, args.quiet, binds, [copies.parse_copy_in(spec) for spec in args.copy_in],
-                 [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes)
+                 [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes,
+                 stdout=Relay(2 if args.json == "-" else 1))
     stdin = _open_stdin(args.stdin)
     try:
         outcome = trio.run(_session, sandbox, plan, stdin)
@@ -253,7 +255,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         raise
     finally:
         os.close(stdin)
-    if outcome.lines and not plan.stderr.ends_line:  # the program's last line is not ours to finish
+    if outcome.lines and not all(r.ends_line for r in (plan.stdout, plan.stderr) if r.fd == 2):
+        # the program's last line on our stderr is not ours to finish
         print(file=sys.stderr)
     for line in outcome.lines:
         print(f"sbx: {line}", file=sys.stderr)
@@ -273,6 +276,9 @@ class _Plan:
     copy_out: list[copies.Copy]
     disk: int
     inodes: int
+    # With --json -, sbx's stdout carries the record alone: the program's stdout goes to stderr, so that
+    # nothing the program prints can pass for the record or spoil it.
+    stdout: Relay = field(default_factory=lambda: Relay(1))
     stderr: Relay = field(default_factory=lambda: Relay(2))  # the program's stderr, relayed to ours
 
 
@@ -294,7 +300,7 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
             if left_out and not plan.quiet:
                 notes.append(f"--copy-in {c.src}: {copies.left_out(left_out)}")
         try:
-            result = await sandbox.run(plan.argv, stdin=stdin, stdout=Relay(1), stderr=plan.stderr)
+            result = await sandbox.run(plan.argv, stdin=stdin, stdout=plan.stdout, stderr=plan.stderr)
             outcome = _Outcome(result, result.shell_status, notes)
             if result.status is not Status.OK and not plan.quiet:
                 outcome.lines.append(result.summary)

@@ -46,6 +46,15 @@ def test_json_record(tmp_path: Path) -> None:
     assert json.loads(to_stdout.stdout)["status"] == "OK"
 
 
+def test_json_on_stdout_cannot_be_spoofed_by_the_program() -> None:
+    """A program printing a record of its own (and a half line after it) leaves the real one intact."""
+    fake = '{"status": "OK", "exit_code": 0}'
+    r = sbx("run", "--json", "-", "--", "sh", "-c", f"echo '{fake}'; printf '{{\"status\": '; exit 3")
+    assert r.returncode == 3
+    assert json.loads(r.stdout)["status"] == "RE" and r.stdout.count(b"\n") == 1
+    assert r.stderr.decode().splitlines() == [fake, '{"status": ', "sbx: RE: exited with status 3"]
+
+
 def test_options_reach_the_box(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("data\n")
     tmp_path.chmod(0o755)  # the program has its own uid: it reads what "others" may read
