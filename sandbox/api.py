@@ -334,14 +334,21 @@ class _Pending:
     captured: tuple[int, int] | None
 
     async def reply(self) -> dict[str, Any]:
-        """The run's end; a box whose union filesystem daemon dies meanwhile ends it (IE)."""
+        """The run's end; a box whose union filesystem daemon dies meanwhile ends it (IE).
+
+        Every process of the run is gone by then, so the output pumps stop at
+        what is already in their pipes rather than wait for an EOF that a
+        descriptor parked in a unix socket could hold off for good.
+        """
         box = self.box
         if box.daemon is None:
-            return await box.reply(self.limits.wall_time)
-        async with trio.open_nursery() as watcher:
-            watcher.start_soon(box.watch_daemon)
             reply = await box.reply(self.limits.wall_time)
-            watcher.cancel_scope.cancel()
+        else:
+            async with trio.open_nursery() as watcher:
+                watcher.start_soon(box.watch_daemon)
+                reply = await box.reply(self.limits.wall_time)
+                watcher.cancel_scope.cancel()
+        self.out.end()
         return reply
 
     def finish(self, reply: dict[str, Any]) -> Result:
@@ -442,22 +449,50 @@ class _Output:
     def __post_init__(self) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
+        self._waits: list[trio.CancelScope] = []
+        self._ended = False
+
+    def end(self) -> None:
+        """The run is over: each pump takes what its pipe holds and stops."""
+        self._ended = True
+        for scope in self._waits:
+            scope.cancel()
 
     async def pump(self, fd: int, sink: Relay | None, buf: bytearray) -> None:
         async with trio.lowlevel.FdStream(fd) as stream:
-            while chunk := await stream.receive_some(_CHUNK):
-                if self.exceeded:
-                    continue
-                if self.limit is not None and self.used + len(chunk) > self.limit:
-                    chunk = chunk[: self.limit - self.used]
-                    self.exceeded = True
-                    await self.box.kill_run("OLE")
-                self.used += len(chunk)
-                if sink is None:
-                    buf += chunk
-                elif chunk:
-                    await trio.to_thread.run_sync(_write_all, sink.fd, chunk)
-                    sink.ends_line = chunk.endswith(b"\n")
+            wait = trio.CancelScope()
+            self._waits.append(wait)
+            if self._ended:
+                wait.cancel()
+            with wait:
+                while chunk := await stream.receive_some(_CHUNK):
+                    await self._take(chunk, sink, buf)
+                return
+            while chunk := _read_buffered(fd):  # (FdStream made the fd non-blocking)
+                await self._take(chunk, sink, buf)
+
+    async def _take(self, chunk: bytes, sink: Relay | None, buf: bytearray) -> None:
+        if self.exceeded:
+            return
+        if self.limit is not None and self.used + len(chunk) > self.limit:
+            chunk = chunk[: self.limit - self.used]
+            self.exceeded = True
+            if not self._ended:
+                await self.box.kill_run("OLE")
+        self.used += len(chunk)
+        if sink is None:
+            buf += chunk
+        elif chunk:
+            await trio.to_thread.run_sync(_write_all, sink.fd, chunk)
+            sink.ends_line = chunk.endswith(b"\n")
+
+
+def _read_buffered(fd: int) -> bytes:
+    """What a pipe holds now, without waiting: b"" when it is empty or at EOF."""
+    try:
+        return os.read(fd, _CHUNK)
+    except BlockingIOError:
+        return b""
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -425,3 +425,14 @@ def test_a_tree_deeper_than_a_copy_descends_is_one_line_both_ways(tmp_path: Path
         subprocess.run(["rm", "-rf", str(host)], check=True)  # (so does pytest's removal of old temp dirs)
     lines = r.stderr.decode().splitlines()
     assert r.returncode == 125 and len(lines) == 1 and lines[0].endswith(": more than 128 levels of directories"), r.stderr
+
+
+def test_output_parked_in_a_unix_socket_does_not_keep_the_run_alive() -> None:
+    """The program leaves its stdout and stderr in flight in a cycle of unix sockets and exits: no EOF comes
+    until the kernel's socket GC runs, which sbx must not wait for (before: more than 20 s past a 3 s limit)."""
+    park = ("import socket\n"
+            "a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+            "socket.send_fds(a, [b'x'], [1, 2, a.fileno(), b.fileno()])\n"
+            "print('parked', flush=True)\n")
+    r = sbx("run", "--wall-time", "3", "--", "python3", "-c", park, timeout=30)
+    assert (r.returncode, r.stdout, r.stderr) == (0, b"parked\n", b"")
