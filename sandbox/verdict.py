@@ -62,14 +62,17 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         return r
     if output_exceeded or killed == "OLE":
         return result(Status.OLE, f"output reached the limit of {_size(limits.output)} (stdout and stderr together)")
-    if limits.cpu_time is not None and (killed == "TLE" or sig == signals.SIGXCPU or cpu > limits.cpu_time):
+    # (not SIGXCPU itself: the program can raise it; the RLIMIT_CPU backstop sends it only past the limit)
+    if limits.cpu_time is not None and (killed == "TLE" or cpu > limits.cpu_time):
         return result(Status.TLE, f"{cpu:.2f} s of CPU time, limit {limits.cpu_time:g} s")
     if killed == "WLE":
         return result(Status.WLE, f"{wall:.2f} s of wall time, limit {limits.wall_time:g} s")
     if killed is not None:
         return result(Status.IE, f"run stopped: {killed}")
-    if sig == signals.SIGXFSZ:
-        return result(Status.OLE, f"a file reached the size limit of {_size(limits.file_size)} (SIGXFSZ)")
+    if sig == signals.SIGXFSZ and limits.file_size is not None:
+        # the kernel's or the program's own: nothing tells them apart, so it is the signal, not OLE
+        return result(Status.SG, f"killed by SIGXFSZ (a file may have reached the size limit of "
+                                 f"{_size(limits.file_size)})")
     if events.get("memory.oom_kill"):
         return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} (OOM-killed)")
     if (failed and enforcement.get("memory") == "rlimit" and limits.memory is not None

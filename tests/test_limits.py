@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 
+import pytest
+
 from sandbox import Limits, Sandbox, Status
 
 BUSY = ["sh", "-c", "while :; do :; done"]
@@ -99,7 +101,7 @@ async def test_output_limit(box: Sandbox) -> None:
 
 async def test_file_size_open_files_core_and_stack(box: Sandbox) -> None:
     r = await box.run(["sh", "-c", "exec head -c 2000000 /dev/zero > /box/f"], limits=Limits(file_size=1 << 20))
-    assert r.status is Status.OLE and r.signal == signal.SIGXFSZ
+    assert r.status is Status.SG and r.signal == signal.SIGXFSZ and "size limit of 1 MiB" in r.message
     r = await box.run(["python3", "-c", "[open('/dev/null') for _ in range(50)]"], limits=Limits(open_files=20))
     assert r.status is Status.RE and b"Too many open files" in r.stderr
     r = await box.run(["sh", "-c", "ulimit -c; ulimit -s"], limits=Limits(stack=4 << 20))
@@ -142,3 +144,10 @@ async def test_exact_cpu_time_excludes_sandbox_overhead(box: Sandbox) -> None:
         bare.append(ru.ru_utime + ru.ru_stime)
     boxed = [(await box.run(["/bin/true"], policy=None)).cpu_time for _ in range(5)]
     assert min(boxed) <= 2 * max(bare) + 0.001, (boxed, bare)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGXCPU, signal.SIGXFSZ])
+async def test_a_limit_signal_the_program_raises_itself_is_sg_not_a_limit(box: Sandbox, sig: int) -> None:
+    r = await box.run(["sh", "-c", f"kill -{signal.Signals(sig).name[3:]} $$"],
+                      limits=Limits(cpu_time=1.0, file_size=1 << 20))
+    assert (r.status, r.signal) == (Status.SG, sig), r.message

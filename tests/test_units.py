@@ -67,8 +67,11 @@ def test_verdict_order() -> None:
     assert verdict(_reply(wait_status=13), limits, output_exceeded=True, enforcement=enf).status is Status.OLE
     assert verdict(_reply(wait_status=6, memory_peak=90_000), limits, output_exceeded=False,
                    enforcement=enf).status is Status.MLE
+    # A signal the program can raise itself is SG, whatever limit it is named after.
     assert verdict(_reply(wait_status=signal.SIGXFSZ), limits, output_exceeded=False,
-                   enforcement=enf).status is Status.OLE
+                   enforcement=enf).status is Status.SG
+    assert verdict(_reply(wait_status=signal.SIGXCPU, cpu_time=0.2), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.SG
 
 
 def test_verdict_under_cgroups_is_exact() -> None:
