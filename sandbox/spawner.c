@@ -81,6 +81,7 @@ static int listener_pair[2]; /* the program's process hands its seccomp listener
 static uid_t program_uid;
 static gid_t program_gid;
 static int use_setgroups;
+static pid_t spawner_pid; /* a program's process outliving it is killed (parent-death signal) */
 static int last_cap = CAP_LAST_CAP;
 static long clock_tick;
 
@@ -177,7 +178,6 @@ static void exec_program(struct run *r, int err_pipe)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
     setsid();
     for (int i = 0; i < 3; i++)
         if (dup2(r->fds[i], i) < 0)
@@ -194,9 +194,16 @@ static void exec_program(struct run *r, int err_pipe)
     if (r->has_cgroup && write(r->fds[next], "0", 1) != 1)
         child_fail(err_pipe, "cgroup", errno);
     drop_privileges(err_pipe);
+    /* After the ids change: changing them clears the parent-death signal. The spawner is suspended
+     * until execve (vfork), but may have been killed meanwhile: then the signal never comes. */
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) < 0)
+        child_fail(err_pipe, "setup", errno);
+    if (getppid() != spawner_pid)
+        _exit(127);
     if (bpf_fd >= 0)
         load_filter(err_pipe, bpf_fd);
-    syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */);
+    if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
+        child_fail(err_pipe, "setup", errno); /* no descriptor of sbx's may reach the program */
     execvpe(r->argv[0], r->argv, r->envp);
     int err = errno;
     struct stat st;
@@ -538,6 +545,9 @@ int main(int argc, char **argv)
     if (argc != 5)
         return 125;
     ctl = atoi(argv[1]);
+    spawner_pid = getpid();
+    if (fcntl(ctl, F_SETFD, FD_CLOEXEC) < 0) /* no program may inherit it, whatever else fails */
+        return 125;
     program_uid = (uid_t)atol(argv[2]);
     program_gid = (gid_t)atol(argv[3]);
     use_setgroups = atoi(argv[4]);

@@ -217,3 +217,45 @@ async def test_a_request_refused_as_busy_leaves_the_running_one_alone() -> None:
                 with pytest.raises(SetupError, match="busy"):
                     await box.run(["true"])
         assert results[0].status is Status.OK and results[0].stdout == b"done\n"
+
+
+def _children(pid: int) -> list[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(p) for p in f.read().split()]
+    except OSError:
+        return []
+
+
+async def test_a_runs_program_dies_with_a_killed_spawner(box: Sandbox) -> None:
+    """The parent-death signal outlives the change of ids (setresuid clears it, so it is set after)."""
+    marker = "sbx-pdeathsig-probe"
+    async with trio.open_nursery() as nursery:
+        results: list[object] = []
+
+        async def run() -> None:
+            results.append(await box.run(["bash", "-c", f"exec -a {marker} sleep 60"], limits=Limits(wall_time=30)))
+
+        nursery.start_soon(run)
+        program = spawner = 0
+        for _ in range(200):
+            await trio.sleep(0.02)
+            found = [line.split(":")[0] for line in host_processes_matching(marker)]
+            if found:
+                program = int(found[0])
+                with open(f"/proc/{program}/stat") as f:
+                    spawner = int(f.read().rsplit(")", 1)[1].split()[1])
+                break
+        assert program and program in _children(spawner)
+        with open(f"/proc/{spawner}/comm") as f:
+            assert f.read().strip() == "sbx-spawner"
+        os.kill(spawner, 9)
+        for _ in range(250):
+            if not os.path.exists(f"/proc/{program}"):
+                break
+            await trio.sleep(0.02)
+        gone = not os.path.exists(f"/proc/{program}")
+        nursery.cancel_scope.cancel()
+    assert gone, "the program outlived its spawner"
+    r = await box.run(["true"])
+    assert r.status is Status.OK
