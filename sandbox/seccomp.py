@@ -25,6 +25,7 @@ Compiling costs 20-75 ms once per policy and process (the shipped policies).
 
 from __future__ import annotations
 
+import errno
 import struct
 import tempfile
 import threading
@@ -261,6 +262,9 @@ def _build(policy: Policy) -> bytes:
                 f.add_rule_exactly(_scmp_action(action), syscall, *args)
             except (RuntimeError, ValueError, OSError) as e:
                 raise PolicyError(f"policy {policy.name!r}: libseccomp refused a rule for {syscall!r}: {e}") from None
+    if policy.default.kind == "allow":
+        for nr in _unnamed_syscalls():
+            f.add_rule_exactly(seccomp.ERRNO(errno.ENOSYS), nr)
     with tempfile.TemporaryFile() as tmp:
         f.export_bpf(tmp)
         tmp.seek(0)
@@ -270,6 +274,25 @@ def _build(policy: Policy) -> bytes:
     if len(bpf) // 8 > 4096:
         raise PolicyError(f"policy {policy.name!r}: the filter has {len(bpf) // 8} instructions, more than the kernel's 4096")
     return bpf
+
+
+NATIVE_SYSCALLS = 512
+"""Syscall numbers below this are checked for names; above it (x86_64) the kernel has none yet."""
+
+
+def _unnamed_syscalls() -> list[int]:
+    """Native syscall numbers libseccomp cannot name: calls newer than it (open_tree_attr on libseccomp 2.5).
+
+    A policy that allows by default would let them all through, unseen; they
+    fail with ENOSYS instead, as on a kernel that predates them.
+    """
+    out = []
+    for nr in range(NATIVE_SYSCALLS):
+        try:
+            seccomp.resolve_syscall(seccomp.Arch.NATIVE, nr)
+        except ValueError:
+            out.append(nr)
+    return out
 
 
 # --- the in-memory cache ---------------------------------------------------------------------------

@@ -84,6 +84,29 @@ def test_a_filter_of_the_programs_own_cannot_hide_a_blocked_call(programs, bpf, 
     assert (run.reported, run.signal, run.stdout) == (syscall, 9, "")
 
 
+def test_no_policy_lets_a_vsock_socket_reach_the_host(bpf, tmp_path: Path) -> None:
+    """AF_VSOCK ignores network namespaces: permissive kills it, the others refuse it."""
+    script = ("import socket\ntry:\n    socket.socket(40, socket.SOCK_STREAM)\n    print('made')\n"
+              "except OSError as e:\n    print('refused', e.errno)\n")
+    for policy in SHIPPED:
+        run = run_filtered(bpf[policy], ["python3", "-c", script], tmp=tmp_path)
+        if policy == "permissive":
+            assert (run.reported, run.signal) == ("socket", 9), run.stdout
+        else:
+            assert run.reported is None and run.stdout.startswith("refused"), (policy, run.stdout)
+
+
+def test_a_syscall_libseccomp_cannot_name_fails_with_enosys(bpf, tmp_path: Path) -> None:
+    """Newer than libseccomp (open_tree_attr, 467, on 2.5): not allowed unseen, even by permissive."""
+    unnamed = sbx_seccomp._unnamed_syscalls()
+    assert 467 in unnamed and 0 not in unnamed  # (read has a name)
+    script = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "print(libc.syscall(467, -1, 0, 0, 0, 0), ctypes.get_errno())\n")
+    for policy in SHIPPED:
+        run = run_filtered(bpf[policy], ["python3", "-c", script], tmp=tmp_path)
+        assert (run.reported, run.stdout) == (None, f"-1 {errno.ENOSYS}\n"), (policy, run.stdout)
+
+
 def test_other_seccomp_and_prctl_calls_still_work(programs, bpf, tmp_path: Path) -> None:
     """Only installing a filter is refused: asking which actions exist, naming a thread, no_new_privs are not."""
     script = ("import ctypes, ctypes.util; libc = ctypes.CDLL(None, use_errno=True)\n"
