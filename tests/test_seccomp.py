@@ -84,6 +84,16 @@ def test_a_filter_of_the_programs_own_cannot_hide_a_blocked_call(programs, bpf, 
     assert (run.reported, run.signal, run.stdout) == (syscall, 9, "")
 
 
+def test_a_filter_cannot_be_stacked_past_the_check_with_high_bits(programs, bpf, tmp_path: Path) -> None:
+    """The kernel reads prctl's option as an int: 22 | 1 << 32 is PR_SET_SECCOMP too."""
+    script = ("import ctypes\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+              "libc.syscall.argtypes = [ctypes.c_long] * 6\n"
+              "print(libc.syscall(157, (1 << 32) | 22, 2, 0, 0, 0))\n")  # prctl(PR_SET_SECCOMP, FILTER, NULL)
+    for policy in SHIPPED:
+        run = run_filtered(bpf[policy], ["python3", "-c", script], tmp=tmp_path)
+        assert (run.reported, run.stdout) == ("prctl", ""), (policy, run.stdout)
+
+
 def test_no_policy_lets_a_vsock_socket_reach_the_host(bpf, tmp_path: Path) -> None:
     """AF_VSOCK ignores network namespaces: permissive kills it, the others refuse it."""
     script = ("import socket\ntry:\n    socket.socket(40, socket.SOCK_STREAM)\n    print('made')\n"
@@ -108,13 +118,15 @@ def test_a_syscall_libseccomp_cannot_name_fails_with_enosys(bpf, tmp_path: Path)
 
 
 def test_other_seccomp_and_prctl_calls_still_work(programs, bpf, tmp_path: Path) -> None:
-    """Only installing a filter is refused: asking which actions exist, naming a thread, no_new_privs are not."""
+    """Only installing a filter is refused: asking which actions exist, naming a thread, no_new_privs are not
+    (strict, for one program, kills seccomp(2) whatever the operation)."""
     script = ("import ctypes, ctypes.util; libc = ctypes.CDLL(None, use_errno=True)\n"
               "print(libc.syscall(317, 2, 0, ctypes.byref(ctypes.c_uint(0x7fff0000))))\n"  # SECCOMP_GET_ACTION_AVAIL
               "print(libc.prctl(15, b'named', 0, 0, 0), libc.prctl(38, 1, 0, 0, 0))\n")  # PR_SET_NAME, NO_NEW_PRIVS
     for policy in SHIPPED:
         run = run_filtered(bpf[policy], ["python3", "-c", script], tmp=tmp_path)
-        assert (run.reported, run.stdout) == (None, "0\n0 0\n"), (policy, run.stderr)
+        expected = ("seccomp", "") if policy == "strict" else (None, "0\n0 0\n")
+        assert (run.reported, run.stdout) == expected, (policy, run.stderr)
 
 
 def test_notification_carries_pid_arch_number_and_arguments(programs, bpf, tmp_path: Path) -> None:
