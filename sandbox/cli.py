@@ -9,12 +9,14 @@ OK is explained in one line after the program's own output.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import errno
 import json
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import termios
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
@@ -248,7 +250,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  stdout=Relay(2 if args.json == "-" else 1))
     stdin = _open_stdin(args.stdin)
     try:
-        outcome = trio.run(_session, sandbox, plan, stdin)
+        with _terminal_kept(stdin):
+            outcome = trio.run(_session, sandbox, plan, stdin)
     except SandboxError as e:
         if args.json:  # the run was attempted, but its box could not be set up
             _write_json(args.json, Result.not_run(Status.IE, None, str(e)))
@@ -345,6 +348,21 @@ def _not_found(plan: _Plan, cwd: str, error: str) -> list[str]:
     if root in boxfiles.WRITABLE_DIRS:  # (a copy cannot make directories on the way)
         hint += f" (or --copy-in {prog}:{name if root == WORK_DIR else in_box})"
     return [hint]
+
+
+@contextlib.contextmanager
+def _terminal_kept(fd: int) -> Iterator[None]:
+    """A terminal handed over as stdin gets its settings back: a program could turn off echo for good."""
+    try:
+        saved = termios.tcgetattr(fd)
+    except termios.error:  # not a terminal
+        yield
+        return
+    try:
+        yield
+    finally:
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
 def _open_stdin(path: str | None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import re
 import stat
 import uuid
@@ -436,3 +437,20 @@ def test_output_parked_in_a_unix_socket_does_not_keep_the_run_alive() -> None:
             "print('parked', flush=True)\n")
     r = sbx("run", "--wall-time", "3", "--", "python3", "-c", park, timeout=30)
     assert (r.returncode, r.stdout, r.stderr) == (0, b"parked\n", b"")
+
+
+def test_a_terminal_given_as_stdin_gets_its_settings_back() -> None:
+    import pty
+    import termios
+
+    leader, follower = pty.openpty()
+    try:
+        before = termios.tcgetattr(follower)
+        assert before[3] & termios.ECHO
+        r = subprocess.run([sys.executable, "-m", "sandbox", "run", "--", "stty", "-echo", "raw"], stdin=follower,
+                           capture_output=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        assert termios.tcgetattr(follower) == before
+    finally:
+        os.close(leader)
+        os.close(follower)
