@@ -162,6 +162,17 @@ class Box:
         await trio.lowlevel.wait_readable(unshared_r)
         if os.read(unshared_r, 1) != b"u":
             return  # the outer process failed; its error arrives on the socket
+        if self.ids.private:  # root writes the maps itself; newuidmap would check /etc/subuid
+            for name, args in (("uid_map", self.ids.uid_map_args()), ("gid_map", self.ids.gid_map_args())):
+                lines = "".join(" ".join(args[i:i + 3]) + "\n" for i in range(0, len(args), 3))
+                try:
+                    with open(f"/proc/{self._pid}/{name}", "w") as f:
+                        f.write(lines)
+                except OSError as e:  # e.g. "root" of a user namespace that lacks those host ids
+                    raise SetupError(f"cannot map root's private range of ids ({name}: {e.strerror}); give root "
+                                     "a range in /etc/subuid and /etc/subgid, or use --idmap single") from None
+            os.write(mapped_w, b"g")
+            return
         for tool, args in (("newuidmap", self.ids.uid_map_args()), ("newgidmap", self.ids.gid_map_args())):
             proc = await trio.run_process([tool, str(self._pid), *args], capture_stderr=True, check=False,
                                           stdout=subprocess.DEVNULL)

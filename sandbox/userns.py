@@ -10,6 +10,10 @@ Two shapes, chosen once per box:
 * ``single``: only the caller's own uid is mapped (setgroups denied), the
   program keeps that uid inside and loses every capability.  This is what
   bubblewrap does and works everywhere unprivileged user namespaces do.
+
+Started by real root without a range of its own, sbx still uses ``range``,
+over a private block of host ids that no user or /etc/subuid range has
+(root writes the maps itself): the program must never be host uid 0.
 """
 
 from __future__ import annotations
@@ -26,6 +30,9 @@ from .errors import ConfigError, SetupError
 PROGRAM_ID = 1000
 """The uid and gid the program runs as inside a ``range`` box."""
 
+ROOT_RANGE = (2_000_000_000, 65536)
+"""Host ids for root's boxes without an /etc/subuid range: above any user's, systemd's container ids, and below 2**31."""
+
 IdmapMode = Literal["auto", "range", "single"]
 
 
@@ -36,6 +43,7 @@ class IdMap:
     outer_gid: int
     subuid: tuple[int, int] | None = None
     subgid: tuple[int, int] | None = None
+    private: bool = False  # ROOT_RANGE, mapped by root itself rather than by newuidmap
 
     @property
     def program_uid(self) -> int:
@@ -55,7 +63,8 @@ class IdMap:
             assert self.subuid and self.subgid
             return (
                 f"range: box root = host uid {self.outer_uid}, program uid {PROGRAM_ID} = host uid "
-                f"{self.subuid[0] + PROGRAM_ID - 1} (subuid {self.subuid[0]}+{self.subuid[1]})"
+                f"{self.subuid[0] + PROGRAM_ID - 1} ("
+                + ("root's private range " if self.private else "subuid ") + f"{self.subuid[0]}+{self.subuid[1]})"
             )
         return f"single: only host uid {self.outer_uid} mapped (no subuid range); program keeps it, no capabilities"
 
@@ -95,6 +104,9 @@ def detect(mode: IdmapMode = "auto") -> IdMap:
     if mode not in ("auto", "range"):
         raise ConfigError(f"--idmap: unknown mode {mode!r} (expected auto, range or single)")
     reason = range_unavailable_reason(uid)
+    if reason is not None and uid == 0:
+        _check_root_range()
+        return IdMap("range", uid, gid, ROOT_RANGE, ROOT_RANGE, private=True)
     if reason is None:
         user = _user_name(uid)
         group = _group_name(gid)
@@ -107,6 +119,24 @@ def detect(mode: IdmapMode = "auto") -> IdMap:
     if mode == "range":
         raise SetupError(f"--idmap range: {reason}")
     return IdMap("single", uid, gid)
+
+
+def _check_root_range() -> None:
+    """ROOT_RANGE must be nobody's: refuse rather than share ids with a user or a delegated range."""
+    start, count = ROOT_RANGE
+    for path in ("/etc/subuid", "/etc/subgid"):
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.strip().split(":")
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                lo, n = int(parts[1]), int(parts[2])
+                if lo < start + count and start < lo + n:
+                    raise SetupError(f"{path}: the range of {parts[0]} overlaps sbx's private range for root "
+                                     f"({start}+{count}); give root a range of its own in {path}")
 
 
 def range_unavailable_reason(uid: int) -> str | None:
