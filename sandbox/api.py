@@ -215,7 +215,14 @@ class Sandbox:
             return f.read(max_size)
 
     async def reset(self) -> None:
-        """Make the box as new: empty /box, /tmp, /dev/shm and its IPC objects (no process outlives a run)."""
+        """Make the box as new: every writable dir as the layout made it, no IPC object (no process outlives a run).
+
+        A box whose root is a union cannot be: what the program wrote anywhere
+        in that root is in the union's upper.  It raises SetupError, and a pool
+        replaces such a box instead.
+        """
+        if self._lowers:
+            raise SetupError("a box with --lower layers cannot be reset (its upper keeps what the run wrote)")
         reply, _ = await self._open_box().file_op({"op": "reset"}, [])
         if "error" in reply:
             raise SetupError(f"reset failed: {reply['error']}")

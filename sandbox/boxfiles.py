@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import stat
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from . import syscalls as sc
 from .mounts import WORK_DIR
@@ -149,17 +150,86 @@ def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
         os.close(fd)
 
 
-def reset() -> None:
-    """Empty the box's writable dirs and its System V IPC objects: what one run may leave for the next."""
-    for d in WRITABLE_DIRS:
-        with os.scandir(d) as entries:
-            for entry in entries:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
-    for kind in ("shm", "sem", "msg"):
-        with open(f"/proc/sysvipc/{kind}") as f:
-            ids = [int(line.split()[1]) for line in f.read().splitlines()[1:]]
-        for ident in ids:
-            sc.ipc_remove(kind, ident)
+@dataclass(frozen=True)
+class _DirState:
+    path: str
+    mode: int
+    uid: int
+    gid: int
+    times_ns: tuple[int, int]
+
+
+class Resetter:
+    """What a run may leave behind, and how to take it away: taken right after the root is built.
+
+    Every writable dir the layout made (/box, /tmp, /dev/shm, each --tmpfs)
+    is emptied and gets its mode, owner, times back and its extended
+    attributes removed; System V IPC objects are removed, and so are POSIX
+    message queues, through an mqueue mount that only box init can reach (it
+    is detached from the box's tree as soon as it is opened).  Removal never
+    follows a link and never recurses in Python, however deep the program
+    made a tree.
+    """
+
+    def __init__(self, dirs: tuple[str, ...]) -> None:
+        self._dirs = []
+        for path in dirs:
+            st = os.lstat(path)
+            self._dirs.append(_DirState(path, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+                                        (st.st_atime_ns, st.st_mtime_ns)))
+        self._mqueue = _private_mqueue("/tmp")
+
+    def reset(self) -> None:
+        for d in self._dirs:
+            fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                _empty(fd)
+                for name in os.listxattr(fd):
+                    os.removexattr(fd, name)
+                os.fchown(fd, d.uid, d.gid)
+                os.fchmod(fd, d.mode)
+                os.utime(fd, ns=d.times_ns)
+            finally:
+                os.close(fd)
+        for name in os.listdir(self._mqueue):
+            os.unlink(name, dir_fd=self._mqueue)
+        for kind in ("shm", "sem", "msg"):
+            with open(f"/proc/sysvipc/{kind}") as f:
+                ids = [int(line.split()[1]) for line in f.read().splitlines()[1:]]
+            for ident in ids:
+                sc.ipc_remove(kind, ident)
+
+
+def _private_mqueue(over: str) -> int:
+    """An fd of the box's mqueue filesystem, mounted over `over` for a moment and detached again at once."""
+    sc.mount("mqueue", over, "mqueue", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
+    try:
+        return os.open(over, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    finally:
+        sc.umount2(over, sc.MNT_DETACH)
+
+
+def _empty(top: int) -> None:
+    """Remove everything below the directory `top`, depth first with a stack of fds (no recursion, no links)."""
+    stack: list[tuple[int, Iterator[os.DirEntry[str]], str]] = [(top, os.scandir(top), "")]
+    try:
+        while stack:
+            fd, entries, name = stack[-1]
+            entry = next(entries, None)
+            if entry is None:
+                stack.pop()
+                entries.close()  # type: ignore[attr-defined]
+                if stack:  # a subdirectory, now empty
+                    os.close(fd)
+                    os.rmdir(name, dir_fd=stack[-1][0])
+            elif entry.is_dir(follow_symlinks=False):
+                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.fchmod(sub, 0o700)  # a mode-000 directory the program left is emptied all the same
+                stack.append((sub, os.scandir(sub), entry.name))
+            else:
+                os.unlink(entry.name, dir_fd=fd)
+    finally:
+        for fd, entries, _ in stack:
+            entries.close()  # type: ignore[attr-defined]
+            if fd != top:
+                os.close(fd)

@@ -83,6 +83,7 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         socket.sethostname(layout.hostname)
         if layout.loopback:
             network.loopback_up()
+        resetter = boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         wakeup = _install_signals()
         spawner = _Spawner(binary, ids)
@@ -109,18 +110,19 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
                 spawner = _Spawner(binary, ids)
                 spawner.hand_over(sock, {"ok": True})
                 continue
-            reply, out = _file_op(req, fds, ids)
+            reply, out = _file_op(req, fds, ids, resetter)
             protocol.send(sock, reply, out)
             for fd in out:
                 os.close(fd)
 
 
-def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap) -> tuple[dict[str, Any], list[int]]:
+def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap,
+             resetter: boxfiles.Resetter) -> tuple[dict[str, Any], list[int]]:
     try:
         if req["op"] == "read":
             return {"ok": True}, [boxfiles.open_for_reading(req["path"])]
         if req["op"] == "reset":
-            boxfiles.reset()
+            resetter.reset()
             return {"ok": True}, []
         boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
         return {"ok": True}, []
