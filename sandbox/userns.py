@@ -66,7 +66,8 @@ class IdMap:
                 f"{self.subuid[0] + PROGRAM_ID - 1} ("
                 + ("root's private range " if self.private else "subuid ") + f"{self.subuid[0]}+{self.subuid[1]})"
             )
-        return f"single: only host uid {self.outer_uid} mapped (no subuid range); program keeps it, no capabilities"
+        return (f"single: only host uid {self.outer_uid} mapped (no subuid range); the program keeps it and the "
+                f"caller's supplementary groups (only a subgid range lets them be dropped), no capabilities")
 
     def uid_map_args(self) -> list[str]:
         assert self.subuid
