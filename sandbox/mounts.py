@@ -9,7 +9,7 @@ the old root, so the host tree is detached from the box rather than hidden.
 from __future__ import annotations
 
 import errno
-import glob
+import fnmatch
 import os
 import stat
 from collections.abc import Callable
@@ -174,12 +174,13 @@ class _Tree:
     """A directory that mounts go into (the new root, or a filesystem made for the box), held as an fd.
 
     The one way a mount point is made: `place` walks to it one component at a
-    time with openat2 confined beneath the tree and following no link, makes
-    what is missing with mkdirat (or an O_EXCL create), checks the kind of
-    what it opened with fstat, and hands out an O_PATH fd of that very
-    directory or file, which the mount is then attached to (move_mount) and
-    through which owner and mode are set (`own`).  No path is resolved
-    again after the check.
+    time, relative to the fd of the directory before it.  It makes what is
+    missing (mkdirat, or an O_EXCL create) and opens it with openat2
+    confined beneath that directory, following no link; what was there
+    already it opens the same way as it is (a link's own O_PATH fd) and
+    checks its kind with fstat.  It hands out an fd of that very directory
+    or file: the mount is attached to it (move_mount) and owner and mode are
+    set through it (`_own`).  No path is resolved again after the check.
 
     A link, or a file of the wrong kind, is never followed or used.  Where the
     mount point itself must be, in a tree that is ours to rewrite (a union
@@ -199,56 +200,74 @@ class _Tree:
         os.close(self.fd)
 
     def place(self, box_path: str, directory: bool = True, mode: int = 0o755) -> _Fd:
-        """An O_PATH fd of the mount point `box_path` (relative to the tree), made if missing."""
+        """An fd (O_PATH, or write-only for a file made here) of the mount point `box_path` in the tree, made if
+        missing, for the caller to close."""
         parts = [p for p in box_path.split("/") if p]
-        fd = os.dup(self.fd)
+        fd = self.fd
         ours = self.replaceable
         try:
             for i, name in enumerate(parts):
+                if name in (".", ".."):
+                    raise OSError(errno.EINVAL, f"{box_path}: cannot create mount point: {name} in its path")
                 last = i == len(parts) - 1
-                child, ours = self._step(fd, name, box_path, "/" + "/".join(parts[: i + 1]), directory or not last,
-                                         last, ours, mode if last else 0o755)
-                os.close(fd)
+                child, ours = self._step(fd, name, box_path, parts[: i + 1], directory or not last, last, ours,
+                                         mode if last else 0o755)
+                if fd != self.fd:
+                    os.close(fd)
                 fd = child
         except BaseException:
-            os.close(fd)
+            if fd != self.fd:
+                os.close(fd)
             raise
         return _Fd(fd)
 
-    def _step(self, parent: int, name: str, box_path: str, so_far: str, want_dir: bool, last: bool, ours: bool,
+    def _step(self, parent: int, name: str, box_path: str, parts: list[str], want_dir: bool, last: bool, ours: bool,
               mode: int) -> tuple[int, bool]:
-        fd, ours = _lookup(parent, name, ours)
+        fd = _create(parent, name, want_dir, mode, box_path)
         if fd >= 0:
-            kind = os.fstat(fd).st_mode
-            if stat.S_ISDIR(kind) if want_dir else stat.S_ISREG(kind):
-                return fd, ours
-            os.close(fd)
-            if not (last and ours):
-                raise OSError(errno.ELOOP if stat.S_ISLNK(kind) else errno.ENOTDIR,
-                              f"{box_path}: cannot create mount point: {_misplaced(kind, want_dir, so_far, last)}")
-            try:  # a union root: the link or file goes (a whiteout in the upper where a lower has it)
-                if stat.S_ISDIR(kind):
-                    os.rmdir(name, dir_fd=parent)
-                else:
-                    os.unlink(name, dir_fd=parent)
-            except OSError as e:
-                raise OSError(e.errno, f"{box_path}: cannot create mount point: "
-                                       f"{_misplaced(kind, want_dir, so_far, last)}") from None
-        try:
-            if want_dir:
-                os.mkdir(name, mode, dir_fd=parent)
-            else:
-                os.close(sc.openat2(parent, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                    0o644, _RESOLVE))
-        except OSError as e:
-            raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
+            return fd, ours
         fd, ours = _lookup(parent, name, ours)
         kind = os.fstat(fd).st_mode if fd >= 0 else 0
-        if not (stat.S_ISDIR(kind) if want_dir else stat.S_ISREG(kind)):  # only a concurrent writer could do this
-            if fd >= 0:
-                os.close(fd)
-            raise OSError(errno.EAGAIN, f"{box_path}: cannot create mount point: {so_far} changed while it was made")
+        if stat.S_ISDIR(kind) if want_dir else stat.S_ISREG(kind):
+            return fd, ours
+        if fd >= 0:
+            os.close(fd)
+        so_far = "/" + "/".join(parts)
+        if fd < 0 or not (last and ours):
+            raise OSError(errno.ELOOP if stat.S_ISLNK(kind) else errno.ENOTDIR,
+                          f"{box_path}: cannot create mount point: {_misplaced(kind, want_dir, so_far, last)}")
+        try:  # in a union root: the link or file goes (a whiteout in the upper where a lower has it)
+            if stat.S_ISDIR(kind):
+                os.rmdir(name, dir_fd=parent)
+            else:
+                os.unlink(name, dir_fd=parent)
+        except OSError as e:
+            raise OSError(e.errno, f"{box_path}: cannot create mount point: "
+                                   f"{_misplaced(kind, want_dir, so_far, last)}") from None
+        fd = _create(parent, name, want_dir, mode, box_path)
+        if fd < 0:
+            raise OSError(errno.EEXIST, f"{box_path}: cannot create mount point: {so_far} came back")
         return fd, ours
+
+
+def _create(parent: int, name: str, want_dir: bool, mode: int, box_path: str) -> int:
+    """A new directory (mode `mode`) or empty regular file `name` in `parent`, as an fd of it; -1 if the name exists.
+
+    Tried before looking: in the fresh trees most mount points go into, this is the one lookup needed.
+    """
+    try:
+        if not want_dir:  # O_EXCL: the fd is of the file made here, never of something that was there
+            return sc.openat2(parent, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o644, _RESOLVE)
+        os.mkdir(name, mode, dir_fd=parent)
+    except FileExistsError:
+        return -1
+    except OSError as e:
+        raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
+    try:  # O_DIRECTORY: only the directory made here (or, if it was swapped meanwhile, another one: no link)
+        return sc.openat2(parent, name, _PATH_FLAGS | os.O_DIRECTORY, 0, _RESOLVE)
+    except OSError as e:
+        raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
 
 
 def _lookup(parent: int, name: str, ours: bool) -> tuple[int, bool]:
@@ -345,24 +364,15 @@ def _mount_fuse(hand_over: Callable[[int], None]) -> None:
 
 def _mount_system(root: _Tree) -> None:
     for name in SYSTEM_DIRS:
-        host = f"/oldroot/{name}"
-        if os.path.islink(host):
-            os.symlink(os.readlink(host), name, dir_fd=root.fd)
-        elif os.path.isdir(host):
-            with root.place(name) as target:
-                _bind(sc.AT_FDCWD, host, target, False)
+        _mirror(root, "/oldroot", name)
 
 
 def _mount_etc(root: _Tree, layout: Layout, ids: IdMap) -> None:
+    host = os.listdir("/oldroot/etc")
     with _Tree(root.place("etc").fd, replaceable=False) as etc:
         for pattern in ETC_ENTRIES:
-            for host in sorted(glob.glob(f"/oldroot/etc/{pattern}")):
-                name = os.path.basename(host)
-                if os.path.islink(host):
-                    os.symlink(os.readlink(host), name, dir_fd=etc.fd)
-                elif os.path.isdir(host) or os.path.isfile(host):
-                    with etc.place(name, directory=os.path.isdir(host)) as target:
-                        _bind(sc.AT_FDCWD, host, target, False)
+            for name in sorted(fnmatch.filter(host, pattern)) if "*" in pattern else [pattern] * (pattern in host):
+                _mirror(etc, "/oldroot/etc", name)
         files = {
             "passwd": _passwd(ids),
             "group": _group(ids),
@@ -374,6 +384,20 @@ def _mount_etc(root: _Tree, layout: Layout, ids: IdMap) -> None:
                          dir_fd=etc.fd)
             with open(fd, "wb") as f:
                 f.write(data)
+
+
+def _mirror(tree: _Tree, host_dir: str, name: str) -> None:
+    """The host's `host_dir/name` in `tree`, read-only: a link as the same link, a directory or file as a bind."""
+    host = f"{host_dir}/{name}"
+    try:
+        kind = os.lstat(host).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(kind):
+        os.symlink(os.readlink(host), name, dir_fd=tree.fd)
+    elif stat.S_ISDIR(kind) or stat.S_ISREG(kind):
+        with tree.place(name, directory=stat.S_ISDIR(kind)) as target:
+            _bind(sc.AT_FDCWD, host, target, False)
 
 
 def _passwd(ids: IdMap) -> bytes:
