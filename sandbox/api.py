@@ -136,7 +136,7 @@ class Sandbox:
         """Remove the host dirs the union used (the program wrote them), then release the upper.
 
         Runs whatever happened before, and raises nothing: what could not be
-        removed is said in a `LeftOnHost` warning, so that a run's result is
+        removed is said in a `TeardownWarning`, so that a run's result is
         never lost to its cleanup.
         """
         try:
@@ -144,7 +144,7 @@ class Sandbox:
                 left = teardown.remove_tree(path, made)
                 del self._host_dirs[path]
                 if left:
-                    warnings.warn(LeftOnHost(f"sbx: could not remove all of {path}: {'; '.join(left)}"),
+                    warnings.warn(TeardownWarning(f"could not remove all of {path}: {'; '.join(left)}"),
                                   stacklevel=2)
         finally:
             self._workdir = self._scratch = None
@@ -172,6 +172,8 @@ class Sandbox:
         return self._captured
 
     async def aclose(self) -> None:
+        """Close the box, then remove the host dirs of its union and release its upper, each whatever happened
+        before; what could not be released is a `TeardownWarning`, not an exception."""
         try:
             for fd in (*self._filters.values(), *(self._captured or ())):
                 os.close(fd)
@@ -179,7 +181,10 @@ class Sandbox:
             self._captured = None
             if self._box is not None:
                 box, self._box = self._box, None
-                await box.aclose()
+                try:
+                    await box.aclose()
+                except Exception as e:  # noqa: BLE001 - said, never raised: it would lose the caller's results
+                    warnings.warn(TeardownWarning(f"closing the box failed: {e}"), stacklevel=2)
         finally:
             self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
 
@@ -515,8 +520,12 @@ def _read_buffered(fd: int) -> bytes:
         return b""
 
 
-class LeftOnHost(RuntimeWarning):
-    """A sandbox's host dirs (a scratch upper, a work dir) could not all be removed when it closed."""
+class TeardownWarning(RuntimeWarning):
+    """Closing a sandbox left something behind (part of a scratch upper or work dir, a process, a cgroup).
+
+    A warning and not an exception: the results of the box's runs, which the
+    caller holds or is writing, must survive a failed cleanup.
+    """
 
 
 def _lock_upper(upper: str) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import resource
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import ConfigError, Sandbox, SandboxPool
+from sandbox import ConfigError, Sandbox, SandboxPool, teardown
 
 from helpers import sbx
 from test_union_root import USR, bottom
@@ -184,6 +185,52 @@ def test_cleanup_of_a_deep_and_locked_tree_keeps_the_record(tmp_path: Path, scra
     assert r.stdout == b"deep\n"
     assert json.loads(record.read_text())["status"] == "OK"
     assert os.listdir(scratch_tmp) == [], "the scratch upper is removed"
+
+
+def test_removal_follows_no_link_and_needs_neither_stack_nor_fds(tmp_path: Path) -> None:
+    """The removal itself, in this process: links to a host dir and file, modes 000 and 500, a FIFO, and a tree
+    1500 deep while at most 32 fds may be open."""
+    _, private = victims(tmp_path)
+    private.chmod(0o755)
+    before = snapshot(private)
+    top = tmp_path / "scratch"
+    (top / "a" / "b").mkdir(parents=True)
+    (top / "link").symlink_to(private)
+    (top / "a" / "b" / "link").symlink_to(private / "inside")
+    os.mkfifo(top / "a" / "fifo")
+    (top / "locked" / "in").mkdir(parents=True)
+    (top / "locked").chmod(0o000)
+    (top / "readonly" / "x").mkdir(parents=True)
+    (top / "readonly").chmod(0o500)
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(1500):
+        os.mkdir("d", dir_fd=fd)
+        below = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = below
+    os.close(fd)
+    made = teardown.identity(str(top))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (32, hard))
+    try:
+        left = teardown.remove_tree(str(top), made)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert left == []
+    assert not os.path.lexists(top)
+    assert snapshot(private) == before
+
+
+def test_removal_leaves_alone_what_sbx_did_not_make(tmp_path: Path) -> None:
+    _, private = victims(tmp_path)
+    before = snapshot(private)
+    link = tmp_path / "scratch"
+    link.symlink_to(private)
+    assert teardown.remove_tree(str(link)) == [f"{link}: not a directory (left alone)"]
+    other = tmp_path / "other"
+    other.mkdir()
+    assert teardown.remove_tree(str(other), (0, 0)) == [f"{other}: not the directory sbx made there (left alone)"]
+    assert other.is_dir() and snapshot(private) == before
 
 
 # -- one writer per kept upper -------------------------------------------------------------------------------------
