@@ -233,7 +233,9 @@ class _Tree:
         if fd >= 0:
             os.close(fd)
         so_far = "/" + "/".join(parts)
-        if fd < 0 or not (last and ours):
+        if fd < 0:  # only a concurrent writer could do this
+            raise OSError(errno.EAGAIN, f"{box_path}: cannot create mount point: {so_far} changed while it was made")
+        if not (last and ours):
             raise OSError(errno.ELOOP if stat.S_ISLNK(kind) else errno.ENOTDIR,
                           f"{box_path}: cannot create mount point: {_misplaced(kind, want_dir, so_far, last)}")
         try:  # in a union root: the link or file goes (a whiteout in the upper where a lower has it)
