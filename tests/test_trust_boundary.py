@@ -7,17 +7,21 @@ files on the host afterwards.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import resource
 import stat
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox import ConfigError, Sandbox, SandboxPool, teardown
+from sandbox.api import TeardownWarning
+from sandbox.box import Box
 
 from helpers import sbx
 from test_union_root import USR, bottom
@@ -184,6 +188,24 @@ def test_cleanup_of_a_deep_and_locked_tree_keeps_the_record(tmp_path: Path, scra
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout == b"deep\n"
     assert json.loads(record.read_text())["status"] == "OK"
+    assert os.listdir(scratch_tmp) == [], "the scratch upper is removed"
+
+
+async def test_a_failed_close_is_a_warning_and_the_rest_is_still_removed(tmp_path: Path, scratch_tmp: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever fails while a box closes, its results stay with the caller and its scratch upper still goes."""
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch_tmp))
+    close = Box.aclose
+
+    async def failing_close(self: Box) -> None:
+        await close(self)
+        raise OSError(errno.EBUSY, "Device or resource busy")
+
+    monkeypatch.setattr(Box, "aclose", failing_close)
+    with pytest.warns(TeardownWarning, match="closing the box failed: .*busy"):
+        async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, fs="fuse") as box:
+            r = await box.run(["sh", "-c", "echo kept; mkdir -p /box/a/b"])
+    assert r.stdout == b"kept\n"
     assert os.listdir(scratch_tmp) == [], "the scratch upper is removed"
 
 
