@@ -7,10 +7,11 @@ and the judge share one launcher.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
-import shutil
 import stat
 import tempfile
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 
 import trio
 
-from . import seccomp
+from . import seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
@@ -81,6 +82,8 @@ class Sandbox:
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
         self._workdir: str | None = None
         self._scratch: str | None = None
+        self._host_dirs: dict[str, tuple[int, int]] = {}
+        self._upper_lock: int | None = None
         if fs not in ("auto", "fuse", "kernel"):
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
         if fs == "auto":
@@ -98,24 +101,25 @@ class Sandbox:
 
     async def __aenter__(self) -> Sandbox:
         upper = self._upper
-        if upper is not None:
-            # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
-            try:
-                self._workdir = tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper))
-            except OSError as e:
-                raise ConfigError(f"--upper {upper}: cannot make the union's work dir beside it: "
-                                  f"{e.strerror}") from None
-        elif self._lowers and self.fs == "fuse":
-            # the daemon lives outside the box, so its default upper is a host dir removed on close
-            self._scratch = tempfile.mkdtemp(prefix="sbx-union-")
-            upper, self._workdir = f"{self._scratch}/upper", f"{self._scratch}/work"
-            os.mkdir(upper)
-            os.mkdir(self._workdir)
-        layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
-                        upper=upper, workdir=self._workdir, fs=self.fs, loopback=self._loopback)
-        found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-        self._box = Box(layout, detect(self._idmap), found)
         try:
+            if upper is not None:
+                self._upper_lock = _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
+                # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
+                try:
+                    self._workdir = self._made(tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper)))
+                except OSError as e:
+                    raise ConfigError(f"--upper {upper}: cannot make the union's work dir beside it: "
+                                      f"{e.strerror}") from None
+            elif self._lowers and self.fs == "fuse":
+                # the daemon lives outside the box, so its default upper is a host dir removed on close
+                self._scratch = self._made(tempfile.mkdtemp(prefix="sbx-union-"))
+                upper, self._workdir = f"{self._scratch}/upper", f"{self._scratch}/work"
+                os.mkdir(upper)
+                os.mkdir(self._workdir)
+            layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
+                            upper=upper, workdir=self._workdir, fs=self.fs, loopback=self._loopback)
+            found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
+            self._box = Box(layout, detect(self._idmap), found)
             await self._box.start()
         except BaseException:
             self._box = None
@@ -123,16 +127,30 @@ class Sandbox:
             raise
         return self
 
+    def _made(self, path: str) -> str:
+        """A host dir this sandbox made and removes on close; only that very dir is removed (see teardown)."""
+        self._host_dirs[path] = teardown.identity(path)
+        return path
+
     def _remove_workdir(self) -> None:
-        """overlayfs leaves a mode-000 `work` inside: make it removable first."""
-        for path in (self._workdir, self._scratch):
-            if path is None:
-                continue
-            for root, dirs, _ in os.walk(path):
-                for d in dirs:
-                    os.chmod(os.path.join(root, d), 0o700)
-            shutil.rmtree(path, ignore_errors=True)
-        self._workdir = self._scratch = None
+        """Remove the host dirs the union used (the program wrote them), then release the upper.
+
+        Runs whatever happened before, and raises nothing: what could not be
+        removed is said in a `TeardownWarning`, so that a run's result is
+        never lost to its cleanup.
+        """
+        try:
+            for path, made in list(self._host_dirs.items()):
+                left = teardown.remove_tree(path, made)
+                del self._host_dirs[path]
+                if left:
+                    warnings.warn(TeardownWarning(f"could not remove all of {path}: {'; '.join(left)}"),
+                                  stacklevel=2)
+        finally:
+            self._workdir = self._scratch = None
+            if self._upper_lock is not None:
+                os.close(self._upper_lock)  # closing the only fd of the open file releases its flock
+                self._upper_lock = None
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -154,14 +172,21 @@ class Sandbox:
         return self._captured
 
     async def aclose(self) -> None:
-        for fd in (*self._filters.values(), *(self._captured or ())):
-            os.close(fd)
-        self._filters.clear()
-        self._captured = None
-        if self._box is not None:
-            box, self._box = self._box, None
-            await box.aclose()
-        self._remove_workdir()
+        """Close the box, then remove the host dirs of its union and release its upper, each whatever happened
+        before; what could not be released is a `TeardownWarning`, not an exception."""
+        try:
+            for fd in (*self._filters.values(), *(self._captured or ())):
+                os.close(fd)
+            self._filters.clear()
+            self._captured = None
+            if self._box is not None:
+                box, self._box = self._box, None
+                try:
+                    await box.aclose()
+                except Exception as e:  # noqa: BLE001 - said, never raised: it would lose the caller's results
+                    warnings.warn(TeardownWarning(f"closing the box failed: {e}"), stacklevel=2)
+        finally:
+            self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
 
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create or replace a file in /box, /tmp or /dev/shm (relative paths are in /box), owned by the program.
@@ -500,6 +525,36 @@ def _read_buffered(fd: int) -> bytes:
         return os.read(fd, _CHUNK)
     except BlockingIOError:
         return b""
+
+
+class TeardownWarning(RuntimeWarning):
+    """Closing a sandbox left something behind (part of a scratch upper or work dir, a process, a cgroup).
+
+    A warning and not an exception: the results of the box's runs, which the
+    caller holds or is writing, must survive a failed cleanup.
+    """
+
+
+def _lock_upper(upper: str) -> int:
+    """An exclusive flock on the upper dir, held (by an fd of it) while this sandbox serves it.
+
+    A second sandbox on the same upper would be a second writer: one box's
+    program could swap a directory of it for a link that the other's daemon
+    then writes through.
+    """
+    try:
+        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as e:
+        raise ConfigError(f"--upper {upper}: {e.strerror}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as e:
+        os.close(fd)
+        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+            raise ConfigError(f"--upper {upper}: in use by another sandbox (an upper has one writer at a time)") \
+                from None
+        raise ConfigError(f"--upper {upper}: cannot lock it: {e.strerror}") from None
+    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

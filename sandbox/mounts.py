@@ -8,7 +8,8 @@ the old root, so the host tree is detached from the box rather than hidden.
 
 from __future__ import annotations
 
-import glob
+import errno
+import fnmatch
 import os
 import stat
 from collections.abc import Callable
@@ -106,7 +107,10 @@ def check_box_path(path: str, flag: str) -> str:
 
 
 def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]) -> None:
-    """Build the box tree under an intermediate root and switch to it. Runs as box init (pid 1)."""
+    """Build the box tree under an intermediate root and switch to it. Runs as box init (pid 1).
+
+    Every mount point in the new root is found or made by `_Tree` (see there), through fds only.
+    """
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", _BASE, "tmpfs", _NOSUID_NODEV, "mode=0755")
     os.chdir(_BASE)
@@ -122,55 +126,208 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
         _mount_union(layout)
     else:
         sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
-        _mount_system()
-        _mount_etc(layout, ids)
-    _mount_writable(ids, union=bool(layout.lowers))
-    _mount_dev()
-    _mount_proc()
-    for bind in layout.binds:
-        _bind(f"/oldroot{bind.src}", _mountpoint(bind.dst, os.path.isdir(f"/oldroot{bind.src}")), bind.writable)
-    for dst in layout.tmpfs:
-        target = _mountpoint(dst, True)
-        sc.mount("tmpfs", target, "tmpfs", _NOSUID_NODEV, f"mode=0777,size={layout.disk},nr_inodes={layout.inodes}")
-    if not layout.lowers:
-        sc.mount_setattr("/new", sc.MOUNT_ATTR_RDONLY, recursive=False)
+    # A union root is untrusted (its layers, an upper an earlier run wrote) and ours to rewrite (writes go to the
+    # box's upper); the host's system dirs go into a fresh tmpfs that holds only what is made here.
+    with _Tree(os.open("/new", _PATH_FLAGS | os.O_DIRECTORY), replaceable=bool(layout.lowers)) as root:
+        if not layout.lowers:
+            _mount_system(root)
+            _mount_etc(root, layout, ids)
+        _mount_writable(root, ids, union=bool(layout.lowers))
+        _mount_dev(root)
+        _mount_proc(root)
+        for bind in layout.binds:
+            src = f"/oldroot{bind.src}"
+            with root.place(bind.dst, directory=os.path.isdir(src)) as target:
+                _bind(sc.AT_FDCWD, src, target, bind.writable)
+        for dst in layout.tmpfs:
+            with root.place(dst) as target:
+                _new_fs(target, "tmpfs", {"mode": "0777", "size": str(layout.disk), "nr_inodes": str(layout.inodes)},
+                        _NOSUID_NODEV_ATTRS)
+        if not layout.lowers:
+            sc.mount_setattr(root.fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
     os.chdir("/new")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
     os.chdir("/")
 
 
-def _bind(src: str, dst: str, writable: bool, *, devices: bool = False) -> None:
-    sc.mount(src, dst, None, sc.MS_BIND | sc.MS_REC)
-    attrs = sc.MOUNT_ATTR_NOSUID | (0 if devices else sc.MOUNT_ATTR_NODEV) | (0 if writable else sc.MOUNT_ATTR_RDONLY)
-    sc.mount_setattr(dst, attrs, recursive=True)
+_PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
+_RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
+_NEVER_FOLLOWED = "(links in the root are never followed)"
+_NOSUID_NODEV_ATTRS = sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV
 
 
-def _mountpoint(box_path: str, directory: bool) -> str:
-    """Create (if needed) the mount point for `box_path` in the new root, refusing to follow symlinks.
+class _Fd:
+    """An fd, closed at the end of a `with` block."""
 
-    A symlink on the way could point anywhere in the intermediate root, which
-    still contains the host tree under /oldroot.
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> int:
+        return self.fd
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+
+class _Tree:
+    """A directory that mounts go into (the new root, or a filesystem made for the box), held as an fd.
+
+    The one way a mount point is made: `place` walks to it one component at a
+    time, relative to the fd of the directory before it.  It makes what is
+    missing (mkdirat, or an O_EXCL create) and opens it with openat2
+    confined beneath that directory, following no link; what was there
+    already it opens the same way as it is (a link's own O_PATH fd) and
+    checks its kind with fstat.  It hands out an fd of that very directory
+    or file: the mount is attached to it (move_mount) and owner and mode are
+    set through it (`_own`).  No path is resolved again after the check.
+
+    A link, or a file of the wrong kind, is never followed or used.  Where the
+    mount point itself must be, in a tree that is ours to rewrite (a union
+    root: the change goes to the box's upper, never to a lower), it is
+    replaced; anywhere else (on the way to a mount point, inside a bind of a
+    host dir, in the fresh tmpfs root) setup stops with an error naming it.
     """
-    path = "/new"
-    parts = box_path.strip("/").split("/")
-    for i, part in enumerate(parts):
-        path = f"{path}/{part}"
-        last = i == len(parts) - 1
+
+    def __init__(self, fd: int, replaceable: bool) -> None:
+        self.fd = fd
+        self.replaceable = replaceable
+
+    def __enter__(self) -> _Tree:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.close(self.fd)
+
+    def place(self, box_path: str, directory: bool = True, mode: int = 0o755) -> _Fd:
+        """An fd (O_PATH, or write-only for a file made here) of the mount point `box_path` in the tree, made if
+        missing, for the caller to close."""
+        parts = [p for p in box_path.split("/") if p]
+        fd = self.fd
+        ours = self.replaceable
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            try:
-                if last and not directory:
-                    os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-                else:
-                    os.mkdir(path, 0o755)
-            except OSError as e:
-                raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
-            continue
-        if stat.S_ISLNK(st.st_mode):
-            raise OSError(f"{box_path}: mount point passes through the symlink /{'/'.join(parts[: i + 1])}")
-    return path
+            for i, name in enumerate(parts):
+                if name in (".", ".."):
+                    raise OSError(errno.EINVAL, f"{box_path}: cannot create mount point: {name} in its path")
+                last = i == len(parts) - 1
+                child, ours = self._step(fd, name, box_path, parts[: i + 1], directory or not last, last, ours,
+                                         mode if last else 0o755)
+                if fd != self.fd:
+                    os.close(fd)
+                fd = child
+        except BaseException:
+            if fd != self.fd:
+                os.close(fd)
+            raise
+        return _Fd(fd)
+
+    def _step(self, parent: int, name: str, box_path: str, parts: list[str], want_dir: bool, last: bool, ours: bool,
+              mode: int) -> tuple[int, bool]:
+        fd = _create(parent, name, want_dir, mode, box_path)
+        if fd >= 0:
+            return fd, ours
+        fd, ours = _lookup(parent, name, ours)
+        kind = os.fstat(fd).st_mode if fd >= 0 else 0
+        if stat.S_ISDIR(kind) if want_dir else stat.S_ISREG(kind):
+            return fd, ours
+        if fd >= 0:
+            os.close(fd)
+        so_far = "/" + "/".join(parts)
+        if fd < 0:  # only a concurrent writer could do this
+            raise OSError(errno.EAGAIN, f"{box_path}: cannot create mount point: {so_far} changed while it was made")
+        if not (last and ours):
+            raise OSError(errno.ELOOP if stat.S_ISLNK(kind) else errno.ENOTDIR,
+                          f"{box_path}: cannot create mount point: {_misplaced(kind, want_dir, so_far, last)}")
+        try:  # in a union root: the link or file goes (a whiteout in the upper where a lower has it)
+            if stat.S_ISDIR(kind):
+                os.rmdir(name, dir_fd=parent)
+            else:
+                os.unlink(name, dir_fd=parent)
+        except OSError as e:
+            raise OSError(e.errno, f"{box_path}: cannot create mount point: "
+                                   f"{_misplaced(kind, want_dir, so_far, last)}") from None
+        fd = _create(parent, name, want_dir, mode, box_path)
+        if fd < 0:
+            raise OSError(errno.EEXIST, f"{box_path}: cannot create mount point: {so_far} came back")
+        return fd, ours
+
+
+def _create(parent: int, name: str, want_dir: bool, mode: int, box_path: str) -> int:
+    """A new directory (mode `mode`) or empty regular file `name` in `parent`, as an fd of it; -1 if the name exists.
+
+    Tried before looking: in the fresh trees most mount points go into, this is the one lookup needed.
+    """
+    try:
+        if not want_dir:  # O_EXCL: the fd is of the file made here, never of something that was there
+            return sc.openat2(parent, name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                              0o644, _RESOLVE)
+        os.mkdir(name, mode, dir_fd=parent)
+    except FileExistsError:
+        return -1
+    except OSError as e:
+        raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
+    try:  # O_DIRECTORY: only the directory made here (or, if it was swapped meanwhile, another one: no link)
+        return sc.openat2(parent, name, _PATH_FLAGS | os.O_DIRECTORY, 0, _RESOLVE)
+    except OSError as e:
+        raise OSError(e.errno, f"{box_path}: cannot create mount point: {os.strerror(e.errno)}") from None
+
+
+def _lookup(parent: int, name: str, ours: bool) -> tuple[int, bool]:
+    """An O_PATH fd of `name` in `parent` as it is (a link's own), or -1 if there is none; and whether it is still
+    on the tree's own filesystem (past a mount point, e.g. into a bind of a host dir, nothing is ours to rewrite)."""
+    try:
+        try:
+            return sc.openat2(parent, name, _PATH_FLAGS, 0, _RESOLVE | (sc.RESOLVE_NO_XDEV if ours else 0)), ours
+        except OSError as e:
+            if e.errno != errno.EXDEV:
+                raise
+            return sc.openat2(parent, name, _PATH_FLAGS, 0, _RESOLVE), False
+    except FileNotFoundError:
+        return -1, ours
+
+
+def _misplaced(kind: int, want_dir: bool, so_far: str, last: bool) -> str:
+    what = "a symlink" if stat.S_ISLNK(kind) else "a directory" if stat.S_ISDIR(kind) else \
+        "a regular file" if stat.S_ISREG(kind) else "a special file"
+    if not last:
+        return f"{so_far} is {what}" + (f" {_NEVER_FOLLOWED}" if stat.S_ISLNK(kind) else "")
+    if stat.S_ISLNK(kind):
+        return f"{what} is there {_NEVER_FOLLOWED}"
+    return f"{what} is there, not a {'directory' if want_dir else 'regular file'}"
+
+
+def _own(target: int, uid: int, gid: int, mode: int) -> None:
+    """Set owner and mode of the directory open (O_PATH) as `target`, through an fd of that very directory."""
+    fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=target)
+    try:
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+    finally:
+        os.close(fd)
+
+
+def _bind(src_dir: int, src: str, target: int, writable: bool, *, devices: bool = False) -> None:
+    """Bind `src` (relative to `src_dir`; trusted: the host's, the caller's or ours) onto the mount point fd `target`,
+    restricted before it is attached."""
+    tree = sc.open_tree(src_dir, src, src)
+    try:
+        attrs = sc.MOUNT_ATTR_NOSUID | (0 if devices else sc.MOUNT_ATTR_NODEV) | \
+            (0 if writable else sc.MOUNT_ATTR_RDONLY)
+        sc.mount_setattr(tree, attrs, recursive=True)
+        sc.move_mount(tree, target, src)
+    finally:
+        os.close(tree)
+
+
+def _new_fs(target: int, fstype: str, options: dict[str, str | None], attrs: int) -> int:
+    """A new `fstype` mounted on the mount point fd `target`; returns the fd of its root (the caller closes it)."""
+    fs = sc.fs_mount(fstype, options, attrs)
+    try:
+        sc.move_mount(fs, target, fstype)
+    except BaseException:
+        os.close(fs)
+        raise
+    return fs
 
 
 def _mount_union(layout: Layout) -> None:
@@ -207,46 +364,42 @@ def _mount_fuse(hand_over: Callable[[int], None]) -> None:
         os.close(fd)
 
 
-def _mkdir(path: str, mode: int = 0o755) -> None:
-    """A mount point that a root filesystem image may already have."""
-    try:
-        os.mkdir(path, mode)
-    except FileExistsError:
-        pass
-
-
-def _mount_system() -> None:
+def _mount_system(root: _Tree) -> None:
     for name in SYSTEM_DIRS:
-        host = f"/oldroot/{name}"
-        if os.path.islink(host):
-            os.symlink(os.readlink(host), f"/new/{name}")
-        elif os.path.isdir(host):
-            os.mkdir(f"/new/{name}", 0o755)
-            _bind(host, f"/new/{name}", False)
+        _mirror(root, "/oldroot", name)
 
 
-def _mount_etc(layout: Layout, ids: IdMap) -> None:
-    os.mkdir("/new/etc", 0o755)
-    for pattern in ETC_ENTRIES:
-        for host in sorted(glob.glob(f"/oldroot/etc/{pattern}")):
-            box = "/new/etc/" + os.path.basename(host)
-            if os.path.islink(host):
-                os.symlink(os.readlink(host), box)
-            elif os.path.isdir(host):
-                os.mkdir(box, 0o755)
-                _bind(host, box, False)
-            elif os.path.isfile(host):
-                os.close(os.open(box, os.O_CREAT | os.O_WRONLY, 0o644))
-                _bind(host, box, False)
-    files = {
-        "passwd": _passwd(ids),
-        "group": _group(ids),
-        "hostname": f"{layout.hostname}\n".encode(),
-        "hosts": f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n".encode(),
-    }
-    for name, data in files.items():
-        with open(f"/new/etc/{name}", "wb") as f:
-            f.write(data)
+def _mount_etc(root: _Tree, layout: Layout, ids: IdMap) -> None:
+    host = os.listdir("/oldroot/etc")
+    with _Tree(root.place("etc").fd, replaceable=False) as etc:
+        for pattern in ETC_ENTRIES:
+            for name in sorted(fnmatch.filter(host, pattern)) if "*" in pattern else [pattern] * (pattern in host):
+                _mirror(etc, "/oldroot/etc", name)
+        files = {
+            "passwd": _passwd(ids),
+            "group": _group(ids),
+            "hostname": f"{layout.hostname}\n".encode(),
+            "hosts": f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n".encode(),
+        }
+        for name, data in files.items():
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                         dir_fd=etc.fd)
+            with open(fd, "wb") as f:
+                f.write(data)
+
+
+def _mirror(tree: _Tree, host_dir: str, name: str) -> None:
+    """The host's `host_dir/name` in `tree`, read-only: a link as the same link, a directory or file as a bind."""
+    host = f"{host_dir}/{name}"
+    try:
+        kind = os.lstat(host).st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(kind):
+        os.symlink(os.readlink(host), name, dir_fd=tree.fd)
+    elif stat.S_ISDIR(kind) or stat.S_ISREG(kind):
+        with tree.place(name, directory=stat.S_ISDIR(kind)) as target:
+            _bind(sc.AT_FDCWD, host, target, False)
 
 
 def _passwd(ids: IdMap) -> bytes:
@@ -265,35 +418,40 @@ def _group(ids: IdMap) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def _mount_dev() -> None:
-    _mkdir("/new/dev")
-    sc.mount("tmpfs", "/new/dev", "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755")
-    for name in DEVICES:
-        node = f"/new/dev/{name}"
-        os.close(os.open(node, os.O_CREAT | os.O_WRONLY, 0o666))
-        _bind(f"/oldroot/dev/{name}", node, True, devices=True)
-    os.mkdir("/new/dev/pts", 0o755)
-    sc.mount("devpts", "/new/dev/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=620")
-    os.symlink("pts/ptmx", "/new/dev/ptmx")
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
-        os.symlink(target, f"/new/dev/{name}")
-    os.mkdir("/new/dev/shm")
-    _bind("/rw/shm", "/new/dev/shm", True)
-    sc.mount_setattr("/new/dev", sc.MOUNT_ATTR_RDONLY, recursive=False)
+def _mount_dev(root: _Tree) -> None:
+    with root.place("dev") as target:
+        dev = _Tree(_new_fs(target, "tmpfs", {"mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC), False)
+    with dev:
+        for name in DEVICES:
+            with dev.place(name, directory=False) as node:
+                _bind(sc.AT_FDCWD, f"/oldroot/dev/{name}", node, True, devices=True)
+        with dev.place("pts") as target:
+            os.close(_new_fs(target, "devpts", {"newinstance": None, "ptmxmode": "0666", "mode": "620"},
+                             sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC))
+        os.symlink("pts/ptmx", "ptmx", dir_fd=dev.fd)
+        for name, link in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                           ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(link, name, dir_fd=dev.fd)
+        with dev.place("shm") as target:
+            _bind(sc.AT_FDCWD, "/rw/shm", target, True)
+        sc.mount_setattr(dev.fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
 
 
-def _mount_proc() -> None:
+def _mount_proc(root: _Tree) -> None:
     """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only."""
-    _mkdir("/new/proc", 0o555)
-    sc.mount("proc", "/new/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC)
-    for name in PROC_READONLY:
-        path = f"/new/proc/{name}"
-        if os.path.exists(path):
-            _bind(path, path, False)
+    with root.place("proc", mode=0o555) as target:
+        proc = _new_fs(target, "proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
+    try:
+        for name in PROC_READONLY:
+            fd, _ = _lookup(proc, name, False)
+            if fd >= 0:
+                with _Fd(fd):
+                    _bind(proc, name, fd, False)
+    finally:
+        os.close(proc)
 
 
-def _mount_writable(ids: IdMap, union: bool) -> None:
+def _mount_writable(root: _Tree, ids: IdMap, union: bool) -> None:
     """/box, /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together.
 
     Over a union root, /box is the union's own directory instead, so that an
@@ -303,11 +461,12 @@ def _mount_writable(ids: IdMap, union: bool) -> None:
         os.mkdir(f"/rw/{d}")
     os.chmod("/rw/tmp", 0o1777)
     os.chmod("/rw/shm", 0o1777)
-    _mkdir(f"/new{WORK_DIR}")
-    box_dir = f"/new{WORK_DIR}" if union else "/rw/box"
-    os.chown(box_dir, ids.program_uid, ids.program_gid)
-    os.chmod(box_dir, 0o755)
-    if not union:
-        _bind("/rw/box", f"/new{WORK_DIR}", True)
-    _mkdir("/new/tmp")
-    _bind("/rw/tmp", "/new/tmp", True)
+    with root.place(WORK_DIR) as box:
+        if union:
+            _own(box, ids.program_uid, ids.program_gid, 0o755)
+        else:
+            os.chown("/rw/box", ids.program_uid, ids.program_gid)
+            os.chmod("/rw/box", 0o755)
+            _bind(sc.AT_FDCWD, "/rw/box", box, True)
+    with root.place("tmp") as target:
+        _bind(sc.AT_FDCWD, "/rw/tmp", target, True)

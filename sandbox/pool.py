@@ -26,6 +26,9 @@ class SandboxPool:
     def __init__(self, size: int, **sandbox_options: Any) -> None:
         if not isinstance(size, int) or size < 1:
             raise ConfigError(f"pool size must be a positive integer, not {size!r}")
+        if size > 1 and sandbox_options.get("upper") is not None:
+            raise ConfigError(f"a pool of {size} boxes cannot share one --upper: an upper has one writer at a time "
+                              "(use size=1, or a Sandbox of its own per upper)")
         self.size = size
         self._options = sandbox_options
         self._ready_send, self._ready = trio.open_memory_channel[Sandbox](math.inf)

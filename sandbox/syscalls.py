@@ -41,6 +41,17 @@ MOUNT_ATTR_NOSUID = 0x2
 MOUNT_ATTR_NODEV = 0x4
 MOUNT_ATTR_NOEXEC = 0x8
 AT_RECURSIVE = 0x8000
+AT_EMPTY_PATH = 0x1000
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+
+# The fd-based mount API (open_tree, move_mount, fsopen, fsconfig, fsmount).
+OPEN_TREE_CLONE = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+_FSCONFIG_SET_FLAG = 0
+_FSCONFIG_SET_STRING = 1
+_FSCONFIG_CMD_CREATE = 6
 
 # prctl(2).
 PR_SET_PDEATHSIG = 1
@@ -59,8 +70,15 @@ _SYS_CAPSET = 126
 _SYS_SECCOMP = 317
 _SYS_MOUNT_SETATTR = 442
 _SYS_OPENAT2 = 437
+_SYS_OPEN_TREE = 428
+_SYS_MOVE_MOUNT = 429
+_SYS_FSOPEN = 430
+_SYS_FSCONFIG = 431
+_SYS_FSMOUNT = 432
+_SYS_FCHMODAT2 = 452
 
 # openat2(2) resolve flags.
+RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -107,15 +125,61 @@ class _MountAttr(ctypes.Structure):
     ]
 
 
-def mount_setattr(path: str, attr_set: int, *, recursive: bool) -> None:
-    """Add restrictions to a mount (and its submounts), which `mount -o remount` cannot do for a whole tree."""
+def mount_setattr(path: str | int, attr_set: int, *, recursive: bool) -> None:
+    """Add restrictions to a mount (and its submounts), which `mount -o remount` cannot do for a whole tree.
+
+    `path` may be an fd: the mount it is open on (attached or not, e.g. from `open_tree` or `fsmount`).
+    """
     attr = _MountAttr(attr_set, 0, 0, 0)
     flags = AT_RECURSIVE if recursive else 0
+    if isinstance(path, int):
+        dirfd, name, flags = path, b"", flags | AT_EMPTY_PATH
+    else:
+        dirfd, name = -100, _path(path)
     _check(
-        _libc.syscall(_SYS_MOUNT_SETATTR, -100, _path(path), flags, ctypes.byref(attr), ctypes.sizeof(attr)),
+        _libc.syscall(_SYS_MOUNT_SETATTR, dirfd, name, flags, ctypes.byref(attr), ctypes.sizeof(attr)),
         f"mount_setattr {path}",
-        path,
+        str(path),
     )
+
+
+def open_tree(dirfd: int, path: str, what: str) -> int:
+    """A detached copy of the mount tree at `path` (relative to `dirfd`), for `move_mount`; never through a
+    trailing symlink.  `what` names it in an error."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW
+    return _check(_libc.syscall(_SYS_OPEN_TREE, dirfd, _path(path), flags), f"bind {what}", what)
+
+
+def move_mount(mount_fd: int, target_fd: int, what: str) -> None:
+    """Attach the detached mount `mount_fd` exactly on the file or directory open as `target_fd` (an fd, no path)."""
+    _check(_libc.syscall(_SYS_MOVE_MOUNT, mount_fd, b"", target_fd, b"",
+                         MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH), f"mount on {what}", what)
+
+
+def fs_mount(fstype: str, options: dict[str, str | None], attrs: int) -> int:
+    """A new, detached instance of `fstype` (fsopen, fsconfig, fsmount) with mount attributes `attrs`.
+
+    Options with a None value are flags. Returns an fd of its root, for `move_mount` and as a dirfd.
+    """
+    fs = _check(_libc.syscall(_SYS_FSOPEN, _path(fstype), 1), f"fsopen {fstype}")  # FSOPEN_CLOEXEC
+    try:
+        for key, value in options.items():
+            cmd = _FSCONFIG_SET_FLAG if value is None else _FSCONFIG_SET_STRING
+            _check(_libc.syscall(_SYS_FSCONFIG, fs, cmd, _path(key), _path(value), 0), f"{fstype} option {key}")
+        _check(_libc.syscall(_SYS_FSCONFIG, fs, _FSCONFIG_CMD_CREATE, None, None, 0), f"mount {fstype}")
+        return _check(_libc.syscall(_SYS_FSMOUNT, fs, 1, ctypes.c_uint(attrs)), f"fsmount {fstype}")  # FSMOUNT_CLOEXEC
+    finally:
+        os.close(fs)
+
+
+def fchmod_path(fd: int, mode: int) -> None:
+    """chmod the inode open as `fd`, also an O_PATH fd (which fchmod refuses): fchmodat2(fd, "", AT_EMPTY_PATH)
+    (Linux 6.6), else through /proc/self/fd/N, which names that very inode."""
+    if _libc.syscall(_SYS_FCHMODAT2, fd, b"", mode, AT_EMPTY_PATH) == 0:
+        return
+    if ctypes.get_errno() not in (38, 22):  # ENOSYS, EINVAL (no AT_EMPTY_PATH there): the older way
+        _check(-1, "chmod")
+    os.chmod(f"/proc/self/fd/{fd}", mode)
 
 
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
