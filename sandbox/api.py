@@ -498,7 +498,8 @@ class _Output:
                 wait.cancel()
             with wait:
                 while chunk := await stream.receive_some(_CHUNK):
-                    await self._take(chunk, sink, buf)
+                    with trio.CancelScope(shield=True):  # a chunk read is never dropped by the end's cancel
+                        await self._take(chunk, sink, buf)
                 return
             while chunk := _read_buffered(fd):  # (FdStream made the fd non-blocking)
                 await self._take(chunk, sink, buf)

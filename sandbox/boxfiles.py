@@ -13,10 +13,10 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from . import syscalls as sc
+from . import teardown
 from .mounts import WORK_DIR
 
 _RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
@@ -168,7 +168,7 @@ class Resetter:
     message queues, through an mqueue mount that only box init can reach (it
     is detached from the box's tree as soon as it is opened).  Removal never
     follows a link and never recurses in Python, however deep the program
-    made a tree.
+    made a tree (see teardown).
     """
 
     def __init__(self, dirs: tuple[str, ...]) -> None:
@@ -183,7 +183,9 @@ class Resetter:
         for d in self._dirs:
             fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                _empty(fd)
+                left = teardown.empty_tree(fd, d.path)
+                if left:
+                    raise OSError(errno.ENOTEMPTY, f"cannot empty {d.path}: {'; '.join(left)}")
                 for name in os.listxattr(fd):
                     os.removexattr(fd, name)
                 os.fchown(fd, d.uid, d.gid)
@@ -207,29 +209,3 @@ def _private_mqueue(over: str) -> int:
         return os.open(over, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     finally:
         sc.umount2(over, sc.MNT_DETACH)
-
-
-def _empty(top: int) -> None:
-    """Remove everything below the directory `top`, depth first with a stack of fds (no recursion, no links)."""
-    stack: list[tuple[int, Iterator[os.DirEntry[str]], str]] = [(top, os.scandir(top), "")]
-    try:
-        while stack:
-            fd, entries, name = stack[-1]
-            entry = next(entries, None)
-            if entry is None:
-                stack.pop()
-                entries.close()  # type: ignore[attr-defined]
-                if stack:  # a subdirectory, now empty
-                    os.close(fd)
-                    os.rmdir(name, dir_fd=stack[-1][0])
-            elif entry.is_dir(follow_symlinks=False):
-                sub = os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-                os.fchmod(sub, 0o700)  # a mode-000 directory the program left is emptied all the same
-                stack.append((sub, os.scandir(sub), entry.name))
-            else:
-                os.unlink(entry.name, dir_fd=fd)
-    finally:
-        for fd, entries, _ in stack:
-            entries.close()  # type: ignore[attr-defined]
-            if fd != top:
-                os.close(fd)

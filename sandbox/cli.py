@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import termios
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
@@ -421,6 +422,8 @@ def _cmd_check(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # a warning (what teardown left on the host) is one line like every other sbx line
+    warnings.formatwarning = lambda message, *_: f"sbx: {message}\n"
     try:
         args = build_parser().parse_args(argv)
         return int(args.func(args))
