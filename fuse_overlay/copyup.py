@@ -5,15 +5,16 @@ upper) and renamed into place as the last step, so a crash leaves either
 the old lower object or the complete copy, never a half-written file.
 """
 
+import contextlib
 import errno
 import itertools
 import os
 import shutil
 import stat
 
-from .markers import is_hidden_xattr
+from .markers import OPAQUE_FILE, is_hidden_xattr
 from .ownership import host_mode
-from .quota import Quota
+from .quota import Quota, object_bytes, xattr_bytes
 
 _CHUNK = 1 << 24
 
@@ -38,24 +39,30 @@ class WorkDir:
                     os.unlink(entry.path)
 
     def discard_tree(self, path: bytes, quota: Quota) -> None:
-        """Delete a subtree after moving it here, refunding its quota."""
+        """Delete a directory and its subtree after moving it here, refunding the quota of each name.
+
+        An object's bytes go back with its last name (a file linked from
+        outside the tree keeps them).
+        """
         tmp = self.temp()
         os.rename(path, tmp)
-        seen: set[tuple[int, int]] = set()
         for dirpath, dirnames, filenames in os.walk(tmp, topdown=False):
             for name in filenames + dirnames:
-                full = os.path.join(dirpath, name)
-                st = os.lstat(full)
-                if stat.S_ISDIR(st.st_mode):
-                    os.rmdir(full)
-                else:
-                    os.unlink(full)
-                if (st.st_dev, st.st_ino) not in seen and (stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1):
-                    seen.add((st.st_dev, st.st_ino))
-                    quota.charge_inode(-1)
-                    if stat.S_ISREG(st.st_mode):
-                        quota.charge_bytes(-st.st_size)
-        os.rmdir(tmp)
+                _remove_charged(os.path.join(dirpath, name), quota)
+        _remove_charged(tmp, quota)
+
+
+def _remove_charged(path: bytes, quota: Quota) -> None:
+    st = os.lstat(path)
+    last = stat.S_ISDIR(st.st_mode) or st.st_nlink <= 1
+    nbytes = object_bytes(path, st) if last else 0
+    if stat.S_ISDIR(st.st_mode):
+        os.rmdir(path)
+    else:
+        os.unlink(path)
+    if os.path.basename(path) != OPAQUE_FILE:
+        quota.charge_inode(-1)
+    quota.charge_bytes(-nbytes)
 
 
 def _copy_data(src: bytes, dst_fd: int, size: int) -> None:
@@ -97,15 +104,22 @@ def copy_object(src: bytes, st: os.stat_result, tmp: bytes, quota: Quota) -> Non
 
     Device nodes become empty regular files; the caller records their real
     type in the owner override, since the host will not let us mknod them.
+    The copy is charged like anything the box makes: a name, the size of a
+    file or a symlink's target, and the extended attributes it carries over.
     """
     mode = st.st_mode
+    size = st.st_size if stat.S_ISREG(mode) or stat.S_ISLNK(mode) else 0
+    quota.check_bytes(size)
     quota.charge_inode(1)
+    quota.used_bytes += size
+    made = False
     try:
         if stat.S_ISDIR(mode):
             os.mkdir(tmp, host_mode(mode))
+            made = True
         elif stat.S_ISREG(mode):
-            quota.charge_bytes(st.st_size)
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, host_mode(mode))
+            made = True
             try:
                 _copy_data(src, fd, st.st_size)
                 os.fchmod(fd, host_mode(mode))
@@ -113,18 +127,24 @@ def copy_object(src: bytes, st: os.stat_result, tmp: bytes, quota: Quota) -> Non
                 os.close(fd)
         elif stat.S_ISLNK(mode):
             os.symlink(os.readlink(src), tmp)
+            made = True
         elif stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode):
             os.mknod(tmp, stat.S_IFMT(mode) | stat.S_IMODE(mode))
+            made = True
         else:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            made = True
             os.close(fd)
+        if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+            copy_xattrs(src, tmp)
+            quota.charge_bytes(xattr_bytes(tmp))
     except BaseException:
         quota.charge_inode(-1)
-        if stat.S_ISREG(mode):
-            quota.charge_bytes(-st.st_size)
+        quota.charge_bytes(-size)
+        if made:
+            with contextlib.suppress(OSError):
+                (os.rmdir if stat.S_ISDIR(mode) else os.unlink)(tmp)
         raise
-    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
-        copy_xattrs(src, tmp)
 
 
 def publish(tmp: bytes, dest: bytes, parent: bytes) -> None:

@@ -375,7 +375,7 @@ class UnionFS(pyfuse3.Operations):
     async def setxattr(self, inode: int, name: bytes, value: bytes, ctx: RequestContext) -> None:
         if is_hidden_xattr(name):
             raise FUSEError(errno.EPERM)
-        self.union.setxattr(self._node(inode), name, value)
+        await self._within_quota(self.union.setxattr, self._node(inode), name, value)
 
     @handler
     async def removexattr(self, inode: int, name: bytes, ctx: RequestContext) -> None:

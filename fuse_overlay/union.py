@@ -19,12 +19,22 @@ from .libfuse import fast
 from .markers import WH_PREFIX, MarkerWriter, is_chardev_whiteout, is_opaque_dir, is_reserved_name, remove_whiteout
 from .openfiles import OpenFiles
 from .ownership import IdMap, Override, can_hold_xattr, host_mode, read_override, write_override
-from .quota import Quota
+from .quota import Quota, object_bytes
 from .syscalls import RENAME_EXCHANGE, RENAME_NOREPLACE, rename2
 
 
 def _err(code: int) -> OSError:
     return OSError(code, os.strerror(code))
+
+
+def _has_whiteout(dirpath: bytes, name: bytes) -> bool:
+    """Does DIRPATH hold a whiteout for NAME, in either dialect?"""
+    try:
+        if is_chardev_whiteout(os.lstat(dirpath + b"/" + name)):
+            return True
+    except FileNotFoundError:
+        pass
+    return os.path.lexists(dirpath + b"/" + WH_PREFIX + name)
 
 
 @dataclass(slots=True)
@@ -116,12 +126,20 @@ class Union:
     # -- resolution --------------------------------------------------------
 
     def lookup(self, parent: Node, name: bytes) -> Node | None:
+        """The object NAME in PARENT, or None.
+
+        Only objects are cached, never misses: the kernel keeps negative
+        entries itself, and a program probing any number of names that do not
+        exist (or creating and removing them) must not make the daemon hold
+        each one.  A miss costs an lstat at most.
+        """
         try:
             return parent.children[name]
         except KeyError:
             pass
         node = self._resolve(parent, name)
-        parent.children[name] = node
+        if node is not None:
+            parent.children[name] = node
         return node
 
     def _resolve(self, parent: Node, name: bytes) -> Node | None:
@@ -308,7 +326,11 @@ class Union:
     # -- creating ----------------------------------------------------------
 
     def _prepare_new(self, parent: Node, name: bytes) -> bytes:
-        """Make room for a new entry; returns the upper directory path."""
+        """Make room for a new entry and charge its name; returns the upper directory path.
+
+        A whiteout in its place hands its charge over to the new name.  The
+        caller refunds the name if it then fails to make the entry.
+        """
         self._writable()
         if is_reserved_name(name):
             raise _err(errno.EINVAL)
@@ -316,6 +338,7 @@ class Union:
             raise _err(errno.EEXIST)
         self.ensure_upper(parent)
         updir = self.upper_path(parent)
+        self.quota.charge_inode(0 if _has_whiteout(updir, name) else 1)
         remove_whiteout(updir, name)
         return updir
 
@@ -328,6 +351,9 @@ class Union:
                 mode |= stat.S_ISGID
         return gid, mode
 
+    def _uncharge(self) -> None:
+        self.quota.charge_inode(-1)
+
     def _attach(self, parent: Node, name: bytes, node: Node) -> Node:
         parent.children[name] = node
         parent.listing = None
@@ -335,13 +361,12 @@ class Union:
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
-        gid, mode = self._owner_for(parent, uid, gid, mode)
-        self.quota.charge_inode(1)
         path = updir + b"/" + name
         try:
+            gid, mode = self._owner_for(parent, uid, gid, mode)
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, host_mode(mode))
         except BaseException:
-            self.quota.charge_inode(-1)
+            self._uncharge()
             raise
         node = self.table.new(parent, name, False, True, (), None)
         self.files.put(node, fd, writable=True)
@@ -350,10 +375,9 @@ class Union:
 
     def mknod(self, parent: Node, name: bytes, mode: int, rdev: int, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
-        gid, mode = self._owner_for(parent, uid, gid, mode)
         path = updir + b"/" + name
-        self.quota.charge_inode(1)
         try:
+            gid, mode = self._owner_for(parent, uid, gid, mode)
             if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
                 # The host refuses device nodes (and a 0:0 one would read as a
                 # whiteout): keep an empty file and present the device.
@@ -361,7 +385,7 @@ class Union:
             else:
                 os.mknod(path, stat.S_IFMT(mode) | host_mode(mode), 0)
         except BaseException:
-            self.quota.charge_inode(-1)
+            self._uncharge()
             raise
         node = self.table.new(parent, name, False, True, (), None)
         self._set_owner(node, path, uid, gid, mode, rdev if (stat.S_ISCHR(mode) or stat.S_ISBLK(mode)) else 0,
@@ -370,11 +394,10 @@ class Union:
 
     def mkdir(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
-        gid, mode = self._owner_for(parent, uid, gid, stat.S_IFDIR | stat.S_IMODE(mode))
         assert self.work is not None
-        self.quota.charge_inode(1)
         tmp = self.work.temp()
         try:
+            gid, mode = self._owner_for(parent, uid, gid, stat.S_IFDIR | stat.S_IMODE(mode))
             os.mkdir(tmp, host_mode(mode))
             node = self.table.new(parent, name, True, True, (), None)
             if self.lowers.has_name(parent.lowers, parent.rel(), name):
@@ -382,19 +405,26 @@ class Union:
             self._set_owner(node, tmp, uid, gid, mode, fresh=True)
             os.rename(tmp, updir + b"/" + name)
         except BaseException:
-            self.quota.charge_inode(-1)
+            self._uncharge()
+            with contextlib.suppress(OSError):
+                os.rmdir(tmp)
             raise
         return self._attach(parent, name, node)
 
     def symlink(self, parent: Node, name: bytes, target: bytes, uid: int, gid: int) -> Node:
         updir = self._prepare_new(parent, name)
-        gid, _ = self._owner_for(parent, uid, gid, stat.S_IFLNK)
         path = updir + b"/" + name
-        self.quota.charge_inode(1)
+        try:
+            gid, _ = self._owner_for(parent, uid, gid, stat.S_IFLNK)
+            self.quota.charge_bytes(len(target))  # a symlink's size is its target's
+        except BaseException:
+            self._uncharge()
+            raise
         try:
             os.symlink(target, path)
         except BaseException:
-            self.quota.charge_inode(-1)
+            self._uncharge()
+            self.quota.charge_bytes(-len(target))
             raise
         node = self.table.new(parent, name, False, True, (), None)
         self._set_owner(node, path, uid, gid, stat.S_IFLNK | 0o777, fresh=True)
@@ -404,9 +434,13 @@ class Union:
         if node.is_dir:
             raise _err(errno.EPERM)
         updir = self._prepare_new(parent, name)
-        self.ensure_upper(node)
-        src = self.upper_path(node)
-        os.link(src, updir + b"/" + name)
+        try:
+            self.ensure_upper(node)
+            src = self.upper_path(node)
+            os.link(src, updir + b"/" + name)
+        except BaseException:
+            self._uncharge()
+            raise
         if node.key is None:
             self.table.register_key(node, os.lstat(src))
         node.aliases.append((parent, name))
@@ -416,7 +450,7 @@ class Union:
 
     def _detach(self, node: Node, parent: Node, name: bytes) -> None:
         """Drop one name of NODE; the node lives on while open or looked up."""
-        parent.children[name] = None
+        parent.children.pop(name, None)
         parent.listing = None
         if node.parent is parent and node.name == name:
             if node.aliases:
@@ -443,15 +477,14 @@ class Union:
             os.rename(path, node.orphan)
             self.orphans.add(node.ino)
             return
-        os.unlink(path)
-        self._refund(st)
+        self._unlink_charged(path, st)
 
-    def _refund(self, st: os.stat_result) -> None:
-        """Give back the quota of an object whose name ST described is gone (its last, if nlink was 1)."""
-        if st.st_nlink <= 1:
-            self.quota.charge_inode(-1)
-            if stat.S_ISREG(st.st_mode):
-                self.quota.charge_bytes(-st.st_size)
+    def _unlink_charged(self, path: bytes, st: os.stat_result) -> None:
+        """Remove the name PATH (ST: its lstat) and give back its charge, and the object's bytes with its last name."""
+        nbytes = object_bytes(path, st) if st.st_nlink <= 1 else 0
+        os.unlink(path)
+        self.quota.charge_inode(-1)
+        self.quota.charge_bytes(-nbytes)
 
     def forget(self, ino: int, count: int) -> None:
         node = self.table.forget(ino, count)
@@ -464,16 +497,18 @@ class Union:
         fast.forget(node.ino)
         if node.orphan is not None:
             with contextlib.suppress(FileNotFoundError):  # a purged work dir
-                st = os.lstat(node.orphan)
-                os.unlink(node.orphan)
-                self._refund(st)
+                self._unlink_charged(node.orphan, os.lstat(node.orphan))
             node.orphan = None
             self.orphans.discard(node.ino)
 
     def _whiteout_if_needed(self, parent: Node, name: bytes) -> None:
         if self.lowers.has_name(parent.lowers, parent.rel(), name):
             self.quota.charge_inode(1)
-            self.markers.whiteout(self.upper_path(parent), name)
+            try:
+                self.markers.whiteout(self.upper_path(parent), name)
+            except BaseException:
+                self._uncharge()
+                raise
 
     def unlink(self, parent: Node, name: bytes) -> None:
         self._writable()
@@ -561,8 +596,8 @@ class Union:
                 self.work.discard_tree(up2, self.quota)
             else:
                 replaced = os.lstat(up2)
-        elif dst is None:
-            remove_whiteout(updir2, n2)
+        elif dst is None and remove_whiteout(updir2, n2):
+            self._uncharge()
         if src.is_dir and self.lowers.has_name(p2.lowers, p2.rel(), n2):
             self.markers.mark_opaque(up1)
         if replaced is not None:
@@ -575,7 +610,7 @@ class Union:
         self._move_name(src, p1, n1, p2, n2)
 
     def _move_name(self, node: Node, p1: Node, n1: bytes, p2: Node, n2: bytes) -> None:
-        p1.children[n1] = None
+        p1.children.pop(n1, None)
         p1.listing = None
         if node.parent is p1 and node.name == n1:
             node.parent, node.name = p2, n2
@@ -671,14 +706,33 @@ class Union:
 
     # -- xattrs --------------------------------------------------------------
 
+    def _xattr_charge(self, path: bytes, name: bytes) -> int:
+        try:
+            return len(name) + len(os.getxattr(path, name, follow_symlinks=False))
+        except OSError as exc:
+            if exc.errno != errno.ENODATA:
+                raise
+            return 0
+
     def setxattr(self, node: Node, name: bytes, value: bytes) -> None:
+        """Set an xattr, charged as the bytes of its name and value (replacing one gives the old charge back)."""
         self._writable()
         self.ensure_upper(node)
-        os.setxattr(self.upper_path(node), name, value, follow_symlinks=False)
+        path = self.real_path(node)
+        delta = len(name) + len(value) - self._xattr_charge(path, name)
+        self.quota.charge_bytes(delta)
+        try:
+            os.setxattr(path, name, value, follow_symlinks=False)
+        except BaseException:
+            self.quota.charge_bytes(-delta)
+            raise
 
     def removexattr(self, node: Node, name: bytes) -> None:
         self._writable()
         os.getxattr(self.real_path(node), name, follow_symlinks=False)
         self.ensure_upper(node)
-        os.removexattr(self.upper_path(node), name, follow_symlinks=False)
+        path = self.real_path(node)
+        charge = self._xattr_charge(path, name)
+        os.removexattr(path, name, follow_symlinks=False)
+        self.quota.charge_bytes(-charge)
 

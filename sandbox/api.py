@@ -40,6 +40,11 @@ MAX_ARGS = 4096
 """Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
 
 
+KERNEL_UPPER = ("kernel overlayfs writes straight into the --upper dir on the host, where nothing rootless can hold "
+                "--disk and --inodes: use --fs fuse, or leave out --upper (the scratch upper is capped)")
+"""Why a kernel union cannot keep its upper on the host (quotas; see README, "Layers")."""
+
+
 class _Inherit:
     """The default of `run(policy=...)`: use the sandbox's policy (None already means "no policy")."""
 
@@ -88,6 +93,10 @@ class Sandbox:
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
         if fs == "auto":
             fs = "fuse" if os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
+            if fs == "kernel" and self._upper is not None:
+                raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
+        if fs == "kernel" and self._upper is not None:
+            raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
         self.fs = fs
         self.env = dict(env or {})
         self.cwd = cwd

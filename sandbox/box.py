@@ -131,6 +131,13 @@ class Box:
                 pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._daemon_log)
         finally:
             os.close(fd)
+        if self.cgroup is not None:
+            # before it serves a request (it is still starting Python): its work for the box is the box's
+            try:
+                self.cgroup.join_daemon(self.daemon.pid)
+            except OSError as e:
+                raise SetupError(f"cannot move the union filesystem daemon into the box's cgroup: "
+                                 f"{e.strerror or e}") from None
 
     def daemon_error(self) -> str:
         """The daemon's last words, for the one-line message of a failure."""

@@ -7,6 +7,7 @@ scope obtained for it)::
     ├── sbx-procs/          every process that was in BASE (the no-internal-processes rule)
     └── sbx-<pid>-<n>/      box n of supervisor <pid>
         ├── init/           the outer process, box init and the spawner
+        ├── daemon/         the box's FUSE daemon (a --lower union served with --fs fuse)
         └── run-<k>/        one run: memory.max, swap 0, oom.group, pids.max, cpu.max
 
 A run gets a fresh cgroup because memory.peak cannot be reset before Linux
@@ -336,6 +337,16 @@ class BoxCgroup:
     def init_procs(self) -> int:
         """An fd of init/cgroup.procs: the outer process writes itself there before its namespaces."""
         return os.open(os.path.join(self.path, "init", "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+
+    def join_daemon(self, pid: int) -> None:
+        """Move the box's FUSE daemon (started by the supervisor, so in sbx-procs) into `daemon/`.
+
+        From then on the memory it allocates and the CPU it spends serving the
+        box are charged to the box's cgroup; `remove` kills it with the box.
+        """
+        path = os.path.join(self.path, "daemon")
+        os.makedirs(path, exist_ok=True)
+        _write(os.path.join(path, "cgroup.procs"), str(pid))
 
     def new_run(self, limits: Limits) -> RunCgroup:
         return RunCgroup(os.path.join(self.path, f"run-{next(self._runs)}"), limits, self.controllers)

@@ -139,8 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "instead of the host's system dirs")
     run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
                      help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or FUSE when "
-                          "/dev/fuse is usable (default)")
-    run.add_argument("--upper", metavar="DIR", help="keep what the program wrote over the --lower layers here")
+                          "/dev/fuse is usable (default). kernel refuses --upper: it would write straight into "
+                          "the host dir, where --disk and --inodes cannot hold")
+    run.add_argument("--upper", metavar="DIR",
+                     help="keep what the program wrote over the --lower layers here, at most --disk bytes and "
+                          "--inodes names (--fs fuse only)")
     run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
                      help="writable bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
                           "range the program writes as its own uid, so SRC must be writable by others")

@@ -217,3 +217,29 @@ async def test_cancelled_run_leaves_no_run_cgroup() -> None:
             await box.run(["sleep", "100"])
         assert _run_cgroups() == []
         assert (await box.run(["true"])).status is Status.OK
+
+
+async def test_the_fuse_daemon_is_charged_to_the_box(tmp_path: Path) -> None:
+    """The daemon serving a --lower union works for the box: its memory and CPU go to the box's cgroup."""
+    if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+        pytest.fail("/dev/fuse is not usable here")
+    low = tmp_path / "low"
+    # the box's mount points are there already: the guest's /tmp has no user xattrs (Linux < 6.6), where the
+    # daemon keeps what the host cannot hold (a directory made 0555, ids of a range), so the union makes none
+    for d in ("usr", "proc", "dev", "tmp", "box"):
+        (low / d).mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (low / link).symlink_to(f"usr/{link}")
+    for d in (tmp_path, low, *(p for p in low.iterdir() if not p.is_symlink())):
+        d.chmod(0o755)
+    async with Sandbox(lowers=[str(low)], binds=[Bind("/usr", "/usr", False)], fs="fuse", idmap="single") as box:
+        daemon = box._box.daemon  # type: ignore[union-attr]
+        assert daemon is not None
+        [box_dir] = _ours()
+        charged = Path(delegation().base or "", box_dir, "daemon")
+        assert open(f"/proc/{daemon.pid}/cgroup").read().strip().endswith(f"/{box_dir}/daemon")
+        before = int((charged / "cpu.stat").read_text().split()[1])
+        r = await box.run(["sh", "-c", "for i in $(seq 300); do echo x > /box/f$i; ls /box > /dev/null; done"])
+        assert r.status is Status.OK, r.stderr
+        assert int((charged / "cpu.stat").read_text().split()[1]) > before
+        assert int((charged / "memory.current").read_text()) > 0
