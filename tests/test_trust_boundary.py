@@ -116,8 +116,9 @@ def test_a_non_directory_where_a_mount_point_must_be_is_replaced(tmp_path: Path,
     assert (low / "tmp").read_text() == "a file where /tmp goes\n"
 
 
-@pytest.mark.parametrize("fs", ["kernel", "fuse"])
-def test_a_kept_upper_that_an_earlier_run_planted_links_in(tmp_path: Path, fs: str) -> None:
+def test_a_kept_upper_that_an_earlier_run_planted_links_in(tmp_path: Path) -> None:
+    """(FUSE only: --fs kernel refuses --upper, see test_quotas.py.)"""
+    fs = "fuse"
     secret, private = victims(tmp_path)
     before = snapshot(secret), snapshot(private)
     low = bottom(tmp_path)
@@ -258,8 +259,9 @@ def test_removal_leaves_alone_what_sbx_did_not_make(tmp_path: Path) -> None:
 # -- one writer per kept upper -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("fs", ["kernel", "fuse"])
-async def test_a_kept_upper_has_one_writer_at_a_time(tmp_path: Path, fs: str) -> None:
+async def test_a_kept_upper_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    """(FUSE only: --fs kernel refuses --upper, see test_quotas.py.)"""
+    fs = "fuse"
     low = bottom(tmp_path)
     upper = tmp_path / "upper"
     upper.mkdir()
