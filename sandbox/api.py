@@ -85,8 +85,6 @@ class Sandbox:
         self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
         self._binds = tuple(binds)
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
-        self._workdir: str | None = None
-        self._scratch: str | None = None
         self._host_dirs: dict[str, tuple[int, int]] = {}
         self._upper_lock: int | None = None
         if fs not in ("auto", "fuse", "kernel"):
@@ -109,24 +107,24 @@ class Sandbox:
             self._filter(policy)  # a bad policy is bad input: fail before any box is built
 
     async def __aenter__(self) -> Sandbox:
-        upper = self._upper
+        upper, workdir = self._upper, None
         try:
             if upper is not None:
                 self._upper_lock = _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
                 # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
                 try:
-                    self._workdir = self._made(tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper)))
+                    workdir = self._made(tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper)))
                 except OSError as e:
                     raise ConfigError(f"--upper {upper}: cannot make the union's work dir beside it: "
                                       f"{e.strerror}") from None
             elif self._lowers and self.fs == "fuse":
                 # the daemon lives outside the box, so its default upper is a host dir removed on close
-                self._scratch = self._made(tempfile.mkdtemp(prefix="sbx-union-"))
-                upper, self._workdir = f"{self._scratch}/upper", f"{self._scratch}/work"
+                scratch = self._made(tempfile.mkdtemp(prefix="sbx-union-"))
+                upper, workdir = f"{scratch}/upper", f"{scratch}/work"
                 os.mkdir(upper)
-                os.mkdir(self._workdir)
+                os.mkdir(workdir)
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
-                            upper=upper, workdir=self._workdir, fs=self.fs, loopback=self._loopback)
+                            upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
             found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
             self._box = Box(layout, detect(self._idmap), found)
             await self._box.start()
@@ -156,7 +154,6 @@ class Sandbox:
                     warnings.warn(TeardownWarning(f"could not remove all of {path}: {'; '.join(left)}"),
                                   stacklevel=2)
         finally:
-            self._workdir = self._scratch = None
             if self._upper_lock is not None:
                 os.close(self._upper_lock)  # closing the only fd of the open file releases its flock
                 self._upper_lock = None

@@ -191,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     judge.add_argument("--lang", metavar="c|cpp|py", help="default: from the file extension")
     judge.add_argument("--time", default="1", metavar="S", help="CPU time limit per test (default 1)")
     judge.add_argument("--memory", default="256M", metavar="SIZE", help="memory limit per test (default 256M)")
-    judge.add_argument("--checker", metavar="PROG", help="checker (testlib's convention): PROG INPUT OUTPUT ANSWER, exit 0 OK, 1 WA, 2 PE, "
+    judge.add_argument("--checker", metavar="PROG",
+                       help="checker (testlib's convention): PROG INPUT OUTPUT ANSWER, exit 0 OK, 1 WA, 2 PE, "
                             "anything else IE; it runs in a box of its own")
     judge.add_argument("--json", action="store_true", help="print the report as one JSON object")
     judge.set_defaults(func=_cmd_judge)

@@ -455,7 +455,8 @@ def _show(v: int) -> str:
 
 def available_policies() -> list[str]:
     """Names of the shipped policies."""
-    return sorted(p.stem for p in shipped(POLICY_DIR, "the shipped policies").glob("*.toml") if not p.stem.startswith("_"))
+    found = shipped(POLICY_DIR, "the shipped policies").glob("*.toml")
+    return sorted(p.stem for p in found if not p.stem.startswith("_"))
 
 
 def _is_path(ref: str) -> bool:

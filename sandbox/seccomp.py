@@ -17,9 +17,9 @@ argument (a "cube"); ranges become aligned power-of-two blocks.  Disjoint rules
 mean libseccomp's order cannot matter.
 
 The compiled program is kept in memory for the life of the process, keyed by
-the policy's meaning (not its file).  It is never
-kept on disk: a filter read back from a cache directory would decide what an
-untrusted program may call on the word of whoever can write that directory.
+the policy's meaning (not its file).  It is never kept on disk: a filter read
+back from a cache directory would decide what an untrusted program may call
+on the word of whoever can write that directory.
 Compiling costs 20-75 ms once per policy and process (the shipped policies).
 """
 

@@ -31,7 +31,8 @@ PROGRAM_ID = 1000
 """The uid and gid the program runs as inside a ``range`` box."""
 
 ROOT_RANGE = (2_000_000_000, 65536)
-"""Host ids for root's boxes without an /etc/subuid range: above any user's, systemd's container ids, and below 2**31."""
+"""Host ids for root's boxes without an /etc/subuid range: above any user's and systemd's container ids,
+below 2**31 (some tools still read ids as signed)."""
 
 IdmapMode = Literal["auto", "range", "single"]
 
