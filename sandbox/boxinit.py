@@ -83,7 +83,8 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         socket.sethostname(layout.hostname)
         if layout.loopback:
             network.loopback_up()
-        resetter = boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs)
+        # a union root is replaced, never reset (its upper keeps the run's writes): nothing to take for it
+        resetter = None if layout.lowers else boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         wakeup = _install_signals()
         spawner = _Spawner(binary, ids)
@@ -117,11 +118,13 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
 
 
 def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap,
-             resetter: boxfiles.Resetter) -> tuple[dict[str, Any], list[int]]:
+             resetter: boxfiles.Resetter | None) -> tuple[dict[str, Any], list[int]]:
     try:
         if req["op"] == "read":
             return {"ok": True}, [boxfiles.open_for_reading(req["path"])]
         if req["op"] == "reset":
+            if resetter is None:
+                raise ValueError("a box with a union root cannot be reset")
             resetter.reset()
             return {"ok": True}, []
         boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
