@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from . import seccomp, teardown
+from . import fallback, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
@@ -28,6 +28,7 @@ from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_u
 from .policy import load_policy
 from .result import Result
 from .rlimits import rlimits
+from .runtime_env import runtime_env
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
 
@@ -101,7 +102,7 @@ class Sandbox:
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
         self.policy = policy
-        self._filters: dict[str, int] = {}
+        self._filters: dict[tuple[str, bool], int] = {}
         self._captured: tuple[int, int] | None = None
         if policy is not None:
             self._filter(policy)  # a bad policy is bad input: fail before any box is built
@@ -161,14 +162,19 @@ class Sandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    def _filter(self, policy: str) -> int:
-        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox."""
-        if policy not in self._filters:
-            bpf = seccomp.compile(load_policy(policy)).bpf
+    def _filter(self, policy: str, unmapped_memory: bool = True) -> int:
+        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox.
+
+        Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
+        """
+        key = (policy, unmapped_memory)
+        if key not in self._filters:
+            loaded = load_policy(policy)
+            bpf = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded)).bpf
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
             _write_all(fd, bpf)
-            self._filters[policy] = fd
-        return self._filters[policy]
+            self._filters[key] = fd
+        return self._filters[key]
 
     def _capture_files(self) -> tuple[int, int]:
         """The memfds the spawner copies captured stdout and stderr into: one pair per sandbox, emptied per run."""
@@ -310,13 +316,14 @@ class Sandbox:
         box = self._open_box()
         if not argv:
             raise ConfigError("no program given")
-        full_env = {**BASE_ENV, **self.env, **(env or {})}
-        if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
-            raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         limits = limits or self.limits
         cgroup = box.cgroup is not None
         if limits.cpus is not None and not cgroup:
             raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
+        sampled_memory = None if cgroup else limits.memory
+        full_env = {**BASE_ENV, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
+        if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
+            raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         req = {
             "argv": list(argv),
             "env": full_env,
@@ -325,9 +332,11 @@ class Sandbox:
             "cpu_time": limits.cpu_time,
             "wall_time": limits.wall_time,
             "output": limits.output,
+            "memory": sampled_memory,
+            "trace": fallback.traced(limits, cgroup),
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
-        filter_fd = self._filter(policy_name) if policy_name is not None else None
+        filter_fd = self._filter(policy_name, sampled_memory is None) if policy_name is not None else None
         req["seccomp"] = filter_fd is not None
         out = _Output(limits.output, box)
         captured = self._capture_files() if stdout is None and stderr is None else None
@@ -584,4 +593,7 @@ def _exec_failure(err: dict[str, object], req: dict[str, object]) -> Exception:
         return ConfigError(f"--cwd {req['cwd']}: {message}")
     if stage == "cgroup":
         return SetupError(f"the program could not join its run's cgroup: {message}")
+    if stage == "trace":
+        return SetupError(f"the spawner cannot trace the run, which is how it counts the CPU time of every process "
+                          f"without cgroup v2 ({message}; see `sbx check`): give --pids 1, or delegate cgroup v2")
     return SetupError(f"preparing the program failed: {message}")

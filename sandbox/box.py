@@ -206,7 +206,8 @@ class Box:
                     self._run_cgroup = self.cgroup.new_run(limits)
                 except OSError as e:
                     raise SetupError(f"cannot make the run's cgroup: {e.strerror or e}") from None
-                fds = [*fds, self._run_cgroup.procs_fd]  # the program joins it before execve
+                # the program joins it before execve; the spawner watches its CPU time
+                fds = [*fds, self._run_cgroup.procs_fd, self._run_cgroup.cpu_stat_fd]
             async with self._send_lock:
                 self._run_started = time.monotonic()
                 await protocol.asend_tokens(self._spawner, _run_tokens(req, cgroup), fds)  # type: ignore[arg-type]
@@ -410,8 +411,9 @@ def _socket(fd: int) -> trio.socket.SocketType:
 def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
     """The spawner's request (see spawner.c): NUL-separated tokens, which C splits without a parser."""
     env = [f"{k}={v}" for k, v in req["env"].items()]
-    return ["run", "1" if req["seccomp"] else "0", "1" if cgroup else "0", str(req["cpu_time"] or 0),
-            str(req["wall_time"] or 0), "1" if req["capture"] else "0", str(req["output"] or 0),
+    return ["run", "1" if req["seccomp"] else "0", "1" if cgroup else "0", "1" if req["trace"] else "0",
+            str(req["cpu_time"] or 0), str(req["wall_time"] or 0), str(req["memory"] or 0),
+            "1" if req["capture"] else "0", str(req["output"] or 0),
             str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
             *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]
 

@@ -283,6 +283,11 @@ class RunCgroup:
                     raise OSError(errno.EOPNOTSUPP, "the cpu controller is not delegated (needed by --cpus)")
                 self._set("cpu.max", f"{max(1000, round(limits.cpus * 100_000))} 100000")
             self.procs_fd = os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+            try:  # the spawner reads it to end the run at its CPU limit
+                self.cpu_stat_fd = os.open(os.path.join(path, "cpu.stat"), os.O_RDONLY | os.O_CLOEXEC)
+            except BaseException:
+                os.close(self.procs_fd)
+                raise
         except BaseException:
             os.rmdir(path)
             raise

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import trio
 
@@ -32,6 +32,8 @@ from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from .mounts import WORK_DIR, Bind, parse_bind, check_box_path
 from .result import Result, Status
+
+T = TypeVar("T")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -122,10 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
                "on stderr after the program's own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
     run.add_argument("--policy", default="default", metavar="NAME|FILE",
                      help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
-    run.add_argument("--time", metavar="S", help="CPU time limit in seconds, summed over all processes")
-    run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds")
+    run.add_argument("--time", metavar="S",
+                     help="CPU time limit in seconds, summed over every process and thread (default: none, "
+                          "--wall-time bounds it)")
+    run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds (default 600; none lifts it)")
     run.add_argument("--memory", metavar="SIZE",
-                     help="memory limit, e.g. 256M (a cgroup's when one is delegated, else an address-space rlimit)")
+                     help="memory limit of the whole run, e.g. 256M (default 1G; none lifts it): the cgroup's "
+                          "memory.max when one is delegated, else resident memory sampled every millisecond "
+                          "(sbx check says which)")
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
     run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
@@ -214,12 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _unless_none(text: str | None, parse: Callable[[str, str], T], what: str, default: T | None) -> T | None:
+    """An option that has a default: absent gives it, `none` lifts the limit."""
+    if text is None:
+        return default
+    return None if text == "none" else parse(text, what)
+
+
 def _limits(args: argparse.Namespace) -> Limits:
     defaults = Limits()
     return Limits(
         cpu_time=parse_seconds(args.time, "--time") if args.time else None,
-        wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else None,
-        memory=parse_size(args.memory, "--memory") if args.memory else None,
+        wall_time=_unless_none(args.wall_time, parse_seconds, "--wall-time", defaults.wall_time),
+        memory=_unless_none(args.memory, parse_size, "--memory", defaults.memory),
         pids=parse_count(args.pids, "--pids") if args.pids else defaults.pids,
         output=parse_size(args.output, "--output") if args.output else defaults.output,
         cpus=parse_cpus(args.cpus) if args.cpus else None,

@@ -86,6 +86,26 @@ def _installation() -> dict[str, Any]:
     return {"ok": not problems, "detail": "; ".join(problems) or where}
 
 
+def _tracing() -> dict[str, Any]:
+    """Without cgroup v2, a run that may fork is ptraced to count its CPU time; Yama's scope 3 forbids that."""
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as f:
+            scope = int(f.read())
+    except (OSError, ValueError):
+        return {"ok": True, "detail": "no Yama restriction"}
+    if scope >= 3:
+        return {"ok": False, "detail": "kernel.yama.ptrace_scope is 3: without cgroup v2 only --pids 1 runs"}
+    return {"ok": True, "detail": f"kernel.yama.ptrace_scope {scope} lets the spawner trace its runs"}
+
+
+def _limits(cgroup: bool) -> str:
+    if cgroup:
+        return "limits: cgroup (CPU, memory, pids), spawner timer (CPU kill, wall)"
+    return ("limits: spawner (CPU: process clocks, every process traced unless --pids 1; memory: resident memory "
+            "sampled every millisecond, address space per process capped at 2x the limit + 1 GiB, memfd_create and "
+            "shmget refused), RLIMIT_NPROC (pids)")
+
+
 def report() -> dict[str, Any]:
     userns = _in_child(_userns_probe)
     ids = detect("auto")
@@ -103,12 +123,13 @@ def report() -> dict[str, Any]:
         "kernel_overlayfs": {"ok": overlay is None, "detail": overlay or "mountable with userxattr in a user namespace"},
         "cgroup_v2": cgroup,
         "seccomp": _seccomp(),
+        "tracing": _tracing(),
         "will_use": {
             "ok": userns is None and installation["ok"],
             "detail": (
                 f"uid map {ids.mode}; root: host system dirs read-only + tmpfs /box, or with --lower the union "
                 f"by {'sbx-overlayfs (FUSE)' if fuse_ok else 'kernel overlayfs'}; seccomp policy 'default'; "
-                f"limits: {'cgroup' if cgroup['ok'] else 'rlimit'} (memory, pids), box-init monitor (CPU, wall)"
+                + _limits(cgroup["ok"])
             ),
         },
     }

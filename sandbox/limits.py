@@ -56,13 +56,15 @@ class Limits:
     """Per-run limits; None means "not limited".
 
     The defaults are what a sandbox for untrusted code should never run without:
-    a process cap against fork bombs, bounded captured output, bounded file
-    size and open files, and no core dumps (always).
+    a bounded life (ten minutes of wall time, as nsjail), memory and processes
+    against exhaustion and fork bombs, bounded captured output, bounded file
+    size and open files, and no core dumps (always).  CPU time needs no default:
+    the wall time bounds it.
     """
 
     cpu_time: float | None = None
-    wall_time: float | None = None
-    memory: int | None = None
+    wall_time: float | None = 600.0
+    memory: int | None = 2**30
     pids: int | None = 64
     output: int | None = 64 * 2**20
     file_size: int | None = 1 * 2**30

@@ -2,7 +2,8 @@
 
 Computed by the supervisor and applied verbatim by the child, so the spawner
 holds no policy.  Each rlimit is either the limit itself or a backstop for a
-limit that is really enforced elsewhere (CPU time by the spawner).
+limit that is really enforced elsewhere (CPU time and, without a cgroup,
+memory by the spawner).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import math
 import resource
 
+from .fallback import address_space
 from .limits import Limits
 from .userns import IdMap
 
@@ -24,7 +26,8 @@ def rlimits(limits: Limits, ids: IdMap, cgroup: bool) -> list[Rlimit]:
         soft = math.ceil(limits.cpu_time) + 1
         out.append((resource.RLIMIT_CPU, soft, soft + 1))
     if limits.memory is not None and not cgroup:
-        out.append((resource.RLIMIT_AS, limits.memory, limits.memory))
+        backstop = address_space(limits.memory)
+        out.append((resource.RLIMIT_AS, backstop, backstop))
     if limits.pids is not None and not cgroup:
         # Counted per (user namespace, uid) since Linux 5.14, so per box.  In single mode box init and
         # the spawner share the program's uid.

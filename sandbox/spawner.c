@@ -17,12 +17,24 @@
  * uid and cannot signal it; in the single mapping it can, and box init, which
  * nothing in the box can signal, continues a stopped spawner.
  *
- * CPU time without cgroups: RLIMIT_CPU is per process with one-second
- * resolution, and isolate and go-judge poll every 100 ms.  The spawner instead
- * sums the CPU clocks of every process of the run and sleeps until the earliest
- * moment the run could reach its limit with every core busy, then looks again;
- * the sleeps shrink as the limit nears, so the kill lands within about a
- * millisecond of it.  A run shorter than limit/cores is never looked at.
+ * CPU time: RLIMIT_CPU is per process with one-second resolution, and isolate
+ * and go-judge poll every 100 ms.  The spawner instead sums the CPU of the run
+ * and sleeps until the earliest moment the run could reach its limit with every
+ * core busy, then looks again; the sleeps shrink as the limit nears, so the
+ * kill lands within about a millisecond of it.  A run shorter than limit/cores
+ * is never looked at.  The sum is the run cgroup's cpu.stat when there is one.
+ * Without it, it is the CPU clocks of the live processes plus what the dead
+ * ones used; and a child that the kernel reaps by itself (its parent ignores
+ * SIGCHLD) takes its time with it.  So with TRACE the spawner ptraces every
+ * process of the run (PTRACE_SEIZE before execve; forks, vforks and clones
+ * are attached by the kernel) and reaps each one itself, reading the CPU clock
+ * of the zombie first: a traced child is never reaped behind its tracer's back.
+ *
+ * Memory without cgroups (MEM_LIMIT): RLIMIT_AS is per process and counts what
+ * is reserved, not used.  The spawner sums the resident memory of the run's
+ * processes every millisecond (less often when there are many) and ends the run
+ * MLE when the sum reaches the limit; the supervisor sets RLIMIT_AS per process
+ * as a backstop above the limit.
  *
  * usage: sbx-spawner CONTROL_FD PROGRAM_UID PROGRAM_GID SETGROUPS(0|1)
  *
@@ -32,15 +44,15 @@
  * two together.  So a judge's run needs no reader task in the supervisor.
  *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
- *   run HAS_BPF HAS_CGROUP CPU_LIMIT WALL_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
+ *   run HAS_BPF HAS_CGROUP TRACE CPU_LIMIT WALL_LIMIT MEM_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
  *       (RES SOFT HARD)* ARGV* ENV*
- *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs]; a limit of 0 is none
+ *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs, cpu.stat]; a limit of 0 is none
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
  *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B]}
- *       the run is over, every process reaped; L is "TLE", "WLE", "SV", "OLE" or
- *       null, syscall (else null) is the first call the policy refused, and out
+ *       the run is over, every process reaped; L is "TLE", "WLE", "MLE", "SV", "OLE"
+ *       or null, syscall (else null) is the first call the policy refused, and out
  *       the bytes captured into each file
  */
 #define _GNU_SOURCE
@@ -58,6 +70,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/ptrace.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
@@ -69,12 +82,16 @@
 #include <unistd.h>
 
 #define MAX_MSG (1 << 20)
-#define MAX_FDS 5
+#define MAX_FDS 6
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
-#define HEAD_TOKENS 11 /* "run" up to CWD */
+#define HEAD_TOKENS 13 /* "run" up to CWD */
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
+#define MIN_MEM_SLEEP 0.001
+#define MEM_LOOK_SHARE 20 /* a memory look costs at most 1/20 of the time between looks */
+#define TRACE_OPTIONS (PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | \
+                       PTRACE_O_EXITKILL)
 
 static int ctl;
 static int listener_pair[2]; /* the program's process hands its seccomp listener to the spawner over it */
@@ -163,6 +180,8 @@ static void load_filter(int err_pipe, int bpf_fd)
 struct run {
     char *cwd;
     double cpu_limit, wall_limit;
+    long long mem_limit;
+    int trace;
     int capture;
     long long output_limit;
     int nrlimits;
@@ -173,7 +192,9 @@ struct run {
     int nfds, has_bpf, has_cgroup;
 };
 
-static void exec_program(struct run *r, int err_pipe)
+/* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
+ * this process (else -1). */
+static void exec_program(struct run *r, int err_pipe, int go)
 {
     sigset_t none;
     sigemptyset(&none);
@@ -200,6 +221,11 @@ static void exec_program(struct run *r, int err_pipe)
         child_fail(err_pipe, "setup", errno);
     if (getppid() != spawner_pid)
         _exit(127);
+    /* Dumpable, as execve will make it anyway: the single mapping's spawner has no CAP_SYS_PTRACE, and
+     * this process inherited the spawner's non-dumpable flag, which would keep it from being traced. */
+    char c = 'r';
+    if (go >= 0 && (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0 || write(go, &c, 1) != 1 || read(go, &c, 1) != 1))
+        _exit(127); /* the spawner could not trace it and closed its end */
     if (bpf_fd >= 0)
         load_filter(err_pipe, bpf_fd);
     if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
@@ -219,8 +245,10 @@ static struct {
     int main_status, main_done;
     double cpu;   /* of every reaped process of the run, exact */
     long maxrss;  /* KiB */
-    double started, cpu_limit, wall_limit, next_cpu_look;
-    int cores;
+    double started, cpu_limit, wall_limit, next_cpu_look, next_mem_look;
+    long long mem_limit, mem_peak; /* bytes; the peak of the sampled sum */
+    int cores, trace;
+    int cpu_stat; /* the run cgroup's cpu.stat, or -1 */
     int listener; /* -1 without a policy, or once every process under the filter is gone */
     int pipe[2];  /* read ends of the captured stdout and stderr, -1 at EOF or without capture */
     int file[2];  /* where they go */
@@ -230,6 +258,21 @@ static struct {
     int syscall_nr;
 } run;
 
+static double seconds(const struct timespec *ts)
+{
+    return ts->tv_sec + ts->tv_nsec / 1e9;
+}
+
+/* A process's CPU clock: every thread of it, live or exited, but none of its children (exact). */
+static int process_clock(pid_t pid, double *cpu)
+{
+    struct timespec ts;
+    if (clock_gettime(((~(clockid_t)pid) << 3) | 2, &ts) < 0)
+        return -1;
+    *cpu = seconds(&ts);
+    return 0;
+}
+
 static void account(struct rusage *ru)
 {
     run.cpu += ru->ru_utime.tv_sec + ru->ru_stime.tv_sec + (ru->ru_utime.tv_usec + ru->ru_stime.tv_usec) / 1e6;
@@ -237,70 +280,145 @@ static void account(struct rusage *ru)
         run.maxrss = ru->ru_maxrss;
 }
 
+static void reaped(pid_t p, int st)
+{
+    if (p == run.main_pid) {
+        run.main_status = st;
+        run.main_done = 1;
+    }
+}
+
+/* A traced process stopped: let it go on.  Group-stops (PTRACE_EVENT_STOP with a stop signal) are kept
+ * with PTRACE_LISTEN, so SIGSTOP and SIGCONT mean what they would untraced; a signal is delivered. */
+static void resume(pid_t p, int st)
+{
+    int sig = WSTOPSIG(st), event = (unsigned)st >> 16;
+    if (event == PTRACE_EVENT_STOP && (sig == SIGSTOP || sig == SIGTSTP || sig == SIGTTIN || sig == SIGTTOU))
+        ptrace(PTRACE_LISTEN, p, 0, 0);
+    else
+        ptrace(PTRACE_CONT, p, 0, event ? 0 : sig);
+}
+
+/* Traced: every process is counted at its death by its own CPU clock, read while it is a zombie (a
+ * thread counts with its process).  Its parent's later wait adds it to the parent's children's times,
+ * which no clock of the parent's includes: nothing is counted twice. */
+static void reap_traced(int options)
+{
+    for (;;) {
+        siginfo_t si;
+        si.si_pid = 0;
+        if (waitid(P_ALL, 0, &si, WEXITED | WNOWAIT | __WALL | options) < 0 || si.si_pid == 0)
+            return;
+        pid_t p = si.si_pid;
+        int st;
+        struct rusage ru;
+        if (si.si_code == CLD_TRAPPED || si.si_code == CLD_STOPPED) {
+            if (wait4(p, &st, __WALL, NULL) == p)
+                resume(p, st);
+            continue;
+        }
+        double own = 0;
+        int pidfd = (int)syscall(SYS_pidfd_open, p, 0); /* fails for a thread other than its leader */
+        if (pidfd >= 0) {
+            close(pidfd);
+            process_clock(p, &own);
+        }
+        if (wait4(p, &st, __WALL, &ru) != p)
+            continue;
+        run.cpu += own;
+        if (ru.ru_maxrss > run.maxrss)
+            run.maxrss = ru.ru_maxrss;
+        reaped(p, st);
+    }
+}
+
 static void reap(int options)
 {
+    if (run.trace) {
+        reap_traced(options);
+        return;
+    }
     int st;
     struct rusage ru;
     pid_t p;
     while ((p = wait4(-1, &st, options, &ru)) > 0) {
         account(&ru);
-        if (p == run.main_pid) {
-            run.main_status = st;
-            run.main_done = 1;
-        }
+        reaped(p, st);
     }
 }
 
-/* A live process's CPU: its own threads (exact) plus the children it has waited for (clock ticks:
- * the kernel keeps no finer sum).  Reaped processes count through wait4. */
+/* A small /proc file of a process of the run, or "" if it is gone. */
+static char *proc_file(pid_t pid, const char *name, char *buf, size_t size)
+{
+    char path[64];
+    snprintf(path, sizeof path, "/proc/%d/%s", pid, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd < 0 ? 0 : read(fd, buf, size - 1);
+    if (fd >= 0)
+        close(fd);
+    buf[n > 0 ? n : 0] = 0;
+    return buf;
+}
+
+/* A live process's CPU: its own threads (exact) plus, untraced, the children it has waited for (clock
+ * ticks: the kernel keeps no finer sum).  Reaped processes count through reap(). */
 static double live_cpu(pid_t pid)
 {
-    char path[64], buf[1024];
-    snprintf(path, sizeof path, "/proc/%d/stat", pid);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return 0;
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    if (n <= 0)
-        return 0;
-    buf[n] = 0;
-    char *p = strrchr(buf, ')');
+    double own = 0;
+    if (process_clock(pid, &own) < 0 || run.trace)
+        return own;
+    char buf[1024];
+    char *p = strrchr(proc_file(pid, "stat", buf, sizeof buf), ')');
     unsigned long long f[15] = {0};
     if (!p)
-        return 0;
+        return own;
     p += 2;
     for (int i = 0; i < 15 && *p; i++) { /* f[0] is field 3 (state) of proc(5), skipped */
         f[i] = i ? strtoull(p, &p, 10) : (p++, 0);
         while (*p == ' ')
             p++;
     }
-    double waited = (double)(f[13] + f[14]) / clock_tick, own;
-    struct timespec ts;
-    if (clock_gettime(((~(clockid_t)pid) << 3) | 2, &ts) == 0) /* the process's CPU clock, all threads */
-        own = ts.tv_sec + ts.tv_nsec / 1e9;
-    else
-        own = (double)(f[11] + f[12]) / clock_tick;
-    return own + waited;
+    return own + (double)(f[13] + f[14]) / clock_tick;
 }
 
-static double cpu_used(void)
+/* Every process of the run: each pid in /proc but box init's and the spawner's. */
+static double for_each_process(double (*f)(pid_t))
 {
-    double used = run.cpu;
+    double sum = 0;
     DIR *d = opendir("/proc");
     if (!d)
-        return used;
+        return sum;
     pid_t self = getpid();
     struct dirent *e;
     while ((e = readdir(d))) {
         pid_t pid = atoi(e->d_name);
         if (pid > 1 && pid != self)
-            used += live_cpu(pid);
+            sum += f(pid);
     }
     closedir(d);
-    return used;
+    return sum;
 }
 
+static double cpu_used(void)
+{
+    if (run.cpu_stat < 0)
+        return run.cpu + for_each_process(live_cpu);
+    char buf[512];
+    ssize_t n = pread(run.cpu_stat, buf, sizeof buf - 1, 0);
+    buf[n > 0 ? n : 0] = 0;
+    char *usage = strstr(buf, "usage_usec ");
+    return usage ? strtoull(usage + 11, NULL, 10) / 1e6 : 0;
+}
+
+static long page_size;
+
+static double resident(pid_t pid)
+{
+    char buf[128];
+    unsigned long size = 0, pages = 0;
+    sscanf(proc_file(pid, "statm", buf, sizeof buf), "%lu %lu", &size, &pages);
+    return (double)pages * page_size;
+}
 static void end_run(const char *why)
 {
     if (!run.limit)
@@ -361,6 +479,21 @@ static double check_limits(void)
         if (wait < 0 || run.next_cpu_look - t < wait)
             wait = run.next_cpu_look - t;
     }
+    if (run.mem_limit > 0) {
+        if (t >= run.next_mem_look) {
+            long long used = (long long)for_each_process(resident);
+            if (used > run.mem_peak)
+                run.mem_peak = used;
+            if (used >= run.mem_limit) {
+                end_run("MLE");
+                return -1;
+            }
+            double cost = now() - t;
+            run.next_mem_look = t + (MEM_LOOK_SHARE * cost > MIN_MEM_SLEEP ? MEM_LOOK_SHARE * cost : MIN_MEM_SLEEP);
+        }
+        if (wait < 0 || run.next_mem_look - t < wait)
+            wait = run.next_mem_look - t;
+    }
     return wait;
 }
 
@@ -394,6 +527,11 @@ static void finish_run(void)
     if (run.listener >= 0)
         close(run.listener);
     run.listener = -1;
+    if (run.cpu_stat >= 0)
+        close(run.cpu_stat);
+    run.cpu_stat = -1;
+    if (run.mem_peak / 1024 > run.maxrss)
+        run.maxrss = run.mem_peak / 1024;
     char msg[320], limit[16] = "null", syscall[48] = "null";
     if (run.limit)
         snprintf(limit, sizeof limit, "\"%s\"", run.limit);
@@ -416,18 +554,20 @@ static int parse_run(char *buf, size_t len, struct run *r)
         return -1;
     r->has_bpf = atoi(tok[1]);
     r->has_cgroup = atoi(tok[2]);
-    r->cpu_limit = strtod(tok[3], NULL);
-    r->wall_limit = strtod(tok[4], NULL);
-    r->capture = atoi(tok[5]);
-    r->output_limit = strtoll(tok[6], NULL, 10);
-    r->nrlimits = atoi(tok[7]);
-    int argc = atoi(tok[8]), envc = atoi(tok[9]);
+    r->trace = atoi(tok[3]);
+    r->cpu_limit = strtod(tok[4], NULL);
+    r->wall_limit = strtod(tok[5], NULL);
+    r->mem_limit = strtoll(tok[6], NULL, 10);
+    r->capture = atoi(tok[7]);
+    r->output_limit = strtoll(tok[8], NULL, 10);
+    r->nrlimits = atoi(tok[9]);
+    int argc = atoi(tok[10]), envc = atoi(tok[11]);
     if (r->nrlimits < 0 || r->nrlimits > 64 || argc < 1 || argc > MAX_ARGS || envc < 0 || envc > MAX_ARGS ||
         HEAD_TOKENS + 3 * (size_t)r->nrlimits + argc + envc != ntok)
         return -1;
-    if (r->nfds != 3 + r->has_bpf + r->has_cgroup)
+    if (r->nfds != 3 + r->has_bpf + 2 * r->has_cgroup)
         return -1;
-    r->cwd = tok[10];
+    r->cwd = tok[12];
     r->rlimits = tok + HEAD_TOKENS;
     static char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
     char **a = tok + HEAD_TOKENS + 3 * r->nrlimits;
@@ -482,10 +622,44 @@ static void drop_capture(void)
             close(run.pipe[i]), close(run.file[i]);
 }
 
+/* The program's process.  Untraced: vfork, which runs on the spawner's memory until execve.  Traced:
+ * fork, seize, then let it go on to execve, so that no instruction of the program runs untraced. */
+static pid_t spawn(struct run *r, int err_pipe[2], int *err, int *trace_err)
+{
+    int go[2] = {-1, -1};
+    if (r->trace && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, go) < 0) {
+        *err = errno;
+        return -1;
+    }
+    pid_t pid = r->trace ? fork() : vfork();
+    if (pid == 0) {
+        close(err_pipe[0]);
+        if (go[1] >= 0)
+            close(go[1]);
+        exec_program(r, err_pipe[1], go[0]);
+    }
+    *err = errno;
+    if (r->trace) {
+        close(go[0]);
+        char c;
+        ssize_t ready;
+        while ((ready = read(go[1], &c, 1)) < 0 && errno == EINTR)
+            ;
+        /* not ready: the child failed on the way and says why on err_pipe; closing `go` unwritten ends it */
+        if (pid > 0 && ready == 1) {
+            if (ptrace(PTRACE_SEIZE, pid, 0, TRACE_OPTIONS) < 0 || write(go[1], "g", 1) != 1)
+                *trace_err = errno;
+        }
+        close(go[1]);
+    }
+    return pid;
+}
+
 static void start_run(struct run *r)
 {
     int err_pipe[2];
     memset(&run, 0, sizeof run);
+    run.listener = run.cpu_stat = -1;
     if (capture_pipes(r) < 0 || pipe2(err_pipe, O_CLOEXEC) < 0) {
         drop_capture();
         send_msg(ctl, "{\"stage\":\"setup\",\"errno\":24}", -1);
@@ -496,29 +670,37 @@ static void start_run(struct run *r)
     run.cores = sched_getaffinity(0, sizeof cpus, &cpus) == 0 && CPU_COUNT(&cpus) > 0 ? CPU_COUNT(&cpus) : 1;
     run.cpu_limit = r->cpu_limit;
     run.wall_limit = r->wall_limit;
-    run.next_cpu_look = (run.started = now()) + r->cpu_limit / run.cores;
-    run.main_pid = vfork();
-    if (run.main_pid == 0) {
-        close(err_pipe[0]);
-        exec_program(r, err_pipe[1]);
-    }
-    int fork_err = errno;
+    run.mem_limit = r->mem_limit;
+    run.trace = r->trace;
+    if (r->has_cgroup)
+        run.cpu_stat = fcntl(r->fds[4 + r->has_bpf], F_DUPFD_CLOEXEC, 3);
+    run.started = now();
+    run.next_cpu_look = run.started + r->cpu_limit / run.cores;
+    run.next_mem_look = run.started + MIN_MEM_SLEEP;
+    int spawn_err = 0, trace_err = 0;
+    run.main_pid = spawn(r, err_pipe, &spawn_err, &trace_err);
     close(err_pipe[1]);
-    run.listener = r->has_bpf && run.main_pid > 0 ? take_listener() : -1;
     char buf[96] = {0};
     ssize_t n;
     while ((n = read(err_pipe[0], buf, sizeof buf - 1)) < 0 && errno == EINTR)
         ;
     close(err_pipe[0]);
-    if (run.main_pid < 0 || n > 0) {
+    run.listener = r->has_bpf && run.main_pid > 0 && n == 0 ? take_listener() : -1;
+    if (run.main_pid < 0 || n > 0 || trace_err) {
         char stage[32] = "setup";
-        int err = run.main_pid < 0 ? fork_err : 0;
-        if (n > 0)
+        int err = run.main_pid < 0 ? spawn_err : trace_err;
+        if (trace_err)
+            strcpy(stage, "trace");
+        else if (n > 0)
             sscanf(buf, "%31s %d", stage, &err);
-        if (run.main_pid > 0)
+        if (run.main_pid > 0) {
+            kill(run.main_pid, SIGKILL);
             reap(0);
-        if (run.listener >= 0)
+        }
+        while ((run.listener = take_listener()) >= 0)
             close(run.listener);
+        if (run.cpu_stat >= 0)
+            close(run.cpu_stat);
         drop_capture();
         char msg[96];
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
@@ -552,6 +734,7 @@ int main(int argc, char **argv)
     program_gid = (gid_t)atol(argv[3]);
     use_setgroups = atoi(argv[4]);
     clock_tick = sysconf(_SC_CLK_TCK);
+    page_size = sysconf(_SC_PAGESIZE);
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
     if (f) {
         if (fscanf(f, "%d", &last_cap) != 1)

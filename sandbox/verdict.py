@@ -11,13 +11,9 @@ import os
 import signal as signals
 from typing import Any
 
+from .fallback import traced
 from .limits import Limits
 from .result import Result, Status
-
-MLE_INFERENCE = 0.8
-"""Under an address-space rlimit a failed allocation is invisible from outside; a run that failed with a
-peak RSS above this fraction of the limit is reported MLE (cgroups make this exact)."""
-
 
 def _signame(sig: int) -> str:
     try:
@@ -45,7 +41,6 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
     cpu, wall, peak = reply["cpu_time"], reply["wall_time"], reply["memory_peak"]
     killed = reply["killed"]
-    failed = sig is not None or exit_code != 0
 
     events: dict[str, int] = reply.get("events", {})
 
@@ -67,6 +62,8 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         return result(Status.TLE, f"{cpu:.2f} s of CPU time, limit {limits.cpu_time:g} s")
     if killed == "WLE":
         return result(Status.WLE, f"{wall:.2f} s of wall time, limit {limits.wall_time:g} s")
+    if killed == "MLE":
+        return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} (sampled)")
     if killed is not None:
         return result(Status.IE, f"run stopped: {killed}")
     if sig == signals.SIGXFSZ and limits.file_size is not None:
@@ -75,10 +72,6 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
                                  f"{_size(limits.file_size)})")
     if events.get("memory.oom_kill"):
         return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} (OOM-killed)")
-    if (failed and enforcement.get("memory") == "rlimit" and limits.memory is not None
-            and peak >= MLE_INFERENCE * limits.memory):
-        return result(Status.MLE, f"{_size(peak)} of memory at peak, limit {_size(limits.memory)} "
-                                  "(an allocation failed near it)")
     if sig is not None:
         return result(Status.SG, f"killed by {_signame(sig)}")
     if exit_code:
@@ -89,7 +82,8 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
 def enforcement(limits: Limits, policy: str | None, cgroup: bool) -> dict[str, str]:
     """Which mechanism enforces each limit that is set (never claim one that is not)."""
     mechanisms = {
-        "cpu_time": "monitor", "wall_time": "monitor", "memory": "cgroup" if cgroup else "rlimit",
+        "cpu_time": "cgroup" if cgroup else "ptrace" if traced(limits, cgroup) else "monitor",
+        "wall_time": "monitor", "memory": "cgroup" if cgroup else "sampled",
         "pids": "cgroup" if cgroup else "rlimit", "output": "supervisor", "file_size": "rlimit", "cpus": "cgroup",
     }
     enforced = {name: how for name, how in mechanisms.items() if getattr(limits, name) is not None}

@@ -1,10 +1,21 @@
-"""Helpers shared by the tests: the real command line, and a look at the host's processes."""
+"""Helpers shared by the tests: the real command line, test programs, and a look at the host's processes."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+from pathlib import Path
+
+PROGRAMS = Path(__file__).parent / "programs"
+
+
+def build_program(name: str, into: Path, *flags: str) -> Path:
+    """tests/programs/NAME.c compiled into the dir `into` (which a box may bind: it is made world-readable)."""
+    exe = into / name
+    subprocess.run(["gcc", "-O1", *flags, "-o", str(exe), str(PROGRAMS / f"{name}.c")], check=True)
+    into.chmod(0o755)
+    return exe
 
 
 def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60, mark: str = "") -> subprocess.CompletedProcess[bytes]:

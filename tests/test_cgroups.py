@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from helpers import sbx
+from helpers import build_program, sbx
 from sandbox import Bind, Limits, Sandbox, Status
 from sandbox.cgroups import RunCgroup, delegation, inspect
 
@@ -32,7 +32,6 @@ pytestmark = pytest.mark.skipif(
     reason=f"no delegated cgroup v2 here ({FOUND.reason}); tests/guest/run runs this file in a guest kernel "
            "with pure cgroup v2, and ./dev test runs that")
 MiB = 2**20
-PROGRAMS = Path(__file__).parent / "programs"
 
 
 def _ours() -> list[str]:
@@ -114,10 +113,12 @@ async def test_fork_bomb_is_contained_by_pids_max() -> None:
 
 @pytest.fixture(scope="module")
 def busy_threads(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    exe = tmp_path_factory.mktemp("programs") / "busy_threads"
-    subprocess.run(["gcc", "-O1", "-pthread", "-o", str(exe), str(PROGRAMS / "busy_threads.c")], check=True)
-    exe.parent.chmod(0o755)
-    return exe
+    return build_program("busy_threads", tmp_path_factory.mktemp("programs"), "-pthread")
+
+
+@pytest.fixture(scope="module")
+def autoreaped_burn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_program("autoreaped_burn", tmp_path_factory.mktemp("programs"))
 
 
 async def test_cpu_time_counts_every_thread_and_tle_lands_promptly(busy_threads: Path) -> None:
@@ -129,6 +130,26 @@ async def test_cpu_time_counts_every_thread_and_tle_lands_promptly(busy_threads:
     assert r.wall_time < 0.8 * r.cpu_time  # two cores busy: CPU time from every thread, not one
     print(f"TLE kill latency: {(r.cpu_time - limit) * 1000:.1f} ms after a {limit} s limit")
     assert limit <= r.cpu_time < limit + 0.25
+
+
+async def test_cpu_of_children_the_kernel_reaps_by_itself_is_the_cgroups(autoreaped_burn: Path) -> None:
+    """The spawner ends the run from cpu.stat, which counts children no wait4 reports (SIGCHLD ignored)."""
+    async with Sandbox(binds=[Bind(str(autoreaped_burn.parent), "/t", False)]) as box:
+        r = await box.run(["/t/autoreaped_burn", "3"], limits=Limits(cpu_time=1.0, wall_time=30))
+    assert r.status is Status.TLE, (r, r.stdout)
+    assert 1.0 <= r.cpu_time < 1.5, "killed near the limit, not at the wall limit"
+    assert r.enforcement["cpu_time"] == "cgroup"
+
+
+async def test_memory_no_process_maps_counts_in_the_cgroup() -> None:
+    """memfd contents written with write() are in no process's memory, but in the cgroup's."""
+    prog = "import os\nfd = os.memfd_create('x')\nfor _ in range(512): os.write(fd, bytes(1 << 20))\nprint('held')"
+    async with Sandbox(policy="strict") as box:
+        r = await box.run(["python3", "-c", prog], limits=Limits(memory=64 * MiB, wall_time=30))
+        several = await box.run(["sh", "-c", "python3 -c \"import time; x = b'x' * (40 << 20); time.sleep(3)\" & " * 8
+                                 + "wait"], limits=Limits(memory=64 * MiB, wall_time=30), policy="default")
+    assert r.status is Status.MLE and r.stdout == b"", (r, r.stderr)
+    assert several.status is Status.MLE, several
 
 
 async def test_cpus_caps_bandwidth(busy_threads: Path) -> None:
@@ -162,7 +183,7 @@ def _run_from_plain_cgroup(env: dict[str, str]) -> dict[str, object]:
 
 
 def test_not_delegated_falls_back_to_rlimit_and_says_so() -> None:
-    assert _run_from_plain_cgroup({"DBUS_SESSION_BUS_ADDRESS": ""})["enforcement"]["memory"] == "rlimit"  # type: ignore[index]
+    assert _run_from_plain_cgroup({"DBUS_SESSION_BUS_ADDRESS": ""})["enforcement"]["memory"] == "sampled"  # type: ignore[index]
 
 
 FAKE_SYSTEMD = """#!/bin/sh
@@ -184,7 +205,7 @@ def test_not_delegated_asks_systemd_for_a_delegated_scope(tmp_path: Path) -> Non
     try:
         record = _run_from_plain_cgroup({"PATH": f"{tmp_path}:{os.environ['PATH']}", "SCOPE": str(scope),
                                          "DBUS_SESSION_BUS_ADDRESS": "unix:path=/run/fake-bus"})
-        assert record["enforcement"] == {"memory": "cgroup", "pids": "cgroup", "output": "supervisor",
+        assert record["enforcement"] == {"wall_time": "monitor", "memory": "cgroup", "pids": "cgroup", "output": "supervisor",
                                          "file_size": "rlimit", "syscalls": "seccomp:default"}
         assert (scope / "sbx-procs").is_dir()  # the scope is used as a delegated base: processes in a leaf
     finally:

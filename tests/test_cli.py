@@ -40,7 +40,7 @@ def test_json_record(tmp_path: Path) -> None:
     assert r.returncode == 3
     rec = json.loads(out.read_text())
     assert rec["status"] == "RE" and rec["exit_code"] == 3 and rec["signal"] is None
-    assert rec["enforcement"] == {"cpu_time": "monitor", "memory": "rlimit", "pids": "rlimit",
+    assert rec["enforcement"] == {"cpu_time": "ptrace", "wall_time": "monitor", "memory": "sampled", "pids": "rlimit",
                                   "output": "supervisor", "file_size": "rlimit", "syscalls": "seccomp:default"}
     assert isinstance(rec["cpu_time"], float) and rec["memory_peak"] > 0
     to_stdout = sbx("run", "--json", "-", "--", "true")
@@ -123,7 +123,7 @@ def test_check_reports_every_mechanism() -> None:
     assert r.returncode == 0
     rep = json.loads(r.stdout)
     assert set(rep) == {"installation", "kernel", "user_namespaces", "uid_mapping", "newuidmap", "fuse",
-                        "kernel_overlayfs", "cgroup_v2", "seccomp", "will_use"}
+                        "kernel_overlayfs", "cgroup_v2", "seccomp", "tracing", "will_use"}
     assert rep["installation"]["ok"] is True
     assert rep["user_namespaces"]["ok"] is True
     assert rep["uid_mapping"]["detail"].startswith("range:")
@@ -326,6 +326,20 @@ def test_run_help_names_every_option() -> None:
     for flag in ("--copy-in", "--copy-out", "--quiet", "--json", "--disk", "--bind", "--ro-bind", "--time"):
         assert flag in text
     assert "Exit status" in text and "--inodes files in all" in text
+    flat = " ".join(text.split())
+    for default in ("(default 600; none lifts it)", "(default 1G; none lifts it)", "(default 64)", "(default 64M)",
+                    "(default 256M)", "(default 16384)", "(default: none, --wall-time bounds it)"):
+        assert default in flat, default
+
+
+def test_default_limits_hold_and_none_lifts_them() -> None:
+    r = sbx("run", "--json", "-", "--", "true")
+    rec = json.loads(r.stdout)
+    assert rec["enforcement"]["wall_time"] == "monitor" and "memory" in rec["enforcement"]
+    lifted = json.loads(sbx("run", "--wall-time", "none", "--memory", "none", "--json", "-", "--", "true").stdout)
+    assert "wall_time" not in lifted["enforcement"] and "memory" not in lifted["enforcement"]
+    bad = sbx("run", "--memory", "nothing", "--", "true")
+    assert bad.returncode == 125 and b"--memory" in bad.stderr
 
 
 @pytest.mark.parametrize("fs", ["kernel", "fuse"])

@@ -155,7 +155,8 @@ async def test_hostname_ipc_and_session(box: Sandbox) -> None:
 async def test_only_standard_fds_and_scrubbed_environment(box: Sandbox) -> None:
     os.environ["SBX_HOST_SECRET"] = "leak"
     try:
-        r = await box.run(["sh", "-c", "ls /proc/$$/fd; echo ---; /usr/bin/env"], env={"MINE": "1"})
+        r = await box.run(["sh", "-c", "ls /proc/$$/fd; echo ---; /usr/bin/env"], env={"MINE": "1"},
+                          limits=Limits(memory=None))  # (a memory limit adds runtime settings: test_limits.py)
     finally:
         del os.environ["SBX_HOST_SECRET"]
     fds, env = r.stdout.decode().split("---")

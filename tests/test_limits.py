@@ -4,10 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
-from sandbox import Limits, Sandbox, Status
+from helpers import PROGRAMS, build_program
+from sandbox import Bind, Limits, Sandbox, Status
+
+MiB = 2**20
 
 BUSY = ["sh", "-c", "while :; do :; done"]
 
@@ -54,11 +60,13 @@ async def test_wall_time_limit(box: Sandbox) -> None:
 
 
 async def test_memory_limit(box: Sandbox) -> None:
+    """Without a cgroup the spawner samples the run's memory every millisecond: the overshoot is what a
+    program touches in that time."""
     hog = "x = []\nwhile True: x.append(b'x' * (1 << 20))"
-    r = await box.run(["python3", "-c", hog], limits=Limits(memory=96 * 2**20))
+    r = await box.run(["python3", "-c", hog], limits=Limits(memory=96 * MiB))
     assert r.status is Status.MLE, (r, r.stderr)
-    assert 0.8 * 96 * 2**20 <= r.memory_peak <= 96 * 2**20
-    assert r.enforcement["memory"] == "rlimit"
+    assert 96 * MiB <= r.memory_peak < 128 * MiB
+    assert r.enforcement["memory"] == "sampled"
 
 
 async def test_memory_peak_is_the_programs_own(box: Sandbox) -> None:
@@ -151,3 +159,109 @@ async def test_a_limit_signal_the_program_raises_itself_is_sg_not_a_limit(box: S
     r = await box.run(["sh", "-c", f"kill -{signal.Signals(sig).name[3:]} $$"],
                       limits=Limits(cpu_time=1.0, file_size=1 << 20))
     assert (r.status, r.signal) == (Status.SG, sig), r.message
+
+
+@pytest.fixture(scope="module")
+def autoreaped_burn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_program("autoreaped_burn", tmp_path_factory.mktemp("programs"))
+
+
+@pytest.fixture
+async def burn_box(autoreaped_burn: Path) -> AsyncIterator[Sandbox]:
+    async with Sandbox(binds=[Bind(str(autoreaped_burn.parent), "/t", False)]) as box:
+        yield box
+
+
+async def test_cpu_of_children_the_kernel_reaps_by_itself_counts(burn_box: Sandbox) -> None:
+    """Children burn CPU under an ignored SIGCHLD, so no wait4 reports it: the spawner traces every process."""
+    r = await burn_box.run(["/t/autoreaped_burn", "3"], limits=Limits(cpu_time=1.0, wall_time=30))
+    assert r.status is Status.TLE, (r, r.stdout)
+    assert 1.0 <= r.cpu_time < 1.5
+    assert r.enforcement["cpu_time"] == "ptrace"
+    free = await burn_box.run(["/t/autoreaped_burn", "0.5"])
+    assert free.status is Status.OK and free.stdout == b"done\n"
+    assert free.cpu_time >= 0.45, "the children's 0.5 s of CPU is in the record"
+
+
+async def test_traced_runs_keep_job_control_signals_and_exec(box: Sandbox) -> None:
+    """Tracing is invisible: a stopped child stays stopped until SIGCONT, signals arrive, exec works."""
+    script = ("sleep 5 & p=$!; kill -STOP $p; sleep 0.2; "
+              "s=$(cut -d' ' -f3 /proc/$p/stat); kill -CONT $p; sleep 0.1; "
+              "t=$(cut -d' ' -f3 /proc/$p/stat); kill -TERM $p; wait $p; echo $s $t $?")
+    r = await box.run(["sh", "-c", script], limits=Limits(cpu_time=5, wall_time=10))
+    stopped, running, status = r.stdout.split()
+    assert stopped in (b"T", b"t") and running == b"S" and status == b"143", (r, r.stderr)  # t: traced, as stopped
+    assert r.enforcement["cpu_time"] == "ptrace"
+    nested = await box.run(["sh", "-c", "sh -c 'exec echo deep' | cat"], limits=Limits(cpu_time=5))
+    assert nested.stdout == b"deep\n"
+
+
+async def test_one_process_is_not_traced(box: Sandbox) -> None:
+    r = await box.run(["true"], limits=Limits(cpu_time=1, pids=1))
+    assert r.status is Status.OK and r.enforcement["cpu_time"] == "monitor"
+
+
+async def test_memory_of_several_processes_counts_together(box: Sandbox) -> None:
+    """Eight processes of 40 MiB each against a 64 MiB limit: one address-space limit each would let them."""
+    hold = "python3 -c \"import time; x = b'x' * (40 << 20); time.sleep(3)\""
+    r = await box.run(["sh", "-c", " & ".join([hold] * 8) + "; wait"], limits=Limits(memory=64 * MiB, wall_time=20))
+    assert r.status is Status.MLE, r
+    assert r.memory_peak >= 64 * MiB
+
+
+@pytest.mark.parametrize("policy", ["strict", "default"])
+async def test_memory_no_process_maps_is_refused(policy: str) -> None:
+    """memfd contents written with write() and System V segments are in no process's resident memory."""
+    prog = (
+        "import ctypes, os\n"
+        "try:\n"
+        "    fd = os.memfd_create('x')\n"
+        "    print('memfd', sum(os.write(fd, bytes(1 << 20)) for _ in range(512)))\n"
+        "except OSError as e:\n"
+        "    print('memfd', e.errno)\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "print('shmget', libc.shmget(0, 512 << 20, 0o1600), ctypes.get_errno())\n"
+    )
+    async with Sandbox(policy=policy) as box:
+        r = await box.run(["python3", "-c", prog], limits=Limits(memory=64 * MiB, wall_time=20))
+    assert r.stdout == b"memfd 38\nshmget -1 38\n", (r, r.stderr)  # ENOSYS, as on a kernel without them
+
+
+async def test_an_allocation_failure_at_the_limit_is_mle_and_a_program_cannot_fake_one(box: Sandbox) -> None:
+    """MLE means sbx saw the limit reached: not a program that exits 1 after using most of it."""
+    chunks = "x = []\nwhile True: x.append(b'x' * (64 << 20))"
+    r = await box.run(["python3", "-c", chunks], limits=Limits(memory=256 * MiB, wall_time=20))
+    assert r.status is Status.MLE, (r, r.stderr)
+    fake = await box.run(["python3", "-c", "x = b'x' * (200 << 20); raise SystemExit(1)"],
+                         limits=Limits(memory=256 * MiB, wall_time=20))
+    assert (fake.status, fake.exit_code) == (Status.RE, 1), fake
+
+
+@pytest.fixture(scope="module")
+def go_alloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("go")
+    cache = tmp_path_factory.mktemp("gocache")
+    subprocess.run(["go", "build", "-o", str(out / "go_alloc"), str(PROGRAMS / "go_alloc.go")], check=True,
+                   env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache), "GO111MODULE": "off"})
+    out.chmod(0o755)
+    return out / "go_alloc"
+
+
+async def test_go_runs_under_a_memory_limit_and_is_mle_past_it(go_alloc: Path) -> None:
+    """The Go runtime reserves some 700 MiB of address space at start: the backstop leaves room for it."""
+    async with Sandbox(binds=[Bind(str(go_alloc.parent), "/t", False)]) as box:
+        fits = await box.run(["/t/go_alloc", "128"], limits=Limits(memory=256 * MiB, wall_time=30))
+        over = await box.run(["/t/go_alloc", "512"], limits=Limits(memory=256 * MiB, wall_time=30))
+    assert (fits.status, fits.stdout) == (Status.OK, b"ok 128\n"), (fits, fits.stderr)
+    assert over.status is Status.MLE, (over, over.stderr)
+
+
+async def test_the_jvm_runs_under_a_memory_limit_without_a_cgroup(box: Sandbox) -> None:
+    """Its heap and reservations come from the limit (JAVA_TOOL_OPTIONS); a setting of the caller's wins."""
+    r = await box.run(["java", "-version"], limits=Limits(memory=256 * MiB, wall_time=60))
+    assert r.status is Status.OK, (r, r.stderr)
+    assert b"version" in r.stderr and r.memory_peak < 256 * MiB
+    assert b"-Xmx128m" in r.stderr  # "Picked up JAVA_TOOL_OPTIONS: ..."
+    env = await box.run(["sh", "-c", "echo $GOMEMLIMIT $JAVA_TOOL_OPTIONS"], env={"JAVA_TOOL_OPTIONS": "mine"},
+                        limits=Limits(memory=256 * MiB))
+    assert env.stdout == b"230MiB mine\n"

@@ -65,8 +65,11 @@ def test_verdict_order() -> None:
     assert verdict(_reply(wait_status=9, killed="WLE"), limits, output_exceeded=False,
                    enforcement=enf).status is Status.WLE
     assert verdict(_reply(wait_status=13), limits, output_exceeded=True, enforcement=enf).status is Status.OLE
-    assert verdict(_reply(wait_status=6, memory_peak=90_000), limits, output_exceeded=False,
+    # MLE only from the spawner's own kill: a failure near the limit is the program's (RE or SG).
+    assert verdict(_reply(wait_status=9, killed="MLE", memory_peak=100_500), limits, output_exceeded=False,
                    enforcement=enf).status is Status.MLE
+    assert verdict(_reply(wait_status=6, memory_peak=99_000), limits, output_exceeded=False,
+                   enforcement=enf).status is Status.SG
     # A signal the program can raise itself is SG, whatever limit it is named after.
     assert verdict(_reply(wait_status=signal.SIGXFSZ), limits, output_exceeded=False,
                    enforcement=enf).status is Status.SG
@@ -78,7 +81,7 @@ def test_verdict_under_cgroups_is_exact() -> None:
     """MLE only from the kernel's OOM count (no inference from the peak); pids hits are named."""
     limits = Limits(memory=100_000, pids=8)
     enf = enforcement(limits, None, cgroup=True)
-    assert enf == {"memory": "cgroup", "pids": "cgroup", "output": "supervisor", "file_size": "rlimit"}
+    assert enf == {"wall_time": "monitor", "memory": "cgroup", "pids": "cgroup", "output": "supervisor", "file_size": "rlimit"}
     high_but_not_killed = verdict(_reply(wait_status=6, memory_peak=99_000), limits, output_exceeded=False,
                                   enforcement=enf)
     assert high_but_not_killed.status is Status.SG
@@ -90,10 +93,18 @@ def test_verdict_under_cgroups_is_exact() -> None:
 
 
 def test_enforcement_names_only_set_limits() -> None:
-    enf = enforcement(Limits(cpu_time=1.0, memory=None, pids=None, output=None, file_size=None), None, cgroup=False)
-    assert enf == {"cpu_time": "monitor"}
-    assert enforcement(Limits(pids=None, output=None, file_size=None), "strict",
-                       cgroup=False) == {"syscalls": "seccomp:strict"}
+    unset = {"wall_time": None, "memory": None, "pids": None, "output": None, "file_size": None}
+    enf = enforcement(Limits(cpu_time=1.0, **unset), None, cgroup=False)  # type: ignore[arg-type]
+    assert enf == {"cpu_time": "ptrace"}, "a run that may fork is traced"
+    one = enforcement(Limits(cpu_time=1.0, **{**unset, "memory": 1 << 20, "pids": 1}), None,  # type: ignore[arg-type]
+                      cgroup=False)
+    assert one == {"cpu_time": "monitor", "memory": "sampled", "pids": "rlimit"}
+    assert enforcement(Limits(**unset), "strict", cgroup=False) == {"syscalls": "seccomp:strict"}  # type: ignore[arg-type]
+
+
+def test_defaults_bound_what_untrusted_code_can_take() -> None:
+    limits = Limits()
+    assert (limits.wall_time, limits.memory, limits.pids, limits.cpu_time) == (600.0, 2**30, 64, None)
 
 
 def test_result_record_has_every_contract_field() -> None:

@@ -1,0 +1,45 @@
+"""How CPU and memory limits hold for the whole run where no cgroup v2 is delegated.
+
+A cgroup sees every process and every page of a run.  Without one:
+
+- CPU: the spawner sums the CPU clocks of the run's processes.  A child that
+  the kernel reaps by itself (its parent ignores SIGCHLD) would take its time
+  with it, so a run that may fork is traced (spawner.c), and every process is
+  counted at its death.  One process (pids 1) needs no tracing.
+- Memory: the spawner samples the run's resident memory and ends it MLE at the
+  limit.  Each process also gets an address-space rlimit, as a backstop well
+  above the limit: at the limit itself, a failed allocation would end the run
+  as the program's own error before sbx saw the limit reached; and the Go
+  runtime reserves some 700 MiB up front.  Memory that no process maps (memfd
+  contents written with write(), System V segments) is refused outright under
+  a policy, and files in the box's tmpfs count against --disk.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+
+from .limits import Limits
+from .policy import Action, Policy, Rule
+
+BACKSTOP_SLACK = 2**30
+
+
+def traced(limits: Limits, cgroup: bool) -> bool:
+    """Whether the spawner ptraces the run to count every process's CPU time."""
+    return not cgroup and limits.pids != 1
+
+
+def address_space(memory: int) -> int:
+    """The per-process RLIMIT_AS backstop: twice the limit, plus what runtimes reserve without using it."""
+    return 2 * memory + BACKSTOP_SLACK
+
+
+_REFUSED = Rule(Action("errno", errno.ENOSYS), where="sandbox/fallback.py: memory no process maps")
+
+
+def without_unmapped_memory(policy: Policy) -> Policy:
+    """The policy, with memfd_create and shmget failing as on a kernel without them (callers fall back)."""
+    return dataclasses.replace(policy, syscalls={**policy.syscalls, "memfd_create": (_REFUSED,),
+                                                 "shmget": (_REFUSED,)})
