@@ -1,13 +1,34 @@
-"""sbx: a rootless Linux sandbox for untrusted code."""
+"""sbx: a rootless Linux sandbox for untrusted code.
 
-from .api import Relay, Sandbox, TeardownWarning, run_interactive
-from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
-from .limits import Limits, parse_size
-from .mounts import Bind
-from .pool import SandboxPool
-from .result import Result, Status
+The names are loaded on first use: box init, a fresh interpreter, imports
+parts of this package and must not pay for the API's (trio, libseccomp).
+"""
 
-__all__ = [
-    "Bind", "BoxFileError", "ConfigError", "ExecError", "Limits", "Relay", "Result", "Sandbox", "SandboxError", "SandboxPool", "SetupError",
-    "Status", "TeardownWarning", "parse_size", "run_interactive",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .api import Relay, Sandbox, TeardownWarning, run_interactive
+    from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
+    from .limits import Limits, parse_size
+    from .mounts import Bind
+    from .pool import SandboxPool
+    from .result import Result, Status
+
+_WHERE = {
+    "Relay": "api", "Sandbox": "api", "TeardownWarning": "api", "run_interactive": "api",
+    "BoxFileError": "errors", "ConfigError": "errors", "ExecError": "errors", "SandboxError": "errors",
+    "SetupError": "errors", "Limits": "limits", "parse_size": "limits", "Bind": "mounts", "SandboxPool": "pool",
+    "Result": "result", "Status": "result",
+}
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'sandbox' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_WHERE[name]}", __name__), name)
+    globals()[name] = value
+    return value

@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from . import fallback, seccomp, teardown
+from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
@@ -29,6 +29,7 @@ from .policy import load_policy
 from .result import Result
 from .rlimits import rlimits
 from .runtime_env import runtime_env
+from .teardown import TeardownWarning
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
 
@@ -85,9 +86,12 @@ class Sandbox:
         self._upper = parse_upper(upper) if upper is not None else None
         self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
         self._binds = tuple(binds)
+        if self._upper is not None:
+            _apart(self._upper, [("--lower", d) for d in self._lowers]
+                   + [("--bind" if b.writable else "--ro-bind", os.path.realpath(b.src)) for b in self._binds])
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
         self._host_dirs: dict[str, tuple[int, int]] = {}
-        self._upper_lock: int | None = None
+        self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)
         if fs not in ("auto", "fuse", "kernel"):
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
         if fs == "auto":
@@ -111,23 +115,23 @@ class Sandbox:
         upper, workdir = self._upper, None
         try:
             if upper is not None:
-                self._upper_lock = _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
+                self._locks = _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
                 # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
                 try:
-                    workdir = self._made(tempfile.mkdtemp(prefix=".sbx-work-", dir=os.path.dirname(upper)))
+                    workdir = self._scratch(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-")
                 except OSError as e:
                     raise ConfigError(f"--upper {upper}: cannot make the union's work dir beside it: "
                                       f"{e.strerror}") from None
             elif self._lowers and self.fs == "fuse":
                 # the daemon lives outside the box, so its default upper is a host dir removed on close
-                scratch = self._made(tempfile.mkdtemp(prefix="sbx-union-"))
-                upper, workdir = f"{scratch}/upper", f"{scratch}/work"
+                union = self._scratch(tempfile.gettempdir(), "sbx-union-")
+                upper, workdir = f"{union}/upper", f"{union}/work"
                 os.mkdir(upper)
                 os.mkdir(workdir)
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
                             upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
             found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-            self._box = Box(layout, detect(self._idmap), found)
+            self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
             await self._box.start()
         except BaseException:
             self._box = None
@@ -135,8 +139,13 @@ class Sandbox:
             raise
         return self
 
-    def _made(self, path: str) -> str:
-        """A host dir this sandbox made and removes on close; only that very dir is removed (see teardown)."""
+    def _scratch(self, parent: str, prefix: str) -> str:
+        """A host dir this sandbox makes, locks and removes on close; only that very dir is removed (see teardown).
+
+        Its lock is held like the upper's, by this sandbox and the daemon (see scratch.py).
+        """
+        path, lock = scratch.make(parent, prefix)
+        self._locks.append(lock)
         self._host_dirs[path] = teardown.identity(path)
         return path
 
@@ -155,9 +164,9 @@ class Sandbox:
                     warnings.warn(TeardownWarning(f"could not remove all of {path}: {'; '.join(left)}"),
                                   stacklevel=2)
         finally:
-            if self._upper_lock is not None:
-                os.close(self._upper_lock)  # closing the only fd of the open file releases its flock
-                self._upper_lock = None
+            for fd in self._locks:
+                os.close(fd)  # the daemon holds its own copies until it exits: then the flocks are released
+            self._locks = []
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
@@ -333,9 +342,9 @@ class Sandbox:
             "wall_time": limits.wall_time,
             "output": limits.output,
             "memory": sampled_memory,
-            "trace": fallback.traced(limits, cgroup),
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
+        req["trace"] = fallback.traced(limits, cgroup, load_policy(policy_name) if policy_name is not None else None)
         filter_fd = self._filter(policy_name, sampled_memory is None) if policy_name is not None else None
         req["seccomp"] = filter_fd is not None
         out = _Output(limits.output, box)
@@ -411,7 +420,7 @@ class _Pending:
         if "exec_error" in reply:
             raise _exec_failure(reply["exec_error"], self.req)
         result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,
-                         enforcement=enforcement(self.limits, self.policy, self.cgroup))
+                         enforcement=enforcement(self.limits, self.policy, self.cgroup, bool(self.req["trace"])))
         result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
         return result
 
@@ -543,34 +552,52 @@ def _read_buffered(fd: int) -> bytes:
         return b""
 
 
-class TeardownWarning(RuntimeWarning):
-    """Closing a sandbox left something behind (part of a scratch upper or work dir, a process, a cgroup).
+def _apart(upper: str, others: list[tuple[str, str]]) -> None:
+    """The upper may not be inside a layer or a bind, nor hold one: the box would reach the upper's own files."""
+    for flag, path in others:
+        if os.path.commonpath([upper, path]) in (upper, path):
+            raise ConfigError(f"--upper {upper}: overlaps {flag} {path} (one may not be inside the other)")
 
-    A warning and not an exception: the results of the box's runs, which the
-    caller holds or is writing, must survive a failed cleanup.
+
+def _lock_upper(upper: str) -> list[int]:
+    """Flocks that make this sandbox the upper's only writer: exclusive on the upper, shared on each dir above it.
+
+    A second sandbox on the same upper, or on one inside or around it, would be
+    a second writer: one box's program could swap a directory for a link that
+    the other's daemon then writes through.  The shared locks on the dirs above
+    meet the exclusive lock of an upper there.  The FUSE daemon inherits the
+    fds, so the locks last until it is gone, even if the supervisor is killed.
+    Dirs above that the caller cannot read are passed over.
     """
-
-
-def _lock_upper(upper: str) -> int:
-    """An exclusive flock on the upper dir, held (by an fd of it) while this sandbox serves it.
-
-    A second sandbox on the same upper would be a second writer: one box's
-    program could swap a directory of it for a link that the other's daemon
-    then writes through.
-    """
+    fds: list[int] = []
     try:
-        fd = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as e:
-        raise ConfigError(f"--upper {upper}: {e.strerror}") from None
+        try:
+            fds.append(os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+        except OSError as e:
+            raise ConfigError(f"--upper {upper}: {e.strerror}") from None
+        _flock(fds[0], fcntl.LOCK_EX, upper, "in use by another sandbox")
+        above = upper
+        while above != "/":
+            above = os.path.dirname(above)
+            try:
+                fds.append(os.open(above, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+            except OSError:
+                continue
+            _flock(fds[-1], fcntl.LOCK_SH, upper, f"inside {above}, the upper of another sandbox")
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+def _flock(fd: int, how: int, upper: str, conflict: str) -> None:
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
     except OSError as e:
-        os.close(fd)
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError(f"--upper {upper}: in use by another sandbox (an upper has one writer at a time)") \
-                from None
+            raise ConfigError(f"--upper {upper}: {conflict} (an upper has one writer at a time)") from None
         raise ConfigError(f"--upper {upper}: cannot lock it: {e.strerror}") from None
-    return fd
 
 
 def _write_all(fd: int, data: bytes) -> None:

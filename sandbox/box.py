@@ -7,13 +7,15 @@ Process tree::
 
 The outer process exists because a user namespace's id map must be written
 from outside it (newuidmap needs the target pid), and because a new pid
-namespace only applies to children.  Each link dies with its parent
+namespace only applies to children.  It is a fresh interpreter, not a fork of
+the supervisor (boxstart.py), and box init is its fork.  Each link dies with its parent
 (PR_SET_PDEATHSIG), and when box init dies the kernel kills every process of
 its pid namespace: nothing of a box can outlive the supervisor.
 """
 
 from __future__ import annotations
 
+import fcntl
 import math
 import os
 import signal
@@ -21,23 +23,20 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from typing import Any, NoReturn
+from typing import Any
 
 import trio
 
-from . import boxinit, protocol, seccomp_notify
-from . import syscalls as sc
+from . import boxstart, protocol, seccomp_notify
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
 from .limits import Limits
 from .mounts import Layout
 from .shipped import SPAWNER, shipped
-from .userns import IdMap, write_single_map
+from .userns import IdMap
 
-_NAMESPACES = (
-    sc.CLONE_NEWNS | sc.CLONE_NEWPID | sc.CLONE_NEWNET | sc.CLONE_NEWIPC | sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP
-)
 _CLOSE_TIMEOUT = 5.0
 _SPAWNER_GRACE = 1.0
 """How long a spawner may be late with a wall limit or a kill; one that is (a program wedged it) is replaced."""
@@ -46,8 +45,10 @@ _SPAWNER_GRACE = 1.0
 class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
-    def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation) -> None:
+    def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
+        """`daemon_holds`: fds the FUSE daemon keeps for its whole life (locks that must outlast a killed caller)."""
         self.layout = layout
+        self._daemon_holds = daemon_holds
         self.ids = ids
         self._delegation = delegation
         self.cgroup: BoxCgroup | None = None
@@ -77,17 +78,22 @@ class Box:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         unshared_r, unshared_w = os.pipe()
         mapped_r, mapped_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            parent.close()
-            _outer(self.layout, self.ids, spawner, child, unshared_w, mapped_r, os.getppid(), cgroup_fd)
-        self._pid, self._pidfd = pid, os.pidfd_open(pid)
-        self._sock = trio.socket.from_stdlib_socket(parent)
-        for fd in (child.detach(), unshared_w, mapped_r):
-            os.close(fd)
-        if cgroup_fd >= 0:
-            os.close(cgroup_fd)
+        theirs = [child.detach(), unshared_w, mapped_r, *([cgroup_fd] if cgroup_fd >= 0 else [])]
         try:
+            self._pid = _Zygote.fork_outer(theirs)
+            self._pidfd = os.pidfd_open(self._pid)
+        except OSError as e:
+            parent.close()
+            for fd in (unshared_r, mapped_w):
+                os.close(fd)
+            await self.aclose()
+            raise SetupError(f"cannot start the box: {e.strerror or e}") from None
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        self._sock = trio.socket.from_stdlib_socket(parent)
+        try:
+            await protocol.asend(self._sock, boxstart.parameters(self.layout, self.ids, spawner))
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)
@@ -128,7 +134,7 @@ class Box:
         try:
             self.daemon = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", ",".join(opts), f"/dev/fd/{fd}"],
-                pass_fds=(fd,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._daemon_log)
+                pass_fds=(fd, *self._daemon_holds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._daemon_log)
         finally:
             os.close(fd)
         if self.cgroup is not None:
@@ -378,7 +384,8 @@ class Box:
                 await trio.lowlevel.wait_readable(self._pidfd)
             if scope.cancelled_caught:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-            os.waitpid(self._pid, 0)
+                with trio.CancelScope(shield=True):
+                    await trio.lowlevel.wait_readable(self._pidfd)  # dead; the zygote reaps it
             os.close(self._pidfd)
             self._pidfd = -1
         if self.cgroup is not None:
@@ -404,6 +411,66 @@ class Box:
         await self.aclose()
 
 
+class _Zygote:
+    """The fresh interpreter that forks each box's outer process (boxstart.py): one per supervisor process.
+
+    Spawned on first use, from the thread that makes a box (trio's), and
+    again if it died or this process forked.  A request is one message each
+    way; the fork takes about a millisecond, so the caller waits for it in place.
+    """
+
+    _lock = threading.Lock()
+    _current: _Zygote | None = None
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)  # clear of fd 3, its target
+            try:
+                self.pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "sandbox.boxstart",
+                                                           str(os.getpid())], {},
+                                          file_actions=[(os.POSIX_SPAWN_DUP2, high, 3)], setsigmask=())
+            finally:
+                os.close(high)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.owner = os.getpid()
+
+    @classmethod
+    def fork_outer(cls, fds: list[int]) -> int:
+        """A new outer process holding `fds` (control socket, handshake pipes, the cgroup's procs if a 4th)."""
+        with cls._lock:
+            for attempt in (1, 2):
+                zygote = cls._current
+                if zygote is not None and zygote.owner != os.getpid():  # this process forked: the parent's
+                    zygote.close()
+                    zygote = None
+                if zygote is None:
+                    zygote = cls._current = _Zygote()
+                try:
+                    protocol.send(zygote.sock, {"cgroup": len(fds) == 4}, fds)
+                    reply, _ = protocol.recv(zygote.sock)
+                except (EOFError, OSError):
+                    zygote.close()  # it died (killed, or this process forked): a new one, once
+                    cls._current = None
+                    if attempt == 2:
+                        raise
+                    continue
+                if "error" in reply:
+                    raise OSError(reply["error"])
+                return int(reply["pid"])
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.owner == os.getpid():
+            os.waitpid(self.pid, 0)
+
+
 def _socket(fd: int) -> trio.socket.SocketType:
     return trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
 
@@ -416,50 +483,3 @@ def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
             "1" if req["capture"] else "0", str(req["output"] or 0),
             str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
             *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]
-
-
-def _outer(layout: Layout, ids: IdMap, spawner: str, sock: socket.socket, unshared_w: int, mapped_r: int, parent: int,
-           cgroup_fd: int) -> NoReturn:
-    """The outer process: its cgroup, new user namespace, id map, the other namespaces, then box init as its child.
-
-    It joins the box's cgroup first, so the new cgroup namespace is rooted there.
-    """
-    try:
-        signal.set_wakeup_fd(-1)
-        sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        if os.getppid() != parent:
-            os._exit(1)
-        if cgroup_fd >= 0:
-            os.write(cgroup_fd, b"0")
-        _close_all_but({0, 1, 2, sock.fileno(), unshared_w, mapped_r})
-        sc.unshare(sc.CLONE_NEWUSER)
-        if ids.mode == "single":
-            write_single_map(ids)
-        else:
-            os.write(unshared_w, b"u")
-            if os.read(mapped_r, 1) != b"g":
-                os._exit(1)
-        os.close(unshared_w)
-        os.close(mapped_r)
-        sc.unshare(_NAMESPACES)
-        pid = os.fork()
-        if pid == 0:
-            boxinit.main(layout, ids, sock, spawner)
-        sock.close()
-        _, status = os.waitpid(pid, 0)
-        os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
-    except BaseException as e:  # noqa: BLE001 - report anything, never return into the supervisor's code
-        try:
-            protocol.send(sock, {"error": e.strerror if isinstance(e, OSError) and e.strerror else str(e)})
-        finally:
-            os._exit(1)
-
-
-def _close_all_but(keep: set[int]) -> None:
-    """Drop every fd inherited from the supervisor (other boxes' sockets, trio's epoll) but `keep`."""
-    low = 0
-    for fd in sorted(keep):
-        if fd > low:
-            sc.close_range(low, fd - 1)
-        low = fd + 1
-    sc.close_range(low)

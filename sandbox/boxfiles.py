@@ -168,10 +168,14 @@ class Resetter:
     message queues, through an mqueue mount that only box init can reach (it
     is detached from the box's tree as soon as it is opened).  Removal never
     follows a link and never recurses in Python, however deep the program
-    made a tree (see teardown).
+    made a tree (see teardown).  The box's pid counter goes back to where the
+    spawner's start left it (`last_pid`: the box's ns_last_pid), so the next
+    run's pids tell nothing of how many processes and threads the last made.
     """
 
-    def __init__(self, dirs: tuple[str, ...]) -> None:
+    def __init__(self, dirs: tuple[str, ...], last_pid: int) -> None:
+        self._last_pid = last_pid
+        self._pids_after = 0
         self._dirs = []
         for path in dirs:
             st = os.lstat(path)
@@ -179,7 +183,12 @@ class Resetter:
                                         (st.st_atime_ns, st.st_mtime_ns)))
         self._mqueue = _private_mqueue("/tmp")
 
+    def pids_start_after(self, pid: int) -> None:
+        """The pid the spawner got: a fresh box's first run gets the pids that follow."""
+        self._pids_after = pid
+
     def reset(self) -> None:
+        os.pwrite(self._last_pid, str(self._pids_after).encode(), 0)
         for d in self._dirs:
             fd = os.open(d.path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:

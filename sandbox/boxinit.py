@@ -1,7 +1,7 @@
 """Box init: pid 1 of the box's pid namespace.
 
-Forked from the supervisor (so it needs no fresh interpreter), it builds the
-root filesystem and starts the box's spawner (spawner.c), whose control
+A fork of the outer process, a fresh interpreter (boxstart.py) that holds
+nothing of the supervisor's; it builds the root filesystem and starts the box's spawner (spawner.c), whose control
 socket it hands to the supervisor: runs go from the supervisor to the
 spawner and back, with no stop here.  Box init then serves file copies and
 resets, replaces a spawner on request, and continues a spawner the program
@@ -79,15 +79,19 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         path_fd = os.open(spawner_path, os.O_PATH | os.O_CLOEXEC)
         binary = fcntl.fcntl(path_fd, fcntl.F_DUPFD_CLOEXEC, _SPAWNER_FD_MIN)
         os.close(path_fd)
-        mounts.build_root(layout, ids, lambda fd: protocol.send(sock, {"fuse": True}, [fd]))
+        last_pid = mounts.build_root(layout, ids, lambda fd: protocol.send(sock, {"fuse": True}, [fd]))
         socket.sethostname(layout.hostname)
         if layout.loopback:
             network.loopback_up()
         # a union root is replaced, never reset (its upper keeps the run's writes): nothing to take for it
-        resetter = None if layout.lowers else boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs)
+        resetter = None if layout.lowers else boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs, last_pid)
+        if resetter is None:
+            os.close(last_pid)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         wakeup = _install_signals()
         spawner = _Spawner(binary, ids)
+        if resetter is not None:
+            resetter.pids_start_after(spawner.pid)
     except BaseException as e:  # noqa: BLE001 - report anything, then die: the supervisor raises SetupError
         _send_error(sock, e)
         os._exit(1)
@@ -109,6 +113,8 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
                 spawner.kill()
                 _reap_all()
                 spawner = _Spawner(binary, ids)
+                if resetter is not None:
+                    resetter.pids_start_after(spawner.pid)
                 spawner.hand_over(sock, {"ok": True})
                 continue
             reply, out = _file_op(req, fds, ids, resetter)

@@ -5,7 +5,8 @@ A cgroup sees every process and every page of a run.  Without one:
 - CPU: the spawner sums the CPU clocks of the run's processes.  A child that
   the kernel reaps by itself (its parent ignores SIGCHLD) would take its time
   with it, so a run that may fork is traced (spawner.c), and every process is
-  counted at its death.  One process (pids 1) needs no tracing.
+  counted at its death.  A run that can only be one process (pids 1, or a
+  policy such as `strict` that makes threads but no process) needs none.
 - Memory: the spawner samples the run's resident memory and ends it MLE at the
   limit.  Each process also gets an address-space rlimit, as a backstop well
   above the limit: at the limit itself, a failed allocation would end the run
@@ -21,14 +22,39 @@ import dataclasses
 import errno
 
 from .limits import Limits
-from .policy import Action, Policy, Rule
+from .policy import CONSTANTS, Action, Policy, Rule
+from .seccomp import syscall_regions
+
+CLONE_THREAD = CONSTANTS["CLONE_THREAD"]
 
 BACKSTOP_SLACK = 2**30
 
 
-def traced(limits: Limits, cgroup: bool) -> bool:
-    """Whether the spawner ptraces the run to count every process's CPU time."""
-    return not cgroup and limits.pids != 1
+def traced(limits: Limits, cgroup: bool, policy: Policy | None) -> bool:
+    """Whether the spawner ptraces the run to count every process's CPU time: not for a run of one process."""
+    return not cgroup and limits.pids != 1 and not (policy is not None and one_process(policy))
+
+
+def one_process(policy: Policy) -> bool:
+    """Whether the policy lets a program make threads but no process (as `strict` does); worked out once."""
+    known = _one_process.get(policy.digest)
+    if known is None:
+        known = _one_process[policy.digest] = _makes_no_process(policy)
+    return known
+
+
+_one_process: dict[str, bool] = {}
+
+
+def _makes_no_process(policy: Policy) -> bool:
+    if policy.default.kind == "allow":
+        return False
+    for name in ("fork", "vfork", "clone3"):
+        if any(action.kind == "allow" for action, _ in syscall_regions(policy, name)):
+            return False
+    # every clone it allows has CLONE_THREAD set in its flags (the first argument)
+    return all(term[0][0] & CLONE_THREAD and term[0][1] & CLONE_THREAD
+               for action, term in syscall_regions(policy, "clone") if action.kind == "allow")
 
 
 def address_space(memory: int) -> int:

@@ -32,6 +32,10 @@ ETC_ENTRIES = (
 
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+PROC_MASKED = ("acpi", "cmdline", "config.gz", "kallsyms", "kcore", "keys", "key-users", "latency_stats", "modules",
+               "sched_debug", "scsi", "timer_list", "timer_stats", "vmallocinfo")
+"""The host's own facts in /proc, which no program needs (crun masks most; the kernel's command line too):
+files read as empty, directories as empty directories."""
 WORK_DIR = "/box"
 
 _BASE = "/tmp"
@@ -106,10 +110,11 @@ def check_box_path(path: str, flag: str) -> str:
     return norm
 
 
-def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]) -> None:
+def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]) -> int:
     """Build the box tree under an intermediate root and switch to it. Runs as box init (pid 1).
 
     Every mount point in the new root is found or made by `_Tree` (see there), through fds only.
+    Returns a writable fd of the box's `ns_last_pid`, opened before /proc/sys went read-only.
     """
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
     sc.mount("tmpfs", _BASE, "tmpfs", _NOSUID_NODEV, "mode=0755")
@@ -134,7 +139,7 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
             _mount_etc(root, layout, ids)
         _mount_writable(root, ids, union=bool(layout.lowers))
         _mount_dev(root)
-        _mount_proc(root)
+        last_pid = _mount_proc(root)
         for bind in layout.binds:
             src = f"/oldroot{bind.src}"
             with root.place(bind.dst, directory=os.path.isdir(src)) as target:
@@ -148,6 +153,7 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
     os.chdir("/new")
     sc.pivot_root(".", ".")
     sc.umount2(".", sc.MNT_DETACH)
+    return last_pid
     os.chdir("/")
 
 
@@ -437,18 +443,31 @@ def _mount_dev(root: _Tree) -> None:
         sc.mount_setattr(dev.fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
 
 
-def _mount_proc(root: _Tree) -> None:
-    """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only."""
+def _mount_proc(root: _Tree) -> int:
+    """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only and the host's facts masked.
+
+    The masks are read-only binds of an empty file and an empty directory made on the box's own tmpfs.
+    Returns a writable fd of its `sys/kernel/ns_last_pid` (see boxinit.py).
+    """
+    os.mkdir("/rw/masked", 0o555)
+    os.close(os.open("/rw/masked-file", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444))
     with root.place("proc", mode=0o555) as target:
         proc = _new_fs(target, "proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
     try:
-        for name in PROC_READONLY:
+        last_pid = os.open("sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
+        for name in (*PROC_READONLY, *PROC_MASKED):
             fd, _ = _lookup(proc, name, False)
-            if fd >= 0:
-                with _Fd(fd):
+            if fd < 0:
+                continue
+            with _Fd(fd):
+                if name in PROC_READONLY:
                     _bind(proc, name, fd, False)
+                else:
+                    _bind(sc.AT_FDCWD, "/rw/masked" if stat.S_ISDIR(os.fstat(fd).st_mode) else "/rw/masked-file",
+                          fd, False)
     finally:
         os.close(proc)
+    return last_pid
 
 
 def _mount_writable(root: _Tree, ids: IdMap, union: bool) -> None:

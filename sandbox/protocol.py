@@ -13,11 +13,12 @@ import errno
 import json
 import os
 import socket
-from typing import Any
-
-import trio
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # box init imports this module, and must not pay for trio
+    import trio
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8

@@ -25,6 +25,14 @@ _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_NOTES = 3
 
 
+class TeardownWarning(RuntimeWarning):
+    """Closing a sandbox left something behind (part of a scratch upper or work dir, a process, a cgroup).
+
+    A warning and not an exception: the results of the box's runs, which the
+    caller holds or is writing, must survive a failed cleanup.
+    """
+
+
 def identity(path: str) -> tuple[int, int]:
     """What `remove_tree` checks a dir it is given against, taken when the dir is made: (st_dev, st_ino)."""
     st = os.lstat(path)

@@ -11,7 +11,6 @@ import os
 import signal as signals
 from typing import Any
 
-from .fallback import traced
 from .limits import Limits
 from .result import Result, Status
 
@@ -79,10 +78,10 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     return result(Status.OK, "exited normally")
 
 
-def enforcement(limits: Limits, policy: str | None, cgroup: bool) -> dict[str, str]:
-    """Which mechanism enforces each limit that is set (never claim one that is not)."""
+def enforcement(limits: Limits, policy: str | None, cgroup: bool, traced: bool) -> dict[str, str]:
+    """Which mechanism enforces each limit that is set (never claim one that is not); `traced`: see fallback.py."""
     mechanisms = {
-        "cpu_time": "cgroup" if cgroup else "ptrace" if traced(limits, cgroup) else "monitor",
+        "cpu_time": "cgroup" if cgroup else "ptrace" if traced else "monitor",
         "wall_time": "monitor", "memory": "cgroup" if cgroup else "sampled",
         "pids": "cgroup" if cgroup else "rlimit", "output": "supervisor", "file_size": "rlimit", "cpus": "cgroup",
     }

@@ -18,6 +18,15 @@ def build_program(name: str, into: Path, *flags: str) -> Path:
     return exe
 
 
+def build_go_program(name: str, into: Path, cache: Path) -> Path:
+    """tests/programs/NAME.go compiled into `into`, with its build cache in `cache` (no network, no modules)."""
+    exe = into / name
+    subprocess.run(["go", "build", "-o", str(exe), str(PROGRAMS / f"{name}.go")], check=True,
+                   env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache), "GO111MODULE": "off"})
+    into.chmod(0o755)
+    return exe
+
+
 def sbx(*args: str, stdin: bytes | None = None, timeout: float = 60, mark: str = "") -> subprocess.CompletedProcess[bytes]:
     """Run the real command line, as a user would.
 

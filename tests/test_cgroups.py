@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import trio
 
-from helpers import build_program, sbx
+from helpers import build_go_program, build_program, sbx
 from sandbox import Bind, Limits, Sandbox, Status
 from sandbox.cgroups import RunCgroup, delegation, inspect
 
@@ -117,6 +117,11 @@ def busy_threads(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def go_alloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_go_program("go_alloc", tmp_path_factory.mktemp("go"), tmp_path_factory.mktemp("gocache"))
+
+
+@pytest.fixture(scope="module")
 def autoreaped_burn(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_program("autoreaped_burn", tmp_path_factory.mktemp("programs"))
 
@@ -167,6 +172,15 @@ async def test_jvm_runs_under_a_256m_limit() -> None:
     assert r.status is Status.OK, (r, r.stderr)
     assert b"version" in r.stderr
     assert 0 < r.memory_peak <= 256 * MiB
+
+
+async def test_go_runs_under_a_memory_limit_and_is_mle_past_it(go_alloc: Path) -> None:
+    """GOMEMLIMIT (90% of the limit) keeps the collector within it; past it, the cgroup's OOM kill is MLE."""
+    async with Sandbox(binds=[Bind(str(go_alloc.parent), "/t", False)]) as box:
+        fits = await box.run(["/t/go_alloc", "128"], limits=Limits(memory=256 * MiB, wall_time=60))
+        over = await box.run(["/t/go_alloc", "512"], limits=Limits(memory=256 * MiB, wall_time=60))
+    assert (fits.status, fits.stdout) == (Status.OK, b"ok 128\n"), (fits, fits.stderr)
+    assert over.status is Status.MLE and over.enforcement["memory"] == "cgroup", (over, over.stderr)
 
 
 def _run_from_plain_cgroup(env: dict[str, str]) -> dict[str, object]:

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
-from helpers import PROGRAMS, build_program
+from helpers import build_go_program, build_program
 from sandbox import Bind, Limits, Sandbox, Status
 
 MiB = 2**20
@@ -239,12 +238,7 @@ async def test_an_allocation_failure_at_the_limit_is_mle_and_a_program_cannot_fa
 
 @pytest.fixture(scope="module")
 def go_alloc(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("go")
-    cache = tmp_path_factory.mktemp("gocache")
-    subprocess.run(["go", "build", "-o", str(out / "go_alloc"), str(PROGRAMS / "go_alloc.go")], check=True,
-                   env={**os.environ, "GOCACHE": str(cache), "GOPATH": str(cache), "GO111MODULE": "off"})
-    out.chmod(0o755)
-    return out / "go_alloc"
+    return build_go_program("go_alloc", tmp_path_factory.mktemp("go"), tmp_path_factory.mktemp("gocache"))
 
 
 async def test_go_runs_under_a_memory_limit_and_is_mle_past_it(go_alloc: Path) -> None:

@@ -7,7 +7,8 @@ import json
 from sandbox import Limits, Sandbox, SandboxPool, SetupError, Status
 
 DIRS = ["/box", "/tmp", "/dev/shm", "/scratch"]
-OPTIONS = {"policy": "permissive", "tmpfs": ["/scratch"], "limits": Limits(wall_time=30)}
+# (no memory limit: without cgroup v2 it would refuse the System V segment that the reset must remove)
+OPTIONS = {"policy": "permissive", "tmpfs": ["/scratch"], "limits": Limits(wall_time=30, memory=None)}
 
 LEAVE = """
 import ctypes, os, sys
@@ -69,6 +70,16 @@ async def test_a_pooled_box_after_a_run_that_leaves_everything_is_a_fresh_box() 
         async with pool.acquire() as box:
             assert box is first  # reset, not replaced (a box that fails its reset is replaced)
             assert await _probe(box) == expected
+
+
+async def test_the_pid_counter_carries_nothing_from_run_to_run() -> None:
+    """300 processes in one run would move the next run's pids by 300: the reset rewinds the box's pid counter."""
+    async with SandboxPool(size=1, **OPTIONS) as pool:
+        async with pool.acquire() as box:
+            first = await box.run(["sh", "-c", "echo $$; for i in $(seq 300); do /bin/true; done"])
+        async with pool.acquire() as box:
+            second = await box.run(["sh", "-c", "echo $$"])
+    assert first.stdout.split()[0] == second.stdout.strip(), (first.stdout, second.stdout)
 
 
 async def test_a_box_with_a_union_root_is_not_reset_but_replaced() -> None:

@@ -13,13 +13,15 @@ import os
 import resource
 import stat
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from sandbox import ConfigError, Sandbox, SandboxPool, teardown
+from sandbox import Bind, ConfigError, Sandbox, SandboxPool, teardown
 from sandbox.api import TeardownWarning
 from sandbox.box import Box
 
@@ -179,6 +181,31 @@ def test_cleanup_never_follows_a_link_the_program_planted(tmp_path: Path, scratc
     assert os.listdir(scratch_tmp) == [], "the scratch upper is removed"
 
 
+def test_the_scratch_upper_of_a_killed_sbx_is_removed_by_the_next(tmp_path: Path, scratch_tmp: Path) -> None:
+    """SIGKILL leaves the scratch upper behind; the next sandbox that makes one finds it unlocked and removes it."""
+    low = bottom(tmp_path)
+    killed = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--fs", "fuse", "--lower", str(low),
+                               "--ro-bind", "/usr", "--", "sh", "-c", "echo x > /box/f; exec sleep 100"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(300):
+            left = list(scratch_tmp.glob("sbx-union-*/upper/box/f"))
+            if left:
+                break
+            time.sleep(0.1)
+        assert left, "the run did not start"
+    finally:
+        killed.kill()
+        killed.wait()
+    for _ in range(50):  # its FUSE daemon, which holds the lock too, exits once the box is gone
+        r = sbx("run", "--fs", "fuse", "--lower", str(low), "--ro-bind", "/usr", "--", "true")
+        assert r.returncode == 0, r.stderr
+        if not os.listdir(scratch_tmp):
+            break
+        time.sleep(0.2)
+    assert os.listdir(scratch_tmp) == [], "the killed sbx's scratch upper is still there"
+
+
 def test_cleanup_of_a_deep_and_locked_tree_keeps_the_record(tmp_path: Path, scratch_tmp: Path) -> None:
     low = bottom(tmp_path)
     record = tmp_path / "record.json"
@@ -277,6 +304,43 @@ async def test_a_kept_upper_has_one_writer_at_a_time(tmp_path: Path) -> None:
     async with Sandbox(lowers=[str(low)], upper=str(upper), binds=USR, fs=fs) as box:  # free again once closed
         r = await box.run(["cat", "/box/f"])
     assert r.stdout == b"mine\n"
+
+
+async def test_uppers_inside_one_another_are_one_writer_too(tmp_path: Path) -> None:
+    """An upper inside a live box's upper, or around it, would let two daemons write the same files."""
+    low = bottom(tmp_path)
+    outer, inner = tmp_path / "outer", tmp_path / "outer" / "inner"
+    inner.mkdir(parents=True)
+    async with Sandbox(lowers=[str(low)], upper=str(outer), binds=USR, fs="fuse"):
+        with pytest.raises(ConfigError, match=f"^--upper {inner}: inside {outer}, the upper of another sandbox"):
+            async with Sandbox(lowers=[str(low)], upper=str(inner), binds=USR, fs="fuse"):
+                pass
+    async with Sandbox(lowers=[str(low)], upper=str(inner), binds=USR, fs="fuse"):
+        with pytest.raises(ConfigError, match=f"^--upper {outer}: in use by another sandbox"):
+            async with Sandbox(lowers=[str(low)], upper=str(outer), binds=USR, fs="fuse"):
+                pass
+
+
+def test_an_upper_inside_a_layer_or_a_bind_is_refused(tmp_path: Path) -> None:
+    low = bottom(tmp_path)
+    (low / "up").mkdir()
+    with pytest.raises(ConfigError, match=f"^--upper {low}/up: overlaps --lower {low}"):
+        Sandbox(lowers=[str(low)], upper=str(low / "up"), fs="fuse")
+    (tmp_path / "up").mkdir()
+    with pytest.raises(ConfigError, match=f"^--upper {tmp_path}/up: overlaps --bind {tmp_path}"):
+        Sandbox(lowers=[str(low)], upper=str(tmp_path / "up"), binds=[Bind(str(tmp_path), "/x", True)], fs="fuse")
+
+
+async def test_the_upper_stays_locked_while_its_daemon_lives(tmp_path: Path) -> None:
+    """The daemon holds the upper's lock itself: a killed supervisor does not free the upper under a live daemon."""
+    low = bottom(tmp_path)
+    upper = tmp_path / "upper"
+    upper.mkdir()
+    async with Sandbox(lowers=[str(low)], upper=str(upper), binds=USR, fs="fuse") as sandbox:
+        box = sandbox._box
+        assert box is not None and box.daemon is not None
+        held = {os.readlink(f"/proc/{box.daemon.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{box.daemon.pid}/fd")}
+    assert str(upper) in held
 
 
 async def test_a_pool_cannot_share_one_upper(tmp_path: Path) -> None:

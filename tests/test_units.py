@@ -12,7 +12,9 @@ import pytest
 from fuse_overlay.inodes import Node
 from fuse_overlay.openfiles import OpenFiles
 from sandbox import ConfigError, Limits, Status, parse_size
+from sandbox import fallback
 from sandbox.limits import parse_count, parse_seconds
+from sandbox.policy import load_policy
 from sandbox.verdict import enforcement, verdict
 
 
@@ -53,7 +55,7 @@ def _reply(**kw: object) -> dict[str, object]:
 
 def test_verdict_order() -> None:
     limits = Limits(cpu_time=1.0, wall_time=2.0, memory=100_000)
-    enf = enforcement(limits, None, cgroup=False)
+    enf = enforcement(limits, None, cgroup=False, traced=True)
     assert verdict(_reply(), limits, output_exceeded=False, enforcement=enf).status is Status.OK
     assert verdict(_reply(wait_status=3 << 8), limits, output_exceeded=False, enforcement=enf).status is Status.RE
     assert verdict(_reply(wait_status=signal.SIGSEGV), limits, output_exceeded=False,
@@ -80,7 +82,7 @@ def test_verdict_order() -> None:
 def test_verdict_under_cgroups_is_exact() -> None:
     """MLE only from the kernel's OOM count (no inference from the peak); pids hits are named."""
     limits = Limits(memory=100_000, pids=8)
-    enf = enforcement(limits, None, cgroup=True)
+    enf = enforcement(limits, None, cgroup=True, traced=False)
     assert enf == {"wall_time": "monitor", "memory": "cgroup", "pids": "cgroup", "output": "supervisor", "file_size": "rlimit"}
     high_but_not_killed = verdict(_reply(wait_status=6, memory_peak=99_000), limits, output_exceeded=False,
                                   enforcement=enf)
@@ -94,12 +96,23 @@ def test_verdict_under_cgroups_is_exact() -> None:
 
 def test_enforcement_names_only_set_limits() -> None:
     unset = {"wall_time": None, "memory": None, "pids": None, "output": None, "file_size": None}
-    enf = enforcement(Limits(cpu_time=1.0, **unset), None, cgroup=False)  # type: ignore[arg-type]
-    assert enf == {"cpu_time": "ptrace"}, "a run that may fork is traced"
+    enf = enforcement(Limits(cpu_time=1.0, **unset), None, cgroup=False, traced=True)  # type: ignore[arg-type]
+    assert enf == {"cpu_time": "ptrace"}
     one = enforcement(Limits(cpu_time=1.0, **{**unset, "memory": 1 << 20, "pids": 1}), None,  # type: ignore[arg-type]
-                      cgroup=False)
+                      cgroup=False, traced=False)
     assert one == {"cpu_time": "monitor", "memory": "sampled", "pids": "rlimit"}
-    assert enforcement(Limits(**unset), "strict", cgroup=False) == {"syscalls": "seccomp:strict"}  # type: ignore[arg-type]
+    assert enforcement(Limits(**unset), "strict", cgroup=False,  # type: ignore[arg-type]
+                       traced=False) == {"syscalls": "seccomp:strict"}
+
+
+def test_a_run_is_traced_only_where_it_may_make_processes() -> None:
+    """Without cgroup v2 the spawner traces a run whose policy and pids limit let it fork (see fallback.py)."""
+    assert fallback.traced(Limits(), cgroup=False, policy=load_policy("default"))
+    assert not fallback.traced(Limits(), cgroup=True, policy=load_policy("default"))
+    assert not fallback.traced(Limits(pids=1), cgroup=False, policy=load_policy("default"))
+    assert not fallback.traced(Limits(), cgroup=False, policy=load_policy("strict")), "strict makes threads only"
+    assert fallback.traced(Limits(), cgroup=False, policy=None)
+    assert fallback.one_process(load_policy("strict")) and not fallback.one_process(load_policy("compile"))
 
 
 def test_defaults_bound_what_untrusted_code_can_take() -> None:
