@@ -25,7 +25,7 @@ from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
-from .policy import load_policy
+from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
 from .runtime_env import runtime_env
@@ -107,9 +107,11 @@ class Sandbox:
         self._box: Box | None = None
         self.policy = policy
         self._filters: dict[tuple[str, bool], int] = {}
+        self._policies: dict[str, Policy] = {}
         self._captured: tuple[int, int] | None = None
         if policy is not None:
-            self._filter(policy)  # a bad policy is bad input: fail before any box is built
+            self._policy(policy)  # a bad policy is bad input: fail before any box is built (compiled on entry)
+        Box.prepare()
 
     async def __aenter__(self) -> Sandbox:
         upper, workdir = self._upper, None
@@ -131,6 +133,8 @@ class Sandbox:
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
                             upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
             found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
+            if self.policy is not None:  # the filter the runs will need, compiled before the box is built
+                self._filter(self.policy, unmapped_memory=found.base is not None or self.limits.memory is None)
             self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
             await self._box.start()
         except BaseException:
@@ -171,6 +175,12 @@ class Sandbox:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
+    def _policy(self, name: str) -> Policy:
+        """Read once per sandbox: a run must not pay for reading policy files."""
+        if name not in self._policies:
+            self._policies[name] = load_policy(name)
+        return self._policies[name]
+
     def _filter(self, policy: str, unmapped_memory: bool = True) -> int:
         """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox.
 
@@ -178,7 +188,7 @@ class Sandbox:
         """
         key = (policy, unmapped_memory)
         if key not in self._filters:
-            loaded = load_policy(policy)
+            loaded = self._policy(policy)
             bpf = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded)).bpf
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
             _write_all(fd, bpf)
@@ -344,7 +354,7 @@ class Sandbox:
             "memory": sampled_memory,
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
-        req["trace"] = fallback.traced(limits, cgroup, load_policy(policy_name) if policy_name is not None else None)
+        req["trace"] = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
         filter_fd = self._filter(policy_name, sampled_memory is None) if policy_name is not None else None
         req["seccomp"] = filter_fd is not None
         out = _Output(limits.output, box)

@@ -45,6 +45,11 @@ _SPAWNER_GRACE = 1.0
 class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
+    @staticmethod
+    def prepare() -> None:
+        """Start what making a box needs (the zygote) ahead of time."""
+        _Zygote.start()
+
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
         """`daemon_holds`: fds the FUSE daemon keeps for its whole life (locks that must outlast a killed caller)."""
         self.layout = layout
@@ -414,9 +419,10 @@ class Box:
 class _Zygote:
     """The fresh interpreter that forks each box's outer process (boxstart.py): one per supervisor process.
 
-    Spawned on first use, from the thread that makes a box (trio's), and
-    again if it died or this process forked.  A request is one message each
-    way; the fork takes about a millisecond, so the caller waits for it in place.
+    Spawned when the first sandbox is made, so that it boots while the caller
+    compiles its policy, and again if it died or this process forked.  A
+    request is one message each way; the fork takes about a millisecond, so
+    the caller waits for it in place.
     """
 
     _lock = threading.Lock()
@@ -441,16 +447,27 @@ class _Zygote:
         self.owner = os.getpid()
 
     @classmethod
+    def start(cls) -> _Zygote:
+        """The running zygote, spawned now if there is none: it boots (~80 ms) while the caller goes on."""
+        with cls._lock:
+            return cls._started()
+
+    @classmethod
+    def _started(cls) -> _Zygote:
+        zygote = cls._current
+        if zygote is not None and zygote.owner != os.getpid():  # this process forked: that was the parent's
+            zygote.close()
+            zygote = None
+        if zygote is None:
+            zygote = cls._current = _Zygote()
+        return zygote
+
+    @classmethod
     def fork_outer(cls, fds: list[int]) -> int:
         """A new outer process holding `fds` (control socket, handshake pipes, the cgroup's procs if a 4th)."""
         with cls._lock:
             for attempt in (1, 2):
-                zygote = cls._current
-                if zygote is not None and zygote.owner != os.getpid():  # this process forked: the parent's
-                    zygote.close()
-                    zygote = None
-                if zygote is None:
-                    zygote = cls._current = _Zygote()
+                zygote = cls._started()
                 try:
                     protocol.send(zygote.sock, {"cgroup": len(fds) == 4}, fds)
                     reply, _ = protocol.recv(zygote.sock)

@@ -130,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds (default 600; none lifts it)")
     run.add_argument("--memory", metavar="SIZE",
                      help="memory limit of the whole run, e.g. 256M (default 1G; none lifts it): the cgroup's "
-                          "memory.max when one is delegated, else resident memory sampled every millisecond "
+                          "memory.max when one is delegated, else resident memory sampled by the spawner "
                           "(sbx check says which)")
     run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
     run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")

@@ -102,7 +102,7 @@ def _limits(cgroup: bool) -> str:
     if cgroup:
         return "limits: cgroup (CPU, memory, pids), spawner timer (CPU kill, wall)"
     return ("limits: spawner (CPU: process clocks, every process traced unless --pids 1; memory: resident memory "
-            "sampled every millisecond, address space per process capped at 2x the limit + 1 GiB, memfd_create and "
+            "sampled (at least 1 ms apart), address space per process capped at 2x the limit + 1 GiB, memfd_create and "
             "shmget refused), RLIMIT_NPROC (pids)")
 
 

@@ -32,9 +32,12 @@
  *
  * Memory without cgroups (MEM_LIMIT): RLIMIT_AS is per process and counts what
  * is reserved, not used.  The spawner sums the resident memory of the run's
- * processes every millisecond (less often when there are many) and ends the run
- * MLE when the sum reaches the limit; the supervisor sets RLIMIT_AS per process
- * as a backstop above the limit.
+ * processes and ends the run MLE when the sum reaches the limit.  Like the CPU
+ * look, it sleeps until the earliest moment the run could reach the limit with
+ * every core making pages resident faster than a core can zero them, then looks
+ * again, at least a millisecond apart (and more when a look is costly: many
+ * processes).  The supervisor sets RLIMIT_AS per process as a backstop above
+ * the limit.
  *
  * usage: sbx-spawner CONTROL_FD PROGRAM_UID PROGRAM_GID SETGROUPS(0|1)
  *
@@ -89,7 +92,8 @@
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
 #define MIN_MEM_SLEEP 0.001
-#define MEM_LOOK_SHARE 20 /* a memory look costs at most 1/20 of the time between looks */
+#define MEM_LOOK_SHARE 20   /* a memory look costs at most 1/20 of the time between looks */
+#define TOUCH_RATE 16e9     /* bytes a core can make resident per second: more than it can zero */
 #define TRACE_OPTIONS (PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | \
                        PTRACE_O_EXITKILL)
 
@@ -488,8 +492,10 @@ static double check_limits(void)
                 end_run("MLE");
                 return -1;
             }
-            double cost = now() - t;
-            run.next_mem_look = t + (MEM_LOOK_SHARE * cost > MIN_MEM_SLEEP ? MEM_LOOK_SHARE * cost : MIN_MEM_SLEEP);
+            double cost = now() - t, sleep = (run.mem_limit - used) / (TOUCH_RATE * run.cores);
+            if (sleep < MEM_LOOK_SHARE * cost)
+                sleep = MEM_LOOK_SHARE * cost;
+            run.next_mem_look = t + (sleep > MIN_MEM_SLEEP ? sleep : MIN_MEM_SLEEP);
         }
         if (wait < 0 || run.next_mem_look - t < wait)
             wait = run.next_mem_look - t;
@@ -676,7 +682,7 @@ static void start_run(struct run *r)
         run.cpu_stat = fcntl(r->fds[4 + r->has_bpf], F_DUPFD_CLOEXEC, 3);
     run.started = now();
     run.next_cpu_look = run.started + r->cpu_limit / run.cores;
-    run.next_mem_look = run.started + MIN_MEM_SLEEP;
+    run.next_mem_look = run.started + r->mem_limit / (TOUCH_RATE * run.cores);
     int spawn_err = 0, trace_err = 0;
     run.main_pid = spawn(r, err_pipe, &spawn_err, &trace_err);
     close(err_pipe[1]);

@@ -59,7 +59,7 @@ async def test_wall_time_limit(box: Sandbox) -> None:
 
 
 async def test_memory_limit(box: Sandbox) -> None:
-    """Without a cgroup the spawner samples the run's memory every millisecond: the overshoot is what a
+    """Without a cgroup the spawner samples the run's memory, at least a millisecond apart: the overshoot is what a
     program touches in that time."""
     hog = "x = []\nwhile True: x.append(b'x' * (1 << 20))"
     r = await box.run(["python3", "-c", hog], limits=Limits(memory=96 * MiB))

@@ -41,6 +41,7 @@ def bpf() -> dict[str, bytes]:
 HOSTILE = [
     ("unshare", "unshare"),
     ("clone_newuser", "clone"),
+    ("clone_untraced", "clone"),
     ("mount", "mount"),
     ("pivot_root", "pivot_root"),
     ("ptrace", "ptrace"),
