@@ -23,6 +23,7 @@ from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
+from .image_store import Image, Store
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
 from .policy import Policy, load_policy
@@ -71,17 +72,27 @@ class Sandbox:
         net: str = "loopback",
         idmap: IdmapMode = "auto",
         env: Mapping[str, str] | None = None,
-        cwd: str = WORK_DIR,
+        cwd: str | None = None,
         policy: str | None = DEFAULT_POLICY,
         lowers: Sequence[str] = (),
         upper: str | None = None,
         fs: str = "auto",
+        image: str | None = None,
     ) -> None:
+        """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
+        Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image)."""
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
+        self.image: Image | None = None
+        if image is not None:
+            if lowers:
+                raise ConfigError("--image and --lower: the image's layers are the lowers")
+            self._store = Store()
+            self.image = self._store.get(image)
+            lowers = [os.path.join(self._store.layer_dir(d), "root") for d in reversed(self.image.diff_ids)]
         if upper is not None and not lowers:
-            raise ConfigError("--upper needs --lower: it is the writable layer over them")
+            raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
         self._lowers = tuple(parse_lower(d) for d in lowers)
         self._upper = parse_upper(upper) if upper is not None else None
         self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
@@ -101,8 +112,9 @@ class Sandbox:
         if fs == "kernel" and self._upper is not None:
             raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
         self.fs = fs
-        self.env = dict(env or {})
-        self.cwd = cwd
+        defaults = self.image.runtime if self.image is not None else {}
+        self.env = {**dict(e.split("=", 1) for e in defaults.get("Env") or [] if "=" in e), **(env or {})}
+        self.cwd = cwd or defaults.get("WorkingDir") or ("/" if self.image is not None else WORK_DIR)
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
         self.policy = policy
@@ -116,8 +128,10 @@ class Sandbox:
     async def __aenter__(self) -> Sandbox:
         upper, workdir = self._upper, None
         try:
+            if self.image is not None:
+                self._pin_image(self.image)
             if upper is not None:
-                self._locks = _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
+                self._locks += _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
                 # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
                 try:
                     workdir = self._scratch(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-")
@@ -142,6 +156,20 @@ class Sandbox:
             self._remove_workdir()
             raise
         return self
+
+    def _pin_image(self, image: Image) -> None:
+        """Shared locks on the image's layers while the box and its daemon live: no prune removes them."""
+        pinned, fds = self._store.pin(image.ref)
+        self._locks += fds
+        if pinned.digest != image.digest:
+            raise ConfigError(f"image {image.ref}: it was replaced by another since this sandbox was made")
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """What runs for `argv`: with an image, its Entrypoint first, and its Cmd when `argv` is empty."""
+        if self.image is None:
+            return list(argv)
+        defaults = self.image.runtime
+        return [*(defaults.get("Entrypoint") or []), *(argv or defaults.get("Cmd") or [])]
 
     def _scratch(self, parent: str, prefix: str) -> str:
         """A host dir this sandbox makes, locks and removes on close; only that very dir is removed (see teardown).
@@ -333,8 +361,9 @@ class Sandbox:
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end."""
         box = self._open_box()
+        argv = self.command(argv)
         if not argv:
-            raise ConfigError("no program given")
+            raise ConfigError("no program given" + (" (and the image has no Cmd)" if self.image else ""))
         limits = limits or self.limits
         cgroup = box.cgroup is not None
         if limits.cpus is not None and not cgroup:

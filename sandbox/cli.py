@@ -25,7 +25,7 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from . import boxfiles, copies, doctor, policy_cli
+from . import boxfiles, copies, doctor, image_cli, policy_cli
 from . import judge as judging
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
@@ -140,6 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "that all --copy-out copies together may bring back")
     run.add_argument("--inodes", metavar="N",
                      help="number of files in them (default 16384); also the most files --copy-out may bring back")
+    run.add_argument("--image", metavar="NAME[:TAG]",
+                     help="an image of the store (sbx image ls): its layers are the root, its Env, WorkingDir and "
+                          "Entrypoint apply, and its Cmd when no PROG is given")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
                      help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
                           "instead of the host's system dirs")
@@ -174,7 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
                           "already at the destination is replaced, never written through a symlink; a symlink "
                           "where a directory goes is refused. At most --disk bytes and --inodes files in all. (A "
                           "directory of a --fs fuse union cannot be copied out, only its files.)")
-    run.add_argument("--cwd", default=WORK_DIR, metavar="DIR", help="working directory in the box (default /box)")
+    run.add_argument("--cwd", metavar="DIR", help="working directory in the box (default /box, or the image's "
+                                                  "WorkingDir)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
     run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
@@ -214,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("file", metavar="FILE")
     pcheck.set_defaults(func=lambda a: _print(policy_cli.check_policy(a.file)))
 
+    image_cli.add_commands(sub, _Parser, _no_command)
+
     check = sub.add_parser("check", help="what this machine supports and what sbx will use")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
     check.set_defaults(func=_cmd_check)
@@ -241,9 +247,9 @@ def _limits(args: argparse.Namespace) -> Limits:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     argv = args.program[1:] if args.program[:1] == ["--"] else args.program
-    if not argv:
+    if not argv and not args.image:
         raise ConfigError("run: no program given (usage: sbx run [OPTIONS] -- PROG [ARG...])")
-    if argv[0].startswith("-"):
+    if argv and argv[0].startswith("-"):
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
     disk = parse_size(args.disk, "--disk") if args.disk else Sandbox.DEFAULT_DISK
@@ -257,11 +263,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
         net=args.net,
         idmap=args.idmap,
         env=dict(_env_pair(e) for e in args.env),
-        cwd=check_box_path(args.cwd, "--cwd") if args.cwd != WORK_DIR else WORK_DIR,
+        cwd=check_box_path(args.cwd, "--cwd") if args.cwd else None,
         policy=args.policy,
         lowers=args.lower,
         upper=args.upper,
         fs=args.fs,
+        image=args.image,
     )
     plan = _Plan(argv, args.quiet, binds, [copies.parse_copy_in(spec) for spec in args.copy_in],
                  [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes,
@@ -326,7 +333,7 @@ async def _session(sandbox: Sandbox, plan: _Plan, stdin: int) -> _Outcome:
             if result.status is not Status.OK and not plan.quiet:
                 outcome.lines.append(result.summary)
         except ExecError as e:
-            said = _not_found(plan, sandbox.cwd, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
+            said = _not_found(plan, sandbox, str(e)) if e.errno == errno.ENOENT and not plan.quiet else [str(e)]
             outcome = _Outcome(Result.not_run(Status.RE, e.exit_status, str(e)), e.exit_status, notes + said)
         budget = copies.Budget(plan.disk, plan.inodes)
         for c in plan.copy_out:
@@ -354,10 +361,12 @@ _BOX_HAS_ONLY = ("the box has only the host's /usr, /bin, /sbin, /lib* and parts
                  "start empty (add files with --ro-bind or --copy-in)")
 
 
-def _not_found(plan: _Plan, cwd: str, error: str) -> list[str]:
+def _not_found(plan: _Plan, sandbox: Sandbox, error: str) -> list[str]:
     """What to say when PROG is not in the box: how to bring it in, if it is a host file the caller named."""
-    prog = plan.argv[0]
-    in_box = os.path.normpath(os.path.join(cwd, prog))
+    prog = sandbox.command(plan.argv)[0]
+    in_box = os.path.normpath(os.path.join(sandbox.cwd, prog))
+    if sandbox.image is not None:
+        return [error]
     if "/" not in prog or not os.path.isfile(prog) or _brought_in(plan, in_box):
         return [error, _BOX_HAS_ONLY]
     hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \

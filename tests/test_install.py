@@ -62,7 +62,7 @@ def test_the_venv_has_no_system_site_packages() -> None:
     probe = subprocess.run([sys.executable, "-c", "import seccomp"], capture_output=True)
     assert probe.returncode != 0 and b"ModuleNotFoundError" in probe.stderr
     required = {r.split(">")[0].split("=")[0].strip() for r in importlib.metadata.requires("sbx") or [] if "extra" not in r}
-    assert required == {"trio", "pyfuse3", "pyseccomp"}
+    assert required == {"trio", "pyfuse3", "pyseccomp", "zstandard"}
 
 
 def test_versions_come_from_the_package_metadata() -> None:

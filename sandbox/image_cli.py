@@ -1,0 +1,84 @@
+"""`sbx image import|ls|inspect|tag|rm|prune`: the image store from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from .errors import ConfigError
+from .image_store import Store
+
+
+def _one_line(command: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
+    """A failed read or write of a file says so in one line, like every other bad input."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args) or 0
+        except OSError as e:
+            raise ConfigError(f"{e.filename or 'image'}: {e.strerror or e}") from None
+    return run
+
+
+def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
+                 no_command: Callable[[Any], Callable[[argparse.Namespace], Any]]) -> None:
+    image = sub.add_parser("image", help="the image store: import, list, inspect, tag, remove, prune")
+    isub = image.add_subparsers(dest="image_command", parser_class=parser_class)
+    image.set_defaults(func=no_command(isub.choices))
+    imp = isub.add_parser("import", help="import a rootfs (dir or tar), a docker-archive or an OCI layout")
+    imp.add_argument("path", metavar="FILE|DIR")
+    imp.add_argument("--name", metavar="NAME[:TAG]", help="default: the name the archive gives, if any")
+    imp.add_argument("--quiet", action="store_true", help="no progress lines")
+    imp.set_defaults(func=_one_line(_import))
+    ls = isub.add_parser("ls", help="the named images")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=_one_line(_ls))
+    inspect = isub.add_parser("inspect", help="an image's manifest digest, layers and config")
+    inspect.add_argument("ref", metavar="NAME[:TAG]")
+    inspect.set_defaults(func=_one_line(_inspect))
+    tag = isub.add_parser("tag", help="another name for an image")
+    tag.add_argument("src", metavar="NAME[:TAG]")
+    tag.add_argument("dst", metavar="NEW[:TAG]")
+    tag.set_defaults(func=_one_line(lambda a: Store().tag(a.src, a.dst)))
+    rm = isub.add_parser("rm", help="forget a name (prune frees what nothing refers to)")
+    rm.add_argument("ref", metavar="NAME[:TAG]")
+    rm.set_defaults(func=_one_line(lambda a: Store().remove(a.ref)))
+    prune = isub.add_parser("prune", help="remove the layers no name refers to and no box uses")
+    prune.set_defaults(func=_one_line(_prune))
+
+
+def _import(args: argparse.Namespace) -> int:
+    def progress(line: str) -> None:
+        if not args.quiet:
+            print(f"sbx: {line}", file=sys.stderr, flush=True)
+    image = Store().import_path(args.path, args.name, progress=progress)
+    print(f"{image.ref} {image.digest}")
+    return 0
+
+
+def _ls(args: argparse.Namespace) -> int:
+    images = Store().list()
+    if args.json:
+        print(json.dumps(images, indent=1))
+        return 0
+    print(f"{'NAME':40} {'DIGEST':19} {'LAYERS':>6} {'SIZE':>10}")
+    for i in images:
+        print(f"{i['name']:40} {i['digest'][:19]} {i['layers']:>6} {i['size'] / 2**20:>8.1f}Mi")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    image = Store().get(args.ref)
+    print(json.dumps({"name": image.ref, "digest": image.digest, "layers": list(image.diff_ids),
+                      "config": image.config}, indent=1))
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    for diff_id in Store().prune():
+        print(f"removed layer {diff_id}")
+    return 0

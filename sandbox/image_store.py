@@ -1,0 +1,276 @@
+"""The image store: layers unpacked once by content, images by the digest of their manifest, names pointing to them.
+
+Under `$XDG_DATA_HOME/sbx/images` (default `~/.local/share/sbx/images`)::
+
+    blobs/sha256/HEX   manifests and configs, named by their digest
+    layers/HEX/root    one unpacked layer, named by its diff_id (the digest of its uncompressed tar)
+    refs.json          {"name:tag": "sha256:HEX"}, the manifest each name points to
+    tmp/               layers being unpacked (those of a killed import go with the next one)
+    lock               flocked: shared to read names and pin layers, exclusive to change them
+
+An import unpacks without the lock and takes it only to put finished layers
+in place (a layer already there is kept: same content) and name the image.
+A box holds a shared flock on each of its layers for as long as it lives, so
+`prune` removes only layers no name refers to and no box uses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from . import scratch, teardown
+from .errors import ConfigError
+from .image_archive import Source, Verified, decompressed, open_source
+from .image_unpack import ArchiveError, Budget, Caps, unpack
+
+_NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def parse_ref(ref: str) -> str:
+    """`NAME[:TAG]` with TAG `latest` by default, checked; a registry host's port is not a tag."""
+    name, tag = ref, "latest"
+    last = ref.rsplit("/", 1)[-1]
+    if ":" in last:
+        name, tag = ref.rsplit(":", 1)
+    if not _NAME.fullmatch(name) or not _TAG.fullmatch(tag):
+        raise ConfigError(f"image {ref!r}: not a valid NAME[:TAG] (lowercase name, tag of letters, digits, . _ -)")
+    return f"{name}:{tag}"
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    digest: str  # of the manifest
+    config: dict[str, Any]
+    diff_ids: tuple[str, ...]  # bottom first
+
+    @property
+    def runtime(self) -> dict[str, Any]:
+        return self.config.get("config") or {}
+
+
+class Store:
+    def __init__(self, root: str | None = None) -> None:
+        base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+        self.root = root or os.path.join(base, "sbx", "images")
+        try:
+            for d in ("blobs/sha256", "layers", "tmp"):
+                os.makedirs(os.path.join(self.root, d), mode=0o700, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"the image store {self.root}: {e.strerror}") from None
+
+    # --- locking ----------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, how: int) -> Iterator[None]:
+        fd = os.open(os.path.join(self.root, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, how)
+            yield
+        finally:
+            os.close(fd)
+
+    # --- names --------------------------------------------------------------------------------------------
+
+    def _refs(self) -> dict[str, str]:
+        try:
+            with open(os.path.join(self.root, "refs.json")) as f:
+                return dict(json.load(f))
+        except FileNotFoundError:
+            return {}
+
+    def _write_refs(self, refs: dict[str, str]) -> None:
+        tmp = os.path.join(self.root, f"refs.json.{os.getpid()}")
+        with open(tmp, "w") as f:
+            json.dump(refs, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, os.path.join(self.root, "refs.json"))
+
+    def _blob(self, digest: str) -> bytes:
+        with open(os.path.join(self.root, "blobs", "sha256", digest.split(":", 1)[1]), "rb") as f:
+            return f.read()
+
+    def _put_blob(self, data: bytes) -> str:
+        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        path = os.path.join(self.root, "blobs", "sha256", digest.split(":", 1)[1])
+        if not os.path.exists(path):
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.rename(tmp, path)
+        return digest
+
+    def get(self, ref: str) -> Image:
+        ref = parse_ref(ref)
+        with self._locked(fcntl.LOCK_SH):
+            return self._get(ref)
+
+    def _get(self, ref: str) -> Image:
+        digest = self._refs().get(ref)
+        if digest is None:
+            raise ConfigError(f"image {ref}: not in the store (sbx image ls lists it, sbx image import adds one)")
+        manifest = json.loads(self._blob(digest))
+        config = json.loads(self._blob(manifest["config"]["digest"]))
+        return Image(ref, digest, config, tuple(layer["digest"] for layer in manifest["layers"]))
+
+    def layer_dir(self, diff_id: str) -> str:
+        return os.path.join(self.root, "layers", diff_id.split(":", 1)[1])
+
+    def pin(self, ref: str) -> tuple[Image, list[int]]:
+        """The image and a shared flock on each of its layers: no prune removes them until the fds are closed."""
+        ref = parse_ref(ref)
+        with self._locked(fcntl.LOCK_SH):
+            image = self._get(ref)
+            fds: list[int] = []
+            try:
+                for diff_id in image.diff_ids:
+                    fds.append(os.open(self.layer_dir(diff_id), _DIR))
+                    fcntl.flock(fds[-1], fcntl.LOCK_SH)
+            except BaseException:
+                for fd in fds:
+                    os.close(fd)
+                raise
+        return image, fds
+
+    def list(self) -> list[dict[str, Any]]:
+        with self._locked(fcntl.LOCK_SH):
+            out = []
+            for ref, digest in sorted(self._refs().items()):
+                image = self._get(ref)
+                out.append({"name": ref, "digest": digest, "layers": len(image.diff_ids),
+                            "size": sum(self._layer_size(d) for d in image.diff_ids)})
+            return out
+
+    def _layer_size(self, diff_id: str) -> int:
+        try:
+            with open(os.path.join(self.layer_dir(diff_id), "size")) as f:
+                return int(f.read())
+        except (OSError, ValueError):
+            return 0
+
+    def tag(self, src: str, dst: str) -> None:
+        src, dst = parse_ref(src), parse_ref(dst)
+        with self._locked(fcntl.LOCK_EX):
+            refs = self._refs()
+            if src not in refs:
+                raise ConfigError(f"image {src}: not in the store")
+            refs[dst] = refs[src]
+            self._write_refs(refs)
+
+    def remove(self, ref: str) -> None:
+        """Forget the name; the layers stay until `prune` finds nothing else refers to them."""
+        ref = parse_ref(ref)
+        with self._locked(fcntl.LOCK_EX):
+            refs = self._refs()
+            if refs.pop(ref, None) is None:
+                raise ConfigError(f"image {ref}: not in the store")
+            self._write_refs(refs)
+
+    def prune(self) -> list[str]:
+        """Remove the layers and blobs no name refers to and no box uses; the diff_ids of the layers removed."""
+        removed = []
+        with self._locked(fcntl.LOCK_EX):
+            used_layers: set[str] = set()
+            used_blobs: set[str] = set()
+            for ref in self._refs():
+                image = self._get(ref)
+                manifest = json.loads(self._blob(image.digest))
+                used_blobs |= {image.digest.split(":")[1], manifest["config"]["digest"].split(":")[1]}
+                used_layers |= {d.split(":")[1] for d in image.diff_ids}
+            layers = os.path.join(self.root, "layers")
+            for hexd in sorted(os.listdir(layers)):
+                if hexd in used_layers:
+                    continue
+                fd = os.open(os.path.join(layers, hexd), _DIR)
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    os.close(fd)
+                    if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+                        continue  # a box still runs on it
+                    raise
+                try:
+                    st = os.fstat(fd)
+                    teardown.remove_tree(os.path.join(layers, hexd), (st.st_dev, st.st_ino))
+                finally:
+                    os.close(fd)
+                removed.append("sha256:" + hexd)
+            blobs = os.path.join(self.root, "blobs", "sha256")
+            for hexd in os.listdir(blobs):
+                if hexd not in used_blobs:
+                    os.unlink(os.path.join(blobs, hexd))
+        return removed
+
+    # --- import ---------------------------------------------------------------------------------------------
+
+    def import_path(self, path: str, ref: str | None, caps: Caps = Caps(),
+                    progress: Callable[[str], None] = lambda line: None) -> Image:
+        """Import a rootfs, docker-archive or OCI layout; named `ref`, else by the archive, else an error."""
+        with open_source(path) as source:
+            name = parse_ref(ref) if ref else parse_ref(source.tags[0]) if source.tags else None
+            if name is None:
+                raise ConfigError(f"{path}: the archive names no image: give --name NAME[:TAG]")
+            diff_ids = self._unpack_layers(source, caps, progress)
+        config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
+        config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+        return self._name(name, config, diff_ids)
+
+    def _unpack_layers(self, source: Source, caps: Caps, progress: Callable[[str], None]) -> list[str]:
+        budget = Budget(caps)
+        diff_ids = []
+        for i, blob in enumerate(source.layers):
+            work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
+            try:
+                os.mkdir(os.path.join(work, "root"), 0o755)
+                before = budget.bytes
+                with blob.open() as raw:
+                    verified = Verified(raw, blob.digest, blob.where)
+                    diff_id = unpack(decompressed(verified), os.path.join(work, "root"), budget, blob.where)
+                    verified.check()
+                if blob.diff_id is not None and diff_id != blob.diff_id:
+                    raise ArchiveError(f"{blob.where}: unpacks to {diff_id}, but the config says {blob.diff_id}")
+                with open(os.path.join(work, "size"), "w") as f:
+                    f.write(str(budget.bytes - before))
+                self._place_layer(work, diff_id)
+                diff_ids.append(diff_id)
+                progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} ({budget.bytes >> 20} MiB so far)")
+            finally:
+                if os.path.exists(work):
+                    teardown.remove_tree(work, teardown.identity(work))
+                os.close(lock)
+        return diff_ids
+
+    def _place_layer(self, work: str, diff_id: str) -> None:
+        with self._locked(fcntl.LOCK_EX):
+            target = self.layer_dir(diff_id)
+            if not os.path.exists(target):  # else the same content is there already: ours is dropped
+                os.rename(work, target)
+
+    def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
+        with self._locked(fcntl.LOCK_EX):
+            config_blob = json.dumps(config, sort_keys=True).encode()
+            config_digest = self._put_blob(config_blob)
+            manifest = {
+                "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
+                           "size": len(config_blob)},
+                "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
+                            "size": self._layer_size(d)} for d in diff_ids],
+            }
+            digest = self._put_blob(json.dumps(manifest, sort_keys=True).encode())
+            refs = self._refs()
+            refs[ref] = digest
+            self._write_refs(refs)
+        return Image(ref, digest, config, tuple(diff_ids))

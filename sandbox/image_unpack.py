@@ -1,0 +1,227 @@
+"""One layer tar, unpacked into a fresh directory as the union reads it, treating the archive as hostile.
+
+Every entry is placed through directory fds, one component at a time and
+never through a link (`O_NOFOLLOW`), so no name, symlink or hard link in the
+archive can reach outside the layer: `..` components are refused, leading
+`/` ignored, a hard link must name a regular file already unpacked here.
+Device nodes are left out and setuid/setgid bits dropped: neither may ever
+take effect.  OCI whiteouts become what both union backends read, a 0:0
+character device (which Linux lets anyone make) and `user.overlay.opaque`.
+Entry counts and sizes are capped as they are read, so a decompression bomb
+stops with a clear error in bounded time and disk.  In-image owners are kept
+in the `user.sbx.owner` xattr ("uid:gid"), since the caller cannot chown;
+directories keep rwx for their owner (the caller), so that later entries
+and removal work.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import stat
+import tarfile
+from dataclasses import dataclass
+from typing import IO
+
+from .errors import ConfigError
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE = ".wh..wh..opq"
+OWNER_XATTR = "user.sbx.owner"
+OPAQUE_XATTR = "user.overlay.opaque"
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_CHUNK = 1 << 20
+
+
+class ArchiveError(ConfigError):
+    """A layer that cannot be unpacked safely, or one past the caps."""
+
+
+@dataclass(frozen=True)
+class Caps:
+    """What one image may unpack to: bytes of file data and entries, over all its layers."""
+
+    bytes: int = 16 * 2**30
+    entries: int = 1_000_000
+
+
+@dataclass
+class Budget:
+    """What is left of the caps while an image is imported."""
+
+    caps: Caps
+    bytes: int = 0
+    entries: int = 0
+
+    def take(self, size: int, entries: int, where: str) -> None:
+        self.bytes += size
+        self.entries += entries
+        if self.bytes > self.caps.bytes:
+            raise ArchiveError(f"{where}: unpacks to more than {self.caps.bytes} bytes (the import cap)")
+        if self.entries > self.caps.entries:
+            raise ArchiveError(f"{where}: has more than {self.caps.entries} entries (the import cap)")
+
+
+class _HashingReader:
+    """The uncompressed tar stream, hashed as it is read: its sha256 is the layer's diff_id."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw = raw
+        self.sha = hashlib.sha256()
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.sha.update(data)
+        return data
+
+
+def unpack(stream: IO[bytes], into: str, budget: Budget, where: str) -> str:
+    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id."""
+    hashing = _HashingReader(stream)
+    root = os.open(into, _DIR)
+    try:
+        with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
+            for member in tar:
+                budget.take(max(member.size, 0), 1, where)
+                _place(tar, member, root, where)
+        while hashing.read(_CHUNK):  # the padding after the end marker is part of the digest
+            pass
+    except tarfile.TarError as e:
+        raise ArchiveError(f"{where}: not a valid tar archive ({e})") from None
+    finally:
+        os.close(root)
+    return "sha256:" + hashing.sha.hexdigest()
+
+
+def _components(name: str, where: str) -> list[str]:
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise ArchiveError(f"{where}: entry {name!r} goes outside the layer ('..')")
+    return parts
+
+
+def _parent(root: int, parts: list[str], where: str, name: str) -> int:
+    """An fd of the directory that holds the last component, making missing ones; never through a link."""
+    fd = os.dup(root)
+    try:
+        for part in parts[:-1]:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nxt = os.open(part, _DIR, dir_fd=fd)
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise ArchiveError(f"{where}: entry {name!r} goes through {part!r}, which is not a directory "
+                                       "(links in a layer are never followed)") from None
+                raise
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _clear(parent: int, base: str) -> None:
+    """A later entry replaces an earlier one of the same name, unless both are directories."""
+    try:
+        st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(st.st_mode):
+        os.unlink(base, dir_fd=parent)
+
+
+def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, root: int, where: str) -> None:
+    parts = _components(m.name, where)
+    if not parts:
+        return  # the layer's root itself
+    base = parts[-1]
+    parent = _parent(root, parts, where, m.name)
+    try:
+        if base == OPAQUE:
+            os.setxattr(parent, OPAQUE_XATTR, b"y")
+            return
+        if base.startswith(WHITEOUT_PREFIX):
+            try:  # hides the name in the layers below; an entry of this very layer stays (OCI)
+                os.mknod(base[len(WHITEOUT_PREFIX):], stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+            except FileExistsError:
+                pass
+            return
+        if m.isdir():
+            try:
+                os.mkdir(base, 0o700, dir_fd=parent)
+            except FileExistsError:
+                pass
+            try:
+                fd = os.open(base, _DIR, dir_fd=parent)
+            except OSError:
+                raise ArchiveError(f"{where}: directory {m.name!r} is where a non-directory already is") from None
+            try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
+                os.fchmod(fd, _mode(m) | 0o700)
+                _own(fd, m)
+            finally:
+                os.close(fd)
+            return
+        _clear(parent, base)
+        if m.isreg():
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
+            try:
+                _copy(tar.extractfile(m), fd, m.size)
+                os.fchmod(fd, _mode(m))
+                _own(fd, m)
+                os.utime(fd, (m.mtime, m.mtime))
+            finally:
+                os.close(fd)
+        elif m.issym():
+            os.symlink(m.linkname, base, dir_fd=parent)
+        elif m.islnk():
+            _hard_link(root, parent, base, m, where)
+        elif m.isfifo():
+            os.mkfifo(base, _mode(m), dir_fd=parent)
+        # device nodes are left out: they must never be effective in a box
+    finally:
+        os.close(parent)
+
+
+def _hard_link(root: int, parent: int, base: str, m: tarfile.TarInfo, where: str) -> None:
+    target = _components(m.linkname, where)
+    if not target:
+        raise ArchiveError(f"{where}: hard link {m.name!r} to the layer's root")
+    src_dir = _parent(root, target, where, m.linkname)
+    try:
+        try:
+            st = os.stat(target[-1], dir_fd=src_dir, follow_symlinks=False)
+        except FileNotFoundError:
+            raise ArchiveError(f"{where}: hard link {m.name!r} to {m.linkname!r}, which is not in the layer") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise ArchiveError(f"{where}: hard link {m.name!r} to {m.linkname!r}, which is not a regular file")
+        os.link(target[-1], base, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(src_dir)
+
+
+def _mode(m: tarfile.TarInfo) -> int:
+    return m.mode & 0o1777  # no setuid or setgid bit, ever
+
+
+def _own(fd: int, m: tarfile.TarInfo) -> None:
+    if m.uid or m.gid:
+        os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}".encode())
+
+
+def _copy(src: IO[bytes] | None, fd: int, size: int) -> None:
+    left = size
+    while src is not None and left > 0:
+        chunk = src.read(min(_CHUNK, left))
+        if not chunk:
+            break
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+        left -= len(chunk)
+

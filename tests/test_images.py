@@ -1,0 +1,214 @@
+"""Images: import (rootfs, OCI layout, docker-archive), the store, runs on both union backends, hostile archives."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import subprocess
+import tarfile
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import sbx
+from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
+from sandbox import Sandbox, Status
+from sandbox.image_store import Store
+from sandbox.image_unpack import ArchiveError, Caps
+
+
+@pytest.fixture(autouse=True)
+def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own store (the API and the command line both find it through XDG_DATA_HOME)."""
+    home = tmp_path / "data"
+    home.mkdir()
+    monkeypatch.setenv("XDG_DATA_HOME", str(home))
+    return home / "sbx" / "images"
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return busybox_rootfs(tmp_path_factory.mktemp("busybox") / "root")
+
+
+@pytest.fixture(params=["fuse", "kernel"])
+def fs(request: pytest.FixtureRequest) -> str:
+    return request.param  # type: ignore[no-any-return]
+
+
+def _nothing_left(store: Path) -> None:
+    assert os.listdir(store / "tmp") == [] and os.listdir(store / "layers") == []
+
+
+def test_a_rootfs_directory_imports_and_runs(rootfs: Path, fs: str) -> None:
+    r = sbx("image", "import", str(rootfs), "--name", "bb")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(b"bb:latest sha256:") and b"layer 1/1" in r.stderr
+    run = sbx("run", "--image", "bb", "--fs", fs, "--", "sh", "-c", "cat /etc/motd; pwd; echo x > /box/f && cat /box/f")
+    assert (run.returncode, run.stdout) == (0, b"from the image\n/\nx\n"), run.stderr
+    listed = json.loads(sbx("image", "ls", "--json").stdout)
+    assert [(i["name"], i["layers"]) for i in listed] == [("bb:latest", 1)]
+
+
+def test_whiteouts_and_opaque_dirs_mean_the_same_on_both_backends(rootfs: Path, tmp_path: Path, fs: str) -> None:
+    base = layer_tar([Entry("etc/gone", data=b"old\n"), Entry("d", tarfile.DIRTYPE, mode=0o755),
+                      Entry("d/a", data=b"a\n")])
+    top = layer_tar([Entry("etc/.wh.gone"), Entry("d/.wh..wh..opq"), Entry("d/b", data=b"b\n")])
+    OciImage([tar_of(rootfs), base, top]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "wh").returncode == 0
+    run = sbx("run", "--image", "wh", "--fs", fs, "--", "sh", "-c", "ls /etc; ls -a /d")
+    assert run.stdout == b"motd\n.\n..\nb\n", run.stderr
+
+
+def test_the_images_env_workdir_entrypoint_and_cmd_apply(rootfs: Path, tmp_path: Path) -> None:
+    config = {"Env": ["PATH=/bin", "GREETING=hello"], "WorkingDir": "/etc", "Entrypoint": ["/bin/sh", "-c"],
+              "Cmd": ["echo $GREETING; pwd"]}
+    OciImage([tar_of(rootfs)], config=config, ref="cfg").write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci")).returncode == 0  # named by the layout's ref
+    default = sbx("run", "--image", "cfg")
+    assert (default.returncode, default.stdout) == (0, b"hello\n/etc\n"), default.stderr
+    given = sbx("run", "--image", "cfg:latest", "--env", "GREETING=mine", "--", "echo $GREETING")
+    assert given.stdout == b"mine\n", given.stderr
+
+
+def test_a_docker_archive_made_by_skopeo_imports_with_its_name(rootfs: Path, tmp_path: Path) -> None:
+    OciImage([tar_of(rootfs)], config={"Cmd": ["cat", "/etc/motd"]}).write(tmp_path / "oci")
+    archive = tmp_path / "img.tar"
+    subprocess.run(["skopeo", "copy", "--quiet", f"oci:{tmp_path / 'oci'}", f"docker-archive:{archive}:tools/bb:v1"],
+                   check=True)
+    r = sbx("image", "import", str(archive))
+    assert r.returncode == 0 and r.stdout.startswith(b"docker.io/tools/bb:v1 "), r.stderr  # as skopeo wrote it
+    assert sbx("run", "--image", "docker.io/tools/bb:v1").stdout == b"from the image\n"
+
+
+async def test_the_api_runs_an_image(rootfs: Path) -> None:
+    Store().import_path(str(rootfs), "bb")
+    async with Sandbox(image="bb") as box:
+        r = await box.run(["cat", "/etc/motd"])
+    assert (r.status, r.stdout) == (Status.OK, b"from the image\n")
+
+
+# -- hostile archives --------------------------------------------------------------------------------------------
+
+
+def _import_layer(tmp_path: Path, tar: bytes, caps: Caps = Caps(), gz: bool = False) -> None:
+    path = tmp_path / ("layer.tar.gz" if gz else "layer.tar")
+    path.write_bytes(gzip.compress(tar) if gz else tar)
+    Store().import_path(str(path), "hostile", caps)
+
+
+def test_entries_that_leave_the_layer_are_refused(tmp_path: Path, store_home: Path) -> None:
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    cases = {
+        "..": [Entry("../escaped", data=b"x")],
+        "through a symlink": [Entry("link", tarfile.SYMTYPE, linkname=str(victim)), Entry("link/pwned", data=b"x")],
+        "hard link up": [Entry("h", tarfile.LNKTYPE, linkname="../../etc/passwd")],
+        "hard link through a symlink": [Entry("s", tarfile.SYMTYPE, linkname="/etc"),
+                                        Entry("h", tarfile.LNKTYPE, linkname="s/passwd")],
+        "hard link to nothing": [Entry("h", tarfile.LNKTYPE, linkname="etc/shadow")],
+    }
+    for what, entries in cases.items():
+        with pytest.raises(ArchiveError):
+            _import_layer(tmp_path, layer_tar(entries))
+        assert os.listdir(victim) == [] and not (tmp_path / "escaped").exists(), what
+        _nothing_left(store_home)
+
+
+def test_device_nodes_and_setuid_bits_never_take_effect(tmp_path: Path, store_home: Path) -> None:
+    _import_layer(tmp_path, layer_tar([Entry("/abs", data=b"in the layer\n"), Entry("dev/null", tarfile.CHRTYPE),
+                                       Entry("bin/su", data=b"x", mode=0o4755, uid=0),
+                                       Entry("home/u/f", data=b"mine", uid=1000, gid=1000)]))
+    [layer] = os.listdir(store_home / "layers")
+    root = store_home / "layers" / layer / "root"
+    assert (root / "abs").read_bytes() == b"in the layer\n", "a leading / is the layer's root"
+    assert not (root / "dev" / "null").exists()
+    assert (root / "bin" / "su").stat().st_mode & 0o7777 == 0o755
+    assert os.getxattr(root / "home" / "u" / "f", "user.sbx.owner") == b"1000:1000"
+
+
+def test_a_decompression_bomb_stops_at_the_caps(tmp_path: Path, store_home: Path) -> None:
+    bomb = layer_tar([Entry("zeros", data=bytes(64 * 2**20))])
+    with pytest.raises(ArchiveError, match="more than 1048576 bytes"):
+        _import_layer(tmp_path, bomb, Caps(bytes=2**20), gz=True)
+    _nothing_left(store_home)
+    many = layer_tar([Entry(f"f{i}") for i in range(500)])
+    with pytest.raises(ArchiveError, match="more than 100 entries"):
+        _import_layer(tmp_path, many, Caps(entries=100))
+    _nothing_left(store_home)
+
+
+def test_a_blob_that_does_not_match_its_digest_is_refused(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    oci = OciImage([layer_tar([Entry("a", data=b"1")])]).write(tmp_path / "oci")
+    manifest_digest = json.loads((oci / "index.json").read_text())["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((oci / "blobs" / "sha256" / manifest_digest).read_bytes())
+    layer = oci / "blobs" / "sha256" / manifest["layers"][0]["digest"].split(":")[1]
+    layer.write_bytes(gzip.compress(layer_tar([Entry("a", data=b"2")])))
+    r = sbx("image", "import", str(oci), "--name", "bad")
+    assert r.returncode == 125 and b"does not match its digest" in r.stderr, r.stderr
+    _nothing_left(store_home)
+
+
+# -- the store ------------------------------------------------------------------------------------------------------
+
+
+def test_layers_are_shared_and_prune_frees_only_what_nothing_uses(rootfs: Path, tmp_path: Path,
+                                                                  store_home: Path) -> None:
+    base = tar_of(rootfs)
+    OciImage([base]).write(tmp_path / "a")
+    OciImage([base, layer_tar([Entry("etc/extra", data=b"e\n")])]).write(tmp_path / "b")
+    store = Store()
+    store.import_path(str(tmp_path / "a"), "a")
+    store.import_path(str(tmp_path / "b"), "b")
+    assert len(os.listdir(store_home / "layers")) == 2, "the shared layer is unpacked once"
+    store.remove("a")
+    assert store.prune() == []
+    store.tag("b", "c:v2")
+    store.remove("b")
+    assert store.prune() == [] and [i["name"] for i in store.list()] == ["c:v2"]
+    store.remove("c:v2")
+    assert len(store.prune()) == 2
+    _nothing_left(store_home)
+
+
+async def test_a_layer_a_box_runs_on_is_not_pruned(rootfs: Path, store_home: Path) -> None:
+    store = Store()
+    store.import_path(str(rootfs), "bb")
+    async with Sandbox(image="bb") as box:
+        store.remove("bb")
+        assert store.prune() == []
+        assert (await box.run(["cat", "/etc/motd"])).stdout == b"from the image\n"
+    assert len(store.prune()) == 1
+
+
+def test_concurrent_imports_of_one_image(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    OciImage([tar_of(rootfs)]).write(tmp_path / "oci")
+    errors: list[BaseException] = []
+
+    def one(name: str) -> None:
+        try:
+            Store().import_path(str(tmp_path / "oci"), name)
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+    threads = [threading.Thread(target=one, args=(f"n{i}",)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert len(os.listdir(store_home / "layers")) == 1 and len(Store().list()) == 4
+    assert os.listdir(store_home / "tmp") == []
+
+
+def test_bad_input_gets_one_line(tmp_path: Path) -> None:
+    r = sbx("run", "--image", "nope", "--", "true")
+    assert (r.returncode, r.stderr) == (125, b"sbx: image nope:latest: not in the store (sbx image ls lists it, "
+                                              b"sbx image import adds one)\n")
+    r = sbx("image", "import", str(tmp_path / "missing"))
+    assert r.returncode == 125 and r.stderr.count(b"\n") == 1
+    r = sbx("run", "--image", "Bad Name", "--", "true")
+    assert r.returncode == 125 and b"not a valid NAME[:TAG]" in r.stderr
+    assert shutil.which("skopeo"), "skopeo makes the docker-archive fixture (./dev installs it)"
