@@ -8,10 +8,11 @@ Device nodes are left out and setuid/setgid bits dropped: neither may ever
 take effect.  OCI whiteouts become what both union backends read, a 0:0
 character device (which Linux lets anyone make) and `user.overlay.opaque`.
 Entry counts and sizes are capped as they are read, so a decompression bomb
-stops with a clear error in bounded time and disk.  In-image owners are kept
-in the `user.sbx.owner` xattr ("uid:gid"), since the caller cannot chown;
-directories keep rwx for their owner (the caller), so that later entries
-and removal work.
+stops with a clear error in bounded time and disk.  The caller cannot chown,
+and directories keep rwx for their owner (the caller) so that later entries
+and removal work: where the image's owner or mode differs, it is kept in the
+`user.sbx.owner` xattr ("uid:gid:mode:rdev", mode in octal with its type),
+which the FUSE union presents in the box (fuse_overlay/ownership.py).
 """
 
 from __future__ import annotations
@@ -162,7 +163,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, root: int, where: str) -> N
                 raise ArchiveError(f"{where}: directory {m.name!r} is where a non-directory already is") from None
             try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
                 os.fchmod(fd, _mode(m) | 0o700)
-                _own(fd, m)
+                _own(fd, m, stat.S_IFDIR)
             finally:
                 os.close(fd)
             return
@@ -173,7 +174,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, root: int, where: str) -> N
             try:
                 _copy(tar.extractfile(m), fd, m.size)
                 os.fchmod(fd, _mode(m))
-                _own(fd, m)
+                _own(fd, m, stat.S_IFREG)
                 os.utime(fd, (m.mtime, m.mtime))
             finally:
                 os.close(fd)
@@ -209,9 +210,9 @@ def _mode(m: tarfile.TarInfo) -> int:
     return m.mode & 0o1777  # no setuid or setgid bit, ever
 
 
-def _own(fd: int, m: tarfile.TarInfo) -> None:
-    if m.uid or m.gid:
-        os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}".encode())
+def _own(fd: int, m: tarfile.TarInfo, kind: int) -> None:
+    if m.uid or m.gid or (kind == stat.S_IFDIR and _mode(m) & 0o700 != 0o700):
+        os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}:{kind | _mode(m):o}:0".encode())
 
 
 def _copy(src: IO[bytes] | None, fd: int, size: int) -> None:

@@ -84,6 +84,20 @@ def test_a_docker_archive_made_by_skopeo_imports_with_its_name(rootfs: Path, tmp
     assert sbx("run", "--image", "docker.io/tools/bb:v1").stdout == b"from the image\n"
 
 
+def test_in_image_owners_and_modes_show_in_the_box(rootfs: Path, tmp_path: Path, fs: str) -> None:
+    """The caller cannot chown: the FUSE union presents what the layer recorded; kernel overlayfs cannot."""
+    owned = layer_tar([Entry("home", tarfile.DIRTYPE, mode=0o755), Entry("home/u", tarfile.DIRTYPE, mode=0o750,
+                                                                          uid=1000, gid=1000),
+                       Entry("home/u/f", data=b"mine\n", mode=0o640, uid=1000, gid=1000)])
+    OciImage([tar_of(rootfs), owned]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "own").returncode == 0
+    r = sbx("run", "--image", "own", "--fs", fs, "--", "sh", "-c", "stat -c '%u:%g %a' /home/u; cat /home/u/f")
+    if fs == "fuse":  # the program's uid in the box is 1000: the image's owner of its home
+        assert r.stdout == b"1000:1000 750\nmine\n", r.stderr
+    else:  # box root's, mode kept: uid 1000 may not enter
+        assert r.stdout == b"0:0 750\n" and b"Permission denied" in r.stderr
+
+
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
     Store().import_path(str(rootfs), "bb")
     async with Sandbox(image="bb") as box:
@@ -127,7 +141,7 @@ def test_device_nodes_and_setuid_bits_never_take_effect(tmp_path: Path, store_ho
     assert (root / "abs").read_bytes() == b"in the layer\n", "a leading / is the layer's root"
     assert not (root / "dev" / "null").exists()
     assert (root / "bin" / "su").stat().st_mode & 0o7777 == 0o755
-    assert os.getxattr(root / "home" / "u" / "f", "user.sbx.owner") == b"1000:1000"
+    assert os.getxattr(root / "home" / "u" / "f", "user.sbx.owner") == b"1000:1000:100644:0"
 
 
 def test_a_decompression_bomb_stops_at_the_caps(tmp_path: Path, store_home: Path) -> None:
