@@ -1,4 +1,4 @@
-"""`sbx image import|ls|inspect|tag|rm|prune`: the image store from the command line."""
+"""`sbx image import|ls|inspect|tag|rm|prune|export`: the image store from the command line."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .errors import ConfigError
+from .image_export import export
 from .image_store import Store
 
 
@@ -26,7 +27,7 @@ def _one_line(command: Callable[[argparse.Namespace], int | None]) -> Callable[[
 
 def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
                  no_command: Callable[[Any], Callable[[argparse.Namespace], Any]]) -> None:
-    image = sub.add_parser("image", help="the image store: import, list, inspect, tag, remove, prune")
+    image = sub.add_parser("image", help="the image store: import, list, inspect, tag, remove, prune, export")
     isub = image.add_subparsers(dest="image_command", parser_class=parser_class)
     image.set_defaults(func=no_command(isub.choices))
     imp = isub.add_parser("import", help="import a rootfs (dir or tar), a docker-archive or an OCI layout")
@@ -49,6 +50,10 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
     rm.set_defaults(func=_one_line(lambda a: Store().remove(a.ref)))
     prune = isub.add_parser("prune", help="remove the layers no name refers to and no box uses")
     prune.set_defaults(func=_one_line(_prune))
+    exp = isub.add_parser("export", help="write an image as an OCI image layout tar (skopeo's oci-archive)")
+    exp.add_argument("ref", metavar="NAME[:TAG]")
+    exp.add_argument("-o", "--output", required=True, metavar="FILE")
+    exp.set_defaults(func=_one_line(lambda a: export(Store(), a.ref, a.output)))
 
 
 def _import(args: argparse.Namespace) -> int:

@@ -98,6 +98,34 @@ def test_in_image_owners_and_modes_show_in_the_box(rootfs: Path, tmp_path: Path,
         assert r.stdout == b"0:0 750\n" and b"Permission denied" in r.stderr
 
 
+def test_an_exported_image_is_read_by_skopeo_and_umoci(rootfs: Path, tmp_path: Path) -> None:
+    """With its whiteouts, owners and config; and it imports back the same."""
+    gone = layer_tar([Entry("etc/gone", data=b"old\n"), Entry("home", tarfile.DIRTYPE, mode=0o755),
+                      Entry("home/f", data=b"f\n", mode=0o600, uid=1000, gid=1000)])
+    top = layer_tar([Entry("etc/.wh.gone"), Entry("etc/new", data=b"new\n")])
+    OciImage([tar_of(rootfs), gone, top], config={"Cmd": ["cat", "/etc/new"]}).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "ex:v1").returncode == 0
+    out = tmp_path / "ex.tar"
+    r = sbx("image", "export", "ex:v1", "-o", str(out))
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(subprocess.run(["skopeo", "inspect", f"oci-archive:{out}"], check=True,
+                                     capture_output=True).stdout)
+    assert len(seen["Layers"]) == 3
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    with tarfile.open(out) as tar:
+        tar.extractall(layout)
+    bundle = tmp_path / "bundle"
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:v1", str(bundle)], check=True,
+                   capture_output=True)
+    rootfs_out = bundle / "rootfs"
+    assert (rootfs_out / "etc" / "new").read_text() == "new\n" and not (rootfs_out / "etc" / "gone").exists()
+    assert (rootfs_out / "etc" / "motd").read_text() == "from the image\n"
+    assert (rootfs_out / "home" / "f").stat().st_mode & 0o777 == 0o600
+    assert sbx("image", "import", str(out), "--name", "back").returncode == 0
+    assert sbx("run", "--image", "back").stdout == b"new\n"
+
+
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
     Store().import_path(str(rootfs), "bb")
     async with Sandbox(image="bb") as box:
