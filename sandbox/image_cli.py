@@ -5,13 +5,21 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
+import shutil
+import subprocess
 import sys
 from collections.abc import Callable
 from typing import Any
 
+from . import scratch, teardown
 from .errors import ConfigError
 from .image_export import export
 from .image_store import Store
+
+
+TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "containers-storage:")
+"""skopeo's sources that `pull` passes as they are; anything else is a registry reference."""
 
 
 def _one_line(command: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
@@ -35,6 +43,11 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
     imp.add_argument("--name", metavar="NAME[:TAG]", help="default: the name the archive gives, if any")
     imp.add_argument("--quiet", action="store_true", help="no progress lines")
     imp.set_defaults(func=_one_line(_import))
+    pull = isub.add_parser("pull", help="fetch an image through skopeo (docker://NAME:TAG by default) and import it")
+    pull.add_argument("ref", metavar="REF", help="NAME[:TAG] from a registry, or any skopeo source (oci:DIR, ...)")
+    pull.add_argument("--name", metavar="NAME[:TAG]", help="default: REF without its transport")
+    pull.add_argument("--quiet", action="store_true", help="no progress lines")
+    pull.set_defaults(func=_one_line(_pull))
     ls = isub.add_parser("ls", help="the named images")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=_one_line(_ls))
@@ -63,6 +76,30 @@ def _import(args: argparse.Namespace) -> int:
     image = Store().import_path(args.path, args.name, progress=progress)
     print(f"{image.ref} {image.digest}")
     return 0
+
+
+def _pull(args: argparse.Namespace) -> int:
+    skopeo = shutil.which("skopeo")
+    if skopeo is None:
+        raise ConfigError("sbx image pull needs skopeo (Debian: apt install skopeo); or import an archive: skopeo copy "
+                          "docker://NAME:TAG oci-archive:FILE, then sbx image import FILE --name NAME:TAG")
+    source = args.ref if args.ref.startswith(TRANSPORTS) else f"docker://{args.ref}"
+    if args.name is None and not source.startswith("docker://"):
+        raise ConfigError(f"image pull {args.ref}: give --name NAME[:TAG] for a source that is not a registry")
+    args.name = args.name or source[len("docker://"):]
+    store = Store()
+    work, lock = scratch.make(os.path.join(store.root, "tmp"), "pull-")
+    try:
+        copied = subprocess.run([skopeo, "copy", "--quiet", source, f"oci:{work}/layout:pulled"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if copied.returncode:
+            said = copied.stderr.decode(errors="replace").strip().splitlines()
+            raise ConfigError(f"skopeo could not fetch {source}: {said[-1] if said else 'no reason given'}")
+        args.path = os.path.join(work, "layout")
+        return _import(args)
+    finally:
+        teardown.remove_tree(work, teardown.identity(work))
+        os.close(lock)
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 import threading
 from pathlib import Path
@@ -124,6 +125,21 @@ def test_an_exported_image_is_read_by_skopeo_and_umoci(rootfs: Path, tmp_path: P
     assert (rootfs_out / "home" / "f").stat().st_mode & 0o777 == 0o600
     assert sbx("image", "import", str(out), "--name", "back").returncode == 0
     assert sbx("run", "--image", "back").stdout == b"new\n"
+
+
+def test_pull_goes_through_skopeo_and_says_so_without_it(rootfs: Path, tmp_path: Path) -> None:
+    OciImage([tar_of(rootfs)], config={"Cmd": ["cat", "/etc/motd"]}).write(tmp_path / "oci")
+    r = sbx("image", "pull", f"oci:{tmp_path / 'oci'}", "--name", "pulled")
+    assert r.returncode == 0, r.stderr
+    assert sbx("run", "--image", "pulled").stdout == b"from the image\n"
+    nameless = sbx("image", "pull", f"oci:{tmp_path / 'oci'}")
+    assert nameless.returncode == 125 and b"give --name" in nameless.stderr
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    without = subprocess.run([sys.executable, "-m", "sandbox", "image", "pull", "debian:12"],
+                             env={**os.environ, "PATH": str(empty)}, capture_output=True)
+    assert without.returncode == 125 and without.stderr.startswith(b"sbx: sbx image pull needs skopeo")
+    assert without.stderr.count(b"\n") == 1
 
 
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
