@@ -23,7 +23,7 @@ from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError
-from .image_store import Image, Store
+from .image_store import Image, Store, parse_ref
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
 from .policy import Policy, load_policy
@@ -78,9 +78,11 @@ class Sandbox:
         upper: str | None = None,
         fs: str = "auto",
         image: str | None = None,
+        commit: str | None = None,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
-        Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image)."""
+        Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
+        image plus what the runs wrote, made when the sandbox closes (`committed` then holds it)."""
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
@@ -93,6 +95,8 @@ class Sandbox:
             lowers = [os.path.join(self._store.layer_dir(d), "root") for d in reversed(self.image.diff_ids)]
         if upper is not None and not lowers:
             raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
+        self._commit = parse_ref(commit) if commit is not None else None
+        self.committed: Image | None = None
         self._lowers = tuple(parse_lower(d) for d in lowers)
         self._upper = parse_upper(upper) if upper is not None else None
         self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
@@ -112,11 +116,15 @@ class Sandbox:
         if fs == "kernel" and self._upper is not None:
             raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
         self.fs = fs
+        if self._commit is not None and (self.image is None or self.fs != "fuse"):
+            raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
+                              "lives inside the box")
         defaults = self.image.runtime if self.image is not None else {}
         self.env = {**dict(e.split("=", 1) for e in defaults.get("Env") or [] if "=" in e), **(env or {})}
         self.cwd = cwd or defaults.get("WorkingDir") or ("/" if self.image is not None else WORK_DIR)
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
+        self._union_upper: str | None = None
         self.policy = policy
         self._filters: dict[tuple[str, bool], int] = {}
         self._policies: dict[str, Policy] = {}
@@ -146,6 +154,7 @@ class Sandbox:
                 os.mkdir(workdir)
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
                             upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
+            self._union_upper = upper
             found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
             if self.policy is not None:  # the filter the runs will need, compiled before the box is built
                 self._filter(self.policy, unmapped_memory=found.base is not None or self.limits.memory is None)
@@ -244,6 +253,10 @@ class Sandbox:
                     await box.aclose()
                 except Exception as e:  # noqa: BLE001 - said, never raised: it would lose the caller's results
                     warnings.warn(TeardownWarning(f"closing the box failed: {e}"), stacklevel=2)
+                if self._commit is not None and self.image is not None and self._union_upper is not None:
+                    # the daemon is gone: the upper holds all it will; and it is removed right after
+                    self.committed = await trio.to_thread.run_sync(self._store.commit, self.image,
+                                                                   self._union_upper, self._commit)
         finally:
             self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
 

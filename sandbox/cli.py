@@ -143,6 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", metavar="NAME[:TAG]",
                      help="an image of the store (sbx image ls): its layers are the root, its Env, WorkingDir and "
                           "Entrypoint apply, and its Cmd when no PROG is given")
+    run.add_argument("--commit", metavar="NEW[:TAG]",
+                     help="with --image (and --fs fuse): after the run, the image plus what the program wrote, "
+                          "deletions included, as a new image of the store")
     run.add_argument("--lower", action="append", default=[], metavar="DIR",
                      help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
                           "instead of the host's system dirs")
@@ -269,6 +272,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         upper=args.upper,
         fs=args.fs,
         image=args.image,
+        commit=args.commit,
     )
     plan = _Plan(argv, args.quiet, binds, [copies.parse_copy_in(spec) for spec in args.copy_in],
                  [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes,
@@ -286,6 +290,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if outcome.lines and not all(r.ends_line for r in (plan.stdout, plan.stderr) if r.fd == 2):
         # the program's last line on our stderr is not ours to finish
         print(file=sys.stderr)
+    if sandbox.committed is not None:
+        outcome.lines.append(f"committed {sandbox.committed.ref} {sandbox.committed.digest}")
     for line in outcome.lines:
         print(f"sbx: {line}", file=sys.stderr)
     if args.json:

@@ -29,7 +29,8 @@ from typing import Any
 
 from . import scratch, teardown
 from .errors import ConfigError
-from .image_archive import Source, Verified, decompressed, open_source
+from .image_archive import LayerBlob, Source, Verified, decompressed, open_source
+from .image_tar import tar_layer
 from .image_unpack import ArchiveError, Budget, Caps, unpack
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
@@ -251,6 +252,24 @@ class Store:
                     teardown.remove_tree(work, teardown.identity(work))
                 os.close(lock)
         return diff_ids
+
+    def commit(self, base: Image, upper: str, ref: str) -> Image:
+        """A new image: `base` with a run's upper dir on it as one more layer (whiteouts for what it deleted).
+
+        The upper is the program's work: it goes through the same unpacking as any archive.
+        """
+        ref = parse_ref(ref)
+        work, lock = scratch.make(os.path.join(self.root, "tmp"), "commit-")
+        try:
+            tar_path = os.path.join(work, "layer.tar")
+            tar_layer(upper, tar_path)
+            source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
+            [diff_id] = self._unpack_layers(source, Caps(), lambda line: None)
+        finally:
+            teardown.remove_tree(work, teardown.identity(work))
+            os.close(lock)
+        diff_ids = [*base.diff_ids, diff_id]
+        return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
 
     def _place_layer(self, work: str, diff_id: str) -> None:
         with self._locked(fcntl.LOCK_EX):

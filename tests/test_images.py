@@ -142,6 +142,31 @@ def test_pull_goes_through_skopeo_and_says_so_without_it(rootfs: Path, tmp_path:
     assert without.stderr.count(b"\n") == 1
 
 
+def test_commit_makes_the_runs_changes_a_new_layer(rootfs: Path, tmp_path: Path) -> None:
+    """What the program wrote and deleted, as one more layer over the image; exported, umoci sees the same."""
+    data = layer_tar([Entry("data", tarfile.DIRTYPE, mode=0o755, uid=1000, gid=1000),
+                      Entry("data/old", data=b"old\n", uid=1000, gid=1000)])  # the program's (uid 1000 in the box)
+    OciImage([tar_of(rootfs), data]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "base").returncode == 0
+    r = sbx("run", "--image", "base", "--commit", "next:v2", "--", "sh", "-c",
+            "rm /data/old && mkdir /data/app && echo built > /data/app/out && ln -s out /data/app/link")
+    assert r.returncode == 0 and b"sbx: committed next:v2 sha256:" in r.stderr, r.stderr
+    for fs in ("fuse", "kernel"):
+        seen = sbx("run", "--image", "next:v2", "--fs", fs, "--", "sh", "-c", "ls /data; cat /data/app/link")
+        assert seen.stdout == b"app\nbuilt\n", (fs, seen.stderr)  # no old: deleted
+    assert sbx("image", "export", "next:v2", "-o", str(tmp_path / "next.tar")).returncode == 0
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    with tarfile.open(tmp_path / "next.tar") as tar:
+        tar.extractall(layout)
+    subprocess.run(["umoci", "unpack", "--rootless", "--image", f"{layout}:v2", str(tmp_path / "bundle")],
+                   check=True, capture_output=True)
+    assert (tmp_path / "bundle" / "rootfs" / "data" / "app" / "out").read_text() == "built\n"
+    assert not (tmp_path / "bundle" / "rootfs" / "data" / "old").exists()
+    refused = sbx("run", "--image", "base", "--fs", "kernel", "--commit", "x", "--", "true")
+    assert refused.returncode == 125 and b"--commit needs --image and the FUSE union" in refused.stderr
+
+
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
     Store().import_path(str(rootfs), "bb")
     async with Sandbox(image="bb") as box:
