@@ -12,6 +12,8 @@ import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ("sh", "ls", "cat", "echo", "rm", "mkdir", "touch", "stat", "id", "pwd", "env", "test", "true", "printf")
 
@@ -65,7 +67,7 @@ def tar_of(root: Path) -> bytes:
 class OciImage:
     layers: list[bytes]  # uncompressed tars, bottom first
     config: dict[str, object] = field(default_factory=dict)  # the runtime part: Env, Cmd, WorkingDir, ...
-    gzip_layers: bool = True
+    compression: str = "gzip"  # or "zstd", or "" for plain tars
     ref: str | None = None
 
     def write(self, into: Path) -> Path:
@@ -79,8 +81,10 @@ class OciImage:
             return f"sha256:{digest}"
         descs = []
         for layer in self.layers:
-            stored = gzip.compress(layer) if self.gzip_layers else layer
-            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + ("+gzip" if self.gzip_layers else ""),
+            stored = {"gzip": gzip.compress, "zstd": zstandard.ZstdCompressor().compress, "": bytes}[self.compression](
+                layer)
+            descs.append({"mediaType": "application/vnd.oci.image.layer.v1.tar" + (f"+{self.compression}" if
+                                                                                   self.compression else ""),
                           "digest": put(stored), "size": len(stored)})
         config = {"architecture": "amd64", "os": "linux", "config": self.config,
                   "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest()

@@ -16,7 +16,7 @@ import pytest
 
 from helpers import sbx
 from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
-from sandbox import Sandbox, Status
+from sandbox import Sandbox, SandboxPool, Status
 from sandbox.image_store import Store
 from sandbox.image_unpack import ArchiveError, Caps
 
@@ -62,6 +62,23 @@ def test_whiteouts_and_opaque_dirs_mean_the_same_on_both_backends(rootfs: Path, 
     assert sbx("image", "import", str(tmp_path / "oci"), "--name", "wh").returncode == 0
     run = sbx("run", "--image", "wh", "--fs", fs, "--", "sh", "-c", "ls /etc; ls -a /d")
     assert run.stdout == b"motd\n.\n..\nb\n", run.stderr
+
+
+@pytest.mark.parametrize("compression", ["", "zstd"])
+def test_plain_and_zstd_layers_import(rootfs: Path, tmp_path: Path, compression: str) -> None:
+    top = layer_tar([Entry("etc/motd", data=b"compressed\n")])
+    OciImage([tar_of(rootfs), top], compression=compression).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "z").returncode == 0
+    assert sbx("run", "--image", "z", "--", "cat", "/etc/motd").stdout == b"compressed\n"
+
+
+async def test_a_pool_of_an_image_resets_to_it(rootfs: Path) -> None:
+    Store().import_path(str(rootfs), "bb")
+    async with SandboxPool(size=1, image="bb") as pool:
+        async with pool.acquire() as box:
+            assert (await box.run(["sh", "-c", "echo x > /tmp/left; cat /etc/motd"])).stdout == b"from the image\n"
+        async with pool.acquire() as box:
+            assert (await box.run(["sh", "-c", "ls /tmp"])).stdout == b""
 
 
 def test_the_images_env_workdir_entrypoint_and_cmd_apply(rootfs: Path, tmp_path: Path) -> None:
