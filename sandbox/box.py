@@ -139,7 +139,8 @@ class Box:
         try:
             self.daemon = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", ",".join(opts), f"/dev/fd/{fd}"],
-                pass_fds=(fd, *self._daemon_holds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._daemon_log)
+                pass_fds=(fd, *self._daemon_holds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self._daemon_log)
         finally:
             os.close(fd)
         if self.cgroup is not None:

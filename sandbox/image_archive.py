@@ -8,6 +8,7 @@ Layer blobs may be plain, gzip or zstd tars (told apart by their first bytes).
 from __future__ import annotations
 
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -72,7 +73,8 @@ def decompressed(blob: IO[bytes]) -> IO[bytes]:
     if magic[:2] == b"\x1f\x8b":
         return gzip.GzipFile(fileobj=buffered)  # type: ignore[return-value]
     if magic == b"\x28\xb5\x2f\xfd":
-        return zstandard.ZstdDecompressor().stream_reader(buffered, read_across_frames=True)  # type: ignore[return-value]
+        zstd = zstandard.ZstdDecompressor()
+        return zstd.stream_reader(buffered, read_across_frames=True)  # type: ignore[return-value]
     return buffered
 
 
@@ -132,7 +134,23 @@ def _blob_name(digest: str, where: str) -> str:
     return f"blobs/sha256/{hexd}"
 
 
-def _oci(opener: Callable[[str], IO[bytes]], where: str) -> Source:
+Opener = Callable[[str], IO[bytes]]
+"""A file of the archive by its name in it."""
+
+
+def _metadata(read: Callable[[Opener, str], Source]) -> Callable[[Opener, str], Source]:
+    """Manifests and configs are the archive's: a missing key or a wrong type is a bad archive, said in one line."""
+    @functools.wraps(read)
+    def checked(opener: Opener, where: str) -> Source:
+        try:
+            return read(opener, where)
+        except (KeyError, TypeError, IndexError, AttributeError) as e:
+            raise ArchiveError(f"{where}: malformed image metadata ({type(e).__name__}: {e})") from None
+    return checked
+
+
+@_metadata
+def _oci(opener: Opener, where: str) -> Source:
     index = _json(opener("index.json"), f"{where}: index.json")
     manifests = index.get("manifests") or []
     if len(manifests) != 1:
@@ -151,7 +169,7 @@ def _oci(opener: Callable[[str], IO[bytes]], where: str) -> Source:
     return Source(config, blobs, [ref] if ref else [])
 
 
-def _verified_json(opener: Callable[[str], IO[bytes]], digest: str, where: str) -> Any:
+def _verified_json(opener: Opener, digest: str, where: str) -> Any:
     name = _blob_name(digest, where)
     with opener(name) as f:
         data = f.read(MAX_JSON + 1)
@@ -162,7 +180,8 @@ def _verified_json(opener: Callable[[str], IO[bytes]], digest: str, where: str) 
     return json.loads(data)
 
 
-def _docker(opener: Callable[[str], IO[bytes]], where: str) -> Source:
+@_metadata
+def _docker(opener: Opener, where: str) -> Source:
     manifest = _json(opener("manifest.json"), f"{where}: manifest.json")
     if not isinstance(manifest, list) or len(manifest) != 1:
         raise ArchiveError(f"{where}: the docker archive holds {len(manifest)} images; import one at a time")

@@ -219,16 +219,27 @@ class Store:
     def import_path(self, path: str, ref: str | None, caps: Caps = Caps(),
                     progress: Callable[[str], None] = lambda line: None) -> Image:
         """Import a rootfs, docker-archive or OCI layout; named `ref`, else by the archive, else an error."""
-        with open_source(path) as source:
+        with open_source(path) as source, self._pinning() as pins:
             name = parse_ref(ref) if ref else parse_ref(source.tags[0]) if source.tags else None
             if name is None:
                 raise ConfigError(f"{path}: the archive names no image: give --name NAME[:TAG]")
-            diff_ids = self._unpack_layers(source, caps, progress)
-        config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
-        config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-        return self._name(name, config, diff_ids)
+            diff_ids = self._unpack_layers(source, caps, progress, pins)
+            config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
+            config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
+            return self._name(name, config, diff_ids)
 
-    def _unpack_layers(self, source: Source, caps: Caps, progress: Callable[[str], None]) -> list[str]:
+    @contextlib.contextmanager
+    def _pinning(self) -> Iterator[list[int]]:
+        """Fds of shared flocks on the layers an import has placed: no prune takes them before they are named."""
+        pins: list[int] = []
+        try:
+            yield pins
+        finally:
+            for fd in pins:
+                os.close(fd)
+
+    def _unpack_layers(self, source: Source, caps: Caps, progress: Callable[[str], None],
+                       pins: list[int]) -> list[str]:
         budget = Budget(caps)
         diff_ids = []
         for i, blob in enumerate(source.layers):
@@ -244,13 +255,16 @@ class Store:
                     raise ArchiveError(f"{blob.where}: unpacks to {diff_id}, but the config says {blob.diff_id}")
                 with open(os.path.join(work, "size"), "w") as f:
                     f.write(str(budget.bytes - before))
-                self._place_layer(work, diff_id)
+                pins.append(self._place_layer(work, lock, diff_id))
+                if pins[-1] == lock:
+                    lock = -1  # it pins the layer now
                 diff_ids.append(diff_id)
                 progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} ({budget.bytes >> 20} MiB so far)")
             finally:
                 if os.path.exists(work):
                     teardown.remove_tree(work, teardown.identity(work))
-                os.close(lock)
+                if lock >= 0:
+                    os.close(lock)
         return diff_ids
 
     def commit(self, base: Image, upper: str, ref: str) -> Image:
@@ -259,23 +273,34 @@ class Store:
         The upper is the program's work: it goes through the same unpacking as any archive.
         """
         ref = parse_ref(ref)
-        work, lock = scratch.make(os.path.join(self.root, "tmp"), "commit-")
-        try:
-            tar_path = os.path.join(work, "layer.tar")
-            tar_layer(upper, tar_path)
-            source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
-            [diff_id] = self._unpack_layers(source, Caps(), lambda line: None)
-        finally:
-            teardown.remove_tree(work, teardown.identity(work))
-            os.close(lock)
-        diff_ids = [*base.diff_ids, diff_id]
-        return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
+        with self._pinning() as pins:
+            work, lock = scratch.make(os.path.join(self.root, "tmp"), "commit-")
+            try:
+                tar_path = os.path.join(work, "layer.tar")
+                tar_layer(upper, tar_path)
+                source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
+                [diff_id] = self._unpack_layers(source, Caps(), lambda line: None, pins)
+            finally:
+                teardown.remove_tree(work, teardown.identity(work))
+                os.close(lock)
+            diff_ids = [*base.diff_ids, diff_id]
+            return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
 
-    def _place_layer(self, work: str, diff_id: str) -> None:
+    def _place_layer(self, work: str, lock: int, diff_id: str) -> int:
+        """Put the unpacked layer in place, unless the same content is there already; returns a pin of the layer.
+
+        When the work dir becomes the layer, its scratch lock (`lock`, exclusive) becomes the pin (shared):
+        a second lock of this process on the same dir would wait for the first.
+        """
         with self._locked(fcntl.LOCK_EX):
             target = self.layer_dir(diff_id)
-            if not os.path.exists(target):  # else the same content is there already: ours is dropped
+            if not os.path.exists(target):
                 os.rename(work, target)
+                fcntl.flock(lock, fcntl.LOCK_SH)
+                return lock
+            fd = os.open(target, _DIR)
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            return fd
 
     def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
         with self._locked(fcntl.LOCK_EX):

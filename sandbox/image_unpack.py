@@ -102,22 +102,27 @@ def _components(name: str, where: str) -> list[str]:
     return parts
 
 
+def _enter(parent: int, part: str, mode: int, where: str, name: str) -> int:
+    """An fd of the directory `part` in `parent`, made if missing; never through a link."""
+    try:
+        os.mkdir(part, mode, dir_fd=parent)
+    except FileExistsError:
+        pass
+    try:
+        return os.open(part, _DIR, dir_fd=parent)
+    except OSError as e:
+        if e.errno in (errno.ELOOP, errno.ENOTDIR):
+            raise ArchiveError(f"{where}: entry {name!r} needs {part!r} to be a directory, and it is not "
+                               "(links in a layer are never followed)") from None
+        raise
+
+
 def _parent(root: int, parts: list[str], where: str, name: str) -> int:
     """An fd of the directory that holds the last component, making missing ones; never through a link."""
     fd = os.dup(root)
     try:
         for part in parts[:-1]:
-            try:
-                os.mkdir(part, 0o755, dir_fd=fd)
-            except FileExistsError:
-                pass
-            try:
-                nxt = os.open(part, _DIR, dir_fd=fd)
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise ArchiveError(f"{where}: entry {name!r} goes through {part!r}, which is not a directory "
-                                       "(links in a layer are never followed)") from None
-                raise
+            nxt = _enter(fd, part, 0o755, where, name)
             os.close(fd)
             fd = nxt
     except BaseException:
@@ -153,14 +158,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, root: int, where: str) -> N
                 pass
             return
         if m.isdir():
-            try:
-                os.mkdir(base, 0o700, dir_fd=parent)
-            except FileExistsError:
-                pass
-            try:
-                fd = os.open(base, _DIR, dir_fd=parent)
-            except OSError:
-                raise ArchiveError(f"{where}: directory {m.name!r} is where a non-directory already is") from None
+            fd = _enter(parent, base, 0o700, where, m.name)
             try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
                 os.fchmod(fd, _mode(m) | 0o700)
                 _own(fd, m, stat.S_IFDIR)

@@ -253,6 +253,14 @@ def test_a_decompression_bomb_stops_at_the_caps(tmp_path: Path, store_home: Path
     _nothing_left(store_home)
 
 
+def test_malformed_metadata_is_one_line(tmp_path: Path, store_home: Path) -> None:
+    oci = OciImage([layer_tar([Entry("a", data=b"1")])]).write(tmp_path / "oci")
+    (oci / "index.json").write_text('{"manifests": [{"mediaType": "x"}]}')
+    r = sbx("image", "import", str(oci), "--name", "bad")
+    assert r.returncode == 125 and b"malformed image metadata" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
+    _nothing_left(store_home)
+
+
 def test_a_blob_that_does_not_match_its_digest_is_refused(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
     oci = OciImage([layer_tar([Entry("a", data=b"1")])]).write(tmp_path / "oci")
     manifest_digest = json.loads((oci / "index.json").read_text())["manifests"][0]["digest"].split(":")[1]
