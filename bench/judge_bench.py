@@ -131,7 +131,7 @@ async def sandboxed_pingpong(ping: Path, pong: Path) -> float:
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 300
     cores = len(os.sched_getaffinity(0))
-    print(f"| what | result | ratio |\n|---|---:|---:|")
+    print("| what | result | ratio |\n|---|---:|---:|")
     for limits, what in ((JUDGE_LIMITS, "pids 1 (sbx judge)"), (FORKING_LIMITS, "pids 64")):
         pooled, bare = (statistics.median(samples) for samples in trio.run(pool_runs, n, limits))
         print(f"| bare posix_spawn+waitpid /bin/true, median of {n} | {bare * 1000:.3f} ms | 1.00x |")
