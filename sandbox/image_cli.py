@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from . import scratch, teardown
+from . import scratch
 from .errors import ConfigError
 from .image_export import export
 from .image_store import Store
@@ -87,9 +87,7 @@ def _pull(args: argparse.Namespace) -> int:
     if args.name is None and not source.startswith("docker://"):
         raise ConfigError(f"image pull {args.ref}: give --name NAME[:TAG] for a source that is not a registry")
     args.name = args.name or source[len("docker://"):]
-    store = Store()
-    work, lock = scratch.make(os.path.join(store.root, "tmp"), "pull-")
-    try:
+    with scratch.workdir(os.path.join(Store().root, "tmp"), "pull-") as work:
         copied = subprocess.run([skopeo, "copy", "--quiet", source, f"oci:{work}/layout:pulled"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if copied.returncode:
@@ -97,9 +95,6 @@ def _pull(args: argparse.Namespace) -> int:
             raise ConfigError(f"skopeo could not fetch {source}: {said[-1] if said else 'no reason given'}")
         args.path = os.path.join(work, "layout")
         return _import(args)
-    finally:
-        teardown.remove_tree(work, teardown.identity(work))
-        os.close(lock)
 
 
 def _ls(args: argparse.Namespace) -> int:

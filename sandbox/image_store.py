@@ -244,6 +244,7 @@ class Store:
         diff_ids = []
         for i, blob in enumerate(source.layers):
             work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
+            made = teardown.identity(work)
             try:
                 os.mkdir(os.path.join(work, "root"), 0o755)
                 before = budget.bytes
@@ -261,8 +262,8 @@ class Store:
                 diff_ids.append(diff_id)
                 progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} ({budget.bytes >> 20} MiB so far)")
             finally:
-                if os.path.exists(work):
-                    teardown.remove_tree(work, teardown.identity(work))
+                if os.path.exists(work):  # (renamed into layers/ when it became the layer)
+                    teardown.remove_tree(work, made)
                 if lock >= 0:
                     os.close(lock)
         return diff_ids
@@ -273,16 +274,11 @@ class Store:
         The upper is the program's work: it goes through the same unpacking as any archive.
         """
         ref = parse_ref(ref)
-        with self._pinning() as pins:
-            work, lock = scratch.make(os.path.join(self.root, "tmp"), "commit-")
-            try:
-                tar_path = os.path.join(work, "layer.tar")
-                tar_layer(upper, tar_path)
-                source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
-                [diff_id] = self._unpack_layers(source, Caps(), lambda line: None, pins)
-            finally:
-                teardown.remove_tree(work, teardown.identity(work))
-                os.close(lock)
+        with self._pinning() as pins, scratch.workdir(os.path.join(self.root, "tmp"), "commit-") as work:
+            tar_path = os.path.join(work, "layer.tar")
+            tar_layer(upper, tar_path)
+            source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
+            [diff_id] = self._unpack_layers(source, Caps(), lambda line: None, pins)
             diff_ids = [*base.diff_ids, diff_id]
             return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
 

@@ -10,11 +10,13 @@ no cleaner can mistake a dir being made for an abandoned one.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import os
 import tempfile
 import warnings
+from collections.abc import Iterator
 
 from . import teardown
 from .teardown import TeardownWarning
@@ -36,6 +38,18 @@ def make(parent: str, prefix: str) -> tuple[str, int]:
         os.rmdir(making)
         raise
     return path, fd
+
+
+@contextlib.contextmanager
+def workdir(parent: str, prefix: str) -> Iterator[str]:
+    """A dir from `make` for the length of a `with`, then removed (only that very dir) and unlocked."""
+    path, lock = make(parent, prefix)
+    made = teardown.identity(path)
+    try:
+        yield path
+    finally:
+        teardown.remove_tree(path, made)
+        os.close(lock)
 
 
 def remove_abandoned(parent: str, prefix: str) -> None:

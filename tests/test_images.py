@@ -184,6 +184,24 @@ def test_commit_makes_the_runs_changes_a_new_layer(rootfs: Path, tmp_path: Path)
     assert refused.returncode == 125 and b"--commit needs --image and the FUSE union" in refused.stderr
 
 
+def test_commit_never_follows_a_link_the_program_planted(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    """The upper is the program's: a link in it to a host dir or file of the caller's stays a link in the layer."""
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (secret / "key").write_text("host secret\n")
+    secret.chmod(0o755)
+    assert sbx("image", "import", str(rootfs), "--name", "base").returncode == 0
+    r = sbx("run", "--image", "base", "--commit", "next", "--", "sh", "-c",
+            f"ln -s {secret} /box/dir && ln -s {secret}/key /box/file")
+    assert r.returncode == 0, r.stderr
+    next_image = Store().get("next")
+    top = store_home / "layers" / next_image.diff_ids[-1].split(":")[1] / "root" / "box"
+    assert os.readlink(top / "dir") == str(secret) and os.readlink(top / "file") == f"{secret}/key"
+    found = subprocess.run(["grep", "-r", "host secret", str(store_home)], capture_output=True)
+    assert found.returncode == 1, "the secret reached the store through a link"
+    assert os.listdir(secret) == ["key"]
+
+
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
     Store().import_path(str(rootfs), "bb")
     async with Sandbox(image="bb") as box:
