@@ -31,10 +31,11 @@ from . import scratch, teardown
 from .errors import ConfigError
 from .image_archive import LayerBlob, Source, Verified, decompressed, open_source
 from .image_tar import tar_layer
-from .image_unpack import ArchiveError, Budget, Caps, unpack
+from .image_unpack import ArchiveError, Budget, Caps, digest, unpack
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -137,8 +138,7 @@ class Store:
             fds: list[int] = []
             try:
                 for diff_id in image.diff_ids:
-                    fds.append(os.open(self.layer_dir(diff_id), _DIR))
-                    fcntl.flock(fds[-1], fcntl.LOCK_SH)
+                    fds.append(self._pin_layer_locked(diff_id))
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -243,30 +243,47 @@ class Store:
         budget = Budget(caps)
         diff_ids = []
         for i, blob in enumerate(source.layers):
-            work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
-            made = teardown.identity(work)
-            try:
-                os.mkdir(os.path.join(work, "root"), 0o755)
-                before = budget.bytes
-                with blob.open() as raw:
-                    verified = Verified(raw, blob.digest, blob.where)
-                    diff_id = unpack(decompressed(verified), os.path.join(work, "root"), budget, blob.where)
-                    verified.check()
-                if blob.diff_id is not None and diff_id != blob.diff_id:
-                    raise ArchiveError(f"{blob.where}: unpacks to {diff_id}, but the config says {blob.diff_id}")
-                with open(os.path.join(work, "size"), "w") as f:
-                    f.write(str(budget.bytes - before))
-                pins.append(self._place_layer(work, lock, diff_id))
-                if pins[-1] == lock:
-                    lock = -1  # it pins the layer now
-                diff_ids.append(diff_id)
-                progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} ({budget.bytes >> 20} MiB so far)")
-            finally:
-                if os.path.exists(work):  # (renamed into layers/ when it became the layer)
-                    teardown.remove_tree(work, made)
-                if lock >= 0:
-                    os.close(lock)
+            shared = self._pin_layer(blob.diff_id) if blob.diff_id and _DIFF_ID.fullmatch(blob.diff_id) else None
+            if shared is not None:  # here already: reading the blob through proves it is that layer
+                pins.append(shared)
+                diff_id = self._read_through(blob, budget)
+            else:
+                diff_id = self._unpack_layer(blob, budget, pins)
+            diff_ids.append(diff_id)
+            how = "shared, verified" if shared is not None else "unpacked"
+            progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} {how} ({budget.bytes >> 20} MiB so far)")
         return diff_ids
+
+    @staticmethod
+    def _read_through(blob: LayerBlob, budget: Budget) -> str:
+        with blob.open() as raw:
+            verified = Verified(raw, blob.digest, blob.where)
+            diff_id = digest(decompressed(verified), budget, blob.where)
+            verified.check()
+        return _checked(blob, diff_id)
+
+    def _unpack_layer(self, blob: LayerBlob, budget: Budget, pins: list[int]) -> str:
+        work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
+        made = teardown.identity(work)
+        try:
+            os.mkdir(os.path.join(work, "root"), 0o755)
+            before = budget.bytes
+            with blob.open() as raw:
+                verified = Verified(raw, blob.digest, blob.where)
+                diff_id = unpack(decompressed(verified), os.path.join(work, "root"), budget, blob.where)
+                verified.check()
+            _checked(blob, diff_id)
+            with open(os.path.join(work, "size"), "w") as f:
+                f.write(str(budget.bytes - before))
+            pins.append(self._place_layer(work, lock, diff_id))
+            if pins[-1] == lock:
+                lock = -1  # it pins the layer now
+            return diff_id
+        finally:
+            if os.path.exists(work):  # (renamed into layers/ when it became the layer)
+                teardown.remove_tree(work, made)
+            if lock >= 0:
+                os.close(lock)
 
     def commit(self, base: Image, upper: str, ref: str) -> Image:
         """A new image: `base` with a run's upper dir on it as one more layer (whiteouts for what it deleted).
@@ -289,14 +306,24 @@ class Store:
         a second lock of this process on the same dir would wait for the first.
         """
         with self._locked(fcntl.LOCK_EX):
-            target = self.layer_dir(diff_id)
-            if not os.path.exists(target):
-                os.rename(work, target)
+            if not os.path.exists(self.layer_dir(diff_id)):
+                os.rename(work, self.layer_dir(diff_id))
                 fcntl.flock(lock, fcntl.LOCK_SH)
                 return lock
-            fd = os.open(target, _DIR)
-            fcntl.flock(fd, fcntl.LOCK_SH)
-            return fd
+            return self._pin_layer_locked(diff_id)
+
+    def _pin_layer(self, diff_id: str) -> int | None:
+        """A shared flock on the layer `diff_id` if the store has it, else None."""
+        with self._locked(fcntl.LOCK_SH):
+            try:
+                return self._pin_layer_locked(diff_id)
+            except FileNotFoundError:
+                return None
+
+    def _pin_layer_locked(self, diff_id: str) -> int:
+        fd = os.open(self.layer_dir(diff_id), _DIR)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        return fd
 
     def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
         with self._locked(fcntl.LOCK_EX):
@@ -314,3 +341,9 @@ class Store:
             refs[ref] = digest
             self._write_refs(refs)
         return Image(ref, digest, config, tuple(diff_ids))
+
+
+def _checked(blob: LayerBlob, diff_id: str) -> str:
+    if blob.diff_id is not None and diff_id != blob.diff_id:
+        raise ArchiveError(f"{blob.where}: unpacks to {diff_id}, but the config says {blob.diff_id}")
+    return diff_id

@@ -80,19 +80,61 @@ class _HashingReader:
 def unpack(stream: IO[bytes], into: str, budget: Budget, where: str) -> str:
     """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id."""
     hashing = _HashingReader(stream)
-    root = os.open(into, _DIR)
+    dirs = _Dirs(os.open(into, _DIR))
     try:
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
                 budget.take(max(member.size, 0), 1, where)
-                _place(tar, member, root, where)
+                _place(tar, member, dirs, where)
         while hashing.read(_CHUNK):  # the padding after the end marker is part of the digest
             pass
     except tarfile.TarError as e:
         raise ArchiveError(f"{where}: not a valid tar archive ({e})") from None
     finally:
-        os.close(root)
+        dirs.close()
     return "sha256:" + hashing.sha.hexdigest()
+
+
+def digest(stream: IO[bytes], budget: Budget, where: str) -> str:
+    """The diff_id of the uncompressed tar `stream`, read through without unpacking; its bytes count as data."""
+    sha = hashlib.sha256()
+    while chunk := stream.read(_CHUNK):
+        budget.take(len(chunk), 0, where)
+        sha.update(chunk)
+    return "sha256:" + sha.hexdigest()
+
+
+class _Dirs:
+    """Fds of the layer's root and of the directories down to the last entry's parent.
+
+    Tars list a directory's entries together, so keeping the last path open
+    saves walking it again for each entry.  A directory, once made, is never
+    removed or replaced during an unpack (`_clear` leaves directories), so an
+    fd kept here still names the path it was opened by.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.chain: list[tuple[str, int]] = []
+
+    def parent(self, parts: list[str], where: str, name: str) -> int:
+        """The directory that holds the last component, made where missing; borrowed, not to be closed."""
+        want = parts[:-1]
+        keep = 0
+        while keep < min(len(want), len(self.chain)) and self.chain[keep][0] == want[keep]:
+            keep += 1
+        for _, fd in self.chain[keep:]:
+            os.close(fd)
+        del self.chain[keep:]
+        for part in want[keep:]:
+            fd = _enter(self.chain[-1][1] if self.chain else self.root, part, 0o755, where, name)
+            self.chain.append((part, fd))
+        return self.chain[-1][1] if self.chain else self.root
+
+    def close(self) -> None:
+        for _, fd in self.chain:
+            os.close(fd)
+        os.close(self.root)
 
 
 def _components(name: str, where: str) -> list[str]:
@@ -118,7 +160,7 @@ def _enter(parent: int, part: str, mode: int, where: str, name: str) -> int:
 
 
 def _parent(root: int, parts: list[str], where: str, name: str) -> int:
-    """An fd of the directory that holds the last component, making missing ones; never through a link."""
+    """An fd of the directory that holds the last component, never through a link; the caller closes it."""
     fd = os.dup(root)
     try:
         for part in parts[:-1]:
@@ -141,50 +183,47 @@ def _clear(parent: int, base: str) -> None:
         os.unlink(base, dir_fd=parent)
 
 
-def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, root: int, where: str) -> None:
+def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) -> None:
     parts = _components(m.name, where)
     if not parts:
         return  # the layer's root itself
     base = parts[-1]
-    parent = _parent(root, parts, where, m.name)
-    try:
-        if base == OPAQUE:
-            os.setxattr(parent, OPAQUE_XATTR, b"y")
-            return
-        if base.startswith(WHITEOUT_PREFIX):
-            try:  # hides the name in the layers below; an entry of this very layer stays (OCI)
-                os.mknod(base[len(WHITEOUT_PREFIX):], stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
-            except FileExistsError:
-                pass
-            return
-        if m.isdir():
-            fd = _enter(parent, base, 0o700, where, m.name)
-            try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
-                os.fchmod(fd, _mode(m) | 0o700)
-                _own(fd, m, stat.S_IFDIR)
-            finally:
-                os.close(fd)
-            return
-        _clear(parent, base)
-        if m.isreg():
-            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                         dir_fd=parent)
-            try:
-                _copy(tar.extractfile(m), fd, m.size)
-                os.fchmod(fd, _mode(m))
-                _own(fd, m, stat.S_IFREG)
-                os.utime(fd, (m.mtime, m.mtime))
-            finally:
-                os.close(fd)
-        elif m.issym():
-            os.symlink(m.linkname, base, dir_fd=parent)
-        elif m.islnk():
-            _hard_link(root, parent, base, m, where)
-        elif m.isfifo():
-            os.mkfifo(base, _mode(m), dir_fd=parent)
-        # device nodes are left out: they must never be effective in a box
-    finally:
-        os.close(parent)
+    parent = dirs.parent(parts, where, m.name)
+    if base == OPAQUE:
+        os.setxattr(parent, OPAQUE_XATTR, b"y")
+        return
+    if base.startswith(WHITEOUT_PREFIX):
+        try:  # hides the name in the layers below; an entry of this very layer stays (OCI)
+            os.mknod(base[len(WHITEOUT_PREFIX):], stat.S_IFCHR, os.makedev(0, 0), dir_fd=parent)
+        except FileExistsError:
+            pass
+        return
+    if m.isdir():
+        fd = _enter(parent, base, 0o700, where, m.name)
+        try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
+            os.fchmod(fd, _mode(m) | 0o700)
+            _own(fd, m, stat.S_IFDIR)
+        finally:
+            os.close(fd)
+        return
+    _clear(parent, base)
+    if m.isreg():
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent)
+        try:
+            _copy(tar.extractfile(m), fd, m.size)
+            os.fchmod(fd, _mode(m))
+            _own(fd, m, stat.S_IFREG)
+            os.utime(fd, (m.mtime, m.mtime))
+        finally:
+            os.close(fd)
+    elif m.issym():
+        os.symlink(m.linkname, base, dir_fd=parent)
+    elif m.islnk():
+        _hard_link(dirs.root, parent, base, m, where)
+    elif m.isfifo():
+        os.mkfifo(base, _mode(m), dir_fd=parent)
+    # device nodes are left out: they must never be effective in a box
 
 
 def _hard_link(root: int, parent: int, base: str, m: tarfile.TarInfo, where: str) -> None:

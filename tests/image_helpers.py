@@ -69,6 +69,7 @@ class OciImage:
     config: dict[str, object] = field(default_factory=dict)  # the runtime part: Env, Cmd, WorkingDir, ...
     compression: str = "gzip"  # or "zstd", or "" for plain tars
     ref: str | None = None
+    diff_ids: list[str] | None = None  # what the config claims, if not the layers' own
 
     def write(self, into: Path) -> Path:
         """An OCI image layout directory."""
@@ -87,8 +88,8 @@ class OciImage:
                                                                                    self.compression else ""),
                           "digest": put(stored), "size": len(stored)})
         config = {"architecture": "amd64", "os": "linux", "config": self.config,
-                  "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(t).hexdigest()
-                                                            for t in self.layers]}}
+                  "rootfs": {"type": "layers", "diff_ids": self.diff_ids or [
+                      "sha256:" + hashlib.sha256(t).hexdigest() for t in self.layers]}}
         config_blob = json.dumps(config).encode()
         manifest = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                                "config": {"mediaType": "application/vnd.oci.image.config.v1+json",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import shutil
@@ -310,6 +311,20 @@ def test_layers_are_shared_and_prune_frees_only_what_nothing_uses(rootfs: Path, 
     store.remove("c:v2")
     assert len(store.prune()) == 2
     _nothing_left(store_home)
+
+
+def test_a_layer_the_store_has_is_verified_not_unpacked_again(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    base = tar_of(rootfs)
+    OciImage([base]).write(tmp_path / "a")
+    assert sbx("image", "import", str(tmp_path / "a"), "--name", "a").returncode == 0
+    again = sbx("image", "import", str(tmp_path / "a"), "--name", "a2")
+    assert again.returncode == 0 and b"layer 1/1: sha256:" in again.stderr and b"shared, verified" in again.stderr
+    claimed = "sha256:" + hashlib.sha256(base).hexdigest()  # the config of a hostile image claims that layer
+    OciImage([layer_tar([Entry("etc/motd", data=b"planted\n")])], diff_ids=[claimed]).write(tmp_path / "lie")
+    r = sbx("image", "import", str(tmp_path / "lie"), "--name", "lie")
+    assert r.returncode == 125 and b"but the config says " + claimed.encode() in r.stderr, r.stderr
+    assert [i["name"] for i in Store().list()] == ["a2:latest", "a:latest"]
+    assert os.listdir(store_home / "tmp") == [] and len(os.listdir(store_home / "layers")) == 1
 
 
 async def test_a_layer_a_box_runs_on_is_not_pruned(rootfs: Path, store_home: Path) -> None:
