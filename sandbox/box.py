@@ -15,7 +15,6 @@ its pid namespace: nothing of a box can outlive the supervisor.
 
 from __future__ import annotations
 
-import fcntl
 import math
 import os
 import signal
@@ -23,7 +22,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from typing import Any
 
@@ -36,6 +34,7 @@ from .limits import Limits
 from .mounts import Layout
 from .shipped import SPAWNER, shipped
 from .userns import IdMap
+from .zygote import Zygote
 
 _CLOSE_TIMEOUT = 5.0
 _SPAWNER_GRACE = 1.0
@@ -48,7 +47,7 @@ class Box:
     @staticmethod
     def prepare() -> None:
         """Start what making a box needs (the zygote) ahead of time."""
-        _Zygote.start()
+        Zygote.start()
 
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
         """`daemon_holds`: fds the FUSE daemon keeps for its whole life (locks that must outlast a killed caller)."""
@@ -85,7 +84,7 @@ class Box:
         mapped_r, mapped_w = os.pipe()
         theirs = [child.detach(), unshared_w, mapped_r, *([cgroup_fd] if cgroup_fd >= 0 else [])]
         try:
-            self._pid = _Zygote.fork_outer(theirs)
+            self._pid = Zygote.fork_outer(theirs)
             self._pidfd = os.pidfd_open(self._pid)
         except OSError as e:
             parent.close()
@@ -415,78 +414,6 @@ class Box:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-
-class _Zygote:
-    """The fresh interpreter that forks each box's outer process (boxstart.py): one per supervisor process.
-
-    Spawned when the first sandbox is made, so that it boots while the caller
-    compiles its policy, and again if it died or this process forked.  A
-    request is one message each way; the fork takes about a millisecond, so
-    the caller waits for it in place.
-    """
-
-    _lock = threading.Lock()
-    _current: _Zygote | None = None
-
-    def __init__(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)  # clear of fd 3, its target
-            try:
-                self.pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "sandbox.boxstart",
-                                                           str(os.getpid())], {},
-                                          file_actions=[(os.POSIX_SPAWN_DUP2, high, 3)], setsigmask=())
-            finally:
-                os.close(high)
-        except BaseException:
-            ours.close()
-            raise
-        finally:
-            theirs.close()
-        self.sock = ours
-        self.owner = os.getpid()
-
-    @classmethod
-    def start(cls) -> _Zygote:
-        """The running zygote, spawned now if there is none: it boots (~80 ms) while the caller goes on."""
-        with cls._lock:
-            return cls._started()
-
-    @classmethod
-    def _started(cls) -> _Zygote:
-        zygote = cls._current
-        if zygote is not None and zygote.owner != os.getpid():  # this process forked: that was the parent's
-            zygote.close()
-            zygote = None
-        if zygote is None:
-            zygote = cls._current = _Zygote()
-        return zygote
-
-    @classmethod
-    def fork_outer(cls, fds: list[int]) -> int:
-        """A new outer process holding `fds` (control socket, handshake pipes, the cgroup's procs if a 4th)."""
-        with cls._lock:
-            for attempt in (1, 2):
-                zygote = cls._started()
-                try:
-                    protocol.send(zygote.sock, {"cgroup": len(fds) == 4}, fds)
-                    reply, _ = protocol.recv(zygote.sock)
-                except (EOFError, OSError):
-                    zygote.close()  # it died (killed, or this process forked): a new one, once
-                    cls._current = None
-                    if attempt == 2:
-                        raise
-                    continue
-                if "error" in reply:
-                    raise OSError(reply["error"])
-                return int(reply["pid"])
-        raise AssertionError("unreachable")
-
-    def close(self) -> None:
-        self.sock.close()
-        if self.owner == os.getpid():
-            os.waitpid(self.pid, 0)
 
 
 def _socket(fd: int) -> trio.socket.SocketType:

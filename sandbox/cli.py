@@ -19,14 +19,12 @@ import termios
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib.metadata import version
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from . import boxfiles, copies, doctor, image_cli, policy_cli
-from . import judge as judging
+from . import boxfiles, copies, image_cli, policy_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -96,6 +94,7 @@ class _Version(argparse.Action):
         super().__init__(option_strings, dest, nargs=0, help="print sbx's version and exit")
 
     def __call__(self, parser: argparse.ArgumentParser, *args: Any) -> NoReturn:
+        from importlib.metadata import version  # (not on every start: it costs more than a run's setup)
         print(f"sbx {version('sbx')}")
         parser.exit()
 
@@ -429,6 +428,7 @@ def _write_json(target: str, result: Result) -> None:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
+    from . import judge as judging  # this module and the next are loaded only by their own command
     solution = Path(args.solution)
     lang = judging.detect_lang(solution, args.lang)
     tests = judging.find_tests(Path(args.tests))
@@ -448,6 +448,7 @@ def _print(text: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
+    from . import doctor
     report = doctor.report()
     print(json.dumps(report, indent=2) if args.json else doctor.table(report))
     return 0
