@@ -46,6 +46,8 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
     pull = isub.add_parser("pull", help="fetch an image through skopeo (docker://NAME:TAG by default) and import it")
     pull.add_argument("ref", metavar="REF", help="NAME[:TAG] from a registry, or any skopeo source (oci:DIR, ...)")
     pull.add_argument("--name", metavar="NAME[:TAG]", help="default: REF without its transport")
+    pull.add_argument("--tls-verify", choices=["true", "false"], default="true",
+                      help="false: a registry without TLS, or with a certificate not verified (a local one)")
     pull.add_argument("--quiet", action="store_true", help="no progress lines")
     pull.set_defaults(func=_one_line(_pull))
     ls = isub.add_parser("ls", help="the named images")
@@ -88,7 +90,8 @@ def _pull(args: argparse.Namespace) -> int:
         raise ConfigError(f"image pull {args.ref}: give --name NAME[:TAG] for a source that is not a registry")
     args.name = args.name or source[len("docker://"):]
     with scratch.workdir(os.path.join(Store().root, "tmp"), "pull-") as work:
-        copied = subprocess.run([skopeo, "copy", "--quiet", source, f"oci:{work}/layout:pulled"],
+        copied = subprocess.run([skopeo, "copy", "--quiet", f"--src-tls-verify={args.tls_verify}", source,
+                                 f"oci:{work}/layout:pulled"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if copied.returncode:
             said = copied.stderr.decode(errors="replace").strip().splitlines()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -53,3 +55,24 @@ def host_processes_matching(marker: str) -> list[str]:
             words = cmdline.rstrip(b"\0").replace(b"\0", b" ").decode(errors="replace")
             found.append(f"{name}: {words}")
     return found
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (a server started next binds it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """Until 127.0.0.1:`port` accepts a connection; the server's own words if it exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited ({server.returncode}): "
+                               f"{server.stderr.read().decode() if server.stderr else ''}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")

@@ -11,11 +11,12 @@ import subprocess
 import sys
 import tarfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from helpers import sbx
+from helpers import free_port, sbx, wait_for_port
 from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
 from sandbox import Sandbox, SandboxPool, Status
 from sandbox.image_store import Store
@@ -158,6 +159,39 @@ def test_pull_goes_through_skopeo_and_says_so_without_it(rootfs: Path, tmp_path:
                              env={**os.environ, "PATH": str(empty)}, capture_output=True)
     assert without.returncode == 125 and without.stderr.startswith(b"sbx: sbx image pull needs skopeo")
     assert without.stderr.count(b"\n") == 1
+
+
+@pytest.fixture
+def registry(tmp_path: Path) -> Iterator[str]:
+    """Debian's docker-registry on 127.0.0.1 at a free port, plain HTTP, storing under tmp_path."""
+    port = free_port()
+    config = tmp_path / "registry.yml"
+    config.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: "
+                      f"{tmp_path / 'registry'}\nhttp:\n  addr: 127.0.0.1:{port}\n")
+    server = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE)
+    try:
+        wait_for_port(port, server)
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+
+
+def test_pull_from_a_registry(rootfs: Path, tmp_path: Path, registry: str) -> None:
+    OciImage([tar_of(rootfs)], config={"Cmd": ["cat", "/etc/motd"]}).write(tmp_path / "oci")
+    pushed = subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{tmp_path / 'oci'}",
+                             f"docker://{registry}/team/bb:v1"], capture_output=True)
+    assert pushed.returncode == 0, pushed.stderr
+    r = sbx("image", "pull", "--tls-verify=false", f"{registry}/team/bb:v1")
+    assert r.returncode == 0 and r.stdout.startswith(f"{registry}/team/bb:v1 sha256:".encode()), r.stderr
+    assert sbx("run", "--image", f"{registry}/team/bb:v1").stdout == b"from the image\n"
+    verified = sbx("image", "pull", f"{registry}/team/bb:v1", "--name", "again")  # TLS is verified by default
+    assert verified.returncode == 125 and verified.stderr.startswith(b"sbx: skopeo could not fetch docker://")
+    assert verified.stderr.count(b"\n") == 1
+    missing = sbx("image", "pull", "--tls-verify=false", f"{registry}/team/nope:v1")
+    assert missing.returncode == 125 and b"skopeo could not fetch" in missing.stderr
+    assert [i["name"] for i in Store().list()] == [f"{registry}/team/bb:v1"]
 
 
 def test_commit_makes_the_runs_changes_a_new_layer(rootfs: Path, tmp_path: Path) -> None:
