@@ -38,7 +38,7 @@ def export(store: Store, ref: str, out: str) -> None:
             layers, diff_ids = [], []
             for i, diff_id in enumerate(image.diff_ids):
                 plain, packed = os.path.join(work, f"{i}.tar"), os.path.join(work, f"{i}.tar.gz")
-                tar_layer(os.path.join(store.layer_dir(diff_id), "root"), plain)
+                tar_layer(os.path.join(store.layer_dir(diff_id), "root"), plain, f"layer {diff_id}")
                 diff_ids.append(put(plain)[0])
                 del blobs[diff_ids[-1]]  # only the gzip goes into the layout
                 with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:

@@ -293,7 +293,7 @@ class Store:
         ref = parse_ref(ref)
         with self._pinning() as pins, scratch.workdir(os.path.join(self.root, "tmp"), "commit-") as work:
             tar_path = os.path.join(work, "layer.tar")
-            tar_layer(upper, tar_path)
+            tar_layer(upper, tar_path, f"--commit {ref}: the run's files")
             source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
             [diff_id] = self._unpack_layers(source, Caps(), lambda line: None, pins)
             diff_ids = [*base.diff_ids, diff_id]

@@ -2,8 +2,9 @@
 
 The directory is either a layer of the store (unpacked by image_unpack) or
 the upper of a finished run, which the program wrote but no longer writes
-(every process of its runs is gone, and so is its box): it is walked without
-following a link, and a file is opened only if it is still a regular file.
+(every process of its runs is gone, and so is its box): it is walked through
+directory fds without following a link, and an entry is opened only as the
+kind it was found to be.
 0:0 character devices and `.wh.NAME` files become OCI whiteouts,
 `user.overlay.opaque` a `.wh..wh..opq` entry, and the owners and modes in
 `user.sbx.owner` (the FUSE union's record of what the host cannot hold) go
@@ -16,7 +17,9 @@ import io
 import os
 import stat
 import tarfile
+from collections.abc import Iterator
 
+from .errors import ConfigError
 from .image_unpack import OPAQUE, OPAQUE_XATTR, OWNER_XATTR, WHITEOUT_PREFIX
 
 
@@ -26,43 +29,92 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, uid: int = 0, gid: i
     tar.addfile(info, io.BytesIO(data))
 
 
-def tar_layer(root: str, out: str) -> None:
+MAX_DEPTH = 512
+"""Directories deeper than this are refused: the walk keeps one fd open per level."""
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def tar_layer(root: str, out: str, where: str) -> None:
+    """Write the layer dir `root` as a tar to `out`, walking it through fds only, never through a link."""
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
-        for top, dirs, files in os.walk(root, followlinks=False):
-            dirs.sort()
-            rel_top = os.path.relpath(top, root)
-            if rel_top != "." and _xattr(top, OPAQUE_XATTR) == b"y":
-                add_bytes(tar, os.path.join(rel_top, OPAQUE), b"")
-            for name in sorted(files) + [d for d in dirs if os.path.islink(os.path.join(top, d))]:
-                _add_entry(tar, os.path.join(top, name), os.path.normpath(os.path.join(rel_top, name)))
-            for name in dirs:
-                path = os.path.join(top, name)
-                if not os.path.islink(path):
-                    _add_entry(tar, path, os.path.normpath(os.path.join(rel_top, name)))
+        links: dict[tuple[int, int], str] = {}
+        stack: list[tuple[int, str, Iterator[str]]] = []
+        try:
+            fd = os.open(root, _DIR)
+            stack.append((fd, "", iter(sorted(os.listdir(fd)))))
+            while stack:
+                parent, rel, names = stack[-1]
+                name = next(names, None)
+                if name is None:
+                    os.close(stack.pop()[0])
+                    continue
+                child = _add_entry(tar, parent, name, f"{rel}{name}", links)
+                if child is not None:
+                    if len(stack) >= MAX_DEPTH:
+                        os.close(child)
+                        raise ConfigError(f"{where}: directories nested deeper than {MAX_DEPTH} (a layer's limit)")
+                    stack.append((child, f"{rel}{name}/", iter(sorted(os.listdir(child)))))
+        finally:
+            for fd, _, _ in stack:
+                os.close(fd)
 
 
-def _add_entry(tar: tarfile.TarFile, path: str, arcname: str) -> None:
-    st = os.lstat(path)
+def _add_entry(tar: tarfile.TarFile, parent: int, name: str, arcname: str,
+               links: dict[tuple[int, int], str]) -> int | None:
+    """Add one entry of the dir `parent`; returns an fd of it if it is a directory, to walk next."""
+    st = os.stat(name, dir_fd=parent, follow_symlinks=False)
+    info = tarfile.TarInfo(arcname)
+    info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
     if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-        parent, name = os.path.split(arcname)
-        add_bytes(tar, os.path.join(parent, WHITEOUT_PREFIX + name), b"")
-        return
-    info = tar.gettarinfo(path, arcname)
-    info.uid = info.gid = 0
-    info.uname = info.gname = ""
-    owner = _xattr(path, OWNER_XATTR) if not stat.S_ISLNK(st.st_mode) else None
-    if owner:
-        uid, gid, mode, _ = owner.decode().split(":")
-        info.uid, info.gid, info.mode = int(uid), int(gid), stat.S_IMODE(int(mode, 8))
-    if info.isreg():
-        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
-            tar.addfile(info, f)
-    else:
+        head, base = os.path.split(arcname)
+        add_bytes(tar, os.path.join(head, WHITEOUT_PREFIX + base), b"")
+        return None
+    if stat.S_ISLNK(st.st_mode):
+        info.type, info.linkname = tarfile.SYMTYPE, os.readlink(name, dir_fd=parent)
         tar.addfile(info)
-
-
-def _xattr(path: str, name: str) -> bytes | None:
+        return None
+    if stat.S_ISDIR(st.st_mode):
+        kind, flags = tarfile.DIRTYPE, _DIR
+    elif stat.S_ISREG(st.st_mode):
+        kind, flags = tarfile.REGTYPE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    elif stat.S_ISFIFO(st.st_mode):
+        kind, flags = tarfile.FIFOTYPE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    else:
+        return None  # a socket or device node: nothing a layer may hold
+    fd = os.open(name, flags, dir_fd=parent)
     try:
-        return os.getxattr(path, name, follow_symlinks=False)
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+            raise ConfigError(f"{arcname}: changed while it was read")
+        info.type = kind
+        owner = _xattr(fd, OWNER_XATTR)
+        if owner:
+            uid, gid, mode, _ = owner.decode().split(":")
+            info.uid, info.gid, info.mode = int(uid), int(gid), stat.S_IMODE(int(mode, 8))
+        if kind == tarfile.DIRTYPE:
+            tar.addfile(info)
+            if _xattr(fd, OPAQUE_XATTR) == b"y":
+                add_bytes(tar, f"{arcname}/{OPAQUE}", b"")
+            fd, kept = -1, fd
+            return kept
+        if kind == tarfile.REGTYPE and st.st_nlink > 1 and (st.st_dev, st.st_ino) in links:
+            info.type, info.linkname = tarfile.LNKTYPE, links[(st.st_dev, st.st_ino)]
+            tar.addfile(info)
+        elif kind == tarfile.REGTYPE:
+            links[(st.st_dev, st.st_ino)] = arcname
+            info.size = st.st_size
+            with os.fdopen(os.dup(fd), "rb") as f:
+                tar.addfile(info, f)
+        else:
+            tar.addfile(info)
+        return None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _xattr(fd: int, name: str) -> bytes | None:
+    try:
+        return os.getxattr(fd, name)
     except OSError:
         return None

@@ -7,6 +7,8 @@ import hashlib
 import json
 import os
 import shutil
+import socket
+import stat
 import subprocess
 import sys
 import tarfile
@@ -20,6 +22,7 @@ from helpers import free_port, sbx, wait_for_port
 from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
 from sandbox import Sandbox, SandboxPool, Status
 from sandbox.image_store import Store
+from sandbox.image_tar import tar_layer
 from sandbox.image_unpack import ArchiveError, Caps
 
 
@@ -235,6 +238,35 @@ def test_commit_never_follows_a_link_the_program_planted(rootfs: Path, tmp_path:
     found = subprocess.run(["grep", "-r", "host secret", str(store_home)], capture_output=True)
     assert found.returncode == 1, "the secret reached the store through a link"
     assert os.listdir(secret) == ["key"]
+
+
+def test_commit_keeps_hard_links_and_fifos_and_refuses_a_tree_too_deep(rootfs: Path, store_home: Path) -> None:
+    assert sbx("image", "import", str(rootfs), "--name", "base").returncode == 0
+    r = sbx("run", "--image", "base", "--commit", "next", "--", "sh", "-c",
+            "echo one > /box/a && ln /box/a /box/b && mkfifo /box/fifo")
+    assert r.returncode == 0, r.stderr
+    top = store_home / "layers" / Store().get("next").diff_ids[-1].split(":")[1] / "root" / "box"
+    assert sorted(os.listdir(top)) == ["a", "b", "fifo"] and stat.S_ISFIFO(os.lstat(top / "fifo").st_mode)
+    assert os.stat(top / "a").st_ino == os.stat(top / "b").st_ino and (top / "b").read_text() == "one\n"
+    deep = sbx("run", "--image", "base", "--commit", "deep", "--", "sh", "-c",
+               "cd /box && for i in $(seq 600); do mkdir d && cd d || exit 1; done")
+    assert deep.returncode == 125 and deep.stderr.count(b"\n") == 1, deep.stderr
+    assert deep.stderr.startswith(b"sbx: --commit deep:latest: the run's files: directories nested deeper than 512")
+    assert [i["name"] for i in Store().list()] == ["base:latest", "next:latest"]
+    assert os.listdir(store_home / "tmp") == []
+
+
+def test_a_layer_tar_leaves_out_sockets_and_keeps_links_as_links(tmp_path: Path) -> None:
+    upper = tmp_path / "upper"
+    (upper / "d").mkdir(parents=True)
+    with socket.socket(socket.AF_UNIX) as s:
+        s.bind(str(upper / "d" / "sock"))
+    (upper / "d" / "out").symlink_to(tmp_path)
+    (upper / "f").write_text("x")
+    tar_layer(str(upper), str(tmp_path / "layer.tar"), "test")
+    with tarfile.open(tmp_path / "layer.tar") as tar:
+        assert [(m.name, m.type) for m in tar] == [("d", tarfile.DIRTYPE), ("d/out", tarfile.SYMTYPE),
+                                                  ("f", tarfile.REGTYPE)]
 
 
 async def test_the_api_runs_an_image(rootfs: Path) -> None:
