@@ -24,7 +24,7 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from . import boxfiles, copies, image_cli, policy_cli
+from . import boxfiles, copies, image_cli, judge_cli, policy_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -197,17 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the program: a path in the box, or a name looked up in /usr/local/bin, /usr/bin, /bin")
     run.set_defaults(func=_cmd_run)
 
-    judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
-    judge.add_argument("solution", metavar="SOLUTION")
-    judge.add_argument("--tests", required=True, metavar="DIR", help="NAME.in with NAME.out (or NAME.ans)")
-    judge.add_argument("--lang", metavar="c|cpp|py", help="default: from the file extension")
-    judge.add_argument("--time", default="1", metavar="S", help="CPU time limit per test (default 1)")
-    judge.add_argument("--memory", default="256M", metavar="SIZE", help="memory limit per test (default 256M)")
-    judge.add_argument("--checker", metavar="PROG",
-                       help="checker (testlib's convention): PROG INPUT OUTPUT ANSWER, exit 0 OK, 1 WA, 2 PE, "
-                            "anything else IE; it runs in a box of its own")
-    judge.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    judge.set_defaults(func=_cmd_judge)
+    judge_cli.add_command(sub)
 
     policy = sub.add_parser("policy", help="the seccomp policies")
     psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)
@@ -425,21 +415,6 @@ def _write_json(target: str, result: Result) -> None:
             f.write(text)
     except OSError as e:
         raise ConfigError(f"--json {target}: {e.strerror}") from None
-
-
-def _cmd_judge(args: argparse.Namespace) -> int:
-    from . import judge as judging  # this module and the next are loaded only by their own command
-    solution = Path(args.solution)
-    lang = judging.detect_lang(solution, args.lang)
-    tests = judging.find_tests(Path(args.tests))
-    cpu = parse_seconds(args.time, "--time")
-    limits = Limits(cpu_time=cpu, wall_time=max(3 * cpu, cpu + 2), memory=parse_size(args.memory, "--memory"),
-                    pids=1, output=64 * 2**20)
-    report = trio.run(lambda: judging.judge(solution, tests, lang=lang, limits=limits,
-                                            checker=Path(args.checker) if args.checker else None,
-                                            progress=sys.stderr))
-    print(json.dumps(report.record()) if args.json else judging.table(report))
-    return 0 if report.verdict == "OK" else 1
 
 
 def _print(text: str) -> int:

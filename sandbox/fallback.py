@@ -10,8 +10,10 @@ A cgroup sees every process and every page of a run.  Without one:
 - Memory: the spawner samples the run's resident memory and ends it MLE at the
   limit.  Each process also gets an address-space rlimit, as a backstop well
   above the limit: at the limit itself, a failed allocation would end the run
-  as the program's own error before sbx saw the limit reached; and the Go
-  runtime reserves some 700 MiB up front.  Memory that no process maps (memfd
+  as the program's own error before sbx saw the limit reached; and runtimes
+  reserve address space they never touch: the Go runtime some 700 MiB up
+  front, a JVM its heap and code areas, V8 (Node.js) more than a GiB for each
+  isolate, so each of a program's `worker_threads` needs one.  Memory that no process maps (memfd
   contents written with write(), System V segments) is refused outright under
   a policy, and files in the box's tmpfs count against --disk.
 """
@@ -27,7 +29,7 @@ from .seccomp import syscall_regions
 
 CLONE_THREAD = CONSTANTS["CLONE_THREAD"]
 
-BACKSTOP_SLACK = 2**30
+BACKSTOP_SLACK = 4 * 2**30
 
 
 def traced(limits: Limits, cgroup: bool, policy: Policy | None) -> bool:

@@ -12,6 +12,8 @@ from sandbox.judge import find_tests
 from helpers import sbx
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
+VERDICTS = Path(__file__).resolve().parent.parent / "examples" / "verdicts"
+LANGS = "c, cpp, py, java, go, rust, js"
 
 
 def judge(solution: str, *extra: str) -> tuple[int, dict]:
@@ -26,7 +28,7 @@ def judge(solution: str, *extra: str) -> tuple[int, dict]:
     ("wa.c", "WA", ["OK", "OK", "WA"]),
     ("tle.c", "TLE", ["OK", "OK", "TLE"]),
     ("mle.c", "MLE", ["MLE", "MLE", "MLE"]),
-    ("re.c", "WA", ["WA", "SG", "SG"]),
+    ("re.c", "WA", ["WA", "RE", "RE"]),
     ("sv.c", "SV", ["SV", "SV", "SV"]),
 ])
 def test_verdicts(solution: str, verdict: str, statuses: list[str]) -> None:
@@ -63,9 +65,12 @@ def test_natural_order_and_ans_files(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args,message", [
     (["judge", "x.c", "--tests", "/nonexistent"], "sbx: --tests /nonexistent: not a directory"),
-    (["judge", "x.rb", "--tests", str(EXAMPLE / "tests")], "sbx: x.rb: cannot tell the language from '.rb'; use --lang"),
+    (["judge", "x.rb", "--tests", str(EXAMPLE / "tests")],
+     f"sbx: x.rb: cannot tell the language from '.rb'; use --lang ({LANGS})"),
     (["judge", "x.c", "--tests", str(EXAMPLE / "tests"), "--lang", "cobol"],
-     "sbx: --lang: unknown language 'cobol' (expected c, cpp, py)"),
+     f"sbx: --lang: unknown language 'cobol' (expected {LANGS}; sbx judge --list-languages shows them)"),
+    (["judge", "x.c"], "sbx: sbx judge: give SOLUTION and --tests DIR (or --list-languages)"),
+    (["judge", "x.c", "--tests", str(EXAMPLE / "tests"), "--jobs", "0"], "sbx: --jobs: '0' must be at least 1"),
     (["judge", "/nonexistent.c", "--tests", str(EXAMPLE / "tests")], "sbx: /nonexistent.c: No such file or directory"),
 ])
 def test_bad_input(args: list[str], message: str) -> None:
@@ -135,3 +140,70 @@ def test_checker_exit_codes_follow_testlib(tmp_path: Path, code: int, status: st
     report = _judge_source(tmp_path, "sol.py", "print(input().split()[0])\n", "--checker", str(checker))
     assert [t["status"] for t in report["tests"]] == [status, status]
     assert "said by the checker" in report["tests"][0]["message"]
+
+
+@pytest.mark.parametrize("solution", ["sol.c", "sol.cpp", "sol.py", "Main.java", "sol.go", "sol.rs", "sol.js"])
+def test_every_verdict_in_every_shipped_language(solution: str) -> None:
+    """Under the shipped policies and the language table's limits, two threads included (examples/verdicts)."""
+    r = sbx("judge", str(VERDICTS / "solutions" / solution), "--tests", str(VERDICTS / "tests"), "--time", "1",
+            "--memory", "256M", "--json", timeout=300)
+    report = json.loads(r.stdout)
+    assert report["compile_error"] == "", report["compile_error"]
+    got = {t["name"]: t["status"] for t in report["tests"]}
+    assert got == {"ok": "OK", "wa": "WA", "tle": "TLE", "mle": "MLE", "re": "RE", "threads": "OK"}, report
+
+
+def test_list_languages_names_each_toolchain_version() -> None:
+    r = sbx("judge", "--list-languages")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split()[0]: line for line in r.stdout.decode().splitlines()}
+    assert list(rows) == LANGS.split(", ")
+    assert "gcc" in rows["c"] and "openjdk" in rows["java"] and "go version go1" in rows["go"]
+    assert "rustc 1." in rows["rust"] and rows["js"].rstrip().split()[-1].startswith("v")
+    assert "unavailable" not in r.stdout.decode()
+
+
+def test_a_language_table_of_ones_own(tmp_path: Path) -> None:
+    table = tmp_path / "languages.toml"
+    table.write_text('[sh]\ntitle = "POSIX shell"\nextensions = [".sh"]\nsource = "sol.sh"\n'
+                     'run = ["sh", "sol.sh"]\nrun_policy = "default"\nprocesses = 8\nversion = ["sh", "-c", "echo dash"]\n')
+    solution = tmp_path / "sum.sh"
+    solution.write_text("read n; read a b c; echo $((a + b + c))\n")
+    r = sbx("judge", str(solution), "--tests", str(EXAMPLE / "tests"), "--languages", str(table), "--json")
+    report = json.loads(r.stdout)
+    assert report["language"] == "sh" and [t["status"] for t in report["tests"]][:1] == ["OK"], r.stderr
+    table.write_text('[sh]\ntitle = "x"\nextensions = [".sh"]\nsource = "../sol.sh"\nrun = ["sh"]\n'
+                     'run_policy = "default"\nprocesses = 8\nversion = ["sh"]\ncomplie = ["x"]\n')
+    bad = sbx("judge", str(solution), "--tests", str(EXAMPLE / "tests"), "--languages", str(table))
+    assert bad.returncode == 125 and bad.stderr.decode() == f"sbx: {table}: [sh]: unknown key complie\n"
+
+
+def test_wrong_answer_shows_the_first_differing_line() -> None:
+    r = sbx("judge", str(EXAMPLE / "solutions" / "wa.c"), "--tests", str(EXAMPLE / "tests"))
+    row = r.stdout.decode().splitlines()[3]
+    assert row.split()[:2] == ["3", "WA"] and row.endswith("line 1: expected '19999900000', got '-1474936480'")
+
+
+def test_stop_on_first_failure_runs_nothing_after_it() -> None:
+    code, report = judge("re.c", "--stop-on-first-failure", "--jobs", "1")
+    assert (code, report["verdict"], [t["status"] for t in report["tests"]], report["skipped"]) == (1, "WA", ["WA"], 2)
+    code, report = judge("ok.c", "--stop-on-first-failure", "--jobs", "3")
+    assert (code, report["verdict"], report["skipped"]) == (0, "OK", 0)
+
+
+def test_judge_limits_from_the_command_line(tmp_path: Path) -> None:
+    """--wall-time, --pids and --output reach the runs (a sleeping solution, a forking one, a chatty one)."""
+    sleeper = tmp_path / "sleep.py"
+    sleeper.write_text("import time\ntime.sleep(5)\n")
+    code, report = judge(str(sleeper), "--wall-time", "1")
+    assert report["verdict"] == "WLE" and report["tests"][0]["wall_time"] < 3
+    chatty = tmp_path / "chatty.py"
+    chatty.write_text("import sys\nsys.stdout.write('x' * 200000)\n")
+    code, report = judge(str(chatty), "--output", "64K")
+    assert report["verdict"] == "OLE"
+    threads = tmp_path / "threads.py"
+    threads.write_text("import threading\nts = [threading.Thread(target=lambda: None) for _ in range(8)]\n"
+                       "[t.start() for t in ts]\n[t.join() for t in ts]\nprint(6)\n")
+    assert judge(str(threads))[1]["tests"][0]["status"] == "OK"
+    code, report = judge(str(threads), "--pids", "2")
+    assert report["tests"][0]["status"] == "RE", report

@@ -1,0 +1,68 @@
+"""What judging gives back: a verdict per test, the overall verdict, the JSON record and the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..result import Result
+
+VERDICTS = ("OK", "WA", "PE", "CE", "TLE", "WLE", "MLE", "OLE", "RE", "SV", "IE")
+"""The judge's vocabulary (the run record's SG is RE here, the signal in the message)."""
+
+
+@dataclass
+class Verdict:
+    name: str
+    status: str
+    result: Result | None = None
+    message: str = ""
+    points: float | None = None  # what a testlib checker gave (exit 7, "points X")
+
+    def record(self) -> dict[str, Any]:
+        r = self.result
+        out = {"name": self.name, "status": self.status, "cpu_time": r.cpu_time if r else 0.0,
+               "wall_time": r.wall_time if r else 0.0, "memory_peak": r.memory_peak if r else 0,
+               "message": self.message or (r.message if r else "")}
+        if self.points is not None:
+            out["points"] = self.points
+        return out
+
+
+@dataclass
+class Report:
+    language: str
+    compile: Result | None = None
+    tests: list[Verdict] = field(default_factory=list)
+    compile_error: str = ""
+    skipped: int = 0  # tests not run after the first failure (--stop-on-first-failure)
+
+    @property
+    def verdict(self) -> str:
+        if self.compile_error:
+            return "CE"
+        return next((t.status for t in self.tests if t.status != "OK"), "OK")
+
+    def record(self) -> dict[str, Any]:
+        return {"verdict": self.verdict, "language": self.language,
+                "compile": self.compile.record() if self.compile else None,
+                "compile_error": self.compile_error, "tests": [t.record() for t in self.tests],
+                "skipped": self.skipped}
+
+
+def table(report: Report) -> str:
+    lines = []
+    if report.compile_error:
+        lines.append("compilation failed:\n" + report.compile_error.rstrip())
+    if report.tests:
+        lines.append(f"{'test':<12} {'status':<6} {'cpu (s)':>8} {'memory':>10}  message")
+        for t in report.tests:
+            r = t.result
+            cpu = f"{r.cpu_time:.3f}" if r else "-"
+            mem = f"{r.memory_peak // 1024} KiB" if r else "-"
+            message = t.message or (r.message if r and t.status != "OK" else "")
+            lines.append(f"{t.name:<12} {t.status:<6} {cpu:>8} {mem:>10}  {message}".rstrip())
+    if report.skipped:
+        lines.append(f"({report.skipped} more tests not run: --stop-on-first-failure)")
+    lines.append(f"verdict: {report.verdict}")
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""`sbx judge`: a solution against a directory of tests, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .limits import Limits, parse_count, parse_seconds, parse_size
+
+
+def add_command(sub: Any) -> None:
+    judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
+    judge.add_argument("solution", metavar="SOLUTION", nargs="?")
+    judge.add_argument("--tests", metavar="DIR", help="NAME.in with NAME.out (or NAME.ans)")
+    judge.add_argument("--lang", metavar="NAME", help="default: from the file extension (--list-languages)")
+    judge.add_argument("--languages", metavar="FILE",
+                       help="the language table (default: $XDG_CONFIG_HOME/sbx/languages.toml, else the shipped one)")
+    judge.add_argument("--list-languages", action="store_true", help="the languages, with their toolchain versions")
+    judge.add_argument("--time", default="1", metavar="S", help="CPU time limit per test (default 1)")
+    judge.add_argument("--wall-time", metavar="S", help="wall-clock limit per test (default: 3x --time, at least +2)")
+    judge.add_argument("--memory", default="256M", metavar="SIZE", help="memory limit per test (default 256M)")
+    judge.add_argument("--pids", metavar="N", help="processes and threads per test (default: the language's)")
+    judge.add_argument("--output", default="64M", metavar="SIZE", help="output per test (default 64M)")
+    judge.add_argument("--checker", metavar="PROG",
+                       help="checker (testlib's convention): PROG INPUT OUTPUT ANSWER, exit 0 OK, 1 WA, 2 PE, "
+                            "3 failure (IE), 7 partial points; it runs in a box of its own")
+    judge.add_argument("--jobs", metavar="N", help="tests run at once (default: one per CPU)")
+    judge.add_argument("--stop-on-first-failure", action="store_true",
+                       help="no test after the first one that is not OK (in test order)")
+    judge.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    judge.set_defaults(func=_cmd_judge)
+
+
+def _cmd_judge(args: argparse.Namespace) -> int:
+    import trio
+
+    from . import judge as judging  # loaded only by this command
+
+    languages = judging.load_languages(args.languages)
+    if args.list_languages:
+        for lang in languages.values():
+            print(f"{lang.name:<6} {lang.title:<28} {' '.join(lang.extensions):<16} {lang.toolchain_version()}")
+        return 0
+    if args.solution is None or args.tests is None:
+        raise ConfigError("sbx judge: give SOLUTION and --tests DIR (or --list-languages)")
+    solution = Path(args.solution)
+    language = judging.detect_language(languages, solution, args.lang)
+    tests = judging.find_tests(Path(args.tests))
+    cpu = parse_seconds(args.time, "--time")
+    memory = parse_size(args.memory, "--memory")
+    limits = Limits(cpu_time=cpu,
+                    wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else max(3 * cpu, cpu + 2),
+                    memory=memory, stack=memory,
+                    pids=parse_count(args.pids, "--pids") if args.pids else language.processes,
+                    output=parse_size(args.output, "--output"))
+    jobs = parse_count(args.jobs, "--jobs") if args.jobs else None
+    try:
+        source = solution.read_bytes()
+        checker = Path(args.checker).read_bytes() if args.checker else None
+    except OSError as e:
+        raise ConfigError(f"{e.filename}: {e.strerror}") from None
+    options = judging.Options(limits=limits, checker=checker, jobs=jobs,
+                              stop_on_first_failure=args.stop_on_first_failure, progress=sys.stderr)
+    report = trio.run(judging.judge, source, language, tests, options)
+    print(json.dumps(report.record()) if args.json else judging.table(report))
+    return 0 if report.verdict == "OK" else 1
