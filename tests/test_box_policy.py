@@ -55,3 +55,29 @@ async def test_compile_policy_runs_gcc() -> None:
 def test_unknown_policy_is_bad_input() -> None:
     with pytest.raises(ConfigError, match="no such policy"):
         Sandbox(policy="nope")
+
+
+TOOLCHAINS = {
+    "make": ("printf 'all:\\n\\techo made > out.txt\\n' > Makefile && make -s && cat out.txt", "made"),
+    "cmake": ("mkdir -p cm && printf 'cmake_minimum_required(VERSION 3.13)\\nproject(p C)\\nadd_executable(p p.c)\\n'"
+              " > cm/CMakeLists.txt && printf 'int main(void){return 0;}\\n' > cm/p.c"
+              " && cmake -S cm -B cm/b >/dev/null && cmake --build cm/b >/dev/null && ./cm/b/p && echo cmade", "cmade"),
+    "javac": ("printf 'class A { public static void main(String[] a) { System.out.println(\"javac\"); } }\\n' > A.java"
+              " && javac A.java && java -cp . A", "javac"),
+    "go build": ("printf 'package main\\nimport \"fmt\"\\nfunc main() { fmt.Println(\"go\") }\\n' > m.go"
+                 " && go build -o m m.go && ./m", "go"),
+    "rustc": ("printf 'fn main() { println!(\"rust\"); }\\n' > r.rs && rustc -O r.rs && ./r", "rust"),
+    "cargo": ("cargo new --offline --vcs none --quiet hello && cd hello && cargo build --offline --quiet"
+              " && ./target/debug/hello", "Hello, world!"),
+}
+
+
+@pytest.mark.parametrize("policy", ["compile", "default"])
+@pytest.mark.parametrize("tool", list(TOOLCHAINS))
+async def test_toolchains_build_under_compile_and_default(policy: str, tool: str) -> None:
+    script, expected = TOOLCHAINS[tool]
+    env = {"HOME": "/tmp", "GOCACHE": "/tmp/go-build", "GOPATH": "/tmp/go", "GO111MODULE": "off",
+           "CARGO_HOME": "/tmp/cargo"}
+    async with Sandbox(policy=policy, env=env) as box:
+        r = await box.run(["sh", "-c", script], limits=Limits(cpu_time=120, wall_time=240, pids=256, memory=None))
+    assert (r.status, r.stdout.decode().strip().splitlines()[-1:]) == (Status.OK, [expected]), r.stderr.decode()
