@@ -31,7 +31,8 @@ from . import scratch, teardown
 from .errors import ConfigError
 from .image_archive import LayerBlob, Source, Verified, decompressed, open_source
 from .image_tar import tar_layer
-from .image_unpack import ArchiveError, Budget, Caps, digest, unpack
+from .image_unpack import ArchiveError, Budget, Caps, unpack
+from .image_unpack import digest as tar_digest
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -258,7 +259,7 @@ class Store:
     def _read_through(blob: LayerBlob, budget: Budget) -> str:
         with blob.open() as raw:
             verified = Verified(raw, blob.digest, blob.where)
-            diff_id = digest(decompressed(verified), budget, blob.where)
+            diff_id = tar_digest(decompressed(verified), budget, blob.where)
             verified.check()
         return _checked(blob, diff_id)
 

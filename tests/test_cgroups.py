@@ -183,6 +183,22 @@ async def test_go_runs_under_a_memory_limit_and_is_mle_past_it(go_alloc: Path) -
     assert over.status is Status.MLE and over.enforcement["memory"] == "cgroup", (over, over.stderr)
 
 
+VERDICTS = Path(__file__).resolve().parent.parent / "examples" / "verdicts"
+
+
+@pytest.mark.parametrize("solution", ["sol.cpp", "Main.java", "sol.go", "sol.js"])
+def test_every_verdict_where_the_runtime_meets_the_cgroup(solution: str) -> None:
+    """The JVM sizes its heap from the cgroup, Go and V8 from their settings; two threads count in pids.max.
+
+    The time limit is generous: the guest emulates its CPU, and a JVM takes seconds to start there.
+    """
+    r = sbx("judge", str(VERDICTS / "solutions" / solution), "--tests", str(VERDICTS / "tests"), "--time", "8",
+            "--memory", "256M", "--json", timeout=900)
+    report = json.loads(r.stdout)
+    got = {t["name"]: t["status"] for t in report["tests"]}
+    assert got == {"ok": "OK", "wa": "WA", "tle": "TLE", "mle": "MLE", "re": "RE", "threads": "OK"}, report
+
+
 def _run_from_plain_cgroup(env: dict[str, str]) -> dict[str, object]:
     """`sbx run` started in a cgroup the user may enter but does not own (not delegated); its JSON record."""
     plain = os.environ.get("SBX_PLAIN_CGROUP")

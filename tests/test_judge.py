@@ -12,6 +12,7 @@ from sandbox.judge import find_tests
 from helpers import sbx
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
+PROBLEMS = Path(__file__).resolve().parent.parent / "examples" / "problems"
 VERDICTS = Path(__file__).resolve().parent.parent / "examples" / "verdicts"
 LANGS = "c, cpp, py, java, go, rust, js"
 
@@ -69,7 +70,8 @@ def test_natural_order_and_ans_files(tmp_path: Path) -> None:
      f"sbx: x.rb: cannot tell the language from '.rb'; use --lang ({LANGS})"),
     (["judge", "x.c", "--tests", str(EXAMPLE / "tests"), "--lang", "cobol"],
      f"sbx: --lang: unknown language 'cobol' (expected {LANGS}; sbx judge --list-languages shows them)"),
-    (["judge", "x.c"], "sbx: sbx judge: give SOLUTION and --tests DIR (or --list-languages)"),
+    (["judge", "x.c"], "sbx: sbx judge: give SOLUTION and one of --tests DIR or --problem DIR (or --list-languages)"),
+    (["judge", "x.c", "--problem", "/nonexistent"], "sbx: --problem /nonexistent: not a directory"),
     (["judge", "x.c", "--tests", str(EXAMPLE / "tests"), "--jobs", "0"], "sbx: --jobs: '0' must be at least 1"),
     (["judge", "/nonexistent.c", "--tests", str(EXAMPLE / "tests")], "sbx: /nonexistent.c: No such file or directory"),
 ])
@@ -207,3 +209,84 @@ def test_judge_limits_from_the_command_line(tmp_path: Path) -> None:
     assert judge(str(threads))[1]["tests"][0]["status"] == "OK"
     code, report = judge(str(threads), "--pids", "2")
     assert report["tests"][0]["status"] == "RE", report
+
+
+def _package(solution: str, problem: str, *extra: str) -> dict:
+    r = sbx("judge", str(PROBLEMS / problem / "solutions" / solution), "--problem", str(PROBLEMS / problem), "--json",
+            *extra, timeout=120)
+    assert r.returncode in (0, 1), r.stderr
+    return json.loads(r.stdout)  # type: ignore[no-any-return]
+
+
+def test_a_problem_package_with_an_output_validator_and_test_groups() -> None:
+    ok = _package("ok.py", "average")
+    assert [(t["name"], t["status"]) for t in ok["tests"]] == [
+        ("sample/1", "OK"), ("secret/3", "OK"), ("secret/group1/2", "OK")]
+    wa = _package("wa.c", "average")
+    assert [(t["status"], t["message"]) for t in wa["tests"]] == [
+        ("WA", "expected 1.5, got 1.0"), ("OK", "exited normally"), ("WA", "expected 1.333333333, got 1.0")]
+
+
+def test_an_interactive_problem_package() -> None:
+    assert [t["status"] for t in _package("ok.cpp", "guess")["tests"]] == ["OK"] * 4
+    wa = _package("wa.py", "guess")
+    assert {(t["status"], t["message"]) for t in wa["tests"]} == {("WA", "more than 10 guesses")}
+
+
+def test_the_packages_limits_apply_unless_given(tmp_path: Path) -> None:
+    (tmp_path / "data" / "secret").mkdir(parents=True)
+    (tmp_path / "data" / "secret" / "1.in").write_text("tle\n")
+    (tmp_path / "data" / "secret" / "1.ans").write_text("42\n")
+    (tmp_path / "problem.yaml").write_text("name: spin\nlimits:\n  time_limit: 0.3\n  memory: 64\n")
+    r = sbx("judge", str(VERDICTS / "solutions" / "sol.c"), "--problem", str(tmp_path), "--json")
+    [test] = json.loads(r.stdout)["tests"]
+    assert test["status"] == "TLE" and 0.3 <= test["cpu_time"] < 0.5, test
+    r = sbx("judge", str(VERDICTS / "solutions" / "sol.c"), "--problem", str(tmp_path), "--json", "--time", "0.6")
+    assert 0.6 <= json.loads(r.stdout)["tests"][0]["cpu_time"] < 0.8
+
+
+@pytest.mark.parametrize("files,message", [
+    ({"problem.yaml": "name: [unclosed\n"}, "problem.yaml: not valid YAML"),
+    ({"problem.yaml": "validation: magic\n"}, "problem.yaml: validation 'magic' is not one of default, custom"),
+    ({"problem.yaml": "limits:\n  time_limit: -1\n"}, "problem.yaml: limits.time_limit must be a positive number"),
+    ({"data/secret/1.in": "1\n"}, "data/secret/1.in has no 1.ans"),
+    ({"problem.yaml": "validation: custom\n", "data/secret/1.in": "", "data/secret/1.ans": "",
+      "output_validators/v/a.py": "", "output_validators/v/b.py": ""},
+     "output_validators/v must hold one source file (it holds 2)"),
+    ({"problem.yaml": "validation: custom\n", "data/secret/1.in": "", "data/secret/1.ans": "",
+      "output_validators/v/v.py": "def broken(:\n"}, "the problem's output validator does not compile"),
+])
+def test_a_bad_problem_package_is_one_line(tmp_path: Path, files: dict[str, str], message: str) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    r = sbx("judge", str(EXAMPLE / "solutions" / "ok.c"), "--problem", str(tmp_path))
+    assert r.returncode == 125 and r.stderr.count(b"\n") == 1 and message.encode() in r.stderr, r.stderr
+
+
+def test_a_testlib_interactor(tmp_path: Path) -> None:
+    interactor = tmp_path / "interactor.py"
+    interactor.write_text("#!/usr/bin/env python3\nimport sys\nsecret = int(open(sys.argv[1]).read())\n"
+                          "for _ in range(10):\n    g = int(input())\n"
+                          "    if g == secret:\n        print('correct', flush=True)\n        sys.exit(0)\n"
+                          "    print('lower' if secret < g else 'higher', flush=True)\n"
+                          "print('too many guesses', file=sys.stderr)\nsys.exit(1)\n")
+    interactor.chmod(0o755)
+    tests = PROBLEMS / "guess" / "data" / "secret"
+    for solution, statuses in (("ok.cpp", ["OK"] * 3), ("wa.py", ["WA"] * 3)):
+        r = sbx("judge", str(PROBLEMS / "guess" / "solutions" / solution), "--tests", str(tests), "--interactor",
+                str(interactor), "--json", timeout=120)
+        report = json.loads(r.stdout)
+        assert [t["status"] for t in report["tests"]] == statuses, report
+    assert report["tests"][0]["message"] == "too many guesses"
+
+
+def test_testlib_points_are_kept(tmp_path: Path) -> None:
+    checker = tmp_path / "checker.sh"
+    checker.write_text("#!/bin/sh\necho 'points 0.25 close enough' >&2\nexit 7\n")
+    checker.chmod(0o755)
+    code, report = judge("ok.c", "--checker", str(checker))
+    assert [(t["status"], t["points"]) for t in report["tests"]] == [("WA", 0.25)] * 3
+    checker.write_text("#!/bin/sh\nexit 7\n")
+    code, report = judge("ok.c", "--checker", str(checker))
+    assert {t["status"] for t in report["tests"]} == {"IE"}

@@ -10,17 +10,21 @@ solution's box may hold anything it wrote, so a checker never runs there.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import re
+from dataclasses import dataclass
 
 from ..api import Sandbox
+from ..errors import BoxFileError
 from ..limits import Limits
-from ..result import Status
+from ..result import Result, Status
 
 CHECKER_POLICY = "default"  # a checker may be a script
 CHECKER_LIMITS = Limits(cpu_time=10.0, wall_time=20.0)
 CHECKER_ENV = {"PYTHONSAFEPATH": "1", "PYTHONNOUSERSITE": "1"}  # a Python checker imports nothing from its dir
 TESTLIB_EXIT = {0: "OK", 1: "WA", 2: "PE", 4: "PE", 7: "WA", 8: "WA"}
+KATTIS_EXIT = {42: "OK", 43: "WA"}
 _POINTS = re.compile(rb"^\s*points\s+([-+0-9.eE]+)", re.MULTILINE)
 _SHOWN = 40  # characters of each side of a differing line
 
@@ -53,23 +57,67 @@ def _show(lines: list[bytes], i: int) -> str:
     return repr(text if len(text) <= _SHOWN else text[:_SHOWN] + "...")
 
 
-async def check(box: Sandbox, given: bytes, output: bytes, answer: bytes, checker: bytes
-                ) -> tuple[str, str, float | None]:
-    """The checker's verdict, message and points, in a box that holds only the checker and its three files."""
-    for name, data, mode in (("checker", checker, 0o755), ("input", given, 0o644), ("output", output, 0o644),
-                             ("answer", answer, 0o644)):
+@dataclass(frozen=True)
+class JudgeProgram:
+    """A checker, interactor or output validator, as it runs in its own box."""
+
+    files: dict[str, tuple[bytes, int]]
+    run: tuple[str, ...]
+    convention: str  # "testlib" or "kattis"
+    interactive: bool = False
+    flags: tuple[str, ...] = ()  # a package's validator_flags
+
+    def command(self) -> list[str]:
+        if self.convention == "kattis":
+            return [*self.run, "input", "answer", "feedback/", *self.flags]
+        return [*self.run, "input", "output", *([] if self.interactive else ["answer"])]
+
+
+def testlib_program(data: bytes, interactive: bool) -> JudgeProgram:
+    """A host executable given with --checker or --interactor."""
+    name = "interactor" if interactive else "checker"
+    return JudgeProgram({name: (data, 0o755)}, (f"./{name}",), "testlib", interactive)
+
+
+async def prepare(box: Sandbox, program: JudgeProgram, given: bytes, answer: bytes) -> None:
+    """The program's files, the test's input and answer (and the feedback dir) in its box."""
+    for name, (data, mode) in program.files.items():
         await box.write_file(name, data, mode)
-    r = await box.run(["./checker", "input", "output", "answer"], limits=CHECKER_LIMITS)
-    said = (r.stderr or r.stdout)
+    await box.write_file("input", given)
+    await box.write_file("answer", answer)
+    if program.convention == "kattis":
+        await box.write_file("feedback/judgemessage.txt", b"")
+
+
+async def check(box: Sandbox, program: JudgeProgram, given: bytes, output: bytes, answer: bytes
+                ) -> tuple[str, str, float | None]:
+    """The verdict, message and points of a checker or validator reading a finished run's output."""
+    await prepare(box, program, given, answer)
+    if program.convention == "kattis":
+        r = await box.run(program.command(), stdin=output, limits=CHECKER_LIMITS)
+    else:
+        await box.write_file("output", output)
+        r = await box.run(program.command(), limits=CHECKER_LIMITS)
+    return await outcome(box, program, r)
+
+
+async def outcome(box: Sandbox, program: JudgeProgram, r: Result) -> tuple[str, str, float | None]:
+    """What a judging program's run says, by its convention."""
+    said = r.stderr or r.stdout
+    if program.convention == "kattis":
+        with contextlib.suppress(BoxFileError):
+            said = await box.read_file("feedback/judgemessage.txt", max_size=1 << 16) or said
     comment = said.decode(errors="replace").strip()[:200]
     code = r.exit_code or 0
-    if r.status in (Status.OK, Status.RE) and code in TESTLIB_EXIT:
+    table = KATTIS_EXIT if program.convention == "kattis" else TESTLIB_EXIT
+    if r.status in (Status.OK, Status.RE) and code in table:
         points = None
-        if code == 7:
+        if code == 7 and program.convention == "testlib":
             found = _POINTS.search(said)
             if found is None:
                 return "IE", f"checker gave points (exit 7) but no 'points X' line: {comment}", None
             points = float(found.group(1))
-        return TESTLIB_EXIT[code], comment, points
+        return table[code], comment, points
     why = f"exit status {r.exit_code}" if r.status is Status.RE else f"{r.status.value} {r.message}"
-    return "IE", f"checker failed ({why})" + (f": {comment}" if comment else ""), None
+    return "IE", f"{'validator' if program.convention == 'kattis' else 'checker'} failed ({why})" + (
+        f": {comment}" if comment else ""), None

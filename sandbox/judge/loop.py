@@ -13,31 +13,26 @@ not the whole judging a traceback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import re
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 import trio
 
-from ..api import Sandbox
+from ..api import Sandbox, run_interactive
 from ..errors import BoxFileError, ConfigError, SandboxError
 from ..limits import Limits
 from ..pool import SandboxPool
 from ..result import Result, Status
-from .checking import CHECKER_ENV, CHECKER_POLICY, check, compare
+from .checking import (CHECKER_ENV, CHECKER_LIMITS, CHECKER_POLICY, JudgeProgram, check, compare, outcome, prepare,
+                       testlib_program)
 from .languages import Language
+from .problem import Validator
 from .report import Report, Verdict
+from .testcases import TestCase
 
 COMPILE_LIMITS = Limits(cpu_time=60.0, wall_time=120.0, memory=None, pids=256, output=1 << 20)
-
-
-@dataclass(frozen=True)
-class TestCase:
-    name: str
-    input: Path
-    answer: Path
 
 
 @dataclass(frozen=True)
@@ -45,33 +40,18 @@ class Options:
     """How to judge, beyond the solution and its tests."""
 
     limits: Limits  # of each test's run
-    checker: bytes | None = None
+    checker: bytes | None = None  # testlib's: a host executable, run in a box of its own
+    interactor: bytes | None = None  # testlib's, talking to the solution on its stdin and stdout
+    validator: Validator | None = None  # a problem package's output validator, compiled first
     jobs: int | None = None  # tests run at once (default: one per CPU)
     stop_on_first_failure: bool = False
     progress: TextIO | None = None
 
 
-def _natural(name: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
-
-
-def find_tests(directory: Path) -> list[TestCase]:
-    if not directory.is_dir():
-        raise ConfigError(f"--tests {directory}: not a directory")
-    tests = []
-    for inp in directory.glob("*.in"):
-        answer = next((p for p in (inp.with_suffix(".out"), inp.with_suffix(".ans")) if p.is_file()), None)
-        if answer is None:
-            raise ConfigError(f"--tests {directory}: {inp.name} has no {inp.stem}.out or {inp.stem}.ans")
-        tests.append(TestCase(inp.stem, inp, answer))
-    if not tests:
-        raise ConfigError(f"--tests {directory}: no NAME.in files")
-    return sorted(tests, key=lambda t: _natural(t.name))
-
-
 async def judge(source: bytes, language: Language, tests: list[TestCase], options: Options) -> Report:
     report = Report(language.name)
     env = language.environment(options.limits.memory)
+    program = await _judge_program(options)
     files = {language.source: (source, 0o644)}
     if language.compile is not None:
         compiled = await _compile(source, language, env, report)
@@ -84,7 +64,7 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
     scopes: dict[int, trio.CancelScope] = {}
     async with contextlib.AsyncExitStack() as stack:
         runs = await stack.enter_async_context(SandboxPool(size=jobs, policy=language.run_policy, env=env))
-        checks = None if options.checker is None else await stack.enter_async_context(
+        checks = None if program is None else await stack.enter_async_context(
             SandboxPool(size=jobs, policy=CHECKER_POLICY, env=CHECKER_ENV))
         slots = trio.Semaphore(jobs)
 
@@ -92,7 +72,7 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
             nonlocal first_failure
             with scopes[i]:
                 try:
-                    verdict = await _run_test(runs, checks, files, language, test, options)
+                    verdict = await _run_test(runs, checks, program, files, language, test, options)
                 except SandboxError as e:
                     verdict = Verdict(test.name, "IE", message=f"the sandbox failed: {e}")
                 verdicts[i] = verdict
@@ -118,10 +98,27 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
     return report
 
 
+async def _judge_program(options: Options) -> JudgeProgram | None:
+    if options.checker is not None:
+        return testlib_program(options.checker, interactive=False)
+    if options.interactor is not None:
+        return testlib_program(options.interactor, interactive=True)
+    v = options.validator
+    if v is None:
+        return None
+    report = Report(v.language.name)
+    artifacts = await _compile(v.source, v.language, v.language.environment(None), report)
+    if artifacts is None:
+        said = report.compile_error.strip().splitlines() or ["no reason given"]
+        raise ConfigError(f"the problem's output validator does not compile: {said[-1][:200]}")
+    return JudgeProgram(artifacts, tuple(v.language.run_argv(None)), "kattis", v.interactive, v.flags)
+
+
 async def _compile(source: bytes, language: Language, env: dict[str, str],
                    report: Report) -> dict[str, tuple[bytes, int]] | None:
     """The artifacts of a successful compile, else None with the report's compile error set."""
-    assert language.compile is not None
+    if language.compile is None:
+        return {language.source: (source, 0o644)}
     async with Sandbox(policy=language.compile_policy, env=env) as box:
         await box.write_file(language.source, source)
         result = report.compile = await box.run(list(language.compile), limits=COMPILE_LIMITS)
@@ -139,8 +136,12 @@ async def _compile(source: bytes, language: Language, env: dict[str, str],
     return files
 
 
-async def _run_test(runs: SandboxPool, checks: SandboxPool | None, files: dict[str, tuple[bytes, int]],
-                    language: Language, test: TestCase, options: Options) -> Verdict:
+async def _run_test(runs: SandboxPool, checks: SandboxPool | None, program: JudgeProgram | None,
+                    files: dict[str, tuple[bytes, int]], language: Language, test: TestCase,
+                    options: Options) -> Verdict:
+    if program is not None and program.interactive:
+        assert checks is not None
+        return await _interact(runs, checks, program, files, language, test, options)
     async with runs.acquire() as box:
         for name, (data, mode) in files.items():
             await box.write_file(name, data, mode)
@@ -149,11 +150,33 @@ async def _run_test(runs: SandboxPool, checks: SandboxPool | None, files: dict[s
     if result.status is not Status.OK:
         return _failed(test, result, language)
     answer = test.answer.read_bytes()
-    if checks is None or options.checker is None:
+    if checks is None or program is None:
         status, message = compare(result.stdout, answer)
         return Verdict(test.name, status, result, message)
     async with checks.acquire() as box:
-        status, message, points = await check(box, test.input.read_bytes(), result.stdout, answer, options.checker)
+        status, message, points = await check(box, program, test.input.read_bytes(), result.stdout, answer)
+    return Verdict(test.name, status, result, message, points)
+
+
+async def _interact(runs: SandboxPool, checks: SandboxPool, program: JudgeProgram, files: dict[str, tuple[bytes, int]],
+                    language: Language, test: TestCase, options: Options) -> Verdict:
+    """The solution and the interactor (or interactive validator), each one's stdout the other's stdin.
+
+    A limit the solution broke decides; then the judge's word (a WA stands even if the solution then died
+    of the closed pipe); then the solution's own failure.
+    """
+    wall = (options.limits.wall_time or CHECKER_LIMITS.wall_time or 0) + 5
+    async with runs.acquire() as box, checks.acquire() as judge_box:
+        for name, (data, mode) in files.items():
+            await box.write_file(name, data, mode)
+        await prepare(judge_box, program, test.input.read_bytes(), test.answer.read_bytes())
+        result, judged = await run_interactive(box, language.run_argv(options.limits.memory), judge_box, program.command(), limits_a=options.limits,
+                                               limits_b=dataclasses.replace(CHECKER_LIMITS, wall_time=wall))
+        status, message, points = await outcome(judge_box, program, judged)
+    if result.status in (Status.TLE, Status.WLE, Status.MLE, Status.OLE, Status.SV):
+        return _failed(test, result, language)
+    if status == "OK" and result.status is not Status.OK:
+        return _failed(test, result, language)
     return Verdict(test.name, status, result, message, points)
 
 

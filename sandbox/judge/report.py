@@ -55,13 +55,16 @@ def table(report: Report) -> str:
     if report.compile_error:
         lines.append("compilation failed:\n" + report.compile_error.rstrip())
     if report.tests:
-        lines.append(f"{'test':<12} {'status':<6} {'cpu (s)':>8} {'memory':>10}  message")
+        width = max(12, *(len(t.name) for t in report.tests))
+        lines.append(f"{'test':<{width}} {'status':<6} {'cpu (s)':>8} {'memory':>10}  message")
         for t in report.tests:
             r = t.result
             cpu = f"{r.cpu_time:.3f}" if r else "-"
             mem = f"{r.memory_peak // 1024} KiB" if r else "-"
             message = t.message or (r.message if r and t.status != "OK" else "")
-            lines.append(f"{t.name:<12} {t.status:<6} {cpu:>8} {mem:>10}  {message}".rstrip())
+            if t.points is not None:
+                message = f"{t.points:g} points" + (f": {message}" if message else "")
+            lines.append(f"{t.name:<{width}} {t.status:<6} {cpu:>8} {mem:>10}  {message}".rstrip())
     if report.skipped:
         lines.append(f"({report.skipped} more tests not run: --stop-on-first-failure)")
     lines.append(f"verdict: {report.verdict}")

@@ -1,0 +1,2 @@
+n, *xs = map(int, open(0).read().split())
+print(sum(xs) / n)
