@@ -283,7 +283,8 @@ class Box:
                     acct = self._run_cgroup.account()
                 except OSError as e:
                     raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
-                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak, events=acct.events)
+                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak,
+                             events={**reply.get("events", {}), **acct.events})
             return reply
         finally:
             self._busy = False
@@ -356,8 +357,11 @@ class Box:
                     "syscall": None, "wait_status": None, "cpu_time": 0.0,
                     "wall_time": time.monotonic() - self._run_started, "memory_peak": 0}
         syscall = report["syscall"]
+        refused = {f"refused.{seccomp_notify.syscall_label(arch, nr & 0xFFFFFFFF)}": count
+                   for arch, nr, count in report.get("refused", [])}
         return {
             "killed": report["limit"] or self._killed,
+            "events": refused,
             "syscall": seccomp_notify.syscall_label(syscall[0], syscall[1] & 0xFFFFFFFF) if syscall else None,
             "wait_status": report["wait_status"] if report["wait_status"] >= 0 else None,
             "cpu_time": report["cpu"],

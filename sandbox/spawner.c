@@ -53,10 +53,18 @@
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
- *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B]}
+ *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B],
+ *    "refused":[[ARCH,NR,COUNT],...]}
  *       the run is over, every process reaped; L is "TLE", "WLE", "MLE", "SV", "OLE"
- *       or null, syscall (else null) is the first call the policy refused, and out
- *       the bytes captured into each file
+ *       or null, syscall (else null) is the first call the policy refused, out
+ *       the bytes captured into each file, and refused the calls the policy
+ *       failed with an errno, counted (the first MAX_REFUSED distinct ones)
+ *
+ * Refusals are counted so that a program a policy breaks (ENOSYS where it
+ * expected a call to work) shows which call did it.  The program's process
+ * loads the policy with every ERRNO return turned into USER_NOTIF; the
+ * spawner runs the policy as compiled on each notified call (bpf_action) to
+ * tell a refusal (answered with its errno, counted) from a kill.
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -69,6 +77,7 @@
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -94,6 +103,7 @@
 #define MIN_MEM_SLEEP 0.001
 #define MEM_LOOK_SHARE 20   /* a memory look costs at most 1/20 of the time between looks */
 #define TOUCH_RATE 16e9     /* bytes a core can make resident per second: more than it can zero */
+#define MAX_REFUSED 16
 #define TRACE_OPTIONS (PTRACE_O_TRACEFORK | PTRACE_O_TRACEVFORK | PTRACE_O_TRACECLONE | PTRACE_O_TRACEEXEC | \
                        PTRACE_O_EXITKILL)
 
@@ -173,6 +183,9 @@ static void load_filter(int err_pipe, int bpf_fd)
     static struct sock_filter insns[BPF_MAXINSNS];
     if (st.st_size > (off_t)sizeof insns || pread(bpf_fd, insns, st.st_size, 0) != st.st_size)
         child_fail(err_pipe, "seccomp", EIO);
+    for (size_t i = 0; i < st.st_size / sizeof *insns; i++)
+        if (insns[i].code == (BPF_RET | BPF_K) && (insns[i].k & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO)
+            insns[i].k = SECCOMP_RET_USER_NOTIF; /* the spawner answers with the errno, and counts it */
     struct sock_fprog prog = {(unsigned short)(st.st_size / sizeof *insns), insns};
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
     if (listener < 0)
@@ -260,6 +273,10 @@ static struct {
     const char *limit;
     unsigned syscall_arch;
     int syscall_nr;
+    struct sock_filter bpf[BPF_MAXINSNS]; /* the policy as compiled (ERRNO returns kept) */
+    unsigned bpf_len;
+    struct { unsigned arch; int nr; long count; } refused[MAX_REFUSED];
+    int nrefused;
 } run;
 
 static double seconds(const struct timespec *ts)
@@ -503,14 +520,120 @@ static double check_limits(void)
     return wait;
 }
 
-/* A call the policy reports: name the first, end the run, and refuse the call (it never runs).  The
- * kill comes first: answered first, the program would run on for a moment with EPERM. */
-static void violation(void)
+/* What the policy as compiled returns for a call: classic BPF as libseccomp emits it, run over the
+ * notification's seccomp_data.  Anything unexpected (an opcode, an offset, a jump out of the program)
+ * is the kill action, so a fault here can only end a run, never let a call through. */
+static unsigned bpf_action(const struct seccomp_data *d)
+{
+    uint32_t a = 0, x = 0, mem[BPF_MEMWORDS] = {0};
+    const unsigned char *data = (const unsigned char *)d;
+    for (unsigned pc = 0; pc < run.bpf_len; pc++) {
+        const struct sock_filter *f = &run.bpf[pc];
+        uint32_t k = f->k, src = BPF_SRC(f->code) == BPF_X ? x : k;
+        switch (BPF_CLASS(f->code)) {
+        case BPF_LD:
+            if (f->code == (BPF_LD | BPF_W | BPF_ABS) && k % 4 == 0 && k + 4 <= sizeof *d)
+                memcpy(&a, data + k, 4);
+            else if (f->code == (BPF_LD | BPF_IMM))
+                a = k;
+            else if (f->code == (BPF_LD | BPF_MEM) && k < BPF_MEMWORDS)
+                a = mem[k];
+            else
+                return SECCOMP_RET_USER_NOTIF;
+            break;
+        case BPF_LDX:
+            if (f->code == (BPF_LDX | BPF_IMM))
+                x = k;
+            else if (f->code == (BPF_LDX | BPF_MEM) && k < BPF_MEMWORDS)
+                x = mem[k];
+            else
+                return SECCOMP_RET_USER_NOTIF;
+            break;
+        case BPF_ST:
+        case BPF_STX:
+            if (k >= BPF_MEMWORDS)
+                return SECCOMP_RET_USER_NOTIF;
+            mem[k] = BPF_CLASS(f->code) == BPF_ST ? a : x;
+            break;
+        case BPF_ALU:
+            switch (BPF_OP(f->code)) {
+            case BPF_ADD: a += src; break;
+            case BPF_SUB: a -= src; break;
+            case BPF_MUL: a *= src; break;
+            case BPF_AND: a &= src; break;
+            case BPF_OR: a |= src; break;
+            case BPF_XOR: a ^= src; break;
+            case BPF_LSH: a = src < 32 ? a << src : 0; break;
+            case BPF_RSH: a = src < 32 ? a >> src : 0; break;
+            case BPF_NEG: a = -a; break;
+            default: return SECCOMP_RET_USER_NOTIF;
+            }
+            break;
+        case BPF_JMP: {
+            unsigned next;
+            if (BPF_OP(f->code) == BPF_JA) {
+                next = pc + 1 + k;
+            } else {
+                int taken;
+                switch (BPF_OP(f->code)) {
+                case BPF_JEQ: taken = a == src; break;
+                case BPF_JGT: taken = a > src; break;
+                case BPF_JGE: taken = a >= src; break;
+                case BPF_JSET: taken = (a & src) != 0; break;
+                default: return SECCOMP_RET_USER_NOTIF;
+                }
+                next = pc + 1 + (taken ? f->jt : f->jf);
+            }
+            if (next >= run.bpf_len)
+                return SECCOMP_RET_USER_NOTIF;
+            pc = next - 1;
+            break;
+        }
+        case BPF_RET:
+            return BPF_RVAL(f->code) == BPF_A ? a : k;
+        case BPF_MISC:
+            if (BPF_MISCOP(f->code) == BPF_TAX)
+                x = a;
+            else
+                a = x;
+            break;
+        default:
+            return SECCOMP_RET_USER_NOTIF;
+        }
+    }
+    return SECCOMP_RET_USER_NOTIF;
+}
+
+static void count_refusal(unsigned arch, int nr)
+{
+    for (int i = 0; i < run.nrefused; i++)
+        if (run.refused[i].arch == arch && run.refused[i].nr == nr) {
+            run.refused[i].count++;
+            return;
+        }
+    if (run.nrefused < MAX_REFUSED) {
+        run.refused[run.nrefused].arch = arch;
+        run.refused[run.nrefused].nr = nr;
+        run.refused[run.nrefused++].count = 1;
+    }
+}
+
+/* A call the policy notifies: a refusal is answered with its errno and counted; a kill names the first
+ * call, ends the run, and refuses the call (it never runs).  The kill comes first: answered first, the
+ * program would run on for a moment with EPERM. */
+static void notified(void)
 {
     struct seccomp_notif req;
     memset(&req, 0, sizeof req);
     if (ioctl(run.listener, SECCOMP_IOCTL_NOTIF_RECV, &req) < 0)
         return; /* withdrawn: the caller died or a signal interrupted it */
+    unsigned action = bpf_action(&req.data);
+    if ((action & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO) {
+        struct seccomp_notif_resp resp = {.id = req.id, .error = -(int)(action & SECCOMP_RET_DATA)};
+        ioctl(run.listener, SECCOMP_IOCTL_NOTIF_SEND, &resp);
+        count_refusal(req.data.arch, req.data.nr);
+        return;
+    }
     if (!run.limit) {
         run.syscall_arch = req.data.arch;
         run.syscall_nr = req.data.nr;
@@ -538,14 +661,19 @@ static void finish_run(void)
     run.cpu_stat = -1;
     if (run.mem_peak / 1024 > run.maxrss)
         run.maxrss = run.mem_peak / 1024;
-    char msg[320], limit[16] = "null", syscall[48] = "null";
+    char msg[320 + MAX_REFUSED * 48], limit[16] = "null", syscall[48] = "null", refused[MAX_REFUSED * 48 + 4] = "";
+    for (int i = 0, at = 0; i < run.nrefused; i++)
+        at += snprintf(refused + at, sizeof refused - at, "%s[%u,%d,%ld]", i ? "," : "", run.refused[i].arch,
+                       run.refused[i].nr, run.refused[i].count);
     if (run.limit)
         snprintf(limit, sizeof limit, "\"%s\"", run.limit);
     if (run.limit && strcmp(run.limit, "SV") == 0)
         snprintf(syscall, sizeof syscall, "[%u,%d]", run.syscall_arch, run.syscall_nr);
     snprintf(msg, sizeof msg,
-             "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld,\"wall\":%.6f,\"limit\":%s,\"syscall\":%s,\"out\":[%lld,%lld]}",
-             run.main_done ? run.main_status : -1, run.cpu, run.maxrss, wall, limit, syscall, run.out[0], run.out[1]);
+             "{\"wait_status\":%d,\"cpu\":%.6f,\"maxrss\":%ld,\"wall\":%.6f,\"limit\":%s,\"syscall\":%s,"
+             "\"out\":[%lld,%lld],\"refused\":[%s]}",
+             run.main_done ? run.main_status : -1, run.cpu, run.maxrss, wall, limit, syscall, run.out[0], run.out[1],
+             refused);
     send_msg(ctl, msg, -1);
     run.main_pid = 0;
 }
@@ -680,6 +808,10 @@ static void start_run(struct run *r)
     run.trace = r->trace;
     if (r->has_cgroup)
         run.cpu_stat = fcntl(r->fds[4 + r->has_bpf], F_DUPFD_CLOEXEC, 3);
+    if (r->has_bpf) {
+        ssize_t got = pread(r->fds[3], run.bpf, sizeof run.bpf, 0);
+        run.bpf_len = got > 0 ? (unsigned)(got / sizeof *run.bpf) : 0; /* none: every notified call is a kill */
+    }
     run.started = now();
     run.next_cpu_look = run.started + r->cpu_limit / run.cores;
     run.next_mem_look = run.started + r->mem_limit / (TOUCH_RATE * run.cores);
@@ -773,7 +905,7 @@ int main(int argc, char **argv)
             if (pfd[3 + i].revents)
                 copy_output(i, 0);
         if (pfd[2].revents & POLLIN)
-            violation();
+            notified();
         else if (pfd[2].revents) {
             close(run.listener); /* every process under the filter is gone */
             run.listener = -1;

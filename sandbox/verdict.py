@@ -46,6 +46,9 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
     def result(status: Status, message: str) -> Result:
         if "pids.max" in events:
             message += f" (the pids limit of {limits.pids} refused {events['pids.max']} forks)"
+        refused = [(name.removeprefix("refused."), n) for name, n in events.items() if name.startswith("refused.")]
+        if refused and status is not Status.OK:  # the likely cause when a policy breaks a program
+            message += " (the policy refused " + ", ".join(f"{name} x{n}" for name, n in refused) + ")"
         return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement,
                       events=events)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from helpers import sbx
 from sandbox import ConfigError, Limits, Sandbox, Status
 
 
@@ -81,3 +82,21 @@ async def test_toolchains_build_under_compile_and_default(policy: str, tool: str
     async with Sandbox(policy=policy, env=env) as box:
         r = await box.run(["sh", "-c", script], limits=Limits(cpu_time=120, wall_time=240, pids=256, memory=None))
     assert (r.status, r.stdout.decode().strip().splitlines()[-1:]) == (Status.OK, [expected]), r.stderr.decode()
+
+
+async def test_refused_calls_are_counted_by_name_and_named_when_the_run_fails() -> None:
+    """A policy that breaks a program says which call did it: `events` counts every refusal by name."""
+    async with Sandbox(policy="strict") as box:
+        failed = await box.run(["python3", "-c", "import socket; socket.socket()"])
+        coped = await box.run(["python3", "-c", "import socket\ntry:\n    socket.socket()\nexcept OSError:\n    pass"])
+        clean = await box.run(["python3", "-c", "print(1)"])
+    assert failed.status is Status.RE and failed.events == {"refused.socket": 1}, failed
+    assert failed.message == "exited with status 1 (the policy refused socket x1)"
+    assert b"Operation not permitted" in failed.stderr, "the refusal keeps its errno (EPERM under strict)"
+    assert (coped.status, coped.events, coped.message) == (Status.OK, {"refused.socket": 1}, "exited normally")
+    assert clean.events == {}
+
+
+def test_the_status_line_names_a_refused_call() -> None:
+    r = sbx("run", "--policy", "strict", "--", "python3", "-c", "import socket; socket.socket()")
+    assert r.stderr.decode().splitlines()[-1] == "sbx: RE: exited with status 1 (the policy refused socket x1)"
