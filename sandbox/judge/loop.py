@@ -52,12 +52,9 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
     report = Report(language.name)
     env = language.environment(options.limits.memory)
     program = await _judge_program(options)
-    files = {language.source: (source, 0o644)}
-    if language.compile is not None:
-        compiled = await _compile(source, language, env, report)
-        if compiled is None:
-            return report
-        files = compiled
+    files = await _compile(source, language, env, report)
+    if files is None:
+        return report
     jobs = min(options.jobs or len(os.sched_getaffinity(0)), len(tests))
     verdicts: dict[int, Verdict] = {}
     first_failure = len(tests)
@@ -116,7 +113,8 @@ async def _judge_program(options: Options) -> JudgeProgram | None:
 
 async def _compile(source: bytes, language: Language, env: dict[str, str],
                    report: Report) -> dict[str, tuple[bytes, int]] | None:
-    """The artifacts of a successful compile, else None with the report's compile error set."""
+    """The files each test's box gets: the artifacts of a successful compile (the source itself for a language
+    that has none), else None with the report's compile error set."""
     if language.compile is None:
         return {language.source: (source, 0o644)}
     async with Sandbox(policy=language.compile_policy, env=env) as box:
