@@ -22,5 +22,5 @@ def runtime_env(memory: int | None, cgroup: bool) -> dict[str, str]:
         reserve = max(16, memory // MiB // 8)
         env["JAVA_TOOL_OPTIONS"] = (f"-Xmx{heap}m -XX:ReservedCodeCacheSize={reserve}m "
                                     f"-XX:CompressedClassSpaceSize={reserve}m -XX:MaxMetaspaceSize={2 * reserve}m "
-                                    "-XX:+UseSerialGC -Xshare:off")
+                                    "-XX:+UseSerialGC")
     return env
