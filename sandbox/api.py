@@ -489,17 +489,44 @@ async def run_interactive(
     """
     a_to_b = os.pipe2(os.O_CLOEXEC)
     b_to_a = os.pipe2(os.O_CLOEXEC)
+    return await _pair(box_a, argv_a, box_b, argv_b, (b_to_a[0], a_to_b[1]), (a_to_b[0], b_to_a[1]),
+                       (*a_to_b, *b_to_a), limits_a, limits_b, policy_a, policy_b)
+
+
+async def run_pipeline(
+    box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *, stdin: bytes | None = None,
+    limits_a: Limits | None = None, limits_b: Limits | None = None,
+    policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
+) -> tuple[Result, Result]:
+    """`a | b`: a reads `stdin`, its stdout is b's stdin through a plain pipe; b's stdout and both stderrs are
+    captured."""
+    a_to_b = os.pipe2(os.O_CLOEXEC)
+    try:
+        given = await _stdin_fd(stdin)
+    except BaseException:
+        for fd in a_to_b:
+            os.close(fd)
+        raise
+    return await _pair(box_a, argv_a, box_b, argv_b, (given, a_to_b[1]), (a_to_b[0], None), (*a_to_b, given),
+                       limits_a, limits_b, policy_a, policy_b)
+
+
+async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str],
+                io_a: tuple[int, int | None], io_b: tuple[int, int | None], ours: tuple[int, ...],
+                limits_a: Limits | None, limits_b: Limits | None,
+                policy_a: str | None | _Inherit, policy_b: str | None | _Inherit) -> tuple[Result, Result]:
+    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies."""
     replies: list[dict[str, Any]] = [{}, {}]
     try:
         with _single_error():
             async with trio.open_nursery() as nursery:
-                a = await box_a._start(nursery, argv_a, limits=limits_a, env=None, cwd=None, stdin=b_to_a[0],
-                                       stdout=a_to_b[1], stderr=None, policy=policy_a)
-                b = await box_b._start(nursery, argv_b, limits=limits_b, env=None, cwd=None, stdin=a_to_b[0],
-                                       stdout=b_to_a[1], stderr=None, policy=policy_b)
-                for fd in (*a_to_b, *b_to_a):
+                a = await box_a._start(nursery, argv_a, limits=limits_a, env=None, cwd=None, stdin=io_a[0],
+                                       stdout=io_a[1], stderr=None, policy=policy_a)
+                b = await box_b._start(nursery, argv_b, limits=limits_b, env=None, cwd=None, stdin=io_b[0],
+                                       stdout=io_b[1], stderr=None, policy=policy_b)
+                for fd in ours:
                     os.close(fd)
-                a_to_b = b_to_a = ()
+                ours = ()
 
                 async def collect(pending: _Pending, slot: int) -> None:
                     replies[slot] = await pending.reply()
@@ -507,7 +534,7 @@ async def run_interactive(
                 nursery.start_soon(collect, a, 0)
                 nursery.start_soon(collect, b, 1)
     finally:
-        for fd in (*a_to_b, *b_to_a):
+        for fd in ours:
             os.close(fd)
     return a.finish(replies[0]), b.finish(replies[1])
 

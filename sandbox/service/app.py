@@ -1,0 +1,178 @@
+"""The HTTP service: go-judge's /run and /file, /languages, /healthz, /version and /metrics, on a pool of boxes.
+
+A FastAPI app (OpenAPI at /docs) served by hypercorn's trio worker, in the
+process that holds the pool.  What it protects:
+- a bearer token (from a file) on everything but /healthz, /version and the
+  docs, required when the service listens beyond loopback;
+- request bodies past `max_request` bytes are 413 (and one without a
+  Content-Length 411, so none is read unbounded), and the file cache is
+  bounded;
+- more than `max_pending` runs waiting is 429;
+- malformed input is a JSON error (400), and an unexpected failure is a JSON
+  500 counted in sbx_internal_errors_total: the service stays up.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from fastapi import FastAPI, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..pool import SandboxPool
+from . import gojudge
+from .files import CacheFull, FileCache
+
+OPEN_PATHS = {"/healthz", "/version", "/docs", "/openapi.json"}
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    pool: int = 2
+    policy: str | None = "compile"
+    token: str | None = None
+    max_request: int = 64 * 2**20
+    max_pending: int = 64
+    file_cache: int = 1 * 2**30
+
+
+class _Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.runs = Counter("sbx_runs", "Runs by go-judge status", ["status"], registry=self.registry)
+        self.cpu = Histogram("sbx_run_cpu_seconds", "CPU time of each run", registry=self.registry,
+                             buckets=(0.001, 0.01, 0.1, 0.5, 1, 2, 5, 10, 30))
+        self.memory = Histogram("sbx_run_memory_bytes", "Peak memory of each run", registry=self.registry,
+                                buckets=tuple(2**k for k in range(20, 34)))
+        self.boxes = Gauge("sbx_pool_boxes", "Boxes of the pool by state", ["state"], registry=self.registry)
+        self.pending = Gauge("sbx_pending_runs", "Run requests waiting or running", registry=self.registry)
+        self.rejected = Counter("sbx_rejected_requests", "Requests refused", ["reason"], registry=self.registry)
+        self.errors = Counter("sbx_internal_errors", "Requests that failed inside the service",
+                              registry=self.registry)
+
+    def record(self, results: list[dict[str, Any]]) -> None:
+        for r in results:
+            self.runs.labels(r["status"]).inc()
+            self.cpu.observe(r["time"] / gojudge.NS)
+            self.memory.observe(r["memory"])
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse(message, status_code=status)  # go-judge's error body: a JSON string
+
+
+def create_app(config: ServiceConfig) -> FastAPI:
+    metrics = _Metrics()
+    cache = FileCache(config.file_cache)
+    state: dict[str, Any] = {"pending": 0}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with SandboxPool(size=config.pool, policy=config.policy) as pool:
+            state["pool"] = pool
+            yield
+
+    app = FastAPI(title="sbx", description="A rootless sandbox for untrusted code, with go-judge's /run API",
+                  lifespan=lifespan)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        if config.token is not None and request.url.path not in OPEN_PATHS:
+            given = request.headers.get("authorization", "")
+            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
+                metrics.rejected.labels("unauthorized").inc()
+                return _error(401, "a bearer token is required (Authorization: Bearer TOKEN)")
+        length = request.headers.get("content-length")
+        if length is None and request.method in ("POST", "PUT"):
+            metrics.rejected.labels("no_length").inc()
+            return _error(411, "a request body needs a Content-Length")
+        if length is not None and (not length.isdigit() or int(length) > config.max_request):
+            metrics.rejected.labels("too_large").inc()
+            if length.isdigit() and int(length) <= 2 * config.max_request:
+                async for _ in request.stream():  # read, so that the client, still sending, gets the answer
+                    pass
+            return _error(413, f"the request is larger than {config.max_request} bytes")
+        try:
+            return await call_next(request)
+        except Exception as e:  # noqa: BLE001 - any failure is one JSON 500, counted, and the service goes on
+            metrics.errors.inc()
+            return _error(500, f"internal error: {type(e).__name__}: {e}")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
+        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+
+    @app.exception_handler(gojudge.RequestError)
+    async def bad_request(request: Request, exc: gojudge.RequestError) -> JSONResponse:
+        return _error(400, str(exc))
+
+    @app.post("/run", summary="Run commands (go-judge's request and response)")
+    async def run(body: gojudge.RunRequest) -> Any:
+        if state["pending"] >= config.max_pending:
+            metrics.rejected.labels("queue_full").inc()
+            return _error(429, f"{state['pending']} runs are waiting already; try again later")
+        state["pending"] += 1
+        metrics.pending.set(state["pending"])
+        try:
+            results = await gojudge.run(body, state["pool"], cache)
+        finally:
+            state["pending"] -= 1
+            metrics.pending.set(state["pending"])
+        metrics.record(results)
+        return results
+
+    @app.get("/file", summary="Cached files: id -> name")
+    async def files() -> dict[str, str]:
+        return cache.names()
+
+    @app.post("/file", summary="Cache a file (multipart field 'file'); its id")
+    async def upload(file: UploadFile) -> Any:
+        data = await file.read(config.max_request + 1)
+        try:
+            return cache.add(file.filename or "file", data)
+        except CacheFull as e:
+            metrics.rejected.labels("cache_full").inc()
+            return _error(413, str(e))
+
+    @app.get("/file/{file_id}", summary="A cached file's content")
+    async def download(file_id: str) -> Response:
+        data = cache.get(file_id)
+        if data is None:
+            return _error(404, f"no file {file_id}")
+        return Response(data, media_type="application/octet-stream")
+
+    @app.delete("/file/{file_id}", summary="Forget a cached file")
+    async def delete(file_id: str) -> Response:
+        return Response() if cache.remove(file_id) else _error(404, f"no file {file_id}")
+
+    @app.get("/languages", summary="The judge's languages")
+    async def languages() -> list[dict[str, Any]]:
+        from ..judge import load_languages
+        return [{"name": lang.name, "title": lang.title, "extensions": list(lang.extensions)}
+                for lang in load_languages().values()]
+
+    @app.get("/healthz", summary="Whether the pool has boxes")
+    async def healthz() -> dict[str, Any]:
+        return {"ok": "pool" in state, **(state["pool"].stats() if "pool" in state else {})}
+
+    @app.get("/version", summary="sbx's version")
+    async def version() -> dict[str, Any]:
+        from importlib.metadata import version as package_version
+        return {"buildVersion": f"sbx {package_version('sbx')}", "copyOutOptional": True}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        if "pool" in state:
+            for name, value in state["pool"].stats().items():
+                metrics.boxes.labels(name).set(value)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
