@@ -23,7 +23,7 @@ from typing import Any, NoReturn, TypeVar
 
 import trio
 
-from . import boxfiles, copies, image_cli, judge_cli, policy_cli, serve_cli
+from . import boxfiles, copies, image_cli, judge_cli, policy_cli, serve_cli, submit_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -198,6 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     judge_cli.add_command(sub)
     serve_cli.add_command(sub)
+    submit_cli.add_command(sub)
 
     policy = sub.add_parser("policy", help="the seccomp policies")
     psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)

@@ -80,5 +80,5 @@ def _cmd_judge(args: argparse.Namespace) -> int:
                               validator=problem.validator if problem else None, jobs=jobs,
                               stop_on_first_failure=args.stop_on_first_failure, progress=sys.stderr)
     report = trio.run(judging.judge, source, language, tests, options)
-    print(json.dumps(report.record()) if args.json else judging.table(report))
+    print(json.dumps(report.record()) if args.json else judging.table(report.record()))
     return 0 if report.verdict == "OK" else 1

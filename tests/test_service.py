@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
+import json
 import os
 import signal
+import threading
+import time
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +19,7 @@ import pytest
 from helpers import free_port, host_processes_matching, sbx, wait_for_port
 
 ENV = ["PATH=/usr/bin:/bin"]
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
 COLLECT = [{"name": "stdout", "max": 10240}, {"name": "stderr", "max": 10240}]
 LIMITS = {"cpuLimit": 10_000_000_000, "memoryLimit": 268_435_456, "procLimit": 50}
 SUM = "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cout << a + b << std::endl; }\n"
@@ -40,7 +45,7 @@ def _serve(*args: str, mark: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    yield from _serve("--max-request", "1M", "--file-cache", "4M", mark="sbx-serve-fixture")
+    yield from _serve("--max-request", "3M", "--file-cache", "4M", mark="sbx-serve-fixture")
 
 
 @pytest.fixture
@@ -112,7 +117,7 @@ def test_a_pipeline_and_an_interactive_pair_through_pipe_mapping(client: httpx.C
     (b'{"cmd": [{"args": ["/bin/cat"], "copyIn": {"x": {"src": "/etc/shadow"}}}]}', 400, "src"),
     (b'{"cmd": [{"args": ["a"]}, {"args": ["b"]}], "pipeMapping": [{"in": {"index": 0, "fd": 2}, '
      b'"out": {"index": 1, "fd": 0}}]}', 400, "pipeMapping"),
-    (b"x" * (2 * 2**20), 413, "larger than"),
+    (b"x" * (4 * 2**20), 413, "larger than"),
 ])
 def test_bad_input_is_a_json_error_and_the_service_goes_on(client: httpx.Client, body: bytes, status: int,
                                                           message: str) -> None:
@@ -157,3 +162,74 @@ def test_a_token_from_a_file(tmp_path: Path) -> None:
 def test_beyond_loopback_a_token_is_required() -> None:
     r = sbx("serve", "--listen", "0.0.0.0:5099")
     assert r.returncode == 125 and r.stderr == b"sbx: --listen 0.0.0.0:5099: beyond loopback a --token-file is required\n"
+
+
+def _tests() -> list[dict[str, str]]:
+    return [{"name": p.stem, "input": p.read_text(), "answer": p.with_suffix(".out").read_text()}
+            for p in sorted((EXAMPLE / "tests").glob("*.in"))]
+
+
+def _done(client: httpx.Client, submission_id: str) -> dict:
+    deadline = time.monotonic() + 120
+    while (state := client.get(f"/submissions/{submission_id}").json())["state"] != "done":
+        assert time.monotonic() < deadline, state
+        time.sleep(0.1)
+    return state  # type: ignore[no-any-return]
+
+
+def test_submissions_are_judged_with_sbx_judges_record(client: httpx.Client) -> None:
+    ids = {}
+    for solution in ("ok.cpp", "wa.c", "tle.c"):
+        r = client.post("/submissions", json={"language": solution.split(".")[1],
+                                              "source": (EXAMPLE / "solutions" / solution).read_text(),
+                                              "tests": _tests(), "limits": {"time": 0.5, "memory": 64 * 2**20}})
+        assert r.status_code == 202, r.text
+        ids[solution] = r.json()["id"]
+    verdicts = {s: _done(client, i)["result"] for s, i in ids.items()}
+    assert {s: r["verdict"] for s, r in verdicts.items()} == {"ok.cpp": "OK", "wa.c": "WA", "tle.c": "TLE"}
+    assert [t["status"] for t in verdicts["wa.c"]["tests"]] == ["OK", "OK", "WA"]
+    assert set(verdicts["ok.cpp"]) == {"verdict", "language", "compile", "compile_error", "tests", "skipped"}
+    assert client.get("/submissions/nope").status_code == 404
+    bad = client.post("/submissions", json={"language": "cobol", "source": "", "tests": _tests()})
+    assert bad.status_code == 400 and "cobol" in bad.json()
+    assert 'sbx_submissions_total{verdict="WA"}' in client.get("/metrics").text
+
+
+def test_a_callback_gets_the_record(client: httpx.Client) -> None:
+    got: list[dict] = []
+
+    class Receiver(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    receiver = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
+    threading.Thread(target=receiver.serve_forever, daemon=True).start()
+    try:
+        r = client.post("/submissions", json={"language": "py", "source": (EXAMPLE / "solutions" / "ok.py").read_text(),
+                                              "tests": _tests(), "callback_url": f"http://127.0.0.1:{receiver.server_port}/"})
+        _done(client, r.json()["id"])
+        deadline = time.monotonic() + 30
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        receiver.shutdown()
+    assert [(g["id"], g["state"], g["result"]["verdict"]) for g in got] == [(r.json()["id"], "done", "OK")]
+
+
+def test_sbx_submit_prints_the_table_sbx_judge_prints(server: str) -> None:
+    args = [str(EXAMPLE / "solutions" / "wa.c"), "--tests", str(EXAMPLE / "tests")]
+    submitted = sbx("submit", "--server", server, *args, "--wait", timeout=180)
+    judged = sbx("judge", *args, timeout=180)
+    assert submitted.returncode == judged.returncode == 1, submitted.stderr
+
+    def shape(out: bytes) -> list[list[str]]:
+        return [line.split()[:2] + line.split()[4:] for line in out.decode().splitlines()]
+    assert shape(submitted.stdout) == shape(judged.stdout)
+    assert submitted.stdout.decode().splitlines()[-1] == "verdict: WA"
+    offline = sbx("submit", "--server", "http://127.0.0.1:9", *args, "--wait")
+    assert offline.returncode == 125 and offline.stderr.startswith(b"sbx: --server http://127.0.0.1:9: ")

@@ -50,22 +50,22 @@ class Report:
                 "skipped": self.skipped}
 
 
-def table(report: Report) -> str:
+def table(record: dict[str, Any]) -> str:
+    """The verdict table of a report's record (`Report.record()`, as `sbx judge --json` and the service give it)."""
     lines = []
-    if report.compile_error:
-        lines.append("compilation failed:\n" + report.compile_error.rstrip())
-    if report.tests:
-        width = max(12, *(len(t.name) for t in report.tests))
+    if record["compile_error"]:
+        lines.append("compilation failed:\n" + record["compile_error"].rstrip())
+    tests = record["tests"]
+    if tests:
+        width = max(12, *(len(t["name"]) for t in tests))
         lines.append(f"{'test':<{width}} {'status':<6} {'cpu (s)':>8} {'memory':>10}  message")
-        for t in report.tests:
-            r = t.result
-            cpu = f"{r.cpu_time:.3f}" if r else "-"
-            mem = f"{r.memory_peak // 1024} KiB" if r else "-"
-            message = t.message or (r.message if r and t.status != "OK" else "")
-            if t.points is not None:
-                message = f"{t.points:g} points" + (f": {message}" if message else "")
-            lines.append(f"{t.name:<{width}} {t.status:<6} {cpu:>8} {mem:>10}  {message}".rstrip())
-    if report.skipped:
-        lines.append(f"({report.skipped} more tests not run: --stop-on-first-failure)")
-    lines.append(f"verdict: {report.verdict}")
+        for t in tests:
+            message = t["message"] if t["status"] != "OK" else ""
+            if "points" in t:
+                message = f"{t['points']:g} points" + (f": {message}" if message else "")
+            lines.append(f"{t['name']:<{width}} {t['status']:<6} {t['cpu_time']:>8.3f} "
+                         f"{t['memory_peak'] // 1024:>6} KiB  {message}".rstrip())
+    if record["skipped"]:
+        lines.append(f"({record['skipped']} more tests not run: --stop-on-first-failure)")
+    lines.append(f"verdict: {record['verdict']}")
     return "\n".join(lines)

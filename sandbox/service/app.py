@@ -1,4 +1,4 @@
-"""The HTTP service: go-judge's /run and /file, /languages, /healthz, /version and /metrics, on a pool of boxes.
+"""The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics.
 
 A FastAPI app (OpenAPI at /docs) served by hypercorn's trio worker, in the
 process that holds the pool.  What it protects:
@@ -20,14 +20,17 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import trio
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from ..errors import ConfigError
 from ..pool import SandboxPool
 from . import gojudge
 from .files import CacheFull, FileCache
+from .submissions import QueueFull, SubmissionIn, Submissions
 
 OPEN_PATHS = {"/healthz", "/version", "/docs", "/openapi.json"}
 
@@ -40,6 +43,7 @@ class ServiceConfig:
     max_request: int = 64 * 2**20
     max_pending: int = 64
     file_cache: int = 1 * 2**30
+    judges: int = 1  # submissions judged at once (each runs its tests on a pool of its own)
 
 
 class _Metrics:
@@ -55,6 +59,9 @@ class _Metrics:
         self.rejected = Counter("sbx_rejected_requests", "Requests refused", ["reason"], registry=self.registry)
         self.errors = Counter("sbx_internal_errors", "Requests that failed inside the service",
                               registry=self.registry)
+        self.verdicts = Counter("sbx_submissions", "Judged submissions by verdict", ["verdict"],
+                                registry=self.registry)
+        self.queue = Gauge("sbx_queue_depth", "Submissions waiting to be judged", registry=self.registry)
 
     def record(self, results: list[dict[str, Any]]) -> None:
         for r in results:
@@ -72,11 +79,16 @@ def create_app(config: ServiceConfig) -> FastAPI:
     cache = FileCache(config.file_cache)
     state: dict[str, Any] = {"pending": 0}
 
+    submissions = Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc())
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with SandboxPool(size=config.pool, policy=config.policy) as pool:
+        async with SandboxPool(size=config.pool, policy=config.policy) as pool, trio.open_nursery() as nursery:
             state["pool"] = pool
+            for _ in range(config.judges):
+                nursery.start_soon(submissions.work)
             yield
+            nursery.cancel_scope.cancel()
 
     app = FastAPI(title="sbx", description="A rootless sandbox for untrusted code, with go-judge's /run API",
                   lifespan=lifespan)
@@ -129,6 +141,21 @@ def create_app(config: ServiceConfig) -> FastAPI:
         metrics.record(results)
         return results
 
+    @app.post("/submissions", status_code=202, summary="Judge a solution (sbx judge's record when done)")
+    async def submit(body: SubmissionIn) -> Any:
+        try:
+            return {"id": submissions.submit(body).id}
+        except QueueFull as e:
+            metrics.rejected.labels("queue_full").inc()
+            return _error(429, str(e))
+        except ConfigError as e:
+            return _error(400, str(e))
+
+    @app.get("/submissions/{submission_id}", summary="A submission's state, and its record once judged")
+    async def submission(submission_id: str) -> Any:
+        item = submissions.get(submission_id)
+        return _error(404, f"no submission {submission_id}") if item is None else item.view()
+
     @app.get("/file", summary="Cached files: id -> name")
     async def files() -> dict[str, str]:
         return cache.names()
@@ -173,6 +200,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if "pool" in state:
             for name, value in state["pool"].stats().items():
                 metrics.boxes.labels(name).set(value)
+        metrics.queue.set(submissions.queued)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -1,0 +1,145 @@
+"""POST /submissions and GET /submissions/{id}: a solution judged in the service's own process.
+
+A bounded queue (a full one is 429) feeds a fixed number of judging tasks;
+each submission is judged as `sbx judge` judges (its record is `sbx judge
+--json`'s), on tests given inline.  When it names a `callback_url`, the
+record is POSTed there once it is done (not retried: the record stays at
+GET).  Finished submissions are kept for GET up to a bound, the oldest
+forgotten first.
+"""
+
+from __future__ import annotations
+
+import secrets
+import tempfile
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from pydantic import BaseModel, Field
+
+from ..errors import ConfigError
+from ..judge import Options, TestCase, judge, load_languages
+from ..limits import Limits
+
+MiB = 2**20
+KEPT = 10_000
+
+
+class QueueFull(Exception):
+    pass
+
+
+class TestIn(BaseModel):
+    name: str = Field(default="", max_length=64)
+    input: str
+    answer: str
+
+
+class LimitsIn(BaseModel):
+    time: float = Field(default=1.0, gt=0, le=60)  # CPU seconds per test
+    wall_time: float | None = Field(default=None, gt=0, le=180)
+    memory: int = Field(default=256 * MiB, ge=MiB)  # bytes
+    pids: int | None = Field(default=None, ge=1, le=1024)
+    output: int = Field(default=64 * MiB, ge=1)
+
+
+class SubmissionIn(BaseModel):
+    language: str
+    source: str
+    tests: list[TestIn] = Field(min_length=1, max_length=1000)
+    limits: LimitsIn = LimitsIn()
+    stop_on_first_failure: bool = False
+    callback_url: str | None = Field(default=None, pattern=r"^https?://")
+
+
+@dataclass
+class Submission:
+    id: str
+    request: SubmissionIn
+    state: str = "queued"  # then "judging", then "done"
+    record: dict[str, Any] | None = None
+    error: str = ""
+
+    def view(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": self.id, "state": self.state, "result": self.record}
+        if self.error:
+            out["error"] = self.error
+        return out
+
+
+@dataclass
+class Submissions:
+    max_pending: int
+    on_done: Any  # a callable(record) for the metrics
+    languages: str | None = None
+    _items: OrderedDict[str, Submission] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self._send, self._receive = trio.open_memory_channel[Submission](self.max_pending)
+
+    def submit(self, request: SubmissionIn) -> Submission:
+        if request.language not in load_languages(self.languages):
+            raise ConfigError(f"language: unknown {request.language!r} (GET /languages lists them)")
+        item = Submission(secrets.token_hex(12), request)
+        try:
+            self._send.send_nowait(item)
+        except trio.WouldBlock:
+            raise QueueFull(f"{self.max_pending} submissions are queued already; try again later") from None
+        self._items[item.id] = item
+        while len(self._items) > KEPT:
+            oldest = next(iter(self._items.values()))
+            if oldest.state != "done":
+                break
+            self._items.popitem(last=False)
+        return item
+
+    def get(self, submission_id: str) -> Submission | None:
+        return self._items.get(submission_id)
+
+    @property
+    def queued(self) -> int:
+        return sum(1 for s in self._items.values() if s.state == "queued")
+
+    async def work(self) -> None:
+        """One judging task: submissions one at a time, for as long as the service runs."""
+        async for item in self._receive:
+            item.state = "judging"
+            try:
+                item.record = await self._judge(item.request)
+            except Exception as e:  # noqa: BLE001 - a submission that cannot be judged is IE, the task goes on
+                item.error = f"{type(e).__name__}: {e}"
+                item.record = {"verdict": "IE", "language": item.request.language, "compile": None,
+                               "compile_error": "", "tests": [], "skipped": 0}
+            item.state = "done"
+            self.on_done(item.record)
+            if item.request.callback_url:
+                await _callback(item.request.callback_url, item.view())
+
+    async def _judge(self, request: SubmissionIn) -> dict[str, Any]:
+        language = load_languages(self.languages)[request.language]
+        limits = request.limits
+        run_limits = Limits(cpu_time=limits.time, wall_time=limits.wall_time or max(3 * limits.time, limits.time + 2),
+                            memory=limits.memory, stack=limits.memory, pids=limits.pids or language.processes,
+                            output=limits.output)
+        with tempfile.TemporaryDirectory(prefix="sbx-submission-") as d:
+            tests = []
+            for i, t in enumerate(request.tests):
+                given, answer = Path(d, f"{i}.in"), Path(d, f"{i}.ans")
+                given.write_text(t.input)
+                answer.write_text(t.answer)
+                tests.append(TestCase(t.name or str(i + 1), given, answer))
+            report = await judge(request.source.encode(), language, tests,
+                                 Options(limits=run_limits, stop_on_first_failure=request.stop_on_first_failure))
+        return report.record()
+
+
+async def _callback(url: str, body: dict[str, Any]) -> None:
+    try:
+        async with httpx.AsyncClient(timeout=10) as client:
+            await client.post(url, json=body)
+    except httpx.HTTPError:
+        pass  # the result stays available at GET /submissions/{id}
