@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import parse_count, parse_size
+from .limits import parse_count, parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:
@@ -22,7 +22,16 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--max-request", default="64M", metavar="SIZE", help="largest request body (default 64M)")
     serve.add_argument("--max-pending", default="64", metavar="N", help="runs waiting before 429 (default 64)")
     serve.add_argument("--file-cache", default="1G", metavar="SIZE", help="bytes of cached files (default 1G)")
+    serve.add_argument("--redis", metavar="URL", help="queue submissions on Redis Streams for sbx worker (default: "
+                                                      "judge them in this process)")
     serve.set_defaults(func=_cmd_serve)
+    worker = sub.add_parser("worker", help="judge the submissions an sbx serve --redis queues")
+    worker.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
+    worker.add_argument("--judges", default="1", metavar="N", help="submissions judged at once (default 1)")
+    worker.add_argument("--lease", default="30", metavar="S",
+                        help="a job whose worker is silent this long is taken over (default 30)")
+    worker.add_argument("--name", metavar="NAME", help="consumer name (default: host and a random suffix)")
+    worker.set_defaults(func=_cmd_worker)
 
 
 def _listen(text: str) -> tuple[str, int]:
@@ -60,9 +69,23 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServiceConfig(pool=parse_count(args.pool, "--pool"), policy=None if args.policy == "none" else args.policy,
                            token=token, max_request=parse_size(args.max_request, "--max-request"),
                            max_pending=parse_count(args.max_pending, "--max-pending"),
-                           file_cache=parse_size(args.file_cache, "--file-cache"))
+                           file_cache=parse_size(args.file_cache, "--file-cache"), redis=args.redis)
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
     trio.run(serve, create_app(config), hyper)  # type: ignore[arg-type]
+    return 0
+
+
+def _cmd_worker(args: argparse.Namespace) -> int:
+    import redis
+    import trio
+
+    from .service.redis_queue import Worker
+
+    try:
+        worker = Worker(args.redis, parse_seconds(args.lease, "--lease"), args.name)
+    except (redis.RedisError, ValueError) as e:
+        raise ConfigError(f"--redis {args.redis}: {e}") from None
+    trio.run(worker.run, parse_count(args.judges, "--judges"))
     return 0

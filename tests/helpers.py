@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 PROGRAMS = Path(__file__).parent / "programs"
@@ -76,3 +79,23 @@ def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 3
                 return
         time.sleep(0.05)
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout} s")
+
+
+@contextlib.contextmanager
+def server_process(argv: list[str], port: int, mark: str = "") -> Iterator[subprocess.Popen[bytes]]:
+    """A server started for a test and stopped after it (SIGINT, then SIGKILL); none of its processes outlives it."""
+    marker = ["-X", f"sbx-test-mark={mark}"] if mark and argv[0] == sys.executable else []
+    server = subprocess.Popen([argv[0], *marker, *argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
+    try:
+        wait_for_port(port, server)
+        yield server
+    finally:
+        server.send_signal(signal.SIGINT)
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        if mark:
+            assert host_processes_matching(mark) == [], f"{argv[:4]} left processes behind"

@@ -64,7 +64,7 @@ def test_the_venv_has_no_system_site_packages() -> None:
     required = {r.split(">")[0].split("=")[0].split("[")[0].strip()
                 for r in importlib.metadata.requires("sbx") or [] if "extra" not in r}
     assert required == {"trio", "pyfuse3", "pyseccomp", "zstandard", "pyyaml", "fastapi", "hypercorn",
-                        "python-multipart", "prometheus-client", "httpx"}
+                        "python-multipart", "prometheus-client", "httpx", "redis"}
 
 
 def test_versions_come_from_the_package_metadata() -> None:

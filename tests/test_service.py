@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
-import signal
+import sys
 import threading
 import time
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from helpers import free_port, host_processes_matching, sbx, wait_for_port
+from helpers import free_port, sbx, server_process
 
 ENV = ["PATH=/usr/bin:/bin"]
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
@@ -27,20 +24,9 @@ SUM = "#include <iostream>\nint main() { long a, b; std::cin >> a >> b; std::cou
 
 def _serve(*args: str, mark: str) -> Iterator[str]:
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-X", f"sbx-test-mark={mark}", "-m", "sandbox", "serve", "--listen",
-                               f"127.0.0.1:{port}", *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                              env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
-    try:
-        wait_for_port(port, server)
+    with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}", *args], port,
+                        mark):
         yield f"http://127.0.0.1:{port}"
-    finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        assert host_processes_matching(mark) == [], "the service left processes behind"
 
 
 @pytest.fixture(scope="module")

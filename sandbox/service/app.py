@@ -30,6 +30,7 @@ from ..errors import ConfigError
 from ..pool import SandboxPool
 from . import gojudge
 from .files import CacheFull, FileCache
+from .redis_queue import RedisQueue
 from .submissions import QueueFull, SubmissionIn, Submissions
 
 OPEN_PATHS = {"/healthz", "/version", "/docs", "/openapi.json"}
@@ -44,6 +45,7 @@ class ServiceConfig:
     max_pending: int = 64
     file_cache: int = 1 * 2**30
     judges: int = 1  # submissions judged at once (each runs its tests on a pool of its own)
+    redis: str | None = None  # submissions go to workers through Redis Streams (redis_queue.py)
 
 
 class _Metrics:
@@ -62,6 +64,8 @@ class _Metrics:
         self.verdicts = Counter("sbx_submissions", "Judged submissions by verdict", ["verdict"],
                                 registry=self.registry)
         self.queue = Gauge("sbx_queue_depth", "Submissions waiting to be judged", registry=self.registry)
+        self.redeliveries = Gauge("sbx_redeliveries", "Jobs taken over from a dead worker (Redis mode)",
+                                  registry=self.registry)
 
     def record(self, results: list[dict[str, Any]]) -> None:
         for r in results:
@@ -79,7 +83,9 @@ def create_app(config: ServiceConfig) -> FastAPI:
     cache = FileCache(config.file_cache)
     state: dict[str, Any] = {"pending": 0}
 
-    submissions = Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc())
+    submissions: Submissions | RedisQueue = (
+        RedisQueue(config.redis, config.max_pending) if config.redis else
+        Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc()))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -144,7 +150,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
     @app.post("/submissions", status_code=202, summary="Judge a solution (sbx judge's record when done)")
     async def submit(body: SubmissionIn) -> Any:
         try:
-            return {"id": submissions.submit(body).id}
+            return {"id": await submissions.submit(body)}
         except QueueFull as e:
             metrics.rejected.labels("queue_full").inc()
             return _error(429, str(e))
@@ -153,8 +159,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @app.get("/submissions/{submission_id}", summary="A submission's state, and its record once judged")
     async def submission(submission_id: str) -> Any:
-        item = submissions.get(submission_id)
-        return _error(404, f"no submission {submission_id}") if item is None else item.view()
+        found = await submissions.view(submission_id)
+        return _error(404, f"no submission {submission_id}") if found is None else found
 
     @app.get("/file", summary="Cached files: id -> name")
     async def files() -> dict[str, str]:
@@ -200,7 +206,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
         if "pool" in state:
             for name, value in state["pool"].stats().items():
                 metrics.boxes.labels(name).set(value)
-        metrics.queue.set(submissions.queued)
+        metrics.queue.set(await submissions.depth())
+        metrics.redeliveries.set(await submissions.redeliveries())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -81,9 +81,8 @@ class Submissions:
     def __post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[Submission](self.max_pending)
 
-    def submit(self, request: SubmissionIn) -> Submission:
-        if request.language not in load_languages(self.languages):
-            raise ConfigError(f"language: unknown {request.language!r} (GET /languages lists them)")
+    async def submit(self, request: SubmissionIn) -> str:
+        check_language(request, self.languages)
         item = Submission(secrets.token_hex(12), request)
         try:
             self._send.send_nowait(item)
@@ -95,10 +94,17 @@ class Submissions:
             if oldest.state != "done":
                 break
             self._items.popitem(last=False)
-        return item
+        return item.id
 
-    def get(self, submission_id: str) -> Submission | None:
-        return self._items.get(submission_id)
+    async def view(self, submission_id: str) -> dict[str, Any] | None:
+        item = self._items.get(submission_id)
+        return None if item is None else item.view()
+
+    async def depth(self) -> int:
+        return self.queued
+
+    async def redeliveries(self) -> int:
+        return 0  # one process: nothing is delivered twice
 
     @property
     def queued(self) -> int:
@@ -109,7 +115,7 @@ class Submissions:
         async for item in self._receive:
             item.state = "judging"
             try:
-                item.record = await self._judge(item.request)
+                item.record = await judge_submission(item.request, self.languages)
             except Exception as e:  # noqa: BLE001 - a submission that cannot be judged is IE, the task goes on
                 item.error = f"{type(e).__name__}: {e}"
                 item.record = {"verdict": "IE", "language": item.request.language, "compile": None,
@@ -119,22 +125,30 @@ class Submissions:
             if item.request.callback_url:
                 await _callback(item.request.callback_url, item.view())
 
-    async def _judge(self, request: SubmissionIn) -> dict[str, Any]:
-        language = load_languages(self.languages)[request.language]
-        limits = request.limits
-        run_limits = Limits(cpu_time=limits.time, wall_time=limits.wall_time or max(3 * limits.time, limits.time + 2),
-                            memory=limits.memory, stack=limits.memory, pids=limits.pids or language.processes,
-                            output=limits.output)
-        with tempfile.TemporaryDirectory(prefix="sbx-submission-") as d:
-            tests = []
-            for i, t in enumerate(request.tests):
-                given, answer = Path(d, f"{i}.in"), Path(d, f"{i}.ans")
-                given.write_text(t.input)
-                answer.write_text(t.answer)
-                tests.append(TestCase(t.name or str(i + 1), given, answer))
-            report = await judge(request.source.encode(), language, tests,
-                                 Options(limits=run_limits, stop_on_first_failure=request.stop_on_first_failure))
-        return report.record()
+
+
+def check_language(request: SubmissionIn, languages: str | None) -> None:
+    if request.language not in load_languages(languages):
+        raise ConfigError(f"language: unknown {request.language!r} (GET /languages lists them)")
+
+
+async def judge_submission(request: SubmissionIn, languages: str | None = None) -> dict[str, Any]:
+    """`sbx judge`'s record for a submission, its tests written to a private temporary dir."""
+    language = load_languages(languages)[request.language]
+    limits = request.limits
+    run_limits = Limits(cpu_time=limits.time, wall_time=limits.wall_time or max(3 * limits.time, limits.time + 2),
+                        memory=limits.memory, stack=limits.memory, pids=limits.pids or language.processes,
+                        output=limits.output)
+    with tempfile.TemporaryDirectory(prefix="sbx-submission-") as d:
+        tests = []
+        for i, t in enumerate(request.tests):
+            given, answer = Path(d, f"{i}.in"), Path(d, f"{i}.ans")
+            given.write_text(t.input)
+            answer.write_text(t.answer)
+            tests.append(TestCase(t.name or str(i + 1), given, answer))
+        report = await judge(request.source.encode(), language, tests,
+                             Options(limits=run_limits, stop_on_first_failure=request.stop_on_first_failure))
+    return report.record()
 
 
 async def _callback(url: str, body: dict[str, Any]) -> None:

@@ -1,0 +1,164 @@
+"""Submissions over Redis Streams: `sbx serve --redis` enqueues, `sbx worker --redis` judges, on any machine.
+
+At least once, never lost:
+- a job is an entry of the stream `sbx:submissions`, read through the
+  consumer group `sbx-workers`, and stays pending until its result is
+  written (then XACK and XDEL);
+- the worker judging it refreshes a lease (XCLAIM to itself with JUSTID,
+  which resets the entry's idle time without counting a delivery); an entry
+  idle past the lease belongs to a dead worker, and any worker takes it over
+  with XAUTOCLAIM;
+- a job delivered more than MAX_DELIVERIES times goes to the dead-letter
+  stream `sbx:dead` and gets an IE record;
+- results are idempotent per submission: the first record written (HSETNX)
+  stands, and a redelivered job whose record exists is only acknowledged.
+
+State per submission is the hash `sbx:sub:ID` (state, request, result).  The
+client is redis-py's blocking one, called in worker threads with short
+timeouts, so a trio process never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import socket
+from typing import Any
+
+import redis
+import trio
+
+from .submissions import QueueFull, SubmissionIn, check_language, judge_submission
+
+STREAM, GROUP, DEAD = "sbx:submissions", "sbx-workers", "sbx:dead"
+REDELIVERIES, WRITTEN = "sbx:redeliveries", "sbx:results-written"
+MAX_DELIVERIES = 3
+TIMEOUT = 5.0  # seconds for any one Redis call
+
+
+def _connect(url: str) -> redis.Redis:
+    client = redis.Redis.from_url(url, socket_timeout=TIMEOUT, socket_connect_timeout=TIMEOUT,
+                                  decode_responses=True)
+    try:
+        client.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    except redis.ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+    return client
+
+
+class RedisQueue:
+    """The serving side: enqueue, look up, count."""
+
+    def __init__(self, url: str, max_pending: int, languages: str | None = None) -> None:
+        self.client = _connect(url)
+        self.max_pending = max_pending
+        self.languages = languages
+
+    async def submit(self, request: SubmissionIn) -> str:
+        check_language(request, self.languages)
+        return await trio.to_thread.run_sync(self._submit, request)
+
+    def _submit(self, request: SubmissionIn) -> str:
+        if self.client.xlen(STREAM) >= self.max_pending:
+            raise QueueFull(f"{self.max_pending} submissions are queued already; try again later")
+        submission_id = secrets.token_hex(12)
+        self.client.hset(f"sbx:sub:{submission_id}", mapping={"state": "queued", "request": request.model_dump_json()})
+        self.client.xadd(STREAM, {"id": submission_id})
+        return submission_id
+
+    async def view(self, submission_id: str) -> dict[str, Any] | None:
+        found = await trio.to_thread.run_sync(self.client.hgetall, f"sbx:sub:{submission_id}")
+        if not found:
+            return None
+        return {"id": submission_id, "state": found.get("state", "queued"),
+                "result": json.loads(found["result"]) if "result" in found else None}
+
+    async def depth(self) -> int:
+        return int(await trio.to_thread.run_sync(self.client.xlen, STREAM))
+
+    async def redeliveries(self) -> int:
+        return int(await trio.to_thread.run_sync(self.client.get, REDELIVERIES) or 0)
+
+    async def work(self) -> None:  # the serving side judges nothing: workers do
+        await trio.sleep_forever()
+
+
+class Worker:
+    """The judging side: take jobs, keep their leases, write results once."""
+
+    def __init__(self, url: str, lease: float, name: str | None = None, languages: str | None = None) -> None:
+        self.client = _connect(url)
+        self.lease = lease
+        self.name = name or f"{socket.gethostname()}-{secrets.token_hex(4)}"
+        self.languages = languages
+
+    async def run(self, judges: int) -> None:
+        async with trio.open_nursery() as nursery:
+            for _ in range(judges):
+                nursery.start_soon(self._loop)
+
+    async def _loop(self) -> None:
+        while True:
+            job = await trio.to_thread.run_sync(self._next)
+            if job is not None:
+                await self._handle(*job)
+
+    def _next(self) -> tuple[str, str] | None:
+        """A job: first one whose worker stopped renewing its lease, else a new one (waiting up to a second)."""
+        _, claimed, *_ = self.client.xautoclaim(STREAM, GROUP, self.name, min_idle_time=int(self.lease * 1000),
+                                                start_id="0-0", count=1)
+        if claimed:
+            self.client.incr(REDELIVERIES)
+            entry_id, fields = claimed[0]
+            return entry_id, fields.get("id", "")
+        read = self.client.xreadgroup(GROUP, self.name, {STREAM: ">"}, count=1, block=1000)
+        if not read:
+            return None
+        entry_id, fields = read[0][1][0]
+        return entry_id, fields.get("id", "")
+
+    async def _handle(self, entry_id: str, submission_id: str) -> None:
+        key = f"sbx:sub:{submission_id}"
+        found = await trio.to_thread.run_sync(self.client.hgetall, key)
+        if "result" in found or "request" not in found:  # done already (a redelivery), or nothing to judge
+            await trio.to_thread.run_sync(self._ack, entry_id)
+            return
+        pending = await trio.to_thread.run_sync(
+            lambda: self.client.xpending_range(STREAM, GROUP, min=entry_id, max=entry_id, count=1))
+        if pending and pending[0]["times_delivered"] > MAX_DELIVERIES:
+            record = _failed(json.loads(found["request"]).get("language", ""),
+                             f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
+            await trio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
+            await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+            return
+        await trio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(self._keep_lease, entry_id)
+            try:
+                record = await judge_submission(SubmissionIn.model_validate_json(found["request"]), self.languages)
+            except Exception as e:  # noqa: BLE001 - a job that cannot be judged is IE; the worker goes on
+                record = _failed(json.loads(found["request"]).get("language", ""), f"{type(e).__name__}: {e}")
+            nursery.cancel_scope.cancel()
+        await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+
+    async def _keep_lease(self, entry_id: str) -> None:
+        while True:
+            await trio.sleep(self.lease / 3)
+            await trio.to_thread.run_sync(
+                lambda: self.client.xclaim(STREAM, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
+                                           justid=True))
+
+    def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> None:
+        if self.client.hsetnx(key, "result", json.dumps(record)):
+            self.client.incr(WRITTEN)
+        self.client.hset(key, "state", "done")
+        self._ack(entry_id)
+
+    def _ack(self, entry_id: str) -> None:
+        self.client.xack(STREAM, GROUP, entry_id)
+        self.client.xdel(STREAM, entry_id)
+
+
+def _failed(language: str, why: str) -> dict[str, Any]:
+    return {"verdict": "IE", "language": language, "compile": None, "compile_error": why, "tests": [], "skipped": 0}

@@ -1,0 +1,115 @@
+"""Scale-out on Redis Streams: `sbx serve --redis` and `sbx worker`, with a real redis-server on 127.0.0.1.
+
+200 submissions go through two workers, one of which is SIGKILLed midway: each ends with the right verdict,
+written once, none lost; a job that keeps being delivered ends in the dead-letter stream as IE.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+import redis
+
+from helpers import free_port, server_process
+
+OK = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
+WA = "print(0)\n"
+
+
+@pytest.fixture
+def redis_url() -> Iterator[str]:
+    port = free_port()
+    with server_process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                         "no"], port):
+        yield f"redis://127.0.0.1:{port}/0"
+
+
+@pytest.fixture
+def service(redis_url: str) -> Iterator[str]:
+    port = free_port()
+    with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}", "--pool", "1",
+                         "--redis", redis_url, "--max-pending", "500"], port, "sbx-serve-redis-fixture"):
+        yield f"http://127.0.0.1:{port}"
+
+
+def _worker(redis_url: str, name: str, lease: str = "3") -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-X", f"sbx-test-mark={name}", "-m", "sandbox", "worker", "--redis",
+                             redis_url, "--judges", "2", "--lease", lease, "--name", name],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop(worker: subprocess.Popen[bytes]) -> None:
+    if worker.poll() is None:
+        worker.send_signal(signal.SIGINT)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service: str) -> None:
+    workers = [_worker(redis_url, "sbx-worker-a"), _worker(redis_url, "sbx-worker-b")]
+    try:
+        with httpx.Client(base_url=service, timeout=30) as client:
+            expected = {}
+            for i in range(200):
+                source = OK if i % 2 == 0 else WA
+                r = client.post("/submissions", json={"language": "py", "source": source,
+                                                      "tests": [{"input": f"2\n{i} 1\n", "answer": f"{i + 1}\n"}]})
+                assert r.status_code == 202, r.text
+                expected[r.json()["id"]] = "OK" if i % 2 == 0 else "WA"
+            done: dict[str, str] = {}
+            killed = False
+            deadline = time.monotonic() + 600
+            while len(done) < len(expected):
+                assert time.monotonic() < deadline, f"{len(done)} of {len(expected)} done"
+                for sid in expected.keys() - done.keys():
+                    state = client.get(f"/submissions/{sid}").json()
+                    if state["state"] == "done":
+                        done[sid] = state["result"]["verdict"]
+                if not killed and len(done) >= 40:
+                    workers[0].send_signal(signal.SIGKILL)  # mid-judging: its jobs stay pending until reclaimed
+                    killed = True
+                time.sleep(0.5)
+            assert done == expected
+            metrics = client.get("/metrics").text
+    finally:
+        for w in workers:
+            _stop(w)
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert int(store.get("sbx:results-written") or 0) == 200, "every result was written exactly once"
+    assert store.xlen("sbx:submissions") == 0 and store.xpending("sbx:submissions", "sbx-workers")["pending"] == 0
+    assert killed and "sbx_queue_depth 0.0" in metrics
+
+
+def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str, service: str) -> None:
+    with httpx.Client(base_url=service, timeout=30) as client:
+        sid = client.post("/submissions", json={"language": "py", "source": OK,
+                                                "tests": [{"input": "1\n1\n", "answer": "1\n"}]}).json()["id"]
+        store = redis.Redis.from_url(redis_url, decode_responses=True)
+        [[_, [(entry, _)]]] = store.xreadgroup("sbx-workers", "ghost", {"sbx:submissions": ">"}, count=1)
+        for _ in range(3):  # a worker that died three more times while judging it
+            store.xclaim("sbx:submissions", "sbx-workers", "ghost", min_idle_time=0, message_ids=[entry])
+        worker = _worker(redis_url, "sbx-worker-c", lease="1")
+        try:
+            deadline = time.monotonic() + 120
+            while (state := client.get(f"/submissions/{sid}").json())["state"] != "done":
+                assert time.monotonic() < deadline, state
+                time.sleep(0.3)
+        finally:
+            _stop(worker)
+    assert state["result"]["verdict"] == "IE" and "deliveries" in state["result"]["compile_error"]
+    assert [fields["id"] for _, fields in store.xrange("sbx:dead")] == [sid]
+
+
+def test_a_worker_without_redis_is_one_line() -> None:
+    r = subprocess.run([sys.executable, "-m", "sandbox", "worker", "--redis", f"redis://127.0.0.1:{free_port()}/0"],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 125 and r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"sbx: --redis redis://")
