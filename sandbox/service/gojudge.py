@@ -205,6 +205,9 @@ async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> li
     if len(request.cmd) != 2 or ends not in ({(0, 1, 1, 0)}, {(0, 1, 1, 0), (1, 1, 0, 0)}):
         raise RequestError("pipeMapping: two commands, the first one's stdout (fd 1) the second's stdin (fd 0), "
                            "and, for an interactive pair, the second's stdout the first's stdin")
+    if pool.size < 2:
+        raise RequestError(f"pipeMapping: the two commands need two boxes at once, and the pool has {pool.size} "
+                           "(sbx serve --pool 2)")
     a, b = request.cmd
     crossed = len(ends) == 2
     try:

@@ -1,0 +1,113 @@
+"""The service: HTTP /run of /bin/true against the in-process API, and submissions/s with one and two workers.
+
+    python bench/service_bench.py [N]    # as an unprivileged user; N runs (default 200), N/5 submissions
+
+Starts `sbx serve` (pool of 2) and, for the queue, a redis-server on 127.0.0.1, and stops them after.
+/run and the API alternate, one request at a time (this VM drifts by tens of percent).
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+from collections.abc import Iterator
+
+import httpx
+import trio
+
+from sandbox import Limits, SandboxPool
+
+TRUE = {"cmd": [{"args": ["/bin/true"], "env": ["PATH=/usr/bin:/bin"], "files": [
+    {"content": ""}, {"name": "stdout", "max": 1024}, {"name": "stderr", "max": 1024}], "cpuLimit": 1_000_000_000,
+    "memoryLimit": 268_435_456, "procLimit": 16}]}
+SUM = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def _server(argv: list[str], port: int) -> Iterator[None]:
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
+            assert proc.poll() is None, argv
+            time.sleep(0.05)
+        yield
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+
+
+async def _api_runs(n: int) -> list[float]:
+    times = []
+    async with SandboxPool(size=2, policy="compile") as pool:
+        for _ in range(n):
+            async with pool.acquire() as box:
+                t = time.perf_counter()
+                await box.run(["/bin/true"], limits=Limits(cpu_time=1, memory=2**28, pids=16))
+                times.append(time.perf_counter() - t)
+    return times
+
+
+def run_vs_api(n: int) -> None:
+    port = _port()
+    http: list[float] = []
+    api: list[float] = []
+    with _server([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}"], port), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        for _ in range(n // 20):  # alternate in rounds of 20
+            for _ in range(20):
+                t = time.perf_counter()
+                assert client.post("/run", json=TRUE).json()[0]["status"] == "Accepted"
+                http.append(time.perf_counter() - t)
+            api += trio.run(_api_runs, 20)
+    h, a = statistics.median(http), statistics.median(api)
+    print(f"| HTTP POST /run of /bin/true, median of {len(http)} | {h * 1000:.2f} ms | {h / a:.2f}x |")
+    print(f"| in-process pool run of /bin/true, median of {len(api)} | {a * 1000:.2f} ms | 1.00x |")
+
+
+def submissions_per_second(n: int, workers: int) -> float:
+    rport, sport = _port(), _port()
+    url = f"redis://127.0.0.1:{rport}/0"
+    with _server(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], rport), \
+            _server([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{sport}", "--pool", "1",
+                     "--redis", url, "--max-pending", str(n + 1)], sport):
+        procs = [subprocess.Popen([sys.executable, "-m", "sandbox", "worker", "--redis", url, "--judges", "2"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
+        try:
+            with httpx.Client(base_url=f"http://127.0.0.1:{sport}", timeout=30) as client:
+                t = time.perf_counter()
+                ids = [client.post("/submissions", json={"language": "py", "source": SUM, "tests": [
+                    {"input": "2\n1 2\n", "answer": "3\n"}]}).json()["id"] for _ in range(n)]
+                pending = set(ids)
+                while pending:
+                    pending = {i for i in pending if client.get(f"/submissions/{i}").json()["state"] != "done"}
+                    time.sleep(0.1)
+                return n / (time.perf_counter() - t)
+        finally:
+            for p in procs:
+                p.send_signal(signal.SIGINT)
+                p.wait(timeout=30)
+
+
+def main() -> None:
+    n = int(sys.argv[1]) if len(sys.argv) > 1 else 200
+    print("| what | time | ratio |\n|---|---:|---:|")
+    run_vs_api(n)
+    one = submissions_per_second(n // 5, 1)
+    two = submissions_per_second(n // 5, 2)
+    print(f"| submissions/s, 1 worker (2 judges), {n // 5} Python submissions | {one:.2f} /s | 1.00x |")
+    print(f"| submissions/s, 2 workers (2 judges each), {n // 5} Python submissions | {two:.2f} /s | {two / one:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
