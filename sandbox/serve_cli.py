@@ -1,9 +1,11 @@
-"""`sbx serve`: the HTTP service (service/), on hypercorn's trio worker, with its pool in the same process."""
+"""`sbx serve` and `sbx worker`: the HTTP service (service/) with its pool in the same process, and the queue's
+workers.  Both stop cleanly on SIGINT or SIGTERM (a shell starts a background job with SIGINT ignored)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +75,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
-    trio.run(serve, create_app(config), hyper)  # type: ignore[arg-type]
+    app = create_app(config)
+
+    async def main() -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async def stopped() -> None:
+                await signals.__anext__()
+            await serve(app, hyper, shutdown_trigger=stopped)  # type: ignore[arg-type]
+    trio.run(main)
     return 0
 
 
@@ -87,5 +96,14 @@ def _cmd_worker(args: argparse.Namespace) -> int:
         worker = Worker(args.redis, parse_seconds(args.lease, "--lease"), args.name)
     except (redis.RedisError, ValueError) as e:
         raise ConfigError(f"--redis {args.redis}: {e}") from None
-    trio.run(worker.run, parse_count(args.judges, "--judges"))
+    judges = parse_count(args.judges, "--judges")
+
+    async def main() -> None:
+        """Until SIGINT or SIGTERM; a job cut short stays pending, and another worker takes it after the lease."""
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker.run, judges)
+                await signals.__anext__()
+                nursery.cancel_scope.cancel()
+    trio.run(main)
     return 0

@@ -83,7 +83,8 @@ def wait_for_port(port: int, server: subprocess.Popen[bytes], timeout: float = 3
 
 @contextlib.contextmanager
 def server_process(argv: list[str], port: int, mark: str = "") -> Iterator[subprocess.Popen[bytes]]:
-    """A server started for a test and stopped after it (SIGINT, then SIGKILL); none of its processes outlives it."""
+    """A server started for a test and stopped after it (SIGTERM, SIGKILL 30 s later); none of its processes
+    outlives it."""
     marker = ["-X", f"sbx-test-mark={mark}"] if mark and argv[0] == sys.executable else []
     server = subprocess.Popen([argv[0], *marker, *argv[1:]], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                               env={**os.environ, "PYTHONDONTWRITEBYTECODE": "1"})
@@ -91,11 +92,12 @@ def server_process(argv: list[str], port: int, mark: str = "") -> Iterator[subpr
         wait_for_port(port, server)
         yield server
     finally:
-        server.send_signal(signal.SIGINT)
+        server.send_signal(signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
             server.wait()
+            raise AssertionError(f"{argv[:4]} did not stop on SIGTERM") from None
         if mark:
             assert host_processes_matching(mark) == [], f"{argv[:4]} left processes behind"

@@ -186,7 +186,7 @@ async def test_go_runs_under_a_memory_limit_and_is_mle_past_it(go_alloc: Path) -
 VERDICTS = Path(__file__).resolve().parent.parent / "examples" / "verdicts"
 
 
-@pytest.mark.parametrize("solution", ["sol.cpp", "sol.go", "sol.py"])
+@pytest.mark.parametrize("solution", ["sol.cpp", "sol.go"])
 def test_every_verdict_where_the_runtime_meets_the_cgroup(solution: str) -> None:
     """MLE from memory.max (Go under its GOMEMLIMIT too), two threads within pids.max, TLE from cpu.stat.
 

@@ -46,7 +46,7 @@ def _worker(redis_url: str, name: str, lease: str = "3") -> subprocess.Popen[byt
 
 def _stop(worker: subprocess.Popen[bytes]) -> None:
     if worker.poll() is None:
-        worker.send_signal(signal.SIGINT)
+        worker.send_signal(signal.SIGTERM)
         try:
             worker.wait(timeout=30)
         except subprocess.TimeoutExpired:
