@@ -584,7 +584,7 @@ static unsigned bpf_action(const struct seccomp_data *d)
                 }
                 next = pc + 1 + (taken ? f->jt : f->jf);
             }
-            if (next >= run.bpf_len)
+            if (next <= pc || next >= run.bpf_len) /* forward only, as the kernel checked (and no wrap-around) */
                 return SECCOMP_RET_USER_NOTIF;
             pc = next - 1;
             break;

@@ -104,6 +104,7 @@ def test_a_pipeline_and_an_interactive_pair_through_pipe_mapping(client: httpx.C
     (b'{"cmd": [{"args": ["a"]}, {"args": ["b"]}], "pipeMapping": [{"in": {"index": 0, "fd": 2}, '
      b'"out": {"index": 1, "fd": 0}}]}', 400, "pipeMapping"),
     (b"x" * (4 * 2**20), 413, "larger than"),
+    (b'{"cmd": [{"args": ["/bin/true"], "files": [null, {"name": "stdout", "max": 300000000}]}]}', 400, "collectors"),
 ])
 def test_bad_input_is_a_json_error_and_the_service_goes_on(client: httpx.Client, body: bytes, status: int,
                                                           message: str) -> None:

@@ -26,6 +26,7 @@ from .files import CacheFull, FileCache
 
 NS = 1e9
 DEFAULT_COLLECT = 64 * 2**20
+MAX_COLLECT = 256 * 2**20  # over a request's collectors
 STATUS = {
     Status.OK: "Accepted", Status.RE: "Nonzero Exit Status", Status.SG: "Signalled",
     Status.TLE: "Time Limit Exceeded", Status.WLE: "Time Limit Exceeded", Status.MLE: "Memory Limit Exceeded",
@@ -85,6 +86,10 @@ async def run(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[
     """The results of the request's commands, in order."""
     for cmd in request.cmd:
         _check_files(cmd, cache)
+    collected = sum(m for cmd in request.cmd for _, m in _collectors(cmd).values())
+    if collected > MAX_COLLECT:
+        raise RequestError(f"files: the collectors' max add up to {collected} bytes, more than {MAX_COLLECT} "
+                           "(the service holds what it collects in memory)")
     if request.pipeMapping:
         return await _piped(request, pool, cache)
     results: list[dict[str, Any]] = [{} for _ in request.cmd]
