@@ -51,6 +51,7 @@ def _loopback(host: str) -> bool:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
+    import redis
     import trio
     from hypercorn.config import Config
     from hypercorn.trio import serve
@@ -75,7 +76,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None
-    app = create_app(config)
+    try:
+        app = create_app(config)
+    except redis.RedisError as e:
+        raise ConfigError(f"--redis {args.redis}: {e}") from None
 
     async def main() -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

@@ -109,7 +109,9 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str
     assert [fields["id"] for _, fields in store.xrange("sbx:dead")] == [sid]
 
 
-def test_a_worker_without_redis_is_one_line() -> None:
-    r = subprocess.run([sys.executable, "-m", "sandbox", "worker", "--redis", f"redis://127.0.0.1:{free_port()}/0"],
-                       capture_output=True, timeout=60)
+@pytest.mark.parametrize("command", ["worker", "serve"])
+def test_a_worker_or_server_without_redis_is_one_line(command: str) -> None:
+    listen = ["--listen", f"127.0.0.1:{free_port()}"] if command == "serve" else []
+    r = subprocess.run([sys.executable, "-m", "sandbox", command, *listen, "--redis",
+                        f"redis://127.0.0.1:{free_port()}/0"], capture_output=True, timeout=60)
     assert r.returncode == 125 and r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"sbx: --redis redis://")
