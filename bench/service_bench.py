@@ -8,43 +8,23 @@ Starts `sbx serve` (pool of 2) and, for the queue, a redis-server on 127.0.0.1, 
 
 from __future__ import annotations
 
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
-from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import trio
 
-from sandbox import Limits, SandboxPool
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from helpers import free_port, server_process, stop  # noqa: E402
+from sandbox import Limits, SandboxPool  # noqa: E402
 
 TRUE = {"cmd": [{"args": ["/bin/true"], "env": ["PATH=/usr/bin:/bin"], "files": [
     {"content": ""}, {"name": "stdout", "max": 1024}, {"name": "stderr", "max": 1024}], "cpuLimit": 1_000_000_000,
     "memoryLimit": 268_435_456, "procLimit": 16}]}
 SUM = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextmanager
-def _server(argv: list[str], port: int) -> Iterator[None]:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        while socket.socket().connect_ex(("127.0.0.1", port)) != 0:
-            assert proc.poll() is None, argv
-            time.sleep(0.05)
-        yield
-    finally:
-        proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=30)
 
 
 async def _api_runs(n: int) -> list[float]:
@@ -59,10 +39,10 @@ async def _api_runs(n: int) -> list[float]:
 
 
 def run_vs_api(n: int) -> None:
-    port = _port()
+    port = free_port()
     http: list[float] = []
     api: list[float] = []
-    with _server([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}"], port), \
+    with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}"], port), \
             httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         for _ in range(n // 20):  # alternate in rounds of 20
             for _ in range(20):
@@ -76,10 +56,10 @@ def run_vs_api(n: int) -> None:
 
 
 def submissions_per_second(n: int, workers: int) -> float:
-    rport, sport = _port(), _port()
+    rport, sport = free_port(), free_port()
     url = f"redis://127.0.0.1:{rport}/0"
-    with _server(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], rport), \
-            _server([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{sport}", "--pool", "1",
+    with server_process(["redis-server", "--port", str(rport), "--bind", "127.0.0.1", "--save", ""], rport), \
+            server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{sport}", "--pool", "1",
                      "--redis", url, "--max-pending", str(n + 1)], sport):
         procs = [subprocess.Popen([sys.executable, "-m", "sandbox", "worker", "--redis", url, "--judges", "2"],
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for _ in range(workers)]
@@ -95,8 +75,7 @@ def submissions_per_second(n: int, workers: int) -> float:
                 return n / (time.perf_counter() - t)
         finally:
             for p in procs:
-                p.send_signal(signal.SIGINT)
-                p.wait(timeout=30)
+                stop(p)
 
 
 def main() -> None:

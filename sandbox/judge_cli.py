@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
-from .limits import Limits, parse_count, parse_seconds, parse_size
+from .limits import parse_count, parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:
@@ -65,10 +65,9 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     cpu = parse_seconds(args.time, "--time") if args.time else (problem and problem.time_limit) or 1.0
     memory = parse_size(args.memory, "--memory") if args.memory else (problem and problem.memory) or 256 * 2**20
     output = parse_size(args.output, "--output") if args.output else (problem and problem.output) or 64 * 2**20
-    limits = Limits(cpu_time=cpu,
-                    wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else max(3 * cpu, cpu + 2),
-                    memory=memory, stack=memory,
-                    pids=parse_count(args.pids, "--pids") if args.pids else language.processes, output=output)
+    limits = judging.test_limits(language, cpu, memory, output,
+                                 wall=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else None,
+                                 pids=parse_count(args.pids, "--pids") if args.pids else None)
     jobs = parse_count(args.jobs, "--jobs") if args.jobs else None
     try:
         source = solution.read_bytes()

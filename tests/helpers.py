@@ -92,12 +92,20 @@ def server_process(argv: list[str], port: int, mark: str = "") -> Iterator[subpr
         wait_for_port(port, server)
         yield server
     finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-            raise AssertionError(f"{argv[:4]} did not stop on SIGTERM") from None
+        assert stop(server), f"{argv[:4]} did not stop on SIGTERM"
         if mark:
             assert host_processes_matching(mark) == [], f"{argv[:4]} left processes behind"
+
+
+def stop(proc: subprocess.Popen[bytes]) -> bool:
+    """SIGTERM, then SIGKILL 30 s later; whether SIGTERM was enough."""
+    if proc.poll() is not None:
+        return True
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+        return True
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return False

@@ -16,7 +16,7 @@ import httpx
 import pytest
 import redis
 
-from helpers import free_port, server_process
+from helpers import free_port, server_process, stop
 
 OK = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
 WA = "print(0)\n"
@@ -42,16 +42,6 @@ def _worker(redis_url: str, name: str, lease: str = "3") -> subprocess.Popen[byt
     return subprocess.Popen([sys.executable, "-X", f"sbx-test-mark={name}", "-m", "sandbox", "worker", "--redis",
                              redis_url, "--judges", "2", "--lease", lease, "--name", name],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-
-
-def _stop(worker: subprocess.Popen[bytes]) -> None:
-    if worker.poll() is None:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
 
 
 def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service: str) -> None:
@@ -82,7 +72,7 @@ def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service
             metrics = client.get("/metrics").text
     finally:
         for w in workers:
-            _stop(w)
+            assert stop(w)
     store = redis.Redis.from_url(redis_url, decode_responses=True)
     assert int(store.get("sbx:results-written") or 0) == 200, "every result was written exactly once"
     assert store.xlen("sbx:submissions") == 0 and store.xpending("sbx:submissions", "sbx-workers")["pending"] == 0
@@ -104,7 +94,7 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str
                 assert time.monotonic() < deadline, state
                 time.sleep(0.3)
         finally:
-            _stop(worker)
+            assert stop(worker)
     assert state["result"]["verdict"] == "IE" and "deliveries" in state["result"]["compile_error"]
     assert [fields["id"] for _, fields in store.xrange("sbx:dead")] == [sid]
 

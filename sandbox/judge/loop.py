@@ -35,6 +35,14 @@ from .testcases import TestCase
 COMPILE_LIMITS = Limits(cpu_time=60.0, wall_time=120.0, memory=None, pids=256, output=1 << 20)
 
 
+def test_limits(language: Language, cpu: float, memory: int, output: int, wall: float | None = None,
+                pids: int | None = None) -> Limits:
+    """A test's run limits: wall time 3x the CPU time (at least +2 s) unless given, the stack as large as the
+    memory limit (deep recursion), the language's process limit unless given."""
+    return Limits(cpu_time=cpu, wall_time=wall or max(3 * cpu, cpu + 2), memory=memory, stack=memory,
+                  pids=pids or language.processes, output=output)
+
+
 @dataclass(frozen=True)
 class Options:
     """How to judge, beyond the solution and its tests."""

@@ -20,7 +20,6 @@ answer or an unknown language is one clear line.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import yaml
 
 from ..errors import ConfigError
 from .languages import Language, detect_language
-from .testcases import TestCase
+from .testcases import TestCase, natural_key
 
 MiB = 2**20
 
@@ -119,15 +118,11 @@ def _timelimit_file(directory: Path) -> float | None:
     return value
 
 
-def _natural(path: Path) -> list[Any]:
-    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", str(path))]
-
-
 def _tests(part: Path, directory: Path) -> list[TestCase]:
     if not part.is_dir():
         return []
     tests = []
-    for inp in sorted(part.rglob("*.in"), key=lambda p: _natural(p.relative_to(part))):
+    for inp in sorted(part.rglob("*.in"), key=lambda p: natural_key(str(p.relative_to(part)))):
         answer = inp.with_suffix(".ans")
         if not answer.is_file():
             raise ConfigError(f"--problem {directory}: {inp.relative_to(directory)} has no {answer.name}")

@@ -17,7 +17,8 @@ class TestCase:
     answer: Path
 
 
-def _natural(name: str) -> list[Any]:
+def natural_key(name: str) -> list[Any]:
+    """Numbers in a test's name sort as numbers: 2 before 10."""
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]
 
 
@@ -32,4 +33,4 @@ def find_tests(directory: Path) -> list[TestCase]:
         tests.append(TestCase(inp.stem, inp, answer))
     if not tests:
         raise ConfigError(f"--tests {directory}: no NAME.in files")
-    return sorted(tests, key=lambda t: _natural(t.name))
+    return sorted(tests, key=lambda t: natural_key(t.name))

@@ -122,6 +122,11 @@ def _data(spec: FileSpec, cache: FileCache) -> bytes:
     raise RequestError("a file needs content or a fileId")
 
 
+async def _copy_in(box: Any, cmd: Cmd, cache: FileCache) -> None:
+    for path, spec in cmd.copyIn.items():
+        await box.write_file(path, _data(spec, cache), 0o755)  # executable: a cached binary runs by its name
+
+
 def _limits(cmd: Cmd, collect: int) -> Limits:
     return Limits(cpu_time=cmd.cpuLimit / NS if cmd.cpuLimit else None,
                   wall_time=cmd.clockLimit / NS if cmd.clockLimit else Limits().wall_time,
@@ -146,8 +151,7 @@ async def _one(cmd: Cmd, pool: SandboxPool, cache: FileCache) -> dict[str, Any]:
     stdin = cmd.files[0] if cmd.files else None
     try:
         async with pool.acquire() as box:
-            for path, spec in cmd.copyIn.items():
-                await box.write_file(path, _data(spec, cache), 0o755)
+            await _copy_in(box, cmd, cache)
             result = await box.run(_argv(cmd), stdin=_data(stdin, cache) if stdin and not stdin.name else None,
                                    env=dict(e.split("=", 1) for e in cmd.env if "=" in e),
                                    limits=_limits(cmd, sum(m for _, m in collectors.values()) or DEFAULT_COLLECT))
@@ -218,8 +222,7 @@ async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> li
     try:
         async with pool.acquire() as box_a, pool.acquire() as box_b:
             for cmd, box in ((a, box_a), (b, box_b)):
-                for path, spec in cmd.copyIn.items():
-                    await box.write_file(path, _data(spec, cache), 0o755)
+                await _copy_in(box, cmd, cache)
             limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT)}
             if crossed:
                 ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits)

@@ -22,8 +22,7 @@ import trio
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
-from ..judge import Options, TestCase, judge, load_languages
-from ..limits import Limits
+from ..judge import Options, TestCase, judge, load_languages, test_limits
 
 MiB = 2**20
 KEPT = 10_000
@@ -101,14 +100,10 @@ class Submissions:
         return None if item is None else item.view()
 
     async def depth(self) -> int:
-        return self.queued
+        return sum(1 for s in self._items.values() if s.state == "queued")
 
     async def redeliveries(self) -> int:
         return 0  # one process: nothing is delivered twice
-
-    @property
-    def queued(self) -> int:
-        return sum(1 for s in self._items.values() if s.state == "queued")
 
     async def work(self) -> None:
         """One judging task: submissions one at a time, for as long as the service runs."""
@@ -135,10 +130,8 @@ def check_language(request: SubmissionIn, languages: str | None) -> None:
 async def judge_submission(request: SubmissionIn, languages: str | None = None) -> dict[str, Any]:
     """`sbx judge`'s record for a submission, its tests written to a private temporary dir."""
     language = load_languages(languages)[request.language]
-    limits = request.limits
-    run_limits = Limits(cpu_time=limits.time, wall_time=limits.wall_time or max(3 * limits.time, limits.time + 2),
-                        memory=limits.memory, stack=limits.memory, pids=limits.pids or language.processes,
-                        output=limits.output)
+    given = request.limits
+    run_limits = test_limits(language, given.time, given.memory, given.output, wall=given.wall_time, pids=given.pids)
     with tempfile.TemporaryDirectory(prefix="sbx-submission-") as d:
         tests = []
         for i, t in enumerate(request.tests):
