@@ -1,7 +1,7 @@
 """Start-up cost of one sandboxed /bin/true, against bubblewrap and a bare fork+exec, in the same run.
 
-Also: the per-run cost inside an already-built box (the judge's path), and
-how late a CPU-time kill lands after the limit.  Prints a markdown table;
+Also: the per-run cost inside an already-built box (the judge's path) on
+asyncio and on trio, and how late a CPU-time kill lands after the limit.  Prints a markdown table;
 run as an unprivileged user:  python bench/start_bench.py [N]
 """
 
@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-import trio
+import anyio
 
 from sandbox import Limits, Sandbox
 
@@ -73,8 +73,9 @@ def main() -> None:
     if shutil.which("bwrap"):
         rows["bwrap --unshare-all ... /bin/true"] = timed(BWRAP, n)
     rows["sbx run -- /bin/true (CLI, new Python)"] = timed(SBX, n)
-    rows["Sandbox() build + close (API)"] = trio.run(box_build, n)
-    rows["box.run(['/bin/true']) in a built box (API)"] = trio.run(in_box, n)[0]
+    for backend in ("asyncio", "trio"):
+        rows[f"Sandbox() build + close (API, {backend})"] = anyio.run(box_build, n, backend=backend)
+        rows[f"box.run(['/bin/true']) in a built box (API, {backend})"] = anyio.run(in_box, n, backend=backend)[0]
     base = statistics.median(rows["fork+exec /bin/true (subprocess.run)"])
     bw = statistics.median(rows.get("bwrap --unshare-all ... /bin/true", [float("nan")]))
     print(f"| what (n={n}) | median ms | vs fork+exec | vs bwrap |")
@@ -82,7 +83,7 @@ def main() -> None:
     for name, samples in rows.items():
         m = statistics.median(samples)
         print(f"| {name} | {m * 1000:.2f} | {m / base:.1f}x | {m / bw:.2f}x |")
-    late = trio.run(kill_latency, max(n // 3, 5), 0.2)
+    late = anyio.run(kill_latency, max(n // 3, 5), 0.2)
     print(f"\nCPU-time kill latency (limit 0.2 s, n={len(late)}): median {statistics.median(late) * 1000:.2f} ms, "
           f"max {max(late) * 1000:.2f} ms after the limit")
 

@@ -1,7 +1,7 @@
 """sbx: a rootless Linux sandbox for untrusted code.
 
 The names are loaded on first use: box init, a fresh interpreter, imports
-parts of this package and must not pay for the API's (trio, libseccomp).
+parts of this package and must not pay for the API's (anyio, libseccomp).
 """
 
 from __future__ import annotations

@@ -17,7 +17,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 
 from . import fallback, scratch, seccomp, teardown
 from .box import Box
@@ -155,7 +156,7 @@ class Sandbox:
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
                             upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
             self._union_upper = upper
-            found = await trio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
+            found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
             if self.policy is not None:  # the filter the runs will need, compiled before the box is built
                 self._filter(self.policy, unmapped_memory=found.base is not None or self.limits.memory is None)
             self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
@@ -255,8 +256,8 @@ class Sandbox:
                     warnings.warn(TeardownWarning(f"closing the box failed: {e}"), stacklevel=2)
                 if self._commit is not None and self.image is not None and self._union_upper is not None:
                     # the daemon is gone: the upper holds all it will; and it is removed right after
-                    self.committed = await trio.to_thread.run_sync(self._store.commit, self.image,
-                                                                   self._union_upper, self._commit)
+                    self.committed = await anyio.to_thread.run_sync(self._store.commit, self.image,
+                                                                    self._union_upper, self._commit)
         finally:
             self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
 
@@ -353,15 +354,15 @@ class Sandbox:
         by default the sandbox's.
         """
         with _single_error():
-            async with trio.open_nursery() as nursery:
-                pending = await self._start(nursery, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
+            async with anyio.create_task_group() as tasks:
+                pending = await self._start(tasks, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
                                             stdout=stdout, stderr=stderr, policy=policy)
                 reply = await pending.reply()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
     async def _start(
         self,
-        nursery: trio.Nursery,
+        tasks: TaskGroup,
         argv: Sequence[str],
         *,
         limits: Limits | None,
@@ -411,7 +412,7 @@ class Sandbox:
                     fds.append(os.dup(mode))
                     continue
                 r, w = os.pipe2(os.O_CLOEXEC)
-                nursery.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
+                tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
                 fds.append(w)
         if filter_fd is not None:
             fds.append(os.dup(filter_fd))
@@ -452,7 +453,7 @@ class _Pending:
         if box.daemon is None:
             reply = await box.reply(self.limits.wall_time)
         else:
-            async with trio.open_nursery() as watcher:
+            async with anyio.create_task_group() as watcher:
                 watcher.start_soon(box.watch_daemon)
                 reply = await box.reply(self.limits.wall_time)
                 watcher.cancel_scope.cancel()
@@ -519,10 +520,10 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
     replies: list[dict[str, Any]] = [{}, {}]
     try:
         with _single_error():
-            async with trio.open_nursery() as nursery:
-                a = await box_a._start(nursery, argv_a, limits=limits_a, env=None, cwd=None, stdin=io_a[0],
+            async with anyio.create_task_group() as tasks:
+                a = await box_a._start(tasks, argv_a, limits=limits_a, env=None, cwd=None, stdin=io_a[0],
                                        stdout=io_a[1], stderr=None, policy=policy_a)
-                b = await box_b._start(nursery, argv_b, limits=limits_b, env=None, cwd=None, stdin=io_b[0],
+                b = await box_b._start(tasks, argv_b, limits=limits_b, env=None, cwd=None, stdin=io_b[0],
                                        stdout=io_b[1], stderr=None, policy=policy_b)
                 for fd in ours:
                     os.close(fd)
@@ -531,8 +532,8 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
                 async def collect(pending: _Pending, slot: int) -> None:
                     replies[slot] = await pending.reply()
 
-                nursery.start_soon(collect, a, 0)
-                nursery.start_soon(collect, b, 1)
+                tasks.start_soon(collect, a, 0)
+                tasks.start_soon(collect, b, 1)
     finally:
         for fd in ours:
             os.close(fd)
@@ -541,7 +542,7 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
 
 @contextmanager
 def _single_error() -> Iterator[None]:
-    """A nursery wraps even a lone error in an ExceptionGroup; callers of the API expect the error itself."""
+    """A task group wraps even a lone error in an ExceptionGroup; callers of the API expect the error itself."""
     try:
         yield
     except BaseExceptionGroup as group:
@@ -559,7 +560,7 @@ async def _stdin_fd(stdin: bytes | int | None) -> int:
         fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
         try:
             if len(stdin) > _CHUNK:
-                await trio.to_thread.run_sync(_write_all, fd, stdin)
+                await anyio.to_thread.run_sync(_write_all, fd, stdin)
             else:
                 _write_all(fd, stdin)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -584,7 +585,7 @@ class _Output:
     def __post_init__(self) -> None:
         self.stdout = bytearray()
         self.stderr = bytearray()
-        self._waits: list[trio.CancelScope] = []
+        self._waits: list[anyio.CancelScope] = []
         self._ended = False
 
     def end(self) -> None:
@@ -594,18 +595,25 @@ class _Output:
             scope.cancel()
 
     async def pump(self, fd: int, sink: Relay | None, buf: bytearray) -> None:
-        async with trio.lowlevel.FdStream(fd) as stream:
-            wait = trio.CancelScope()
+        """Read the pipe `fd` (closed at the end) until EOF, or until the run's end and then what it holds."""
+        os.set_blocking(fd, False)
+        try:
+            wait = anyio.CancelScope()
             self._waits.append(wait)
             if self._ended:
                 wait.cancel()
             with wait:
-                while chunk := await stream.receive_some(_CHUNK):
-                    with trio.CancelScope(shield=True):  # a chunk read is never dropped by the end's cancel
+                while (chunk := _read_buffered(fd)) != b"":
+                    if chunk is None:
+                        await anyio.wait_readable(fd)
+                        continue
+                    with anyio.CancelScope(shield=True):  # a chunk read is never dropped by the end's cancel
                         await self._take(chunk, sink, buf)
                 return
-            while chunk := _read_buffered(fd):  # (FdStream made the fd non-blocking)
+            while chunk := _read_buffered(fd):
                 await self._take(chunk, sink, buf)
+        finally:
+            os.close(fd)
 
     async def _take(self, chunk: bytes, sink: Relay | None, buf: bytearray) -> None:
         if self.exceeded:
@@ -619,16 +627,16 @@ class _Output:
         if sink is None:
             buf += chunk
         elif chunk:
-            await trio.to_thread.run_sync(_write_all, sink.fd, chunk)
+            await anyio.to_thread.run_sync(_write_all, sink.fd, chunk)
             sink.ends_line = chunk.endswith(b"\n")
 
 
-def _read_buffered(fd: int) -> bytes:
-    """What a pipe holds now, without waiting: b"" when it is empty or at EOF."""
+def _read_buffered(fd: int) -> bytes | None:
+    """What a non-blocking pipe holds now: b"" at EOF, None when it is empty."""
     try:
         return os.read(fd, _CHUNK)
     except BlockingIOError:
-        return b""
+        return None
 
 
 def _apart(upper: str, others: list[tuple[str, str]]) -> None:

@@ -1,4 +1,4 @@
-"""Starting and stopping a box, from the supervisor (trio) side.
+"""Starting and stopping a box, from the supervisor (async, anyio) side.
 
 Process tree::
 
@@ -25,7 +25,8 @@ import tempfile
 import time
 from typing import Any
 
-import trio
+import anyio
+from anyio.abc import Process
 
 from . import boxstart, protocol, seccomp_notify
 from .cgroups import BoxCgroup, Delegation, RunCgroup
@@ -57,15 +58,15 @@ class Box:
         self._delegation = delegation
         self.cgroup: BoxCgroup | None = None
         self._run_cgroup: RunCgroup | None = None
-        self._sock: trio.socket.SocketType | None = None
-        self._spawner: trio.socket.SocketType | None = None
+        self._sock: protocol.AsyncSocket | None = None
+        self._spawner: protocol.AsyncSocket | None = None
         self._killed: str | None = None
         self._run_started = 0.0
         self._pid = 0
         self._pidfd = -1
-        self._send_lock = trio.Lock()
+        self._send_lock = anyio.Lock()
         self.broken = False
-        self.daemon: trio.Process | None = None
+        self.daemon: Process | None = None
         self._busy = False
 
     async def start(self) -> None:
@@ -74,7 +75,7 @@ class Box:
         if self._delegation.base is not None:
             try:
                 # it may first remove a dead supervisor's cgroups, waiting for their processes to die
-                self.cgroup = await trio.to_thread.run_sync(BoxCgroup, self._delegation)
+                self.cgroup = await anyio.to_thread.run_sync(BoxCgroup, self._delegation)
                 cgroup_fd = self.cgroup.init_procs()
             except OSError as e:
                 await self.aclose()
@@ -95,7 +96,7 @@ class Box:
         finally:
             for fd in theirs:
                 os.close(fd)
-        self._sock = trio.socket.from_stdlib_socket(parent)
+        self._sock = protocol.AsyncSocket(parent)
         try:
             await protocol.asend(self._sock, boxstart.parameters(self.layout, self.ids, spawner))
             if self.ids.mode == "range":
@@ -136,7 +137,7 @@ class Box:
                      f"gidmapping=0:{self.ids.outer_gid}:1:1:{self.ids.subgid[0]}:{self.ids.subgid[1]}"]
         self._daemon_log = tempfile.TemporaryFile()
         try:
-            self.daemon = await trio.lowlevel.open_process(
+            self.daemon = await anyio.open_process(
                 [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", ",".join(opts), f"/dev/fd/{fd}"],
                 pass_fds=(fd, *self._daemon_holds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                 stderr=self._daemon_log)
@@ -177,7 +178,7 @@ class Box:
         return f"the union filesystem daemon died ({self.daemon_error()})"
 
     async def _map_ids(self, unshared_r: int, mapped_w: int) -> None:
-        await trio.lowlevel.wait_readable(unshared_r)
+        await anyio.wait_readable(unshared_r)
         if os.read(unshared_r, 1) != b"u":
             return  # the outer process failed; its error arrives on the socket
         if self.ids.private:  # root writes the maps itself; newuidmap would check /etc/subuid
@@ -192,7 +193,7 @@ class Box:
             os.write(mapped_w, b"g")
             return
         for tool, args in (("newuidmap", self.ids.uid_map_args()), ("newgidmap", self.ids.gid_map_args())):
-            proc = await trio.run_process([tool, str(self._pid), *args], capture_stderr=True, check=False,
+            proc = await anyio.run_process([tool, str(self._pid), *args], check=False, stdin=subprocess.DEVNULL,
                                           stdout=subprocess.DEVNULL)
             if proc.returncode != 0:
                 detail = proc.stderr.decode(errors="replace").strip().splitlines()
@@ -293,19 +294,19 @@ class Box:
     async def _reply(self, wall_limit: float | None) -> dict[str, Any]:
         report = None
         try:
-            with trio.move_on_after(math.inf if wall_limit is None else wall_limit + _SPAWNER_GRACE):
+            with anyio.move_on_after(math.inf if wall_limit is None else wall_limit + _SPAWNER_GRACE):
                 report = await self._recv_report()
             if report is None:
                 await self.kill_run("WLE")
                 report = await self._late_report()
-        except trio.Cancelled:
-            with trio.CancelScope(shield=True):
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
                 await self.kill_run("cancelled")
                 await self._late_report()
             raise
         except (EOFError, OSError):
             await self._respawn()
-        except trio.ClosedResourceError:
+        except anyio.ClosedResourceError:
             pass
         if self._sock is None:
             raise SetupError("the box was closed during the run")
@@ -316,8 +317,8 @@ class Box:
         cgroup = self._run_cgroup
         while True:
             if self._spawner is None:
-                raise trio.ClosedResourceError("the box was closed")
-            with trio.move_on_after(0.005 if cgroup is not None and not cgroup.has_peak else math.inf):
+                raise anyio.ClosedResourceError("the box was closed")
+            with anyio.move_on_after(0.005 if cgroup is not None and not cgroup.has_peak else math.inf):
                 report, _ = await protocol.arecv(self._spawner)  # one recvmsg: cancelling it loses nothing
                 return report
             assert cgroup is not None
@@ -325,10 +326,10 @@ class Box:
 
     async def _late_report(self) -> dict[str, Any] | None:
         """The report of a run that was told to end; None if the spawner failed to give it (it is replaced)."""
-        with trio.move_on_after(_SPAWNER_GRACE):
+        with anyio.move_on_after(_SPAWNER_GRACE):
             try:
                 return await self._recv_report()
-            except (EOFError, OSError, trio.ClosedResourceError):
+            except (EOFError, OSError, anyio.ClosedResourceError):
                 pass
         await self._respawn()
         return None
@@ -341,11 +342,11 @@ class Box:
         if self._sock is None:
             return  # the box was closed meanwhile
         try:
-            with trio.fail_after(_CLOSE_TIMEOUT):
+            with anyio.fail_after(_CLOSE_TIMEOUT):
                 await protocol.asend(self._sock, {"op": "respawn"})  # type: ignore[arg-type]
                 reply, fds = await protocol.arecv(self._sock)  # type: ignore[arg-type]
             self._spawner = _socket(fds[0])
-        except (EOFError, OSError, IndexError, trio.TooSlowError, trio.ClosedResourceError):
+        except (EOFError, OSError, IndexError, TimeoutError, anyio.ClosedResourceError):
             self.broken = True
 
     def _translate(self, report: dict[str, Any] | None) -> dict[str, Any]:
@@ -378,8 +379,8 @@ class Box:
             if self._spawner is None:
                 return
             try:
-                await self._spawner.send(b"kill")
-            except (OSError, trio.ClosedResourceError):
+                await self._spawner.sendmsg([b"kill"], [])
+            except (OSError, anyio.ClosedResourceError):
                 pass
 
     async def aclose(self) -> None:
@@ -389,25 +390,25 @@ class Box:
                 sock.close()
         self._sock = self._spawner = None
         if self._pidfd >= 0:
-            with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
-                await trio.lowlevel.wait_readable(self._pidfd)
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
+                await anyio.wait_readable(self._pidfd)
             if scope.cancelled_caught:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                with trio.CancelScope(shield=True):
-                    await trio.lowlevel.wait_readable(self._pidfd)  # dead; the zygote reaps it
+                with anyio.CancelScope(shield=True):
+                    await anyio.wait_readable(self._pidfd)  # dead; the zygote reaps it
             os.close(self._pidfd)
             self._pidfd = -1
         if self.cgroup is not None:
             cgroup, self.cgroup = self.cgroup, None
-            with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(cgroup.remove)
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(cgroup.remove)
         if self.daemon is not None:
             # the mount went with the box's namespaces; the daemon sees ENODEV and exits
-            with trio.move_on_after(_CLOSE_TIMEOUT) as scope, trio.CancelScope(shield=True):
+            with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
                 await self.daemon.wait()
             if scope.cancelled_caught:
                 self.daemon.kill()
-                with trio.CancelScope(shield=True):
+                with anyio.CancelScope(shield=True):
                     await self.daemon.wait()
             self._daemon_log.close()
             self.daemon = None
@@ -420,8 +421,8 @@ class Box:
         await self.aclose()
 
 
-def _socket(fd: int) -> trio.socket.SocketType:
-    return trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+def _socket(fd: int) -> protocol.AsyncSocket:
+    return protocol.AsyncSocket(socket.socket(fileno=fd))
 
 
 def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:

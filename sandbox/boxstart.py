@@ -5,7 +5,7 @@ data), command line and environment into the box as its pid 1, and forking
 a threaded process can deadlock; a fresh interpreter per box would cost more
 than the rest of a box's start.  So each supervisor process spawns one zygote,
 `python -I -m sandbox.boxstart PARENT`: single-threaded, it imports only what
-box init needs (no trio, no API) and holds nothing of the caller's.  For each
+box init needs (no event loop, no API) and holds nothing of the caller's.  For each
 box it forks an outer process, which takes its layout over the box's control
 socket and does what box.py describes: its cgroup, the new user namespace and
 its id map, the other namespaces, and box init as its child.

@@ -16,7 +16,7 @@ import secrets
 import stat
 from dataclasses import dataclass
 
-import trio
+import anyio
 
 from . import boxfiles
 from .api import Sandbox
@@ -177,7 +177,7 @@ async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown
         budget.take(src, 0 if is_dir else st.st_size)
         try:
             if not is_dir:
-                await trio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)
+                await anyio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)
                 return 0
             if depth >= MAX_DEPTH:
                 raise BoxFileError(f"{src}: more than {MAX_DEPTH} levels of directories")

@@ -1,12 +1,12 @@
 """`sbx`, the command: starts the box zygote first, then loads the command line.
 
-Loading the command line (trio, the API, the policies) takes a few hundred
+Loading the command line (anyio and asyncio, the API, the policies) takes a few hundred
 milliseconds on a slow machine.  A command that makes boxes needs the zygote
 (zygote.py, a fresh interpreter that takes about 90 ms to boot); started
 here, it boots on another core in that time instead of after it.
 
 At the end the process leaves with `os._exit`: tearing down an interpreter
-that loaded trio costs 40-80 ms here, and everything sbx made (boxes, mounts,
+that loaded the API costs 40-80 ms here, and everything sbx made (boxes, mounts,
 scratch dirs) is gone by then, removed by the command itself, never by a
 finalizer.
 """

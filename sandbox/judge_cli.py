@@ -42,7 +42,7 @@ def add_command(sub: Any) -> None:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    import trio
+    import anyio
 
     from . import judge as judging  # loaded only by this command
 
@@ -78,6 +78,6 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     options = judging.Options(limits=limits, checker=checker, interactor=interactor,
                               validator=problem.validator if problem else None, jobs=jobs,
                               stop_on_first_failure=args.stop_on_first_failure, progress=sys.stderr)
-    report = trio.run(judging.judge, source, language, tests, options)
+    report = anyio.run(judging.judge, source, language, tests, options, backend="asyncio")
     print(json.dumps(report.record()) if args.json else judging.table(report.record()))
     return 0 if report.verdict == "OK" else 1

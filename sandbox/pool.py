@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import trio
+import anyio
+from anyio.abc import TaskGroup
 
 from .api import Sandbox
 from .errors import ConfigError, SandboxError
@@ -31,19 +32,18 @@ class SandboxPool:
                               "(use size=1, or a Sandbox of its own per upper)")
         self.size = size
         self._options = sandbox_options
-        self._ready_send, self._ready = trio.open_memory_channel[Sandbox](math.inf)
+        self._ready_send, self._ready = anyio.create_memory_object_stream[Sandbox](math.inf)
         self._busy = 0
         self._resetting = 0
         self._boxes: set[Sandbox] = set()
-        self._nursery: trio.Nursery | None = None
+        self._tasks: TaskGroup | None = None
         self._closing = False
-        self._nursery_cm: Any = None
 
     async def __aenter__(self) -> SandboxPool:
-        self._nursery_cm = trio.open_nursery()
-        self._nursery = await self._nursery_cm.__aenter__()
+        self._tasks = anyio.create_task_group()
+        await self._tasks.__aenter__()
         try:
-            async with trio.open_nursery() as starting:
+            async with anyio.create_task_group() as starting:
                 for _ in range(self.size):
                     starting.start_soon(self._add)
         except BaseException as e:
@@ -52,11 +52,11 @@ class SandboxPool:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._nursery is not None
+        assert self._tasks is not None
         self._closing = True
-        self._nursery.cancel_scope.cancel()
-        await self._nursery_cm.__aexit__(*exc)
-        with trio.CancelScope(shield=True):
+        self._tasks.cancel_scope.cancel()
+        await self._tasks.__aexit__(*exc)
+        with anyio.CancelScope(shield=True):
             for box in list(self._boxes):
                 await box.aclose()
         self._boxes.clear()
@@ -78,15 +78,15 @@ class SandboxPool:
             self._busy -= 1
             if not self._closing:  # a closing pool closes every box itself
                 self._resetting += 1
-                assert self._nursery is not None
-                self._nursery.start_soon(self._recycle, box)
+                assert self._tasks is not None
+                self._tasks.start_soon(self._recycle, box)
 
     async def _recycle(self, box: Sandbox) -> None:
         try:
             await box.reset()
         except SandboxError:
             self._boxes.discard(box)
-            with trio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True):
                 await box.aclose()
             await self._add()
         else:

@@ -3,7 +3,7 @@
 SEQPACKET keeps message boundaries and delivers the fds with the message
 they belong to, so no framing or fd bookkeeping is needed on either side.
 Box init uses the blocking half (it has no event loop); the supervisor the
-trio half.
+async half, on anyio, so that it runs under asyncio as well as trio.
 """
 
 from __future__ import annotations
@@ -13,18 +13,15 @@ import errno
 import json
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ConfigError
-
-if TYPE_CHECKING:  # box init imports this module, and must not pay for trio
-    import trio
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
 # Box init's receive buffer: recvmsg(MAX_MESSAGE) would allocate and free 1 MiB per message (~15 us).
-# Only the blocking side may share one: a trio receive yields after the syscall, and another box's
+# Only the blocking side may share one: an async receive may yield after the syscall, and another box's
 # reply could land in the buffer before it is decoded.
 _BUFFER = bytearray(MAX_MESSAGE)
 
@@ -68,11 +65,50 @@ def recv(sock: socket.socket) -> tuple[Message, list[int]]:
     return _decode(_BUFFER[:size], anc, flags)
 
 
-async def asend(sock: trio.socket.SocketType, msg: Message, fds: list[int] | None = None) -> None:
+class AsyncSocket:
+    """A non-blocking socket awaited through anyio, for either event loop.
+
+    anyio's socket streams cannot wrap a SOCK_SEQPACKET pair with fds passed
+    alongside, so this does what they do underneath: try the call, and wait
+    for readiness only when it would block.  `close` wakes a task waiting on
+    the socket with anyio.ClosedResourceError.  Box init imports this module,
+    so anyio is imported only once a socket is waited on (the supervisor).
+    """
+
+    def __init__(self, sock: socket.socket) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+
+    async def sendmsg(self, buffers: list[bytes], ancdata: list[tuple[int, int, bytes]]) -> int:
+        import anyio
+        while True:
+            try:
+                return self._sock.sendmsg(buffers, ancdata)
+            except BlockingIOError:
+                await anyio.wait_writable(self._sock)
+
+    async def recvmsg(self, size: int, ancsize: int, flags: int) -> tuple[bytes, list[tuple[int, int, bytes]], int, Any]:
+        import anyio
+        while True:
+            try:
+                return self._sock.recvmsg(size, ancsize, flags)
+            except BlockingIOError:
+                await anyio.wait_readable(self._sock)
+
+    def getsockopt(self, level: int, name: int) -> int:
+        return self._sock.getsockopt(level, name)
+
+    def close(self) -> None:
+        import anyio
+        anyio.notify_closing(self._sock)
+        self._sock.close()
+
+
+async def asend(sock: AsyncSocket, msg: Message, fds: list[int] | None = None) -> None:
     await sock.sendmsg(*_encode(msg, fds or []))
 
 
-async def asend_tokens(sock: trio.socket.SocketType, tokens: list[str], fds: list[int]) -> None:
+async def asend_tokens(sock: AsyncSocket, tokens: list[str], fds: list[int]) -> None:
     """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
     data = _within_limit(os.fsencode("\0".join(tokens) + "\0"))
     try:
@@ -85,6 +121,6 @@ async def asend_tokens(sock: trio.socket.SocketType, tokens: list[str], fds: lis
                           "net.core.wmem_max); pass long data through stdin or a file") from None
 
 
-async def arecv(sock: trio.socket.SocketType) -> tuple[Message, list[int]]:
+async def arecv(sock: AsyncSocket) -> tuple[Message, list[int]]:
     data, anc, flags, _ = await sock.recvmsg(MAX_MESSAGE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
     return _decode(data, anc, flags)

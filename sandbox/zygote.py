@@ -1,7 +1,7 @@
 """The fresh interpreter that forks each box's outer process (boxstart.py), from the supervisor's side.
 
 It carries nothing of the caller's process (see boxstart.py).  This module
-loads no trio, so that the command line can start the zygote before it loads
+loads no event loop, so that the command line can start the zygote before it loads
 everything else (entry.py).
 """
 

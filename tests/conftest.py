@@ -1,7 +1,9 @@
-"""Shared fixtures: a fresh box per test; and the check that the suite tests what users install."""
+"""Shared fixtures: a fresh box per test; async tests on anyio (trio unless a module asks for more); and the check
+that the suite tests what users install."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -21,6 +23,19 @@ def pytest_configure(config: pytest.Config) -> None:
         if where.is_relative_to(CHECKOUT):
             raise pytest.UsageError(f"{package.__name__} was imported from the source tree ({where}), not from an "
                                     f"installed wheel: run the suite with ./dev test, or from tests/ with a venv's python")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Every async test runs on anyio's plugin (marked before that plugin looks at it)."""
+    if collector.funcnamefilter(name) and inspect.iscoroutinefunction(obj):
+        pytest.mark.anyio(obj)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    """The event loop of async tests; test_api.py runs its tests on both."""
+    return "trio"
 
 
 @pytest.fixture

@@ -1,11 +1,11 @@
-"""The async API beyond one run: cancellation, interactive pairs, output modes."""
+"""The async API beyond one run: cancellation, interactive pairs, output modes; on asyncio and on trio."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
-import trio
+import anyio
 
 from sandbox import BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, SetupError, Status, run_interactive
 
@@ -26,9 +26,13 @@ SOLUTION = (
 )
 
 
+# judge backends are written on either: every test here runs on both event loops
+pytestmark = pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+
+
 async def test_cancelling_a_run_kills_it_and_keeps_the_box(box: Sandbox) -> None:
     marker = "1000.1357"
-    with trio.move_on_after(0.3) as scope:
+    with anyio.move_on_after(0.3) as scope:
         await box.run(["sleep", marker])
     assert scope.cancelled_caught
     assert host_processes_matching(marker) == []
@@ -113,7 +117,7 @@ async def test_write_and_read_files(box: Sandbox) -> None:
 )
 async def test_copy_out_is_safe_against_planted_files(box: Sandbox, plant: str, path: str, reason: str) -> None:
     await box.run(["sh", "-c", plant])
-    with trio.fail_after(5):  # a FIFO must not block the supervisor
+    with anyio.fail_after(5):  # a FIFO must not block the supervisor
         with pytest.raises(BoxFileError, match=reason):
             await box.read_file(path)
 
@@ -121,7 +125,7 @@ async def test_copy_out_is_safe_against_planted_files(box: Sandbox, plant: str, 
 @pytest.mark.parametrize("plant", ["ln -s /tmp/victim in.txt", "mkfifo in.txt", "ln -s /proc/self/fd/1 in.txt"])
 async def test_copy_in_is_safe_against_planted_files(box: Sandbox, plant: str) -> None:
     await box.run(["sh", "-c", f"echo original > /tmp/victim; {plant}"])
-    with trio.fail_after(5):
+    with anyio.fail_after(5):
         with pytest.raises(BoxFileError):
             await box.write_file("in.txt", b"data")
     r = await box.run(["cat", "/tmp/victim"])
@@ -149,9 +153,9 @@ async def test_pool_hands_out_clean_boxes_and_replaces_broken_ones() -> None:
         assert all(out == [b"/box:", b"/dev/shm:", b"/tmp:", b"0"] for out in seen), seen
         async with pool.acquire() as box:
             await box._box.aclose()  # type: ignore[union-attr]  # a box that died while lent out
-        with trio.fail_after(10):
+        with anyio.fail_after(10):
             while pool.stats()["ready"] < 2:
-                await trio.sleep(0.01)
+                await anyio.sleep(0.01)
         async with pool.acquire() as box:
             assert (await box.run(["echo", "ok"])).stdout == b"ok\n"
     assert pool.stats()["busy"] == 0
@@ -170,19 +174,19 @@ async def test_oversized_requests_are_refused_and_the_box_survives(box: Sandbox)
 
 async def test_closing_a_pool_mid_run_leaves_no_process() -> None:
     marker = "1000.8642"
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         async with SandboxPool(size=2) as pool:
             async def run_forever() -> None:
                 async with pool.acquire() as box:
                     await box.run(["sh", "-c", f"sleep {marker} & sleep {marker}"])
-            nursery.start_soon(run_forever)
-            with trio.fail_after(10):
+            tasks.start_soon(run_forever)
+            with anyio.fail_after(10):
                 while not host_processes_matching(marker):
-                    await trio.sleep(0.01)
-            nursery.cancel_scope.cancel()
-    with trio.fail_after(5):
+                    await anyio.sleep(0.01)
+            tasks.cancel_scope.cancel()
+    with anyio.fail_after(5):
         while host_processes_matching(marker):
-            await trio.sleep(0.01)
+            await anyio.sleep(0.01)
     assert host_processes_matching("sbx-spawner") == []
 
 
@@ -197,22 +201,22 @@ async def test_concurrent_runs_in_many_boxes_keep_their_replies_apart() -> None:
                 assert r.status is Status.OK, r
                 results[i] = r.stdout
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for i in range(60):
-                nursery.start_soon(one, i)
+                tasks.start_soon(one, i)
     assert results == {i: f"{i}\n".encode() for i in range(60)}
 
 
 async def test_a_request_refused_as_busy_leaves_the_running_one_alone() -> None:
     async with Sandbox(policy=None) as box:
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             results = []
 
             async def first() -> None:
                 results.append(await box.run(["sh", "-c", "sleep 0.5; echo done"]))
 
-            nursery.start_soon(first)
-            await trio.sleep(0.1)
+            tasks.start_soon(first)
+            await anyio.sleep(0.1)
             for _ in range(2):  # the second refusal proves the first did not release the box
                 with pytest.raises(SetupError, match="busy"):
                     await box.run(["true"])
@@ -230,16 +234,16 @@ def _children(pid: int) -> list[int]:
 async def test_a_runs_program_dies_with_a_killed_spawner(box: Sandbox) -> None:
     """The parent-death signal outlives the change of ids (setresuid clears it, so it is set after)."""
     marker = "sbx-pdeathsig-probe"
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         results: list[object] = []
 
         async def run() -> None:
             results.append(await box.run(["bash", "-c", f"exec -a {marker} sleep 60"], limits=Limits(wall_time=30)))
 
-        nursery.start_soon(run)
+        tasks.start_soon(run)
         program = spawner = 0
         for _ in range(200):
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
             found = [line.split(":")[0] for line in host_processes_matching(marker)]
             if found:
                 program = int(found[0])
@@ -253,9 +257,9 @@ async def test_a_runs_program_dies_with_a_killed_spawner(box: Sandbox) -> None:
         for _ in range(250):
             if not os.path.exists(f"/proc/{program}"):
                 break
-            await trio.sleep(0.02)
+            await anyio.sleep(0.02)
         gone = not os.path.exists(f"/proc/{program}")
-        nursery.cancel_scope.cancel()
+        tasks.cancel_scope.cancel()
     assert gone, "the program outlived its spawner"
     r = await box.run(["true"])
     assert r.status is Status.OK

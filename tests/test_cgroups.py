@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trio
+import anyio
 
 from helpers import build_go_program, build_program, sbx
 from sandbox import Bind, Limits, Sandbox, Status
@@ -267,7 +267,7 @@ def test_cgroups_of_a_killed_supervisor_are_removed_by_the_next() -> None:
 
 async def test_cancelled_run_leaves_no_run_cgroup() -> None:
     async with Sandbox(policy=None) as box:
-        with trio.move_on_after(1):
+        with anyio.move_on_after(1):
             await box.run(["sleep", "100"])
         assert _run_cgroups() == []
         assert (await box.run(["true"])).status is Status.OK

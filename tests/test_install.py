@@ -63,7 +63,7 @@ def test_the_venv_has_no_system_site_packages() -> None:
     assert probe.returncode != 0 and b"ModuleNotFoundError" in probe.stderr
     required = {r.split(">")[0].split("=")[0].split("[")[0].strip()
                 for r in importlib.metadata.requires("sbx") or [] if "extra" not in r}
-    assert required == {"trio", "pyfuse3", "pyseccomp", "zstandard", "pyyaml", "fastapi", "hypercorn",
+    assert required == {"anyio", "trio", "pyfuse3", "pyseccomp", "zstandard", "pyyaml", "fastapi", "hypercorn",
                         "python-multipart", "prometheus-client", "httpx", "redis"}
 
 
@@ -97,16 +97,17 @@ def test_runs_judges_and_serves_with_a_broken_compiler_and_an_empty_home(
     assert judged.returncode == 0 and b'"OK"' in judged.stdout, judged.stdout + judged.stderr
 
     api = _run([sys.executable, "-c", (
-        "import trio\n"
+        "import asyncio, trio\n"
         "from sandbox import Sandbox\n"
         "async def main():\n"
         "    async with Sandbox(policy='strict') as box:\n"
         "        r = await box.run(['/bin/echo', 'api'])\n"
         "        print(r.status.value, r.stdout.decode().strip())\n"
+        "asyncio.run(main())\n"
         "trio.run(main)\n"
         "from fuse_overlay import libfuse\n"
         "print('shim', libfuse._shim is not None)\n")], env, tmp_path)
-    assert api.stdout.split() == [b"OK", b"api", b"shim", b"True"], api.stderr
+    assert api.stdout.split() == [b"OK", b"api", b"OK", b"api", b"shim", b"True"], api.stderr
 
     assert sorted(p.name for p in marks.iterdir()) == []  # no compiler, no pkg-config was run
     assert not (Path(env["HOME"]) / ".cache").exists()  # and nothing was built or cached

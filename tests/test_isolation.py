@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-import trio
+import anyio
 
 from sandbox import Bind, Limits, Sandbox, Status
 from sandbox.userns import PROGRAM_ID
@@ -253,7 +253,7 @@ async def test_devices(idmap: str) -> None:
 async def test_cancelled_run_leaves_no_process() -> None:
     marker = "1000.2468"
     async with Sandbox() as box:
-        with trio.move_on_after(0.5):
+        with anyio.move_on_after(0.5):
             await box.run(["sleep", marker])
-    await trio.sleep(0.2)
+    await anyio.sleep(0.2)
     assert host_processes_matching(marker) == []

@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 
@@ -14,6 +16,7 @@ def _python_example() -> str:
     return blocks[0]
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # the README says either works
 async def test_the_judge_backend_example_gives_verdicts() -> None:
     namespace: dict = {}
     exec(compile(_python_example(), "README.md", "exec"), namespace)

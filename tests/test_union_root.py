@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-import trio
+import anyio
 
 from sandbox import Bind, ConfigError, Sandbox, Status
 
@@ -111,13 +111,13 @@ async def test_fuse_daemon_death_ends_the_run_ie_and_leaves_nothing(tmp_path: Pa
         assert daemon is not None
 
         async def kill_daemon_soon() -> None:
-            with trio.fail_after(10):
+            with anyio.fail_after(10):
                 while not host_processes_matching(marker):
-                    await trio.sleep(0.01)
+                    await anyio.sleep(0.01)
             daemon.kill()
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(kill_daemon_soon)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(kill_daemon_soon)
             r = await box.run(["sh", "-c", f"sleep {marker}; ls /etc"])
     assert r.status is Status.IE
     assert "union filesystem daemon died" in r.message

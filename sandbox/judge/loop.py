@@ -18,7 +18,7 @@ import os
 from dataclasses import dataclass
 from typing import TextIO
 
-import trio
+import anyio
 
 from ..api import Sandbox, run_interactive
 from ..errors import BoxFileError, ConfigError, SandboxError
@@ -66,12 +66,12 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
     jobs = min(options.jobs or len(os.sched_getaffinity(0)), len(tests))
     verdicts: dict[int, Verdict] = {}
     first_failure = len(tests)
-    scopes: dict[int, trio.CancelScope] = {}
+    scopes: dict[int, anyio.CancelScope] = {}
     async with contextlib.AsyncExitStack() as stack:
         runs = await stack.enter_async_context(SandboxPool(size=jobs, policy=language.run_policy, env=env))
         checks = None if program is None else await stack.enter_async_context(
             SandboxPool(size=jobs, policy=CHECKER_POLICY, env=CHECKER_ENV))
-        slots = trio.Semaphore(jobs)
+        slots = anyio.Semaphore(jobs)
 
         async def one(i: int, test: TestCase) -> None:
             nonlocal first_failure
@@ -89,14 +89,14 @@ async def judge(source: bytes, language: Language, tests: list[TestCase], option
                 _progress(options.progress, verdict)
             slots.release()
 
-        async with trio.open_nursery() as nursery:
+        async with anyio.create_task_group() as tasks:
             for i, test in enumerate(tests):
                 await slots.acquire()  # in order: a later test starts only when a box is free
                 if i > first_failure:
                     slots.release()
                     break
-                scopes[i] = trio.CancelScope()
-                nursery.start_soon(one, i, test)
+                scopes[i] = anyio.CancelScope()
+                tasks.start_soon(one, i, test)
     last = first_failure if options.stop_on_first_failure else len(tests) - 1
     report.tests = [verdicts[i] for i in range(min(last + 1, len(tests)))]
     report.skipped = len(tests) - len(report.tests)
