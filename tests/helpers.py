@@ -1,5 +1,5 @@
-"""Helpers shared by the tests: the real command line, test programs, a look at the host's processes and a callback
-receiver."""
+"""Helpers shared by the tests: the real command line, test programs, a look at the host's processes, a callback
+receiver and a headless browser."""
 
 from __future__ import annotations
 
@@ -159,3 +159,33 @@ class CallbackReceiver:
         time.sleep(1)
         return list(self.taken)
 
+
+def render_page(url: str, scratch: Path, budget_ms: int = 5000) -> str:
+    """The DOM of `url` after its scripts ran for `budget_ms` of virtual time, by headless Chromium.
+
+    Chromium keeps its own sandbox (it works as an unprivileged user, in user namespaces).  Its profile and
+    HOME (where its crash handler, which leaves the process group, keeps its database) are under `scratch`,
+    so every process it starts names `scratch` in its command line: none may be left afterwards.
+    """
+    home = scratch / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = ["chromium", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", f"--user-data-dir={scratch / 'profile'}",
+            f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    browser = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               env={"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home),
+                                    "XDG_CACHE_HOME": str(home)})
+    try:
+        out, err = browser.communicate(timeout=90)
+    finally:
+        if browser.poll() is None:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
+        deadline = time.monotonic() + 10
+        while (left := host_processes_matching(str(scratch))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for line in left:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert not left, f"chromium left processes behind: {left}"
+    assert browser.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode()

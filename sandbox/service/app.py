@@ -1,9 +1,11 @@
-"""The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics.
+"""The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics, and
+the operator's page (/ and the /status it polls).
 
 A FastAPI app (OpenAPI at /docs) served by hypercorn's trio worker, in the
 process that holds the pool.  What it protects:
-- a bearer token (from a file) on everything but /healthz, /version and the
-  docs, required when the service listens beyond loopback;
+- a bearer token (from a file) on everything but /healthz, /version, the
+  docs and the operator's page (static: its data comes from /status, which
+  needs the token), required when the service listens beyond loopback;
 - request bodies past `max_request` bytes are 413 (and one without a
   Content-Length 411, so none is read unbounded), and the file cache is
   bounded;
@@ -23,17 +25,18 @@ from typing import Any
 import trio
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from ..errors import ConfigError
 from ..pool import SandboxPool
-from . import gojudge
+from . import gojudge, page
 from .files import CacheFull, FileCache
 from .redis_queue import RedisQueue
+from .status import PoolView, Status
 from .submissions import QueueFull, SubmissionIn, Submissions
 
-OPEN_PATHS = {"/healthz", "/version", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/", "/healthz", "/version", "/docs", "/openapi.json"}
 
 
 @dataclass(frozen=True)
@@ -79,10 +82,10 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
-    metrics = _Metrics()
     cache = FileCache(config.file_cache)
     state: dict[str, Any] = {"pending": 0}
 
+    metrics = _Metrics()
     submissions: Submissions | RedisQueue = (
         RedisQueue(config.redis, config.max_pending) if config.redis else
         Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc()))
@@ -209,5 +212,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
         metrics.queue.set(await submissions.depth())
         metrics.redeliveries.set(await submissions.redeliveries())
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", summary="The operator's page: queue, workers, pool and latest submissions, live",
+             response_class=HTMLResponse)
+    async def operator_page() -> Response:
+        return HTMLResponse(page.HTML, headers=page.HEADERS)
+
+    @app.get("/status", summary="What the operator's page shows")
+    async def status() -> Status:
+        return Status(mode="redis" if config.redis else "embedded", queue_depth=await submissions.depth(),
+                      workers=await submissions.workers(),
+                      pool=PoolView(**state["pool"].stats()) if "pool" in state else None,
+                      submissions=await submissions.recent())
 
     return app

@@ -13,26 +13,52 @@ At least once, never lost:
 - results are idempotent per submission: the first record written (HSETNX)
   stands, and a redelivered job whose record exists is only acknowledged.
 
-State per submission is the hash `sbx:sub:ID` (state, request, result).  The
-client is redis-py's blocking one, called in worker threads with short
-timeouts, so a trio process never blocks on the network.
+State per submission is the hash `sbx:sub:ID` (state, language, request,
+result, and the result's summary for the operator's page).  The client is
+redis-py's blocking one, called in worker threads with short timeouts, so a
+trio process never blocks on the network.
+
+The operator's page (status.py) sees:
+- the latest submissions: `sbx:recent`, their ids, pushed at submit and
+  capped (LPUSH + LTRIM), so that a queued one shows too; their rows come
+  from one pipeline of HMGETs of small fields (never the whole records);
+- the workers, from two sources: XINFO CONSUMERS gives each consumer's
+  pending jobs and idle time, but keeps a consumer until it is deleted, dead
+  or not; each live worker also renews a heartbeat key `sbx:worker:NAME`
+  (with a TTL, so it vanishes with its worker) saying how many submissions it
+  judges.  A dead worker's row stays, not alive, with the jobs it still holds
+  until another worker takes them over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
 from typing import Any
 
+import anyio
 import redis
 import trio
 
+from .status import RECENT, SubmissionRow, WorkerView, summary
 from .submissions import QueueFull, SubmissionIn, check_language, judge_submission
 
 STREAM, GROUP, DEAD = "sbx:submissions", "sbx-workers", "sbx:dead"
 REDELIVERIES, WRITTEN = "sbx:redeliveries", "sbx:results-written"
+RECENT_IDS, HEARTBEAT = "sbx:recent", "sbx:worker:"
+BEAT = 2.0  # seconds between a worker's heartbeats; the key lives three of them
 MAX_DELIVERIES = 3
+# A result, once: HSETNX, and only if it wrote, the summary and the count, in one step (a worker killed
+# in between would leave a result uncounted)
+WRITE = """
+redis.call('HSET', KEYS[1], 'state', 'done')
+if redis.call('HSETNX', KEYS[1], 'result', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'summary', ARGV[2])
+redis.call('INCR', KEYS[2])
+return 1
+"""
 TIMEOUT = 5.0  # seconds for any one Redis call
 
 
@@ -63,8 +89,11 @@ class RedisQueue:
         if self.client.xlen(STREAM) >= self.max_pending:
             raise QueueFull(f"{self.max_pending} submissions are queued already; try again later")
         submission_id = secrets.token_hex(12)
-        self.client.hset(f"sbx:sub:{submission_id}", mapping={"state": "queued", "request": request.model_dump_json()})
+        self.client.hset(f"sbx:sub:{submission_id}", mapping={"state": "queued", "language": request.language,
+                                                              "request": request.model_dump_json()})
         self.client.xadd(STREAM, {"id": submission_id})
+        with self.client.pipeline() as pipe:
+            pipe.lpush(RECENT_IDS, submission_id).ltrim(RECENT_IDS, 0, RECENT - 1).execute()
         return submission_id
 
     async def view(self, submission_id: str) -> dict[str, Any] | None:
@@ -83,6 +112,32 @@ class RedisQueue:
     async def work(self) -> None:  # the serving side judges nothing: workers do
         await trio.sleep_forever()
 
+    async def workers(self) -> list[WorkerView]:
+        return await anyio.to_thread.run_sync(self._workers)
+
+    def _workers(self) -> list[WorkerView]:
+        consumers = {c["name"]: c for c in self.client.xinfo_consumers(STREAM, GROUP)}
+        keys = list(self.client.scan_iter(match=f"{HEARTBEAT}*", count=100))
+        beats = {k.removeprefix(HEARTBEAT): json.loads(v) for k, v in zip(keys, self.client.mget(keys) if keys else [])
+                 if v is not None}
+        return [WorkerView(name=name, alive=name in beats, judging=beats.get(name, {}).get("judging", 0),
+                           pending=consumers.get(name, {}).get("pending", 0),
+                           idle=consumers.get(name, {}).get("idle", 0) / 1000)
+                for name in sorted(consumers.keys() | beats.keys())]
+
+    async def recent(self) -> list[SubmissionRow]:
+        return await anyio.to_thread.run_sync(self._recent)
+
+    def _recent(self) -> list[SubmissionRow]:
+        ids = self.client.lrange(RECENT_IDS, 0, RECENT - 1)
+        with self.client.pipeline(transaction=False) as pipe:
+            for submission_id in ids:
+                pipe.hmget(f"sbx:sub:{submission_id}", "state", "language", "summary")
+            found = pipe.execute()
+        return [SubmissionRow(id=submission_id, language=language or "", state=state,
+                              **(json.loads(row) if row else {}))
+                for submission_id, (state, language, row) in zip(ids, found) if state is not None]
+
 
 class Worker:
     """The judging side: take jobs, keep their leases, write results once."""
@@ -92,11 +147,27 @@ class Worker:
         self.lease = lease
         self.name = name or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.languages = languages
+        self._judging = 0  # submissions being judged now, for the heartbeat
+        self._write = self.client.register_script(WRITE)
 
     async def run(self, judges: int) -> None:
-        async with trio.open_nursery() as nursery:
+        """`judges` submissions at a time, and a heartbeat."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._heartbeat)
             for _ in range(judges):
-                nursery.start_soon(self._loop)
+                tasks.start_soon(self._loop)
+
+    async def _heartbeat(self) -> None:
+        """The key `sbx:worker:NAME` while this worker runs: renewed every BEAT seconds, deleted when it stops."""
+        key = HEARTBEAT + self.name
+        try:
+            while True:
+                beat = json.dumps({"judging": self._judging})
+                await anyio.to_thread.run_sync(lambda: self.client.set(key, beat, ex=int(3 * BEAT)))
+                await anyio.sleep(BEAT)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(redis.RedisError):
+                await anyio.to_thread.run_sync(self.client.delete, key)
 
     async def _loop(self) -> None:
         while True:
@@ -135,10 +206,13 @@ class Worker:
         await trio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_lease, entry_id)
+            self._judging += 1
             try:
                 record = await judge_submission(SubmissionIn.model_validate_json(found["request"]), self.languages)
             except Exception as e:  # noqa: BLE001 - a job that cannot be judged is IE; the worker goes on
                 record = _failed(json.loads(found["request"]).get("language", ""), f"{type(e).__name__}: {e}")
+            finally:
+                self._judging -= 1
             nursery.cancel_scope.cancel()
         await trio.to_thread.run_sync(self._finish, entry_id, key, record)
 
@@ -150,9 +224,8 @@ class Worker:
                                            justid=True))
 
     def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> None:
-        if self.client.hsetnx(key, "result", json.dumps(record)):
-            self.client.incr(WRITTEN)
-        self.client.hset(key, "state", "done")
+        """The result, unless one was written already (a redelivered job's second result is dropped)."""
+        self._write(keys=[key, WRITTEN], args=[json.dumps(record), json.dumps(summary(record))])
         self._ack(entry_id)
 
     def _ack(self, entry_id: str) -> None:
