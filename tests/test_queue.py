@@ -1,7 +1,8 @@
 """Scale-out on Redis Streams: `sbx serve --redis` and `sbx worker`, with a real redis-server on 127.0.0.1.
 
 200 submissions go through two workers, one of which is SIGKILLed midway: each ends with the right verdict,
-written once, none lost; a job that keeps being delivered ends in the dead-letter stream as IE.  The
+written once, none lost; a job that keeps being delivered ends in the dead-letter stream as IE.  The worker
+that writes a result also counts its verdict (at serve's /metrics) and POSTs its callback, once; the
 operator's page shows the workers and the latest submissions.
 """
 
@@ -19,7 +20,7 @@ import httpx
 import pytest
 import redis
 
-from helpers import free_port, render_page, server_process, stop
+from helpers import CallbackReceiver, free_port, render_page, server_process, stop
 
 OK = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
 WA = "print(0)\n"
@@ -102,13 +103,13 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str
     assert [fields["id"] for _, fields in store.xrange("sbx:dead")] == [sid]
 
 
-def test_the_operators_page_shows_workers_and_submissions(redis_url: str, service: str, tmp_path: Path) -> None:
+def test_verdicts_callbacks_and_the_operators_page(redis_url: str, service: str, tmp_path: Path) -> None:
     worker = _worker(redis_url, "sbx-worker-d")
     try:
-        with httpx.Client(base_url=service, timeout=30) as client:
+        with CallbackReceiver(failures=1) as receiver, httpx.Client(base_url=service, timeout=30) as client:
             ids = {}
             for source, verdict in ((OK, "OK"), (WA, "WA"), (OK, "OK")):
-                r = client.post("/submissions", json={"language": "py", "source": source,
+                r = client.post("/submissions", json={"language": "py", "source": source, "callback_url": receiver.url,
                                                       "tests": [{"name": "<b>bold</b>", "input": "1\n2\n",
                                                                  "answer": "2\n"}]})
                 ids[r.json()["id"]] = verdict
@@ -116,10 +117,15 @@ def test_the_operators_page_shows_workers_and_submissions(redis_url: str, servic
             while any(client.get(f"/submissions/{i}").json()["state"] != "done" for i in ids):
                 assert time.monotonic() < deadline
                 time.sleep(0.3)
+            taken = receiver.wait(3)
+            metrics = client.get("/metrics").text
             status = client.get("/status").json()
             dom = render_page(f"{service}/", tmp_path)
     finally:
         assert stop(worker)
+    assert sorted((b["id"], b["result"]["verdict"]) for b in taken) == sorted(ids.items()), "each taken once"
+    assert len(receiver.attempts) == 4, "the first attempt failed (503) and was retried"
+    assert 'sbx_submissions_total{verdict="OK"} 2.0' in metrics and 'sbx_submissions_total{verdict="WA"} 1.0' in metrics
     assert status["mode"] == "redis" and status["queue_depth"] == 0 and status["pool"] is not None
     assert [(w["name"], w["alive"], w["pending"]) for w in status["workers"]] == [("sbx-worker-d", True, 0)]
     assert [(s["id"], s["state"], s["verdict"]) for s in status["submissions"]] == [

@@ -14,9 +14,11 @@ At least once, never lost:
   stands, and a redelivered job whose record exists is only acknowledged.
 
 State per submission is the hash `sbx:sub:ID` (state, language, request,
-result, and the result's summary for the operator's page).  The client is
-redis-py's blocking one, called in worker threads with short timeouts, so a
-trio process never blocks on the network.
+result, and the result's summary for the operator's page).  The worker whose
+HSETNX wrote the result, and no other, also counts its verdict (HINCRBY
+`sbx:verdicts`, which `sbx serve --redis` exposes at /metrics) and POSTs its
+callback.  The client is redis-py's blocking one, called in worker threads
+with short timeouts, so a trio process never blocks on the network.
 
 The operator's page (status.py) sees:
 - the latest submissions: `sbx:recent`, their ids, pushed at submit and
@@ -39,24 +41,27 @@ import socket
 from typing import Any
 
 import anyio
+import anyio.abc
 import redis
 import trio
 
+from . import callback
 from .status import RECENT, SubmissionRow, WorkerView, summary
 from .submissions import QueueFull, SubmissionIn, check_language, judge_submission
 
 STREAM, GROUP, DEAD = "sbx:submissions", "sbx-workers", "sbx:dead"
 REDELIVERIES, WRITTEN = "sbx:redeliveries", "sbx:results-written"
-RECENT_IDS, HEARTBEAT = "sbx:recent", "sbx:worker:"
+VERDICTS, RECENT_IDS, HEARTBEAT = "sbx:verdicts", "sbx:recent", "sbx:worker:"
 BEAT = 2.0  # seconds between a worker's heartbeats; the key lives three of them
 MAX_DELIVERIES = 3
-# A result, once: HSETNX, and only if it wrote, the summary and the count, in one step (a worker killed
+# A result, once: HSETNX, and only if it wrote, the summary and the counts, in one step (a worker killed
 # in between would leave a result uncounted)
 WRITE = """
 redis.call('HSET', KEYS[1], 'state', 'done')
 if redis.call('HSETNX', KEYS[1], 'result', ARGV[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[1], 'summary', ARGV[2])
 redis.call('INCR', KEYS[2])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
 return 1
 """
 TIMEOUT = 5.0  # seconds for any one Redis call
@@ -138,6 +143,10 @@ class RedisQueue:
                               **(json.loads(row) if row else {}))
                 for submission_id, (state, language, row) in zip(ids, found) if state is not None]
 
+    def verdicts(self) -> dict[str, int]:
+        """Judged submissions by verdict, as the workers counted them (blocking: /metrics calls it in a thread)."""
+        return {verdict: int(n) for verdict, n in self.client.hgetall(VERDICTS).items()}
+
 
 class Worker:
     """The judging side: take jobs, keep their leases, write results once."""
@@ -151,11 +160,11 @@ class Worker:
         self._write = self.client.register_script(WRITE)
 
     async def run(self, judges: int) -> None:
-        """`judges` submissions at a time, and a heartbeat."""
+        """`judges` submissions at a time, their callbacks in tasks of their own, and a heartbeat."""
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(self._heartbeat)
             for _ in range(judges):
-                tasks.start_soon(self._loop)
+                tasks.start_soon(self._loop, tasks)
 
     async def _heartbeat(self) -> None:
         """The key `sbx:worker:NAME` while this worker runs: renewed every BEAT seconds, deleted when it stops."""
@@ -169,11 +178,11 @@ class Worker:
             with anyio.CancelScope(shield=True), contextlib.suppress(redis.RedisError):
                 await anyio.to_thread.run_sync(self.client.delete, key)
 
-    async def _loop(self) -> None:
+    async def _loop(self, tasks: anyio.abc.TaskGroup) -> None:
         while True:
             job = await trio.to_thread.run_sync(self._next)
             if job is not None:
-                await self._handle(*job)
+                await self._handle(*job, tasks)
 
     def _next(self) -> tuple[str, str] | None:
         """A job: first one whose worker stopped renewing its lease, else a new one (waiting up to a second)."""
@@ -189,7 +198,7 @@ class Worker:
         entry_id, fields = read[0][1][0]
         return entry_id, fields.get("id", "")
 
-    async def _handle(self, entry_id: str, submission_id: str) -> None:
+    async def _handle(self, entry_id: str, submission_id: str, tasks: anyio.abc.TaskGroup) -> None:
         key = f"sbx:sub:{submission_id}"
         found = await trio.to_thread.run_sync(self.client.hgetall, key)
         if "result" in found or "request" not in found:  # done already (a redelivery), or nothing to judge
@@ -201,7 +210,7 @@ class Worker:
             record = _failed(json.loads(found["request"]).get("language", ""),
                              f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
             await trio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
-            await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+            await self._done(entry_id, submission_id, found["request"], record, tasks)
             return
         await trio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
         async with trio.open_nursery() as nursery:
@@ -214,7 +223,15 @@ class Worker:
             finally:
                 self._judging -= 1
             nursery.cancel_scope.cancel()
-        await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+        await self._done(entry_id, submission_id, found["request"], record, tasks)
+
+    async def _done(self, entry_id: str, submission_id: str, request: str, record: dict[str, Any],
+                    tasks: anyio.abc.TaskGroup) -> None:
+        """The result written (once), and, by the worker that wrote it, its callback started."""
+        written = await anyio.to_thread.run_sync(self._finish, entry_id, f"sbx:sub:{submission_id}", record)
+        url = json.loads(request).get("callback_url")
+        if written and url:
+            tasks.start_soon(callback.post, url, {"id": submission_id, "state": "done", "result": record})
 
     async def _keep_lease(self, entry_id: str) -> None:
         while True:
@@ -223,10 +240,12 @@ class Worker:
                 lambda: self.client.xclaim(STREAM, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
                                            justid=True))
 
-    def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> None:
-        """The result, unless one was written already (a redelivered job's second result is dropped)."""
-        self._write(keys=[key, WRITTEN], args=[json.dumps(record), json.dumps(summary(record))])
+    def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> bool:
+        """Whether this worker wrote the result (a redelivered job's second result is dropped)."""
+        written = bool(self._write(keys=[key, WRITTEN, VERDICTS],
+                                   args=[json.dumps(record), json.dumps(summary(record)), record["verdict"]]))
         self._ack(entry_id)
+        return written
 
     def _ack(self, entry_id: str) -> None:
         self.client.xack(STREAM, GROUP, entry_id)
