@@ -1,16 +1,21 @@
-"""Helpers shared by the tests: the real command line, test programs, and a look at the host's processes."""
+"""Helpers shared by the tests: the real command line, test programs, a look at the host's processes, a callback
+receiver and a headless browser."""
 
 from __future__ import annotations
 
 import contextlib
+import http.server
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 PROGRAMS = Path(__file__).parent / "programs"
 
@@ -109,3 +114,78 @@ def stop(proc: subprocess.Popen[bytes]) -> bool:
         proc.kill()
         proc.wait()
         return False
+
+
+class CallbackReceiver:
+    """A tiny HTTP server on 127.0.0.1 (in a thread) for submissions' callback_url: it answers the first
+    `failures` POSTs with `fail_with`, then 204, and keeps every body it got (`attempts`) and those it took
+    (`taken`)."""
+
+    def __init__(self, failures: int = 0, fail_with: int = 503) -> None:
+        self.attempts: list[dict[str, Any]] = []
+        self.taken: list[dict[str, Any]] = []
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+                receiver.attempts.append(body)
+                ok = len(receiver.attempts) > failures
+                if ok:
+                    receiver.taken.append(body)
+                self.send_response(204 if ok else fail_with)
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/callback"
+
+    def __enter__(self) -> CallbackReceiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def wait(self, count: int, timeout: float = 30) -> list[dict[str, Any]]:
+        """The bodies taken, once there are `count` (or the timeout is past); then a moment more, so that a
+        duplicate would show."""
+        deadline = time.monotonic() + timeout
+        while len(self.taken) < count and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1)
+        return list(self.taken)
+
+
+def render_page(url: str, scratch: Path, budget_ms: int = 5000) -> str:
+    """The DOM of `url` after its scripts ran for `budget_ms` of virtual time, by headless Chromium.
+
+    Chromium keeps its own sandbox (it works as an unprivileged user, in user namespaces).  Its profile and
+    HOME (where its crash handler, which leaves the process group, keeps its database) are under `scratch`,
+    so every process it starts names `scratch` in its command line: none may be left afterwards.
+    """
+    home = scratch / "home"
+    home.mkdir(parents=True, exist_ok=True)
+    argv = ["chromium", "--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync", f"--user-data-dir={scratch / 'profile'}",
+            f"--virtual-time-budget={budget_ms}", "--dump-dom", url]
+    browser = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                               env={"PATH": os.environ["PATH"], "HOME": str(home), "XDG_CONFIG_HOME": str(home),
+                                    "XDG_CACHE_HOME": str(home)})
+    try:
+        out, err = browser.communicate(timeout=90)
+    finally:
+        if browser.poll() is None:
+            os.killpg(browser.pid, signal.SIGKILL)
+            browser.wait()
+        deadline = time.monotonic() + 10
+        while (left := host_processes_matching(str(scratch))) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        for line in left:
+            os.kill(int(line.split(":")[0]), signal.SIGKILL)
+    assert not left, f"chromium left processes behind: {left}"
+    assert browser.returncode == 0, err.decode(errors="replace")[-2000:]
+    return out.decode()

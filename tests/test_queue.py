@@ -1,22 +1,26 @@
 """Scale-out on Redis Streams: `sbx serve --redis` and `sbx worker`, with a real redis-server on 127.0.0.1.
 
 200 submissions go through two workers, one of which is SIGKILLed midway: each ends with the right verdict,
-written once, none lost; a job that keeps being delivered ends in the dead-letter stream as IE.
+written once, none lost; a job that keeps being delivered ends in the dead-letter stream as IE.  The worker
+that writes a result also counts its verdict (at serve's /metrics) and POSTs its callback, once; the
+operator's page shows the workers and the latest submissions.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
-from helpers import free_port, server_process, stop
+from helpers import CallbackReceiver, free_port, render_page, server_process, stop
 
 OK = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
 WA = "print(0)\n"
@@ -97,6 +101,43 @@ def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str
             assert stop(worker)
     assert state["result"]["verdict"] == "IE" and "deliveries" in state["result"]["compile_error"]
     assert [fields["id"] for _, fields in store.xrange("sbx:dead")] == [sid]
+
+
+def test_verdicts_callbacks_and_the_operators_page(redis_url: str, service: str, tmp_path: Path) -> None:
+    worker = _worker(redis_url, "sbx-worker-d")
+    try:
+        with CallbackReceiver(failures=1) as receiver, httpx.Client(base_url=service, timeout=30) as client:
+            ids = {}
+            for source, verdict in ((OK, "OK"), (WA, "WA"), (OK, "OK")):
+                r = client.post("/submissions", json={"language": "py", "source": source, "callback_url": receiver.url,
+                                                      "tests": [{"name": "<b>bold</b>", "input": "1\n2\n",
+                                                                 "answer": "2\n"}]})
+                ids[r.json()["id"]] = verdict
+            deadline = time.monotonic() + 120
+            while any(client.get(f"/submissions/{i}").json()["state"] != "done" for i in ids):
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            taken = receiver.wait(3)
+            metrics = client.get("/metrics").text
+            status = client.get("/status").json()
+            dom = render_page(f"{service}/", tmp_path)
+    finally:
+        assert stop(worker)
+    assert sorted((b["id"], b["result"]["verdict"]) for b in taken) == sorted(ids.items()), "each taken once"
+    assert len(receiver.attempts) == 4, "the first attempt failed (503) and was retried"
+    assert 'sbx_submissions_total{verdict="OK"} 2.0' in metrics and 'sbx_submissions_total{verdict="WA"} 1.0' in metrics
+    assert status["mode"] == "redis" and status["queue_depth"] == 0 and status["pool"] is not None
+    assert [(w["name"], w["alive"], w["pending"]) for w in status["workers"]] == [("sbx-worker-d", True, 0)]
+    assert [(s["id"], s["state"], s["verdict"]) for s in status["submissions"]] == [
+        (i, "done", v) for i, v in reversed(ids.items())], "newest first"
+    assert [s["detail"] for s in status["submissions"]] == ["", "<b>bold</b>", ""]
+    rows = dict(re.findall(r'<tr data-id="([0-9a-f]+)"[^>]*>(.*?)</tr>', dom, re.S))
+    assert {i: re.findall(r'<td class="verdict">(\w+)</td>', row) for i, row in rows.items()} == {
+        i: [v] for i, v in ids.items()}
+    assert '<td class="name">sbx-worker-d</td>' in dom and "(redis)" in dom and "&lt;b&gt;bold&lt;/b&gt;" in dom
+    assert "<b>bold</b>" not in dom
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
+    assert store.keys("sbx:worker:*") == [], "a stopped worker's heartbeat is gone"
 
 
 @pytest.mark.parametrize("command", ["worker", "serve"])

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import http.server
-import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from helpers import free_port, sbx, server_process
+from helpers import CallbackReceiver, free_port, sbx, server_process
+from sandbox.service import callback
 
 ENV = ["PATH=/usr/bin:/bin"]
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "sum"
@@ -183,29 +181,29 @@ def test_submissions_are_judged_with_sbx_judges_record(client: httpx.Client) -> 
 
 
 def test_a_callback_gets_the_record(client: httpx.Client) -> None:
-    got: list[dict] = []
-
-    class Receiver(http.server.BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            got.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    receiver = http.server.HTTPServer(("127.0.0.1", 0), Receiver)
-    threading.Thread(target=receiver.serve_forever, daemon=True).start()
-    try:
+    with CallbackReceiver() as receiver:
         r = client.post("/submissions", json={"language": "py", "source": (EXAMPLE / "solutions" / "ok.py").read_text(),
-                                              "tests": _tests(), "callback_url": f"http://127.0.0.1:{receiver.server_port}/"})
+                                              "tests": _tests(), "callback_url": receiver.url})
         _done(client, r.json()["id"])
-        deadline = time.monotonic() + 30
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
-    finally:
-        receiver.shutdown()
+        got = receiver.wait(1)
     assert [(g["id"], g["state"], g["result"]["verdict"]) for g in got] == [(r.json()["id"], "done", "OK")]
+
+
+@pytest.mark.parametrize("failures,status,attempts,taken", [
+    (10, 503, callback.ATTEMPTS, False),  # a failing receiver: tried a bounded number of times
+    (1, 404, 1, False),  # a refusal is final
+    (0, 503, 1, True),
+])
+async def test_callback_attempts_are_bounded(failures: int, status: int, attempts: int, taken: bool) -> None:
+    with CallbackReceiver(failures=failures, fail_with=status) as receiver:
+        assert await callback.post(receiver.url, {"id": "x"}) is taken
+    assert len(receiver.attempts) == attempts
+
+
+async def test_an_unreachable_receiver_is_retried_with_backoff() -> None:
+    started = time.monotonic()
+    assert await callback.post(f"http://127.0.0.1:{free_port()}/", {}) is False
+    assert time.monotonic() - started >= sum(callback.FIRST_DELAY * 2**k for k in range(callback.ATTEMPTS - 1))
 
 
 def test_sbx_submit_prints_the_table_sbx_judge_prints(server: str) -> None:

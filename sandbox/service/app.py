@@ -1,9 +1,11 @@
-"""The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics.
+"""The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics, and
+the operator's page (/ and the /status it polls).
 
 A FastAPI app (OpenAPI at /docs) served by hypercorn's trio worker, in the
 process that holds the pool.  What it protects:
-- a bearer token (from a file) on everything but /healthz, /version and the
-  docs, required when the service listens beyond loopback;
+- a bearer token (from a file) on everything but /healthz, /version, the
+  docs and the operator's page (static: its data comes from /status, which
+  needs the token), required when the service listens beyond loopback;
 - request bodies past `max_request` bytes are 413 (and one without a
   Content-Length 411, so none is read unbounded), and the file cache is
   bounded;
@@ -15,25 +17,29 @@ process that holds the pool.  What it protects:
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import trio
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
 from ..pool import SandboxPool
-from . import gojudge
+from . import gojudge, page
 from .files import CacheFull, FileCache
 from .redis_queue import RedisQueue
+from .status import PoolView, Status
 from .submissions import QueueFull, SubmissionIn, Submissions
 
-OPEN_PATHS = {"/healthz", "/version", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/", "/healthz", "/version", "/docs", "/openapi.json"}
 
 
 @dataclass(frozen=True)
@@ -48,8 +54,29 @@ class ServiceConfig:
     redis: str | None = None  # submissions go to workers through Redis Streams (redis_queue.py)
 
 
+class _RedisVerdicts(Collector):
+    """sbx_submissions_total in Redis mode: the workers judge, and count in Redis (redis_queue.py), so this
+    process reads their counts rather than counting itself."""
+
+    def __init__(self, queue: RedisQueue) -> None:
+        self.queue = queue
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[CounterMetricFamily]:  # blocking: /metrics renders in a thread
+        family = self._family()
+        for verdict, count in sorted(self.queue.verdicts().items()):
+            family.add_metric([verdict], count)
+        yield family
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily("sbx_submissions", "Judged submissions by verdict", labels=["verdict"])
+
+
 class _Metrics:
-    def __init__(self) -> None:
+    def __init__(self, queue: RedisQueue | None) -> None:
         self.registry = CollectorRegistry()
         self.runs = Counter("sbx_runs", "Runs by go-judge status", ["status"], registry=self.registry)
         self.cpu = Histogram("sbx_run_cpu_seconds", "CPU time of each run", registry=self.registry,
@@ -61,8 +88,11 @@ class _Metrics:
         self.rejected = Counter("sbx_rejected_requests", "Requests refused", ["reason"], registry=self.registry)
         self.errors = Counter("sbx_internal_errors", "Requests that failed inside the service",
                               registry=self.registry)
-        self.verdicts = Counter("sbx_submissions", "Judged submissions by verdict", ["verdict"],
-                                registry=self.registry)
+        if queue is None:
+            self.verdicts = Counter("sbx_submissions", "Judged submissions by verdict", ["verdict"],
+                                    registry=self.registry)
+        else:
+            self.registry.register(_RedisVerdicts(queue))
         self.queue = Gauge("sbx_queue_depth", "Submissions waiting to be judged", registry=self.registry)
         self.redeliveries = Gauge("sbx_redeliveries", "Jobs taken over from a dead worker (Redis mode)",
                                   registry=self.registry)
@@ -79,13 +109,16 @@ def _error(status: int, message: str) -> JSONResponse:
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
-    metrics = _Metrics()
     cache = FileCache(config.file_cache)
     state: dict[str, Any] = {"pending": 0}
 
-    submissions: Submissions | RedisQueue = (
-        RedisQueue(config.redis, config.max_pending) if config.redis else
-        Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc()))
+    submissions: Submissions | RedisQueue
+    if config.redis:
+        submissions = RedisQueue(config.redis, config.max_pending)
+        metrics = _Metrics(submissions)
+    else:
+        submissions = Submissions(config.max_pending, lambda record: metrics.verdicts.labels(record["verdict"]).inc())
+        metrics = _Metrics(None)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -208,6 +241,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
                 metrics.boxes.labels(name).set(value)
         metrics.queue.set(await submissions.depth())
         metrics.redeliveries.set(await submissions.redeliveries())
-        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        text = await anyio.to_thread.run_sync(generate_latest, metrics.registry)  # Redis mode's collector blocks
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", summary="The operator's page: queue, workers, pool and latest submissions, live",
+             response_class=HTMLResponse)
+    async def operator_page() -> Response:
+        return HTMLResponse(page.HTML, headers=page.HEADERS)
+
+    @app.get("/status", summary="What the operator's page shows")
+    async def status() -> Status:
+        return Status(mode="redis" if config.redis else "embedded", queue_depth=await submissions.depth(),
+                      workers=await submissions.workers(),
+                      pool=PoolView(**state["pool"].stats()) if "pool" in state else None,
+                      submissions=await submissions.recent())
 
     return app

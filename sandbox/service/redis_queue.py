@@ -13,26 +13,57 @@ At least once, never lost:
 - results are idempotent per submission: the first record written (HSETNX)
   stands, and a redelivered job whose record exists is only acknowledged.
 
-State per submission is the hash `sbx:sub:ID` (state, request, result).  The
-client is redis-py's blocking one, called in worker threads with short
-timeouts, so a trio process never blocks on the network.
+State per submission is the hash `sbx:sub:ID` (state, language, request,
+result, and the result's summary for the operator's page).  The worker whose
+HSETNX wrote the result, and no other, also counts its verdict (HINCRBY
+`sbx:verdicts`, which `sbx serve --redis` exposes at /metrics) and POSTs its
+callback.  The client is redis-py's blocking one, called in worker threads
+with short timeouts, so a trio process never blocks on the network.
+
+The operator's page (status.py) sees:
+- the latest submissions: `sbx:recent`, their ids, pushed at submit and
+  capped (LPUSH + LTRIM), so that a queued one shows too; their rows come
+  from one pipeline of HMGETs of small fields (never the whole records);
+- the workers, from two sources: XINFO CONSUMERS gives each consumer's
+  pending jobs and idle time, but keeps a consumer until it is deleted, dead
+  or not; each live worker also renews a heartbeat key `sbx:worker:NAME`
+  (with a TTL, so it vanishes with its worker) saying how many submissions it
+  judges.  A dead worker's row stays, not alive, with the jobs it still holds
+  until another worker takes them over.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import socket
 from typing import Any
 
+import anyio
+import anyio.abc
 import redis
 import trio
 
+from . import callback
+from .status import RECENT, SubmissionRow, WorkerView, summary
 from .submissions import QueueFull, SubmissionIn, check_language, judge_submission
 
 STREAM, GROUP, DEAD = "sbx:submissions", "sbx-workers", "sbx:dead"
 REDELIVERIES, WRITTEN = "sbx:redeliveries", "sbx:results-written"
+VERDICTS, RECENT_IDS, HEARTBEAT = "sbx:verdicts", "sbx:recent", "sbx:worker:"
+BEAT = 2.0  # seconds between a worker's heartbeats; the key lives three of them
 MAX_DELIVERIES = 3
+# A result, once: HSETNX, and only if it wrote, the summary and the counts, in one step (a worker killed
+# in between would leave a result uncounted)
+WRITE = """
+redis.call('HSET', KEYS[1], 'state', 'done')
+if redis.call('HSETNX', KEYS[1], 'result', ARGV[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'summary', ARGV[2])
+redis.call('INCR', KEYS[2])
+redis.call('HINCRBY', KEYS[3], ARGV[3], 1)
+return 1
+"""
 TIMEOUT = 5.0  # seconds for any one Redis call
 
 
@@ -63,8 +94,11 @@ class RedisQueue:
         if self.client.xlen(STREAM) >= self.max_pending:
             raise QueueFull(f"{self.max_pending} submissions are queued already; try again later")
         submission_id = secrets.token_hex(12)
-        self.client.hset(f"sbx:sub:{submission_id}", mapping={"state": "queued", "request": request.model_dump_json()})
+        self.client.hset(f"sbx:sub:{submission_id}", mapping={"state": "queued", "language": request.language,
+                                                              "request": request.model_dump_json()})
         self.client.xadd(STREAM, {"id": submission_id})
+        with self.client.pipeline() as pipe:
+            pipe.lpush(RECENT_IDS, submission_id).ltrim(RECENT_IDS, 0, RECENT - 1).execute()
         return submission_id
 
     async def view(self, submission_id: str) -> dict[str, Any] | None:
@@ -83,6 +117,36 @@ class RedisQueue:
     async def work(self) -> None:  # the serving side judges nothing: workers do
         await trio.sleep_forever()
 
+    async def workers(self) -> list[WorkerView]:
+        return await anyio.to_thread.run_sync(self._workers)
+
+    def _workers(self) -> list[WorkerView]:
+        consumers = {c["name"]: c for c in self.client.xinfo_consumers(STREAM, GROUP)}
+        keys = list(self.client.scan_iter(match=f"{HEARTBEAT}*", count=100))
+        beats = {k.removeprefix(HEARTBEAT): json.loads(v) for k, v in zip(keys, self.client.mget(keys) if keys else [])
+                 if v is not None}
+        return [WorkerView(name=name, alive=name in beats, judging=beats.get(name, {}).get("judging", 0),
+                           pending=consumers.get(name, {}).get("pending", 0),
+                           idle=consumers.get(name, {}).get("idle", 0) / 1000)
+                for name in sorted(consumers.keys() | beats.keys())]
+
+    async def recent(self) -> list[SubmissionRow]:
+        return await anyio.to_thread.run_sync(self._recent)
+
+    def _recent(self) -> list[SubmissionRow]:
+        ids = self.client.lrange(RECENT_IDS, 0, RECENT - 1)
+        with self.client.pipeline(transaction=False) as pipe:
+            for submission_id in ids:
+                pipe.hmget(f"sbx:sub:{submission_id}", "state", "language", "summary")
+            found = pipe.execute()
+        return [SubmissionRow(id=submission_id, language=language or "", state=state,
+                              **(json.loads(row) if row else {}))
+                for submission_id, (state, language, row) in zip(ids, found) if state is not None]
+
+    def verdicts(self) -> dict[str, int]:
+        """Judged submissions by verdict, as the workers counted them (blocking: /metrics calls it in a thread)."""
+        return {verdict: int(n) for verdict, n in self.client.hgetall(VERDICTS).items()}
+
 
 class Worker:
     """The judging side: take jobs, keep their leases, write results once."""
@@ -92,17 +156,33 @@ class Worker:
         self.lease = lease
         self.name = name or f"{socket.gethostname()}-{secrets.token_hex(4)}"
         self.languages = languages
+        self._judging = 0  # submissions being judged now, for the heartbeat
+        self._write = self.client.register_script(WRITE)
 
     async def run(self, judges: int) -> None:
-        async with trio.open_nursery() as nursery:
+        """`judges` submissions at a time, their callbacks in tasks of their own, and a heartbeat."""
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(self._heartbeat)
             for _ in range(judges):
-                nursery.start_soon(self._loop)
+                tasks.start_soon(self._loop, tasks)
 
-    async def _loop(self) -> None:
+    async def _heartbeat(self) -> None:
+        """The key `sbx:worker:NAME` while this worker runs: renewed every BEAT seconds, deleted when it stops."""
+        key = HEARTBEAT + self.name
+        try:
+            while True:
+                beat = json.dumps({"judging": self._judging})
+                await anyio.to_thread.run_sync(lambda: self.client.set(key, beat, ex=int(3 * BEAT)))
+                await anyio.sleep(BEAT)
+        finally:
+            with anyio.CancelScope(shield=True), contextlib.suppress(redis.RedisError):
+                await anyio.to_thread.run_sync(self.client.delete, key)
+
+    async def _loop(self, tasks: anyio.abc.TaskGroup) -> None:
         while True:
             job = await trio.to_thread.run_sync(self._next)
             if job is not None:
-                await self._handle(*job)
+                await self._handle(*job, tasks)
 
     def _next(self) -> tuple[str, str] | None:
         """A job: first one whose worker stopped renewing its lease, else a new one (waiting up to a second)."""
@@ -118,7 +198,7 @@ class Worker:
         entry_id, fields = read[0][1][0]
         return entry_id, fields.get("id", "")
 
-    async def _handle(self, entry_id: str, submission_id: str) -> None:
+    async def _handle(self, entry_id: str, submission_id: str, tasks: anyio.abc.TaskGroup) -> None:
         key = f"sbx:sub:{submission_id}"
         found = await trio.to_thread.run_sync(self.client.hgetall, key)
         if "result" in found or "request" not in found:  # done already (a redelivery), or nothing to judge
@@ -130,17 +210,28 @@ class Worker:
             record = _failed(json.loads(found["request"]).get("language", ""),
                              f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
             await trio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
-            await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+            await self._done(entry_id, submission_id, found["request"], record, tasks)
             return
         await trio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
         async with trio.open_nursery() as nursery:
             nursery.start_soon(self._keep_lease, entry_id)
+            self._judging += 1
             try:
                 record = await judge_submission(SubmissionIn.model_validate_json(found["request"]), self.languages)
             except Exception as e:  # noqa: BLE001 - a job that cannot be judged is IE; the worker goes on
                 record = _failed(json.loads(found["request"]).get("language", ""), f"{type(e).__name__}: {e}")
+            finally:
+                self._judging -= 1
             nursery.cancel_scope.cancel()
-        await trio.to_thread.run_sync(self._finish, entry_id, key, record)
+        await self._done(entry_id, submission_id, found["request"], record, tasks)
+
+    async def _done(self, entry_id: str, submission_id: str, request: str, record: dict[str, Any],
+                    tasks: anyio.abc.TaskGroup) -> None:
+        """The result written (once), and, by the worker that wrote it, its callback started."""
+        written = await anyio.to_thread.run_sync(self._finish, entry_id, f"sbx:sub:{submission_id}", record)
+        url = json.loads(request).get("callback_url")
+        if written and url:
+            tasks.start_soon(callback.post, url, {"id": submission_id, "state": "done", "result": record})
 
     async def _keep_lease(self, entry_id: str) -> None:
         while True:
@@ -149,11 +240,12 @@ class Worker:
                 lambda: self.client.xclaim(STREAM, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
                                            justid=True))
 
-    def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> None:
-        if self.client.hsetnx(key, "result", json.dumps(record)):
-            self.client.incr(WRITTEN)
-        self.client.hset(key, "state", "done")
+    def _finish(self, entry_id: str, key: str, record: dict[str, Any]) -> bool:
+        """Whether this worker wrote the result (a redelivered job's second result is dropped)."""
+        written = bool(self._write(keys=[key, WRITTEN, VERDICTS],
+                                   args=[json.dumps(record), json.dumps(summary(record)), record["verdict"]]))
         self._ack(entry_id)
+        return written
 
     def _ack(self, entry_id: str) -> None:
         self.client.xack(STREAM, GROUP, entry_id)

@@ -3,26 +3,31 @@
 A bounded queue (a full one is 429) feeds a fixed number of judging tasks;
 each submission is judged as `sbx judge` judges (its record is `sbx judge
 --json`'s), on tests given inline.  When it names a `callback_url`, the
-record is POSTed there once it is done (not retried: the record stays at
-GET).  Finished submissions are kept for GET up to a bound, the oldest
-forgotten first.
+record is POSTed there once it is done (callback.py: retried a few times, in
+a task of its own so that judging goes on).  Finished submissions are kept
+for GET up to a bound, the oldest forgotten first; the latest of them, and
+what each judging task does, make the operator's page (status.py).
 """
 
 from __future__ import annotations
 
+import itertools
 import secrets
 import tempfile
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
+import anyio
 import trio
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
 from ..judge import Options, TestCase, judge, load_languages, test_limits
+from . import callback
+from .status import DETAIL, RECENT, SubmissionRow, WorkerView
 
 MiB = 2**20
 KEPT = 10_000
@@ -71,11 +76,20 @@ class Submission:
 
 
 @dataclass
+class _Task:
+    """What a judging task does, for the operator's page."""
+    name: str
+    judging: int = 0
+    since: float = field(default_factory=time.monotonic)  # when it last took or finished a submission
+
+
+@dataclass
 class Submissions:
     max_pending: int
     on_done: Any  # a callable(record) for the metrics
     languages: str | None = None
     _items: OrderedDict[str, Submission] = field(default_factory=OrderedDict)
+    _tasks: list[_Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self._send, self._receive = trio.open_memory_channel[Submission](self.max_pending)
@@ -105,21 +119,38 @@ class Submissions:
     async def redeliveries(self) -> int:
         return 0  # one process: nothing is delivered twice
 
-    async def work(self) -> None:
-        """One judging task: submissions one at a time, for as long as the service runs."""
-        async for item in self._receive:
-            item.state = "judging"
-            try:
-                item.record = await judge_submission(item.request, self.languages)
-            except Exception as e:  # noqa: BLE001 - a submission that cannot be judged is IE, the task goes on
-                item.error = f"{type(e).__name__}: {e}"
-                item.record = {"verdict": "IE", "language": item.request.language, "compile": None,
-                               "compile_error": "", "tests": [], "skipped": 0}
-            item.state = "done"
-            self.on_done(item.record)
-            if item.request.callback_url:
-                await _callback(item.request.callback_url, item.view())
+    async def workers(self) -> list[WorkerView]:
+        now = time.monotonic()
+        return [WorkerView(name=t.name, alive=True, judging=t.judging, pending=t.judging, idle=now - t.since)
+                for t in self._tasks]
 
+    async def recent(self) -> list[SubmissionRow]:
+        rows = []
+        for item in itertools.islice(reversed(self._items.values()), RECENT):
+            row = SubmissionRow.of(item.id, item.request.language, item.state, item.record)
+            rows.append(row.model_copy(update={"detail": item.error[:DETAIL]}) if item.error else row)
+        return rows
+
+    async def work(self) -> None:
+        """One judging task: submissions one at a time, for as long as the service runs; callbacks go on in
+        tasks of their own."""
+        me = _Task(f"judge-{len(self._tasks) + 1}")
+        self._tasks.append(me)
+        async with anyio.create_task_group() as callbacks:
+            async for item in self._receive:
+                item.state = "judging"
+                me.judging, me.since = 1, time.monotonic()
+                try:
+                    item.record = await judge_submission(item.request, self.languages)
+                except Exception as e:  # noqa: BLE001 - a submission that cannot be judged is IE, the task goes on
+                    item.error = f"{type(e).__name__}: {e}"
+                    item.record = {"verdict": "IE", "language": item.request.language, "compile": None,
+                                   "compile_error": "", "tests": [], "skipped": 0}
+                item.state = "done"
+                me.judging, me.since = 0, time.monotonic()
+                self.on_done(item.record)
+                if item.request.callback_url:
+                    callbacks.start_soon(callback.post, item.request.callback_url, item.view())
 
 
 def check_language(request: SubmissionIn, languages: str | None) -> None:
@@ -142,11 +173,3 @@ async def judge_submission(request: SubmissionIn, languages: str | None = None) 
         report = await judge(request.source.encode(), language, tests,
                              Options(limits=run_limits, stop_on_first_failure=request.stop_on_first_failure))
     return report.record()
-
-
-async def _callback(url: str, body: dict[str, Any]) -> None:
-    try:
-        async with httpx.AsyncClient(timeout=10) as client:
-            await client.post(url, json=body)
-    except httpx.HTTPError:
-        pass  # the result stays available at GET /submissions/{id}
