@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sys
 import time
 from collections.abc import Iterator
@@ -218,3 +219,46 @@ def test_sbx_submit_prints_the_table_sbx_judge_prints(server: str) -> None:
     assert submitted.stdout.decode().splitlines()[-1] == "verdict: WA"
     offline = sbx("submit", "--server", "http://127.0.0.1:9", *args, "--wait")
     assert offline.returncode == 125 and offline.stderr.startswith(b"sbx: --server http://127.0.0.1:9: ")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_the_app_serves_in_process_on_either_event_loop(anyio_backend: str) -> None:
+    """The app in a caller's own ASGI server, on asyncio or trio: pool, /run and the judging task all run on the
+    loop it is given."""
+    import anyio
+    from hypercorn.config import Config
+
+    from sandbox.service import ServiceConfig, create_app
+
+    if anyio_backend == "asyncio":
+        from hypercorn.asyncio import serve
+    else:
+        from hypercorn.trio import serve
+    port = free_port()
+    config = Config()
+    config.bind, config.accesslog = [f"127.0.0.1:{port}"], None
+    stopping = anyio.Event()
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(functools.partial(serve, create_app(ServiceConfig(pool=1)), config,  # type: ignore[arg-type]
+                                           shutdown_trigger=stopping.wait))
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=60) as c:
+            with anyio.fail_after(60):
+                while not await _answers(c, "/healthz"):
+                    await anyio.sleep(0.05)
+                ran = (await c.post("/run", json={"cmd": [{"args": ["/bin/echo", anyio_backend], "env": ENV,
+                                                          "files": [{"content": ""}, *COLLECT], **LIMITS}]})).json()
+                assert [(r["status"], r["files"]["stdout"]) for r in ran] == [("Accepted", f"{anyio_backend}\n")]
+                source = (EXAMPLE / "solutions" / "ok.py").read_text()
+                submitted = (await c.post("/submissions", json={"language": "py", "source": source,
+                                                                "tests": _tests()})).json()
+                while (state := (await c.get(f"/submissions/{submitted['id']}")).json())["state"] != "done":
+                    await anyio.sleep(0.1)
+        stopping.set()
+    assert state["result"]["verdict"] == "OK", state
+
+
+async def _answers(c: httpx.AsyncClient, path: str) -> bool:
+    try:
+        return (await c.get(path)).status_code == 200
+    except httpx.TransportError:
+        return False

@@ -1,8 +1,9 @@
 """The HTTP service: go-judge's /run and /file, /submissions, /languages, /healthz, /version, /metrics, and
 the operator's page (/ and the /status it polls).
 
-A FastAPI app (OpenAPI at /docs) served by hypercorn's trio worker, in the
-process that holds the pool.  What it protects:
+A FastAPI app (OpenAPI at /docs) in the process that holds the pool: `sbx
+serve` runs it on hypercorn's trio worker, and, written on anyio like the
+API, it runs as well in an ASGI server on asyncio.  What it protects:
 - a bearer token (from a file) on everything but /healthz, /version, the
   docs and the operator's page (static: its data comes from /status, which
   needs the token), required when the service listens beyond loopback;
@@ -23,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import trio
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -122,12 +122,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with SandboxPool(size=config.pool, policy=config.policy) as pool, trio.open_nursery() as nursery:
+        async with SandboxPool(size=config.pool, policy=config.policy) as pool, anyio.create_task_group() as tasks:
             state["pool"] = pool
             for _ in range(config.judges):
-                nursery.start_soon(submissions.work)
+                tasks.start_soon(submissions.work)
             yield
-            nursery.cancel_scope.cancel()
+            tasks.cancel_scope.cancel()
 
     app = FastAPI(title="sbx", description="A rootless sandbox for untrusted code, with go-judge's /run API",
                   lifespan=lifespan)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-import trio
+import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..api import run_interactive, run_pipeline
@@ -97,9 +97,9 @@ async def run(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[
     async def one(i: int, cmd: Cmd) -> None:
         results[i] = await _one(cmd, pool, cache)
 
-    async with trio.open_nursery() as nursery:
+    async with anyio.create_task_group() as tasks:
         for i, cmd in enumerate(request.cmd):
-            nursery.start_soon(one, i, cmd)
+            tasks.start_soon(one, i, cmd)
     return results
 
 

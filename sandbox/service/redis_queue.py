@@ -18,7 +18,7 @@ result, and the result's summary for the operator's page).  The worker whose
 HSETNX wrote the result, and no other, also counts its verdict (HINCRBY
 `sbx:verdicts`, which `sbx serve --redis` exposes at /metrics) and POSTs its
 callback.  The client is redis-py's blocking one, called in worker threads
-with short timeouts, so a trio process never blocks on the network.
+with short timeouts, so the event loop never blocks on the network.
 
 The operator's page (status.py) sees:
 - the latest submissions: `sbx:recent`, their ids, pushed at submit and
@@ -43,7 +43,6 @@ from typing import Any
 import anyio
 import anyio.abc
 import redis
-import trio
 
 from . import callback
 from .status import RECENT, SubmissionRow, WorkerView, summary
@@ -88,7 +87,7 @@ class RedisQueue:
 
     async def submit(self, request: SubmissionIn) -> str:
         check_language(request, self.languages)
-        return await trio.to_thread.run_sync(self._submit, request)
+        return await anyio.to_thread.run_sync(self._submit, request)
 
     def _submit(self, request: SubmissionIn) -> str:
         if self.client.xlen(STREAM) >= self.max_pending:
@@ -102,20 +101,20 @@ class RedisQueue:
         return submission_id
 
     async def view(self, submission_id: str) -> dict[str, Any] | None:
-        found = await trio.to_thread.run_sync(self.client.hgetall, f"sbx:sub:{submission_id}")
+        found = await anyio.to_thread.run_sync(self.client.hgetall, f"sbx:sub:{submission_id}")
         if not found:
             return None
         return {"id": submission_id, "state": found.get("state", "queued"),
                 "result": json.loads(found["result"]) if "result" in found else None}
 
     async def depth(self) -> int:
-        return int(await trio.to_thread.run_sync(self.client.xlen, STREAM))
+        return int(await anyio.to_thread.run_sync(self.client.xlen, STREAM))
 
     async def redeliveries(self) -> int:
-        return int(await trio.to_thread.run_sync(self.client.get, REDELIVERIES) or 0)
+        return int(await anyio.to_thread.run_sync(self.client.get, REDELIVERIES) or 0)
 
     async def work(self) -> None:  # the serving side judges nothing: workers do
-        await trio.sleep_forever()
+        await anyio.sleep_forever()
 
     async def workers(self) -> list[WorkerView]:
         return await anyio.to_thread.run_sync(self._workers)
@@ -180,7 +179,7 @@ class Worker:
 
     async def _loop(self, tasks: anyio.abc.TaskGroup) -> None:
         while True:
-            job = await trio.to_thread.run_sync(self._next)
+            job = await anyio.to_thread.run_sync(self._next)
             if job is not None:
                 await self._handle(*job, tasks)
 
@@ -200,21 +199,21 @@ class Worker:
 
     async def _handle(self, entry_id: str, submission_id: str, tasks: anyio.abc.TaskGroup) -> None:
         key = f"sbx:sub:{submission_id}"
-        found = await trio.to_thread.run_sync(self.client.hgetall, key)
+        found = await anyio.to_thread.run_sync(self.client.hgetall, key)
         if "result" in found or "request" not in found:  # done already (a redelivery), or nothing to judge
-            await trio.to_thread.run_sync(self._ack, entry_id)
+            await anyio.to_thread.run_sync(self._ack, entry_id)
             return
-        pending = await trio.to_thread.run_sync(
+        pending = await anyio.to_thread.run_sync(
             lambda: self.client.xpending_range(STREAM, GROUP, min=entry_id, max=entry_id, count=1))
         if pending and pending[0]["times_delivered"] > MAX_DELIVERIES:
             record = _failed(json.loads(found["request"]).get("language", ""),
                              f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
-            await trio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
+            await anyio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
             await self._done(entry_id, submission_id, found["request"], record, tasks)
             return
-        await trio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._keep_lease, entry_id)
+        await anyio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
+        async with anyio.create_task_group() as lease:
+            lease.start_soon(self._keep_lease, entry_id)
             self._judging += 1
             try:
                 record = await judge_submission(SubmissionIn.model_validate_json(found["request"]), self.languages)
@@ -222,7 +221,7 @@ class Worker:
                 record = _failed(json.loads(found["request"]).get("language", ""), f"{type(e).__name__}: {e}")
             finally:
                 self._judging -= 1
-            nursery.cancel_scope.cancel()
+            lease.cancel_scope.cancel()
         await self._done(entry_id, submission_id, found["request"], record, tasks)
 
     async def _done(self, entry_id: str, submission_id: str, request: str, record: dict[str, Any],
@@ -235,8 +234,8 @@ class Worker:
 
     async def _keep_lease(self, entry_id: str) -> None:
         while True:
-            await trio.sleep(self.lease / 3)
-            await trio.to_thread.run_sync(
+            await anyio.sleep(self.lease / 3)
+            await anyio.to_thread.run_sync(
                 lambda: self.client.xclaim(STREAM, GROUP, self.name, min_idle_time=0, message_ids=[entry_id],
                                            justid=True))
 

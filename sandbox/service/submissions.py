@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import trio
 from pydantic import BaseModel, Field
 
 from ..errors import ConfigError
@@ -92,14 +91,14 @@ class Submissions:
     _tasks: list[_Task] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self._send, self._receive = trio.open_memory_channel[Submission](self.max_pending)
+        self._send, self._receive = anyio.create_memory_object_stream[Submission](self.max_pending)
 
     async def submit(self, request: SubmissionIn) -> str:
         check_language(request, self.languages)
         item = Submission(secrets.token_hex(12), request)
         try:
             self._send.send_nowait(item)
-        except trio.WouldBlock:
+        except anyio.WouldBlock:
             raise QueueFull(f"{self.max_pending} submissions are queued already; try again later") from None
         self._items[item.id] = item
         while len(self._items) > KEPT:
