@@ -3,7 +3,7 @@
     python bench/service_bench.py [N]    # as an unprivileged user; N runs (default 200), N/5 submissions
 
 Starts `sbx serve` (pool of 2) and, for the queue, a redis-server on 127.0.0.1, and stops them after.
-/run and the API alternate, one request at a time (this VM drifts by tens of percent).
+/run and the API (on asyncio and on trio) alternate, one request at a time (this VM drifts by tens of percent).
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+import anyio
 import httpx
-import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from helpers import free_port, server_process, stop  # noqa: E402
@@ -41,7 +41,7 @@ async def _api_runs(n: int) -> list[float]:
 def run_vs_api(n: int) -> None:
     port = free_port()
     http: list[float] = []
-    api: list[float] = []
+    api: dict[str, list[float]] = {"asyncio": [], "trio": []}
     with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}"], port), \
             httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
         for _ in range(n // 20):  # alternate in rounds of 20
@@ -49,10 +49,14 @@ def run_vs_api(n: int) -> None:
                 t = time.perf_counter()
                 assert client.post("/run", json=TRUE).json()[0]["status"] == "Accepted"
                 http.append(time.perf_counter() - t)
-            api += trio.run(_api_runs, 20)
-    h, a = statistics.median(http), statistics.median(api)
+            for backend, times in api.items():
+                times += anyio.run(_api_runs, 20, backend=backend)
+    h, a = statistics.median(http), statistics.median(api["trio"])
     print(f"| HTTP POST /run of /bin/true, median of {len(http)} | {h * 1000:.2f} ms | {h / a:.2f}x |")
-    print(f"| in-process pool run of /bin/true, median of {len(api)} | {a * 1000:.2f} ms | 1.00x |")
+    print(f"| in-process pool run of /bin/true on trio, median of {len(api['trio'])} | {a * 1000:.2f} ms | 1.00x |")
+    b = statistics.median(api["asyncio"])
+    print(f"| in-process pool run of /bin/true on asyncio, median of {len(api['asyncio'])} | {b * 1000:.2f} ms | "
+          f"{b / a:.2f}x |")
 
 
 def submissions_per_second(n: int, workers: int) -> float:
