@@ -12,8 +12,7 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,7 +22,7 @@ from anyio.abc import TaskGroup
 from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
-from .errors import BoxFileError, ConfigError, ExecError, SetupError
+from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
 from .image_store import Image, Store, parse_ref
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
@@ -353,7 +352,7 @@ class Sandbox:
         `policy`: a seccomp policy name or file for this run, None for none;
         by default the sandbox's.
         """
-        with _single_error():
+        with single_error():
             async with anyio.create_task_group() as tasks:
                 pending = await self._start(tasks, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
                                             stdout=stdout, stderr=stderr, policy=policy)
@@ -519,7 +518,7 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
     """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies."""
     replies: list[dict[str, Any]] = [{}, {}]
     try:
-        with _single_error():
+        with single_error():
             async with anyio.create_task_group() as tasks:
                 a = await box_a._start(tasks, argv_a, limits=limits_a, env=None, cwd=None, stdin=io_a[0],
                                        stdout=io_a[1], stderr=None, policy=policy_a)
@@ -538,17 +537,6 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
         for fd in ours:
             os.close(fd)
     return a.finish(replies[0]), b.finish(replies[1])
-
-
-@contextmanager
-def _single_error() -> Iterator[None]:
-    """A task group wraps even a lone error in an ExceptionGroup; callers of the API expect the error itself."""
-    try:
-        yield
-    except BaseExceptionGroup as group:
-        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
-            raise group.exceptions[0] from None
-        raise
 
 
 async def _stdin_fd(stdin: bytes | int | None) -> int:

@@ -21,9 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-import anyio
-
-from . import boxfiles, copies, image_cli, judge_cli, policy_cli, serve_cli, submit_cli
+from . import boxfiles, copies, image_cli, judge_cli, policy_cli, serve_cli, stopping, submit_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -118,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "Give it more with --ro-bind, --bind or --copy-in.",
         epilog="Exit status: the program's own, 128+N when it was killed by signal N, 126/127 when it is not "
                "executable / not found, 125 when the sandbox could not be set up, a --copy-in failed, or a "
-               "--copy-out failed after a run that exited 0. A run that does not end OK is explained in one line "
+               "--copy-out failed after a run that exited 0, 128+N when sbx itself got SIGINT or SIGTERM (the run "
+               "is ended and its box removed first). A run that does not end OK is explained in one line "
                "on stderr after the program's own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
     run.add_argument("--policy", default="default", metavar="NAME|FILE",
                      help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
@@ -270,7 +269,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     stdin = _open_stdin(args.stdin)
     try:
         with _terminal_kept(stdin):
-            outcome = anyio.run(_session, sandbox, plan, stdin, backend="asyncio")  # (it loads faster than trio)
+            outcome = stopping.run(_session, sandbox, plan, stdin)
     except SandboxError as e:
         if args.json:  # the run was attempted, but its box could not be set up
             _write_json(args.json, Result.not_run(Status.IE, None, str(e)))

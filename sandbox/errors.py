@@ -7,6 +7,9 @@ not be executed" (126/127) without parsing messages.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class SandboxError(Exception):
     """Base class: anything that stopped the sandbox from producing a result."""
@@ -38,3 +41,14 @@ class ExecError(SandboxError):
         import errno as _errno
 
         return 127 if self.errno == _errno.ENOENT else 126
+
+
+@contextmanager
+def single_error() -> Iterator[None]:
+    """A task group wraps even a lone error in an ExceptionGroup; callers of the API expect the error itself."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
+            raise group.exceptions[0] from None
+        raise

@@ -42,9 +42,8 @@ def add_command(sub: Any) -> None:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    import anyio
-
     from . import judge as judging  # loaded only by this command
+    from . import stopping
 
     languages = judging.load_languages(args.languages)
     if args.list_languages:
@@ -78,6 +77,6 @@ def _cmd_judge(args: argparse.Namespace) -> int:
     options = judging.Options(limits=limits, checker=checker, interactor=interactor,
                               validator=problem.validator if problem else None, jobs=jobs,
                               stop_on_first_failure=args.stop_on_first_failure, progress=sys.stderr)
-    report = anyio.run(judging.judge, source, language, tests, options, backend="asyncio")
+    report = stopping.run(judging.judge, source, language, tests, options)
     print(json.dumps(report.record()) if args.json else judging.table(report.record()))
     return 0 if report.verdict == "OK" else 1

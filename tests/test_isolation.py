@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -227,6 +229,35 @@ def test_nothing_survives_a_killed_supervisor() -> None:
     while host_processes_matching(marker) and time.monotonic() < deadline:
         time.sleep(0.02)
     assert host_processes_matching(marker) == []
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signalled_cli_run_ends_its_box_and_leaves_nothing(tmp_path: Path, signum: int) -> None:
+    """Ctrl-C, or SIGTERM from a CI runner's timeout, ends `sbx run` as a cancellation: the run killed, 128+N,
+    one line, an IE record, and no process, mount or temp dir (the FUSE union's scratch) left behind."""
+    marker = f"1000.{signum}77"
+    low = tmp_path / "low"
+    (low / "usr").mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (low / link).symlink_to(f"usr/{link}")
+    before_tmp = set(os.listdir("/tmp"))
+    before_mounts = Path("/proc/self/mountinfo").read_text()
+    cli = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--json", str(tmp_path / "r.json"), "--fs", "fuse",
+                            "--lower", str(low), "--ro-bind", "/usr", "--", "sleep", marker], stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not any(p.split(": ", 1)[1].startswith("sleep") for p in host_processes_matching(marker)):
+        assert time.monotonic() < deadline and cli.poll() is None, "the run started"
+        time.sleep(0.02)
+    assert set(os.listdir("/tmp")) != before_tmp, "the union's scratch dir is there while it runs"
+    cli.send_signal(signum)
+    _, err = cli.communicate(timeout=30)
+    assert cli.returncode == 128 + signum, err
+    assert err.decode().splitlines() == [f"sbx: stopped by {signal.Signals(signum).name}: the run was ended and "
+                                         "its box removed"]
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "IE"
+    assert host_processes_matching(marker) == []
+    assert set(os.listdir("/tmp")) == before_tmp
+    assert Path("/proc/self/mountinfo").read_text() == before_mounts
 
 
 def test_cli_run_leaves_no_mount_or_temp_dir() -> None:

@@ -50,6 +50,7 @@ def _worker(redis_url: str, name: str, lease: str = "3") -> subprocess.Popen[byt
 
 def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service: str) -> None:
     workers = [_worker(redis_url, "sbx-worker-a"), _worker(redis_url, "sbx-worker-b")]
+    store = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
         with httpx.Client(base_url=service, timeout=30) as client:
             expected = {}
@@ -70,6 +71,9 @@ def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service
                         done[sid] = state["result"]["verdict"]
                 if not killed and len(done) >= 40:
                     workers[0].send_signal(signal.SIGKILL)  # mid-judging: its jobs stay pending until reclaimed
+                    workers[0].wait()
+                    held = store.xpending_range("sbx:submissions", "sbx-workers", min="-", max="+", count=10,
+                                                consumername="sbx-worker-a")
                     killed = True
                 time.sleep(0.5)
             assert done == expected
@@ -77,10 +81,11 @@ def test_two_hundred_submissions_survive_a_killed_worker(redis_url: str, service
     finally:
         for w in workers:
             assert stop(w)
-    store = redis.Redis.from_url(redis_url, decode_responses=True)
     assert int(store.get("sbx:results-written") or 0) == 200, "every result was written exactly once"
     assert store.xlen("sbx:submissions") == 0 and store.xpending("sbx:submissions", "sbx-workers")["pending"] == 0
     assert killed and "sbx_queue_depth 0.0" in metrics
+    taken_over = float(re.search(r"^sbx_redeliveries_total (\S+)$", metrics, re.M).group(1))  # type: ignore[union-attr]
+    assert taken_over == int(store.get("sbx:redeliveries") or 0) >= len(held), "the killed worker's jobs, taken over"
 
 
 def test_a_job_delivered_too_often_goes_to_the_dead_letter_stream(redis_url: str, service: str) -> None:

@@ -131,6 +131,7 @@ def test_languages_version_metrics_and_docs(client: httpx.Client) -> None:
     text = client.get("/metrics").text
     assert 'sbx_runs_total{status="Accepted"}' in text and "sbx_run_cpu_seconds_bucket" in text
     assert 'sbx_pool_boxes{state="ready"}' in text
+    assert "sbx_redeliveries_total 0.0" in text and "sbx_internal_errors_total 0.0" in text, "one process"
     assert client.get("/docs").status_code == 200 and "/run" in client.get("/openapi.json").json()["paths"]
 
 

@@ -54,25 +54,28 @@ class ServiceConfig:
     redis: str | None = None  # submissions go to workers through Redis Streams (redis_queue.py)
 
 
-class _RedisVerdicts(Collector):
-    """sbx_submissions_total in Redis mode: the workers judge, and count in Redis (redis_queue.py), so this
-    process reads their counts rather than counting itself."""
+_VERDICTS = ("sbx_submissions", "Judged submissions by verdict")
+_REDELIVERIES = ("sbx_redeliveries", "Jobs taken over from a worker that stopped renewing its lease")
+
+
+class _RedisCounts(Collector):
+    """sbx_submissions_total and sbx_redeliveries_total in Redis mode: the workers judge and take jobs over,
+    and count in Redis (redis_queue.py), so this process reads their counts rather than counting itself."""
 
     def __init__(self, queue: RedisQueue) -> None:
         self.queue = queue
 
     def describe(self) -> Iterator[CounterMetricFamily]:
-        yield self._family()
+        yield CounterMetricFamily(*_VERDICTS, labels=["verdict"])
+        yield CounterMetricFamily(*_REDELIVERIES)
 
     def collect(self) -> Iterator[CounterMetricFamily]:  # blocking: /metrics renders in a thread
-        family = self._family()
-        for verdict, count in sorted(self.queue.verdicts().items()):
+        verdicts, redeliveries = self.queue.counts()
+        family = CounterMetricFamily(*_VERDICTS, labels=["verdict"])
+        for verdict, count in sorted(verdicts.items()):
             family.add_metric([verdict], count)
         yield family
-
-    @staticmethod
-    def _family() -> CounterMetricFamily:
-        return CounterMetricFamily("sbx_submissions", "Judged submissions by verdict", labels=["verdict"])
+        yield CounterMetricFamily(*_REDELIVERIES, value=redeliveries)
 
 
 class _Metrics:
@@ -88,14 +91,12 @@ class _Metrics:
         self.rejected = Counter("sbx_rejected_requests", "Requests refused", ["reason"], registry=self.registry)
         self.errors = Counter("sbx_internal_errors", "Requests that failed inside the service",
                               registry=self.registry)
-        if queue is None:
-            self.verdicts = Counter("sbx_submissions", "Judged submissions by verdict", ["verdict"],
-                                    registry=self.registry)
+        if queue is None:  # one process: it counts its verdicts, and never delivers a job twice
+            self.verdicts = Counter(*_VERDICTS, ["verdict"], registry=self.registry)
+            Counter(*_REDELIVERIES, registry=self.registry)
         else:
-            self.registry.register(_RedisVerdicts(queue))
+            self.registry.register(_RedisCounts(queue))
         self.queue = Gauge("sbx_queue_depth", "Submissions waiting to be judged", registry=self.registry)
-        self.redeliveries = Gauge("sbx_redeliveries", "Jobs taken over from a dead worker (Redis mode)",
-                                  registry=self.registry)
 
     def record(self, results: list[dict[str, Any]]) -> None:
         for r in results:
@@ -240,7 +241,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
             for name, value in state["pool"].stats().items():
                 metrics.boxes.labels(name).set(value)
         metrics.queue.set(await submissions.depth())
-        metrics.redeliveries.set(await submissions.redeliveries())
         text = await anyio.to_thread.run_sync(generate_latest, metrics.registry)  # Redis mode's collector blocks
         return Response(text, media_type=CONTENT_TYPE_LATEST)
 

@@ -110,9 +110,6 @@ class RedisQueue:
     async def depth(self) -> int:
         return int(await anyio.to_thread.run_sync(self.client.xlen, STREAM))
 
-    async def redeliveries(self) -> int:
-        return int(await anyio.to_thread.run_sync(self.client.get, REDELIVERIES) or 0)
-
     async def work(self) -> None:  # the serving side judges nothing: workers do
         await anyio.sleep_forever()
 
@@ -142,9 +139,12 @@ class RedisQueue:
                               **(json.loads(row) if row else {}))
                 for submission_id, (state, language, row) in zip(ids, found) if state is not None]
 
-    def verdicts(self) -> dict[str, int]:
-        """Judged submissions by verdict, as the workers counted them (blocking: /metrics calls it in a thread)."""
-        return {verdict: int(n) for verdict, n in self.client.hgetall(VERDICTS).items()}
+    def counts(self) -> tuple[dict[str, int], int]:
+        """Judged submissions by verdict, and jobs taken over, as the workers counted them (blocking: /metrics
+        calls it in a thread)."""
+        with self.client.pipeline(transaction=False) as pipe:
+            verdicts, redeliveries = pipe.hgetall(VERDICTS).get(REDELIVERIES).execute()
+        return {verdict: int(n) for verdict, n in verdicts.items()}, int(redeliveries or 0)
 
 
 class Worker:

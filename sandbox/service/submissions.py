@@ -115,9 +115,6 @@ class Submissions:
     async def depth(self) -> int:
         return sum(1 for s in self._items.values() if s.state == "queued")
 
-    async def redeliveries(self) -> int:
-        return 0  # one process: nothing is delivered twice
-
     async def workers(self) -> list[WorkerView]:
         now = time.monotonic()
         return [WorkerView(name=t.name, alive=True, judging=t.judging, pending=t.judging, idle=now - t.since)
