@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import functools
 import os
 import stat
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 from anyio.abc import TaskGroup
@@ -23,7 +24,6 @@ from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
-from .image_store import Image, Store, parse_ref
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
 from .policy import Policy, load_policy
@@ -33,6 +33,9 @@ from .runtime_env import runtime_env
 from .teardown import TeardownWarning
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
+
+if TYPE_CHECKING:
+    from .image_store import Image
 
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
@@ -90,11 +93,14 @@ class Sandbox:
         if image is not None:
             if lowers:
                 raise ConfigError("--image and --lower: the image's layers are the lowers")
+            from .image_store import Store  # (not loaded for runs without an image: it costs ~30 ms)
             self._store = Store()
             self.image = self._store.get(image)
             lowers = [os.path.join(self._store.layer_dir(d), "root") for d in reversed(self.image.diff_ids)]
         if upper is not None and not lowers:
             raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
+        if commit is not None:
+            from .image_store import parse_ref
         self._commit = parse_ref(commit) if commit is not None else None
         self.committed: Image | None = None
         self._lowers = tuple(parse_lower(d) for d in lowers)
@@ -156,10 +162,15 @@ class Sandbox:
                             upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-            if self.policy is not None:  # the filter the runs will need, compiled before the box is built
-                self._filter(self.policy, unmapped_memory=found.base is not None or self.limits.memory is None)
             self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
-            await self._box.start()
+            if self.policy is None:
+                await self._box.start()
+            else:  # the filter the runs will need, compiled in a thread while the box is built
+                with single_error():
+                    async with anyio.create_task_group() as tasks:
+                        tasks.start_soon(self._box.start)
+                        await anyio.to_thread.run_sync(functools.partial(
+                            self._filter, self.policy, unmapped_memory=found.base is not None or self.limits.memory is None))
         except BaseException:
             self._box = None
             self._remove_workdir()

@@ -10,16 +10,29 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import scratch
 from .errors import ConfigError
-from .image_export import export
-from .image_store import Store
+
+if TYPE_CHECKING:
+    from .image_store import Store
 
 
 TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "containers-storage:")
 """skopeo's sources that `pull` passes as they are; anything else is a registry reference."""
+
+
+def _store() -> Store:
+    """The image store, loaded by the commands that use it: its unpacker and zstandard would cost every other
+    command (`sbx run` without --image) ~30 ms of start."""
+    from .image_store import Store
+    return Store()
+
+
+def _export(args: argparse.Namespace) -> None:
+    from .image_export import export
+    export(_store(), args.ref, args.output)
 
 
 def _one_line(command: Callable[[argparse.Namespace], int | None]) -> Callable[[argparse.Namespace], int]:
@@ -59,23 +72,23 @@ def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
     tag = isub.add_parser("tag", help="another name for an image")
     tag.add_argument("src", metavar="NAME[:TAG]")
     tag.add_argument("dst", metavar="NEW[:TAG]")
-    tag.set_defaults(func=_one_line(lambda a: Store().tag(a.src, a.dst)))
+    tag.set_defaults(func=_one_line(lambda a: _store().tag(a.src, a.dst)))
     rm = isub.add_parser("rm", help="forget a name (prune frees what nothing refers to)")
     rm.add_argument("ref", metavar="NAME[:TAG]")
-    rm.set_defaults(func=_one_line(lambda a: Store().remove(a.ref)))
+    rm.set_defaults(func=_one_line(lambda a: _store().remove(a.ref)))
     prune = isub.add_parser("prune", help="remove the layers no name refers to and no box uses")
     prune.set_defaults(func=_one_line(_prune))
     exp = isub.add_parser("export", help="write an image as an OCI image layout tar (skopeo's oci-archive)")
     exp.add_argument("ref", metavar="NAME[:TAG]")
     exp.add_argument("-o", "--output", required=True, metavar="FILE")
-    exp.set_defaults(func=_one_line(lambda a: export(Store(), a.ref, a.output)))
+    exp.set_defaults(func=_one_line(_export))
 
 
 def _import(args: argparse.Namespace) -> int:
     def progress(line: str) -> None:
         if not args.quiet:
             print(f"sbx: {line}", file=sys.stderr, flush=True)
-    image = Store().import_path(args.path, args.name, progress=progress)
+    image = _store().import_path(args.path, args.name, progress=progress)
     print(f"{image.ref} {image.digest}")
     return 0
 
@@ -89,7 +102,7 @@ def _pull(args: argparse.Namespace) -> int:
     if args.name is None and not source.startswith("docker://"):
         raise ConfigError(f"image pull {args.ref}: give --name NAME[:TAG] for a source that is not a registry")
     args.name = args.name or source[len("docker://"):]
-    with scratch.workdir(os.path.join(Store().root, "tmp"), "pull-") as work:
+    with scratch.workdir(os.path.join(_store().root, "tmp"), "pull-") as work:
         copied = subprocess.run([skopeo, "copy", "--quiet", f"--src-tls-verify={args.tls_verify}", source,
                                  f"oci:{work}/layout:pulled"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
@@ -101,7 +114,7 @@ def _pull(args: argparse.Namespace) -> int:
 
 
 def _ls(args: argparse.Namespace) -> int:
-    images = Store().list()
+    images = _store().list()
     if args.json:
         print(json.dumps(images, indent=1))
         return 0
@@ -112,13 +125,13 @@ def _ls(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    image = Store().get(args.ref)
+    image = _store().get(args.ref)
     print(json.dumps({"name": image.ref, "digest": image.digest, "layers": list(image.diff_ids),
                       "config": image.config}, indent=1))
     return 0
 
 
 def _prune(args: argparse.Namespace) -> int:
-    for diff_id in Store().prune():
+    for diff_id in _store().prune():
         print(f"removed layer {diff_id}")
     return 0
