@@ -132,7 +132,7 @@ class Sandbox:
         self._box: Box | None = None
         self._union_upper: str | None = None
         self.policy = policy
-        self._filters: dict[tuple[str, bool], int] = {}
+        self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
         self._policies: dict[str, Policy] = {}
         self._captured: tuple[int, int] | None = None
         if policy is not None:
@@ -229,18 +229,19 @@ class Sandbox:
             self._policies[name] = load_policy(name)
         return self._policies[name]
 
-    def _filter(self, policy: str, unmapped_memory: bool = True) -> int:
-        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox.
+    def _filter(self, policy: str, unmapped_memory: bool = True) -> tuple[int, bool]:
+        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox, and whether
+        the spawner may count its refusals (seccomp.SPAWN_CALLS).
 
         Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
         """
         key = (policy, unmapped_memory)
         if key not in self._filters:
             loaded = self._policy(policy)
-            bpf = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded)).bpf
+            compiled = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
-            _write_all(fd, bpf)
-            self._filters[key] = fd
+            _write_all(fd, compiled.bpf)
+            self._filters[key] = (fd, compiled.counts_refusals)
         return self._filters[key]
 
     def _capture_files(self) -> tuple[int, int]:
@@ -254,7 +255,7 @@ class Sandbox:
         """Close the box, then remove the host dirs of its union and release its upper, each whatever happened
         before; what could not be released is a `TeardownWarning`, not an exception."""
         try:
-            for fd in (*self._filters.values(), *(self._captured or ())):
+            for fd in (*(fd for fd, _ in self._filters.values()), *(self._captured or ())):
                 os.close(fd)
             self._filters.clear()
             self._captured = None
@@ -408,8 +409,8 @@ class Sandbox:
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
         req["trace"] = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
-        filter_fd = self._filter(policy_name, sampled_memory is None) if policy_name is not None else None
-        req["seccomp"] = filter_fd is not None
+        filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
+        req["seccomp"] = 0 if filter_fd is None else 2 if counted else 1  # (spawner.c: 2 counts refusals)
         out = _Output(limits.output, box)
         captured = self._capture_files() if stdout is None and stderr is None else None
         req["capture"] = captured is not None

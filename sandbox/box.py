@@ -428,7 +428,7 @@ def _socket(fd: int) -> protocol.AsyncSocket:
 def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
     """The spawner's request (see spawner.c): NUL-separated tokens, which C splits without a parser."""
     env = [f"{k}={v}" for k, v in req["env"].items()]
-    return ["run", "1" if req["seccomp"] else "0", "1" if cgroup else "0", "1" if req["trace"] else "0",
+    return ["run", str(req["seccomp"]), "1" if cgroup else "0", "1" if req["trace"] else "0",
             str(req["cpu_time"] or 0), str(req["wall_time"] or 0), str(req["memory"] or 0),
             "1" if req["capture"] else "0", str(req["output"] or 0),
             str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],

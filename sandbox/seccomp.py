@@ -50,6 +50,7 @@ class CompiledPolicy:
     bpf: bytes  # sock_filter instructions, 8 bytes each, for syscalls.seccomp_set_filter
     reports: bool  # whether some action is NOTIFY, so a listener must be created and watched
     digest: str  # the policy's meaning (Policy.digest)
+    counts_refusals: bool  # whether the spawner may turn refusals into notifications to count them (SPAWN_CALLS)
 
     @property
     def instructions(self) -> int:
@@ -329,14 +330,39 @@ def compile(policy: Policy) -> CompiledPolicy:  # noqa: A001 - the public name t
         hit = _memory.get(key)
         if hit is not None:
             return hit if hit.name == policy.name else _renamed(hit, policy.name)
+        counts = _counts_refusals(policy)
         bpf = _build(policy)
-        compiled = CompiledPolicy(policy.name, bpf, reports=_has_notify(bpf), digest=key)
+        compiled = CompiledPolicy(policy.name, bpf, reports=_has_notify(bpf), digest=key, counts_refusals=counts)
         _memory[key] = compiled
         return compiled
 
 
 def _renamed(c: CompiledPolicy, name: str) -> CompiledPolicy:
-    return CompiledPolicy(name, c.bpf, c.reports, c.digest)
+    return CompiledPolicy(name, c.bpf, c.reports, c.digest, c.counts_refusals)
+
+
+SPAWN_CALLS = ("sendmsg", "close", "execve", "newfstatat", "write", "exit_group")
+"""What the spawner's child calls between loading the filter and the program's first instruction
+(spawner.c, exec_program): it sends the notification listener over, closes it and calls execve, and
+when execve fails, stats the path, writes the error and exits.  The spawner waits for that execve
+meanwhile, so nothing could answer a notification about these calls."""
+
+
+def _counts_refusals(policy: Policy) -> bool:
+    """Whether the spawner may count this policy's refusals (by turning them into notifications it answers):
+    only if it refuses none of SPAWN_CALLS, which would wait forever for an answer.  A policy that kills one
+    of them (a kill is a notification) could never start a program, and is refused here."""
+    counts = True
+    for call in SPAWN_CALLS:
+        rules = policy.rules_for(call)
+        kinds = {r.action.kind for r in rules}
+        if all(r.when for r in rules):  # no unconditional rule: the default may apply
+            kinds.add(policy.default.kind)
+        if "kill" in kinds:
+            raise PolicyError(f"policy {policy.name!r}: it kills {call}, which sbx's spawner calls to start the "
+                              "program; refuse it instead (action \"errno\"), or allow it")
+        counts = counts and kinds == {"allow"}
+    return counts
 
 
 _RET = 0x06  # BPF_RET | BPF_K

@@ -64,7 +64,11 @@
  * expected a call to work) shows which call did it.  The program's process
  * loads the policy with every ERRNO return turned into USER_NOTIF; the
  * spawner runs the policy as compiled on each notified call (bpf_action) to
- * tell a refusal (answered with its errno, counted) from a kill.
+ * tell a refusal (answered with its errno, counted) from a kill.  Only when
+ * the request says so (seccomp token 2): a policy that refuses a call this
+ * process makes between loading the filter and execve would wait for an
+ * answer that the spawner, waiting for that execve, never gives (seccomp.py,
+ * SPAWN_CALLS); such a policy is loaded as it is (token 1).
  */
 #define _GNU_SOURCE
 #include <dirent.h>
@@ -175,7 +179,7 @@ static void drop_privileges(int err_pipe)
 }
 
 /* The filter is the last step before execve, so none of the steps above needs allowing. */
-static void load_filter(int err_pipe, int bpf_fd)
+static void load_filter(int err_pipe, int bpf_fd, int count_refusals)
 {
     struct stat st;
     if (fstat(bpf_fd, &st) < 0 || st.st_size <= 0 || st.st_size % sizeof(struct sock_filter))
@@ -183,7 +187,7 @@ static void load_filter(int err_pipe, int bpf_fd)
     static struct sock_filter insns[BPF_MAXINSNS];
     if (st.st_size > (off_t)sizeof insns || pread(bpf_fd, insns, st.st_size, 0) != st.st_size)
         child_fail(err_pipe, "seccomp", EIO);
-    for (size_t i = 0; i < st.st_size / sizeof *insns; i++)
+    for (size_t i = 0; count_refusals && i < st.st_size / sizeof *insns; i++)
         if (insns[i].code == (BPF_RET | BPF_K) && (insns[i].k & SECCOMP_RET_ACTION_FULL) == SECCOMP_RET_ERRNO)
             insns[i].k = SECCOMP_RET_USER_NOTIF; /* the spawner answers with the errno, and counts it */
     struct sock_fprog prog = {(unsigned short)(st.st_size / sizeof *insns), insns};
@@ -206,7 +210,7 @@ struct run {
     char **argv;
     char **envp;
     int fds[MAX_FDS];
-    int nfds, has_bpf, has_cgroup;
+    int nfds, has_bpf, has_cgroup, count_refusals;
 };
 
 /* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
@@ -243,10 +247,10 @@ static void exec_program(struct run *r, int err_pipe, int go)
     char c = 'r';
     if (go >= 0 && (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0 || write(go, &c, 1) != 1 || read(go, &c, 1) != 1))
         _exit(127); /* the spawner could not trace it and closed its end */
-    if (bpf_fd >= 0)
-        load_filter(err_pipe, bpf_fd);
     if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
         child_fail(err_pipe, "setup", errno); /* no descriptor of sbx's may reach the program */
+    if (bpf_fd >= 0) /* after it, only what seccomp.py's SPAWN_CALLS names */
+        load_filter(err_pipe, bpf_fd, r->count_refusals);
     execvpe(r->argv[0], r->argv, r->envp);
     int err = errno;
     struct stat st;
@@ -686,7 +690,8 @@ static int parse_run(char *buf, size_t len, struct run *r)
         tok[ntok++] = p;
     if (ntok < HEAD_TOKENS || strcmp(tok[0], "run") != 0)
         return -1;
-    r->has_bpf = atoi(tok[1]);
+    r->has_bpf = atoi(tok[1]) != 0;
+    r->count_refusals = atoi(tok[1]) == 2;
     r->has_cgroup = atoi(tok[2]);
     r->trace = atoi(tok[3]);
     r->cpu_limit = strtod(tok[4], NULL);

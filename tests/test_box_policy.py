@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import errno
+from pathlib import Path
+
+import anyio
 import pytest
 
 from helpers import sbx
-from sandbox import ConfigError, Limits, Sandbox, Status
+from sandbox import ConfigError, ExecError, Limits, Sandbox, Status
 
 
 @pytest.mark.parametrize("policy,argv,syscall", [
@@ -100,3 +104,40 @@ async def test_refused_calls_are_counted_by_name_and_named_when_the_run_fails() 
 def test_the_status_line_names_a_refused_call() -> None:
     r = sbx("run", "--policy", "strict", "--", "python3", "-c", "import socket; socket.socket()")
     assert r.stderr.decode().splitlines()[-1] == "sbx: RE: exited with status 1 (the policy refused socket x1)"
+
+
+def _policy_file(tmp_path: Path, rule: str) -> str:
+    path = tmp_path / "p.toml"
+    path.write_text(f'inherit = "strict"\n\n[[rule]]\n{rule}\n')
+    return str(path)
+
+
+@pytest.mark.parametrize("call,argv,status,said", [
+    ("close", ["/bin/true"], 127, b"cannot close file descriptor: Operation not permitted"),  # ld.so gives up
+    ("write", ["python3", "-c", "import os\ntry:\n    os.write(1, b'x')\nexcept OSError as e:\n    exit(e.errno)"],
+     errno.EPERM, b""),
+    ("sendmsg", ["/bin/true"], 0, b""),
+])
+async def test_a_policy_refusing_a_call_the_spawner_makes_before_execve_still_runs(
+        tmp_path: Path, call: str, argv: list[str], status: int, said: bytes) -> None:
+    """The spawner's child makes these calls between loading the filter and execve, while the spawner waits for
+    that execve: a refusal turned into a notification (to be counted) would wait for good.  Such a policy is
+    loaded as it is: the kernel answers its refusals (with their errno), uncounted."""
+    policy = _policy_file(tmp_path, f'syscalls = ["{call}"]\naction = "errno"\nerrno = "EPERM"')
+    async with Sandbox(policy=policy) as box:
+        with anyio.fail_after(60):
+            r = await box.run(argv, limits=Limits(wall_time=20))
+    assert (r.exit_code, r.events) == (status, {}), r
+    assert said in r.stderr
+
+
+async def test_a_policy_refusing_execve_is_an_exec_error_not_a_hang(tmp_path: Path) -> None:
+    async with Sandbox(policy=_policy_file(tmp_path, 'syscalls = ["execve"]\naction = "errno"\nerrno = "EPERM"')) as box:
+        with anyio.fail_after(60), pytest.raises(ExecError, match="Operation not permitted"):
+            await box.run(["/bin/true"], limits=Limits(wall_time=20))
+
+
+async def test_a_policy_that_kills_a_call_the_spawner_needs_is_bad_input(tmp_path: Path) -> None:
+    with anyio.fail_after(60), pytest.raises(ConfigError, match="it kills close, which sbx's spawner calls"):
+        async with Sandbox(policy=_policy_file(tmp_path, 'syscalls = ["close"]\naction = "kill"')):
+            pass
