@@ -79,10 +79,15 @@ def testlib_program(data: bytes, interactive: bool) -> JudgeProgram:
     return JudgeProgram({name: (data, 0o755)}, (f"./{name}",), "testlib", interactive)
 
 
+async def write_files(box: Sandbox, files: dict[str, tuple[bytes, int]]) -> None:
+    """Files (name -> data and mode) into a box: a compiled solution's, or a judging program's."""
+    for name, (data, mode) in files.items():
+        await box.write_file(name, data, mode)
+
+
 async def prepare(box: Sandbox, program: JudgeProgram, given: bytes, answer: bytes) -> None:
     """The program's files, the test's input and answer (and the feedback dir) in its box."""
-    for name, (data, mode) in program.files.items():
-        await box.write_file(name, data, mode)
+    await write_files(box, program.files)
     await box.write_file("input", given)
     await box.write_file("answer", answer)
     if program.convention == "kattis":

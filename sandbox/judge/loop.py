@@ -26,7 +26,7 @@ from ..limits import Limits
 from ..pool import SandboxPool
 from ..result import Result, Status
 from .checking import (CHECKER_ENV, CHECKER_LIMITS, CHECKER_POLICY, JudgeProgram, check, compare, outcome, prepare,
-                       testlib_program)
+                       testlib_program, write_files)
 from .languages import Language
 from .problem import Validator
 from .report import Report, Verdict
@@ -148,11 +148,10 @@ async def _run_test(runs: SandboxPool, checks: SandboxPool | None, program: Judg
     if program is not None and program.interactive:
         assert checks is not None
         return await _interact(runs, checks, program, files, language, test, options)
+    given = test.input.read_bytes()
     async with runs.acquire() as box:
-        for name, (data, mode) in files.items():
-            await box.write_file(name, data, mode)
-        result = await box.run(language.run_argv(options.limits.memory), stdin=test.input.read_bytes(),
-                               limits=options.limits)
+        await write_files(box, files)
+        result = await box.run(language.run_argv(options.limits.memory), stdin=given, limits=options.limits)
     if result.status is not Status.OK:
         return _failed(test, result, language)
     answer = test.answer.read_bytes()
@@ -160,7 +159,7 @@ async def _run_test(runs: SandboxPool, checks: SandboxPool | None, program: Judg
         status, message = compare(result.stdout, answer)
         return Verdict(test.name, status, result, message)
     async with checks.acquire() as box:
-        status, message, points = await check(box, program, test.input.read_bytes(), result.stdout, answer)
+        status, message, points = await check(box, program, given, result.stdout, answer)
     return Verdict(test.name, status, result, message, points)
 
 
@@ -173,10 +172,10 @@ async def _interact(runs: SandboxPool, checks: SandboxPool, program: JudgeProgra
     """
     wall = (options.limits.wall_time or CHECKER_LIMITS.wall_time or 0) + 5
     async with runs.acquire() as box, checks.acquire() as judge_box:
-        for name, (data, mode) in files.items():
-            await box.write_file(name, data, mode)
+        await write_files(box, files)
         await prepare(judge_box, program, test.input.read_bytes(), test.answer.read_bytes())
-        result, judged = await run_interactive(box, language.run_argv(options.limits.memory), judge_box, program.command(), limits_a=options.limits,
+        result, judged = await run_interactive(box, language.run_argv(options.limits.memory), judge_box,
+                                               program.command(), limits_a=options.limits,
                                                limits_b=dataclasses.replace(CHECKER_LIMITS, wall_time=wall))
         status, message, points = await outcome(judge_box, program, judged)
     if result.status in (Status.TLE, Status.WLE, Status.MLE, Status.OLE, Status.SV):

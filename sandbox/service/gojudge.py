@@ -17,7 +17,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..api import run_interactive, run_pipeline
+from ..api import Sandbox, run_interactive, run_pipeline
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
 from ..pool import SandboxPool
@@ -122,7 +122,13 @@ def _data(spec: FileSpec, cache: FileCache) -> bytes:
     raise RequestError("a file needs content or a fileId")
 
 
-async def _copy_in(box: Any, cmd: Cmd, cache: FileCache) -> None:
+def _stdin(cmd: Cmd, cache: FileCache) -> bytes | None:
+    """The data of a command's stdin (files[0]) when it is given, not collected."""
+    given = cmd.files[0] if cmd.files else None
+    return _data(given, cache) if given and not given.name else None
+
+
+async def _copy_in(box: Sandbox, cmd: Cmd, cache: FileCache) -> None:
     for path, spec in cmd.copyIn.items():
         await box.write_file(path, _data(spec, cache), 0o755)  # executable: a cached binary runs by its name
 
@@ -148,11 +154,10 @@ def _collectors(cmd: Cmd) -> dict[str, tuple[int, int]]:
 
 async def _one(cmd: Cmd, pool: SandboxPool, cache: FileCache) -> dict[str, Any]:
     collectors = _collectors(cmd)
-    stdin = cmd.files[0] if cmd.files else None
     try:
         async with pool.acquire() as box:
             await _copy_in(box, cmd, cache)
-            result = await box.run(_argv(cmd), stdin=_data(stdin, cache) if stdin and not stdin.name else None,
+            result = await box.run(_argv(cmd), stdin=_stdin(cmd, cache),
                                    env=dict(e.split("=", 1) for e in cmd.env if "=" in e),
                                    limits=_limits(cmd, sum(m for _, m in collectors.values()) or DEFAULT_COLLECT))
             return await _result(cmd, result, collectors, box, cache)
@@ -166,7 +171,7 @@ def _failure(status: str, e: Exception) -> dict[str, Any]:
     return {"status": status, "exitStatus": 0, "time": 0, "memory": 0, "runTime": 0, "error": str(e)}
 
 
-async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], box: Any,
+async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], box: Sandbox,
                   cache: FileCache) -> dict[str, Any]:
     """go-judge's Result: collectors always in `files`, empty fields left out."""
     status = STATUS[r.status]
@@ -227,9 +232,7 @@ async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> li
             if crossed:
                 ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits)
             else:
-                stdin = a.files[0] if a.files else None
-                ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits,
-                                            stdin=_data(stdin, cache) if stdin and not stdin.name else None)
+                ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=_stdin(a, cache))
             captured_b = _collectors(b) if not crossed else {n: c for n, c in _collectors(b).items() if c[0] == 2}
             return [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, cache),
                     await _result(b, rb, captured_b, box_b, cache)]

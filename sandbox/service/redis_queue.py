@@ -203,32 +203,32 @@ class Worker:
         if "result" in found or "request" not in found:  # done already (a redelivery), or nothing to judge
             await anyio.to_thread.run_sync(self._ack, entry_id)
             return
+        request = json.loads(found["request"])
+        language = request.get("language", "")
         pending = await anyio.to_thread.run_sync(
             lambda: self.client.xpending_range(STREAM, GROUP, min=entry_id, max=entry_id, count=1))
         if pending and pending[0]["times_delivered"] > MAX_DELIVERIES:
-            record = _failed(json.loads(found["request"]).get("language", ""),
-                             f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
+            record = _failed(language, f"given up after {MAX_DELIVERIES} deliveries (sbx:dead has it)")
             await anyio.to_thread.run_sync(lambda: self.client.xadd(DEAD, {"id": submission_id}))
-            await self._done(entry_id, submission_id, found["request"], record, tasks)
+            await self._done(entry_id, submission_id, request.get("callback_url"), record, tasks)
             return
         await anyio.to_thread.run_sync(lambda: self.client.hset(key, mapping={"state": "judging", "worker": self.name}))
         async with anyio.create_task_group() as lease:
             lease.start_soon(self._keep_lease, entry_id)
             self._judging += 1
             try:
-                record = await judge_submission(SubmissionIn.model_validate_json(found["request"]), self.languages)
+                record = await judge_submission(SubmissionIn.model_validate(request), self.languages)
             except Exception as e:  # noqa: BLE001 - a job that cannot be judged is IE; the worker goes on
-                record = _failed(json.loads(found["request"]).get("language", ""), f"{type(e).__name__}: {e}")
+                record = _failed(language, f"{type(e).__name__}: {e}")
             finally:
                 self._judging -= 1
             lease.cancel_scope.cancel()
-        await self._done(entry_id, submission_id, found["request"], record, tasks)
+        await self._done(entry_id, submission_id, request.get("callback_url"), record, tasks)
 
-    async def _done(self, entry_id: str, submission_id: str, request: str, record: dict[str, Any],
+    async def _done(self, entry_id: str, submission_id: str, url: str | None, record: dict[str, Any],
                     tasks: anyio.abc.TaskGroup) -> None:
         """The result written (once), and, by the worker that wrote it, its callback started."""
         written = await anyio.to_thread.run_sync(self._finish, entry_id, f"sbx:sub:{submission_id}", record)
-        url = json.loads(request).get("callback_url")
         if written and url:
             tasks.start_soon(callback.post, url, {"id": submission_id, "state": "done", "result": record})
 
