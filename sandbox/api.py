@@ -24,8 +24,9 @@ from . import fallback, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
+from .hostpath import Guard
 from .limits import Limits
-from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper
+from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
 from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
@@ -106,10 +107,17 @@ class Sandbox:
         self._lowers = tuple(parse_lower(d) for d in lowers)
         self._upper = parse_upper(upper) if upper is not None else None
         self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
-        self._binds = tuple(binds)
+        writable = [resolve_bind(b, Guard()).identity for b in binds if b.writable]
+        if self._upper is not None:
+            upper_st = os.stat(self._upper, follow_symlinks=False)
+            writable.append((upper_st.st_dev, upper_st.st_ino))
+        # the host dirs the box can write: no caller's path follows a link below them (hostpath.py), so the
+        # binds are resolved again with them known, and the command line resolves its copies with them
+        self.writable_dirs = Guard(frozenset(i for i in writable if i is not None))
+        self._binds = tuple(resolve_bind(b, self.writable_dirs) for b in binds)
         if self._upper is not None:
             _apart(self._upper, [("--lower", d) for d in self._lowers]
-                   + [("--bind" if b.writable else "--ro-bind", os.path.realpath(b.src)) for b in self._binds])
+                   + [("--bind" if b.writable else "--ro-bind", b.src) for b in self._binds])
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
         self._host_dirs: dict[str, tuple[int, int]] = {}
         self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)

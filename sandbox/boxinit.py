@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 
 from . import boxfiles, mounts, network, protocol
 from . import syscalls as sc
-from .userns import IdMap
+from .userns import IdMap, fix_loginuid
 
 _SPAWNER_FD_MIN = 100
 """The spawner binary's fd is kept clear of the low fds a child rearranges."""
@@ -87,6 +87,7 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         resetter = None if layout.lowers else boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs, last_pid)
         if resetter is None:
             os.close(last_pid)
+        fix_loginuid(ids)
         sc.prctl(sc.PR_SET_DUMPABLE, 0)
         wakeup = _install_signals()
         spawner = _Spawner(binary, ids)

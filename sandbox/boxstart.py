@@ -51,7 +51,15 @@ def _from_parameters(p: dict[str, Any]) -> tuple[Layout, IdMap, str]:
 
 
 def main(argv: list[str]) -> NoReturn:
-    """The zygote: fork an outer process per request, until the supervisor is gone."""
+    """The zygote: fork an outer process per request, until the supervisor is gone.
+
+    posix_spawn hands over every descriptor the caller left inheritable (a
+    shell's `exec 7</etc`, a CI runner's pipes): they are closed first, so
+    that no box's outer process or box init ever holds one.  The spawn made
+    stdin and stdout /dev/null; stderr stays the caller's, for a crash's
+    traceback.
+    """
+    sc.close_range(4)
     ctl = socket.socket(fileno=3)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(argv[0]):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from . import boxfiles, copies, image_cli, judge_cli, policy_cli, serve_cli, stopping, submit_cli
+from . import boxfiles, copies, hostpath, image_cli, judge_cli, policy_cli, serve_cli, stopping, submit_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -263,28 +263,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
         image=args.image,
         commit=args.commit,
     )
-    plan = _Plan(argv, args.quiet, binds, [copies.parse_copy_in(spec) for spec in args.copy_in],
-                 [copies.parse_copy_out(spec) for spec in args.copy_out], disk, inodes,
-                 stdout=Relay(2 if args.json == "-" else 1))
-    stdin = _open_stdin(args.stdin)
-    try:
-        with _terminal_kept(stdin):
-            outcome = stopping.run(_session, sandbox, plan, stdin)
-    except SandboxError as e:
-        if args.json:  # the run was attempted, but its box could not be set up
-            _write_json(args.json, Result.not_run(Status.IE, None, str(e)))
-        raise
-    finally:
-        os.close(stdin)
-    if outcome.lines and not all(r.ends_line for r in (plan.stdout, plan.stderr) if r.fd == 2):
-        # the program's last line on our stderr is not ours to finish
-        print(file=sys.stderr)
-    if sandbox.committed is not None:
-        outcome.lines.append(f"committed {sandbox.committed.ref} {sandbox.committed.digest}")
-    for line in outcome.lines:
-        print(f"sbx: {line}", file=sys.stderr)
-    if args.json:
-        _write_json(args.json, outcome.result)
+    guard = sandbox.writable_dirs
+    plan = _Plan(argv, args.quiet, binds, [], [], disk, inodes, stdout=Relay(2 if args.json == "-" else 1))
+    with contextlib.ExitStack() as held:
+        for spec in args.copy_in:
+            plan.copy_in.append(held.enter_context(copies.parse_copy_in(spec, guard)))
+        for spec in args.copy_out:
+            plan.copy_out.append(held.enter_context(copies.parse_copy_out(spec, guard)))
+        record = held.enter_context(hostpath.OutputFile(args.json, "--json", guard)) \
+            if args.json and args.json != "-" else None
+        stdin = _open_stdin(args.stdin, guard)
+        held.callback(os.close, stdin)
+        try:
+            with _terminal_kept(stdin):
+                outcome = stopping.run(_session, sandbox, plan, stdin)
+        except SandboxError as e:
+            if args.json:  # the run was attempted, but its box could not be set up
+                _write_json(record, Result.not_run(Status.IE, None, str(e)))
+            raise
+        if outcome.lines and not all(r.ends_line for r in (plan.stdout, plan.stderr) if r.fd == 2):
+            # the program's last line on our stderr is not ours to finish
+            print(file=sys.stderr)
+        if sandbox.committed is not None:
+            outcome.lines.append(f"committed {sandbox.committed.ref} {sandbox.committed.digest}")
+        for line in outcome.lines:
+            print(f"sbx: {line}", file=sys.stderr)
+        if args.json:
+            _write_json(record, outcome.result)
     return outcome.exit_status
 
 
@@ -387,13 +392,14 @@ def _terminal_kept(fd: int) -> Iterator[None]:
             termios.tcsetattr(fd, termios.TCSANOW, saved)
 
 
-def _open_stdin(path: str | None) -> int:
+def _open_stdin(path: str | None, guard: hostpath.Guard) -> int:
     if path is None:
         return os.dup(0) if _fd_open(0) else os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as e:
-        raise ConfigError(f"--stdin {path}: {e.strerror}") from None
+    with hostpath.resolve(path, "--stdin", guard) as found:
+        try:
+            return found.reopen(os.O_RDONLY)
+        except OSError as e:
+            raise ConfigError(f"--stdin {path}: {e.strerror}") from None
 
 
 def _fd_open(fd: int) -> bool:
@@ -404,17 +410,14 @@ def _fd_open(fd: int) -> bool:
     return True
 
 
-def _write_json(target: str, result: Result) -> None:
+def _write_json(target: hostpath.OutputFile | None, result: Result) -> None:
+    """The record, to --json's file (None: stdout, for --json -)."""
     text = result.to_json() + "\n"
-    if target == "-":
+    if target is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    try:
-        with open(target, "w") as f:
-            f.write(text)
-    except OSError as e:
-        raise ConfigError(f"--json {target}: {e.strerror}") from None
+    target.write(text.encode())
 
 
 def _print(text: str) -> int:

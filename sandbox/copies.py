@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from . import boxfiles
+from . import boxfiles, hostpath
 from .api import Sandbox
 from .errors import BoxFileError, ConfigError
 
@@ -26,19 +26,38 @@ MAX_DEPTH = 128
 """Levels of a tree that a copy descends; a deeper one is refused (and no hostile tree exhausts the stack)."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Copy:
-    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm."""
+    """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm.
+
+    The host side is resolved when the copy is parsed, before the box is
+    built (hostpath.py): `host` is the file or tree to copy in, or the
+    directory to copy out into (`name` in it).  What a program does later to
+    the host path cannot change where the copy goes.
+    """
 
     src: str
     dst: str
+    host: hostpath.HostPath
+    name: str = ""
+    into: bool = False
+    """For --copy-out: DST is an existing directory, and SRC is copied into it as `name`."""
+
+    def close(self) -> None:
+        self.host.close()
+
+    def __enter__(self) -> Copy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
-def _spec(spec: str, flag: str) -> Copy:
+def _spec(spec: str, flag: str) -> tuple[str, str]:
     src, sep, dst = spec.partition(":")
     if not (src and sep and dst):
         raise ConfigError(f"{flag} {spec!r}: expected SRC:DST")
-    return Copy(src, dst)
+    return src, dst
 
 
 def _check_box_path(path: str, flag: str, file: bool) -> None:
@@ -51,34 +70,64 @@ def _check_box_path(path: str, flag: str, file: bool) -> None:
         raise ConfigError(f"{flag} {path}: not a file under {root}")
 
 
-def parse_copy_in(spec: str) -> Copy:
-    """Checked before any box is built: a missing source is bad input."""
-    copy = _spec(spec, "--copy-in")
-    _check_box_path(copy.dst, "--copy-in", file=not os.path.isdir(copy.src))
-    if not (os.path.isfile(copy.src) or os.path.isdir(copy.src)):
-        why = "neither a regular file nor a directory" if os.path.exists(copy.src) else "No such file or directory"
-        raise ConfigError(f"--copy-in {copy.src}: {why}")
-    return copy
+def parse_copy_in(spec: str, guard: hostpath.Guard = hostpath.Guard()) -> Copy:
+    """Checked before any box is built: a missing source is bad input, and so is a link sbx will not follow.
+
+    SRC itself may be or pass through a link of the caller's or root's, but
+    nothing in its tree is followed (see copy_in).
+    """
+    src, dst = _spec(spec, "--copy-in")
+    host = hostpath.resolve(src, "--copy-in", guard)
+    mode = os.fstat(host.fd).st_mode
+    try:
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+            raise ConfigError(f"--copy-in {src}: neither a regular file nor a directory")
+        _check_box_path(dst, "--copy-in", file=not stat.S_ISDIR(mode))
+    except BaseException:
+        host.close()
+        raise
+    return Copy(src, dst, host)
 
 
-def parse_copy_out(spec: str) -> Copy:
-    """Checked before the run, so that a typo in the destination loses no run's work."""
-    copy = _spec(spec, "--copy-out")
-    _check_box_path(copy.src, "--copy-out", file=False)
-    if not os.path.isdir(os.path.dirname(copy.dst) or "."):
-        raise ConfigError(f"--copy-out {copy.dst}: No such directory")
-    return copy
+def parse_copy_out(spec: str, guard: hostpath.Guard = hostpath.Guard()) -> Copy:
+    """Checked before the run, so that a typo in the destination loses no run's work; and the destination's
+    directory is opened now, so that what the program does to the host path meanwhile cannot move it."""
+    src, dst = _spec(spec, "--copy-out")
+    _check_box_path(src, "--copy-out", file=False)
+    into = os.path.basename(os.path.normpath(src))
+    if dst.endswith("/"):  # a directory, even through a link (of the caller's: hostpath.py)
+        found = hostpath.resolve(dst, "--copy-out", guard)
+        if not stat.S_ISDIR(os.fstat(found.fd).st_mode):
+            found.close()
+            raise ConfigError(f"--copy-out {dst}: Not a directory")
+        return Copy(src, dst, found, into, into=True)
+    parent, name = hostpath.resolve_parent(dst, "--copy-out", guard)
+    try:
+        st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return Copy(src, dst, parent, name)
+    except OSError as e:
+        parent.close()
+        raise ConfigError(f"--copy-out {dst}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):  # (a link there is replaced, not followed)
+        return Copy(src, dst, parent, name)
+    with parent:  # an existing directory: copied into, as cp does
+        fd = os.open(name, _PATH_DIR, dir_fd=parent.fd)
+    return Copy(src, dst, hostpath.HostPath(fd, os.path.join(parent.path, name)), into, into=True)
+
+
+_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 async def copy_in(sandbox: Sandbox, c: Copy) -> int:
     """One --copy-in, of a file or a directory tree; returns how many entries of the tree were left out.
 
-    SRC itself may be a symlink (the caller named it), but nothing in its
-    tree is followed: a link there may have been planted by an earlier run
-    through a writable --bind, and would carry the caller's files into the box.
+    Nothing in SRC's tree is followed: a link there may have been planted by
+    an earlier run through a writable --bind, and would carry the caller's
+    files into the box.
     """
     try:
-        top = os.open(c.src, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        top = c.host.reopen(os.O_RDONLY | os.O_NONBLOCK)
     except OSError as e:
         raise ConfigError(f"--copy-in {c.src}: {e.strerror}") from None
     try:
@@ -148,20 +197,12 @@ async def copy_out(sandbox: Sandbox, c: Copy, budget: Budget) -> int:
 
     Box init opens every file and directory (never through a symlink); this
     process only reads and lists through those fds, and writes the host side
-    as itself, with plain modes, relative to directory fds.
+    as itself, with plain modes, relative to the directory opened before the
+    run (parse_copy_out): a directory the program removed meanwhile takes no
+    new files.
     """
-    into = os.path.isdir(c.dst) and not os.path.islink(c.dst)  # (a link there is replaced, not followed)
-    directory, name = (c.dst, os.path.basename(os.path.normpath(c.src))) if into else \
-        (os.path.dirname(c.dst) or ".", os.path.basename(c.dst))
-    try:
-        parent = os.open(directory, _DIR_FLAGS)
-    except OSError as e:
-        raise BoxFileError(f"{directory}: {e.strerror}") from None
-    try:
-        shown = os.path.join(c.dst, name) if into else c.dst
-        return await _fetch_entry(sandbox, c.src, parent, name, shown, budget, 0)
-    finally:
-        os.close(parent)
+    shown = os.path.join(c.dst, c.name) if c.into else c.dst
+    return await _fetch_entry(sandbox, c.src, c.host.fd, c.name, shown, budget, 0)
 
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC

@@ -15,6 +15,7 @@ import stat
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from . import hostpath
 from . import syscalls as sc
 from .errors import ConfigError
 from .userns import IdMap
@@ -49,6 +50,9 @@ class Bind:
     src: str
     dst: str
     writable: bool
+    identity: tuple[int, int] | None = None
+    """(st_dev, st_ino) of what `src` named when the sandbox resolved it (hostpath.py): box init binds that,
+    found again without following a link, or nothing."""
 
 
 @dataclass(frozen=True)
@@ -75,10 +79,13 @@ def parse_bind(spec: str, writable: bool) -> Bind:
     src, sep, dst = spec.partition(":")
     if not src:
         raise ConfigError(f"{flag} {spec!r}: empty source")
-    real = os.path.realpath(src)
-    if not os.path.exists(real):
-        raise ConfigError(f"{flag} {src}: No such file or directory")
-    return Bind(real, check_box_path(dst if sep else os.path.abspath(src), flag), writable)
+    return Bind(src, check_box_path(dst if sep else os.path.abspath(src), flag), writable)
+
+
+def resolve_bind(bind: Bind, guard: hostpath.Guard) -> Bind:
+    """The bind with `src` walked as hostpath.py says: link-free, and with the identity box init checks."""
+    with hostpath.resolve(bind.src, "--bind" if bind.writable else "--ro-bind", guard) as found:
+        return Bind(found.path, bind.dst, bind.writable, found.identity)
 
 
 def parse_lower(path: str) -> str:
@@ -90,9 +97,10 @@ def parse_upper(path: str) -> str:
 
 
 def _layer_dir(path: str, flag: str, access: int, refusal: str) -> str:
-    """A host dir for the union: real path, accessible, and spellable in overlay's option string."""
-    real = os.path.realpath(path)
-    if not os.path.isdir(real):
+    """A host dir for the union: link-free (hostpath.py), accessible, and spellable in overlay's option string."""
+    with hostpath.resolve(path, flag) as found:
+        real, is_dir = found.path, stat.S_ISDIR(os.fstat(found.fd).st_mode)
+    if not is_dir:
         raise ConfigError(f"{flag} {path}: not a directory")
     if not os.access(real, access):
         raise ConfigError(f"{flag} {path}: {refusal}")
@@ -141,9 +149,9 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
         _mount_dev(root)
         last_pid = _mount_proc(root)
         for bind in layout.binds:
-            src = f"/oldroot{bind.src}"
-            with root.place(bind.dst, directory=os.path.isdir(src)) as target:
-                _bind(sc.AT_FDCWD, src, target, bind.writable)
+            with _Fd(_host_source(bind)) as src, root.place(bind.dst, directory=stat.S_ISDIR(os.fstat(src).st_mode)) \
+                    as target:
+                _bind(src, "", target, bind.writable, what=bind.src)
         for dst in layout.tmpfs:
             with root.place(dst) as target:
                 _new_fs(target, "tmpfs", {"mode": "0777", "size": str(layout.disk), "nr_inodes": str(layout.inodes)},
@@ -312,15 +320,32 @@ def _own(target: int, uid: int, gid: int, mode: int) -> None:
         os.close(fd)
 
 
-def _bind(src_dir: int, src: str, target: int, writable: bool, *, devices: bool = False) -> None:
-    """Bind `src` (relative to `src_dir`; trusted: the host's, the caller's or ours) onto the mount point fd `target`,
-    restricted before it is attached."""
-    tree = sc.open_tree(src_dir, src, src)
+def _host_source(bind: Bind) -> int:
+    """The bind's source under /oldroot, by the link-free path the supervisor resolved, and only if it is still
+    what the supervisor saw there (a program of another box may have swapped a directory on the way since)."""
+    oldroot = os.open("/oldroot", _PATH_FLAGS | os.O_DIRECTORY)
+    try:
+        fd = sc.openat2(oldroot, bind.src.lstrip("/") or ".", os.O_PATH | os.O_CLOEXEC, 0,
+                        sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS)
+    finally:
+        os.close(oldroot)
+    st = os.fstat(fd)
+    if bind.identity is not None and (st.st_dev, st.st_ino) != tuple(bind.identity):
+        os.close(fd)
+        raise OSError(errno.ESTALE, f"{bind.src}: replaced since the sandbox resolved it")
+    return fd
+
+
+def _bind(src_dir: int, src: str, target: int, writable: bool, *, devices: bool = False, what: str = "") -> None:
+    """Bind `src` (relative to `src_dir`, "" for `src_dir` itself; trusted: the host's, the caller's or ours) onto
+    the mount point fd `target`, restricted before it is attached.  `what` names it in errors (default `src`)."""
+    what = what or src
+    tree = sc.open_tree(src_dir, src, what)
     try:
         attrs = sc.MOUNT_ATTR_NOSUID | (0 if devices else sc.MOUNT_ATTR_NODEV) | \
             (0 if writable else sc.MOUNT_ATTR_RDONLY)
         sc.mount_setattr(tree, attrs, recursive=True)
-        sc.move_mount(tree, target, src)
+        sc.move_mount(tree, target, what)
     finally:
         os.close(tree)
 
@@ -446,13 +471,19 @@ def _mount_dev(root: _Tree) -> None:
 def _mount_proc(root: _Tree) -> int:
     """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only and the host's facts masked.
 
+    `hidepid=invisible`: the program sees only the processes it could trace,
+    its own.  Box init and the spawner are not there to open at all, so no
+    kernel's permission check on one of their files (Linux 6.1 lets anyone
+    open /proc/PID/timers) is between the program and them.
+
     The masks are read-only binds of an empty file and an empty directory made on the box's own tmpfs.
     Returns a writable fd of its `sys/kernel/ns_last_pid` (see boxinit.py).
     """
     os.mkdir("/rw/masked", 0o555)
     os.close(os.open("/rw/masked-file", os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_CLOEXEC, 0o444))
     with root.place("proc", mode=0o555) as target:
-        proc = _new_fs(target, "proc", {}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
+        proc = _new_fs(target, "proc", {"hidepid": "invisible"},
+                       sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
     try:
         last_pid = os.open("sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
         for name in (*PROC_READONLY, *PROC_MASKED):

@@ -145,8 +145,8 @@ def mount_setattr(path: str | int, attr_set: int, *, recursive: bool) -> None:
 
 def open_tree(dirfd: int, path: str, what: str) -> int:
     """A detached copy of the mount tree at `path` (relative to `dirfd`), for `move_mount`; never through a
-    trailing symlink.  `what` names it in an error."""
-    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW
+    trailing symlink; "" is `dirfd` itself.  `what` names it in an error."""
+    flags = OPEN_TREE_CLONE | os.O_CLOEXEC | AT_RECURSIVE | AT_SYMLINK_NOFOLLOW | (AT_EMPTY_PATH if path == "" else 0)
     return _check(_libc.syscall(_SYS_OPEN_TREE, dirfd, _path(path), flags), f"bind {what}", what)
 
 
@@ -236,3 +236,13 @@ def ipc_remove(kind: str, ident: int) -> None:
 
 def close_range(first: int, last: int = 0xFFFFFFFF) -> None:
     _check(_libc.close_range(ctypes.c_uint(first), ctypes.c_uint(last), 0), "close_range")
+
+
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+def fs_type(fd: int) -> int:
+    """The filesystem's magic number (statfs's f_type, the struct's first word) of what `fd` is open on."""
+    buf = ctypes.create_string_buffer(120)  # struct statfs is 120 bytes on 64-bit Linux
+    _check(_libc.fstatfs(fd, buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value

@@ -16,6 +16,10 @@ import threading
 from . import protocol
 
 
+_QUIET = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0)]
+"""The zygote reads and prints nothing: the caller's stdin and stdout (a terminal, a pipe) stay out of every box."""
+
+
 class Zygote:
     """The fresh interpreter that forks each box's outer process (boxstart.py): one per supervisor process.
 
@@ -35,7 +39,7 @@ class Zygote:
             try:
                 self.pid = os.posix_spawn(sys.executable, [sys.executable, "-I", "-m", "sandbox.boxstart",
                                                            str(os.getpid())], {},
-                                          file_actions=[(os.POSIX_SPAWN_DUP2, high, 3)], setsigmask=())
+                                          file_actions=[(os.POSIX_SPAWN_DUP2, high, 3), *_QUIET], setsigmask=())
             finally:
                 os.close(high)
         except BaseException:

@@ -100,7 +100,7 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
         (["run", "--copy-in", "/etc/hostname:/etc/x", "--", "true"], 125,
          "sbx: --copy-in /etc/x: not under /box, /tmp or /dev/shm"),
         (["run", "--copy-in", "/etc/hostname", "--", "true"], 125, "sbx: --copy-in '/etc/hostname': expected SRC:DST"),
-        (["run", "--copy-out", "f:/no/dir/f", "--", "true"], 125, "sbx: --copy-out /no/dir/f: No such directory"),
+        (["run", "--copy-out", "f:/no/dir/f", "--", "true"], 125, "sbx: --copy-out /no/dir: No such file or directory"),
         (["run", "--copy-out", "f:/tmp/", "--", "mkfifo", "f"], 125,
          "sbx: --copy-out f: not a regular file or directory"),
         (["run", "--ro-bind", "/etc/hostname:/box/ro", "--copy-in", "/etc/hostname:ro", "--", "true"], 125,
