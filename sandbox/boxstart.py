@@ -56,11 +56,12 @@ def main(argv: list[str]) -> NoReturn:
     posix_spawn hands over every descriptor the caller left inheritable (a
     shell's `exec 7</etc`, a CI runner's pipes): they are closed first, so
     that no box's outer process or box init ever holds one.  The spawn made
-    stdin and stdout /dev/null; stderr stays the caller's, for a crash's
-    traceback.
+    stdin and stdout /dev/null; stderr stays the zygote's, for a crash's
+    traceback, and is /dev/null in the outer processes it forks.
     """
     sc.close_range(4)
     ctl = socket.socket(fileno=3)
+    null = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
     sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != int(argv[0]):
         os._exit(1)
@@ -79,6 +80,7 @@ def main(argv: list[str]) -> NoReturn:
             pid = -1
         if pid == 0:
             ctl.close()
+            os.dup2(null, 2)
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
             signal.signal(signal.SIGINT, signal.default_int_handler)
             outer(fds[0], fds[1], fds[2], fds[3] if req["cgroup"] else -1, zygote=me)

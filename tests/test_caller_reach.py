@@ -91,8 +91,14 @@ _INHERITED = textwrap.dedent("""
                 zygote = [p for p in os.listdir("/proc") if p.isdigit() and
                           open(f"/proc/{p}/cmdline", "rb").read().startswith(sys.executable.encode() + b"\\0-I\\0-m")
                           and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())]
+                # the box's outer process: the zygote's child (box init below it is not ours to look at)
+                outer = [p for p in os.listdir("/proc") if p.isdigit() and zygote and
+                         open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == zygote[0]]
                 held = sorted({os.readlink(f"/proc/{p}/fd/{n}") for p in zygote for n in os.listdir(f"/proc/{p}/fd")})
-                print(pipe, sock, len(zygote), len(set(left) & set(held)), *held)
+                outer_held = {os.readlink(f"/proc/{p}/fd/{n}") for p in outer for n in os.listdir(f"/proc/{p}/fd")}
+                stderr = os.readlink("/proc/self/fd/2")
+                print(pipe, sock, len(zygote), len(outer), len(set(left) & (set(held) | outer_held)),
+                      stderr in outer_held, *held)
 
     anyio.run(main)
 """)
@@ -101,14 +107,15 @@ _INHERITED = textwrap.dedent("""
 @pytest.mark.parametrize("idmap", ["range", "single"])
 def test_the_callers_descriptors_reach_no_process_of_the_box(tmp_path: Path, idmap: str) -> None:
     """A pipe's write end and a socket, left open by the caller, are held by no process of the box: the caller's
-    letting go of its own copies ends them (EOF).  The zygote, seen from the host, holds only its own."""
+    letting go of its own copies ends them (EOF).  Seen from the host, the zygote holds none of the four, and the
+    box's outer process not even the caller's stderr."""
     script = tmp_path / "inherit.py"
     script.write_text(_INHERITED.replace("Sandbox()", f"Sandbox(idmap={idmap!r})"))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "written")], capture_output=True, timeout=60,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    pipe, sock, zygotes, shared, *held = r.stdout.decode().split()
-    assert (pipe, sock, zygotes, shared) == ("eof", "eof", "1", "0"), r.stdout
+    pipe, sock, zygotes, outers, shared, stderr_held, *held = r.stdout.decode().split()
+    assert (pipe, sock, zygotes, outers, shared, stderr_held) == ("eof", "eof", "1", "1", "0", "False"), r.stdout
     assert "/dev/null" in held  # its stdin and stdout: the caller's terminal is not the zygote's either
 
 

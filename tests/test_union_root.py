@@ -80,7 +80,7 @@ async def test_default_upper_is_capped_by_disk(tmp_path: Path, fs: str) -> None:
 def test_union_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--upper needs --lower"):
         Sandbox(upper=str(tmp_path))
-    with pytest.raises(ConfigError, match="--lower /nonexistent: not a directory"):
+    with pytest.raises(ConfigError, match="--lower /nonexistent: No such file or directory"):
         Sandbox(lowers=["/nonexistent"])
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o000)
@@ -89,7 +89,7 @@ def test_union_bad_input(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="--fs: unknown filesystem 'zfs'"):
         Sandbox(lowers=[str(tmp_path)], fs="zfs")
     r = sbx("run", "--lower", str(tmp_path), "--upper", "/nonexistent", "--", "true")
-    assert (r.returncode, r.stderr) == (125, b"sbx: --upper /nonexistent: not a directory\n")
+    assert (r.returncode, r.stderr) == (125, b"sbx: --upper /nonexistent: No such file or directory\n")
 
 
 def test_cli_union_root(tmp_path: Path) -> None:
