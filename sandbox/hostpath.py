@@ -49,9 +49,6 @@ class Guard:
 
     dirs: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
-    def __or__(self, other: Guard) -> Guard:
-        return Guard(self.dirs | other.dirs)
-
 
 @dataclass
 class HostPath:
