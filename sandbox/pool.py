@@ -9,7 +9,7 @@ next one.
 
 from __future__ import annotations
 
-import math
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -19,10 +19,21 @@ from anyio.abc import TaskGroup
 
 from .api import Sandbox
 from .errors import ConfigError, SandboxError
+from .turns import Turns
 
 
 class SandboxPool:
-    """`size` boxes built alike from `sandbox_options` (the keyword arguments of `Sandbox`)."""
+    """`size` boxes built alike from `sandbox_options` (the keyword arguments of `Sandbox`).
+
+    Boxes are handed out first come, first served, and a request for several
+    (`acquire_many`: an interactive pair, a pipeline) takes them all at once
+    when enough are ready, holding none while it waits: two requests can never
+    each hold one box and wait for the other's.  A box whose reset fails, or
+    takes longer than `RESET_TIMEOUT`, is replaced, so every box comes back.
+    """
+
+    RESET_TIMEOUT = 30.0
+    """Seconds a returned box may take to be reset before it is discarded and replaced."""
 
     def __init__(self, size: int, **sandbox_options: Any) -> None:
         if not isinstance(size, int) or size < 1:
@@ -32,7 +43,8 @@ class SandboxPool:
                               "(use size=1, or a Sandbox of its own per upper)")
         self.size = size
         self._options = sandbox_options
-        self._ready_send, self._ready = anyio.create_memory_object_stream[Sandbox](math.inf)
+        self._ready: deque[Sandbox] = deque()
+        self._turns = Turns()
         self._busy = 0
         self._resetting = 0
         self._boxes: set[Sandbox] = set()
@@ -65,35 +77,66 @@ class SandboxPool:
         box = Sandbox(**self._options)
         await box.__aenter__()
         self._boxes.add(box)
-        self._ready_send.send_nowait(box)
+        await self._put(box)
+
+    async def _put(self, box: Sandbox) -> None:
+        self._ready.append(box)
+        await self._turns.changed()
+
+    async def _take(self, n: int) -> list[Sandbox]:
+        """`n` ready boxes at once, in turn with the other waiters (turns.py); none is held while waiting."""
+        if n > self.size:
+            raise ConfigError(f"{n} boxes at once from a pool of {self.size}")
+        async with self._turns.first(lambda: len(self._ready) >= n):
+            self._busy += n
+            return [self._ready.popleft() for _ in range(n)]
 
     @asynccontextmanager
     async def acquire(self) -> AsyncIterator[Sandbox]:
         """A clean, prepared box for the duration of the block; reset in the background afterwards."""
-        box = await self._ready.receive()
-        self._busy += 1
-        try:
+        async with self.acquire_many(1) as (box,):
             yield box
+
+    @asynccontextmanager
+    async def acquire_many(self, n: int) -> AsyncIterator[tuple[Sandbox, ...]]:
+        """`n` clean boxes together (at most the pool's size), for a run that needs them at once."""
+        boxes = await self._take(n)
+        try:
+            yield tuple(boxes)
         finally:
-            self._busy -= 1
+            self._busy -= n
             if not self._closing:  # a closing pool closes every box itself
-                self._resetting += 1
                 assert self._tasks is not None
-                self._tasks.start_soon(self._recycle, box)
+                for box in boxes:
+                    self._resetting += 1
+                    self._tasks.start_soon(self._recycle, box)
 
     async def _recycle(self, box: Sandbox) -> None:
         try:
-            await box.reset()
-        except SandboxError:
+            with anyio.fail_after(self.RESET_TIMEOUT):
+                await box.reset()
+        except (SandboxError, TimeoutError):
             self._boxes.discard(box)
             with anyio.CancelScope(shield=True):
                 await box.aclose()
-            await self._add()
+            await self._replace()
         else:
-            self._ready_send.send_nowait(box)
+            await self._put(box)
         finally:
             self._resetting -= 1
 
+    async def _replace(self) -> None:
+        """A new box for one that was discarded, tried until one is built (a full disk, a process limit): a pool
+        that shrank for good would leave a request for all its boxes waiting forever."""
+        delay = 0.1
+        while True:
+            try:
+                await self._add()
+                return
+            except SandboxError:
+                await anyio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
     def stats(self) -> dict[str, int]:
-        ready = self._ready.statistics().current_buffer_used
-        return {"ready": ready, "busy": self._busy, "resetting": self._resetting}
+        return {"ready": len(self._ready), "busy": self._busy, "resetting": self._resetting,
+                "waiting": len(self._turns)}

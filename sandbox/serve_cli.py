@@ -26,6 +26,12 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--file-cache", default="1G", metavar="SIZE", help="bytes of cached files (default 1G)")
     serve.add_argument("--redis", metavar="URL", help="queue submissions on Redis Streams for sbx worker (default: "
                                                       "judge them in this process)")
+    serve.add_argument("--output-budget", default="512M", metavar="SIZE",
+                       help="bytes of output /run may hold for all requests at once: each takes its collectors' and "
+                            "copy-outs' max before it runs (default 512M)")
+    serve.add_argument("--callback-allow", action="append", default=[], metavar="HOST[,HOST...]",
+                       help="hosts (names, addresses or networks such as 10.0.0.0/8) a submission's callback_url may "
+                            "name (repeatable; default none: no callbacks)")
     serve.set_defaults(func=_cmd_serve)
     worker = sub.add_parser("worker", help="judge the submissions an sbx serve --redis queues")
     worker.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
@@ -57,6 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.trio import serve
 
     from .service import ServiceConfig, create_app
+    from .service.callback import Allowed
 
     host, port = _listen(args.listen)
     token = None
@@ -72,7 +79,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     config = ServiceConfig(pool=parse_count(args.pool, "--pool"), policy=None if args.policy == "none" else args.policy,
                            token=token, max_request=parse_size(args.max_request, "--max-request"),
                            max_pending=parse_count(args.max_pending, "--max-pending"),
-                           file_cache=parse_size(args.file_cache, "--file-cache"), redis=args.redis)
+                           file_cache=parse_size(args.file_cache, "--file-cache"), redis=args.redis,
+                           callback_allow=tuple(args.callback_allow),
+                           output_budget=parse_size(args.output_budget, "--output-budget"))
+    Allowed.parse(args.callback_allow)  # bad input: one line before the server starts
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None

@@ -140,7 +140,7 @@ async def test_read_file_size_cap(box: Sandbox) -> None:
 
 async def test_pool_hands_out_clean_boxes_and_replaces_broken_ones() -> None:
     async with SandboxPool(size=2, limits=Limits(wall_time=5)) as pool:
-        assert pool.stats() == {"ready": 2, "busy": 0, "resetting": 0}
+        assert pool.stats() == {"ready": 2, "busy": 0, "resetting": 0, "waiting": 0}
         async with pool.acquire() as box:
             assert pool.stats()["busy"] == 1
             await box.run(["sh", "-c", "echo left > /box/f; echo x > /tmp/t; echo y > /dev/shm/s;"

@@ -43,7 +43,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list
     port = free_port()
     with CallbackReceiver(failures=1) as receiver, server_process(
             [sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}", "--pool", "1",
-             "--token-file", str(token)], port, "sbx-serve-page-fixture"):
+             "--token-file", str(token), "--callback-allow", "127.0.0.1"], port, "sbx-serve-page-fixture"):
         base = f"http://127.0.0.1:{port}"
         with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {TOKEN}"}) as client:
             ids = [submit(client, OK, "one", receiver.url), submit(client, WA, HOSTILE)]

@@ -8,6 +8,7 @@ operator's page shows the workers and the latest submissions.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
@@ -38,7 +39,8 @@ def redis_url() -> Iterator[str]:
 def service(redis_url: str) -> Iterator[str]:
     port = free_port()
     with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}", "--pool", "1",
-                         "--redis", redis_url, "--max-pending", "500"], port, "sbx-serve-redis-fixture"):
+                         "--redis", redis_url, "--max-pending", "500", "--callback-allow", "127.0.0.1"], port,
+                        "sbx-serve-redis-fixture"):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -151,3 +153,100 @@ def test_a_worker_or_server_without_redis_is_one_line(command: str) -> None:
     r = subprocess.run([sys.executable, "-m", "sandbox", command, *listen, "--redis",
                         f"redis://127.0.0.1:{free_port()}/0"], capture_output=True, timeout=60)
     assert r.returncode == 125 and r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"sbx: --redis redis://")
+
+
+def _redis(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[bytes]]:
+    return server_process(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                           "no"], port)
+
+
+def _submit_all(client: httpx.Client, count: int, first: int = 0) -> dict[str, str]:
+    """`count` submissions, each sent again while the service answers 503 (its Redis away); id -> verdict."""
+    expected = {}
+    for i in range(first, first + count):
+        source = OK if i % 2 == 0 else WA
+        deadline = time.monotonic() + 60
+        while (r := client.post("/submissions", json={"language": "py", "source": source, "tests": [
+                {"input": f"2\n{i} 1\n", "answer": f"{i + 1}\n"}]})).status_code == 503:
+            assert time.monotonic() < deadline, r.text
+            time.sleep(0.5)
+        assert r.status_code == 202, r.text
+        expected[r.json()["id"]] = "OK" if i % 2 == 0 else "WA"
+    return expected
+
+
+def _verdicts(client: httpx.Client, ids: dict[str, str], timeout: float = 300) -> dict[str, str]:
+    done: dict[str, str] = {}
+    deadline = time.monotonic() + timeout
+    while len(done) < len(ids) and time.monotonic() < deadline:
+        for sid in ids.keys() - done.keys():
+            r = client.get(f"/submissions/{sid}")
+            if r.status_code == 200 and r.json()["state"] in ("done", "lost"):
+                state = r.json()
+                done[sid] = state["result"]["verdict"] if state["state"] == "done" else "lost"
+        time.sleep(0.3)
+    return done
+
+
+def test_a_redis_stall_costs_latency_never_a_worker() -> None:
+    """Redis stopped (SIGSTOP) for 10 s, twice the client's socket timeout, while 30 submissions are judged: the
+    workers wait it out, /healthz says Redis is down meanwhile, and every submission is judged."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    with _redis(port) as store:
+        workers = [_worker(url, "sbx-worker-stall-a"), _worker(url, "sbx-worker-stall-b")]
+        serve_port = free_port()
+        try:
+            with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{serve_port}",
+                                 "--pool", "1", "--redis", url], serve_port, "sbx-serve-stall"), \
+                    httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+                expected = _submit_all(client, 30)
+                time.sleep(2)
+                store.send_signal(signal.SIGSTOP)
+                try:
+                    health = client.get("/healthz")
+                    time.sleep(8)
+                finally:
+                    store.send_signal(signal.SIGCONT)
+                assert (health.status_code, health.json()["redis"]) == (503, False), health.text
+                assert _verdicts(client, expected) == expected
+                assert client.get("/healthz").status_code == 200
+            assert [w.poll() for w in workers] == [None, None], "the workers rode the stall out"
+        finally:
+            for w in workers:
+                stop(w)
+    said = workers[0].stderr.read().decode() if workers[0].stderr else ""
+    assert "Traceback" not in said, said
+
+
+def test_a_redis_restart_loses_its_data_and_no_worker() -> None:
+    """Redis killed and started again empty: the workers make the consumer group again and judge what comes
+    next; submit is 503 while Redis is away; what Redis lost answers as lost, not as queued forever."""
+    port = free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    redis_server = _redis(port)
+    redis_server.__enter__()
+    workers = [_worker(url, "sbx-worker-restart-a"), _worker(url, "sbx-worker-restart-b")]
+    serve_port = free_port()
+    try:
+        with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{serve_port}",
+                             "--pool", "1", "--redis", url], serve_port, "sbx-serve-restart"), \
+                httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+            before = _submit_all(client, 4)
+            assert _verdicts(client, before) == before
+            redis_server.__exit__(None, None, None)
+            refused = client.post("/submissions", json={"language": "py", "source": OK, "tests": [
+                {"input": "1\n1\n", "answer": "1\n"}]})
+            assert refused.status_code == 503 and "Redis" in refused.json(), refused.text
+            assert client.get("/healthz").status_code == 503
+            redis_server = _redis(port)
+            redis_server.__enter__()
+            after = _submit_all(client, 6, first=10)
+            assert _verdicts(client, after) == after
+            assert _verdicts(client, before) == {sid: "lost" for sid in before}
+            assert client.get("/status").status_code == 200
+        assert [w.poll() for w in workers] == [None, None], "the workers survived the restart"
+    finally:
+        for w in workers:
+            stop(w)
+        redis_server.__exit__(None, None, None)

@@ -30,7 +30,8 @@ def _serve(*args: str, mark: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    yield from _serve("--max-request", "3M", "--file-cache", "4M", mark="sbx-serve-fixture")
+    yield from _serve("--max-request", "3M", "--file-cache", "4M", "--callback-allow", "127.0.0.1",
+                      mark="sbx-serve-fixture")
 
 
 @pytest.fixture
@@ -103,7 +104,7 @@ def test_a_pipeline_and_an_interactive_pair_through_pipe_mapping(client: httpx.C
     (b'{"cmd": [{"args": ["a"]}, {"args": ["b"]}], "pipeMapping": [{"in": {"index": 0, "fd": 2}, '
      b'"out": {"index": 1, "fd": 0}}]}', 400, "pipeMapping"),
     (b"x" * (4 * 2**20), 413, "larger than"),
-    (b'{"cmd": [{"args": ["/bin/true"], "files": [null, {"name": "stdout", "max": 300000000}]}]}', 400, "collectors"),
+    (b'{"cmd": [{"args": ["/bin/true"], "files": [null, {"name": "stdout", "max": 600000000}]}]}', 413, "add up to"),
 ])
 def test_bad_input_is_a_json_error_and_the_service_goes_on(client: httpx.Client, body: bytes, status: int,
                                                           message: str) -> None:
@@ -191,6 +192,29 @@ def test_a_callback_gets_the_record(client: httpx.Client) -> None:
     assert [(g["id"], g["state"], g["result"]["verdict"]) for g in got] == [(r.json()["id"], "done", "OK")]
 
 
+def test_a_callback_that_fails_for_good_is_kept_for_the_operator(client: httpx.Client) -> None:
+    with CallbackReceiver(failures=10, fail_with=502) as receiver:
+        r = client.post("/submissions", json={"language": "py", "source": (EXAMPLE / "solutions" / "ok.py").read_text(),
+                                              "tests": _tests(), "callback_url": receiver.url})
+        _done(client, r.json()["id"])
+        deadline = time.monotonic() + 30
+        while not (failed := client.get("/status").json()["callback_failures"]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    assert [(f["id"], f["url"], f["error"]) for f in failed][:1] == [
+        (r.json()["id"], receiver.url, f"HTTP 502 (after {callback.ATTEMPTS} attempts)")]
+
+
+@pytest.mark.parametrize("url,refused", [
+    ("http://127.0.0.1:9/x", False), ("http://127.0.0.2/", True), ("http://localhost/", True),
+    ("http://169.254.169.254/latest/meta-data/", True), ("http://[::1]/", True), ("ftp://127.0.0.1/", True),
+    ("http://10.1.2.3/", False), ("http://judge.example/", False), ("http://JUDGE.example./", False),
+    ("http://evil.example/", True), ("http://127.0.0.1:99999/", True),
+])
+def test_callback_hosts_are_only_those_allowed(url: str, refused: bool) -> None:
+    allowed = callback.Allowed.parse(["127.0.0.1,10.0.0.0/8", "judge.example"])
+    assert (allowed.refusal(url) is not None) is refused
+
+
 @pytest.mark.parametrize("failures,status,attempts,taken", [
     (10, 503, callback.ATTEMPTS, False),  # a failing receiver: tried a bounded number of times
     (1, 404, 1, False),  # a refusal is final
@@ -198,13 +222,13 @@ def test_a_callback_gets_the_record(client: httpx.Client) -> None:
 ])
 async def test_callback_attempts_are_bounded(failures: int, status: int, attempts: int, taken: bool) -> None:
     with CallbackReceiver(failures=failures, fail_with=status) as receiver:
-        assert await callback.post(receiver.url, {"id": "x"}) is taken
+        assert (await callback.post(receiver.url, {"id": "x"}) is None) is taken
     assert len(receiver.attempts) == attempts
 
 
 async def test_an_unreachable_receiver_is_retried_with_backoff() -> None:
     started = time.monotonic()
-    assert await callback.post(f"http://127.0.0.1:{free_port()}/", {}) is False
+    assert (await callback.post(f"http://127.0.0.1:{free_port()}/", {}) or "").startswith("ConnectError")
     assert time.monotonic() - started >= sum(callback.FIRST_DELAY * 2**k for k in range(callback.ATTEMPTS - 1))
 
 

@@ -24,22 +24,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import redis
 from fastapi import FastAPI, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
 from ..errors import ConfigError
 from ..pool import SandboxPool
-from . import gojudge, page
+from . import callback, gojudge, page, response
 from .files import CacheFull, FileCache
 from .redis_queue import RedisQueue
 from .status import PoolView, Status
 from .submissions import QueueFull, SubmissionIn, Submissions
 
-OPEN_PATHS = {"/", "/healthz", "/version", "/docs", "/openapi.json"}
+OPEN_PATHS = {"/", "/healthz", "/readyz", "/livez", "/version", "/docs", "/openapi.json"}
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,8 @@ class ServiceConfig:
     file_cache: int = 1 * 2**30
     judges: int = 1  # submissions judged at once (each runs its tests on a pool of its own)
     redis: str | None = None  # submissions go to workers through Redis Streams (redis_queue.py)
+    callback_allow: tuple[str, ...] = ()  # hosts a submission's callback_url may name (callback.py)
+    output_budget: int = 512 * 2**20  # bytes /run may have collected over all requests at once (response.py)
 
 
 _VERDICTS = ("sbx_submissions", "Judged submissions by verdict")
@@ -88,6 +91,8 @@ class _Metrics:
                                 buckets=tuple(2**k for k in range(20, 34)))
         self.boxes = Gauge("sbx_pool_boxes", "Boxes of the pool by state", ["state"], registry=self.registry)
         self.pending = Gauge("sbx_pending_runs", "Run requests waiting or running", registry=self.registry)
+        self.waiting = Gauge("sbx_pool_waiting_requests", "Requests waiting for boxes of the pool",
+                             registry=self.registry)
         self.rejected = Counter("sbx_rejected_requests", "Requests refused", ["reason"], registry=self.registry)
         self.errors = Counter("sbx_internal_errors", "Requests that failed inside the service",
                               registry=self.registry)
@@ -105,12 +110,30 @@ class _Metrics:
             self.memory.observe(r["memory"])
 
 
+class _Streamed(StreamingResponse):
+    """A large /run answer, encoded as it is sent; its bytes go back to the budget once it is sent or the client
+    has gone."""
+
+    def __init__(self, results: list[dict[str, Any]], budget: response.OutputBudget, taken: int) -> None:
+        super().__init__(response.stream(results), media_type="application/json")
+        self._budget, self._taken = budget, taken
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._budget.give(self._taken)
+
+
 def _error(status: int, message: str) -> JSONResponse:
     return JSONResponse(message, status_code=status)  # go-judge's error body: a JSON string
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
     cache = FileCache(config.file_cache)
+    budget = response.OutputBudget(config.output_budget)
+    allowed = callback.Allowed.parse(list(config.callback_allow))
     state: dict[str, Any] = {"pending": 0}
 
     submissions: Submissions | RedisQueue
@@ -162,27 +185,50 @@ def create_app(config: ServiceConfig) -> FastAPI:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
         return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
 
+    @app.exception_handler(redis.RedisError)
+    async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
+        metrics.rejected.labels("redis_down").inc()
+        return _error(503, f"the queue's Redis does not answer ({exc or type(exc).__name__}); try again later")
+
     @app.exception_handler(gojudge.RequestError)
     async def bad_request(request: Request, exc: gojudge.RequestError) -> JSONResponse:
         return _error(400, str(exc))
 
     @app.post("/run", summary="Run commands (go-judge's request and response)")
-    async def run(body: gojudge.RunRequest) -> Any:
+    async def run(body: gojudge.RunRequest) -> Response:
+        need = gojudge.worst_case(body)
+        if need > budget.total:
+            metrics.rejected.labels("output_budget").inc()
+            return _error(413, f"the collectors' and copy-outs' max add up to {need} bytes, more than the service "
+                               f"holds for all requests at once ({budget.total}, sbx serve --output-budget)")
         if state["pending"] >= config.max_pending:
             metrics.rejected.labels("queue_full").inc()
             return _error(429, f"{state['pending']} runs are waiting already; try again later")
         state["pending"] += 1
         metrics.pending.set(state["pending"])
         try:
-            results = await gojudge.run(body, state["pool"], cache)
+            await budget.take(need)
+            try:
+                results = await gojudge.run(body, state["pool"], cache)
+            except BaseException:
+                with anyio.CancelScope(shield=True):
+                    await budget.give(need)
+                raise
         finally:
             state["pending"] -= 1
             metrics.pending.set(state["pending"])
         metrics.record(results)
-        return results
+        if response.collected_size(results) <= response.STREAM_FROM:
+            await budget.give(need)
+            return Response(b"".join(response.encode(results)), media_type="application/json")
+        return _Streamed(results, budget, need)
 
     @app.post("/submissions", status_code=202, summary="Judge a solution (sbx judge's record when done)")
     async def submit(body: SubmissionIn) -> Any:
+        refused = body.callback_url and allowed.refusal(body.callback_url)
+        if refused:
+            metrics.rejected.labels("callback_host").inc()
+            return _error(400, refused)
         try:
             return {"id": await submissions.submit(body)}
         except QueueFull as e:
@@ -226,9 +272,26 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return [{"name": lang.name, "title": lang.title, "extensions": list(lang.extensions)}
                 for lang in load_languages().values()]
 
-    @app.get("/healthz", summary="Whether the pool has boxes")
-    async def healthz() -> dict[str, Any]:
-        return {"ok": "pool" in state, **(state["pool"].stats() if "pool" in state else {})}
+    async def health() -> dict[str, Any]:
+        """What a request would meet now: the pool (started, its boxes), the queue, and Redis when there is one."""
+        found: dict[str, Any] = {"pool": "pool" in state, **(state["pool"].stats() if "pool" in state else {}),
+                                 "pending": state["pending"]}
+        if isinstance(submissions, RedisQueue):
+            found["redis"] = await anyio.to_thread.run_sync(submissions.ping)
+        return {"ok": found["pool"] and found.get("redis", True), **found}
+
+    @app.get("/healthz", summary="Pool, pending runs and Redis; 503 when a request would fail")
+    async def healthz() -> Response:
+        found = await health()
+        return JSONResponse(found, status_code=200 if found["ok"] else 503)
+
+    @app.get("/readyz", summary="Readiness probe: 200 when the service can take requests, else 503")
+    async def readyz() -> Response:
+        return await healthz()
+
+    @app.get("/livez", summary="Liveness probe: 200 while the process answers (restart it when it does not)")
+    async def livez() -> dict[str, bool]:
+        return {"ok": True}
 
     @app.get("/version", summary="sbx's version")
     async def version() -> dict[str, Any]:
@@ -239,7 +302,10 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def prometheus() -> Response:
         if "pool" in state:
             for name, value in state["pool"].stats().items():
-                metrics.boxes.labels(name).set(value)
+                if name == "waiting":
+                    metrics.waiting.set(value)
+                else:
+                    metrics.boxes.labels(name).set(value)
         metrics.queue.set(await submissions.depth())
         text = await anyio.to_thread.run_sync(generate_latest, metrics.registry)  # Redis mode's collector blocks
         return Response(text, media_type=CONTENT_TYPE_LATEST)
@@ -254,6 +320,6 @@ def create_app(config: ServiceConfig) -> FastAPI:
         return Status(mode="redis" if config.redis else "embedded", queue_depth=await submissions.depth(),
                       workers=await submissions.workers(),
                       pool=PoolView(**state["pool"].stats()) if "pool" in state else None,
-                      submissions=await submissions.recent())
+                      submissions=await submissions.recent(), callback_failures=await submissions.callback_failures())
 
     return app

@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 import anyio
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..api import Sandbox, run_interactive, run_pipeline
 from ..errors import BoxFileError, SandboxError
@@ -23,10 +23,10 @@ from ..limits import Limits
 from ..pool import SandboxPool
 from ..result import Result, Status
 from .files import CacheFull, FileCache
+from .response import Collected
 
 NS = 1e9
 DEFAULT_COLLECT = 64 * 2**20
-MAX_COLLECT = 256 * 2**20  # over a request's collectors
 STATUS = {
     Status.OK: "Accepted", Status.RE: "Nonzero Exit Status", Status.SG: "Signalled",
     Status.TLE: "Time Limit Exceeded", Status.WLE: "Time Limit Exceeded", Status.MLE: "Memory Limit Exceeded",
@@ -48,20 +48,39 @@ class FileSpec(BaseModel):
     pipe: bool = False
 
 
+DAY_NS = 86_400 * 10**9
+"""The longest CPU or wall limit a command may ask for."""
+MAX_BYTES = 2**50
+MAX_PROCS = 4_194_304  # the kernel's own pid_max limit
+
+
 class Cmd(BaseModel):
     model_config = ConfigDict(extra="ignore")  # go-judge has options sbx does not need (tty, cpuRateLimit, ...)
     args: list[str] = Field(min_length=1)
     env: list[str] = []
     files: list[FileSpec | None] = []
-    cpuLimit: int = Field(default=0, ge=0)  # noqa: N815
-    clockLimit: int = Field(default=0, ge=0)  # noqa: N815
-    memoryLimit: int = Field(default=0, ge=0)  # noqa: N815
-    stackLimit: int = Field(default=0, ge=0)  # noqa: N815
-    procLimit: int = Field(default=0, ge=0)  # noqa: N815
+    cpuLimit: int = Field(default=0, ge=0, le=DAY_NS)  # noqa: N815
+    clockLimit: int = Field(default=0, ge=0, le=DAY_NS)  # noqa: N815
+    memoryLimit: int = Field(default=0, ge=0, le=MAX_BYTES)  # noqa: N815
+    stackLimit: int = Field(default=0, ge=0, le=MAX_BYTES)  # noqa: N815
+    procLimit: int = Field(default=0, ge=0, le=MAX_PROCS)  # noqa: N815
     copyIn: dict[str, FileSpec] = {}  # noqa: N815
     copyOut: list[str] = []  # noqa: N815
     copyOutCached: list[str] = []  # noqa: N815
-    copyOutMax: int = Field(default=0, ge=0)  # noqa: N815
+    copyOutMax: int = Field(default=0, ge=0, le=MAX_BYTES)  # noqa: N815
+
+    @model_validator(mode="after")
+    def _strings(self) -> Cmd:
+        """What execve and the kernel's paths cannot take is the client's error (400), not the service's."""
+        if not self.args[0]:
+            raise ValueError("args: the program (args[0]) is empty")
+        for where, texts in (("args", self.args), ("env", self.env), ("copyIn", list(self.copyIn)),
+                             ("copyOut", self.copyOut), ("copyOutCached", self.copyOutCached)):
+            if any("\0" in t for t in texts):
+                raise ValueError(f"{where}: a NUL byte cannot be passed to a program or be in a file name")
+        if any(not name for name in self.copyIn):
+            raise ValueError("copyIn: an empty file name")
+        return self
 
 
 class PipeEnd(BaseModel):
@@ -82,14 +101,21 @@ class RunRequest(BaseModel):
     requestId: str | None = None  # noqa: N815
 
 
+def worst_case(request: RunRequest) -> int:
+    """The most bytes the request's answer may hold: every collector's max, every copied-out file's."""
+    total = 0
+    for cmd in request.cmd:
+        collectors = _collectors(cmd)
+        total += sum(m for _, m in collectors.values())
+        total += sum(cmd.copyOutMax or DEFAULT_COLLECT for name in (*cmd.copyOut, *cmd.copyOutCached)
+                     if name.removesuffix("?") not in collectors)
+    return total
+
+
 async def run(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[dict[str, Any]]:
-    """The results of the request's commands, in order."""
+    """The results of the request's commands, in order; collected files as response.Collected bytes."""
     for cmd in request.cmd:
         _check_files(cmd, cache)
-    collected = sum(m for cmd in request.cmd for _, m in _collectors(cmd).values())
-    if collected > MAX_COLLECT:
-        raise RequestError(f"files: the collectors' max add up to {collected} bytes, more than {MAX_COLLECT} "
-                           "(the service holds what it collects in memory)")
     if request.pipeMapping:
         return await _piped(request, pool, cache)
     results: list[dict[str, Any]] = [{} for _ in request.cmd]
@@ -175,7 +201,7 @@ async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], b
                   cache: FileCache) -> dict[str, Any]:
     """go-judge's Result: collectors always in `files`, empty fields left out."""
     status = STATUS[r.status]
-    files: dict[str, str] = {}
+    files: dict[str, Collected] = {}
     file_ids: dict[str, str] = {}
     errors: list[dict[str, str]] = []
     for name, (fd, limit) in collectors.items():
@@ -183,21 +209,21 @@ async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], b
         if len(data) > limit:
             status = "Output Limit Exceeded"
             errors.append({"name": name, "type": "CollectSizeExceeded"})
-        files[name] = data[:limit + 1].decode(errors="replace")
+        files[name] = Collected(data[:limit + 1])
     for names, cached in ((cmd.copyOut, False), (cmd.copyOutCached, True)):
         for spec in names:
             name, optional = spec.removesuffix("?"), spec.endswith("?")
             if name in collectors and not cached:
                 continue
             try:
-                data = files[name].encode() if name in collectors else await box.read_file(
+                data = files[name].data if name in collectors else await box.read_file(
                     name, max_size=cmd.copyOutMax or DEFAULT_COLLECT)
             except BoxFileError as e:
                 if not optional:
                     errors.append({"name": name, "type": "CopyOutOpen", "message": str(e)})
                 continue
             if not cached:
-                files[name] = data.decode(errors="replace")
+                files[name] = Collected(data)
                 continue
             try:
                 file_ids[name] = cache.add(name, data)
@@ -225,7 +251,7 @@ async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> li
     a, b = request.cmd
     crossed = len(ends) == 2
     try:
-        async with pool.acquire() as box_a, pool.acquire() as box_b:
+        async with pool.acquire_many(2) as (box_a, box_b):
             for cmd, box in ((a, box_a), (b, box_b)):
                 await _copy_in(box, cmd, cache)
             limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT)}

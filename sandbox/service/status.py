@@ -23,10 +23,19 @@ class WorkerView(BaseModel):
     idle: float  # seconds since it last did something (Redis: XINFO CONSUMERS' idle)
 
 
+class CallbackFailure(BaseModel):
+    """A callback that failed for good: its record is still at GET /submissions/{id}."""
+    id: str
+    url: str
+    error: str
+    at: float  # Unix time of the last attempt
+
+
 class PoolView(BaseModel):
     ready: int
     busy: int
     resetting: int
+    waiting: int  # requests waiting for boxes
 
 
 class SubmissionRow(BaseModel):
@@ -60,4 +69,5 @@ class Status(BaseModel):
     queue_depth: int
     workers: list[WorkerView]
     pool: PoolView | None  # None until the pool has started
+    callback_failures: list[CallbackFailure] = []  # the latest first
     submissions: list[SubmissionRow]  # newest first

@@ -15,7 +15,7 @@ import itertools
 import secrets
 import tempfile
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,7 @@ from pydantic import BaseModel, Field
 from ..errors import ConfigError
 from ..judge import Options, TestCase, judge, load_languages, test_limits
 from . import callback
-from .status import DETAIL, RECENT, SubmissionRow, WorkerView
+from .status import DETAIL, RECENT, CallbackFailure, SubmissionRow, WorkerView
 
 MiB = 2**20
 KEPT = 10_000
@@ -89,6 +89,7 @@ class Submissions:
     languages: str | None = None
     _items: OrderedDict[str, Submission] = field(default_factory=OrderedDict)
     _tasks: list[_Task] = field(default_factory=list)
+    _failed_callbacks: deque[CallbackFailure] = field(default_factory=lambda: deque(maxlen=callback.KEPT_FAILURES))
 
     def __post_init__(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[Submission](self.max_pending)
@@ -146,7 +147,17 @@ class Submissions:
                 me.judging, me.since = 0, time.monotonic()
                 self.on_done(item.record)
                 if item.request.callback_url:
-                    callbacks.start_soon(callback.post, item.request.callback_url, item.view())
+                    callbacks.start_soon(self._call_back, item)
+
+    async def _call_back(self, item: Submission) -> None:
+        assert item.request.callback_url is not None
+        why = await callback.post(item.request.callback_url, item.view())
+        if why is not None:
+            self._failed_callbacks.appendleft(CallbackFailure(id=item.id, url=item.request.callback_url, error=why,
+                                                              at=time.time()))
+
+    async def callback_failures(self) -> list[CallbackFailure]:
+        return list(self._failed_callbacks)
 
 
 def check_language(request: SubmissionIn, languages: str | None) -> None:
