@@ -201,17 +201,17 @@ def test_a_redis_stall_costs_latency_never_a_worker() -> None:
                                  "--pool", "1", "--redis", url], serve_port, "sbx-serve-stall"), \
                     httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
                 expected = _submit_all(client, 30)
-                time.sleep(2)
+                time.sleep(1)  # judging has begun: the stall meets jobs in flight
                 store.send_signal(signal.SIGSTOP)
                 try:
                     health = client.get("/healthz")
                     time.sleep(8)
                 finally:
                     store.send_signal(signal.SIGCONT)
+                assert _verdicts(client, expected, timeout=180) == expected
+                assert [w.poll() for w in workers] == [None, None], "the workers rode the stall out"
                 assert (health.status_code, health.json()["redis"]) == (503, False), health.text
-                assert _verdicts(client, expected) == expected
                 assert client.get("/healthz").status_code == 200
-            assert [w.poll() for w in workers] == [None, None], "the workers rode the stall out"
         finally:
             for w in workers:
                 stop(w)
