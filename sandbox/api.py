@@ -59,6 +59,12 @@ class _Inherit:
 _INHERIT = _Inherit()
 
 
+class ExactEnv(dict[str, str]):
+    """A run's environment given whole (`run(env=ExactEnv(...))`): the sandbox adds nothing to it, neither its
+    defaults (PATH, HOME, LANG), the runtimes' memory settings (runtime_env.py), nor the sandbox's own `env`.
+    go-judge's clients expect exactly the list they send."""
+
+
 class Sandbox:
     """A prepared box; `run()` starts programs in it, all sharing its /box and /tmp."""
 
@@ -304,6 +310,15 @@ class Sandbox:
         if "error" in reply:
             raise BoxFileError(reply["error"])
 
+    async def symlink(self, path: str, target: str) -> None:
+        """Make a symlink at `path` (in /box, /tmp or /dev/shm, as `write_file`) pointing to `target`, which
+        is not checked: only the program follows it."""
+        if "\0" in target or not target:
+            raise BoxFileError(f"symlink {path}: the target must be a non-empty path without NUL bytes")
+        reply, _ = await self._open_box().file_op({"op": "symlink", "path": path, "target": target}, [])
+        if "error" in reply:
+            raise BoxFileError(f"symlink {reply['error']}")
+
     async def open_file(self, path: str) -> int:
         """A read-only fd of a regular file or directory in /box, /tmp or /dev/shm, for the caller to close.
 
@@ -402,7 +417,8 @@ class Sandbox:
         if limits.cpus is not None and not cgroup:
             raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
         sampled_memory = None if cgroup else limits.memory
-        full_env = {**BASE_ENV, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
+        full_env = dict(env) if isinstance(env, ExactEnv) else \
+            {**BASE_ENV, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
         if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
             raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         req = {
@@ -501,6 +517,7 @@ async def run_interactive(
     box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
     policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
+    env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
 ) -> tuple[Result, Result]:
     """Two programs, each one's stdout the other's stdin, joined by plain pipes (no relay through Python).
 
@@ -510,16 +527,18 @@ async def run_interactive(
     a_to_b = os.pipe2(os.O_CLOEXEC)
     b_to_a = os.pipe2(os.O_CLOEXEC)
     return await _pair(box_a, argv_a, box_b, argv_b, (b_to_a[0], a_to_b[1]), (a_to_b[0], b_to_a[1]),
-                       (*a_to_b, *b_to_a), limits_a, limits_b, policy_a, policy_b)
+                       (*a_to_b, *b_to_a), (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b))
 
 
 async def run_pipeline(
-    box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *, stdin: bytes | None = None,
+    box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
+    stdin: bytes | int | None = None,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
     policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
+    env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
 ) -> tuple[Result, Result]:
-    """`a | b`: a reads `stdin`, its stdout is b's stdin through a plain pipe; b's stdout and both stderrs are
-    captured."""
+    """`a | b`: a reads `stdin` (data, or an fd handed over as in `run`), its stdout is b's stdin through a plain
+    pipe; b's stdout and both stderrs are captured."""
     a_to_b = os.pipe2(os.O_CLOEXEC)
     try:
         given = await _stdin_fd(stdin)
@@ -528,22 +547,25 @@ async def run_pipeline(
             os.close(fd)
         raise
     return await _pair(box_a, argv_a, box_b, argv_b, (given, a_to_b[1]), (a_to_b[0], None), (*a_to_b, given),
-                       limits_a, limits_b, policy_a, policy_b)
+                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b))
+
+
+_Two = tuple[Any, Any]
 
 
 async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str],
                 io_a: tuple[int, int | None], io_b: tuple[int, int | None], ours: tuple[int, ...],
-                limits_a: Limits | None, limits_b: Limits | None,
-                policy_a: str | None | _Inherit, policy_b: str | None | _Inherit) -> tuple[Result, Result]:
-    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies."""
+                limits: _Two, policies: _Two, envs: _Two) -> tuple[Result, Result]:
+    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies.
+    `limits`, `policies` and `envs`: a's and b's."""
     replies: list[dict[str, Any]] = [{}, {}]
     try:
         with single_error():
             async with anyio.create_task_group() as tasks:
-                a = await box_a._start(tasks, argv_a, limits=limits_a, env=None, cwd=None, stdin=io_a[0],
-                                       stdout=io_a[1], stderr=None, policy=policy_a)
-                b = await box_b._start(tasks, argv_b, limits=limits_b, env=None, cwd=None, stdin=io_b[0],
-                                       stdout=io_b[1], stderr=None, policy=policy_b)
+                a = await box_a._start(tasks, argv_a, limits=limits[0], env=envs[0], cwd=None, stdin=io_a[0],
+                                       stdout=io_a[1], stderr=None, policy=policies[0])
+                b = await box_b._start(tasks, argv_b, limits=limits[1], env=envs[1], cwd=None, stdin=io_b[0],
+                                       stdout=io_b[1], stderr=None, policy=policies[1])
                 for fd in ours:
                     os.close(fd)
                 ours = ()

@@ -46,7 +46,24 @@ def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] |
     With `owner`, missing directories on the way are made, owned by it: a
     tree is copied in file by file.
     """
+    parent, name = _parent_beneath(path, owner)
+    try:
+        fd = _openat(parent, name, flags, mode)
+    finally:
+        os.close(parent)
+    kind = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(kind) or directory and stat.S_ISDIR(kind)):
+        os.close(fd)
+        raise OSError(f"{path}: not a regular file" + (" or directory" if directory else ""))
+    return fd
+
+
+def _parent_beneath(path: str, owner: tuple[int, int] | None) -> tuple[int, str]:
+    """The directory that holds `path` in its writable dir (an fd, never reached through a symlink), and the
+    last name; with `owner`, directories missing on the way are made, owned by it."""
     root_dir, rel = locate(path)
+    if rel == ".":
+        raise OSError(errno.EISDIR, f"{path}: names the writable dir itself")
     parent = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in rel.split("/")[:-1]:
@@ -59,14 +76,10 @@ def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] |
             below = _openat(parent, name, os.O_RDONLY | os.O_DIRECTORY, 0)
             os.close(parent)
             parent = below
-        fd = _openat(parent, os.path.basename(rel), flags, mode)
-    finally:
+    except BaseException:
         os.close(parent)
-    kind = os.fstat(fd).st_mode
-    if not (stat.S_ISREG(kind) or directory and stat.S_ISDIR(kind)):
-        os.close(fd)
-        raise OSError(f"{path}: not a regular file" + (" or directory" if directory else ""))
-    return fd
+        raise
+    return parent, os.path.basename(rel)
 
 
 def _openat(parent: int, name: str, flags: int, mode: int) -> int:
@@ -218,3 +231,18 @@ def _private_mqueue(over: str) -> int:
         return os.open(over, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     finally:
         sc.umount2(over, sc.MNT_DETACH)
+
+
+def make_symlink(path: str, target: str, uid: int, gid: int) -> None:
+    """A symlink at `path` to `target` (go-judge's copyIn `symlink`), owned by the program's uid.
+
+    The link is made, never followed: what it points to is the program's
+    business, and box init and the supervisor never resolve a path through
+    the box's links.  An existing name is an error, as go-judge has it.
+    """
+    parent, name = _parent_beneath(path, (uid, gid))
+    try:
+        os.symlink(target, name, dir_fd=parent)
+        os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)
+    finally:
+        os.close(parent)

@@ -134,7 +134,10 @@ def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap,
                 raise ValueError("a box with a union root cannot be reset")
             resetter.reset()
             return {"ok": True}, []
-        boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
+        if req["op"] == "symlink":
+            boxfiles.make_symlink(req["path"], req["target"], ids.program_uid, ids.program_gid)
+        else:
+            boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
         return {"ok": True}, []
     except (OSError, ValueError) as e:
         return {"error": str(e) if not isinstance(e, OSError) or not e.strerror else

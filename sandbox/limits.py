@@ -71,13 +71,18 @@ class Limits:
     open_files: int = 256
     stack: int | None = None
     cpus: float | None = None  # cpu.max: how many cores' worth of time per period (cgroup only)
+    address_space: int | None = None
+    """RLIMIT_AS of each process (go-judge's addressSpaceLimit): an allocation past it fails, where `memory`
+    kills the run.  Without a cgroup the lower of this and the memory backstop applies."""
+    data: int | None = None
+    """RLIMIT_DATA of each process (go-judge's dataSegmentLimit and strictMemoryLimit)."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_time", "wall_time", "cpus"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive number, not {v!r}")
-        for name in ("memory", "pids", "output", "file_size", "open_files", "stack"):
+        for name in ("memory", "pids", "output", "file_size", "open_files", "stack", "address_space", "data"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):
                 raise ConfigError(f"{name}: must be a positive integer, not {v!r}")

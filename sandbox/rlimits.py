@@ -25,9 +25,13 @@ def rlimits(limits: Limits, ids: IdMap, cgroup: bool) -> list[Rlimit]:
         # The spawner kills within a millisecond of the limit; this only catches a spawner that failed.
         soft = math.ceil(limits.cpu_time) + 1
         out.append((resource.RLIMIT_CPU, soft, soft + 1))
+    caps = [limits.address_space] if limits.address_space is not None else []
     if limits.memory is not None and not cgroup:
-        backstop = address_space(limits.memory)
-        out.append((resource.RLIMIT_AS, backstop, backstop))
+        caps.append(address_space(limits.memory))
+    if caps:
+        out.append((resource.RLIMIT_AS, min(caps), min(caps)))
+    if limits.data is not None:
+        out.append((resource.RLIMIT_DATA, limits.data, limits.data))
     if limits.pids is not None and not cgroup:
         # Counted per (user namespace, uid) since Linux 5.14, so per box.  In single mode box init and
         # the spawner share the program's uid.

@@ -29,6 +29,9 @@ def add_command(sub: Any) -> None:
     serve.add_argument("--output-budget", default="512M", metavar="SIZE",
                        help="bytes of output /run may hold for all requests at once: each takes its collectors' and "
                             "copy-outs' max before it runs (default 512M)")
+    serve.add_argument("--src-prefix", action="append", default=[], metavar="DIR",
+                       help="a server path under which a request's src may read files, as go-judge's flag "
+                            "(repeatable, or comma-separated; default none: src is refused)")
     serve.add_argument("--callback-allow", action="append", default=[], metavar="HOST[,HOST...]",
                        help="hosts (names, addresses or networks such as 10.0.0.0/8) a submission's callback_url may "
                             "name (repeatable; default none: no callbacks)")
@@ -81,7 +84,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            max_pending=parse_count(args.max_pending, "--max-pending"),
                            file_cache=parse_size(args.file_cache, "--file-cache"), redis=args.redis,
                            callback_allow=tuple(args.callback_allow),
-                           output_budget=parse_size(args.output_budget, "--output-budget"))
+                           output_budget=parse_size(args.output_budget, "--output-budget"),
+                           src_prefix=tuple(p for given in args.src_prefix for p in given.split(",") if p))
     Allowed.parse(args.callback_allow)  # bad input: one line before the server starts
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]

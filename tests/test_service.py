@@ -127,7 +127,9 @@ def test_the_file_cache_is_bounded(client: httpx.Client) -> None:
 
 def test_languages_version_metrics_and_docs(client: httpx.Client) -> None:
     assert [lang["name"] for lang in client.get("/languages").json()][:3] == ["c", "cpp", "py"]
-    assert client.get("/version").json()["buildVersion"].startswith("sbx ")
+    version = client.get("/version").json()
+    assert version["buildVersion"].startswith("v") and version["server"] == "sbx" and version["symlink"] is True
+    assert client.get("/config").json()["runnerConfig"]["cgroupType"] in (0, 2)
     client.post("/run", json={"cmd": [{"args": ["/bin/true"]}]})
     text = client.get("/metrics").text
     assert 'sbx_runs_total{status="Accepted"}' in text and "sbx_run_cpu_seconds_bucket" in text
@@ -287,3 +289,73 @@ async def _answers(c: httpx.AsyncClient, path: str) -> bool:
         return (await c.get(path)).status_code == 200
     except httpx.TransportError:
         return False
+
+
+def _one(client: httpx.Client, **cmd: object) -> dict:
+    body = {"cmd": [{"env": ENV, "files": [{"content": ""}, *COLLECT], **LIMITS, **cmd}]}
+    r = client.post("/run", json=body)
+    assert r.status_code == 200, r.text
+    return r.json()[0]
+
+
+def test_go_judges_limits_env_and_symlinks(client: httpx.Client) -> None:
+    """realCpuLimit is the wall limit; env is exactly the list given; copyIn makes a symlink; addressSpaceLimit
+    makes an allocation past memoryLimit fail inside the program rather than end the run."""
+    slept = _one(client, args=["/bin/sleep", "5"], realCpuLimit=500_000_000)
+    assert slept["status"] == "Time Limit Exceeded" and slept["runTime"] < 3 * 10**9, slept
+    env = _one(client, args=["/usr/bin/env"], env=["PATH=/bin", "A=1=2"])
+    assert env["files"]["stdout"] == "PATH=/bin\nA=1=2\n", env
+    linked = _one(client, args=["/bin/sh", "-c", "readlink l; cat l"], copyIn={
+        "f": {"content": "through the link"}, "l": {"symlink": "f"}})
+    assert linked["files"]["stdout"] == "f\nthrough the link", linked
+    grab = "x = bytearray(200 * 2**20)\nprint('allocated')"
+    capped = _one(client, args=["/usr/bin/python3", "-c", grab], memoryLimit=100 * 2**20, addressSpaceLimit=True)
+    assert capped["status"] == "Nonzero Exit Status" and "MemoryError" in capped["files"]["stderr"], capped
+
+
+@pytest.mark.parametrize("cmd,status,files,errors", [
+    ({"args": ["/usr/bin/mkfifo", "out"], "copyOut": ["out"]}, "File Error", {},
+     [("out", "CopyOutNotRegularFile")]),
+    ({"args": ["/bin/ln", "-s", "/etc/passwd", "out"], "copyOut": ["out"]}, "File Error", {}, [("out", "CopyOutOpen")]),
+    ({"args": ["/bin/true"], "copyOut": ["missing?"]}, "Accepted", {}, []),
+    ({"args": ["/bin/true"], "copyIn": {"in": {"content": "1234567890"}}, "copyOut": ["in"], "copyOutMax": 5},
+     "File Error", {}, [("in", "CopyOutSizeExceeded")]),
+    ({"args": ["/bin/true"], "copyIn": {"in": {"content": "1234567890"}}, "copyOut": ["in"], "copyOutMax": 5,
+      "copyOutTruncate": True}, "File Error", {"in": "12345"}, [("in", "CopyOutSizeExceeded")]),
+])
+def test_copy_out_errors_have_go_judges_types(client: httpx.Client, cmd: dict, status: str, files: dict,
+                                              errors: list) -> None:
+    got = _one(client, **cmd)
+    assert got["status"] == status, got
+    assert {k: v for k, v in got.get("files", {}).items() if k not in ("stdout", "stderr")} == files
+    assert [(e["name"], e["type"]) for e in got.get("fileError", [])] == errors
+    if errors and errors[0][1] == "CopyOutNotRegularFile":
+        assert "not a regular file" in got["error"]
+
+
+@pytest.mark.parametrize("cmd,message", [
+    ({"args": ["/bin/true"], "tty": True}, "tty"),
+    ({"args": ["/bin/true"], "cpuSetLimit": "0"}, "cpuSetLimit"),
+    ({"args": ["/bin/true"], "env": ["NOEQUALS"]}, "NAME=VALUE"),
+])
+def test_what_sbx_does_not_do_is_a_400_not_silence(client: httpx.Client, cmd: dict, message: str) -> None:
+    r = client.post("/run", json={"cmd": [cmd]})
+    assert r.status_code == 400 and message in r.json(), r.text
+
+
+def test_src_is_read_only_beneath_a_src_prefix(tmp_path: Path) -> None:
+    """go-judge's `src`, under --src-prefix: a file beneath it is read, and neither `..` nor a link leads out."""
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "in.txt").write_text("from the server\n")
+    (data / "out").symlink_to(tmp_path / "secret")
+    (tmp_path / "secret").write_text("SECRET\n")
+    for base in _serve("--src-prefix", f"{data},/dev/null", "--pool", "1", mark="sbx-serve-src-fixture"):
+        with httpx.Client(base_url=base, timeout=60) as c:
+            cat = {"args": ["/bin/cat", "-", "copied"], "env": ENV, **LIMITS, "files": [
+                {"src": "/dev/null"}, *COLLECT], "copyIn": {"copied": {"src": f"{data}/in.txt"}}}
+            got = c.post("/run", json={"cmd": [cat]}).json()[0]
+            assert (got["status"], got["files"]["stdout"]) == ("Accepted", "from the server\n"), got
+            for src in (f"{data}/../secret", f"{data}/out", str(tmp_path / "secret"), "/etc/passwd"):
+                r = c.post("/run", json={"cmd": [{**cat, "copyIn": {"copied": {"src": src}}}]})
+                assert r.status_code == 400 and "src" in r.json() and "SECRET" not in r.text, (src, r.text)

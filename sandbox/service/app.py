@@ -18,6 +18,7 @@ API, it runs as well in an ASGI server on asyncio.  What it protects:
 from __future__ import annotations
 
 import hmac
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -32,15 +33,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
+from ..cgroups import delegation
 from ..errors import ConfigError
 from ..pool import SandboxPool
 from . import callback, gojudge, page, response
 from .files import CacheFull, FileCache
 from .redis_queue import RedisQueue
+from .sources import Sources
 from .status import PoolView, Status
 from .submissions import QueueFull, SubmissionIn, Submissions
 
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/livez", "/version", "/docs", "/openapi.json"}
+FEATURES = {"copyOutOptional": True, "copyOutTruncate": True, "symlink": True, "addressSpaceLimit": True,
+            "fixSymlinkEscape": True, "pipeProxy": False, "stream": False, "procPeak": False}
+"""go-judge's feature flags (/version, /config), true where sbx does what go-judge documents; clients such as
+Hydro's judge read them at start-up."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,7 @@ class ServiceConfig:
     redis: str | None = None  # submissions go to workers through Redis Streams (redis_queue.py)
     callback_allow: tuple[str, ...] = ()  # hosts a submission's callback_url may name (callback.py)
     output_budget: int = 512 * 2**20  # bytes /run may have collected over all requests at once (response.py)
+    src_prefix: tuple[str, ...] = ()  # server paths a request's `src` may name (sources.py); none by default
 
 
 _VERDICTS = ("sbx_submissions", "Judged submissions by verdict")
@@ -132,6 +140,7 @@ def _error(status: int, message: str) -> JSONResponse:
 
 def create_app(config: ServiceConfig) -> FastAPI:
     cache = FileCache(config.file_cache)
+    inputs = gojudge.Inputs(cache, Sources(list(config.src_prefix)))
     budget = response.OutputBudget(config.output_budget)
     allowed = callback.Allowed.parse(list(config.callback_allow))
     state: dict[str, Any] = {"pending": 0}
@@ -209,7 +218,7 @@ def create_app(config: ServiceConfig) -> FastAPI:
         try:
             await budget.take(need)
             try:
-                results = await gojudge.run(body, state["pool"], cache)
+                results = await gojudge.run(body, state["pool"], inputs)
             except BaseException:
                 with anyio.CancelScope(shield=True):
                     await budget.give(need)
@@ -293,10 +302,17 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def livez() -> dict[str, bool]:
         return {"ok": True}
 
-    @app.get("/version", summary="sbx's version")
+    @app.get("/version", summary="sbx's version and which of go-judge's features it has")
     async def version() -> dict[str, Any]:
         from importlib.metadata import version as package_version
-        return {"buildVersion": f"sbx {package_version('sbx')}", "copyOutOptional": True}
+        return {"buildVersion": f"v{package_version('sbx')}", "server": "sbx", "platform": os.uname().machine,
+                "os": "linux", **FEATURES}
+
+    @app.get("/config", summary="go-judge's /config: the features, and what the runner has (cgroup v2)")
+    async def runner_config() -> dict[str, Any]:
+        found = delegation()
+        return {**FEATURES, "runnerConfig": {"cgroupType": 2 if found.base else 0,
+                                             "cgroupControllers": sorted(found.controllers) if found.base else []}}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
     async def prometheus() -> Response:

@@ -2,8 +2,8 @@
 
 Units are go-judge's: times in nanoseconds, sizes in bytes.  Each command
 runs in a box of the pool (a fresh one, reset after), under the service's
-policy.  Files come from `content` or a cached `fileId`; a `src` (a path on
-the server) is refused: a network client never names the server's files.
+policy.  Files come from `content`, a cached `fileId`, or a `src` on the
+server beneath the operator's `--src-prefix` paths (sources.py).
 Two commands joined by a `pipeMapping` run as a pipeline (the first one's
 stdout the second's stdin) or, when the ends cross, as an interactive pair;
 other mappings are refused.  Unlike go-judge, an unknown fileId is that
@@ -12,18 +12,23 @@ command's "File Error", not an HTTP 500 for the whole request.
 
 from __future__ import annotations
 
+import os
+import stat
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import Sandbox, run_interactive, run_pipeline
+from ..api import ExactEnv, Sandbox, run_interactive, run_pipeline
+from ..cgroups import delegation
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
 from ..pool import SandboxPool
 from ..result import Result, Status
 from .files import CacheFull, FileCache
 from .response import Collected
+from .sources import SourceError, Sources
 
 NS = 1e9
 DEFAULT_COLLECT = 64 * 2**20
@@ -43,6 +48,7 @@ class FileSpec(BaseModel):
     content: str | None = None
     fileId: str | None = None  # noqa: N815 - go-judge's names
     src: str | None = None
+    symlink: str | None = None  # copyIn only: a link to this target
     name: str | None = None  # a collector (stdout/stderr)
     max: int | None = Field(default=None, ge=0)
     pipe: bool = False
@@ -55,12 +61,20 @@ MAX_PROCS = 4_194_304  # the kernel's own pid_max limit
 
 
 class Cmd(BaseModel):
-    model_config = ConfigDict(extra="ignore")  # go-judge has options sbx does not need (tty, cpuRateLimit, ...)
+    model_config = ConfigDict(extra="ignore")  # go-judge has fields sbx needs not (copyOutDir, streamIn, ...)
     args: list[str] = Field(min_length=1)
     env: list[str] = []
     files: list[FileSpec | None] = []
     cpuLimit: int = Field(default=0, ge=0, le=DAY_NS)  # noqa: N815
+    realCpuLimit: int = Field(default=0, ge=0, le=DAY_NS)  # noqa: N815 - the wall limit; clockLimit's new name
     clockLimit: int = Field(default=0, ge=0, le=DAY_NS)  # noqa: N815
+    cpuRateLimit: int = Field(default=0, ge=0, le=10**6)  # noqa: N815 - thousandths of a CPU
+    cpuSetLimit: str = ""  # noqa: N815
+    tty: bool = False
+    strictMemoryLimit: bool = False  # noqa: N815
+    dataSegmentLimit: bool = False  # noqa: N815
+    addressSpaceLimit: bool = False  # noqa: N815
+    copyOutTruncate: bool = False  # noqa: N815
     memoryLimit: int = Field(default=0, ge=0, le=MAX_BYTES)  # noqa: N815
     stackLimit: int = Field(default=0, ge=0, le=MAX_BYTES)  # noqa: N815
     procLimit: int = Field(default=0, ge=0, le=MAX_PROCS)  # noqa: N815
@@ -80,6 +94,13 @@ class Cmd(BaseModel):
                 raise ValueError(f"{where}: a NUL byte cannot be passed to a program or be in a file name")
         if any(not name for name in self.copyIn):
             raise ValueError("copyIn: an empty file name")
+        if any("=" not in e for e in self.env):
+            raise ValueError("env: each entry is NAME=VALUE")
+        if self.tty:
+            raise ValueError("tty: sbx runs no program on a terminal yet (a difference from go-judge, see README)")
+        if self.cpuSetLimit:
+            raise ValueError("cpuSetLimit: sbx does not pin programs to CPUs (a difference from go-judge, see "
+                             "README)")
         return self
 
 
@@ -112,16 +133,16 @@ def worst_case(request: RunRequest) -> int:
     return total
 
 
-async def run(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[dict[str, Any]]:
+async def run(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list[dict[str, Any]]:
     """The results of the request's commands, in order; collected files as response.Collected bytes."""
     for cmd in request.cmd:
-        _check_files(cmd, cache)
+        _check_files(cmd, inputs)
     if request.pipeMapping:
-        return await _piped(request, pool, cache)
+        return await _piped(request, pool, inputs)
     results: list[dict[str, Any]] = [{} for _ in request.cmd]
 
     async def one(i: int, cmd: Cmd) -> None:
-        results[i] = await _one(cmd, pool, cache)
+        results[i] = await _one(cmd, pool, inputs)
 
     async with anyio.create_task_group() as tasks:
         for i, cmd in enumerate(request.cmd):
@@ -129,41 +150,84 @@ async def run(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[
     return results
 
 
-def _check_files(cmd: Cmd, cache: FileCache) -> None:
+@dataclass(frozen=True)
+class Inputs:
+    """Where a command's files come from besides `content`: the cache (fileId) and the server's files (src)."""
+
+    cache: FileCache
+    sources: Sources
+
+
+def _check_files(cmd: Cmd, inputs: Inputs) -> None:
     for where, spec in [*(("files", f) for f in cmd.files if f is not None), *cmd.copyIn.items()]:
         if spec.src is not None:
-            raise RequestError(f"{where}: src (a path on the server) is not accepted; send content or a fileId")
+            try:
+                os.close(inputs.sources.open(spec.src))
+            except SourceError as e:
+                raise RequestError(f"{where}: {e}") from None
+    if any(f is not None and f.symlink is not None for f in cmd.files):
+        raise RequestError("files: a symlink is for copyIn only")
     if len(cmd.files) > 3:
         raise RequestError("files: at most stdin, stdout and stderr")
+    if cmd.cpuRateLimit and delegation().base is None:
+        raise RequestError(f"cpuRateLimit: needs cgroup v2 delegation, and there is none: {delegation().reason}")
 
 
-def _data(spec: FileSpec, cache: FileCache) -> bytes:
+def _data(spec: FileSpec, inputs: Inputs) -> bytes | int:
+    """A file's data, or for a `src` an fd to read it from (the caller closes it)."""
     if spec.content is not None:
         return spec.content.encode()
     if spec.fileId is not None:
-        data = cache.get(spec.fileId)
+        data = inputs.cache.get(spec.fileId)
         if data is None:
             raise BoxFileError(f"fileId {spec.fileId}: no such file")
         return data
-    raise RequestError("a file needs content or a fileId")
+    if spec.src is not None:
+        try:
+            return inputs.sources.open(spec.src)
+        except SourceError as e:
+            raise BoxFileError(str(e)) from None
+    raise RequestError("a file needs content, a fileId or a src")
 
 
-def _stdin(cmd: Cmd, cache: FileCache) -> bytes | None:
-    """The data of a command's stdin (files[0]) when it is given, not collected."""
+def _stdin(cmd: Cmd, inputs: Inputs) -> bytes | int | None:
+    """The data of a command's stdin (files[0]) when it is given, not collected (an fd for a src)."""
     given = cmd.files[0] if cmd.files else None
-    return _data(given, cache) if given and not given.name else None
+    return _data(given, inputs) if given and not given.name else None
 
 
-async def _copy_in(box: Sandbox, cmd: Cmd, cache: FileCache) -> None:
+def _close(data: bytes | int | None) -> None:
+    if isinstance(data, int):
+        os.close(data)
+
+
+async def _copy_in(box: Sandbox, cmd: Cmd, inputs: Inputs) -> None:
     for path, spec in cmd.copyIn.items():
-        await box.write_file(path, _data(spec, cache), 0o755)  # executable: a cached binary runs by its name
+        if spec.symlink is not None:
+            await box.symlink(path, spec.symlink)
+            continue
+        data = _data(spec, inputs)
+        try:  # executable: a cached binary runs by its name
+            await (box.copy_in(path, data, 0o755) if isinstance(data, int) else box.write_file(path, data, 0o755))
+        finally:
+            _close(data)
 
 
 def _limits(cmd: Cmd, collect: int) -> Limits:
+    wall = cmd.realCpuLimit or cmd.clockLimit
+    memory = cmd.memoryLimit or Limits().memory
     return Limits(cpu_time=cmd.cpuLimit / NS if cmd.cpuLimit else None,
-                  wall_time=cmd.clockLimit / NS if cmd.clockLimit else Limits().wall_time,
-                  memory=cmd.memoryLimit or Limits().memory, stack=cmd.stackLimit or None,
-                  pids=cmd.procLimit or Limits().pids, output=collect)
+                  wall_time=wall / NS if wall else Limits().wall_time,
+                  memory=memory, stack=cmd.stackLimit or None,
+                  pids=cmd.procLimit or Limits().pids, output=collect,
+                  cpus=cmd.cpuRateLimit / 1000 if cmd.cpuRateLimit else None,
+                  address_space=memory if cmd.addressSpaceLimit else None,
+                  data=memory if cmd.dataSegmentLimit or cmd.strictMemoryLimit else None)
+
+
+def _env(cmd: Cmd) -> ExactEnv:
+    """Exactly the list given, as go-judge passes it (a later NAME wins)."""
+    return ExactEnv(e.split("=", 1) for e in cmd.env)
 
 
 def _argv(cmd: Cmd) -> list[str]:
@@ -178,15 +242,18 @@ def _collectors(cmd: Cmd) -> dict[str, tuple[int, int]]:
             for fd, spec in enumerate(cmd.files) if spec is not None and spec.name is not None and fd in (1, 2)}
 
 
-async def _one(cmd: Cmd, pool: SandboxPool, cache: FileCache) -> dict[str, Any]:
+async def _one(cmd: Cmd, pool: SandboxPool, inputs: Inputs) -> dict[str, Any]:
     collectors = _collectors(cmd)
     try:
         async with pool.acquire() as box:
-            await _copy_in(box, cmd, cache)
-            result = await box.run(_argv(cmd), stdin=_stdin(cmd, cache),
-                                   env=dict(e.split("=", 1) for e in cmd.env if "=" in e),
-                                   limits=_limits(cmd, sum(m for _, m in collectors.values()) or DEFAULT_COLLECT))
-            return await _result(cmd, result, collectors, box, cache)
+            await _copy_in(box, cmd, inputs)
+            stdin = _stdin(cmd, inputs)
+            try:
+                result = await box.run(_argv(cmd), stdin=stdin, env=_env(cmd),
+                                       limits=_limits(cmd, sum(m for _, m in collectors.values()) or DEFAULT_COLLECT))
+            finally:
+                _close(stdin)
+            return await _result(cmd, result, collectors, box, inputs)
     except BoxFileError as e:
         return _failure("File Error", e)
     except SandboxError as e:
@@ -198,7 +265,7 @@ def _failure(status: str, e: Exception) -> dict[str, Any]:
 
 
 async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], box: Sandbox,
-                  cache: FileCache) -> dict[str, Any]:
+                  inputs: Inputs) -> dict[str, Any]:
     """go-judge's Result: collectors always in `files`, empty fields left out."""
     status = STATUS[r.status]
     files: dict[str, Collected] = {}
@@ -215,18 +282,19 @@ async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], b
             name, optional = spec.removesuffix("?"), spec.endswith("?")
             if name in collectors and not cached:
                 continue
-            try:
-                data = files[name].data if name in collectors else await box.read_file(
-                    name, max_size=cmd.copyOutMax or DEFAULT_COLLECT)
-            except BoxFileError as e:
-                if not optional:
-                    errors.append({"name": name, "type": "CopyOutOpen", "message": str(e)})
-                continue
+            if name in collectors:
+                data = files[name].data
+            else:
+                data, error = await _copy_out(box, cmd, name)
+                if error is not None and (error["type"] != "CopyOutOpen" or not optional):
+                    errors.append(error)
+                if data is None:
+                    continue
             if not cached:
                 files[name] = Collected(data)
                 continue
             try:
-                file_ids[name] = cache.add(name, data)
+                file_ids[name] = inputs.cache.add(name, data)
             except CacheFull as e:
                 errors.append({"name": name, "type": "CopyOutCreateFile", "message": str(e)})
     if errors and status == "Accepted":
@@ -235,12 +303,35 @@ async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], b
         "status": status, "exitStatus": r.exit_code if r.exit_code is not None else (r.signal or 0),
         "time": int(r.cpu_time * NS), "memory": r.memory_peak, "runTime": int(r.wall_time * NS),
     }
-    extra = {"error": r.message if r.status is not Status.OK else "", "files": files, "fileIds": file_ids,
-             "fileError": errors}
+    said = r.message if r.status is not Status.OK else "; ".join(e["message"] for e in errors if "message" in e)
+    extra = {"error": said, "files": files, "fileIds": file_ids, "fileError": errors}
     return {**out, **{k: v for k, v in extra.items() if v}}
 
 
-async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> list[dict[str, Any]]:
+async def _copy_out(box: Sandbox, cmd: Cmd, name: str) -> tuple[bytes | None, dict[str, str] | None]:
+    """A file of the box for copyOut, and the file error go-judge would give (its types and messages): what the
+    box cannot open (missing, a symlink: never followed), what is not a regular file, what is over copyOutMax
+    (with copyOutTruncate, its first copyOutMax bytes and the error)."""
+    limit = cmd.copyOutMax or DEFAULT_COLLECT
+    try:
+        fd = await box.open_file(name)
+    except BoxFileError as e:
+        kind = "CopyOutNotRegularFile" if "not a regular file" in str(e) else "CopyOutOpen"
+        return None, {"name": name, "type": kind, "message": f"copyout: {e}"}
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return None, {"name": name, "type": "CopyOutNotRegularFile",
+                          "message": f"copyout: {name!r} is not a regular file"}
+        over = {"name": name, "type": "CopyOutSizeExceeded",
+                "message": f"copyout: {name!r} size ({st.st_size}) exceeds limit ({limit})"}
+        if st.st_size > limit and not cmd.copyOutTruncate:
+            return None, over
+        data = await anyio.to_thread.run_sync(f.read, limit + 1) if limit > 2**20 else f.read(limit + 1)
+    return (data[:limit], over) if len(data) > limit else (data, None)
+
+
+async def _piped(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list[dict[str, Any]]:
     ends = {(m.in_.index, m.in_.fd, m.out.index, m.out.fd) for m in request.pipeMapping}
     if len(request.cmd) != 2 or ends not in ({(0, 1, 1, 0)}, {(0, 1, 1, 0), (1, 1, 0, 0)}):
         raise RequestError("pipeMapping: two commands, the first one's stdout (fd 1) the second's stdin (fd 0), "
@@ -253,15 +344,20 @@ async def _piped(request: RunRequest, pool: SandboxPool, cache: FileCache) -> li
     try:
         async with pool.acquire_many(2) as (box_a, box_b):
             for cmd, box in ((a, box_a), (b, box_b)):
-                await _copy_in(box, cmd, cache)
-            limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT)}
+                await _copy_in(box, cmd, inputs)
+            limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT),
+                      "env_a": _env(a), "env_b": _env(b)}
             if crossed:
                 ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits)
             else:
-                ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=_stdin(a, cache))
+                stdin = _stdin(a, inputs)
+                try:
+                    ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=stdin)
+                finally:
+                    _close(stdin)
             captured_b = _collectors(b) if not crossed else {n: c for n, c in _collectors(b).items() if c[0] == 2}
-            return [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, cache),
-                    await _result(b, rb, captured_b, box_b, cache)]
+            return [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, inputs),
+                    await _result(b, rb, captured_b, box_b, inputs)]
     except BoxFileError as e:
         return [_failure("File Error", e)] * 2
     except SandboxError as e:
