@@ -16,13 +16,14 @@ if TYPE_CHECKING:
     from .mounts import Bind
     from .pool import SandboxPool
     from .result import Result, Status
+    from .tap import Tap
 
 _WHERE = {
     "ExactEnv": "api", "Relay": "api", "Sandbox": "api", "TeardownWarning": "api", "run_interactive": "api",
     "run_pipeline": "api",
     "BoxFileError": "errors", "ConfigError": "errors", "ExecError": "errors", "SandboxError": "errors",
     "SetupError": "errors", "Limits": "limits", "parse_size": "limits", "Bind": "mounts", "SandboxPool": "pool",
-    "Result": "result", "Status": "result",
+    "Result": "result", "Status": "result", "Tap": "tap",
 }
 __all__ = sorted(_WHERE)
 

@@ -31,6 +31,7 @@ from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
 from .runtime_env import runtime_env
+from .tap import Tap, relay, tapped_pipe
 from .teardown import TeardownWarning
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
@@ -39,7 +40,7 @@ if TYPE_CHECKING:
     from .image_store import Image
 
 DEFAULT_POLICY = "default"
-BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": WORK_DIR, "LANG": "C.UTF-8"}
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
 _CHUNK = 1 << 16
 # the accounting of a run whose program never started (its exec failed)
 _NEVER_RAN: dict[str, Any] = {"wait_status": None, "syscall": None, "cpu_time": 0.0, "wall_time": 0.0, "memory_peak": 0}
@@ -89,10 +90,12 @@ class Sandbox:
         fs: str = "auto",
         image: str | None = None,
         commit: str | None = None,
+        home: str = WORK_DIR,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
-        image plus what the runs wrote, made when the sandbox closes (`committed` then holds it)."""
+        image plus what the runs wrote, made when the sandbox closes (`committed` then holds it).  `home`: the
+        writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w)."""
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
@@ -141,7 +144,10 @@ class Sandbox:
                               "lives inside the box")
         defaults = self.image.runtime if self.image is not None else {}
         self.env = {**dict(e.split("=", 1) for e in defaults.get("Env") or [] if "=" in e), **(env or {})}
-        self.cwd = cwd or defaults.get("WorkingDir") or ("/" if self.image is not None else WORK_DIR)
+        self.home = check_box_path(home, "home")
+        if self.home in ("/tmp", "/dev/shm") or self.home.startswith(("/tmp/", "/dev/")):
+            raise ConfigError(f"home {home}: must be a directory of its own, not in /tmp or /dev")
+        self.cwd = cwd or defaults.get("WorkingDir") or ("/" if self.image is not None else self.home)
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
         self._union_upper: str | None = None
@@ -173,7 +179,7 @@ class Sandbox:
                 os.mkdir(upper)
                 os.mkdir(workdir)
             layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
-                            upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback)
+                            upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
             self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
@@ -418,7 +424,7 @@ class Sandbox:
             raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
         sampled_memory = None if cgroup else limits.memory
         full_env = dict(env) if isinstance(env, ExactEnv) else \
-            {**BASE_ENV, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
+            {**BASE_ENV, "HOME": self.home, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
         if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
             raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         req = {
@@ -518,16 +524,24 @@ async def run_interactive(
     limits_a: Limits | None = None, limits_b: Limits | None = None,
     policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
     env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
+    tap_ab: Tap | None = None, tap_ba: Tap | None = None,
 ) -> tuple[Result, Result]:
     """Two programs, each one's stdout the other's stdin, joined by plain pipes (no relay through Python).
 
     Both sides' stderr is captured. The pipes' only copies end up in the two
-    runs, so each side sees EOF as soon as the other exits.
+    runs, so each side sees EOF as soon as the other exits.  A `Tap` on a
+    direction relays that pipe through this process and keeps what passes
+    (tap.py).
     """
-    a_to_b = os.pipe2(os.O_CLOEXEC)
-    b_to_a = os.pipe2(os.O_CLOEXEC)
-    return await _pair(box_a, argv_a, box_b, argv_b, (b_to_a[0], a_to_b[1]), (a_to_b[0], b_to_a[1]),
-                       (*a_to_b, *b_to_a), (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b))
+    a_out, b_in, ours_ab, relay_ab = _join(tap_ab)
+    try:
+        b_out, a_in, ours_ba, relay_ba = _join(tap_ba)
+    except BaseException:
+        _close_all((*ours_ab, *(relay_ab[:2] if relay_ab else ())))
+        raise
+    relays = [r for r in (relay_ab, relay_ba) if r is not None]
+    return await _pair(box_a, argv_a, box_b, argv_b, (a_in, a_out), (b_in, b_out), (*ours_ab, *ours_ba),
+                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b), relays)
 
 
 async def run_pipeline(
@@ -535,29 +549,45 @@ async def run_pipeline(
     stdin: bytes | int | None = None,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
     policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
-    env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
+    env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None, tap: Tap | None = None,
 ) -> tuple[Result, Result]:
     """`a | b`: a reads `stdin` (data, or an fd handed over as in `run`), its stdout is b's stdin through a plain
-    pipe; b's stdout and both stderrs are captured."""
-    a_to_b = os.pipe2(os.O_CLOEXEC)
+    pipe (or relayed through a `Tap`); b's stdout and both stderrs are captured."""
+    a_out, b_in, ours, relay_ab = _join(tap)
     try:
         given = await _stdin_fd(stdin)
     except BaseException:
-        for fd in a_to_b:
-            os.close(fd)
+        _close_all((*ours, *(relay_ab[:2] if relay_ab else ())))
         raise
-    return await _pair(box_a, argv_a, box_b, argv_b, (given, a_to_b[1]), (a_to_b[0], None), (*a_to_b, given),
-                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b))
+    return await _pair(box_a, argv_a, box_b, argv_b, (given, a_out), (b_in, None), (*ours, given),
+                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b),
+                       [relay_ab] if relay_ab is not None else [])
 
 
 _Two = tuple[Any, Any]
+_Relay = tuple[int, int, Tap]
+
+
+def _join(tap: Tap | None) -> tuple[int, int, tuple[int, int], _Relay | None]:
+    """A pipe from one program to the other: the writer's end, the reader's end, both (closed once the runs have
+    them), and with a tap the relay's two ends."""
+    if tap is None:
+        read, write = os.pipe2(os.O_CLOEXEC)
+        return write, read, (read, write), None
+    (relay_in, writer), (reader, relay_out) = tapped_pipe()
+    return writer, reader, (writer, reader), (relay_in, relay_out, tap)
+
+
+def _close_all(fds: Sequence[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str],
                 io_a: tuple[int, int | None], io_b: tuple[int, int | None], ours: tuple[int, ...],
-                limits: _Two, policies: _Two, envs: _Two) -> tuple[Result, Result]:
-    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies.
-    `limits`, `policies` and `envs`: a's and b's."""
+                limits: _Two, policies: _Two, envs: _Two, relays: list[_Relay]) -> tuple[Result, Result]:
+    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies;
+    then the relays of tapped pipes.  `limits`, `policies` and `envs`: a's and b's."""
     replies: list[dict[str, Any]] = [{}, {}]
     try:
         with single_error():
@@ -566,9 +596,11 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
                                        stdout=io_a[1], stderr=None, policy=policies[0])
                 b = await box_b._start(tasks, argv_b, limits=limits[1], env=envs[1], cwd=None, stdin=io_b[0],
                                        stdout=io_b[1], stderr=None, policy=policies[1])
-                for fd in ours:
-                    os.close(fd)
+                _close_all(ours)
                 ours = ()
+                for source, sink, tap in relays:
+                    tasks.start_soon(relay, source, sink, tap)
+                relays = []
 
                 async def collect(pending: _Pending, slot: int) -> None:
                     replies[slot] = await pending.reply()
@@ -576,8 +608,7 @@ async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: S
                 tasks.start_soon(collect, a, 0)
                 tasks.start_soon(collect, b, 1)
     finally:
-        for fd in ours:
-            os.close(fd)
+        _close_all((*ours, *(fd for r in relays for fd in r[:2])))
     return a.finish(replies[0]), b.finish(replies[1])
 
 

@@ -22,31 +22,35 @@ from .mounts import WORK_DIR
 _RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
 _BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 """No O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a link anywhere (ELOOP), where O_NOFOLLOW|O_DIRECTORY says ENOTDIR."""
-WRITABLE_DIRS = (WORK_DIR, "/tmp", "/dev/shm")
+def writable_dirs(home: str = WORK_DIR) -> tuple[str, ...]:
+    """The box's writable dirs: its home (the working directory, /box unless the layout names another), /tmp and
+    /dev/shm."""
+    return home, "/tmp", "/dev/shm"
 
 
-def locate(path: str) -> tuple[str, str]:
-    """The writable dir holding `path` (a relative path is relative to /box), and the path beneath it ("." for
+def locate(path: str, home: str = WORK_DIR) -> tuple[str, str]:
+    """The writable dir holding `path` (a relative path is relative to `home`), and the path beneath it ("." for
     the dir itself)."""
     norm = os.path.normpath(path)
     if not norm.startswith("/"):
         if norm == ".." or norm.startswith("../"):
-            raise ValueError(f"{path}: not a file under {WORK_DIR}")
-        return WORK_DIR, norm
-    for root in WRITABLE_DIRS:
+            raise ValueError(f"{path}: not a file under {home}")
+        return home, norm
+    dirs = writable_dirs(home)
+    for root in dirs:
         if norm == root or norm.startswith(root + "/"):
             return root, os.path.relpath(norm, root)
-    raise ValueError(f"{path}: not under {', '.join(WRITABLE_DIRS[:-1])} or {WRITABLE_DIRS[-1]}")
+    raise ValueError(f"{path}: not under {', '.join(dirs[:-1])} or {dirs[-1]}")
 
 
-def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None,
+def _open_beneath(path: str, home: str, flags: int, mode: int = 0, owner: tuple[int, int] | None = None,
                   directory: bool = False) -> int:
     """Open `path` in its writable dir, never through a symlink, and only if it is a regular file (or a directory).
 
     With `owner`, missing directories on the way are made, owned by it: a
     tree is copied in file by file.
     """
-    parent, name = _parent_beneath(path, owner)
+    parent, name = _parent_beneath(path, home, owner)
     try:
         fd = _openat(parent, name, flags, mode)
     finally:
@@ -58,12 +62,11 @@ def _open_beneath(path: str, flags: int, mode: int = 0, owner: tuple[int, int] |
     return fd
 
 
-def _parent_beneath(path: str, owner: tuple[int, int] | None) -> tuple[int, str]:
+def _parent_beneath(path: str, home: str, owner: tuple[int, int] | None) -> tuple[int, str]:
     """The directory that holds `path` in its writable dir (an fd, never reached through a symlink), and the
-    last name; with `owner`, directories missing on the way are made, owned by it."""
-    root_dir, rel = locate(path)
-    if rel == ".":
-        raise OSError(errno.EISDIR, f"{path}: names the writable dir itself")
+    last name ("." for the writable dir itself); with `owner`, directories missing on the way are made, owned
+    by it."""
+    root_dir, rel = locate(path, home)
     parent = os.open(root_dir, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         for name in rel.split("/")[:-1]:
@@ -90,7 +93,7 @@ def _openat(parent: int, name: str, flags: int, mode: int) -> int:
         raise OSError(e.errno, os.strerror(e.errno) + note) from None
 
 
-def open_for_reading(path: str) -> int:
+def open_for_reading(path: str, home: str) -> int:
     """An fd the supervisor can read: a regular file's own, or for one of a FUSE union a copy in a memfd; or a
     directory's, whose entries the supervisor lists through it (and opens, each, through box init again).
 
@@ -98,7 +101,7 @@ def open_for_reading(path: str) -> int:
     it was mounted in, so the supervisor, outside it, would get EACCES through
     the file's own fd.  The copy is bounded by the box's tmpfs (--disk).
     """
-    fd = _open_beneath(path, os.O_RDONLY, directory=True)
+    fd = _open_beneath(path, home, os.O_RDONLY, directory=True)
     if not _on_fuse(fd):
         return fd
     try:
@@ -148,12 +151,12 @@ def copy(source: int, target: int, size: int) -> int:
     return copied
 
 
-def write_from(path: str, source: int, mode: int, uid: int, gid: int) -> None:
+def write_from(path: str, home: str, source: int, mode: int, uid: int, gid: int) -> None:
     """Create or replace `path` with the contents of the fd `source`, owned by the program's uid.
 
     Directories missing on the way are made, the program's too.
     """
-    fd = _open_beneath(path, os.O_WRONLY | os.O_CREAT, mode, (uid, gid))
+    fd = _open_beneath(path, home, os.O_WRONLY | os.O_CREAT, mode, (uid, gid))
     try:
         os.ftruncate(fd, 0)
         copy(source, fd, os.fstat(source).st_size)
@@ -233,14 +236,14 @@ def _private_mqueue(over: str) -> int:
         sc.umount2(over, sc.MNT_DETACH)
 
 
-def make_symlink(path: str, target: str, uid: int, gid: int) -> None:
+def make_symlink(path: str, home: str, target: str, uid: int, gid: int) -> None:
     """A symlink at `path` to `target` (go-judge's copyIn `symlink`), owned by the program's uid.
 
     The link is made, never followed: what it points to is the program's
     business, and box init and the supervisor never resolve a path through
     the box's links.  An existing name is an error, as go-judge has it.
     """
-    parent, name = _parent_beneath(path, (uid, gid))
+    parent, name = _parent_beneath(path, home, (uid, gid))
     try:
         os.symlink(target, name, dir_fd=parent)
         os.chown(name, uid, gid, dir_fd=parent, follow_symlinks=False)

@@ -84,7 +84,8 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
         if layout.loopback:
             network.loopback_up()
         # a union root is replaced, never reset (its upper keeps the run's writes): nothing to take for it
-        resetter = None if layout.lowers else boxfiles.Resetter(boxfiles.WRITABLE_DIRS + layout.tmpfs, last_pid)
+        resetter = None if layout.lowers else \
+            boxfiles.Resetter(boxfiles.writable_dirs(layout.home) + layout.tmpfs, last_pid)
         if resetter is None:
             os.close(last_pid)
         fix_loginuid(ids)
@@ -118,26 +119,26 @@ def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: s
                     resetter.pids_start_after(spawner.pid)
                 spawner.hand_over(sock, {"ok": True})
                 continue
-            reply, out = _file_op(req, fds, ids, resetter)
+            reply, out = _file_op(req, fds, ids, layout.home, resetter)
             protocol.send(sock, reply, out)
             for fd in out:
                 os.close(fd)
 
 
-def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap,
+def _file_op(req: dict[str, Any], fds: list[int], ids: IdMap, home: str,
              resetter: boxfiles.Resetter | None) -> tuple[dict[str, Any], list[int]]:
     try:
         if req["op"] == "read":
-            return {"ok": True}, [boxfiles.open_for_reading(req["path"])]
+            return {"ok": True}, [boxfiles.open_for_reading(req["path"], home)]
         if req["op"] == "reset":
             if resetter is None:
                 raise ValueError("a box with a union root cannot be reset")
             resetter.reset()
             return {"ok": True}, []
         if req["op"] == "symlink":
-            boxfiles.make_symlink(req["path"], req["target"], ids.program_uid, ids.program_gid)
+            boxfiles.make_symlink(req["path"], home, req["target"], ids.program_uid, ids.program_gid)
         else:
-            boxfiles.write_from(req["path"], fds[0], req["mode"], ids.program_uid, ids.program_gid)
+            boxfiles.write_from(req["path"], home, fds[0], req["mode"], ids.program_uid, ids.program_gid)
         return {"ok": True}, []
     except (OSError, ValueError) as e:
         return {"error": str(e) if not isinstance(e, OSError) or not e.strerror else

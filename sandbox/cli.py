@@ -372,7 +372,7 @@ def _not_found(plan: _Plan, sandbox: Sandbox, error: str) -> list[str]:
     hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \
         (prog if os.path.isabs(prog) else f"{prog}:{in_box}")
     root, name = os.path.split(in_box)
-    if root in boxfiles.WRITABLE_DIRS:  # (a copy cannot make directories on the way)
+    if root in boxfiles.writable_dirs():  # (a copy cannot make directories on the way)
         hint += f" (or --copy-in {prog}:{name if root == WORK_DIR else in_box})"
     return [hint]
 

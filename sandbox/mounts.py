@@ -71,6 +71,9 @@ class Layout:
     """The union's implementation: "kernel" (overlayfs) or "fuse" (sbx-overlayfs, served from outside)."""
     hostname: str = "sbx"
     loopback: bool = True
+    home: str = WORK_DIR
+    """The program's working directory on the box's capped tmpfs, beside /tmp and /dev/shm (go-judge's clients
+    expect /w)."""
 
 
 def parse_bind(spec: str, writable: bool) -> Bind:
@@ -145,7 +148,7 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
         if not layout.lowers:
             _mount_system(root)
             _mount_etc(root, layout, ids)
-        _mount_writable(root, ids, union=bool(layout.lowers))
+        _mount_writable(root, ids, layout.home, union=bool(layout.lowers))
         _mount_dev(root)
         last_pid = _mount_proc(root)
         for bind in layout.binds:
@@ -407,7 +410,7 @@ def _mount_etc(root: _Tree, layout: Layout, ids: IdMap) -> None:
             for name in sorted(fnmatch.filter(host, pattern)) if "*" in pattern else [pattern] * (pattern in host):
                 _mirror(etc, "/oldroot/etc", name)
         files = {
-            "passwd": _passwd(ids),
+            "passwd": _passwd(ids, layout.home),
             "group": _group(ids),
             "hostname": f"{layout.hostname}\n".encode(),
             "hosts": f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n".encode(),
@@ -433,10 +436,10 @@ def _mirror(tree: _Tree, host_dir: str, name: str) -> None:
             _bind(sc.AT_FDCWD, host, target, False)
 
 
-def _passwd(ids: IdMap) -> bytes:
+def _passwd(ids: IdMap, home: str) -> bytes:
     lines = ["root:x:0:0:root:/root:/bin/sh"]
     if ids.program_uid != 0:
-        lines.append(f"sbx:x:{ids.program_uid}:{ids.program_gid}:sandboxed program:{WORK_DIR}:/bin/sh")
+        lines.append(f"sbx:x:{ids.program_uid}:{ids.program_gid}:sandboxed program:{home}:/bin/sh")
     lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
     return ("\n".join(lines) + "\n").encode()
 
@@ -501,17 +504,17 @@ def _mount_proc(root: _Tree) -> int:
     return last_pid
 
 
-def _mount_writable(root: _Tree, ids: IdMap, union: bool) -> None:
-    """/box, /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together.
+def _mount_writable(root: _Tree, ids: IdMap, home: str, union: bool) -> None:
+    """`home` (/box), /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together.
 
-    Over a union root, /box is the union's own directory instead, so that an
+    Over a union root, `home` is the union's own directory instead, so that an
     `upper` keeps what the program wrote there.
     """
     for d in ("box", "tmp", "shm"):
         os.mkdir(f"/rw/{d}")
     os.chmod("/rw/tmp", 0o1777)
     os.chmod("/rw/shm", 0o1777)
-    with root.place(WORK_DIR) as box:
+    with root.place(home) as box:
         if union:
             _own(box, ids.program_uid, ids.program_gid, 0o755)
         else:

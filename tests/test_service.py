@@ -359,3 +359,53 @@ def test_src_is_read_only_beneath_a_src_prefix(tmp_path: Path) -> None:
             for src in (f"{data}/../secret", f"{data}/out", str(tmp_path / "secret"), "/etc/passwd"):
                 r = c.post("/run", json={"cmd": [{**cat, "copyIn": {"copied": {"src": src}}}]})
                 assert r.status_code == 400 and "src" in r.json() and "SECRET" not in r.text, (src, r.text)
+
+
+def test_hydros_interactive_request_runs_as_sent(client: httpx.Client) -> None:
+    """The body Hydro's judge sends for an interactive problem (packages/hydrojudge: judge/interactive.ts and
+    sandbox.ts's proc), field for field: files at /w, the interactor writing /w/tout, both pipes proxied with a
+    name and a max, stdin's files slot null for the pipes."""
+    interactor = ("import sys\nn = open('/w/in').read().split()[0]\nprint(n, flush=True)\nanswer = input()\n"
+                  "open('/w/tout', 'w').write('ok\\n' if answer == str(2 * int(n)) else 'wrong\\n')\n")
+    user = "print(2 * int(input()), flush=True)\n"
+    mib = 1024 * 1024
+
+    def proc(args: list[str], copy_in: dict, copy_out: list[str]) -> dict:
+        return {"args": args, "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/w"],
+                "files": [None, None, {"name": "stderr", "max": 4 * mib}],
+                "cpuLimit": 1_000_000_000, "clockLimit": 3_000_000_000, "memoryLimit": 256 * mib,
+                "strictMemoryLimit": False, "stackLimit": 0, "procLimit": 32, "copyOutMax": 3 * 32 * mib,
+                "copyIn": copy_in, "copyOut": copy_out, "copyOutCached": []}
+
+    body = {"cmd": [proc(["/usr/bin/python3", "user.py"], {"user.py": {"content": user}}, []),
+                    proc(["/usr/bin/python3", "interactor.py", "/w/in", "/w/tout", "/w/out"],
+                         {"interactor.py": {"content": interactor}, "in": {"content": "21\n"},
+                          "out": {"content": "42\n"}}, ["/w/tout?"])],
+            "pipeMapping": [{"proxy": True, "max": 32 * mib, "in": {"index": 0, "fd": 1}, "out": {"index": 1, "fd": 0},
+                             "name": "userToInteractor"},
+                            {"proxy": True, "max": 32 * mib, "in": {"index": 1, "fd": 1}, "out": {"index": 0, "fd": 0},
+                             "name": "interactorToUser"}]}
+    user_result, interactor_result = client.post("/run", json=body).json()
+    assert (user_result["status"], interactor_result["status"]) == ("Accepted", "Accepted"), (user_result,
+                                                                                               interactor_result)
+    assert interactor_result["files"]["/w/tout"] == "ok\n"
+    assert user_result["files"]["userToInteractor"] == "42\n"
+    assert interactor_result["files"]["interactorToUser"] == "21\n"
+
+
+def test_the_working_directory_is_go_judges(client: httpx.Client) -> None:
+    got = _one(client, args=["/bin/sh", "-c", "pwd; cat /w/a; echo made > /w/b"], copyIn={"a": {"content": "in\n"}},
+               copyOut=["/w/b", "b"])
+    assert got["files"]["stdout"] == "/w\nin\n" and got["files"]["/w/b"] == got["files"]["b"] == "made\n", got
+
+
+def test_a_kept_pipe_past_its_max_is_the_writers_output_limit(client: httpx.Client) -> None:
+    """What passes still passes (the reader gets all of it); what is kept stops at max, as go-judge keeps it."""
+    body = {"cmd": [{"args": ["/bin/echo", "0123456789"], "env": ENV, **LIMITS, "files": [{"content": ""}]},
+                    {"args": ["/usr/bin/wc", "-c"], "env": ENV, **LIMITS, "files": [None, *COLLECT]}],
+            "pipeMapping": [{"in": {"index": 0, "fd": 1}, "out": {"index": 1, "fd": 0}, "proxy": True,
+                             "name": "between", "max": 5}]}
+    writer, reader = client.post("/run", json=body).json()
+    assert reader["files"]["stdout"] == "11\n", reader
+    assert writer["status"] == "Output Limit Exceeded" and writer["files"]["between"] == "012345", writer
+    assert writer["fileError"] == [{"name": "between", "type": "CollectSizeExceeded"}]

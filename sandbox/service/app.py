@@ -45,7 +45,7 @@ from .submissions import QueueFull, SubmissionIn, Submissions
 
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/livez", "/version", "/docs", "/openapi.json"}
 FEATURES = {"copyOutOptional": True, "copyOutTruncate": True, "symlink": True, "addressSpaceLimit": True,
-            "fixSymlinkEscape": True, "pipeProxy": False, "stream": False, "procPeak": False}
+            "fixSymlinkEscape": True, "pipeProxy": True, "stream": False, "procPeak": False}
 """go-judge's feature flags (/version, /config), true where sbx does what go-judge documents; clients such as
 Hydro's judge read them at start-up."""
 
@@ -155,7 +155,8 @@ def create_app(config: ServiceConfig) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with SandboxPool(size=config.pool, policy=config.policy) as pool, anyio.create_task_group() as tasks:
+        async with SandboxPool(size=config.pool, policy=config.policy, home=gojudge.HOME) as pool, \
+                anyio.create_task_group() as tasks:
             state["pool"] = pool
             for _ in range(config.judges):
                 tasks.start_soon(submissions.work)

@@ -5,8 +5,9 @@ runs in a box of the pool (a fresh one, reset after), under the service's
 policy.  Files come from `content`, a cached `fileId`, or a `src` on the
 server beneath the operator's `--src-prefix` paths (sources.py).
 Two commands joined by a `pipeMapping` run as a pipeline (the first one's
-stdout the second's stdin) or, when the ends cross, as an interactive pair;
-other mappings are refused.  Unlike go-judge, an unknown fileId is that
+stdout the second's stdin) or, when the ends cross, as an interactive pair,
+each pipe relayed and kept (`proxy` with a `name`) if asked; other mappings
+are refused.  Unlike go-judge, an unknown fileId is that
 command's "File Error", not an HTTP 500 for the whole request.
 """
 
@@ -24,6 +25,7 @@ from ..api import ExactEnv, Sandbox, run_interactive, run_pipeline
 from ..cgroups import delegation
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
+from ..tap import Tap
 from ..pool import SandboxPool
 from ..result import Result, Status
 from .files import CacheFull, FileCache
@@ -31,6 +33,8 @@ from .response import Collected
 from .sources import SourceError, Sources
 
 NS = 1e9
+HOME = "/w"
+"""The boxes' working directory, go-judge's: clients name files there (Hydro's interactor writes /w/tout)."""
 DEFAULT_COLLECT = 64 * 2**20
 STATUS = {
     Status.OK: "Accepted", Status.RE: "Nonzero Exit Status", Status.SG: "Signalled",
@@ -111,8 +115,16 @@ class PipeEnd(BaseModel):
 
 class PipeMap(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
-    in_: PipeEnd = Field(alias="in")
-    out: PipeEnd
+    in_: PipeEnd = Field(alias="in")  # the writing end (a command's stdout)
+    out: PipeEnd  # the reading end (a command's stdin)
+    proxy: bool = False  # relayed by the service; with a name, what passes is kept (tap.py)
+    name: str = ""
+    max: int = Field(default=0, ge=0, le=MAX_BYTES)
+    disableZeroCopy: bool = False  # noqa: N815 - a relay detail of go-judge's; sbx's relay copies either way
+
+    def tap(self) -> Tap | None:
+        """go-judge keeps what passes only through a proxied pipe with a name."""
+        return Tap(self.max or DEFAULT_COLLECT) if self.proxy and self.name else None
 
 
 class RunRequest(BaseModel):
@@ -123,8 +135,9 @@ class RunRequest(BaseModel):
 
 
 def worst_case(request: RunRequest) -> int:
-    """The most bytes the request's answer may hold: every collector's max, every copied-out file's."""
-    total = 0
+    """The most bytes the request's answer may hold: every collector's max, every copied-out file's, every
+    kept pipe's."""
+    total = sum(m.max or DEFAULT_COLLECT for m in request.pipeMapping if m.tap() is not None)
     for cmd in request.cmd:
         collectors = _collectors(cmd)
         total += sum(m for _, m in collectors.values())
@@ -341,24 +354,35 @@ async def _piped(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list
                            "(sbx serve --pool 2)")
     a, b = request.cmd
     crossed = len(ends) == 2
+    taps = {m.in_.index: (m.name, tap) for m in request.pipeMapping if (tap := m.tap()) is not None}
     try:
         async with pool.acquire_many(2) as (box_a, box_b):
             for cmd, box in ((a, box_a), (b, box_b)):
                 await _copy_in(box, cmd, inputs)
             limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT),
                       "env_a": _env(a), "env_b": _env(b)}
+            tap_ab, tap_ba = (taps.get(i, ("", None))[1] for i in (0, 1))
             if crossed:
-                ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits)
+                ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits, tap_ab=tap_ab,
+                                               tap_ba=tap_ba)
             else:
                 stdin = _stdin(a, inputs)
                 try:
-                    ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=stdin)
+                    ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=stdin, tap=tap_ab)
                 finally:
                     _close(stdin)
             captured_b = _collectors(b) if not crossed else {n: c for n, c in _collectors(b).items() if c[0] == 2}
-            return [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, inputs),
-                    await _result(b, rb, captured_b, box_b, inputs)]
+            results = [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, inputs),
+                       await _result(b, rb, captured_b, box_b, inputs)]
     except BoxFileError as e:
         return [_failure("File Error", e)] * 2
     except SandboxError as e:
         return [_failure("Internal Error", e)] * 2
+    for index, (name, tap) in taps.items():  # what passed, in the writer's result, as go-judge has it
+        out = results[index]
+        out.setdefault("files", {})[name] = Collected(bytes(tap.data))
+        if tap.exceeded:
+            out.setdefault("fileError", []).append({"name": name, "type": "CollectSizeExceeded"})
+            if out["status"] == "Accepted":
+                out["status"] = "Output Limit Exceeded"
+    return results
