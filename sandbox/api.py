@@ -31,7 +31,7 @@ from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
 from .runtime_env import runtime_env
-from .tap import Tap, relay, tapped_pipe
+from .tap import Tap, program_pipe, relay, tapped_pipe
 from .teardown import TeardownWarning
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
@@ -452,7 +452,7 @@ class Sandbox:
                 if isinstance(mode, int):
                     fds.append(os.dup(mode))
                     continue
-                r, w = os.pipe2(os.O_CLOEXEC)
+                r, w = program_pipe()
                 tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
                 fds.append(w)
         if filter_fd is not None:
@@ -572,7 +572,7 @@ def _join(tap: Tap | None) -> tuple[int, int, tuple[int, int], _Relay | None]:
     """A pipe from one program to the other: the writer's end, the reader's end, both (closed once the runs have
     them), and with a tap the relay's two ends."""
     if tap is None:
-        read, write = os.pipe2(os.O_CLOEXEC)
+        read, write = program_pipe()
         return write, read, (read, write), None
     (relay_in, writer), (reader, relay_out) = tapped_pipe()
     return writer, reader, (writer, reader), (relay_in, relay_out, tap)

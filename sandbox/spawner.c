@@ -745,6 +745,12 @@ static int capture_pipes(struct run *r)
         int p[2];
         if (pipe2(p, O_CLOEXEC) < 0)
             return -1;
+        /* the program may reopen its stdout through /proc/self/fd/1 (/dev/stdout), as another uid */
+        if (fchmod(p[1], 0666) < 0) {
+            close(p[0]);
+            close(p[1]);
+            return -1;
+        }
         fcntl(p[0], F_SETFL, O_NONBLOCK);
         run.pipe[i] = p[0];
         run.file[i] = r->fds[1 + i];

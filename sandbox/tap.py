@@ -35,10 +35,25 @@ class Tap:
         self.data += chunk[:max(self.limit + 1 - len(self.data), 0)]
 
 
+def program_pipe() -> tuple[int, int]:
+    """A pipe (read end, write end) that a program gets an end of: it may reopen it through /proc/self/fd (as
+    /dev/stdout, /dev/stdin), so the pipe is not only for the uid that made it (the supervisor's).  Only a
+    process that holds an end can reach it that way."""
+    read, write = os.pipe2(os.O_CLOEXEC)
+    os.fchmod(write, 0o666)
+    return read, write
+
+
 def tapped_pipe() -> tuple[tuple[int, int], tuple[int, int]]:
     """Two pipes: the writer's (its write end for the program) and the reader's (its read end for the program);
     the relay gets the other two ends (`relay`)."""
-    return os.pipe2(os.O_CLOEXEC), os.pipe2(os.O_CLOEXEC)
+    first = program_pipe()
+    try:
+        return first, program_pipe()
+    except BaseException:
+        os.close(first[0])
+        os.close(first[1])
+        raise
 
 
 async def relay(source: int, sink: int, tap: Tap) -> None:

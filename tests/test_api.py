@@ -7,7 +7,8 @@ import os
 import pytest
 import anyio
 
-from sandbox import BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, SetupError, Status, run_interactive
+from sandbox import (BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, SetupError, Status,
+                     Tap, run_interactive)
 
 from helpers import host_processes_matching
 
@@ -55,6 +56,25 @@ async def test_interactive_each_side_has_its_own_limits() -> None:
                                            limits_a=Limits(cpu_time=0.2), limits_b=Limits(wall_time=5))
     assert sol.status is Status.TLE
     assert inter.status is Status.RE, "the interactor sees its peer vanish"
+
+
+async def test_a_program_may_reopen_its_own_stdio(box: Sandbox) -> None:
+    """/dev/stdout is /proc/self/fd/1: reopening the pipe the supervisor or the spawner made (go-judge's clients
+    link output.txt to /dev/stdout) works for the program's uid, captured, relayed and between two boxes."""
+    reopen = "echo out > /dev/stdout; echo err > /dev/stderr; cat /dev/stdin"
+    captured = await box.run(["sh", "-c", reopen], stdin=b"in\n")
+    assert (captured.stdout, captured.stderr) == (b"out\nin\n", b"err\n"), captured
+    relayed = await box.run(["sh", "-c", reopen], stdin=b"in\n", stdout=Relay(os.open(os.devnull, os.O_WRONLY)))
+    assert (relayed.status, relayed.stderr) == (Status.OK, b"err\n"), relayed
+    async with Sandbox() as other:
+        first, second = await run_interactive(box, ["sh", "-c", "echo ping > /dev/stdout; read x; echo $x >&2"],
+                                              other, ["sh", "-c", "read x < /dev/stdin; echo $x-pong > /dev/stdout"])
+    assert first.stderr == b"ping-pong\n", (first, second)
+    tap = Tap(100)
+    async with Sandbox() as other:
+        await run_interactive(box, ["sh", "-c", "echo ping > /dev/stdout; read x"], other,
+                              ["sh", "-c", "read x; echo $x > /dev/stdout"], tap_ab=tap)
+    assert tap.data == b"ping\n" and not tap.exceeded
 
 
 async def test_output_handed_over_or_relayed(box: Sandbox, tmp_path: object) -> None:
