@@ -160,6 +160,16 @@ def _redis(port: int) -> contextlib.AbstractContextManager[subprocess.Popen[byte
                            "no"], port)
 
 
+@contextlib.contextmanager
+def _serving(redis_url: str, mark: str) -> Iterator[httpx.Client]:
+    """`sbx serve --redis` on a port of its own, and a client of it."""
+    port = free_port()
+    with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}", "--pool", "1",
+                         "--redis", redis_url], port, mark), \
+            httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
+        yield client
+
+
 def _submit_all(client: httpx.Client, count: int, first: int = 0) -> dict[str, str]:
     """`count` submissions, each sent again while the service answers 503 (its Redis away); id -> verdict."""
     expected = {}
@@ -195,11 +205,8 @@ def test_a_redis_stall_costs_latency_never_a_worker() -> None:
     url = f"redis://127.0.0.1:{port}/0"
     with _redis(port) as store:
         workers = [_worker(url, "sbx-worker-stall-a"), _worker(url, "sbx-worker-stall-b")]
-        serve_port = free_port()
         try:
-            with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{serve_port}",
-                                 "--pool", "1", "--redis", url], serve_port, "sbx-serve-stall"), \
-                    httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+            with _serving(url, "sbx-serve-stall") as client:
                 expected = _submit_all(client, 30)
                 time.sleep(1)  # judging has begun: the stall meets jobs in flight
                 store.send_signal(signal.SIGSTOP)
@@ -227,11 +234,8 @@ def test_a_redis_restart_loses_its_data_and_no_worker() -> None:
     redis_server = _redis(port)
     redis_server.__enter__()
     workers = [_worker(url, "sbx-worker-restart-a"), _worker(url, "sbx-worker-restart-b")]
-    serve_port = free_port()
     try:
-        with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{serve_port}",
-                             "--pool", "1", "--redis", url], serve_port, "sbx-serve-restart"), \
-                httpx.Client(base_url=f"http://127.0.0.1:{serve_port}", timeout=60) as client:
+        with _serving(url, "sbx-serve-restart") as client:
             before = _submit_all(client, 4)
             assert _verdicts(client, before) == before
             redis_server.__exit__(None, None, None)
