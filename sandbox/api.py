@@ -436,6 +436,7 @@ class Sandbox:
             "wall_time": limits.wall_time,
             "output": limits.output,
             "memory": sampled_memory,
+            "cpu_set": limits.cpu_set,
         }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
         req["trace"] = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)

@@ -432,4 +432,5 @@ def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
             str(req["cpu_time"] or 0), str(req["wall_time"] or 0), str(req["memory"] or 0),
             "1" if req["capture"] else "0", str(req["output"] or 0),
             str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
+            ",".join(str(cpu) for cpu in sorted(req["cpu_set"] or ())),
             *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]

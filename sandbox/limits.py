@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import re
 from dataclasses import dataclass
 
@@ -76,12 +77,18 @@ class Limits:
     kills the run.  Without a cgroup the lower of this and the memory backstop applies."""
     data: int | None = None
     """RLIMIT_DATA of each process (go-judge's dataSegmentLimit and strictMemoryLimit)."""
+    cpu_set: frozenset[int] | None = None
+    """The CPUs the run's processes may run on (sched_setaffinity before execve; go-judge's cpuSetLimit).  A
+    program may widen it again within what the box has: it is placement, not a limit the program cannot lift."""
 
     def __post_init__(self) -> None:
         for name in ("cpu_time", "wall_time", "cpus"):
             v = getattr(self, name)
             if v is not None and (not math.isfinite(v) or v <= 0):
                 raise ConfigError(f"{name}: must be a positive number, not {v!r}")
+        if self.cpu_set is not None and (not self.cpu_set or not self.cpu_set <= os.sched_getaffinity(0)):
+            raise ConfigError(f"cpu_set: {sorted(self.cpu_set)} is not a set of this machine's CPUs "
+                              f"({sorted(os.sched_getaffinity(0))})")
         for name in ("memory", "pids", "output", "file_size", "open_files", "stack", "address_space", "data"):
             v = getattr(self, name)
             if v is not None and (not isinstance(v, int) or v < 1):

@@ -100,7 +100,7 @@
 #define MAX_MSG (1 << 20)
 #define MAX_FDS 6
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
-#define HEAD_TOKENS 13 /* "run" up to CWD */
+#define HEAD_TOKENS 14 /* "run" up to the CPU set */
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
@@ -211,6 +211,8 @@ struct run {
     char **envp;
     int fds[MAX_FDS];
     int nfds, has_bpf, has_cgroup, count_refusals;
+    cpu_set_t cpus; /* with `pin`, the CPUs the program may run on (go-judge's cpuSetLimit) */
+    int pin;
 };
 
 /* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
@@ -235,6 +237,8 @@ static void exec_program(struct run *r, int err_pipe, int go)
     int bpf_fd = r->has_bpf ? r->fds[next++] : -1;
     if (r->has_cgroup && write(r->fds[next], "0", 1) != 1)
         child_fail(err_pipe, "cgroup", errno);
+    if (r->pin && sched_setaffinity(0, sizeof r->cpus, &r->cpus) < 0)
+        child_fail(err_pipe, "setup", errno);
     drop_privileges(err_pipe);
     /* After the ids change: changing them clears the parent-death signal. The spawner is suspended
      * until execve (vfork), but may have been killed meanwhile: then the signal never comes. */
@@ -707,6 +711,17 @@ static int parse_run(char *buf, size_t len, struct run *r)
     if (r->nfds != 3 + r->has_bpf + 2 * r->has_cgroup)
         return -1;
     r->cwd = tok[12];
+    CPU_ZERO(&r->cpus);
+    r->pin = 0;
+    for (char *p = tok[13]; *p;) { /* CPU numbers separated by ',' ("" for no pinning) */
+        char *end;
+        long cpu = strtol(p, &end, 10);
+        if (end == p || cpu < 0 || cpu >= CPU_SETSIZE || (*end && *end != ','))
+            return -1;
+        CPU_SET(cpu, &r->cpus);
+        r->pin = 1;
+        p = *end ? end + 1 : end;
+    }
     r->rlimits = tok + HEAD_TOKENS;
     static char *argv[MAX_ARGS + 1], *envp[MAX_ARGS + 1];
     char **a = tok + HEAD_TOKENS + 3 * r->nrlimits;

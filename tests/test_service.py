@@ -308,6 +308,8 @@ def test_go_judges_limits_env_and_symlinks(client: httpx.Client) -> None:
     linked = _one(client, args=["/bin/sh", "-c", "readlink l; cat l"], copyIn={
         "f": {"content": "through the link"}, "l": {"symlink": "f"}})
     assert linked["files"]["stdout"] == "f\nthrough the link", linked
+    pinned = _one(client, args=["/bin/grep", "Cpus_allowed_list", "/proc/self/status"], cpuSetLimit="0")
+    assert pinned["files"]["stdout"].split() == ["Cpus_allowed_list:", "0"], pinned
     grab = "x = bytearray(200 * 2**20)\nprint('allocated')"
     capped = _one(client, args=["/usr/bin/python3", "-c", grab], memoryLimit=100 * 2**20, addressSpaceLimit=True)
     assert capped["status"] == "Nonzero Exit Status" and "MemoryError" in capped["files"]["stderr"], capped
@@ -335,7 +337,8 @@ def test_copy_out_errors_have_go_judges_types(client: httpx.Client, cmd: dict, s
 
 @pytest.mark.parametrize("cmd,message", [
     ({"args": ["/bin/true"], "tty": True}, "tty"),
-    ({"args": ["/bin/true"], "cpuSetLimit": "0"}, "cpuSetLimit"),
+    ({"args": ["/bin/true"], "cpuSetLimit": "0-4096"}, "cpuSetLimit"),
+    ({"args": ["/bin/true"], "cpuSetLimit": "a"}, "cpuSetLimit"),
     ({"args": ["/bin/true"], "env": ["NOEQUALS"]}, "NAME=VALUE"),
 ])
 def test_what_sbx_does_not_do_is_a_400_not_silence(client: httpx.Client, cmd: dict, message: str) -> None:

@@ -103,9 +103,22 @@ class Cmd(BaseModel):
         if self.tty:
             raise ValueError("tty: sbx runs no program on a terminal yet (a difference from go-judge, see README)")
         if self.cpuSetLimit:
-            raise ValueError("cpuSetLimit: sbx does not pin programs to CPUs (a difference from go-judge, see "
-                             "README)")
+            _cpu_set(self.cpuSetLimit)
         return self
+
+
+def _cpu_set(text: str) -> frozenset[int]:
+    """go-judge's cpuSetLimit, cpuset(7)'s list format ("0", "0-1", "0,2-3"), within this machine's CPUs."""
+    cpus: set[int] = set()
+    for part in text.split(","):
+        low, _, high = part.strip().partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise ValueError(f"cpuSetLimit {text!r}: expected CPUs as 0,2-3")
+        cpus.update(range(int(low), int(high or low) + 1))
+    have = os.sched_getaffinity(0)
+    if not cpus <= have:
+        raise ValueError(f"cpuSetLimit {text!r}: this server runs on CPUs {','.join(map(str, sorted(have)))}")
+    return frozenset(cpus)
 
 
 class PipeEnd(BaseModel):
@@ -235,6 +248,7 @@ def _limits(cmd: Cmd, collect: int) -> Limits:
                   pids=cmd.procLimit or Limits().pids, output=collect,
                   cpus=cmd.cpuRateLimit / 1000 if cmd.cpuRateLimit else None,
                   address_space=memory if cmd.addressSpaceLimit else None,
+                  cpu_set=_cpu_set(cmd.cpuSetLimit) if cmd.cpuSetLimit else None,
                   data=memory if cmd.dataSegmentLimit or cmd.strictMemoryLimit else None)
 
 
