@@ -79,6 +79,7 @@ def test_chromium_renders_the_page_from_status_with_user_data_as_text(
     assert '<td class="verdict">OK</td>' in rows[ok] and '<td class="verdict">WA</td>' in rows[wa]
     assert re.search(r'<td class="time num">\d+ ms</td><td class="memory num">[\d.]+ MiB</td>', rows[ok])
     assert '<b id="depth">0</b>' in dom and re.search(r'<b id="pool-ready">\d+</b>', dom)
+    assert '<b id="pool-waiting">0</b>' in dom, "no request waits for boxes"
     assert '<td class="name">judge-1</td>' in dom and "(embedded)" in dom
     assert "&lt;img src=x onerror=\"document.title='pwned'\"&gt;" in rows[wa], "the test name, as text"
     assert "<img" not in dom and "<title>sbx</title>" in dom, "not as markup"
