@@ -17,9 +17,8 @@ API, it runs as well in an ASGI server on asyncio.  What it protects:
 
 from __future__ import annotations
 
-import hmac
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -38,6 +37,7 @@ from ..errors import ConfigError
 from ..pool import SandboxPool
 from . import callback, gojudge, page, response
 from .files import CacheFull, FileCache
+from .guard import Guard, error
 from .redis_queue import RedisQueue
 from .sources import Sources
 from .status import PoolView, Status
@@ -134,8 +134,6 @@ class _Streamed(StreamingResponse):
                 await self._budget.give(self._taken)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse(message, status_code=status)  # go-judge's error body: a JSON string
 
 
 def create_app(config: ServiceConfig) -> FastAPI:
@@ -166,54 +164,34 @@ def create_app(config: ServiceConfig) -> FastAPI:
     app = FastAPI(title="sbx", description="A rootless sandbox for untrusted code, with go-judge's /run API",
                   lifespan=lifespan)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        if config.token is not None and request.url.path not in OPEN_PATHS:
-            given = request.headers.get("authorization", "")
-            if not hmac.compare_digest(given.encode(), f"Bearer {config.token}".encode()):
-                metrics.rejected.labels("unauthorized").inc()
-                return _error(401, "a bearer token is required (Authorization: Bearer TOKEN)")
-        length = request.headers.get("content-length")
-        if length is None and request.method in ("POST", "PUT"):
-            metrics.rejected.labels("no_length").inc()
-            return _error(411, "a request body needs a Content-Length")
-        if length is not None and (not length.isdigit() or int(length) > config.max_request):
-            metrics.rejected.labels("too_large").inc()
-            if length.isdigit() and int(length) <= 2 * config.max_request:
-                async for _ in request.stream():  # read, so that the client, still sending, gets the answer
-                    pass
-            return _error(413, f"the request is larger than {config.max_request} bytes")
-        try:
-            return await call_next(request)
-        except Exception as e:  # noqa: BLE001 - any failure is one JSON 500, counted, and the service goes on
-            metrics.errors.inc()
-            return _error(500, f"internal error: {type(e).__name__}: {e}")
+    app.add_middleware(Guard, token=config.token, open_paths=OPEN_PATHS, max_request=config.max_request,
+                       rejected=metrics.rejected, errors=metrics.errors)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        return _error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
+        return error(400, f"{where}: {first.get('msg')}" if where else str(first.get("msg")))
 
     @app.exception_handler(redis.RedisError)
     async def redis_down(request: Request, exc: redis.RedisError) -> JSONResponse:
         metrics.rejected.labels("redis_down").inc()
-        return _error(503, f"the queue's Redis does not answer ({exc or type(exc).__name__}); try again later")
+        return error(503, f"the queue's Redis does not answer ({exc or type(exc).__name__}); try again later")
 
     @app.exception_handler(gojudge.RequestError)
     async def bad_request(request: Request, exc: gojudge.RequestError) -> JSONResponse:
-        return _error(400, str(exc))
+        return error(400, str(exc))
 
     @app.post("/run", summary="Run commands (go-judge's request and response)")
     async def run(body: gojudge.RunRequest) -> Response:
         need = gojudge.worst_case(body)
         if need > budget.total:
             metrics.rejected.labels("output_budget").inc()
-            return _error(413, f"the collectors' and copy-outs' max add up to {need} bytes, more than the service "
+            return error(413, f"the collectors' and copy-outs' max add up to {need} bytes, more than the service "
                                f"holds for all requests at once ({budget.total}, sbx serve --output-budget)")
         if state["pending"] >= config.max_pending:
             metrics.rejected.labels("queue_full").inc()
-            return _error(429, f"{state['pending']} runs are waiting already; try again later")
+            return error(429, f"{state['pending']} runs are waiting already; try again later")
         state["pending"] += 1
         metrics.pending.set(state["pending"])
         try:
@@ -238,19 +216,19 @@ def create_app(config: ServiceConfig) -> FastAPI:
         refused = body.callback_url and allowed.refusal(body.callback_url)
         if refused:
             metrics.rejected.labels("callback_host").inc()
-            return _error(400, refused)
+            return error(400, refused)
         try:
             return {"id": await submissions.submit(body)}
         except QueueFull as e:
             metrics.rejected.labels("queue_full").inc()
-            return _error(429, str(e))
+            return error(429, str(e))
         except ConfigError as e:
-            return _error(400, str(e))
+            return error(400, str(e))
 
     @app.get("/submissions/{submission_id}", summary="A submission's state, and its record once judged")
     async def submission(submission_id: str) -> Any:
         found = await submissions.view(submission_id)
-        return _error(404, f"no submission {submission_id}") if found is None else found
+        return error(404, f"no submission {submission_id}") if found is None else found
 
     @app.get("/file", summary="Cached files: id -> name")
     async def files() -> dict[str, str]:
@@ -263,18 +241,18 @@ def create_app(config: ServiceConfig) -> FastAPI:
             return cache.add(file.filename or "file", data)
         except CacheFull as e:
             metrics.rejected.labels("cache_full").inc()
-            return _error(413, str(e))
+            return error(413, str(e))
 
     @app.get("/file/{file_id}", summary="A cached file's content")
     async def download(file_id: str) -> Response:
         data = cache.get(file_id)
         if data is None:
-            return _error(404, f"no file {file_id}")
+            return error(404, f"no file {file_id}")
         return Response(data, media_type="application/octet-stream")
 
     @app.delete("/file/{file_id}", summary="Forget a cached file")
     async def delete(file_id: str) -> Response:
-        return Response() if cache.remove(file_id) else _error(404, f"no file {file_id}")
+        return Response() if cache.remove(file_id) else error(404, f"no file {file_id}")
 
     @app.get("/languages", summary="The judge's languages")
     async def languages() -> list[dict[str, Any]]:
