@@ -7,8 +7,8 @@ server beneath the operator's `--src-prefix` paths (sources.py).
 Two commands joined by a `pipeMapping` run as a pipeline (the first one's
 stdout the second's stdin) or, when the ends cross, as an interactive pair,
 each pipe relayed and kept (`proxy` with a `name`) if asked; other mappings
-are refused.  Unlike go-judge, an unknown fileId is that
-command's "File Error", not an HTTP 500 for the whole request.
+are refused.  Unlike go-judge, an unknown fileId is that command's "File
+Error", not an HTTP 500 for the whole request.
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from ..api import ExactEnv, Sandbox, run_interactive, run_pipeline
 from ..cgroups import delegation
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
-from ..tap import Tap
 from ..pool import SandboxPool
 from ..result import Result, Status
+from ..tap import Tap
 from .files import CacheFull, FileCache
 from .response import Collected
 from .sources import SourceError, Sources
