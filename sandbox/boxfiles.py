@@ -22,6 +22,8 @@ from .mounts import WORK_DIR
 _RESOLVE = sc.RESOLVE_BENEATH | sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS
 _BASE_FLAGS = os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
 """No O_NOFOLLOW: RESOLVE_NO_SYMLINKS refuses a link anywhere (ELOOP), where O_NOFOLLOW|O_DIRECTORY says ENOTDIR."""
+
+
 def writable_dirs(home: str = WORK_DIR) -> tuple[str, ...]:
     """The box's writable dirs: its home (the working directory, /box unless the layout names another), /tmp and
     /dev/shm."""

@@ -267,9 +267,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     plan = _Plan(argv, args.quiet, binds, [], [], disk, inodes, stdout=Relay(2 if args.json == "-" else 1))
     with contextlib.ExitStack() as held:
         for spec in args.copy_in:
-            plan.copy_in.append(held.enter_context(copies.parse_copy_in(spec, guard)))
+            plan.copy_in.append(copies.parse_copy_in(spec, guard))
+            held.enter_context(plan.copy_in[-1].host)
         for spec in args.copy_out:
-            plan.copy_out.append(held.enter_context(copies.parse_copy_out(spec, guard)))
+            plan.copy_out.append(copies.parse_copy_out(spec, guard))
+            held.enter_context(plan.copy_out[-1].host)
         record = held.enter_context(hostpath.OutputFile(args.json, "--json", guard)) \
             if args.json and args.json != "-" else None
         stdin = _open_stdin(args.stdin, guard)

@@ -26,14 +26,14 @@ MAX_DEPTH = 128
 """Levels of a tree that a copy descends; a deeper one is refused (and no hostile tree exhausts the stack)."""
 
 
-@dataclass
+@dataclass(frozen=True)
 class Copy:
     """A --copy-in or --copy-out: SRC:DST, one side on the host, the other in /box, /tmp or /dev/shm.
 
     The host side is resolved when the copy is parsed, before the box is
     built (hostpath.py): `host` is the file or tree to copy in, or the
-    directory to copy out into (`name` in it).  What a program does later to
-    the host path cannot change where the copy goes.
+    directory to copy out into (`name` in it), for the caller to close.  What a
+    program does later to the host path cannot change where the copy goes.
     """
 
     src: str
@@ -42,15 +42,6 @@ class Copy:
     name: str = ""
     into: bool = False
     """For --copy-out: DST is an existing directory, and SRC is copied into it as `name`."""
-
-    def close(self) -> None:
-        self.host.close()
-
-    def __enter__(self) -> Copy:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _spec(spec: str, flag: str) -> tuple[str, str]:
@@ -94,13 +85,13 @@ def parse_copy_out(spec: str, guard: hostpath.Guard = hostpath.Guard()) -> Copy:
     directory is opened now, so that what the program does to the host path meanwhile cannot move it."""
     src, dst = _spec(spec, "--copy-out")
     _check_box_path(src, "--copy-out", file=False)
-    into = os.path.basename(os.path.normpath(src))
+    inside = os.path.basename(os.path.normpath(src))  # SRC's name in DST, when DST is a directory
     if dst.endswith("/"):  # a directory, even through a link (of the caller's: hostpath.py)
         found = hostpath.resolve(dst, "--copy-out", guard)
         if not stat.S_ISDIR(os.fstat(found.fd).st_mode):
             found.close()
             raise ConfigError(f"--copy-out {dst}: Not a directory")
-        return Copy(src, dst, found, into, into=True)
+        return Copy(src, dst, found, inside, into=True)
     parent, name = hostpath.resolve_parent(dst, "--copy-out", guard)
     try:
         st = os.stat(name, dir_fd=parent.fd, follow_symlinks=False)
@@ -113,7 +104,7 @@ def parse_copy_out(spec: str, guard: hostpath.Guard = hostpath.Guard()) -> Copy:
         return Copy(src, dst, parent, name)
     with parent:  # an existing directory: copied into, as cp does
         fd = os.open(name, _PATH_DIR, dir_fd=parent.fd)
-    return Copy(src, dst, hostpath.HostPath(fd, os.path.join(parent.path, name)), into, into=True)
+    return Copy(src, dst, hostpath.HostPath(fd, os.path.join(parent.path, name)), inside, into=True)
 
 
 _PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC

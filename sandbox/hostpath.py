@@ -29,6 +29,7 @@ import errno
 import os
 import stat
 from dataclasses import dataclass, field
+from typing import Self
 
 from . import syscalls as sc
 from .errors import ConfigError
@@ -50,8 +51,21 @@ class Guard:
     dirs: frozenset[tuple[int, int]] = field(default_factory=frozenset)
 
 
+class _Closing:
+    """`with` closes it."""
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 @dataclass
-class HostPath:
+class HostPath(_Closing):
     """What a caller's path names, open as an O_PATH fd (the owner closes it), and where it is, link-free."""
 
     fd: int
@@ -67,12 +81,6 @@ class HostPath:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
-
-    def __enter__(self) -> HostPath:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
     def reopen(self, flags: int) -> int:
         """A real open file description of the same file (read, write), never of another."""
@@ -174,7 +182,7 @@ def _check_link(shown: str, st: os.stat_result, guarded: bool, what: str) -> Non
                          "root's are followed")
 
 
-class OutputFile:
+class OutputFile(_Closing):
     """A file the caller names for sbx to write after a run (`--json FILE`), placed before the run.
 
     Its directory is resolved now; the file is made or truncated only when
@@ -223,9 +231,3 @@ class OutputFile:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-
-    def __enter__(self) -> OutputFile:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

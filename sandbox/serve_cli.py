@@ -66,7 +66,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.trio import serve
 
     from .service import ServiceConfig, create_app
-    from .service.callback import Allowed
 
     host, port = _listen(args.listen)
     token = None
@@ -86,7 +85,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
                            callback_allow=tuple(args.callback_allow),
                            output_budget=parse_size(args.output_budget, "--output-budget"),
                            src_prefix=tuple(p for given in args.src_prefix for p in given.split(",") if p))
-    Allowed.parse(args.callback_allow)  # bad input: one line before the server starts
     hyper = Config()
     hyper.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hyper.accesslog = None

@@ -134,13 +134,11 @@ class _Streamed(StreamingResponse):
                 await self._budget.give(self._taken)
 
 
-
-
 def create_app(config: ServiceConfig) -> FastAPI:
     cache = FileCache(config.file_cache)
     inputs = gojudge.Inputs(cache, Sources(list(config.src_prefix)))
     budget = response.OutputBudget(config.output_budget)
-    allowed = callback.Allowed.parse(list(config.callback_allow))
+    allowed = callback.Allowed.parse(config.callback_allow)
     state: dict[str, Any] = {"pending": 0}
 
     submissions: Submissions | RedisQueue

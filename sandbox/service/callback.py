@@ -17,6 +17,7 @@ Callers run this in a task of its own, so the backoff never holds up judging.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,7 +42,7 @@ class Allowed:
     networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
-    def parse(cls, entries: list[str]) -> Allowed:
+    def parse(cls, entries: Iterable[str]) -> Allowed:
         names, networks = set(), []
         for entry in entries:
             for item in filter(None, (part.strip() for part in entry.split(","))):

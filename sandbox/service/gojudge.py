@@ -135,9 +135,10 @@ class PipeMap(BaseModel):
     max: int = Field(default=0, ge=0, le=MAX_BYTES)
     disableZeroCopy: bool = False  # noqa: N815 - a relay detail of go-judge's; sbx's relay copies either way
 
-    def tap(self) -> Tap | None:
+    @property
+    def kept(self) -> bool:
         """go-judge keeps what passes only through a proxied pipe with a name."""
-        return Tap(self.max or DEFAULT_COLLECT) if self.proxy and self.name else None
+        return self.proxy and bool(self.name)
 
 
 class RunRequest(BaseModel):
@@ -150,7 +151,7 @@ class RunRequest(BaseModel):
 def worst_case(request: RunRequest) -> int:
     """The most bytes the request's answer may hold: every collector's max, every copied-out file's, every
     kept pipe's."""
-    total = sum(m.max or DEFAULT_COLLECT for m in request.pipeMapping if m.tap() is not None)
+    total = sum(m.max or DEFAULT_COLLECT for m in request.pipeMapping if m.kept)
     for cmd in request.cmd:
         collectors = _collectors(cmd)
         total += sum(m for _, m in collectors.values())
@@ -368,7 +369,7 @@ async def _piped(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list
                            "(sbx serve --pool 2)")
     a, b = request.cmd
     crossed = len(ends) == 2
-    taps = {m.in_.index: (m.name, tap) for m in request.pipeMapping if (tap := m.tap()) is not None}
+    taps = {m.in_.index: (m.name, Tap(m.max or DEFAULT_COLLECT)) for m in request.pipeMapping if m.kept}
     try:
         async with pool.acquire_many(2) as (box_a, box_b):
             for cmd, box in ((a, box_a), (b, box_b)):
