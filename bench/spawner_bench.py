@@ -30,8 +30,8 @@ def main(n: int) -> None:
         os.execv(binary, ["sbx-spawner", "3", str(os.getuid()), str(os.getgid()), "0"])
     null = os.open("/dev/null", os.O_RDWR)
     # box.py's _run_tokens: no filter, cgroup or tracing, no limits, no capture, no rlimits, argv and env of one,
-    # cwd, no CPU set
-    request = b"\0".join([b"run", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"1", b"1", b"/", b"",
+    # cwd, no CPU set, three fds
+    request = b"\0".join([b"run", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"0", b"1", b"1", b"/", b"", b"3",
                            b"/bin/true", b"PATH=/usr/bin:/bin"]) + b"\0"
     fds = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [null] * 3).tobytes())]
     spawner, bare = [], []

@@ -14,7 +14,7 @@ import stat
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -42,10 +42,13 @@ if TYPE_CHECKING:
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
 _CHUNK = 1 << 16
+_SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 # the accounting of a run whose program never started (its exec failed)
 _NEVER_RAN: dict[str, Any] = {"wait_status": None, "syscall": None, "cpu_time": 0.0, "wall_time": 0.0, "memory_peak": 0}
 MAX_ARGS = 4096
 """Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
+MAX_PROGRAM_FDS = 64
+"""The fds a program may be given, 0 to 63: the spawner's fixed bound (spawner.c)."""
 
 
 KERNEL_UPPER = ("kernel overlayfs writes straight into the --upper dir on the host, where nothing rootless can hold "
@@ -412,8 +415,15 @@ class Sandbox:
         stdout: int | Relay | None,
         stderr: int | Relay | None,
         policy: str | None | _Inherit = _INHERIT,
+        more_fds: Mapping[int, bytes | int] | None = None,
+        tty: bool = False,
     ) -> _Pending:
-        """Send the run request (the program starts) and return what waits for its end."""
+        """Send the run request (the program starts) and return what waits for its end.
+
+        `more_fds`: the program's fds from 3 up, each as `stdin` (data, or an fd
+        handed over); one not given below the highest is /dev/null.  `tty`: stdout and stderr are
+        one terminal, whose output is captured as stdout.
+        """
         box = self._open_box()
         argv = self.command(argv)
         if not argv:
@@ -442,22 +452,38 @@ class Sandbox:
         req["trace"] = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
         filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
         req["seccomp"] = 0 if filter_fd is None else 2 if counted else 1  # (spawner.c: 2 counts refusals)
+        more_fds = more_fds or {}
+        if tty and (stdout is not None or stderr is not None):
+            raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
+        if any(not 3 <= fd < MAX_PROGRAM_FDS for fd in more_fds):
+            raise ConfigError(f"a program's further fds are 3 to {MAX_PROGRAM_FDS - 1}")
         out = _Output(limits.output, box)
-        captured = self._capture_files() if stdout is None and stderr is None else None
+        captured = self._capture_files() if stdout is None and stderr is None and not tty else None
         req["capture"] = captured is not None
-        fds = [await _stdin_fd(stdin)]
-        if captured is not None:
-            fds += [os.dup(fd) for fd in captured]
-        else:
-            for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
-                if isinstance(mode, int):
-                    fds.append(os.dup(mode))
-                    continue
-                r, w = program_pipe()
-                tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
-                fds.append(w)
-        if filter_fd is not None:
-            fds.append(os.dup(filter_fd))
+        fds = [await _input_fd(stdin)]
+        try:
+            if captured is not None:
+                fds += [os.dup(fd) for fd in captured]
+            elif tty:
+                master, terminal = os.openpty()
+                tasks.start_soon(out.pump, master, None, out.stdout)
+                fds += [terminal, os.dup(terminal)]
+            else:
+                for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
+                    if isinstance(mode, int):
+                        fds.append(os.dup(mode))
+                        continue
+                    r, w = program_pipe()
+                    tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
+                    fds.append(w)
+            for fd in range(3, max(more_fds, default=2) + 1):
+                fds.append(await _input_fd(more_fds.get(fd)))
+            req["fds"] = len(fds)
+            if filter_fd is not None:
+                fds.append(os.dup(filter_fd))
+        except BaseException:
+            _close_all(fds)
+            raise
         await box.start_run(req, fds, limits)
         return _Pending(box, req, limits, out, policy_name, cgroup, captured)
 
@@ -520,6 +546,85 @@ class _Pending:
         return result
 
 
+@dataclass(frozen=True)
+class Program:
+    """One program of a group that `run_connected` runs at once: its box, and what `Sandbox.run` takes for it.
+
+    `fds`: the program's fds from 3 up, each as `stdin` is.
+    `tty`: its stdout and stderr are one terminal, captured as its stdout.
+    """
+
+    box: Sandbox
+    argv: Sequence[str]
+    limits: Limits | None = None
+    env: Mapping[str, str] | None = None
+    policy: str | None | _Inherit = _INHERIT
+    stdin: bytes | int | None = None
+    fds: Mapping[int, bytes | int] = field(default_factory=dict)
+    tty: bool = False
+
+
+@dataclass(frozen=True)
+class Pipe:
+    """A pipe from the fd `writer` of one program to the fd `reader` of another, each (program's index, fd): a
+    plain kernel pipe, or with a `Tap` relayed through this process, which keeps what passes (tap.py)."""
+
+    writer: tuple[int, int]
+    reader: tuple[int, int]
+    tap: Tap | None = None
+
+
+async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> list[Result]:
+    """Programs that run at once, joined by pipes from any fd of one to any fd of another (go-judge's
+    pipeMapping); their results, in order.
+
+    A program's stdout and stderr that no pipe takes are captured in its
+    Result, and its stdin is its `stdin` unless a pipe feeds it.  Each pipe's
+    only copies end up in the runs, so a reader sees EOF as soon as its
+    writer's run is over, and a writer EPIPE once its reader's is.
+    """
+    ends: dict[tuple[int, int], int] = {}
+    ours: list[int] = []
+    relays: list[_Relay] = []
+    pending: list[_Pending] = []
+    replies: list[dict[str, Any]] = [{} for _ in programs]
+    try:
+        for pipe in pipes:
+            for end in (pipe.writer, pipe.reader):
+                index, fd = end
+                if not 0 <= index < len(programs) or not 0 <= fd < MAX_PROGRAM_FDS:
+                    raise ConfigError(f"pipe end {index}:{fd}: there are {len(programs)} programs, with fds 0 to "
+                                      f"{MAX_PROGRAM_FDS - 1}")
+                if end in ends or fd in programs[index].fds:
+                    raise ConfigError(f"pipe end {index}:{fd}: program {index}'s fd {fd} is given twice")
+            write, read, both, tapped = _join(pipe.tap)
+            ours += both
+            relays += [tapped] if tapped is not None else []
+            ends[pipe.writer], ends[pipe.reader] = write, read
+        with single_error():
+            async with anyio.create_task_group() as tasks:
+                for i, p in enumerate(programs):
+                    mine = {fd: end for (index, fd), end in ends.items() if index == i}
+                    pending.append(await p.box._start(
+                        tasks, p.argv, limits=p.limits, env=p.env, cwd=None, stdin=mine.pop(0, p.stdin),
+                        stdout=mine.pop(1, None), stderr=mine.pop(2, None), policy=p.policy,
+                        more_fds={**p.fds, **mine}, tty=p.tty))
+                _close_all(ours)
+                ours = []
+                for source, sink, tap in relays:
+                    tasks.start_soon(relay, source, sink, tap)
+                relays = []
+
+                async def collect(i: int) -> None:
+                    replies[i] = await pending[i].reply()
+
+                for i in range(len(pending)):
+                    tasks.start_soon(collect, i)
+    finally:
+        _close_all((*ours, *(fd for r in relays for fd in r[:2])))
+    return [p.finish(reply) for p, reply in zip(pending, replies, strict=True)]
+
+
 async def run_interactive(
     box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
@@ -527,22 +632,11 @@ async def run_interactive(
     env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
     tap_ab: Tap | None = None, tap_ba: Tap | None = None,
 ) -> tuple[Result, Result]:
-    """Two programs, each one's stdout the other's stdin, joined by plain pipes (no relay through Python).
-
-    Both sides' stderr is captured. The pipes' only copies end up in the two
-    runs, so each side sees EOF as soon as the other exits.  A `Tap` on a
-    direction relays that pipe through this process and keeps what passes
-    (tap.py).
-    """
-    a_out, b_in, ours_ab, relay_ab = _join(tap_ab)
-    try:
-        b_out, a_in, ours_ba, relay_ba = _join(tap_ba)
-    except BaseException:
-        _close_all((*ours_ab, *(relay_ab[:2] if relay_ab else ())))
-        raise
-    relays = [r for r in (relay_ab, relay_ba) if r is not None]
-    return await _pair(box_a, argv_a, box_b, argv_b, (a_in, a_out), (b_in, b_out), (*ours_ab, *ours_ba),
-                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b), relays)
+    """Two programs, each one's stdout the other's stdin (run_connected); both sides' stderr is captured."""
+    ra, rb = await run_connected([Program(box_a, argv_a, limits_a, env_a, policy_a),
+                                  Program(box_b, argv_b, limits_b, env_b, policy_b)],
+                                 [Pipe((0, 1), (1, 0), tap_ab), Pipe((1, 1), (0, 0), tap_ba)])
+    return ra, rb
 
 
 async def run_pipeline(
@@ -552,20 +646,13 @@ async def run_pipeline(
     policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
     env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None, tap: Tap | None = None,
 ) -> tuple[Result, Result]:
-    """`a | b`: a reads `stdin` (data, or an fd handed over as in `run`), its stdout is b's stdin through a plain
-    pipe (or relayed through a `Tap`); b's stdout and both stderrs are captured."""
-    a_out, b_in, ours, relay_ab = _join(tap)
-    try:
-        given = await _stdin_fd(stdin)
-    except BaseException:
-        _close_all((*ours, *(relay_ab[:2] if relay_ab else ())))
-        raise
-    return await _pair(box_a, argv_a, box_b, argv_b, (given, a_out), (b_in, None), (*ours, given),
-                       (limits_a, limits_b), (policy_a, policy_b), (env_a, env_b),
-                       [relay_ab] if relay_ab is not None else [])
+    """`a | b` (run_connected): a reads `stdin` (as in `Sandbox.run`); b's stdout and both stderrs are captured."""
+    ra, rb = await run_connected([Program(box_a, argv_a, limits_a, env_a, policy_a, stdin),
+                                  Program(box_b, argv_b, limits_b, env_b, policy_b)],
+                                 [Pipe((0, 1), (1, 0), tap)])
+    return ra, rb
 
 
-_Two = tuple[Any, Any]
 _Relay = tuple[int, int, Tap]
 
 
@@ -584,55 +671,29 @@ def _close_all(fds: Sequence[int]) -> None:
         os.close(fd)
 
 
-async def _pair(box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str],
-                io_a: tuple[int, int | None], io_b: tuple[int, int | None], ours: tuple[int, ...],
-                limits: _Two, policies: _Two, envs: _Two, relays: list[_Relay]) -> tuple[Result, Result]:
-    """Start both (stdin, stdout) as given (None: captured), then close `ours`: the runs hold the only copies;
-    then the relays of tapped pipes.  `limits`, `policies` and `envs`: a's and b's."""
-    replies: list[dict[str, Any]] = [{}, {}]
-    try:
-        with single_error():
-            async with anyio.create_task_group() as tasks:
-                a = await box_a._start(tasks, argv_a, limits=limits[0], env=envs[0], cwd=None, stdin=io_a[0],
-                                       stdout=io_a[1], stderr=None, policy=policies[0])
-                b = await box_b._start(tasks, argv_b, limits=limits[1], env=envs[1], cwd=None, stdin=io_b[0],
-                                       stdout=io_b[1], stderr=None, policy=policies[1])
-                _close_all(ours)
-                ours = ()
-                for source, sink, tap in relays:
-                    tasks.start_soon(relay, source, sink, tap)
-                relays = []
+async def _input_fd(data: bytes | int | None) -> int:
+    """An input's fd (stdin, or a further fd): data is given as a file (as isolate and go-judge do), so there is no
+    feeder task, and a program may seek or reread it.
 
-                async def collect(pending: _Pending, slot: int) -> None:
-                    replies[slot] = await pending.reply()
-
-                tasks.start_soon(collect, a, 0)
-                tasks.start_soon(collect, b, 1)
-    finally:
-        _close_all((*ours, *(fd for r in relays for fd in r[:2])))
-    return a.finish(replies[0]), b.finish(replies[1])
-
-
-async def _stdin_fd(stdin: bytes | int | None) -> int:
-    """Data is given as a file (as isolate and go-judge do): no feeder task, and a program may seek or reread it.
-
-    Large data is copied in a worker thread, so other boxes' runs go on meanwhile.
+    Large data is copied in a worker thread, so other boxes' runs go on meanwhile.  The file is sealed: its
+    memory is the supervisor's, and a program that could write to it would grow it outside its own limits.
     """
-    if isinstance(stdin, bytes):
-        fd = os.memfd_create("sbx-stdin", os.MFD_CLOEXEC)
+    if isinstance(data, bytes):
+        fd = os.memfd_create("sbx-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
         try:
-            if len(stdin) > _CHUNK:
-                await anyio.to_thread.run_sync(_write_all, fd, stdin)
+            if len(data) > _CHUNK:
+                await anyio.to_thread.run_sync(_write_all, fd, data)
             else:
-                _write_all(fd, stdin)
+                _write_all(fd, data)
             os.lseek(fd, 0, os.SEEK_SET)
+            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALED)
         except BaseException:
             os.close(fd)
             raise
         return fd
-    if stdin is None:
+    if data is None:
         return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    return os.dup(stdin)
+    return os.dup(data)
 
 
 @dataclass
@@ -694,11 +755,15 @@ class _Output:
 
 
 def _read_buffered(fd: int) -> bytes | None:
-    """What a non-blocking pipe holds now: b"" at EOF, None when it is empty."""
+    """What a non-blocking pipe or terminal holds now: b"" at EOF, None when it is empty."""
     try:
         return os.read(fd, _CHUNK)
     except BlockingIOError:
         return None
+    except OSError as e:
+        if e.errno == errno.EIO:  # a terminal's master once no process holds the terminal: its EOF
+            return b""
+        raise
 
 
 def _apart(upper: str, others: list[tuple[str, str]]) -> None:

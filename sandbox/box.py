@@ -203,7 +203,7 @@ class Box:
     async def start_run(self, req: dict[str, Any], fds: list[int], limits: Limits) -> None:
         """Hand a run to the spawner, in a fresh cgroup when the box has one.
 
-        `fds` (the program's stdin, stdout, stderr, then the seccomp filter if
+        `fds` (the program's, 0 to req["fds"] - 1, then the seccomp filter if
         any) are closed once sent: the output pipes must reach EOF when the last
         process of the run dies.
         """
@@ -433,4 +433,5 @@ def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
             "1" if req["capture"] else "0", str(req["output"] or 0),
             str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
             ",".join(str(cpu) for cpu in sorted(req["cpu_set"] or ())),
+            str(req["fds"]),
             *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]

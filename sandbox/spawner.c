@@ -48,8 +48,9 @@
  *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
  *   run HAS_BPF HAS_CGROUP TRACE CPU_LIMIT WALL_LIMIT MEM_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
- *       (RES SOFT HARD)* ARGV* ENV*
- *       with fds stdin, stdout, stderr [, bpf file] [, cgroup.procs, cpu.stat]; a limit of 0 is none
+ *       CPUS NFDS (RES SOFT HARD)* ARGV* ENV*
+ *       with fds: the program's 0 to NFDS-1 (3 <= NFDS <= MAX_PROGRAM_FDS) [, bpf file] [, cgroup.procs,
+ *       cpu.stat]; a limit of 0 is none, CPUS the CPUs to pin the program to ("0,2", "" for any)
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
@@ -98,9 +99,10 @@
 #include <unistd.h>
 
 #define MAX_MSG (1 << 20)
-#define MAX_FDS 6
+#define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/api.py checks the same bound */
+#define MAX_FDS (MAX_PROGRAM_FDS + 3)
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/api.py checks the same bound */
-#define HEAD_TOKENS 14 /* "run" up to the CPU set */
+#define HEAD_TOKENS 15 /* "run" up to NFDS */
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
@@ -179,7 +181,7 @@ static void drop_privileges(int err_pipe)
 }
 
 /* The filter is the last step before execve, so none of the steps above needs allowing. */
-static void load_filter(int err_pipe, int bpf_fd, int count_refusals)
+static void load_filter(int err_pipe, int bpf_fd, int count_refusals, int listener_sock)
 {
     struct stat st;
     if (fstat(bpf_fd, &st) < 0 || st.st_size <= 0 || st.st_size % sizeof(struct sock_filter))
@@ -194,7 +196,7 @@ static void load_filter(int err_pipe, int bpf_fd, int count_refusals)
     long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
     if (listener < 0)
         child_fail(err_pipe, "seccomp", errno);
-    send_msg(listener_pair[1], "L", (int)listener);
+    send_msg(listener_sock, "L", (int)listener);
     close((int)listener);
 }
 
@@ -210,21 +212,39 @@ struct run {
     char **argv;
     char **envp;
     int fds[MAX_FDS];
-    int nfds, has_bpf, has_cgroup, count_refusals;
+    int nfds, nprogram, has_bpf, has_cgroup, count_refusals;
     cpu_set_t cpus; /* with `pin`, the CPUs the program may run on (go-judge's cpuSetLimit) */
     int pin;
 };
 
 /* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
  * this process (else -1). */
+/* `fd`, or a copy of it at `floor` or above: the program's fds below `floor` are made with dup2, which must
+ * not replace one this process still needs. */
+static int above(int fd, int floor, int err_pipe)
+{
+    if (fd < 0 || fd >= floor)
+        return fd;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, floor);
+    if (copy < 0)
+        child_fail(err_pipe, "setup", errno);
+    return copy;
+}
+
 static void exec_program(struct run *r, int err_pipe, int go)
 {
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
     setsid();
-    for (int i = 0; i < 3; i++)
-        if (dup2(r->fds[i], i) < 0)
+    int floor = r->nprogram, fds[MAX_FDS];
+    err_pipe = above(err_pipe, floor, err_pipe);
+    go = above(go, floor, err_pipe);
+    int listener_sock = above(listener_pair[1], floor, err_pipe);
+    for (int i = 0; i < r->nfds; i++)
+        fds[i] = above(r->fds[i], floor, err_pipe);
+    for (int i = 0; i < r->nprogram; i++)
+        if (dup2(fds[i], i) < 0)
             child_fail(err_pipe, "setup", errno);
     if (chdir(r->cwd) < 0)
         child_fail(err_pipe, "cwd", errno);
@@ -233,9 +253,9 @@ static void exec_program(struct run *r, int err_pipe, int go)
         if (setrlimit(atoi(r->rlimits[3 * i]), &rl) < 0)
             child_fail(err_pipe, "setup", errno);
     }
-    int next = 3;
-    int bpf_fd = r->has_bpf ? r->fds[next++] : -1;
-    if (r->has_cgroup && write(r->fds[next], "0", 1) != 1)
+    int next = r->nprogram;
+    int bpf_fd = r->has_bpf ? fds[next++] : -1;
+    if (r->has_cgroup && write(fds[next], "0", 1) != 1)
         child_fail(err_pipe, "cgroup", errno);
     if (r->pin && sched_setaffinity(0, sizeof r->cpus, &r->cpus) < 0)
         child_fail(err_pipe, "setup", errno);
@@ -251,10 +271,10 @@ static void exec_program(struct run *r, int err_pipe, int go)
     char c = 'r';
     if (go >= 0 && (prctl(PR_SET_DUMPABLE, 1, 0, 0, 0) < 0 || write(go, &c, 1) != 1 || read(go, &c, 1) != 1))
         _exit(127); /* the spawner could not trace it and closed its end */
-    if (syscall(SYS_close_range, 3, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
+    if (syscall(SYS_close_range, r->nprogram, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
         child_fail(err_pipe, "setup", errno); /* no descriptor of sbx's may reach the program */
     if (bpf_fd >= 0) /* after it, only what seccomp.py's SPAWN_CALLS names */
-        load_filter(err_pipe, bpf_fd, r->count_refusals);
+        load_filter(err_pipe, bpf_fd, r->count_refusals, listener_sock);
     execvpe(r->argv[0], r->argv, r->envp);
     int err = errno;
     struct stat st;
@@ -708,7 +728,8 @@ static int parse_run(char *buf, size_t len, struct run *r)
     if (r->nrlimits < 0 || r->nrlimits > 64 || argc < 1 || argc > MAX_ARGS || envc < 0 || envc > MAX_ARGS ||
         HEAD_TOKENS + 3 * (size_t)r->nrlimits + argc + envc != ntok)
         return -1;
-    if (r->nfds != 3 + r->has_bpf + 2 * r->has_cgroup)
+    r->nprogram = atoi(tok[14]);
+    if (r->nprogram < 3 || r->nprogram > MAX_PROGRAM_FDS || r->nfds != r->nprogram + r->has_bpf + 2 * r->has_cgroup)
         return -1;
     r->cwd = tok[12];
     CPU_ZERO(&r->cpus);
@@ -833,9 +854,9 @@ static void start_run(struct run *r)
     run.mem_limit = r->mem_limit;
     run.trace = r->trace;
     if (r->has_cgroup)
-        run.cpu_stat = fcntl(r->fds[4 + r->has_bpf], F_DUPFD_CLOEXEC, 3);
+        run.cpu_stat = fcntl(r->fds[r->nprogram + r->has_bpf + 1], F_DUPFD_CLOEXEC, 3);
     if (r->has_bpf) {
-        ssize_t got = pread(r->fds[3], run.bpf, sizeof run.bpf, 0);
+        ssize_t got = pread(r->fds[r->nprogram], run.bpf, sizeof run.bpf, 0);
         run.bpf_len = got > 0 ? (unsigned)(got / sizeof *run.bpf) : 0; /* none: every notified call is a kill */
     }
     run.started = now();

@@ -7,8 +7,8 @@ import os
 import pytest
 import anyio
 
-from sandbox import (BoxFileError, ConfigError, ExecError, Limits, Relay, Sandbox, SandboxPool, SetupError, Status,
-                     Tap, run_interactive)
+from sandbox import (BoxFileError, ConfigError, ExecError, Limits, Pipe, Program, Relay, Sandbox, SandboxPool,
+                     SetupError, Status, Tap, run_connected, run_interactive)
 
 from helpers import host_processes_matching
 
@@ -75,6 +75,37 @@ async def test_a_program_may_reopen_its_own_stdio(box: Sandbox) -> None:
         await run_interactive(box, ["sh", "-c", "echo ping > /dev/stdout; read x"], other,
                               ["sh", "-c", "read x; echo $x > /dev/stdout"], tap_ab=tap)
     assert tap.data == b"ping\n" and not tap.exceeded
+
+
+async def test_programs_joined_by_pipes_from_any_fd_to_any_fd() -> None:
+    """Three programs: the first writes a file it was given as fd 3 to its stderr, which the second reads as
+    stdin; the second's stdout is the third's fd 5, kept by a tap; the third also reads its own stdin."""
+    tap = Tap(100)
+    async with SandboxPool(size=3) as pool, pool.acquire_many(3) as (a, b, c):
+        first, second, third = await run_connected(
+            [Program(a, ["sh", "-c", "cat <&3 >&2"], fds={3: b"from fd 3\n"}),
+             Program(b, ["tr", "a-z", "A-Z"]),
+             Program(c, ["sh", "-c", "cat <&5; cat; ls -l /proc/self/fd/4 >&2"], stdin=b"and stdin\n")],
+            [Pipe((0, 2), (1, 0)), Pipe((1, 1), (2, 5), tap)])
+        assert (first.status, first.stderr, second.stdout) == (Status.OK, b"", b"")
+        assert (third.status, third.stdout) == (Status.OK, b"FROM FD 3\nand stdin\n"), third
+        assert b"/dev/null" in third.stderr  # the fds below the highest given
+        assert bytes(tap.data) == b"FROM FD 3\n"
+        with pytest.raises(ConfigError, match="given twice"):
+            await run_connected([Program(a, ["true"]), Program(b, ["true"])], [Pipe((0, 1), (1, 0)),
+                                                                               Pipe((0, 1), (1, 3))])
+
+
+async def test_a_terminal_is_stdout_and_stderr(box: Sandbox) -> None:
+    r = (await run_connected([Program(box, ["sh", "-c", "test -t 1 && test -t 2 && echo a terminal; echo err >&2; "
+                                                        "test -t 0 || echo not stdin"], tty=True)], []))[0]
+    assert (r.status, r.stdout, r.stderr) == (Status.OK, b"a terminal\r\nerr\r\nnot stdin\r\n", b"")
+
+
+async def test_a_program_cannot_grow_the_file_its_stdin_is(box: Sandbox) -> None:
+    """Given data is a file in the supervisor's memory, open for writing too (a memfd): sealed, it cannot grow."""
+    r = await box.run(["sh", "-c", "echo more >&0 && echo grew"], stdin=b"data")
+    assert b"grew" not in r.stdout, r
 
 
 async def test_output_handed_over_or_relayed(box: Sandbox, tmp_path: object) -> None:

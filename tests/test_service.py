@@ -30,7 +30,7 @@ def _serve(*args: str, mark: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[str]:
-    yield from _serve("--max-request", "3M", "--file-cache", "4M", "--callback-allow", "127.0.0.1",
+    yield from _serve("--pool", "3", "--max-request", "3M", "--file-cache", "4M", "--callback-allow", "127.0.0.1",
                       mark="sbx-serve-fixture")
 
 
@@ -96,13 +96,31 @@ def test_a_pipeline_and_an_interactive_pair_through_pipe_mapping(client: httpx.C
     assert [(r["status"], r["files"]["stderr"]) for r in talked] == [("Accepted", "pong"), ("Accepted", "ping")]
 
 
+def test_any_pipe_graph_any_fd_and_a_terminal(client: httpx.Client) -> None:
+    """Three commands: a file at fd 3 out through stderr into the next's stdin, whose stdout is the third's fd 5;
+    then a command on a terminal, whose output is collected as stdout."""
+    ran = client.post("/run", json={"cmd": [
+        {"args": ["/bin/sh", "-c", "cat <&3 >&2"], "env": ENV, "files": [None, None, None, {"content": "fd 3\n"}]},
+        {"args": ["/usr/bin/tr", "a-z", "A-Z"], "env": ENV, "files": [None, None, COLLECT[1]]},
+        {"args": ["/bin/sh", "-c", "cat <&5; cat"], "env": ENV, "files": [{"content": "and stdin\n"}, *COLLECT]}],
+        "pipeMapping": [{"in": {"index": 0, "fd": 2}, "out": {"index": 1, "fd": 0}},
+                        {"in": {"index": 1, "fd": 1}, "out": {"index": 2, "fd": 5}}]}).json()
+    assert [r["status"] for r in ran] == ["Accepted"] * 3, ran
+    assert ran[2]["files"]["stdout"] == "FD 3\nand stdin\n"
+    tty = client.post("/run", json={"cmd": [{"args": ["/bin/sh", "-c", "test -t 2 && echo terminal >&2"], "env": ENV,
+                                             "tty": True, "files": [{"content": ""}, *COLLECT]}]}).json()[0]
+    assert (tty["status"], tty["files"]) == ("Accepted", {"stdout": "terminal\r\n", "stderr": ""}), tty
+
+
 @pytest.mark.parametrize("body,status,message", [
     (b"{not json", 400, "JSON"),
     (b'{"cmd": []}', 400, "cmd"),
     (b'{"cmd": [{"args": ["/bin/true"], "cpuLimit": -1}]}', 400, "cpuLimit"),
     (b'{"cmd": [{"args": ["/bin/cat"], "copyIn": {"x": {"src": "/etc/shadow"}}}]}', 400, "src"),
     (b'{"cmd": [{"args": ["a"]}, {"args": ["b"]}], "pipeMapping": [{"in": {"index": 0, "fd": 2}, '
-     b'"out": {"index": 1, "fd": 0}}]}', 400, "pipeMapping"),
+     b'"out": {"index": 2, "fd": 0}}]}', 400, "pipeMapping"),
+    (b'{"cmd": [{"args": ["a"], "files": [{"content": ""}]}, {"args": ["b"]}], "pipeMapping": [{"in": {"index": 1, '
+     b'"fd": 1}, "out": {"index": 0, "fd": 0}}]}', 400, "null"),
     (b"x" * (4 * 2**20), 413, "larger than"),
     (b'{"cmd": [{"args": ["/bin/true"], "files": [null, {"name": "stdout", "max": 600000000}]}]}', 413, "add up to"),
 ])
@@ -336,7 +354,7 @@ def test_copy_out_errors_have_go_judges_types(client: httpx.Client, cmd: dict, s
 
 
 @pytest.mark.parametrize("cmd,message", [
-    ({"args": ["/bin/true"], "tty": True}, "tty"),
+    ({"args": ["/bin/true"], "files": [None, None, None, {"name": "x"}]}, "collector"),
     ({"args": ["/bin/true"], "cpuSetLimit": "0-4096"}, "cpuSetLimit"),
     ({"args": ["/bin/true"], "cpuSetLimit": "a"}, "cpuSetLimit"),
     ({"args": ["/bin/true"], "env": ["NOEQUALS"]}, "NAME=VALUE"),

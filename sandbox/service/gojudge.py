@@ -4,24 +4,26 @@ Units are go-judge's: times in nanoseconds, sizes in bytes.  Each command
 runs in a box of the pool (a fresh one, reset after), under the service's
 policy.  Files come from `content`, a cached `fileId`, or a `src` on the
 server beneath the operator's `--src-prefix` paths (sources.py).
-Two commands joined by a `pipeMapping` run as a pipeline (the first one's
-stdout the second's stdin) or, when the ends cross, as an interactive pair,
-each pipe relayed and kept (`proxy` with a `name`) if asked; other mappings
-are refused.  Unlike go-judge, an unknown fileId is that command's "File
-Error", not an HTTP 500 for the whole request.
+Commands joined by a `pipeMapping` run at once, each pipe from any fd of one
+to any fd of another (a pipeline, an interactive pair, any graph), relayed
+and kept (`proxy` with a `name`) if asked.  Any fd may be given a file;
+stdout and stderr may be collected (also from a terminal, `tty`).  Unlike
+go-judge, an unknown fileId is that command's "File Error", not an HTTP 500
+for the whole request.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import ExactEnv, Sandbox, run_interactive, run_pipeline
+from ..api import MAX_PROGRAM_FDS, ExactEnv, Pipe, Program, Sandbox, run_connected
 from ..cgroups import delegation
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
@@ -100,8 +102,6 @@ class Cmd(BaseModel):
             raise ValueError("copyIn: an empty file name")
         if any("=" not in e for e in self.env):
             raise ValueError("env: each entry is NAME=VALUE")
-        if self.tty:
-            raise ValueError("tty: sbx runs no program on a terminal yet (a difference from go-judge, see README)")
         if self.cpuSetLimit:
             _cpu_set(self.cpuSetLimit)
         return self
@@ -161,15 +161,19 @@ def worst_case(request: RunRequest) -> int:
 
 
 async def run(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list[dict[str, Any]]:
-    """The results of the request's commands, in order; collected files as response.Collected bytes."""
+    """The results of the request's commands, in order; collected files as response.Collected bytes.  Commands
+    joined by a pipeMapping run at once, each in a box; others each in its own, as boxes come free."""
     for cmd in request.cmd:
         _check_files(cmd, inputs)
     if request.pipeMapping:
-        return await _piped(request, pool, inputs)
+        if len(request.cmd) > pool.size:
+            raise RequestError(f"pipeMapping: the {len(request.cmd)} commands need as many boxes at once, and the "
+                               f"pool has {pool.size} (sbx serve --pool)")
+        return await _group(request.cmd, _pipes(request), pool, inputs)
     results: list[dict[str, Any]] = [{} for _ in request.cmd]
 
     async def one(i: int, cmd: Cmd) -> None:
-        results[i] = await _one(cmd, pool, inputs)
+        results[i], = await _group([cmd], [], pool, inputs)
 
     async with anyio.create_task_group() as tasks:
         for i, cmd in enumerate(request.cmd):
@@ -194,8 +198,12 @@ def _check_files(cmd: Cmd, inputs: Inputs) -> None:
                 raise RequestError(f"{where}: {e}") from None
     if any(f is not None and f.symlink is not None for f in cmd.files):
         raise RequestError("files: a symlink is for copyIn only")
-    if len(cmd.files) > 3:
-        raise RequestError("files: at most stdin, stdout and stderr")
+    if len(cmd.files) > MAX_PROGRAM_FDS:
+        raise RequestError(f"files: at most {MAX_PROGRAM_FDS} (fds 0 to {MAX_PROGRAM_FDS - 1})")
+    for fd, spec in enumerate(cmd.files):
+        if spec is not None and (spec.name is not None) != (fd in (1, 2)):
+            raise RequestError(f"files[{fd}]: a collector (name) is for stdout and stderr, which take nothing else "
+                               "(or a pipe, or null)")
     if cmd.cpuRateLimit and delegation().base is None:
         raise RequestError(f"cpuRateLimit: needs cgroup v2 delegation, and there is none: {delegation().reason}")
 
@@ -217,17 +225,6 @@ def _data(spec: FileSpec, inputs: Inputs) -> bytes | int:
     raise RequestError("a file needs content, a fileId or a src")
 
 
-def _stdin(cmd: Cmd, inputs: Inputs) -> bytes | int | None:
-    """The data of a command's stdin (files[0]) when it is given, not collected (an fd for a src)."""
-    given = cmd.files[0] if cmd.files else None
-    return _data(given, inputs) if given and not given.name else None
-
-
-def _close(data: bytes | int | None) -> None:
-    if isinstance(data, int):
-        os.close(data)
-
-
 async def _copy_in(box: Sandbox, cmd: Cmd, inputs: Inputs) -> None:
     for path, spec in cmd.copyIn.items():
         if spec.symlink is not None:
@@ -237,7 +234,8 @@ async def _copy_in(box: Sandbox, cmd: Cmd, inputs: Inputs) -> None:
         try:  # executable: a cached binary runs by its name
             await (box.copy_in(path, data, 0o755) if isinstance(data, int) else box.write_file(path, data, 0o755))
         finally:
-            _close(data)
+            if isinstance(data, int):
+                os.close(data)
 
 
 def _limits(cmd: Cmd, collect: int) -> Limits:
@@ -264,28 +262,78 @@ def _argv(cmd: Cmd) -> list[str]:
     return [f"./{first}" if "/" not in first and first in cmd.copyIn else first, *cmd.args[1:]]
 
 
-def _collectors(cmd: Cmd) -> dict[str, tuple[int, int]]:
-    """Collector name -> (fd, max bytes)."""
+def _collectors(cmd: Cmd, piped: frozenset[int] = frozenset()) -> dict[str, tuple[int, int]]:
+    """Collector name -> (fd, max bytes), but for the fds that are `piped`."""
     return {spec.name: (fd, spec.max if spec.max is not None else DEFAULT_COLLECT)
-            for fd, spec in enumerate(cmd.files) if spec is not None and spec.name is not None and fd in (1, 2)}
+            for fd, spec in enumerate(cmd.files) if spec is not None and spec.name is not None and fd not in piped}
 
 
-async def _one(cmd: Cmd, pool: SandboxPool, inputs: Inputs) -> dict[str, Any]:
-    collectors = _collectors(cmd)
+def _pipes(request: RunRequest) -> list[tuple[Pipe, str]]:
+    """The request's pipes, each with the name under which the writer's result keeps what passed ("": none)."""
+    pipes = []
+    for m in request.pipeMapping:
+        for end in (m.in_, m.out):
+            if end.index >= len(request.cmd) or end.fd >= MAX_PROGRAM_FDS:
+                raise RequestError(f"pipeMapping: no fd {end.fd} of command {end.index} (commands 0 to "
+                                   f"{len(request.cmd) - 1}, fds 0 to {MAX_PROGRAM_FDS - 1})")
+            cmd = request.cmd[end.index]
+            if _file(cmd, end.fd) is not None or (cmd.tty and end.fd in (1, 2)):
+                raise RequestError(f"pipeMapping: fd {end.fd} of command {end.index} is piped, so its files entry "
+                                   "is null, and it is not a terminal (tty)")
+        pipes.append((Pipe((m.in_.index, m.in_.fd), (m.out.index, m.out.fd), Tap(m.max or DEFAULT_COLLECT)
+                           if m.kept else None), m.name if m.kept else ""))
+    ends = [end for pipe, _ in pipes for end in (pipe.writer, pipe.reader)]
+    if len(set(ends)) != len(ends):
+        raise RequestError("pipeMapping: an fd is the end of two pipes")
+    return pipes
+
+
+def _file(cmd: Cmd, fd: int) -> FileSpec | None:
+    return cmd.files[fd] if fd < len(cmd.files) else None
+
+
+def _program(cmd: Cmd, box: Sandbox, piped: frozenset[int], inputs: Inputs, opened: ExitStack) -> Program:
+    """A command as run_connected takes it: its given files (not collectors, not piped) as data or fds."""
+    given: dict[int, bytes | int] = {}
+    for fd, spec in enumerate(cmd.files):
+        if spec is not None and spec.name is None and fd not in piped:
+            data = given[fd] = _data(spec, inputs)
+            if isinstance(data, int):
+                opened.callback(os.close, data)
+    collect = sum(m for _, m in _collectors(cmd, piped).values()) or DEFAULT_COLLECT
+    return Program(box, _argv(cmd), _limits(cmd, collect), _env(cmd), stdin=given.pop(0, None), fds=given,
+                   tty=cmd.tty)
+
+
+async def _group(cmds: list[Cmd], pipes: list[tuple[Pipe, str]], pool: SandboxPool,
+                 inputs: Inputs) -> list[dict[str, Any]]:
+    """Commands run at once, each in a box of its own, joined by `pipes`."""
+    piped = [frozenset(fd for pipe, _ in pipes for index, fd in (pipe.writer, pipe.reader) if index == i)
+             for i in range(len(cmds))]
     try:
-        async with pool.acquire() as box:
-            await _copy_in(box, cmd, inputs)
-            stdin = _stdin(cmd, inputs)
-            try:
-                result = await box.run(_argv(cmd), stdin=stdin, env=_env(cmd),
-                                       limits=_limits(cmd, sum(m for _, m in collectors.values()) or DEFAULT_COLLECT))
-            finally:
-                _close(stdin)
-            return await _result(cmd, result, collectors, box, inputs)
+        async with pool.acquire_many(len(cmds)) as boxes:
+            with ExitStack() as opened:
+                programs = []
+                for cmd, box, fds in zip(cmds, boxes, piped, strict=True):
+                    await _copy_in(box, cmd, inputs)
+                    programs.append(_program(cmd, box, fds, inputs, opened))
+                ran = await run_connected(programs, [pipe for pipe, _ in pipes])
+            results = [await _result(cmd, r, _collectors(cmd, fds), box, inputs)
+                       for cmd, r, box, fds in zip(cmds, ran, boxes, piped, strict=True)]
     except BoxFileError as e:
-        return _failure("File Error", e)
+        return [_failure("File Error", e) for _ in cmds]
     except SandboxError as e:
-        return _failure("Internal Error", e)
+        return [_failure("Internal Error", e) for _ in cmds]
+    for pipe, name in pipes:  # what passed, in the writer's result, as go-judge has it
+        if pipe.tap is None:
+            continue
+        out = results[pipe.writer[0]]
+        out.setdefault("files", {})[name] = Collected(bytes(pipe.tap.data))
+        if pipe.tap.exceeded:
+            out.setdefault("fileError", []).append({"name": name, "type": "CollectSizeExceeded"})
+            if out["status"] == "Accepted":
+                out["status"] = "Output Limit Exceeded"
+    return results
 
 
 def _failure(status: str, e: Exception) -> dict[str, Any]:
@@ -357,47 +405,3 @@ async def _copy_out(box: Sandbox, cmd: Cmd, name: str) -> tuple[bytes | None, di
             return None, over
         data = await anyio.to_thread.run_sync(f.read, limit + 1) if limit > 2**20 else f.read(limit + 1)
     return (data[:limit], over) if len(data) > limit else (data, None)
-
-
-async def _piped(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list[dict[str, Any]]:
-    ends = {(m.in_.index, m.in_.fd, m.out.index, m.out.fd) for m in request.pipeMapping}
-    if len(request.cmd) != 2 or ends not in ({(0, 1, 1, 0)}, {(0, 1, 1, 0), (1, 1, 0, 0)}):
-        raise RequestError("pipeMapping: two commands, the first one's stdout (fd 1) the second's stdin (fd 0), "
-                           "and, for an interactive pair, the second's stdout the first's stdin")
-    if pool.size < 2:
-        raise RequestError(f"pipeMapping: the two commands need two boxes at once, and the pool has {pool.size} "
-                           "(sbx serve --pool 2)")
-    a, b = request.cmd
-    crossed = len(ends) == 2
-    taps = {m.in_.index: (m.name, Tap(m.max or DEFAULT_COLLECT)) for m in request.pipeMapping if m.kept}
-    try:
-        async with pool.acquire_many(2) as (box_a, box_b):
-            for cmd, box in ((a, box_a), (b, box_b)):
-                await _copy_in(box, cmd, inputs)
-            limits = {"limits_a": _limits(a, DEFAULT_COLLECT), "limits_b": _limits(b, DEFAULT_COLLECT),
-                      "env_a": _env(a), "env_b": _env(b)}
-            tap_ab, tap_ba = (taps.get(i, ("", None))[1] for i in (0, 1))
-            if crossed:
-                ra, rb = await run_interactive(box_a, _argv(a), box_b, _argv(b), **limits, tap_ab=tap_ab,
-                                               tap_ba=tap_ba)
-            else:
-                stdin = _stdin(a, inputs)
-                try:
-                    ra, rb = await run_pipeline(box_a, _argv(a), box_b, _argv(b), **limits, stdin=stdin, tap=tap_ab)
-                finally:
-                    _close(stdin)
-            captured_b = _collectors(b) if not crossed else {n: c for n, c in _collectors(b).items() if c[0] == 2}
-            results = [await _result(a, ra, {n: c for n, c in _collectors(a).items() if c[0] == 2}, box_a, inputs),
-                       await _result(b, rb, captured_b, box_b, inputs)]
-    except BoxFileError as e:
-        return [_failure("File Error", e)] * 2
-    except SandboxError as e:
-        return [_failure("Internal Error", e)] * 2
-    for index, (name, tap) in taps.items():  # what passed, in the writer's result, as go-judge has it
-        out = results[index]
-        out.setdefault("files", {})[name] = Collected(bytes(tap.data))
-        if tap.exceeded:
-            out.setdefault("fileError", []).append({"name": name, "type": "CollectSizeExceeded"})
-            if out["status"] == "Accepted":
-                out["status"] = "Output Limit Exceeded"
-    return results
