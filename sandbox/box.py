@@ -284,7 +284,7 @@ class Box:
                     acct = self._run_cgroup.account()
                 except OSError as e:
                     raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
-                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak,
+                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak, proc_peak=acct.proc_peak,
                              events={**reply.get("events", {}), **acct.events})
             return reply
         finally:

@@ -261,6 +261,7 @@ def delegation() -> Delegation:
 class RunAccounting:
     cpu_time: float
     memory_peak: int
+    proc_peak: int | None
     events: dict[str, int] = field(default_factory=dict)
 
 
@@ -292,6 +293,7 @@ class RunCgroup:
             os.rmdir(path)
             raise
         self.has_peak = os.path.exists(os.path.join(path, "memory.peak"))
+        self.has_pids_peak = os.path.exists(os.path.join(path, "pids.peak"))  # Linux 6.1
         self.sampled_peak = 0
 
     def _set(self, name: str, value: str) -> None:
@@ -308,7 +310,8 @@ class RunCgroup:
                   if k in ("oom_kill", "max") and v}
         if (pids_max := _keyed(os.path.join(self.path, "pids.events")).get("max", 0)):
             events["pids.max"] = pids_max
-        return RunAccounting(cpu, peak, events)
+        procs = int(_read(os.path.join(self.path, "pids.peak"))) if self.has_pids_peak else None
+        return RunAccounting(cpu, peak, procs, events)
 
     def remove(self) -> None:
         """The spawner reaped every process of the run, so this is normally a plain rmdir."""

@@ -28,6 +28,7 @@ class Result:
     wall_time: float
     memory_peak: int
     syscall: str | None = None
+    proc_peak: int | None = None  # the most processes (and threads) at once: the run cgroup's pids.peak
     message: str = ""
     enforcement: dict[str, str] = field(default_factory=dict)
     # the run cgroup's counters of limits hit, e.g. {"memory.oom_kill": 1, "pids.max": 12}

@@ -50,7 +50,7 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         if refused and status is not Status.OK:  # the likely cause when a policy breaks a program
             message += " (the policy refused " + ", ".join(f"{name} x{n}" for name, n in refused) + ")"
         return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement,
-                      events=events)
+                      events=events, proc_peak=reply.get("proc_peak"))
 
     if killed == "SV":
         name = reply.get("syscall") or "unknown"

@@ -109,6 +109,14 @@ async def test_fork_bomb_is_contained_by_pids_max() -> None:
         assert "the pids limit of 16 refused" in r.message
         after = await box.run(count)
         assert after.stdout == before.stdout  # nothing of the bomb survived
+    assert r.proc_peak == 16 and before.proc_peak is not None and before.proc_peak < 16, (r, before)
+
+
+async def test_the_most_processes_at_once_are_counted() -> None:
+    """The record's proc_peak (go-judge's procPeak): the shell, five sleeps at once, and the wait after."""
+    async with Sandbox(policy=None) as box:
+        r = await box.run(["sh", "-c", "for i in 1 2 3 4 5; do sleep 0.2 & done; wait"])
+    assert (r.status, r.proc_peak) == (Status.OK, 6), r
 
 
 @pytest.fixture(scope="module")

@@ -183,7 +183,7 @@ def test_json_record_for_a_run_that_never_started(tmp_path: Path, args: list[str
     rec = json.loads(out.read_text())
     assert {k: rec[k] for k in record} == record
     assert set(rec) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
-                        "message", "enforcement", "events"}
+                        "message", "enforcement", "events", "proc_peak"}
 
 
 def test_no_record_for_input_refused_before_any_run(tmp_path: Path) -> None:

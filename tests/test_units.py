@@ -123,7 +123,7 @@ def test_defaults_bound_what_untrusted_code_can_take() -> None:
 def test_result_record_has_every_contract_field() -> None:
     r = verdict(_reply(), Limits(), output_exceeded=False, enforcement={})
     assert set(r.record()) == {"status", "exit_code", "signal", "cpu_time", "wall_time", "memory_peak", "syscall",
-                               "message", "enforcement", "events"}
+                               "message", "enforcement", "events", "proc_peak"}
 
 
 def test_open_files_keep_a_bounded_number_of_descriptors(tmp_path: Path) -> None:

@@ -45,9 +45,14 @@ from .submissions import QueueFull, SubmissionIn, Submissions
 
 OPEN_PATHS = {"/", "/healthz", "/readyz", "/livez", "/version", "/docs", "/openapi.json"}
 FEATURES = {"copyOutOptional": True, "copyOutTruncate": True, "symlink": True, "addressSpaceLimit": True,
-            "fixSymlinkEscape": True, "pipeProxy": True, "stream": False, "procPeak": False}
+            "fixSymlinkEscape": True, "pipeProxy": True, "stream": False}
 """go-judge's feature flags (/version, /config), true where sbx does what go-judge documents; clients such as
 Hydro's judge read them at start-up."""
+
+
+def _features() -> dict[str, bool]:
+    """FEATURES, and procPeak where runs have a cgroup to count their processes."""
+    return {**FEATURES, "procPeak": delegation().base is not None}
 
 
 @dataclass(frozen=True)
@@ -283,12 +288,12 @@ def create_app(config: ServiceConfig) -> FastAPI:
     async def version() -> dict[str, Any]:
         from importlib.metadata import version as package_version
         return {"buildVersion": f"v{package_version('sbx')}", "server": "sbx", "platform": os.uname().machine,
-                "os": "linux", **FEATURES}
+                "os": "linux", **_features()}
 
     @app.get("/config", summary="go-judge's /config: the features, and what the runner has (cgroup v2)")
     async def runner_config() -> dict[str, Any]:
         found = delegation()
-        return {**FEATURES, "runnerConfig": {"cgroupType": 2 if found.base else 0,
+        return {**_features(), "runnerConfig": {"cgroupType": 2 if found.base else 0,
                                              "cgroupControllers": sorted(found.controllers) if found.base else []}}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

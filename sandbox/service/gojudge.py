@@ -378,6 +378,7 @@ async def _result(cmd: Cmd, r: Result, collectors: dict[str, tuple[int, int]], b
     out: dict[str, Any] = {
         "status": status, "exitStatus": r.exit_code if r.exit_code is not None else (r.signal or 0),
         "time": int(r.cpu_time * NS), "memory": r.memory_peak, "runTime": int(r.wall_time * NS),
+        **({"procPeak": r.proc_peak} if r.proc_peak is not None else {}),
     }
     said = r.message if r.status is not Status.OK else "; ".join(e["message"] for e in errors if "message" in e)
     extra = {"error": said, "files": files, "fileIds": file_ids, "fileError": errors}
