@@ -1,13 +1,16 @@
-"""The service: HTTP /run of /bin/true against the in-process API, and submissions/s with one and two workers.
+"""The service: HTTP /run of /bin/true against the in-process pool run, and submissions/s with one and two workers.
 
     python bench/service_bench.py [N]    # as an unprivileged user; N runs (default 200), N/5 submissions
 
 Starts `sbx serve` (pool of 2) and, for the queue, a redis-server on 127.0.0.1, and stops them after.
-/run and the API (on asyncio and on trio) alternate, one request at a time (this VM drifts by tens of percent).
+/run (from two clients) and the API (on asyncio, the server's loop, and on trio) alternate, one request at a time
+(this VM drifts by tens of percent).
 """
 
 from __future__ import annotations
 
+import http.client
+import json
 import statistics
 import subprocess
 import sys
@@ -28,35 +31,50 @@ SUM = "n, *xs = map(int, open(0).read().split())\nprint(sum(xs))\n"
 
 
 async def _api_runs(n: int) -> list[float]:
+    """A pool run as /run makes it: a box taken from the pool, the run, the box given back (reset meanwhile)."""
     times = []
     async with SandboxPool(size=2, policy="compile") as pool:
         for _ in range(n):
+            t = time.perf_counter()
             async with pool.acquire() as box:
-                t = time.perf_counter()
                 await box.run(["/bin/true"], limits=Limits(cpu_time=1, memory=2**28, pids=16))
-                times.append(time.perf_counter() - t)
+            times.append(time.perf_counter() - t)
     return times
 
 
 def run_vs_api(n: int) -> None:
+    """http.client, a lean client, shows what the server costs; httpx what a Python client pays on top."""
     port = free_port()
-    http: list[float] = []
-    api: dict[str, list[float]] = {"asyncio": [], "trio": []}
+    times: dict[str, list[float]] = {"http.client": [], "httpx": [], "asyncio": [], "trio": []}
+    body = json.dumps(TRUE).encode()
+    headers = {"content-type": "application/json"}
     with server_process([sys.executable, "-m", "sandbox", "serve", "--listen", f"127.0.0.1:{port}"], port), \
             httpx.Client(base_url=f"http://127.0.0.1:{port}") as client:
+        lean = http.client.HTTPConnection("127.0.0.1", port)
+
+        def post_lean() -> bytes:
+            lean.request("POST", "/run", body, headers)
+            return lean.getresponse().read()
+
+        def post_httpx() -> bytes:
+            return client.post("/run", content=body, headers=headers).content
+
         for _ in range(n // 20):  # alternate in rounds of 20
-            for _ in range(20):
-                t = time.perf_counter()
-                assert client.post("/run", json=TRUE).json()[0]["status"] == "Accepted"
-                http.append(time.perf_counter() - t)
-            for backend, times in api.items():
-                times += anyio.run(_api_runs, 20, backend=backend)
-    h, a = statistics.median(http), statistics.median(api["trio"])
-    print(f"| HTTP POST /run of /bin/true, median of {len(http)} | {h * 1000:.2f} ms | {h / a:.2f}x |")
-    print(f"| in-process pool run of /bin/true on trio, median of {len(api['trio'])} | {a * 1000:.2f} ms | 1.00x |")
-    b = statistics.median(api["asyncio"])
-    print(f"| in-process pool run of /bin/true on asyncio, median of {len(api['asyncio'])} | {b * 1000:.2f} ms | "
-          f"{b / a:.2f}x |")
+            for name, post in (("http.client", post_lean), ("httpx", post_httpx)):
+                for _ in range(20):
+                    t = time.perf_counter()
+                    answer = post()
+                    times[name].append(time.perf_counter() - t)
+                    assert json.loads(answer)[0]["status"] == "Accepted"
+            for backend in ("asyncio", "trio"):
+                times[backend] += anyio.run(_api_runs, 20, backend=backend)
+    base = statistics.median(times["asyncio"])
+    for name, what in (("http.client", "HTTP POST /run of /bin/true, http.client"),
+                       ("httpx", "HTTP POST /run of /bin/true, httpx"),
+                       ("asyncio", "in-process pool run of /bin/true on asyncio (take, run, give back)"),
+                       ("trio", "in-process pool run of /bin/true on trio (take, run, give back)")):
+        m = statistics.median(times[name])
+        print(f"| {what}, median of {len(times[name])} | {m * 1000:.2f} ms | {m / base:.2f}x |")
 
 
 def submissions_per_second(n: int, workers: int) -> float:

@@ -583,6 +583,8 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
     only copies end up in the runs, so a reader sees EOF as soon as its
     writer's run is over, and a writer EPIPE once its reader's is.
     """
+    if not programs:
+        raise ConfigError("no program to run")
     ends: dict[tuple[int, int], int] = {}
     ours: list[int] = []
     relays: list[_Relay] = []
@@ -618,8 +620,9 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
                 async def collect(i: int) -> None:
                     replies[i] = await pending[i].reply()
 
-                for i in range(len(pending)):
+                for i in range(len(pending) - 1):
                     tasks.start_soon(collect, i)
+                await collect(len(pending) - 1)
     finally:
         _close_all((*ours, *(fd for r in relays for fd in r[:2])))
     return [p.finish(reply) for p, reply in zip(pending, replies, strict=True)]

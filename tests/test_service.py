@@ -153,7 +153,10 @@ def test_languages_version_metrics_and_docs(client: httpx.Client) -> None:
     assert 'sbx_runs_total{status="Accepted"}' in text and "sbx_run_cpu_seconds_bucket" in text
     assert 'sbx_pool_boxes{state="ready"}' in text
     assert "sbx_redeliveries_total 0.0" in text and "sbx_internal_errors_total 0.0" in text, "one process"
-    assert client.get("/docs").status_code == 200 and "/run" in client.get("/openapi.json").json()["paths"]
+    assert client.get("/docs").status_code == 200
+    doc = client.get("/openapi.json").json()  # /run's body, read by its handler, is documented with its models
+    body = doc["paths"]["/run"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert "cmd" in body["properties"] and {"Cmd", "FileSpec", "PipeMap"} <= set(doc["components"]["schemas"])
 
 
 def test_a_token_from_a_file(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import os
 import signal
 from pathlib import Path
@@ -146,3 +147,14 @@ def test_open_files_keep_a_bounded_number_of_descriptors(tmp_path: Path) -> None
     assert paths[2].read_bytes() == b"X"
     files.drop(nodes[2])
     assert nodes[2].fd is None
+
+
+def test_an_answer_is_the_same_json_whole_or_streamed() -> None:
+    """/run's small answers go out whole (the json module), large ones in pieces: the same JSON either way, with
+    invalid UTF-8 as U+FFFD and NULs escaped."""
+    from sandbox.service.response import Collected, encode, whole
+    results = [{"status": "Accepted", "time": 1, "files": {"stdout": Collected(b"a\0\xff\"\n" + "é".encode() * 70_000)},
+                "fileError": [{"name": "x", "type": "CopyOutOpen"}]}, {}]
+    streamed = b"".join(encode(results))
+    assert whole(results) == streamed
+    assert json.loads(streamed)[0]["files"]["stdout"].startswith('a\0\ufffd"\n')

@@ -170,6 +170,8 @@ async def run(request: RunRequest, pool: SandboxPool, inputs: Inputs) -> list[di
             raise RequestError(f"pipeMapping: the {len(request.cmd)} commands need as many boxes at once, and the "
                                f"pool has {pool.size} (sbx serve --pool)")
         return await _group(request.cmd, _pipes(request), pool, inputs)
+    if len(request.cmd) == 1:
+        return await _group(request.cmd, [], pool, inputs)
     results: list[dict[str, Any]] = [{} for _ in request.cmd]
 
     async def one(i: int, cmd: Cmd) -> None:

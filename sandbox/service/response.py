@@ -41,6 +41,12 @@ def collected_size(results: list[dict[str, Any]]) -> int:
     return sum(len(v.data) for r in results for v in (r.get("files") or {}).values() if isinstance(v, Collected))
 
 
+def whole(results: list[dict[str, Any]]) -> bytes:
+    """A small answer (collected bytes up to STREAM_FROM) in one piece, by the json module's C encoder."""
+    return json.dumps(results, ensure_ascii=False, separators=(",", ":"),
+                      default=lambda c: c.data.decode("utf-8", "replace")).encode()
+
+
 def encode(value: Any) -> Iterator[bytes]:
     """`value` as JSON, in pieces of at most about CHUNK * 6 bytes."""
     if isinstance(value, Collected):
