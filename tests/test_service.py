@@ -385,6 +385,31 @@ def test_src_is_read_only_beneath_a_src_prefix(tmp_path: Path) -> None:
                 assert r.status_code == 400 and "src" in r.json() and "SECRET" not in r.text, (src, r.text)
 
 
+def test_hydros_compile_and_run_requests_run_as_sent(tmp_path: Path) -> None:
+    """The bodies Hydro's judge sends (packages/hydrojudge sandbox.ts's proc) to compile, with the binary cached,
+    and then to run it on a test whose input it names by `src` on the server; then it deletes the binary."""
+    (tmp_path / "1.in").write_text("20 22\n")
+    mib = 1024 * 1024
+
+    def proc(args: list[str], stdin: dict, copy_in: dict, copy_out: list[str], cached: list[str]) -> dict:
+        return {"args": args, "env": ["PATH=/usr/local/bin:/usr/bin:/bin", "HOME=/w"],
+                "files": [stdin, {"name": "stdout", "max": 4 * mib}, {"name": "stderr", "max": 4 * mib}],
+                "cpuLimit": 10_000_000_000, "clockLimit": 30_000_000_000, "memoryLimit": 512 * mib,
+                "strictMemoryLimit": False, "stackLimit": 0, "procLimit": 32, "copyOutMax": 3 * 32 * mib,
+                "copyIn": copy_in, "copyOut": copy_out, "copyOutCached": cached}
+
+    for base in _serve("--src-prefix", str(tmp_path), "--pool", "1", mark="sbx-serve-hydro-fixture"):
+        with httpx.Client(base_url=base, timeout=120) as c:
+            built = c.post("/run", json={"cmd": [proc(["/usr/bin/g++", "foo.cc", "-o", "foo"], {"content": ""},
+                                                      {"foo.cc": {"content": SUM}}, [], ["foo"])]}).json()[0]
+            assert built["status"] == "Accepted" and "foo" in built["fileIds"], built
+            ran = c.post("/run", json={"cmd": [proc(["foo"], {"src": str(tmp_path / "1.in")},
+                                                    {"foo": {"fileId": built["fileIds"]["foo"]}}, ["stdout"],
+                                                    [])]}).json()[0]
+            assert (ran["status"], ran["files"]["stdout"]) == ("Accepted", "42\n"), ran
+            assert c.delete(f"/file/{built['fileIds']['foo']}").status_code == 200
+
+
 def test_hydros_interactive_request_runs_as_sent(client: httpx.Client) -> None:
     """The body Hydro's judge sends for an interactive problem (packages/hydrojudge: judge/interactive.ts and
     sandbox.ts's proc), field for field: files at /w, the interactor writing /w/tout, both pipes proxied with a
