@@ -109,7 +109,7 @@ class Sandbox:
             from .image_store import Store  # (not loaded for runs without an image: it costs ~30 ms)
             self._store = Store()
             self.image = self._store.get(image)
-            lowers = [os.path.join(self._store.layer_dir(d), "root") for d in reversed(self.image.diff_ids)]
+            lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
         if upper is not None and not lowers:
             raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
         if commit is not None:
@@ -150,7 +150,9 @@ class Sandbox:
         self.home = check_box_path(home, "home")
         if self.home in ("/tmp", "/dev/shm") or self.home.startswith(("/tmp/", "/dev/")):
             raise ConfigError(f"home {home}: must be a directory of its own, not in /tmp or /dev")
-        self.cwd = cwd or defaults.get("WorkingDir") or ("/" if self.image is not None else self.home)
+        if cwd is not None and not cwd.startswith("/"):
+            raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
+        self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
         self._idmap: IdmapMode = idmap
         self._box: Box | None = None
         self._union_upper: str | None = None

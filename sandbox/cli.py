@@ -25,7 +25,7 @@ from . import boxfiles, copies, hostpath, image_cli, judge_cli, policy_cli, serv
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
-from .mounts import WORK_DIR, Bind, parse_bind, check_box_path
+from .mounts import WORK_DIR, Bind, parse_bind
 from .result import Result, Status
 
 T = TypeVar("T")
@@ -255,7 +255,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         net=args.net,
         idmap=args.idmap,
         env=dict(_env_pair(e) for e in args.env),
-        cwd=check_box_path(args.cwd, "--cwd") if args.cwd else None,
+        cwd=args.cwd,
         policy=args.policy,
         lowers=args.lower,
         upper=args.upper,

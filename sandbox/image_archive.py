@@ -14,6 +14,7 @@ import hashlib
 import io
 import json
 import os
+import posixpath
 import tarfile
 import tempfile
 from collections.abc import Callable, Iterator
@@ -98,20 +99,24 @@ def open_source(path: str) -> Iterator[Source]:
         yield Source(None, [LayerBlob(path, lambda: open(path, "rb"))], [])
         return
     with outer:
-        names = set(outer.getnames())
+        # by content, whatever the names' prefix: `tar -C layout -cf image.tar .` names ./oci-layout
+        names = {posixpath.normpath(n).lstrip("/"): n for n in outer.getnames()}
 
         def member(name: str) -> IO[bytes]:
             try:
-                f = outer.extractfile(name)
+                f = outer.extractfile(names.get(name, name))
             except KeyError:
                 f = None
             if f is None:
                 raise ArchiveError(f"{path}: {name} is missing")
             return f  # type: ignore[return-value]
-        if "oci-layout" in names and "index.json" in names:
+        if "oci-layout" in names:
             yield _oci(member, path)
         elif "manifest.json" in names:
             yield _docker(member, path)
+        elif "index.json" in names:  # never a rootfs: an image that cannot be read as one is refused
+            raise ArchiveError(f"{path}: has index.json but no oci-layout, so it is neither an OCI image layout "
+                               "nor a docker-archive")
         else:
             yield Source(None, [LayerBlob(path, lambda: open(path, "rb"))], [])
 

@@ -36,9 +36,9 @@ def export(store: Store, ref: str, out: str) -> None:
                 blobs[digest] = path
                 return digest, os.path.getsize(path)
             layers, diff_ids = [], []
-            for i, diff_id in enumerate(image.diff_ids):
+            for i, chain in enumerate(image.chain_ids):
                 plain, packed = os.path.join(work, f"{i}.tar"), os.path.join(work, f"{i}.tar.gz")
-                tar_layer(os.path.join(store.layer_dir(diff_id), "root"), plain, f"layer {diff_id}")
+                tar_layer(os.path.join(store.layer_dir(chain), "root"), plain, f"layer {i + 1} ({chain})")
                 diff_ids.append(put(plain)[0])
                 del blobs[diff_ids[-1]]  # only the gzip goes into the layout
                 with open(plain, "rb") as src, gzip.open(packed, "wb") as dst:

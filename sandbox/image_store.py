@@ -3,7 +3,8 @@
 Under `$XDG_DATA_HOME/sbx/images` (default `~/.local/share/sbx/images`)::
 
     blobs/sha256/HEX   manifests and configs, named by their digest
-    layers/HEX/root    one unpacked layer, named by its diff_id (the digest of its uncompressed tar)
+    layers/HEX/root    one unpacked layer, named by its chain id: the digest of its uncompressed tar (diff_id)
+                       and of the layers under it (OCI's ChainID), as it is unpacked onto their view
     refs.json          {"name:tag": "sha256:HEX"}, the manifest each name points to
     tmp/               layers being unpacked (those of a killed import go with the next one)
     lock               flocked: shared to read names and pin layers, exclusive to change them
@@ -61,6 +62,19 @@ class Image:
     @property
     def runtime(self) -> dict[str, Any]:
         return self.config.get("config") or {}
+
+    @property
+    def chain_ids(self) -> tuple[str, ...]:
+        """The store's names of the image's unpacked layers, bottom first."""
+        chain: list[str] = []
+        for diff_id in self.diff_ids:
+            chain.append(chain_id(chain[-1] if chain else None, diff_id))
+        return tuple(chain)
+
+
+def chain_id(parent: str | None, diff_id: str) -> str:
+    """OCI's ChainID: a layer's diff_id at the bottom, else the digest of its parent's chain id and its own."""
+    return diff_id if parent is None else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
 
 
 class Store:
@@ -128,8 +142,8 @@ class Store:
         config = json.loads(self._blob(manifest["config"]["digest"]))
         return Image(ref, digest, config, tuple(layer["digest"] for layer in manifest["layers"]))
 
-    def layer_dir(self, diff_id: str) -> str:
-        return os.path.join(self.root, "layers", diff_id.split(":", 1)[1])
+    def layer_dir(self, chain: str) -> str:
+        return os.path.join(self.root, "layers", chain.split(":", 1)[1])
 
     def pin(self, ref: str) -> tuple[Image, list[int]]:
         """The image and a shared flock on each of its layers: no prune removes them until the fds are closed."""
@@ -138,8 +152,13 @@ class Store:
             image = self._get(ref)
             fds: list[int] = []
             try:
-                for diff_id in image.diff_ids:
-                    fds.append(self._pin_layer_locked(diff_id))
+                for chain in image.chain_ids:
+                    try:
+                        fds.append(self._pin_layer_locked(chain))
+                    except FileNotFoundError:
+                        raise ConfigError(f"image {ref}: its layer {chain} is not in the store (a store from before "
+                                          f"layers were named by chain id: sbx image rm {ref}, then import it "
+                                          "again)") from None
             except BaseException:
                 for fd in fds:
                     os.close(fd)
@@ -152,12 +171,12 @@ class Store:
             for ref, digest in sorted(self._refs().items()):
                 image = self._get(ref)
                 out.append({"name": ref, "digest": digest, "layers": len(image.diff_ids),
-                            "size": sum(self._layer_size(d) for d in image.diff_ids)})
+                            "size": sum(self._layer_size(c) for c in image.chain_ids)})
             return out
 
-    def _layer_size(self, diff_id: str) -> int:
+    def _layer_size(self, chain: str) -> int:
         try:
-            with open(os.path.join(self.layer_dir(diff_id), "size")) as f:
+            with open(os.path.join(self.layer_dir(chain), "size")) as f:
                 return int(f.read())
         except (OSError, ValueError):
             return 0
@@ -181,7 +200,7 @@ class Store:
             self._write_refs(refs)
 
     def prune(self) -> list[str]:
-        """Remove the layers and blobs no name refers to and no box uses; the diff_ids of the layers removed."""
+        """Remove the layers and blobs no name refers to and no box uses; the chain ids of the layers removed."""
         removed = []
         with self._locked(fcntl.LOCK_EX):
             used_layers: set[str] = set()
@@ -190,7 +209,7 @@ class Store:
                 image = self._get(ref)
                 manifest = json.loads(self._blob(image.digest))
                 used_blobs |= {image.digest.split(":")[1], manifest["config"]["digest"].split(":")[1]}
-                used_layers |= {d.split(":")[1] for d in image.diff_ids}
+                used_layers |= {c.split(":")[1] for c in image.chain_ids}
             layers = os.path.join(self.root, "layers")
             for hexd in sorted(os.listdir(layers)):
                 if hexd in used_layers:
@@ -224,7 +243,7 @@ class Store:
             name = parse_ref(ref) if ref else parse_ref(source.tags[0]) if source.tags else None
             if name is None:
                 raise ConfigError(f"{path}: the archive names no image: give --name NAME[:TAG]")
-            diff_ids = self._unpack_layers(source, caps, progress, pins)
+            diff_ids = self._unpack_layers(source, (), caps, progress, pins)
             config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
             config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
             return self._name(name, config, diff_ids)
@@ -239,18 +258,24 @@ class Store:
             for fd in pins:
                 os.close(fd)
 
-    def _unpack_layers(self, source: Source, caps: Caps, progress: Callable[[str], None],
+    def _unpack_layers(self, source: Source, parents: tuple[str, ...], caps: Caps, progress: Callable[[str], None],
                        pins: list[int]) -> list[str]:
+        """The source's layers unpacked over the layers `parents` (chain ids, bottom first, pinned); their
+        diff_ids."""
         budget = Budget(caps)
         diff_ids = []
+        chains = list(parents)
         for i, blob in enumerate(source.layers):
-            shared = self._pin_layer(blob.diff_id) if blob.diff_id and _DIFF_ID.fullmatch(blob.diff_id) else None
+            parent = chains[-1] if chains else None
+            known = blob.diff_id and _DIFF_ID.fullmatch(blob.diff_id)
+            shared = self._pin_layer(chain_id(parent, blob.diff_id)) if known else None  # type: ignore[arg-type]
             if shared is not None:  # here already: reading the blob through proves it is that layer
                 pins.append(shared)
                 diff_id = self._read_through(blob, budget)
             else:
-                diff_id = self._unpack_layer(blob, budget, pins)
+                diff_id = self._unpack_layer(blob, chains, budget, pins)
             diff_ids.append(diff_id)
+            chains.append(chain_id(parent, diff_id))
             how = "shared, verified" if shared is not None else "unpacked"
             progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} {how} ({budget.bytes >> 20} MiB so far)")
         return diff_ids
@@ -263,7 +288,7 @@ class Store:
             verified.check()
         return _checked(blob, diff_id)
 
-    def _unpack_layer(self, blob: LayerBlob, budget: Budget, pins: list[int]) -> str:
+    def _unpack_layer(self, blob: LayerBlob, parents: list[str], budget: Budget, pins: list[int]) -> str:
         work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
         made = teardown.identity(work)
         try:
@@ -271,12 +296,13 @@ class Store:
             before = budget.bytes
             with blob.open() as raw:
                 verified = Verified(raw, blob.digest, blob.where)
-                diff_id = unpack(decompressed(verified), os.path.join(work, "root"), budget, blob.where)
+                below = tuple(os.path.join(self.layer_dir(c), "root") for c in reversed(parents))
+                diff_id = unpack(decompressed(verified), os.path.join(work, "root"), budget, blob.where, below)
                 verified.check()
             _checked(blob, diff_id)
             with open(os.path.join(work, "size"), "w") as f:
                 f.write(str(budget.bytes - before))
-            pins.append(self._place_layer(work, lock, diff_id))
+            pins.append(self._place_layer(work, lock, chain_id(parents[-1] if parents else None, diff_id)))
             if pins[-1] == lock:
                 lock = -1  # it pins the layer now
             return diff_id
@@ -296,37 +322,38 @@ class Store:
             tar_path = os.path.join(work, "layer.tar")
             tar_layer(upper, tar_path, f"--commit {ref}: the run's files")
             source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
-            [diff_id] = self._unpack_layers(source, Caps(), lambda line: None, pins)
+            [diff_id] = self._unpack_layers(source, base.chain_ids, Caps(), lambda line: None, pins)
             diff_ids = [*base.diff_ids, diff_id]
             return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
 
-    def _place_layer(self, work: str, lock: int, diff_id: str) -> int:
+    def _place_layer(self, work: str, lock: int, chain: str) -> int:
         """Put the unpacked layer in place, unless the same content is there already; returns a pin of the layer.
 
         When the work dir becomes the layer, its scratch lock (`lock`, exclusive) becomes the pin (shared):
         a second lock of this process on the same dir would wait for the first.
         """
         with self._locked(fcntl.LOCK_EX):
-            if not os.path.exists(self.layer_dir(diff_id)):
-                os.rename(work, self.layer_dir(diff_id))
+            if not os.path.exists(self.layer_dir(chain)):
+                os.rename(work, self.layer_dir(chain))
                 fcntl.flock(lock, fcntl.LOCK_SH)
                 return lock
-            return self._pin_layer_locked(diff_id)
+            return self._pin_layer_locked(chain)
 
-    def _pin_layer(self, diff_id: str) -> int | None:
-        """A shared flock on the layer `diff_id` if the store has it, else None."""
+    def _pin_layer(self, chain: str) -> int | None:
+        """A shared flock on the layer `chain` if the store has it, else None."""
         with self._locked(fcntl.LOCK_SH):
             try:
-                return self._pin_layer_locked(diff_id)
+                return self._pin_layer_locked(chain)
             except FileNotFoundError:
                 return None
 
-    def _pin_layer_locked(self, diff_id: str) -> int:
-        fd = os.open(self.layer_dir(diff_id), _DIR)
+    def _pin_layer_locked(self, chain: str) -> int:
+        fd = os.open(self.layer_dir(chain), _DIR)
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
     def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
+        sizes = [self._layer_size(c) for c in Image(ref, "", config, tuple(diff_ids)).chain_ids]
         with self._locked(fcntl.LOCK_EX):
             config_blob = json.dumps(config, sort_keys=True).encode()
             config_digest = self._put_blob(config_blob)
@@ -335,7 +362,7 @@ class Store:
                 "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest,
                            "size": len(config_blob)},
                 "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": d,
-                            "size": self._layer_size(d)} for d in diff_ids],
+                            "size": size} for d, size in zip(diff_ids, sizes, strict=True)],
             }
             digest = self._put_blob(json.dumps(manifest, sort_keys=True).encode())
             refs = self._refs()

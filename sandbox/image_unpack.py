@@ -77,10 +77,17 @@ class _HashingReader:
         return data
 
 
-def unpack(stream: IO[bytes], into: str, budget: Budget, where: str) -> str:
-    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id."""
+def unpack(stream: IO[bytes], into: str, budget: Budget, where: str, below: tuple[str, ...] = ()) -> str:
+    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id.
+
+    `below`: the unpacked layers under this one, topmost first.  A directory
+    the layer does not name but needs for an entry (umoci and many real
+    layers leave out a parent they did not change) takes the owner, mode and
+    xattrs it has in their merged view, as containerd applies a layer onto
+    its parents: else it would hide them with box root's 0755.
+    """
     hashing = _HashingReader(stream)
-    dirs = _Dirs(os.open(into, _DIR))
+    dirs = _Dirs(os.open(into, _DIR), below)
     try:
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
@@ -113,8 +120,9 @@ class _Dirs:
     fd kept here still names the path it was opened by.
     """
 
-    def __init__(self, root: int) -> None:
+    def __init__(self, root: int, below: tuple[str, ...]) -> None:
         self.root = root
+        self.below = below
         self.chain: list[tuple[str, int]] = []
 
     def parent(self, parts: list[str], where: str, name: str) -> int:
@@ -126,15 +134,69 @@ class _Dirs:
         for _, fd in self.chain[keep:]:
             os.close(fd)
         del self.chain[keep:]
-        for part in want[keep:]:
-            fd = _enter(self.chain[-1][1] if self.chain else self.root, part, 0o755, where, name)
-            self.chain.append((part, fd))
+        for depth in range(keep, len(want)):
+            parent = self.chain[-1][1] if self.chain else self.root
+            try:
+                st = os.stat(want[depth], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                st = None
+            fd = _enter(parent, want[depth], 0o755, where, name)
+            self.chain.append((want[depth], fd))
+            if st is None:  # made here: as the layers below have it
+                _inherit(fd, self.below, want[:depth + 1])
         return self.chain[-1][1] if self.chain else self.root
 
     def close(self) -> None:
         for _, fd in self.chain:
             os.close(fd)
         os.close(self.root)
+
+
+def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> None:
+    """Give the new directory `fd` the mode and user xattrs of `parts` in the merged view of the layers `below`
+    (topmost first), if it is a directory there; never through a link, and never the opaque mark, which belongs
+    to one layer."""
+    for layer in below:
+        found, hides = _find_dir(layer, parts)
+        if found is not None:
+            try:
+                os.fchmod(fd, os.fstat(found).st_mode & 0o7777 | 0o700)
+                for attr in os.listxattr(found):
+                    if attr.startswith("user.") and attr != OPAQUE_XATTR:
+                        os.setxattr(fd, attr, os.getxattr(found, attr))
+            finally:
+                os.close(found)
+            return
+        if hides:
+            return
+
+
+def _find_dir(layer: str, parts: list[str]) -> tuple[int | None, bool]:
+    """In one unpacked layer: an fd of the directory `parts` (None if it has none), and whether the layer hides
+    that path in the layers under it (a whiteout, a file or a link there, or an opaque directory above it)."""
+    fd = os.open(layer, _DIR)
+    for part in parts:
+        try:
+            nxt = os.open(part, _DIR, dir_fd=fd)
+        except FileNotFoundError:
+            hides = _opaque(fd)
+            os.close(fd)
+            return None, hides
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.ENOTDIR, errno.ELOOP):
+                return None, True
+            raise
+        os.close(fd)
+        fd = nxt
+    return fd, False
+
+
+def _opaque(fd: int) -> bool:
+    try:
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
 
 
 def _components(name: str, where: str) -> list[str]:
@@ -250,6 +312,12 @@ def _mode(m: tarfile.TarInfo) -> int:
 def _own(fd: int, m: tarfile.TarInfo, kind: int) -> None:
     if m.uid or m.gid or (kind == stat.S_IFDIR and _mode(m) & 0o700 != 0o700):
         os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}:{kind | _mode(m):o}:0".encode())
+    elif kind == stat.S_IFDIR:  # named now, after it was made for an entry with an owner from below
+        try:
+            os.removexattr(fd, OWNER_XATTR)
+        except OSError as e:
+            if e.errno != errno.ENODATA:
+                raise
 
 
 def _copy(src: IO[bytes] | None, fd: int, size: int) -> None:

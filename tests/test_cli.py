@@ -62,6 +62,7 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
     r = sbx("run", "--ro-bind", f"{tmp_path}:/in", "--tmpfs", "/scratch", "--cwd", "/in", "--env", "A=b",
             "--", "sh", "-c", "cat f; echo $A; pwd; touch /scratch/x && echo tmpfs-ok")
     assert r.stdout.split() == [b"data", b"b", b"/in", b"tmpfs-ok"], r.stderr
+    assert sbx("run", "--cwd", "/", "--", "pwd").stdout == b"/\n"  # an ordinary working directory, not a mount
 
 
 @pytest.mark.parametrize(
@@ -87,6 +88,7 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
          "sbx: --ro-bind rel: destination must be an absolute path in the box"),
         (["run", "--ro-bind", "/etc:/proc/x", "--", "true"], 125, "sbx: --ro-bind /proc/x: cannot mount over /proc/x"),
         (["run", "--cwd", "/nope", "--", "true"], 125, "sbx: --cwd /nope: No such file or directory"),
+        (["run", "--cwd", "rel", "--", "true"], 125, "sbx: --cwd rel: must be an absolute path in the box"),
         (["run", "--stdin", "/no/file", "--", "true"], 125, "sbx: --stdin /no/file: No such file or directory"),
         (["run", "--net", "wifi", "--", "true"], 125, "sbx: --net: unknown mode 'wifi' (expected none or loopback)"),
         (["run", "--idmap", "x", "--", "true"], 125, "sbx: --idmap: unknown mode 'x' (expected auto, range or single)"),

@@ -121,6 +121,23 @@ def test_in_image_owners_and_modes_show_in_the_box(rootfs: Path, tmp_path: Path,
         assert r.stdout == b"0:0 750\n" and b"Permission denied" in r.stderr
 
 
+def test_a_parent_a_layer_does_not_name_keeps_what_the_layers_below_give_it(rootfs: Path, tmp_path: Path,
+                                                                            fs: str) -> None:
+    """umoci's and many real layers name data/l2.txt without data/: the layer applies onto its parents' view, so
+    /data keeps the image user's owner and mode from below, and that user can still write there."""
+    lower = layer_tar([Entry("data", tarfile.DIRTYPE, mode=0o750, uid=1000, gid=1000),
+                       Entry("data/l1.txt", data=b"1\n", uid=1000, gid=1000)])
+    upper = layer_tar([Entry("data/l2.txt", data=b"2\n", uid=1000, gid=1000)])
+    OciImage([tar_of(rootfs), lower, upper]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "implicit").returncode == 0
+    r = sbx("run", "--image", "implicit", "--fs", fs, "--", "sh", "-c",
+            "stat -c '%u:%g %a' /data; cat /data/l1.txt /data/l2.txt; touch /data/new && echo wrote")
+    if fs == "fuse":
+        assert r.stdout == b"1000:1000 750\n1\n2\nwrote\n", r.stderr
+    else:  # owners do not show on the kernel union (see above); the mode does
+        assert r.stdout.startswith(b"0:0 750\n"), r.stderr
+
+
 def test_an_exported_image_is_read_by_skopeo_and_umoci(rootfs: Path, tmp_path: Path) -> None:
     """With its whiteouts, owners and config; and it imports back the same."""
     gone = layer_tar([Entry("etc/gone", data=b"old\n"), Entry("home", tarfile.DIRTYPE, mode=0o755),
@@ -233,7 +250,7 @@ def test_commit_never_follows_a_link_the_program_planted(rootfs: Path, tmp_path:
             f"ln -s {secret} /box/dir && ln -s {secret}/key /box/file")
     assert r.returncode == 0, r.stderr
     next_image = Store().get("next")
-    top = store_home / "layers" / next_image.diff_ids[-1].split(":")[1] / "root" / "box"
+    top = store_home / "layers" / next_image.chain_ids[-1].split(":")[1] / "root" / "box"
     assert os.readlink(top / "dir") == str(secret) and os.readlink(top / "file") == f"{secret}/key"
     found = subprocess.run(["grep", "-r", "host secret", str(store_home)], capture_output=True)
     assert found.returncode == 1, "the secret reached the store through a link"
@@ -245,7 +262,7 @@ def test_commit_keeps_hard_links_and_fifos_and_refuses_a_tree_too_deep(rootfs: P
     r = sbx("run", "--image", "base", "--commit", "next", "--", "sh", "-c",
             "echo one > /box/a && ln /box/a /box/b && mkfifo /box/fifo")
     assert r.returncode == 0, r.stderr
-    top = store_home / "layers" / Store().get("next").diff_ids[-1].split(":")[1] / "root" / "box"
+    top = store_home / "layers" / Store().get("next").chain_ids[-1].split(":")[1] / "root" / "box"
     assert sorted(os.listdir(top)) == ["a", "b", "fifo"] and stat.S_ISFIFO(os.lstat(top / "fifo").st_mode)
     assert os.stat(top / "a").st_ino == os.stat(top / "b").st_ino and (top / "b").read_text() == "one\n"
     deep = sbx("run", "--image", "base", "--commit", "deep", "--", "sh", "-c",
@@ -344,6 +361,20 @@ def test_malformed_metadata_is_one_line(tmp_path: Path, store_home: Path) -> Non
     r = sbx("image", "import", str(oci), "--name", "bad")
     assert r.returncode == 125 and b"malformed image metadata" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
     _nothing_left(store_home)
+
+
+def test_an_image_tar_is_read_by_its_content_whatever_its_names_prefix(rootfs: Path, tmp_path: Path,
+                                                                      store_home: Path) -> None:
+    """`tar -C layout -cf image.tar .` names ./oci-layout: still an OCI layout, never a rootfs of its files; a tar
+    that claims to be an image and is none is refused in one line."""
+    OciImage([tar_of(rootfs)], config={"Cmd": ["cat", "/etc/motd"]}).write(tmp_path / "oci")
+    subprocess.run(["tar", "-C", str(tmp_path / "oci"), "-cf", str(tmp_path / "image.tar"), "."], check=True)
+    assert sbx("image", "import", str(tmp_path / "image.tar"), "--name", "dot").returncode == 0
+    assert sbx("run", "--image", "dot").stdout == b"from the image\n"
+    (tmp_path / "oci" / "oci-layout").unlink()
+    subprocess.run(["tar", "-C", str(tmp_path / "oci"), "-cf", str(tmp_path / "half.tar"), "."], check=True)
+    r = sbx("image", "import", str(tmp_path / "half.tar"), "--name", "half")
+    assert r.returncode == 125 and b"index.json but no oci-layout" in r.stderr and r.stderr.count(b"\n") == 1, r.stderr
 
 
 def test_a_blob_that_does_not_match_its_digest_is_refused(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
