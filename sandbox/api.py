@@ -14,8 +14,8 @@ import stat
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
@@ -30,6 +30,7 @@ from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_u
 from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
+from .run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
 from .runtime_env import runtime_env
 from .tap import Tap, program_pipe, relay, tapped_pipe
 from .teardown import TeardownWarning
@@ -43,12 +44,8 @@ DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
 _CHUNK = 1 << 16
 _SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-# the accounting of a run whose program never started (its exec failed)
-_NEVER_RAN: dict[str, Any] = {"wait_status": None, "syscall": None, "cpu_time": 0.0, "wall_time": 0.0, "memory_peak": 0}
-MAX_ARGS = 4096
-"""Per run, for argv and for the environment each: the spawner's fixed bound (spawner.c)."""
-MAX_PROGRAM_FDS = 64
-"""The fds a program may be given, 0 to 63: the spawner's fixed bound (spawner.c)."""
+_NEVER_RAN = RunEnd(None, 0.0, 0.0, 0)
+"""The accounting of a run whose program never started."""
 
 
 KERNEL_UPPER = ("kernel overlayfs writes straight into the --upper dir on the host, where nothing rootless can hold "
@@ -439,21 +436,9 @@ class Sandbox:
             {**BASE_ENV, "HOME": self.home, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
         if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
             raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
-        req = {
-            "argv": list(argv),
-            "env": full_env,
-            "cwd": cwd or self.cwd,
-            "rlimits": rlimits(limits, box.ids, cgroup),
-            "cpu_time": limits.cpu_time,
-            "wall_time": limits.wall_time,
-            "output": limits.output,
-            "memory": sampled_memory,
-            "cpu_set": limits.cpu_set,
-        }
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
-        req["trace"] = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
+        trace = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
         filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
-        req["seccomp"] = 0 if filter_fd is None else 2 if counted else 1  # (spawner.c: 2 counts refusals)
         more_fds = more_fds or {}
         if tty and (stdout is not None or stderr is not None):
             raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
@@ -461,7 +446,6 @@ class Sandbox:
             raise ConfigError(f"a program's further fds are 3 to {MAX_PROGRAM_FDS - 1}")
         out = _Output(limits.output, box)
         captured = self._capture_files() if stdout is None and stderr is None and not tty else None
-        req["capture"] = captured is not None
         fds = [await _input_fd(stdin)]
         try:
             if captured is not None:
@@ -480,7 +464,11 @@ class Sandbox:
                     fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
                 fds.append(await _input_fd(more_fds.get(fd)))
-            req["fds"] = len(fds)
+            req = RunRequest(
+                argv=tuple(argv), env=full_env, cwd=cwd or self.cwd, rlimits=rlimits(limits, box.ids, cgroup),
+                cpu_time=limits.cpu_time, wall_time=limits.wall_time, memory=sampled_memory, output=limits.output,
+                cpu_set=limits.cpu_set, trace=trace, capture=captured is not None, fds=len(fds),
+                seccomp=Seccomp.NONE if filter_fd is None else Seccomp.COUNTED if counted else Seccomp.AS_IS)
             if filter_fd is not None:
                 fds.append(os.dup(filter_fd))
         except BaseException:
@@ -505,14 +493,14 @@ class Relay:
 @dataclass
 class _Pending:
     box: Box
-    req: dict[str, object]
+    req: RunRequest
     limits: Limits
     out: _Output
     policy: str | None
     cgroup: bool
     captured: tuple[int, int] | None
 
-    async def reply(self) -> dict[str, Any]:
+    async def reply(self) -> RunEnd | StartFailure:
         """The run's end; a box whose union filesystem daemon dies meanwhile ends it (IE).
 
         Every process of the run is gone by then, so the output pumps stop at
@@ -530,20 +518,20 @@ class _Pending:
         self.out.end()
         return reply
 
-    def finish(self, reply: dict[str, Any]) -> Result:
+    def finish(self, end: RunEnd | StartFailure) -> Result:
         """Called once the pumps, if any, have drained every pipe."""
         if self.captured is not None:
-            sizes = reply.get("out", (0, 0))
+            sizes = end.out if isinstance(end, RunEnd) else (0, 0)
             for fd, buf, size in zip(self.captured, (self.out.stdout, self.out.stderr), sizes, strict=True):
                 buf += os.pread(fd, size, 0)
                 os.ftruncate(fd, 0)
         death = self.box.daemon_death()
         if death is not None:
-            reply = {**(_NEVER_RAN if "exec_error" in reply else reply), "killed": death}
-        if "exec_error" in reply:
-            raise _exec_failure(reply["exec_error"], self.req)
-        result = verdict(reply, self.limits, output_exceeded=self.out.exceeded,
-                         enforcement=enforcement(self.limits, self.policy, self.cgroup, bool(self.req["trace"])))
+            end = replace(end if isinstance(end, RunEnd) else _NEVER_RAN, killed=death)
+        if isinstance(end, StartFailure):
+            raise _exec_failure(end, self.req)
+        result = verdict(end, self.limits, output_exceeded=self.out.exceeded,
+                         enforcement=enforcement(self.limits, self.policy, self.cgroup, self.req.trace))
         result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
         return result
 
@@ -591,7 +579,7 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
     ours: list[int] = []
     relays: list[_Relay] = []
     pending: list[_Pending] = []
-    replies: list[dict[str, Any]] = [{} for _ in programs]
+    replies: list[RunEnd | StartFailure] = [_NEVER_RAN for _ in programs]
     try:
         for pipe in pipes:
             for end in (pipe.writer, pipe.reader):
@@ -829,14 +817,13 @@ def _write_all(fd: int, data: bytes) -> None:
             return
 
 
-def _exec_failure(err: dict[str, object], req: dict[str, object]) -> Exception:
-    code = int(err.get("errno", errno.EINVAL))  # type: ignore[arg-type]
-    message = str(err.get("message", os.strerror(code)))
-    stage = err.get("stage")
+def _exec_failure(failure: StartFailure, req: RunRequest) -> Exception:
+    code, stage = failure.errno, failure.stage
+    message = os.strerror(code)
     if stage == "exec":
-        return ExecError(f"{req['argv'][0]}: {message}", code)  # type: ignore[index]
+        return ExecError(f"{req.argv[0]}: {message}", code)
     if stage == "cwd":
-        return ConfigError(f"--cwd {req['cwd']}: {message}")
+        return ConfigError(f"--cwd {req.cwd}: {message}")
     if stage == "cgroup":
         return SetupError(f"the program could not join its run's cgroup: {message}")
     if stage == "trace":

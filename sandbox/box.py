@@ -15,6 +15,7 @@ its pid namespace: nothing of a box can outlive the supervisor.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import signal
@@ -28,11 +29,12 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from . import boxstart, protocol, seccomp_notify
+from . import boxstart, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
 from .limits import Limits
 from .mounts import Layout
+from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
 from .shipped import SPAWNER, shipped
 from .userns import IdMap
 from .zygote import Zygote
@@ -200,10 +202,10 @@ class Box:
                 raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
         os.write(mapped_w, b"g")
 
-    async def start_run(self, req: dict[str, Any], fds: list[int], limits: Limits) -> None:
+    async def start_run(self, req: RunRequest, fds: list[int], limits: Limits) -> None:
         """Hand a run to the spawner, in a fresh cgroup when the box has one.
 
-        `fds` (the program's, 0 to req["fds"] - 1, then the seccomp filter if
+        `fds` (the program's, 0 to req.fds - 1, then the seccomp filter if
         any) are closed once sent: the output pipes must reach EOF when the last
         process of the run dies.
         """
@@ -222,7 +224,7 @@ class Box:
                 fds = [*fds, self._run_cgroup.procs_fd, self._run_cgroup.cpu_stat_fd]
             async with self._send_lock:
                 self._run_started = time.monotonic()
-                await protocol.asend_tokens(self._spawner, _run_tokens(req, cgroup), fds)  # type: ignore[arg-type]
+                await protocol.asend_tokens(self._spawner, req.tokens(cgroup), fds)  # type: ignore[arg-type]
         except BaseException:
             if claimed:  # a refused request must not release the run that holds the box, or its cgroup
                 self._busy = False
@@ -269,7 +271,7 @@ class Box:
             for fd in fds:
                 os.close(fd)
 
-    async def reply(self, wall_limit: float | None) -> dict[str, Any]:
+    async def reply(self, wall_limit: float | None) -> RunEnd | StartFailure:
         """Wait for the started run to end.
 
         Cancelled, it ends the run (the spawner kills every process) and still
@@ -278,20 +280,20 @@ class Box:
         broken.
         """
         try:
-            reply = await self._reply(wall_limit)
-            if self._run_cgroup is not None and "exec_error" not in reply:
+            end = await self._reply(wall_limit)
+            if self._run_cgroup is not None and isinstance(end, RunEnd):
                 try:
                     acct = self._run_cgroup.account()
                 except OSError as e:
                     raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
-                reply.update(cpu_time=acct.cpu_time, memory_peak=acct.memory_peak, proc_peak=acct.proc_peak,
-                             events={**reply.get("events", {}), **acct.events})
-            return reply
+                end = dataclasses.replace(end, cpu_time=acct.cpu_time, memory_peak=acct.memory_peak,
+                                          proc_peak=acct.proc_peak, events={**end.events, **acct.events})
+            return end
         finally:
             self._busy = False
             self._drop_run_cgroup()
 
-    async def _reply(self, wall_limit: float | None) -> dict[str, Any]:
+    async def _reply(self, wall_limit: float | None) -> RunEnd | StartFailure:
         report = None
         try:
             with anyio.move_on_after(math.inf if wall_limit is None else wall_limit + _SPAWNER_GRACE):
@@ -310,7 +312,10 @@ class Box:
             pass
         if self._sock is None:
             raise SetupError("the box was closed during the run")
-        return self._translate(report)
+        if report is None:  # what the supervisor knows
+            return RunEnd(None, 0.0, time.monotonic() - self._run_started, 0,
+                          killed=self._killed or "the sandbox's spawner died (the program killed it)")
+        return decode_report(report, self._killed)
 
     async def _recv_report(self) -> dict[str, Any]:
         """The spawner's end-of-run report; without memory.peak (Linux < 5.19), sample the run's memory meanwhile."""
@@ -348,28 +353,6 @@ class Box:
             self._spawner = _socket(fds[0])
         except (EOFError, OSError, IndexError, TimeoutError, anyio.ClosedResourceError):
             self.broken = True
-
-    def _translate(self, report: dict[str, Any] | None) -> dict[str, Any]:
-        """The spawner's report in the terms of `verdict`; without one, what the supervisor knows."""
-        if report is not None and "stage" in report:
-            return {"exec_error": report}
-        if report is None:
-            return {"killed": self._killed or "the sandbox's spawner died (the program killed it)",
-                    "syscall": None, "wait_status": None, "cpu_time": 0.0,
-                    "wall_time": time.monotonic() - self._run_started, "memory_peak": 0}
-        syscall = report["syscall"]
-        refused = {f"refused.{seccomp_notify.syscall_label(arch, nr & 0xFFFFFFFF)}": count
-                   for arch, nr, count in report.get("refused", [])}
-        return {
-            "killed": report["limit"] or self._killed,
-            "events": refused,
-            "syscall": seccomp_notify.syscall_label(syscall[0], syscall[1] & 0xFFFFFFFF) if syscall else None,
-            "wait_status": report["wait_status"] if report["wait_status"] >= 0 else None,
-            "cpu_time": report["cpu"],
-            "wall_time": report["wall"],
-            "memory_peak": report["maxrss"] * 1024,
-            "out": report["out"],
-        }
 
     async def kill_run(self, reason: str) -> None:
         """Ask the spawner to end the current run now (it ignores this between runs); the first reason stands."""
@@ -423,15 +406,3 @@ class Box:
 
 def _socket(fd: int) -> protocol.AsyncSocket:
     return protocol.AsyncSocket(socket.socket(fileno=fd))
-
-
-def _run_tokens(req: dict[str, Any], cgroup: bool) -> list[str]:
-    """The spawner's request (see spawner.c): NUL-separated tokens, which C splits without a parser."""
-    env = [f"{k}={v}" for k, v in req["env"].items()]
-    return ["run", str(req["seccomp"]), "1" if cgroup else "0", "1" if req["trace"] else "0",
-            str(req["cpu_time"] or 0), str(req["wall_time"] or 0), str(req["memory"] or 0),
-            "1" if req["capture"] else "0", str(req["output"] or 0),
-            str(len(req["rlimits"])), str(len(req["argv"])), str(len(env)), req["cwd"],
-            ",".join(str(cpu) for cpu in sorted(req["cpu_set"] or ())),
-            str(req["fds"]),
-            *(str(v) for triple in req["rlimits"] for v in triple), *req["argv"], *env]

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import signal as signals
-from typing import Any
 
 from .limits import Limits
 from .result import Result, Status
+from .run_protocol import RunEnd
+
 
 def _signame(sig: int) -> str:
     try:
@@ -31,17 +32,15 @@ def _size(n: int | None) -> str:
     return f"{n} bytes"
 
 
-def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
-            enforcement: dict[str, str]) -> Result:
-    wstatus = reply["wait_status"]
+def verdict(end: RunEnd, limits: Limits, *, output_exceeded: bool, enforcement: dict[str, str]) -> Result:
+    wstatus = end.wait_status
     exit_code = sig = None
     if wstatus is not None:
         code = os.waitstatus_to_exitcode(wstatus)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
-    cpu, wall, peak = reply["cpu_time"], reply["wall_time"], reply["memory_peak"]
-    killed = reply["killed"]
-
-    events: dict[str, int] = reply.get("events", {})
+    cpu, wall, peak = end.cpu_time, end.wall_time, end.memory_peak
+    killed = end.killed
+    events = end.events
 
     def result(status: Status, message: str) -> Result:
         if "pids.max" in events:
@@ -50,10 +49,10 @@ def verdict(reply: dict[str, Any], limits: Limits, *, output_exceeded: bool,
         if refused and status is not Status.OK:  # the likely cause when a policy breaks a program
             message += " (the policy refused " + ", ".join(f"{name} x{n}" for name, n in refused) + ")"
         return Result(status, exit_code, sig, cpu, wall, peak, message=message, enforcement=enforcement,
-                      events=events, proc_peak=reply.get("proc_peak"))
+                      events=events, proc_peak=end.proc_peak)
 
     if killed == "SV":
-        name = reply.get("syscall") or "unknown"
+        name = end.syscall or "unknown"
         r = result(Status.SV, f"SV: {name}")
         r.syscall = name
         return r

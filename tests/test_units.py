@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
+import re
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -16,6 +19,8 @@ from sandbox import ConfigError, Limits, Status, parse_size
 from sandbox import fallback
 from sandbox.limits import parse_count, parse_seconds
 from sandbox.policy import load_policy
+from sandbox.run_protocol import HEAD_TOKENS, MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
+from sandbox.run_protocol import decode_report
 from sandbox.verdict import enforcement, verdict
 
 
@@ -49,9 +54,8 @@ def test_limits_reject_nonsense() -> None:
         Limits(memory=0)
 
 
-def _reply(**kw: object) -> dict[str, object]:
-    base = {"wait_status": 0, "cpu_time": 0.1, "wall_time": 0.2, "memory_peak": 1000, "killed": None}
-    return {**base, **kw}
+def _reply(**kw: Any) -> RunEnd:
+    return dataclasses.replace(RunEnd(wait_status=0, cpu_time=0.1, wall_time=0.2, memory_peak=1000), **kw)
 
 
 def test_verdict_order() -> None:
@@ -158,3 +162,21 @@ def test_an_answer_is_the_same_json_whole_or_streamed() -> None:
     streamed = b"".join(encode(results))
     assert whole(results) == streamed
     assert json.loads(streamed)[0]["files"]["stdout"].startswith('a\0\ufffd"\n')
+
+
+def test_the_run_protocol_is_the_spawners() -> None:
+    """run_protocol.py's bounds are spawner.c's, and a request has as many head tokens as spawner.c reads."""
+    source = (Path(__file__).resolve().parent.parent / "sandbox" / "spawner.c").read_text()
+    defined = dict(re.findall(r"^#define (\w+) (\d+)\b", source, re.M))
+    assert (int(defined["MAX_ARGS"]), int(defined["MAX_PROGRAM_FDS"]), int(defined["HEAD_TOKENS"])) == \
+        (MAX_ARGS, MAX_PROGRAM_FDS, HEAD_TOKENS)
+    request = RunRequest(argv=("prog", "arg"), env={"A": "b"}, cwd="/w", rlimits=((7, 64, 64),), cpu_time=1.5,
+                         wall_time=None, memory=None, output=1024, cpu_set=frozenset({1, 0}), trace=False,
+                         seccomp=Seccomp.COUNTED, capture=True, fds=4)
+    tokens = request.tokens(cgroup=True)
+    assert tokens[:HEAD_TOKENS] == ["run", "2", "1", "0", "1.5", "0", "0", "1", "1024", "1", "2", "1", "/w", "0,1", "4"]
+    assert tokens[HEAD_TOKENS:] == ["7", "64", "64", "prog", "arg", "A=b"]
+    assert decode_report({"stage": "exec", "errno": 2}, None) == StartFailure("exec", 2)
+    end = decode_report({"wait_status": 9, "cpu": 0.5, "wall": 0.7, "maxrss": 10, "limit": None, "syscall": None,
+                         "out": [3, 4], "refused": []}, "WLE")
+    assert end == RunEnd(9, 0.5, 0.7, 10240, killed="WLE", out=(3, 4))

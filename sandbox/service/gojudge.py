@@ -23,12 +23,13 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import MAX_PROGRAM_FDS, ExactEnv, Pipe, Program, Sandbox, run_connected
+from ..api import ExactEnv, Pipe, Program, Sandbox, run_connected
 from ..cgroups import delegation
 from ..errors import BoxFileError, SandboxError
 from ..limits import Limits
 from ..pool import SandboxPool
 from ..result import Result, Status
+from ..run_protocol import MAX_PROGRAM_FDS
 from ..tap import Tap
 from .files import CacheFull, FileCache
 from .response import Collected
