@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from . import fallback, scratch, seccomp, teardown
+from . import fallback, plan, scratch, seccomp, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
@@ -180,8 +180,7 @@ class Sandbox:
                 upper, workdir = f"{union}/upper", f"{union}/work"
                 os.mkdir(upper)
                 os.mkdir(workdir)
-            layout = Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers,
-                            upper=upper, workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
+            layout = self._layout(upper, workdir)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
             self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
@@ -191,13 +190,27 @@ class Sandbox:
                 with single_error():
                     async with anyio.create_task_group() as tasks:
                         tasks.start_soon(self._box.start)
-                        await anyio.to_thread.run_sync(functools.partial(
-                            self._filter, self.policy, unmapped_memory=found.base is not None or self.limits.memory is None))
+                        unmapped = found.base is not None or self.limits.memory is None
+                        await anyio.to_thread.run_sync(functools.partial(self._filter, self.policy, unmapped))
         except BaseException:
             self._box = None
             self._remove_workdir()
             raise
         return self
+
+    def plan(self) -> tuple[plan.Step, ...]:
+        """The steps that will build this sandbox's box (plan.py; `sbx run --dry-run`), without building it.  The
+        scratch dirs a FUSE union's upper gets on entry are named by what they will be."""
+        upper, workdir = self._upper, None
+        if upper is not None:
+            workdir = os.path.join(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-(made on entry)")
+        elif self._lowers and self.fs == "fuse":
+            upper, workdir = "(a scratch dir)/upper", "(a scratch dir)/work"
+        return plan.make(self._layout(upper, workdir), detect(self._idmap))
+
+    def _layout(self, upper: str | None, workdir: str | None) -> Layout:
+        return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
+                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
 
     def _pin_image(self, image: Image) -> None:
         """Shared locks on the image's layers while the box and its daemon live: no prune removes them."""

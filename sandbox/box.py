@@ -29,7 +29,7 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from . import boxstart, protocol
+from . import boxstart, plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
 from .limits import Limits
@@ -100,7 +100,8 @@ class Box:
                 os.close(fd)
         self._sock = protocol.AsyncSocket(parent)
         try:
-            await protocol.asend(self._sock, boxstart.parameters(self.layout, self.ids, spawner))
+            steps = plan.make(self.layout, self.ids)
+            await protocol.asend(self._sock, boxstart.parameters(self.layout, steps, self.ids, spawner))
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)

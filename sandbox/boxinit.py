@@ -18,7 +18,7 @@ import signal
 import socket
 from typing import Any, NoReturn
 
-from . import boxfiles, mounts, network, protocol
+from . import boxfiles, mounts, plan, protocol
 from . import syscalls as sc
 from .userns import IdMap, fix_loginuid
 
@@ -73,16 +73,14 @@ def _exec_spawner(binary: int, sock: socket.socket, ids: IdMap) -> NoReturn:
         os._exit(127)
 
 
-def main(layout: mounts.Layout, ids: IdMap, sock: socket.socket, spawner_path: str) -> NoReturn:
+def main(layout: mounts.Layout, steps: tuple[plan.Step, ...], ids: IdMap, sock: socket.socket,
+         spawner_path: str) -> NoReturn:
     try:
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         path_fd = os.open(spawner_path, os.O_PATH | os.O_CLOEXEC)
         binary = fcntl.fcntl(path_fd, fcntl.F_DUPFD_CLOEXEC, _SPAWNER_FD_MIN)
         os.close(path_fd)
-        last_pid = mounts.build_root(layout, ids, lambda fd: protocol.send(sock, {"fuse": True}, [fd]))
-        socket.sethostname(layout.hostname)
-        if layout.loopback:
-            network.loopback_up()
+        last_pid = mounts.build_root(steps, lambda fd: protocol.send(sock, {"fuse": True}, [fd]))
         # a union root is replaced, never reset (its upper keeps the run's writes): nothing to take for it
         resetter = None if layout.lowers else \
             boxfiles.Resetter(boxfiles.writable_dirs(layout.home) + layout.tmpfs, last_pid)

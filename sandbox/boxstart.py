@@ -25,7 +25,7 @@ import socket
 import sys
 from typing import Any, NoReturn
 
-from . import boxinit, protocol
+from . import boxinit, plan, protocol
 from . import syscalls as sc
 from .mounts import Bind, Layout
 from .userns import IdMap, write_single_map
@@ -35,19 +35,20 @@ NAMESPACES = (
 )
 
 
-def parameters(layout: Layout, ids: IdMap, spawner: str) -> dict[str, Any]:
+def parameters(layout: Layout, steps: tuple[plan.Step, ...], ids: IdMap, spawner: str) -> dict[str, Any]:
     """What the supervisor sends first (JSON: nothing here can run code when read)."""
-    return {"layout": dataclasses.asdict(layout), "ids": dataclasses.asdict(ids), "spawner": spawner}
+    return {"layout": dataclasses.asdict(layout), "plan": plan.encode(steps), "ids": dataclasses.asdict(ids),
+            "spawner": spawner}
 
 
-def _from_parameters(p: dict[str, Any]) -> tuple[Layout, IdMap, str]:
+def _from_parameters(p: dict[str, Any]) -> tuple[Layout, tuple[plan.Step, ...], IdMap, str]:
     lay = p["layout"]
     layout = Layout(**{**lay, "binds": tuple(Bind(**b) for b in lay["binds"]), "tmpfs": tuple(lay["tmpfs"]),
                        "lowers": tuple(lay["lowers"])})
     ids = p["ids"]
     idmap = IdMap(**{**ids, "subuid": tuple(ids["subuid"]) if ids["subuid"] else None,
                      "subgid": tuple(ids["subgid"]) if ids["subgid"] else None})
-    return layout, idmap, p["spawner"]
+    return layout, plan.decode(p["plan"]), idmap, p["spawner"]
 
 
 def main(argv: list[str]) -> NoReturn:
@@ -96,7 +97,7 @@ def outer(sock_fd: int, unshared_w: int, mapped_r: int, cgroup_fd: int, zygote: 
         sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
         if os.getppid() != zygote:
             os._exit(1)
-        layout, ids, spawner = _from_parameters(protocol.recv(sock)[0])
+        layout, steps, ids, spawner = _from_parameters(protocol.recv(sock)[0])
         if cgroup_fd >= 0:
             os.write(cgroup_fd, b"0")
             os.close(cgroup_fd)
@@ -112,7 +113,7 @@ def outer(sock_fd: int, unshared_w: int, mapped_r: int, cgroup_fd: int, zygote: 
         sc.unshare(NAMESPACES)
         pid = os.fork()
         if pid == 0:
-            boxinit.main(layout, ids, sock, spawner)
+            boxinit.main(layout, steps, ids, sock, spawner)
         sock.close()
         _, status = os.waitpid(pid, 0)
         os._exit(os.waitstatus_to_exitcode(status) & 0xFF)

@@ -14,6 +14,7 @@ import difflib
 import errno
 import json
 import os
+import shlex
 import sys
 import termios
 import warnings
@@ -26,6 +27,7 @@ from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from .mounts import WORK_DIR, Bind, parse_bind
+from .plan import describe
 from .result import Result, Status
 
 T = TypeVar("T")
@@ -140,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--image", metavar="NAME[:TAG]",
                      help="an image of the store (sbx image ls): its layers are the root, its Env, WorkingDir and "
                           "Entrypoint apply, and its Cmd when no PROG is given")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the steps that would build the box, one a line, and build nothing")
     run.add_argument("--commit", metavar="NEW[:TAG]",
                      help="with --image (and --fs fuse): after the run, the image plus what the program wrote, "
                           "deletions included, as a new image of the store")
@@ -263,6 +267,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         image=args.image,
         commit=args.commit,
     )
+    if args.dry_run:
+        lines = describe(sandbox.plan())
+        print("\n".join([*lines, f"{len(lines) + 1:2}. run {shlex.join(sandbox.command(argv))} under "
+                                   f"{'no policy' if sandbox.policy is None else 'policy ' + sandbox.policy}"]))
+        return 0
     guard = sandbox.writable_dirs
     plan = _Plan(argv, args.quiet, binds, [], [], disk, inodes, stdout=Relay(2 if args.json == "-" else 1))
     with contextlib.ExitStack() as held:

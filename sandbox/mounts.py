@@ -1,42 +1,26 @@
 """The box's root filesystem: what is mounted where, and how it is built.
 
 `Layout` is checked in the supervisor (so bad input gets a clear message
-before anything is forked); `build_root` runs in box init, inside the new
-user and mount namespaces, and ends with `pivot_root` and a lazy unmount of
-the old root, so the host tree is detached from the box rather than hidden.
+before anything is forked) and made into a plan there (plan.py);
+`build_root` carries the plan out in box init, inside the new user and
+mount namespaces, and its pivot step ends with a lazy unmount of the old
+root, so the host tree is detached from the box rather than hidden.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fnmatch
 import os
+import socket
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from . import hostpath
+from . import hostpath, network, plan
 from . import syscalls as sc
 from .errors import ConfigError
-from .userns import IdMap
 
-SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
-"""Host directories every box sees read-only (or, with merged /usr, the symlinks to them)."""
-
-ETC_ENTRIES = (
-    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
-    "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services", "mime.types",
-    "ssl", "ca-certificates", "ca-certificates.conf", "bash.bashrc", "profile", "inputrc",
-    "python3", "python3.*", "perl", "java-*", "gcc", "fonts",
-)
-"""What of the host's /etc a compiler or interpreter needs; secrets (shadow, ssh, ...) stay out."""
-
-DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
-PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
-PROC_MASKED = ("acpi", "cmdline", "config.gz", "kallsyms", "kcore", "keys", "key-users", "latency_stats", "modules",
-               "sched_debug", "scsi", "timer_list", "timer_stats", "vmallocinfo")
-"""The host's own facts in /proc, which no program needs (crun masks most; the kernel's command line too):
-files read as empty, directories as empty directories."""
 WORK_DIR = "/box"
 
 _BASE = "/tmp"
@@ -121,8 +105,8 @@ def check_box_path(path: str, flag: str) -> str:
     return norm
 
 
-def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]) -> int:
-    """Build the box tree under an intermediate root and switch to it. Runs as box init (pid 1).
+def build_root(steps: tuple[plan.Step, ...], hand_over_fuse: Callable[[int], None]) -> int:
+    """Carry out a box's plan (plan.py) under an intermediate root, and switch to it. Runs as box init (pid 1).
 
     Every mount point in the new root is found or made by `_Tree` (see there), through fds only.
     Returns a writable fd of the box's `ns_last_pid`, opened before /proc/sys went read-only.
@@ -135,37 +119,102 @@ def build_root(layout: Layout, ids: IdMap, hand_over_fuse: Callable[[int], None]
     os.chdir("/")
     for d in ("new", "rw"):
         os.mkdir(f"/{d}", 0o755)
-    sc.mount("tmpfs", "/rw", "tmpfs", _NOSUID_NODEV, f"mode=0755,size={layout.disk},nr_inodes={layout.inodes}")
-    if layout.lowers and layout.fs == "fuse":
-        _mount_fuse(hand_over_fuse)
-    elif layout.lowers:
-        _mount_union(layout)
-    else:
-        sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
-    # A union root is untrusted (its layers, an upper an earlier run wrote) and ours to rewrite (writes go to the
-    # box's upper); the host's system dirs go into a fresh tmpfs that holds only what is made here.
-    with _Tree(os.open("/new", _PATH_FLAGS | os.O_DIRECTORY), replaceable=bool(layout.lowers)) as root:
-        if not layout.lowers:
-            _mount_system(root)
-            _mount_etc(root, layout, ids)
-        _mount_writable(root, ids, layout.home, union=bool(layout.lowers))
-        _mount_dev(root)
-        last_pid = _mount_proc(root)
-        for bind in layout.binds:
-            with _Fd(_host_source(bind)) as src, root.place(bind.dst, directory=stat.S_ISDIR(os.fstat(src).st_mode)) \
-                    as target:
-                _bind(src, "", target, bind.writable, what=bind.src)
-        for dst in layout.tmpfs:
-            with root.place(dst) as target:
-                _new_fs(target, "tmpfs", {"mode": "0777", "size": str(layout.disk), "nr_inodes": str(layout.inodes)},
+    builder = _Builder(hand_over_fuse)
+    try:
+        for step in steps:
+            builder.do(step)
+    finally:
+        builder.close()
+    if builder.last_pid < 0:
+        raise OSError(errno.EINVAL, "the box's plan mounts no /proc")
+    return builder.last_pid
+
+
+class _Builder:
+    """The executor of a plan's steps: each kind of step is one method, in the order the plan gives."""
+
+    def __init__(self, hand_over_fuse: Callable[[int], None]) -> None:
+        self.hand_over_fuse = hand_over_fuse
+        self.root: _Tree | None = None
+        self.union = False
+        self.last_pid = -1
+        self.scratch = {"size": "0", "inodes": "0"}
+
+    def close(self) -> None:
+        if self.root is not None:
+            self.root.__exit__()
+            self.root = None
+
+    def tree(self) -> _Tree:
+        if self.root is None:
+            raise OSError(errno.EINVAL, "the box's plan has no root")
+        return self.root
+
+    @contextlib.contextmanager
+    def _dir(self, box_dir: str) -> Iterator[_Tree]:
+        """A directory of the new root (made if missing, never through a link) to put entries in."""
+        root = self.tree()
+        if not box_dir.strip("/"):
+            yield root
+            return
+        with _Tree(root.place(box_dir).fd, replaceable=False) as tree:
+            yield tree
+
+    def _new_root(self, union: bool) -> None:
+        # A union root is untrusted (its layers, an upper an earlier run wrote) and ours to rewrite (writes go to
+        # the box's upper); the host's system dirs go into a fresh tmpfs that holds only what is made here.
+        self.union = union
+        self.root = _Tree(os.open("/new", _PATH_FLAGS | os.O_DIRECTORY), replaceable=union)
+
+    def do(self, step: plan.Step) -> None:
+        if isinstance(step, plan.Scratch):
+            sc.mount("tmpfs", "/rw", "tmpfs", _NOSUID_NODEV, f"mode=0755,size={step.size},nr_inodes={step.inodes}")
+        elif isinstance(step, plan.TmpfsRoot):
+            sc.mount("tmpfs", "/new", "tmpfs", _NOSUID_NODEV, "mode=0755")
+            self._new_root(False)
+        elif isinstance(step, plan.KernelUnion):
+            _mount_union(step)
+            self._new_root(True)
+        elif isinstance(step, plan.FuseUnion):
+            _mount_fuse(self.hand_over_fuse)
+            self._new_root(True)
+        elif isinstance(step, plan.Mirror):
+            with self._dir(step.into) as into:
+                _mirror(into, f"/oldroot{step.host_dir.rstrip('/')}", step.entry)
+        elif isinstance(step, plan.File):
+            with self._dir(os.path.dirname(step.path)) as into:
+                fd = os.open(os.path.basename(step.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
+                             os.O_CLOEXEC, 0o644, dir_fd=into.fd)
+                with open(fd, "wb") as f:
+                    f.write(step.text.encode())
+        elif isinstance(step, plan.Writable):
+            _mount_writable(self.tree(), step)
+        elif isinstance(step, plan.Devices):
+            _mount_dev(self.tree(), step.names)
+        elif isinstance(step, plan.Proc):
+            self.last_pid = _mount_proc(self.tree(), step)
+        elif isinstance(step, plan.HostBind):
+            with _Fd(_host_source(step)) as src, \
+                    self.tree().place(step.dst, directory=stat.S_ISDIR(os.fstat(src).st_mode)) as target:
+                _bind(src, "", target, step.writable, what=step.src)
+        elif isinstance(step, plan.Tmpfs):
+            with self.tree().place(step.dst) as target:
+                _new_fs(target, "tmpfs", {"mode": "0777", "size": str(step.size), "nr_inodes": str(step.inodes)},
                         _NOSUID_NODEV_ATTRS)
-        if not layout.lowers:
-            sc.mount_setattr(root.fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
-    os.chdir("/new")
-    sc.pivot_root(".", ".")
-    sc.umount2(".", sc.MNT_DETACH)
-    return last_pid
-    os.chdir("/")
+        elif isinstance(step, plan.ReadOnlyRoot):
+            sc.mount_setattr(self.tree().fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
+        elif isinstance(step, plan.Pivot):
+            self.close()
+            os.chdir("/new")
+            sc.pivot_root(".", ".")
+            sc.umount2(".", sc.MNT_DETACH)
+            os.chdir("/")
+        elif isinstance(step, plan.Hostname):
+            socket.sethostname(step.hostname)
+        elif isinstance(step, plan.Loopback):
+            network.loopback_up()
+        else:
+            raise OSError(errno.EINVAL, f"the box's plan has a step box init does not know: {step.name}")
 
 
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
@@ -323,7 +372,7 @@ def _own(target: int, uid: int, gid: int, mode: int) -> None:
         os.close(fd)
 
 
-def _host_source(bind: Bind) -> int:
+def _host_source(bind: plan.HostBind) -> int:
     """The bind's source under /oldroot, by the link-free path the supervisor resolved, and only if it is still
     what the supervisor saw there (a program of another box may have swapped a directory on the way since)."""
     oldroot = os.open("/oldroot", _PATH_FLAGS | os.O_DIRECTORY)
@@ -364,16 +413,16 @@ def _new_fs(target: int, fstype: str, options: dict[str, str | None], attrs: int
     return fs
 
 
-def _mount_union(layout: Layout) -> None:
+def _mount_union(step: plan.KernelUnion) -> None:
     """Kernel overlayfs, mountable inside a user namespace with `userxattr` (Linux >= 5.11)."""
-    if layout.upper is not None:
-        assert layout.workdir is not None
-        upper, work = f"/oldroot{layout.upper}", f"/oldroot{layout.workdir}"
+    if step.upper is not None:
+        assert step.workdir is not None
+        upper, work = f"/oldroot{step.upper}", f"/oldroot{step.workdir}"
     else:
         upper, work = "/rw/upper", "/rw/work"
         os.mkdir(upper, 0o755)
         os.mkdir(work, 0o700)
-    lowers = ":".join(f"/oldroot{d}" for d in layout.lowers)
+    lowers = ":".join(f"/oldroot{d}" for d in step.lowers)
     sc.mount("overlay", "/new", "overlay", _NOSUID_NODEV,
              f"lowerdir={lowers},upperdir={upper},workdir={work},userxattr")
 
@@ -398,30 +447,6 @@ def _mount_fuse(hand_over: Callable[[int], None]) -> None:
         os.close(fd)
 
 
-def _mount_system(root: _Tree) -> None:
-    for name in SYSTEM_DIRS:
-        _mirror(root, "/oldroot", name)
-
-
-def _mount_etc(root: _Tree, layout: Layout, ids: IdMap) -> None:
-    host = os.listdir("/oldroot/etc")
-    with _Tree(root.place("etc").fd, replaceable=False) as etc:
-        for pattern in ETC_ENTRIES:
-            for name in sorted(fnmatch.filter(host, pattern)) if "*" in pattern else [pattern] * (pattern in host):
-                _mirror(etc, "/oldroot/etc", name)
-        files = {
-            "passwd": _passwd(ids, layout.home),
-            "group": _group(ids),
-            "hostname": f"{layout.hostname}\n".encode(),
-            "hosts": f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n".encode(),
-        }
-        for name, data in files.items():
-            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
-                         dir_fd=etc.fd)
-            with open(fd, "wb") as f:
-                f.write(data)
-
-
 def _mirror(tree: _Tree, host_dir: str, name: str) -> None:
     """The host's `host_dir/name` in `tree`, read-only: a link as the same link, a directory or file as a bind."""
     host = f"{host_dir}/{name}"
@@ -436,27 +461,11 @@ def _mirror(tree: _Tree, host_dir: str, name: str) -> None:
             _bind(sc.AT_FDCWD, host, target, False)
 
 
-def _passwd(ids: IdMap, home: str) -> bytes:
-    lines = ["root:x:0:0:root:/root:/bin/sh"]
-    if ids.program_uid != 0:
-        lines.append(f"sbx:x:{ids.program_uid}:{ids.program_gid}:sandboxed program:{home}:/bin/sh")
-    lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _group(ids: IdMap) -> bytes:
-    lines = ["root:x:0:", "tty:x:5:"]
-    if ids.program_gid != 0:
-        lines.append(f"sbx:x:{ids.program_gid}:")
-    lines.append("nogroup:x:65534:")
-    return ("\n".join(lines) + "\n").encode()
-
-
-def _mount_dev(root: _Tree) -> None:
+def _mount_dev(root: _Tree, devices: tuple[str, ...]) -> None:
     with root.place("dev") as target:
         dev = _Tree(_new_fs(target, "tmpfs", {"mode": "0755"}, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NOEXEC), False)
     with dev:
-        for name in DEVICES:
+        for name in devices:
             with dev.place(name, directory=False) as node:
                 _bind(sc.AT_FDCWD, f"/oldroot/dev/{name}", node, True, devices=True)
         with dev.place("pts") as target:
@@ -471,7 +480,7 @@ def _mount_dev(root: _Tree) -> None:
         sc.mount_setattr(dev.fd, sc.MOUNT_ATTR_RDONLY, recursive=False)
 
 
-def _mount_proc(root: _Tree) -> int:
+def _mount_proc(root: _Tree, step: plan.Proc) -> int:
     """A procfs of the box's own pid namespace, with the kernel-tuning parts read-only and the host's facts masked.
 
     `hidepid=invisible`: the program sees only the processes it could trace,
@@ -489,12 +498,12 @@ def _mount_proc(root: _Tree) -> int:
                        sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV | sc.MOUNT_ATTR_NOEXEC)
     try:
         last_pid = os.open("sys/kernel/ns_last_pid", os.O_WRONLY | os.O_CLOEXEC, dir_fd=proc)
-        for name in (*PROC_READONLY, *PROC_MASKED):
+        for name in (*step.readonly, *step.masked):
             fd, _ = _lookup(proc, name, False)
             if fd < 0:
                 continue
             with _Fd(fd):
-                if name in PROC_READONLY:
+                if name in step.readonly:
                     _bind(proc, name, fd, False)
                 else:
                     _bind(sc.AT_FDCWD, "/rw/masked" if stat.S_ISDIR(os.fstat(fd).st_mode) else "/rw/masked-file",
@@ -504,7 +513,7 @@ def _mount_proc(root: _Tree) -> int:
     return last_pid
 
 
-def _mount_writable(root: _Tree, ids: IdMap, home: str, union: bool) -> None:
+def _mount_writable(root: _Tree, step: plan.Writable) -> None:
     """`home` (/box), /tmp and /dev/shm share one size-limited tmpfs, so --disk caps them together.
 
     Over a union root, `home` is the union's own directory instead, so that an
@@ -514,11 +523,11 @@ def _mount_writable(root: _Tree, ids: IdMap, home: str, union: bool) -> None:
         os.mkdir(f"/rw/{d}")
     os.chmod("/rw/tmp", 0o1777)
     os.chmod("/rw/shm", 0o1777)
-    with root.place(home) as box:
-        if union:
-            _own(box, ids.program_uid, ids.program_gid, 0o755)
+    with root.place(step.home) as box:
+        if step.union:
+            _own(box, step.uid, step.gid, 0o755)
         else:
-            os.chown("/rw/box", ids.program_uid, ids.program_gid)
+            os.chown("/rw/box", step.uid, step.gid)
             os.chmod("/rw/box", 0o755)
             _bind(sc.AT_FDCWD, "/rw/box", box, True)
     with root.place("tmp") as target:

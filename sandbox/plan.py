@@ -1,0 +1,282 @@
+"""A box's root filesystem as a plan: typed steps the supervisor works out and box init carries out, in order.
+
+As bubblewrap's SetupOp list: what the box will be is data before anything
+is mounted, so it can be printed (`sbx run --dry-run`), tested without a
+box, and sent to whatever builds the box (box init today: mounts.py's
+`build_root`).  The host facts it depends on (which system dirs and which
+/etc entries the host has) are read here, in the supervisor; the executor
+finds each one again under the old root and never follows a link to it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .mounts import Layout
+    from .userns import IdMap
+
+SYSTEM_DIRS = ("usr", "bin", "sbin", "lib", "lib32", "lib64", "libx32")
+"""Host directories every box sees read-only (or, with merged /usr, the symlinks to them)."""
+
+ETC_ENTRIES = (
+    "alternatives", "ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone",
+    "nsswitch.conf", "host.conf", "gai.conf", "protocols", "services", "mime.types",
+    "ssl", "ca-certificates", "ca-certificates.conf", "bash.bashrc", "profile", "inputrc",
+    "python3", "python3.*", "perl", "java-*", "gcc", "fonts",
+)
+"""What of the host's /etc a compiler or interpreter needs; secrets (shadow, ssh, ...) stay out."""
+
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+PROC_READONLY = ("sys", "sysrq-trigger", "irq", "bus")
+PROC_MASKED = ("acpi", "cmdline", "config.gz", "kallsyms", "kcore", "keys", "key-users", "latency_stats", "modules",
+               "sched_debug", "scsi", "timer_list", "timer_stats", "vmallocinfo")
+"""The host's own facts in /proc, which no program needs (crun masks most; the kernel's command line too):
+files read as empty, directories as empty directories."""
+
+
+@dataclass(frozen=True)
+class Step:
+    name: ClassVar[str]
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class Scratch(Step):
+    """The box's own tmpfs, capped: home, /tmp and /dev/shm, the masks, a union's upper when it has none."""
+
+    name = "scratch"
+    size: int
+    inodes: int
+
+    def describe(self) -> str:
+        return f"tmpfs scratch: size {self.size}, {self.inodes} inodes (home, /tmp, /dev/shm)"
+
+
+@dataclass(frozen=True)
+class TmpfsRoot(Step):
+    """A fresh, empty root, read-only once built: only what the plan puts in it."""
+
+    name = "tmpfs-root"
+
+    def describe(self) -> str:
+        return "root: a fresh tmpfs"
+
+
+@dataclass(frozen=True)
+class KernelUnion(Step):
+    """Kernel overlayfs of host layer dirs (top first), over `upper` or, without one, the scratch tmpfs."""
+
+    name = "kernel-union"
+    lowers: tuple[str, ...]
+    upper: str | None
+    workdir: str | None
+
+    def describe(self) -> str:
+        return f"root: overlayfs of {', '.join(self.lowers)} over {self.upper or 'the scratch tmpfs'}"
+
+
+@dataclass(frozen=True)
+class FuseUnion(Step):
+    """The FUSE union (sbx-overlayfs), served from outside the box on the connection handed to the supervisor."""
+
+    name = "fuse-union"
+
+    def describe(self) -> str:
+        return "root: sbx-overlayfs, served by the supervisor's daemon"
+
+
+@dataclass(frozen=True)
+class Mirror(Step):
+    """The host's `host_dir/entry` at `into/entry`, read-only: a link as the same link, else a bind."""
+
+    name = "mirror"
+    host_dir: str
+    entry: str
+    into: str
+
+    def describe(self) -> str:
+        return f"read-only {self.host_dir.rstrip('/')}/{self.entry} -> {self.into.rstrip('/')}/{self.entry}"
+
+
+@dataclass(frozen=True)
+class File(Step):
+    """A file made for the box (its /etc/passwd, group, hostname, hosts)."""
+
+    name = "file"
+    path: str
+    text: str
+
+    def describe(self) -> str:
+        return f"file {self.path} ({len(self.text.encode())} bytes)"
+
+
+@dataclass(frozen=True)
+class Writable(Step):
+    """Home, /tmp and /dev/shm on the scratch tmpfs; over a union root, home is the union's own dir."""
+
+    name = "writable"
+    home: str
+    union: bool
+    uid: int
+    gid: int
+
+    def describe(self) -> str:
+        where = "in the union" if self.union else "on the scratch tmpfs"
+        return f"writable {self.home} (owned by {self.uid}:{self.gid}, {where}), /tmp"
+
+
+@dataclass(frozen=True)
+class Devices(Step):
+    """/dev: a tmpfs with the host's harmless devices bound, a private devpts, /dev/shm and the fd links."""
+
+    name = "devices"
+    names: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"/dev: {', '.join(self.names)}, pts (private), shm, fd links; read-only"
+
+
+@dataclass(frozen=True)
+class Proc(Step):
+    """The box's procfs (hidepid=invisible), some parts read-only, the host's facts masked."""
+
+    name = "proc"
+    readonly: tuple[str, ...]
+    masked: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"/proc: hidepid=invisible; read-only {', '.join(self.readonly)}; masked {', '.join(self.masked)}"
+
+
+@dataclass(frozen=True)
+class HostBind(Step):
+    """A host path the caller named, found again by its identity (hostpath.py), at `dst`."""
+
+    name = "bind"
+    src: str
+    dst: str
+    writable: bool
+    identity: tuple[int, int] | None
+
+    def describe(self) -> str:
+        return f"{'writable' if self.writable else 'read-only'} bind {self.src} -> {self.dst}"
+
+
+@dataclass(frozen=True)
+class Tmpfs(Step):
+    name = "tmpfs"
+    dst: str
+    size: int
+    inodes: int
+
+    def describe(self) -> str:
+        return f"tmpfs {self.dst}: size {self.size}, {self.inodes} inodes"
+
+
+@dataclass(frozen=True)
+class ReadOnlyRoot(Step):
+    name = "read-only-root"
+
+    def describe(self) -> str:
+        return "root read-only"
+
+
+@dataclass(frozen=True)
+class Pivot(Step):
+    """Into the new root; the host's tree is detached, not hidden."""
+
+    name = "pivot"
+
+    def describe(self) -> str:
+        return "pivot_root into the new root, the old root detached"
+
+
+@dataclass(frozen=True)
+class Hostname(Step):
+    name = "hostname"
+    hostname: str
+
+    def describe(self) -> str:
+        return f"hostname {self.hostname}"
+
+
+@dataclass(frozen=True)
+class Loopback(Step):
+    name = "loopback"
+
+    def describe(self) -> str:
+        return "network: loopback up, nothing else"
+
+
+_KINDS: dict[str, type[Step]] = {cls.name: cls for cls in (
+    Scratch, TmpfsRoot, KernelUnion, FuseUnion, Mirror, File, Writable, Devices, Proc, HostBind, Tmpfs, ReadOnlyRoot,
+    Pivot, Hostname, Loopback)}
+
+
+def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
+    """The steps that build `layout`'s box for the id map `ids`; `host`: where the host's tree is read."""
+    union = bool(layout.lowers)
+    steps: list[Step] = [Scratch(layout.disk, layout.inodes)]
+    if not union:
+        steps.append(TmpfsRoot())
+        steps += [Mirror("/", name, "/") for name in SYSTEM_DIRS if os.path.lexists(os.path.join(host, name))]
+        etc = sorted(os.listdir(os.path.join(host, "etc")))
+        steps += [Mirror("/etc", name, "/etc") for pattern in ETC_ENTRIES
+                  for name in (fnmatch.filter(etc, pattern) if "*" in pattern else [pattern] * (pattern in etc))]
+        steps += [File("/etc/passwd", _passwd(ids, layout.home)), File("/etc/group", _group(ids)),
+                  File("/etc/hostname", f"{layout.hostname}\n"),
+                  File("/etc/hosts", f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n")]
+    elif layout.fs == "fuse":
+        steps.append(FuseUnion())
+    else:
+        steps.append(KernelUnion(layout.lowers, layout.upper, layout.workdir))
+    steps += [Writable(layout.home, union, ids.program_uid, ids.program_gid), Devices(DEVICES),
+              Proc(PROC_READONLY, PROC_MASKED)]
+    steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
+    steps += [Tmpfs(dst, layout.disk, layout.inodes) for dst in layout.tmpfs]
+    if not union:
+        steps.append(ReadOnlyRoot())
+    steps += [Pivot(), Hostname(layout.hostname)]
+    if layout.loopback:
+        steps.append(Loopback())
+    return tuple(steps)
+
+
+def encode(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
+    """JSON for box init: nothing in it can run code when read."""
+    return [{"step": s.name, **dataclasses.asdict(s)} for s in steps]
+
+
+def decode(data: list[dict[str, Any]]) -> tuple[Step, ...]:
+    steps = []
+    for item in data:
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in item.items() if k != "step"}
+        steps.append(_KINDS[item["step"]](**fields))
+    return tuple(steps)
+
+
+def describe(steps: tuple[Step, ...]) -> list[str]:
+    return [f"{i + 1:2}. {step.describe()}" for i, step in enumerate(steps)]
+
+
+def _passwd(ids: IdMap, home: str) -> str:
+    lines = ["root:x:0:0:root:/root:/bin/sh"]
+    if ids.program_uid != 0:
+        lines.append(f"sbx:x:{ids.program_uid}:{ids.program_gid}:sandboxed program:{home}:/bin/sh")
+    lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
+    return "\n".join(lines) + "\n"
+
+
+def _group(ids: IdMap) -> str:
+    lines = ["root:x:0:", "tty:x:5:"]
+    if ids.program_gid != 0:
+        lines.append(f"sbx:x:{ids.program_gid}:")
+    lines.append("nogroup:x:65534:")
+    return "\n".join(lines) + "\n"
