@@ -12,12 +12,13 @@ Everything runs in one user+mount namespace (the script re-executes itself
 under ``unshare -Urm``), which is how the sandbox uses these filesystems
 and the only way an unprivileged user can mount kernel overlayfs.
 
-Usage: python bench/overlay_bench.py [--repeat N]
+Usage: VENV/bin/python bench/overlay_bench.py [--repeat N]   (the installed sbx-overlayfs, with its libfuse shim)
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -27,7 +28,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 LOWER = "/usr"
 HELLO = r"""
 #include <stdio.h>
@@ -75,10 +75,9 @@ class Impl:
             return
         if self.name == "fuse-overlayfs":
             cmd = ["/usr/bin/fuse-overlayfs", "-f", "-o", opts, str(self.mnt)]
-        else:
+        else:  # the installed daemon, as users run it (a source tree has no libfuse shim: see _installed_shim)
             cmd = [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", opts, str(self.mnt)]
-        env = dict(os.environ, PYTHONPATH=str(REPO))
-        self.proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
         wait_mounted(self.mnt)
 
     def umount(self) -> None:
@@ -92,6 +91,19 @@ class Impl:
 
     def gcc(self, src: Path, out: Path) -> None:
         sh(f"unshare -m sh -c 'mount --bind {self.mnt} /usr && gcc -O2 -o {out} {src}'")
+
+
+def _installed_shim() -> None:
+    """sbx-overlayfs from the installed wheel, with its libfuse shim: without it (a source tree, where setup.py has
+    not built it) the daemon still serves, every open and getattr through Python, and measures some 1.3x slower
+    cold (bench/README.md, 2026-12-07)."""
+    spec = importlib.util.find_spec("fuse_overlay")
+    if spec is None or spec.origin is None:
+        raise SystemExit("overlay_bench: fuse_overlay is not installed: run it with the python of a venv sbx is in")
+    shim = Path(spec.origin).parent / "_bin" / "sbx-fuse-shim.so"
+    if not shim.exists():
+        raise SystemExit(f"overlay_bench: {shim} is missing: run it with an installed wheel's python, not a source "
+                         "tree's")
 
 
 def run(repeat: int) -> None:
@@ -134,6 +146,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1)
     args = parser.parse_args()
+    _installed_shim()
     if os.environ.get("SBX_BENCH_INNER") != "1":
         env = dict(os.environ, SBX_BENCH_INNER="1")
         sys.exit(subprocess.run(["unshare", "-Urm", sys.executable, __file__, "--repeat", str(args.repeat)],

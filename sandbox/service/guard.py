@@ -37,8 +37,9 @@ class Guard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        refusal = await self._refusal(scope, receive)
+        refusal = self._refusal(scope)
         if refusal is not None:
+            await self._unread(scope, receive, refusal)
             await refusal(scope, receive, send)
             return
         started = False
@@ -56,7 +57,19 @@ class Guard:
                 raise
             await error(500, f"internal error: {type(e).__name__}: {e}")(scope, receive, send)
 
-    async def _refusal(self, scope: Scope, receive: Receive) -> JSONResponse | None:
+    async def _unread(self, scope: Scope, receive: Receive, refusal: JSONResponse) -> None:
+        """The body of a refused request, which the app never reads: read up to twice `max_request` (so that a
+        client still sending gets the answer, and its connection can take the next request), else the connection
+        is closed after the answer (h11 cannot find the next request behind an unread body)."""
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is None and scope["method"] not in ("POST", "PUT"):
+            return
+        if length is not None and length.isdigit() and int(length) <= 2 * self.max_request:
+            await _drain(receive)
+        else:
+            refusal.headers["connection"] = "close"
+
+    def _refusal(self, scope: Scope) -> JSONResponse | None:
         headers = dict(scope["headers"])
         if self.expected is not None and scope["path"] not in self.open_paths:
             if not hmac.compare_digest(headers.get(b"authorization", b""), self.expected):
@@ -68,8 +81,6 @@ class Guard:
             return error(411, "a request body needs a Content-Length")
         if length is not None and (not length.isdigit() or int(length) > self.max_request):
             self.rejected.labels("too_large").inc()
-            if length.isdigit() and int(length) <= 2 * self.max_request:
-                await _drain(receive)  # read, so that the client, still sending, gets the answer
             return error(413, f"the request is larger than {self.max_request} bytes")
         return None
 
