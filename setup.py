@@ -5,7 +5,8 @@
 - `fuse_overlay/shim.c` becomes `fuse_overlay/_bin/sbx-fuse-shim.so`, loaded
   by the FUSE daemon before pyfuse3.
 - `policies/*.toml` (top level, where a reader looks for them) become
-  `sandbox/policies/`, read with importlib.resources.
+  `sandbox/policies/`, read with importlib.resources, each with its filters
+  compiled (`NAME.filters.json`, sandbox/prebuilt.py).
 
 A build without a C compiler, libc's static archive or the libfuse3 headers
 fails here, naming what is missing, rather than producing a wheel that
@@ -18,6 +19,7 @@ import os
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import Distribution, setup
@@ -62,6 +64,20 @@ class BuildWithC(build_py):
         policies.mkdir(parents=True, exist_ok=True)
         for src in sorted((HERE / "policies").glob("*.toml")):
             shutil.copyfile(src, policies / src.name)
+        _prebuild_filters(out, policies)
+
+
+def _prebuild_filters(build_lib: Path, policies: Path) -> None:
+    """The shipped policies' filters, compiled now with the package just built (sandbox/prebuilt.py), so that no
+    box under one compiles it at run time."""
+    build_lib, policies = build_lib.resolve(), policies.resolve()
+    code = "import sys; from pathlib import Path; from sandbox.prebuilt import build; build(Path(sys.argv[1]))"
+    path = os.pathsep.join(p for p in (str(build_lib), os.environ.get("PYTHONPATH")) if p)  # pip's build env too
+    proc = subprocess.run([sys.executable, "-c", code, str(policies)], capture_output=True, text=True,
+                          cwd=build_lib, env={**os.environ, "PYTHONPATH": path})
+    if proc.returncode != 0:
+        raise SystemExit(f"sbx build: compiling the shipped policies failed (libseccomp and pyseccomp are needed "
+                         f"to build the wheel):\n{proc.stderr}")
 
 
 class BinaryDistribution(Distribution):

@@ -20,14 +20,13 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from . import fallback, plan, scratch, seccomp, teardown
+from . import fallback, plan, prebuilt, scratch, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
 from .hostpath import Guard
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
-from .policy import Policy, load_policy
 from .result import Result
 from .rlimits import rlimits
 from .run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
@@ -39,6 +38,7 @@ from .verdict import enforcement, verdict
 
 if TYPE_CHECKING:
     from .image_store import Image
+    from .policy import Policy
 
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
@@ -158,7 +158,7 @@ class Sandbox:
         self._policies: dict[str, Policy] = {}
         self._captured: tuple[int, int] | None = None
         if policy is not None:
-            self._policy(policy)  # a bad policy is bad input: fail before any box is built (compiled on entry)
+            self._check_policy(policy)
         Box.prepare()
 
     async def __aenter__(self) -> Sandbox:
@@ -261,22 +261,38 @@ class Sandbox:
     def _policy(self, name: str) -> Policy:
         """Read once per sandbox: a run must not pay for reading policy files."""
         if name not in self._policies:
+            from .policy import load_policy
             self._policies[name] = load_policy(name)
         return self._policies[name]
 
+    def _check_policy(self, name: str) -> None:
+        """A bad policy is bad input: it fails before any box is built.  A shipped one was checked when built."""
+        if prebuilt.load(name) is None:
+            self._policy(name)
+
+    def _one_process(self, name: str) -> bool:
+        built = prebuilt.load(name)
+        return built.one_process if built is not None else fallback.one_process(self._policy(name))
+
     def _filter(self, policy: str, unmapped_memory: bool = True) -> tuple[int, bool]:
-        """A memfd holding the policy's BPF, compiled (or taken from the cache) once per sandbox, and whether
-        the spawner may count its refusals (seccomp.SPAWN_CALLS).
+        """A memfd holding the policy's BPF, built with the wheel (prebuilt.py) or compiled once per sandbox, and
+        whether the spawner may count its refusals (seccomp.SPAWN_CALLS).
 
         Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
         """
         key = (policy, unmapped_memory)
         if key not in self._filters:
-            loaded = self._policy(policy)
-            compiled = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
+            built = prebuilt.load(policy)
+            if built is not None:
+                bpf, counted = built.bpf[unmapped_memory]
+            else:
+                from . import seccomp
+                loaded = self._policy(policy)
+                compiled = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
+                bpf, counted = compiled.bpf, compiled.counts_refusals
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
-            _write_all(fd, compiled.bpf)
-            self._filters[key] = (fd, compiled.counts_refusals)
+            _write_all(fd, bpf)
+            self._filters[key] = (fd, counted)
         return self._filters[key]
 
     def _capture_files(self) -> tuple[int, int]:
@@ -450,7 +466,7 @@ class Sandbox:
         if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
             raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
         policy_name = self.policy if isinstance(policy, _Inherit) else policy
-        trace = fallback.traced(limits, cgroup, self._policy(policy_name) if policy_name is not None else None)
+        trace = fallback.traced(limits, cgroup, policy_name is not None and self._one_process(policy_name))
         filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
         more_fds = more_fds or {}
         if tty and (stdout is not None or stderr is not None):

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from . import boxfiles, copies, hostpath, image_cli, judge_cli, policy_cli, serve_cli, stopping, submit_cli
+from . import boxfiles, copies, hostpath, image_cli, judge_cli, serve_cli, stopping, submit_cli
 from .api import Relay, Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
@@ -76,6 +76,13 @@ def _unrecognized(kind: str, word: str, known: list[str]) -> str:
     names = {name.lstrip("-"): name for name in known}
     near = difflib.get_close_matches(word.lstrip("-"), names, n=1)
     return f"unrecognized {kind} {word}" + (f" (did you mean {names[near[0]]}?)" if near else "")
+
+
+def _policy_cli() -> Any:
+    """Loaded for `sbx policy` only: it brings the policy parser and libseccomp, which no other command needs
+    (a box under a shipped policy takes its filter as built with the wheel: prebuilt.py)."""
+    from . import policy_cli
+    return policy_cli
 
 
 def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:
@@ -206,13 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
     policy = sub.add_parser("policy", help="the seccomp policies")
     psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)
     policy.set_defaults(func=_no_command(psub.choices))
-    psub.add_parser("list", help="the shipped policies").set_defaults(func=lambda a: _print(policy_cli.list_policies()))
+    psub.add_parser("list", help="the shipped policies").set_defaults(
+        func=lambda a: _print(_policy_cli().list_policies()))
     show = psub.add_parser("show", help="what a policy allows and blocks")
     show.add_argument("name", metavar="NAME|FILE")
-    show.set_defaults(func=lambda a: _print(policy_cli.show_policy(a.name)))
+    show.set_defaults(func=lambda a: _print(_policy_cli().show_policy(a.name)))
     pcheck = psub.add_parser("check", help="validate a policy file")
     pcheck.add_argument("file", metavar="FILE")
-    pcheck.set_defaults(func=lambda a: _print(policy_cli.check_policy(a.file)))
+    pcheck.set_defaults(func=lambda a: _print(_policy_cli().check_policy(a.file)))
 
     image_cli.add_commands(sub, _Parser, _no_command)
 

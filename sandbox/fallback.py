@@ -22,19 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+from typing import TYPE_CHECKING
 
 from .limits import Limits
-from .policy import CONSTANTS, Action, Policy, Rule
-from .seccomp import syscall_regions
 
-CLONE_THREAD = CONSTANTS["CLONE_THREAD"]
+if TYPE_CHECKING:  # the policy's parser and compiler load only where a policy is read (prebuilt.py)
+    from .policy import Policy
 
 BACKSTOP_SLACK = 4 * 2**30
 
 
-def traced(limits: Limits, cgroup: bool, policy: Policy | None) -> bool:
-    """Whether the spawner ptraces the run to count every process's CPU time: not for a run of one process."""
-    return not cgroup and limits.pids != 1 and not (policy is not None and one_process(policy))
+def traced(limits: Limits, cgroup: bool, one_process: bool) -> bool:
+    """Whether the spawner ptraces the run to count every process's CPU time: not for a run of one process
+    (`one_process`: the run's policy lets a program make none)."""
+    return not cgroup and limits.pids != 1 and not one_process
 
 
 def one_process(policy: Policy) -> bool:
@@ -49,13 +50,17 @@ _one_process: dict[str, bool] = {}
 
 
 def _makes_no_process(policy: Policy) -> bool:
+    from .policy import CONSTANTS
+    from .seccomp import syscall_regions
+
+    clone_thread = CONSTANTS["CLONE_THREAD"]
     if policy.default.kind == "allow":
         return False
     for name in ("fork", "vfork", "clone3"):
         if any(action.kind == "allow" for action, _ in syscall_regions(policy, name)):
             return False
     # every clone it allows has CLONE_THREAD set in its flags (the first argument)
-    return all(term[0][0] & CLONE_THREAD and term[0][1] & CLONE_THREAD
+    return all(term[0][0] & clone_thread and term[0][1] & clone_thread
                for action, term in syscall_regions(policy, "clone") if action.kind == "allow")
 
 
@@ -64,10 +69,10 @@ def address_space(memory: int) -> int:
     return 2 * memory + BACKSTOP_SLACK
 
 
-_REFUSED = Rule(Action("errno", errno.ENOSYS), where="sandbox/fallback.py: memory no process maps")
-
-
 def without_unmapped_memory(policy: Policy) -> Policy:
     """The policy, with memfd_create and shmget failing as on a kernel without them (callers fall back)."""
-    return dataclasses.replace(policy, syscalls={**policy.syscalls, "memfd_create": (_REFUSED,),
-                                                 "shmget": (_REFUSED,)})
+    from .policy import Action, Rule
+
+    refused = Rule(Action("errno", errno.ENOSYS), where="sandbox/fallback.py: memory no process maps")
+    return dataclasses.replace(policy, syscalls={**policy.syscalls, "memfd_create": (refused,),
+                                                 "shmget": (refused,)})

@@ -4,6 +4,9 @@ policies' decisions, the `sbx policy` functions, and the compiled BPF agreeing w
 from __future__ import annotations
 
 import errno
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -387,3 +390,39 @@ def test_load_is_cached_until_a_file_of_the_chain_changes(tmp_path: Path) -> Non
     os.utime(parent, ns=(1, 1))  # a different mtime even within the clock's resolution
     second = load_policy(str(child))
     assert second is not first and second.decide("sync") == KILL and first.decide("sync") == ENOSYS
+
+
+def test_the_shipped_policies_filters_are_built_with_the_wheel() -> None:
+    """What setup.py compiled is what compiling the installed policy gives now, for both memory forms."""
+    from sandbox import fallback, prebuilt, seccomp
+    for name in available_policies():
+        built = prebuilt.load(name)
+        assert built is not None, name
+        policy = load_policy(name)
+        assert built.bpf[True] == (seccomp.compile(policy).bpf, seccomp.compile(policy).counts_refusals)
+        mapped = seccomp.compile(fallback.without_unmapped_memory(policy))
+        assert built.bpf[False] == (mapped.bpf, mapped.counts_refusals)
+        assert built.one_process == fallback.one_process(policy)
+    assert prebuilt.load("./strict.toml") is None and prebuilt.load("nonesuch") is None
+
+
+def test_a_built_filter_whose_policy_file_changed_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from sandbox import prebuilt
+    from sandbox.shipped import POLICY_DIR
+    copy = tmp_path / "policies"
+    shutil.copytree(POLICY_DIR, copy)
+    monkeypatch.setattr(prebuilt, "POLICY_DIR", copy)
+    monkeypatch.setattr(prebuilt, "_found", {})
+    assert prebuilt.load("strict") is not None
+    source = copy / "strict.toml"
+    source.write_text(source.read_text() + "\n# edited\n")
+    monkeypatch.setattr(prebuilt, "_found", {})
+    assert prebuilt.load("strict") is None  # compiled from what is there instead
+
+
+def test_a_run_under_a_shipped_policy_loads_no_policy_parser_or_libseccomp() -> None:
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "sandbox", "run", "--policy", "strict", "--",
+                        "/bin/true"], capture_output=True)
+    assert r.returncode == 0, r.stderr
+    imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines() if "|" in line}
+    assert {"pyseccomp", "tomllib", "sandbox.policy", "sandbox.seccomp"}.isdisjoint(imported)

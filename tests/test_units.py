@@ -112,11 +112,13 @@ def test_enforcement_names_only_set_limits() -> None:
 
 def test_a_run_is_traced_only_where_it_may_make_processes() -> None:
     """Without cgroup v2 the spawner traces a run whose policy and pids limit let it fork (see fallback.py)."""
-    assert fallback.traced(Limits(), cgroup=False, policy=load_policy("default"))
-    assert not fallback.traced(Limits(), cgroup=True, policy=load_policy("default"))
-    assert not fallback.traced(Limits(pids=1), cgroup=False, policy=load_policy("default"))
-    assert not fallback.traced(Limits(), cgroup=False, policy=load_policy("strict")), "strict makes threads only"
-    assert fallback.traced(Limits(), cgroup=False, policy=None)
+    forks = fallback.one_process(load_policy("default"))
+    assert fallback.traced(Limits(), cgroup=False, one_process=forks)
+    assert not fallback.traced(Limits(), cgroup=True, one_process=forks)
+    assert not fallback.traced(Limits(pids=1), cgroup=False, one_process=forks)
+    assert not fallback.traced(Limits(), cgroup=False, one_process=fallback.one_process(load_policy("strict"))), \
+        "strict makes threads only"
+    assert fallback.traced(Limits(), cgroup=False, one_process=False)  # no policy
     assert fallback.one_process(load_policy("strict")) and not fallback.one_process(load_policy("compile"))
 
 
