@@ -132,8 +132,10 @@ class Sandbox:
         self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)
         if fs not in ("auto", "fuse", "kernel"):
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
-        if fs == "auto":
-            fs = "fuse" if os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
+        if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
+            needs = self._upper is not None or self._commit is not None or \
+                (self.image is not None and self._store.records_owners(self.image))
+            fs = "fuse" if needs and os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
             if fs == "kernel" and self._upper is not None:
                 raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
         if fs == "kernel" and self._upper is not None:

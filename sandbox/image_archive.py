@@ -202,10 +202,18 @@ def _docker(opener: Opener, where: str) -> Source:
 
 @contextlib.contextmanager
 def _tar_of_directory(path: str) -> Iterator[str]:
-    """A rootfs directory as one layer tar (links kept as links), in a temporary file."""
+    """A rootfs directory as one layer tar (links kept as links), in a temporary file.  What the caller owns is
+    root's, as the caller is root in the box (`podman import` does the same)."""
+    uid, gid = os.getuid(), os.getgid()
+
+    def as_root(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        info.uid, info.uname = (0, "root") if info.uid == uid else (info.uid, info.uname)
+        info.gid, info.gname = (0, "root") if info.gid == gid else (info.gid, info.gname)
+        return info
+
     with tempfile.NamedTemporaryFile(prefix="sbx-rootfs-", suffix=".tar") as tmp:
         with tarfile.open(fileobj=tmp, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for name in sorted(os.listdir(path)):
-                tar.add(os.path.join(path, name), arcname=name, recursive=True)
+                tar.add(os.path.join(path, name), arcname=name, recursive=True, filter=as_root)
         tmp.flush()
         yield tmp.name

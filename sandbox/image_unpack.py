@@ -77,8 +77,9 @@ class _HashingReader:
         return data
 
 
-def unpack(stream: IO[bytes], into: str, budget: Budget, where: str, below: tuple[str, ...] = ()) -> str:
-    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id.
+def unpack(stream: IO[bytes], into: str, budget: Budget, where: str, below: tuple[str, ...] = ()) -> tuple[str, bool]:
+    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id, and whether
+    it recorded an owner or mode that only the FUSE union shows (`OWNER_XATTR`).
 
     `below`: the unpacked layers under this one, topmost first.  A directory
     the layer does not name but needs for an entry (umoci and many real
@@ -99,7 +100,7 @@ def unpack(stream: IO[bytes], into: str, budget: Budget, where: str, below: tupl
         raise ArchiveError(f"{where}: not a valid tar archive ({e})") from None
     finally:
         dirs.close()
-    return "sha256:" + hashing.sha.hexdigest()
+    return "sha256:" + hashing.sha.hexdigest(), dirs.owners
 
 
 def digest(stream: IO[bytes], budget: Budget, where: str) -> str:
@@ -124,6 +125,7 @@ class _Dirs:
         self.root = root
         self.below = below
         self.chain: list[tuple[str, int]] = []
+        self.owners = False  # whether an entry's owner or mode is kept in OWNER_XATTR
 
     def parent(self, parts: list[str], where: str, name: str) -> int:
         """The directory that holds the last component, made where missing; borrowed, not to be closed."""
@@ -143,7 +145,7 @@ class _Dirs:
             fd = _enter(parent, want[depth], 0o755, where, name)
             self.chain.append((want[depth], fd))
             if st is None:  # made here: as the layers below have it
-                _inherit(fd, self.below, want[:depth + 1])
+                self.owners |= _inherit(fd, self.below, want[:depth + 1])
         return self.chain[-1][1] if self.chain else self.root
 
     def close(self) -> None:
@@ -152,23 +154,25 @@ class _Dirs:
         os.close(self.root)
 
 
-def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> None:
+def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> bool:
     """Give the new directory `fd` the mode and user xattrs of `parts` in the merged view of the layers `below`
     (topmost first), if it is a directory there; never through a link, and never the opaque mark, which belongs
-    to one layer."""
+    to one layer.  Whether it took an owner (`OWNER_XATTR`)."""
     for layer in below:
         found, hides = _find_dir(layer, parts)
         if found is not None:
             try:
                 os.fchmod(fd, os.fstat(found).st_mode & 0o7777 | 0o700)
-                for attr in os.listxattr(found):
+                attrs = os.listxattr(found)
+                for attr in attrs:
                     if attr.startswith("user.") and attr != OPAQUE_XATTR:
                         os.setxattr(fd, attr, os.getxattr(found, attr))
             finally:
                 os.close(found)
-            return
+            return OWNER_XATTR in attrs
         if hides:
-            return
+            return False
+    return False
 
 
 def _find_dir(layer: str, parts: list[str]) -> tuple[int | None, bool]:
@@ -264,7 +268,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
         fd = _enter(parent, base, 0o700, where, m.name)
         try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
             os.fchmod(fd, _mode(m) | 0o700)
-            _own(fd, m, stat.S_IFDIR)
+            dirs.owners |= _own(fd, m, stat.S_IFDIR)
         finally:
             os.close(fd)
         return
@@ -275,7 +279,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
         try:
             _copy(tar.extractfile(m), fd, m.size)
             os.fchmod(fd, _mode(m))
-            _own(fd, m, stat.S_IFREG)
+            dirs.owners |= _own(fd, m, stat.S_IFREG)
             os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
@@ -309,15 +313,18 @@ def _mode(m: tarfile.TarInfo) -> int:
     return m.mode & 0o1777  # no setuid or setgid bit, ever
 
 
-def _own(fd: int, m: tarfile.TarInfo, kind: int) -> None:
+def _own(fd: int, m: tarfile.TarInfo, kind: int) -> bool:
+    """Keep the entry's owner, and a directory's mode without rwx for its owner, in OWNER_XATTR; whether it did."""
     if m.uid or m.gid or (kind == stat.S_IFDIR and _mode(m) & 0o700 != 0o700):
         os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}:{kind | _mode(m):o}:0".encode())
-    elif kind == stat.S_IFDIR:  # named now, after it was made for an entry with an owner from below
+        return True
+    if kind == stat.S_IFDIR:  # named now, after it was made for an entry with an owner from below
         try:
             os.removexattr(fd, OWNER_XATTR)
         except OSError as e:
             if e.errno != errno.ENODATA:
                 raise
+    return False
 
 
 def _copy(src: IO[bytes] | None, fd: int, size: int) -> None:
