@@ -10,17 +10,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import (ExactEnv, Pipe, Program, Relay, Sandbox, TeardownWarning, run_connected, run_interactive,
+    from .api import (ExactEnv, Pipe, Program, Sandbox, TeardownWarning, run_connected, run_interactive,
                       run_pipeline)
     from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
     from .limits import Limits, parse_size
     from .mounts import Bind
+    from .output import Relay
     from .pool import SandboxPool
     from .result import Result, Status
     from .tap import Tap
 
 _WHERE = {
-    "ExactEnv": "api", "Pipe": "api", "Program": "api", "Relay": "api", "Sandbox": "api", "TeardownWarning": "api",
+    "ExactEnv": "api", "Pipe": "api", "Program": "api", "Relay": "output", "Sandbox": "api", "TeardownWarning": "api",
     "run_connected": "api", "run_interactive": "api", "run_pipeline": "api",
     "BoxFileError": "errors", "ConfigError": "errors", "ExecError": "errors", "SandboxError": "errors",
     "SetupError": "errors", "Limits": "limits", "parse_size": "limits", "Bind": "mounts", "SandboxPool": "pool",

@@ -6,8 +6,6 @@ and the judge share one launcher.
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import functools
 import os
 import stat
@@ -27,12 +25,14 @@ from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_err
 from .hostpath import Guard
 from .limits import Limits
 from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
+from .output import Output, Relay, input_fd, write_all
 from .result import Result
 from .rlimits import rlimits
 from .run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
 from .runtime_env import runtime_env
 from .tap import Tap, program_pipe, relay, tapped_pipe
 from .teardown import TeardownWarning
+from .upper import apart, lock_upper
 from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
 
@@ -42,8 +42,6 @@ if TYPE_CHECKING:
 
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
-_CHUNK = 1 << 16
-_SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
 _NEVER_RAN = RunEnd(None, 0.0, 0.0, 0)
 """The accounting of a run whose program never started."""
 
@@ -125,7 +123,7 @@ class Sandbox:
         self.writable_dirs = Guard(frozenset(i for i in writable if i is not None))
         self._binds = tuple(resolve_bind(b, self.writable_dirs) for b in binds)
         if self._upper is not None:
-            _apart(self._upper, [("--lower", d) for d in self._lowers]
+            apart(self._upper, [("--lower", d) for d in self._lowers]
                    + [("--bind" if b.writable else "--ro-bind", b.src) for b in self._binds])
         self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
         self._host_dirs: dict[str, tuple[int, int]] = {}
@@ -169,7 +167,7 @@ class Sandbox:
             if self.image is not None:
                 self._pin_image(self.image)
             if upper is not None:
-                self._locks += _lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
+                self._locks += lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
                 # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
                 try:
                     workdir = self._scratch(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-")
@@ -293,7 +291,7 @@ class Sandbox:
                 compiled = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
                 bpf, counted = compiled.bpf, compiled.counts_refusals
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
-            _write_all(fd, bpf)
+            write_all(fd, bpf)
             self._filters[key] = (fd, counted)
         return self._filters[key]
 
@@ -332,7 +330,7 @@ class Sandbox:
         """
         fd = os.memfd_create("sbx-write", os.MFD_CLOEXEC)
         try:
-            _write_all(fd, data)
+            write_all(fd, data)
             await self.copy_in(path, fd, mode)
         except BoxFileError as e:
             raise BoxFileError(f"write_file {e}") from None
@@ -475,9 +473,9 @@ class Sandbox:
             raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
         if any(not 3 <= fd < MAX_PROGRAM_FDS for fd in more_fds):
             raise ConfigError(f"a program's further fds are 3 to {MAX_PROGRAM_FDS - 1}")
-        out = _Output(limits.output, box)
+        out = Output(limits.output, box)
         captured = self._capture_files() if stdout is None and stderr is None and not tty else None
-        fds = [await _input_fd(stdin)]
+        fds = [await input_fd(stdin)]
         try:
             if captured is not None:
                 fds += [os.dup(fd) for fd in captured]
@@ -494,7 +492,7 @@ class Sandbox:
                     tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
                     fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
-                fds.append(await _input_fd(more_fds.get(fd)))
+                fds.append(await input_fd(more_fds.get(fd)))
             req = RunRequest(
                 argv=tuple(argv), env=full_env, cwd=cwd or self.cwd, rlimits=rlimits(limits, box.ids, cgroup),
                 cpu_time=limits.cpu_time, wall_time=limits.wall_time, memory=sampled_memory, output=limits.output,
@@ -510,23 +508,11 @@ class Sandbox:
 
 
 @dataclass
-class Relay:
-    """Stream a program's output to this fd as it comes, counted against the output limit.
-
-    `ends_line` says whether what was relayed so far ends a line, so that a
-    caller writing after the program to the same fd can start a new one.
-    """
-
-    fd: int
-    ends_line: bool = True
-
-
-@dataclass
 class _Pending:
     box: Box
     req: RunRequest
     limits: Limits
-    out: _Output
+    out: Output
     policy: str | None
     cgroup: bool
     captured: tuple[int, int] | None
@@ -693,159 +679,6 @@ def _join(tap: Tap | None) -> tuple[int, int, tuple[int, int], _Relay | None]:
 def _close_all(fds: Sequence[int]) -> None:
     for fd in fds:
         os.close(fd)
-
-
-async def _input_fd(data: bytes | int | None) -> int:
-    """An input's fd (stdin, or a further fd): data is given as a file (as isolate and go-judge do), so there is no
-    feeder task, and a program may seek or reread it.
-
-    Large data is copied in a worker thread, so other boxes' runs go on meanwhile.  The file is sealed: its
-    memory is the supervisor's, and a program that could write to it would grow it outside its own limits.
-    """
-    if isinstance(data, bytes):
-        fd = os.memfd_create("sbx-input", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
-        try:
-            if len(data) > _CHUNK:
-                await anyio.to_thread.run_sync(_write_all, fd, data)
-            else:
-                _write_all(fd, data)
-            os.lseek(fd, 0, os.SEEK_SET)
-            fcntl.fcntl(fd, fcntl.F_ADD_SEALS, _SEALED)
-        except BaseException:
-            os.close(fd)
-            raise
-        return fd
-    if data is None:
-        return os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-    return os.dup(data)
-
-
-@dataclass
-class _Output:
-    """stdout and stderr share one output limit; past it the run is killed (OLE) and the rest discarded."""
-
-    limit: int | None
-    box: Box
-    used: int = 0
-    exceeded: bool = False
-
-    def __post_init__(self) -> None:
-        self.stdout = bytearray()
-        self.stderr = bytearray()
-        self._waits: list[anyio.CancelScope] = []
-        self._ended = False
-
-    def end(self) -> None:
-        """The run is over: each pump takes what its pipe holds and stops."""
-        self._ended = True
-        for scope in self._waits:
-            scope.cancel()
-
-    async def pump(self, fd: int, sink: Relay | None, buf: bytearray) -> None:
-        """Read the pipe `fd` (closed at the end) until EOF, or until the run's end and then what it holds."""
-        os.set_blocking(fd, False)
-        try:
-            wait = anyio.CancelScope()
-            self._waits.append(wait)
-            if self._ended:
-                wait.cancel()
-            with wait:
-                while (chunk := _read_buffered(fd)) != b"":
-                    if chunk is None:
-                        await anyio.wait_readable(fd)
-                        continue
-                    with anyio.CancelScope(shield=True):  # a chunk read is never dropped by the end's cancel
-                        await self._take(chunk, sink, buf)
-                return
-            while chunk := _read_buffered(fd):
-                await self._take(chunk, sink, buf)
-        finally:
-            os.close(fd)
-
-    async def _take(self, chunk: bytes, sink: Relay | None, buf: bytearray) -> None:
-        if self.exceeded:
-            return
-        if self.limit is not None and self.used + len(chunk) > self.limit:
-            chunk = chunk[: self.limit - self.used]
-            self.exceeded = True
-            if not self._ended:
-                await self.box.kill_run("OLE")
-        self.used += len(chunk)
-        if sink is None:
-            buf += chunk
-        elif chunk:
-            await anyio.to_thread.run_sync(_write_all, sink.fd, chunk)
-            sink.ends_line = chunk.endswith(b"\n")
-
-
-def _read_buffered(fd: int) -> bytes | None:
-    """What a non-blocking pipe or terminal holds now: b"" at EOF, None when it is empty."""
-    try:
-        return os.read(fd, _CHUNK)
-    except BlockingIOError:
-        return None
-    except OSError as e:
-        if e.errno == errno.EIO:  # a terminal's master once no process holds the terminal: its EOF
-            return b""
-        raise
-
-
-def _apart(upper: str, others: list[tuple[str, str]]) -> None:
-    """The upper may not be inside a layer or a bind, nor hold one: the box would reach the upper's own files."""
-    for flag, path in others:
-        if os.path.commonpath([upper, path]) in (upper, path):
-            raise ConfigError(f"--upper {upper}: overlaps {flag} {path} (one may not be inside the other)")
-
-
-def _lock_upper(upper: str) -> list[int]:
-    """Flocks that make this sandbox the upper's only writer: exclusive on the upper, shared on each dir above it.
-
-    A second sandbox on the same upper, or on one inside or around it, would be
-    a second writer: one box's program could swap a directory for a link that
-    the other's daemon then writes through.  The shared locks on the dirs above
-    meet the exclusive lock of an upper there.  The FUSE daemon inherits the
-    fds, so the locks last until it is gone, even if the supervisor is killed.
-    Dirs above that the caller cannot read are passed over.
-    """
-    fds: list[int] = []
-    try:
-        try:
-            fds.append(os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
-        except OSError as e:
-            raise ConfigError(f"--upper {upper}: {e.strerror}") from None
-        _flock(fds[0], fcntl.LOCK_EX, upper, "in use by another sandbox")
-        above = upper
-        while above != "/":
-            above = os.path.dirname(above)
-            try:
-                fds.append(os.open(above, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
-            except OSError:
-                continue
-            _flock(fds[-1], fcntl.LOCK_SH, upper, f"inside {above}, the upper of another sandbox")
-    except BaseException:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
-def _flock(fd: int, how: int, upper: str, conflict: str) -> None:
-    try:
-        fcntl.flock(fd, how | fcntl.LOCK_NB)
-    except OSError as e:
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise ConfigError(f"--upper {upper}: {conflict} (an upper has one writer at a time)") from None
-        raise ConfigError(f"--upper {upper}: cannot lock it: {e.strerror}") from None
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Blocking writes, in a worker thread for a caller's fd (a terminal, a pipe must stay in blocking mode)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            return
 
 
 def _exec_failure(failure: StartFailure, req: RunRequest) -> Exception:

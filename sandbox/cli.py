@@ -23,10 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
 from . import boxfiles, copies, hostpath, image_cli, judge_cli, serve_cli, stopping, submit_cli
-from .api import Relay, Sandbox
+from .api import Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from .mounts import WORK_DIR, Bind, parse_bind
+from .output import Relay
 from .plan import describe
 from .result import Result, Status
 
