@@ -41,7 +41,7 @@ def main() -> None:
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 10
     with tempfile.TemporaryDirectory(prefix="sbx-image-bench-", ignore_cleanup_errors=True) as d:
         work = Path(d)
-        base = rootfs_tar.read_bytes() if rootfs_tar else tar_of(busybox_rootfs(work / "busybox"))
+        base = rootfs_tar.read_bytes() if rootfs_tar else tar_of(busybox_rootfs(work / "busybox"), as_root=True)
         OciImage([base], compression="").write(work / "a")
         OciImage([base, layer_tar([Entry("etc/extra", data=b"extra\n")])], compression="").write(work / "b")
         env = {**os.environ, "XDG_DATA_HOME": str(work / "sbx-data"), "XDG_RUNTIME_DIR": str(work / "xdg")}
@@ -69,7 +69,7 @@ def run(work: Path, env: dict[str, str], podman: list[str], n: int) -> None:
     print(f"| disk for both | {disk['sbx'] / 2**20:.1f} MiB | {disk['podman'] / 2**20:.1f} MiB "
           f"| {disk['sbx'] / disk['podman']:.2f}x |")
     pod_run = [*podman, "run", "--rm", "--network", "none", "a"]
-    for fs in ("fuse", "kernel"):
+    for fs in ("auto", "fuse", "kernel"):  # auto: kernel, unless the image keeps owners other than root
         sbx_run = [*sbx, "run", "--image", "a", "--fs", fs, "--"]
         for what, argv, rounds in (("start /bin/true in A (CLI)", ["/bin/true"], n),
                                    (f"`{WORKLOAD}` in A", ["sh", "-c", WORKLOAD], 3)):

@@ -131,8 +131,10 @@ class Sandbox:
         if fs not in ("auto", "fuse", "kernel"):
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
         if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
-            needs = self._upper is not None or self._commit is not None or \
-                (self.image is not None and self._store.records_owners(self.image))
+            needs = self._upper is not None or self._commit is not None
+            if not needs and self.image is not None:
+                ids = detect(idmap)
+                needs = self._store.owns(self.image, ids.program_uid, ids.program_gid)
             fs = "fuse" if needs and os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
             if fs == "kernel" and self._upper is not None:
                 raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")

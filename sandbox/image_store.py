@@ -5,7 +5,7 @@ Under `$XDG_DATA_HOME/sbx/images` (default `~/.local/share/sbx/images`)::
     blobs/sha256/HEX   manifests and configs, named by their digest
     layers/HEX/root    one unpacked layer, named by its chain id: the digest of its uncompressed tar (diff_id)
                        and of the layers under it (OCI's ChainID), as it is unpacked onto their view
-    layers/HEX/size    the bytes it unpacked to; HEX/no-owners there when no entry has an owner but root
+    layers/HEX/size    the bytes it unpacked to; HEX/owners.json the owners other than root its entries have
     refs.json          {"name:tag": "sha256:HEX"}, the manifest each name points to
     tmp/               layers being unpacked (those of a killed import go with the next one)
     lock               flocked: shared to read names and pin layers, exclusive to change them
@@ -40,8 +40,8 @@ _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[.
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_NO_OWNERS = "no-owners"
-"""In a layer's dir: every entry is box root's, as the kernel union shows it (image_unpack.py)."""
+_OWNERS = "owners.json"
+"""In a layer's dir: {"uids": [...], "gids": [...]}, the owners other than root its entries have (image_unpack.py)."""
 
 
 def parse_ref(ref: str) -> str:
@@ -177,10 +177,18 @@ class Store:
                             "size": sum(self._layer_size(c) for c in image.chain_ids)})
             return out
 
-    def records_owners(self, image: Image) -> bool:
-        """Whether a layer of the image keeps an owner or mode that only the FUSE union shows (image_unpack.py's
-        OWNER_XATTR); a layer unpacked before this was noted counts as one that does."""
-        return not all(os.path.exists(os.path.join(self.layer_dir(c), _NO_OWNERS)) for c in image.chain_ids)
+    def owns(self, image: Image, uid: int, gid: int) -> bool:
+        """Whether an entry of the image is owned by `uid` or `gid` (the program's), which only the FUSE union
+        shows (image_unpack.py's OWNER_XATTR); a layer unpacked before owners were noted counts as one that is."""
+        for chain in image.chain_ids:
+            try:
+                with open(os.path.join(self.layer_dir(chain), _OWNERS)) as f:
+                    owners = json.load(f)
+            except (OSError, ValueError):
+                return True
+            if uid in owners["uids"] or gid in owners["gids"]:
+                return True
+        return False
 
     def _layer_size(self, chain: str) -> int:
         try:
@@ -311,9 +319,8 @@ class Store:
             _checked(blob, diff_id)
             with open(os.path.join(work, "size"), "w") as f:
                 f.write(str(budget.bytes - before))
-            if not owners:
-                with open(os.path.join(work, _NO_OWNERS), "w"):
-                    pass
+            with open(os.path.join(work, _OWNERS), "w") as f:
+                json.dump({"uids": sorted(owners.uids), "gids": sorted(owners.gids)}, f)
             pins.append(self._place_layer(work, lock, chain_id(parents[-1] if parents else None, diff_id)))
             if pins[-1] == lock:
                 lock = -1  # it pins the layer now

@@ -22,7 +22,7 @@ import hashlib
 import os
 import stat
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import IO
 
 from .errors import ConfigError
@@ -37,6 +37,23 @@ _CHUNK = 1 << 20
 
 class ArchiveError(ConfigError):
     """A layer that cannot be unpacked safely, or one past the caps."""
+
+
+@dataclass
+class Owners:
+    """The owners other than root that a layer's entries have: where the program's own uid or gid is one of
+    them, the run needs the FUSE union, which shows them (api.py, --fs auto)."""
+
+    uids: set[int] = field(default_factory=set)
+    gids: set[int] = field(default_factory=set)
+
+    def note(self, kept: bytes | None) -> None:
+        if kept is not None:
+            uid, gid, *_ = kept.split(b":")
+            self.uids.add(int(uid))
+            self.gids.add(int(gid))
+        self.uids.discard(0)
+        self.gids.discard(0)
 
 
 @dataclass(frozen=True)
@@ -77,9 +94,10 @@ class _HashingReader:
         return data
 
 
-def unpack(stream: IO[bytes], into: str, budget: Budget, where: str, below: tuple[str, ...] = ()) -> tuple[str, bool]:
-    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id, and whether
-    it recorded an owner or mode that only the FUSE union shows (`OWNER_XATTR`).
+def unpack(stream: IO[bytes], into: str, budget: Budget, where: str,
+           below: tuple[str, ...] = ()) -> tuple[str, Owners]:
+    """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id, and the
+    owners other than root that it recorded (`OWNER_XATTR`: only the FUSE union shows them).
 
     `below`: the unpacked layers under this one, topmost first.  A directory
     the layer does not name but needs for an entry (umoci and many real
@@ -125,7 +143,7 @@ class _Dirs:
         self.root = root
         self.below = below
         self.chain: list[tuple[str, int]] = []
-        self.owners = False  # whether an entry's owner or mode is kept in OWNER_XATTR
+        self.owners = Owners()
 
     def parent(self, parts: list[str], where: str, name: str) -> int:
         """The directory that holds the last component, made where missing; borrowed, not to be closed."""
@@ -145,7 +163,7 @@ class _Dirs:
             fd = _enter(parent, want[depth], 0o755, where, name)
             self.chain.append((want[depth], fd))
             if st is None:  # made here: as the layers below have it
-                self.owners |= _inherit(fd, self.below, want[:depth + 1])
+                self.owners.note(_inherit(fd, self.below, want[:depth + 1]))
         return self.chain[-1][1] if self.chain else self.root
 
     def close(self) -> None:
@@ -154,10 +172,10 @@ class _Dirs:
         os.close(self.root)
 
 
-def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> bool:
+def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> bytes | None:
     """Give the new directory `fd` the mode and user xattrs of `parts` in the merged view of the layers `below`
     (topmost first), if it is a directory there; never through a link, and never the opaque mark, which belongs
-    to one layer.  Whether it took an owner (`OWNER_XATTR`)."""
+    to one layer.  The owner it took (`OWNER_XATTR`), if any."""
     for layer in below:
         found, hides = _find_dir(layer, parts)
         if found is not None:
@@ -169,10 +187,10 @@ def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> bool:
                         os.setxattr(fd, attr, os.getxattr(found, attr))
             finally:
                 os.close(found)
-            return OWNER_XATTR in attrs
+            return os.getxattr(fd, OWNER_XATTR) if OWNER_XATTR in attrs else None
         if hides:
-            return False
-    return False
+            return None
+    return None
 
 
 def _find_dir(layer: str, parts: list[str]) -> tuple[int | None, bool]:
@@ -268,7 +286,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
         fd = _enter(parent, base, 0o700, where, m.name)
         try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
             os.fchmod(fd, _mode(m) | 0o700)
-            dirs.owners |= _own(fd, m, stat.S_IFDIR)
+            dirs.owners.note(_own(fd, m, stat.S_IFDIR))
         finally:
             os.close(fd)
         return
@@ -279,7 +297,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
         try:
             _copy(tar.extractfile(m), fd, m.size)
             os.fchmod(fd, _mode(m))
-            dirs.owners |= _own(fd, m, stat.S_IFREG)
+            dirs.owners.note(_own(fd, m, stat.S_IFREG))
             os.utime(fd, (m.mtime, m.mtime))
         finally:
             os.close(fd)
@@ -313,18 +331,19 @@ def _mode(m: tarfile.TarInfo) -> int:
     return m.mode & 0o1777  # no setuid or setgid bit, ever
 
 
-def _own(fd: int, m: tarfile.TarInfo, kind: int) -> bool:
-    """Keep the entry's owner, and a directory's mode without rwx for its owner, in OWNER_XATTR; whether it did."""
+def _own(fd: int, m: tarfile.TarInfo, kind: int) -> bytes | None:
+    """Keep the entry's owner, and a directory's mode without rwx for its owner, in OWNER_XATTR; what it kept."""
     if m.uid or m.gid or (kind == stat.S_IFDIR and _mode(m) & 0o700 != 0o700):
-        os.setxattr(fd, OWNER_XATTR, f"{m.uid}:{m.gid}:{kind | _mode(m):o}:0".encode())
-        return True
+        kept = f"{m.uid}:{m.gid}:{kind | _mode(m):o}:0".encode()
+        os.setxattr(fd, OWNER_XATTR, kept)
+        return kept
     if kind == stat.S_IFDIR:  # named now, after it was made for an entry with an owner from below
         try:
             os.removexattr(fd, OWNER_XATTR)
         except OSError as e:
             if e.errno != errno.ENODATA:
                 raise
-    return False
+    return None
 
 
 def _copy(src: IO[bytes] | None, fd: int, size: int) -> None:

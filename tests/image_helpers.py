@@ -55,11 +55,18 @@ def layer_tar(entries: list[Entry]) -> bytes:
     return buf.getvalue()
 
 
-def tar_of(root: Path) -> bytes:
+def tar_of(root: Path, as_root: bool = False) -> bytes:
+    """The tree as a layer, its entries owned as on disk, or by root (as an image's files are)."""
+    def owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
+        if as_root:
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+        return info
+
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name in sorted(os.listdir(root)):
-            tar.add(root / name, arcname=name)
+            tar.add(root / name, arcname=name, filter=owned)
     return buf.getvalue()
 
 

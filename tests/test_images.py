@@ -60,14 +60,19 @@ def test_a_rootfs_directory_imports_and_runs(rootfs: Path, fs: str) -> None:
 
 
 def test_auto_takes_the_kernel_union_unless_the_run_needs_fuse(rootfs: Path, tmp_path: Path) -> None:
-    """--fs auto: kernel overlayfs for an image all of root's (a rootfs directory the caller owns is root's in the
-    box), the FUSE union for one whose layers keep other owners, and for --commit."""
+    """--fs auto: kernel overlayfs for an image with nothing of the program's uid or gid (1000) in it (a rootfs
+    directory the caller owns is root's in the box; another owner changes nothing for the program), the FUSE
+    union for one where the program owns its home, and for --commit."""
     assert sbx("image", "import", str(rootfs), "--name", "plain").returncode == 0
+    shadow = layer_tar([Entry("etc/secret", data=b"x", mode=0o640, gid=42)])
+    OciImage([tar_of(rootfs, as_root=True), shadow]).write(tmp_path / "other")
+    assert sbx("image", "import", str(tmp_path / "other"), "--name", "other").returncode == 0
     owned = layer_tar([Entry("home", tarfile.DIRTYPE, mode=0o755), Entry("home/u", tarfile.DIRTYPE, uid=1000)])
-    OciImage([tar_of(rootfs), owned]).write(tmp_path / "oci")
+    OciImage([tar_of(rootfs, as_root=True), owned]).write(tmp_path / "oci")
     assert sbx("image", "import", str(tmp_path / "oci"), "--name", "owned").returncode == 0
     root_fs = ["--", "sh", "-c", r"sed -n 's/^[^ ]* [^ ]* [^ ]* \/ \/ .* - \([^ ]*\) .*/\1/p' /proc/self/mountinfo"]
     assert sbx("run", "--image", "plain", *root_fs).stdout == b"overlay\n"
+    assert sbx("run", "--image", "other", *root_fs).stdout == b"overlay\n"
     assert sbx("run", "--image", "owned", *root_fs).stdout == b"fuse.sbx-overlayfs\n"
     assert sbx("run", "--image", "plain", "--commit", "next", *root_fs).stdout == b"fuse.sbx-overlayfs\n"
     assert sbx("run", "--image", "plain", "--", "stat", "-c", "%u:%g", "/etc/motd").stdout == b"0:0\n"
