@@ -37,7 +37,7 @@ from .userns import IdmapMode, detect
 from .verdict import enforcement, verdict
 
 if TYPE_CHECKING:
-    from .image_store import Image
+    from .images.store import Image
     from .policy import Policy
 
 DEFAULT_POLICY = "default"
@@ -101,14 +101,14 @@ class Sandbox:
         if image is not None:
             if lowers:
                 raise ConfigError("--image and --lower: the image's layers are the lowers")
-            from .image_store import Store  # (not loaded for runs without an image: it costs ~30 ms)
+            from .images.store import Store  # (not loaded for runs without an image: it costs ~30 ms)
             self._store = Store()
             self.image = self._store.get(image)
             lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
         if upper is not None and not lowers:
             raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
         if commit is not None:
-            from .image_store import parse_ref
+            from .images.store import parse_ref
         self._commit = parse_ref(commit) if commit is not None else None
         self.committed: Image | None = None
         self._lowers = tuple(parse_lower(d) for d in lowers)

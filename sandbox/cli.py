@@ -22,9 +22,10 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from . import boxfiles, copies, hostpath, image_cli, judge_cli, serve_cli, stopping, submit_cli
+from . import boxfiles, copies, hostpath, judge_cli, serve_cli, stopping, submit_cli
 from .api import Sandbox
 from .errors import BoxFileError, ConfigError, ExecError, SandboxError
+from .images import cli as image_cli
 from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from .mounts import WORK_DIR, Bind, parse_bind
 from .output import Relay

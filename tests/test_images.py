@@ -21,9 +21,9 @@ import pytest
 from helpers import free_port, sbx, wait_for_port
 from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
 from sandbox import Sandbox, SandboxPool, Status
-from sandbox.image_store import Store
-from sandbox.image_tar import tar_layer
-from sandbox.image_unpack import ArchiveError, Caps
+from sandbox.images.store import Store
+from sandbox.images.tar import tar_layer
+from sandbox.images.unpack import ArchiveError, Caps
 
 
 @pytest.fixture(autouse=True)

@@ -29,19 +29,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from . import scratch, teardown
-from .errors import ConfigError
-from .image_archive import LayerBlob, Source, Verified, decompressed, open_source
-from .image_tar import tar_layer
-from .image_unpack import ArchiveError, Budget, Caps, unpack
-from .image_unpack import digest as tar_digest
+from .. import scratch, teardown
+from ..errors import ConfigError
+from .archive import LayerBlob, Source, Verified, decompressed, open_source
+from .tar import tar_layer
+from .unpack import ArchiveError, Budget, Caps, unpack
+from .unpack import digest as tar_digest
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
 _DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OWNERS = "owners.json"
-"""In a layer's dir: {"uids": [...], "gids": [...]}, the owners other than root its entries have (image_unpack.py)."""
+"""In a layer's dir: {"uids": [...], "gids": [...]}, the owners other than root its entries have (unpack.py)."""
 
 
 def parse_ref(ref: str) -> str:
@@ -179,7 +179,7 @@ class Store:
 
     def owns(self, image: Image, uid: int, gid: int) -> bool:
         """Whether an entry of the image is owned by `uid` or `gid` (the program's), which only the FUSE union
-        shows (image_unpack.py's OWNER_XATTR); a layer unpacked before owners were noted counts as one that is."""
+        shows (unpack.py's OWNER_XATTR); a layer unpacked before owners were noted counts as one that is."""
         for chain in image.chain_ids:
             try:
                 with open(os.path.join(self.layer_dir(chain), _OWNERS)) as f:

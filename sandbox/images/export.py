@@ -1,6 +1,6 @@
 """An image of the store written as an OCI image layout tar, which skopeo, umoci and podman read.
 
-Each layer is tarred again from its unpacked directory (image_tar.py) and
+Each layer is tarred again from its unpacked directory (tar.py) and
 gzipped.  A tar is not byte-reproducible, so the exported layers have digests
 of their own, and the exported config names them.
 """
@@ -16,8 +16,8 @@ import tarfile
 import tempfile
 from typing import Any
 
-from .image_store import Store, parse_ref
-from .image_tar import add_bytes, tar_layer
+from .store import Store, parse_ref
+from .tar import add_bytes, tar_layer
 
 
 def export(store: Store, ref: str, out: str) -> None:

@@ -12,11 +12,11 @@ import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from . import scratch
-from .errors import ConfigError
+from .. import scratch
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .image_store import Store
+    from .store import Store
 
 
 TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "containers-storage:")
@@ -26,12 +26,12 @@ TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "c
 def _store() -> Store:
     """The image store, loaded by the commands that use it: its unpacker and zstandard would cost every other
     command (`sbx run` without --image) ~30 ms of start."""
-    from .image_store import Store
+    from .store import Store
     return Store()
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .image_export import export
+    from .export import export
     export(_store(), args.ref, args.output)
 
 

@@ -25,7 +25,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"

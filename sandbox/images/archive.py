@@ -23,7 +23,7 @@ from typing import IO, Any
 
 import zstandard
 
-from .image_unpack import ArchiveError
+from .unpack import ArchiveError
 
 MAX_JSON = 16 * 2**20
 """A manifest, index or config larger than this is refused (they are a few KiB)."""

@@ -1,6 +1,6 @@
 """A layer directory as an OCI layer tar: for `sbx image export`, and for a run's upper committed as a layer.
 
-The directory is either a layer of the store (unpacked by image_unpack) or
+The directory is either a layer of the store (unpacked by unpack.py) or
 the upper of a finished run, which the program wrote but no longer writes
 (every process of its runs is gone, and so is its box): it is walked through
 directory fds without following a link, and an entry is opened only as the
@@ -19,8 +19,8 @@ import stat
 import tarfile
 from collections.abc import Iterator
 
-from .errors import ConfigError
-from .image_unpack import OPAQUE, OPAQUE_XATTR, OWNER_XATTR, WHITEOUT_PREFIX
+from ..errors import ConfigError
+from .unpack import OPAQUE, OPAQUE_XATTR, OWNER_XATTR, WHITEOUT_PREFIX
 
 
 def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, uid: int = 0, gid: int = 0) -> None:
