@@ -6,7 +6,7 @@
   by the FUSE daemon before pyfuse3.
 - `policies/*.toml` (top level, where a reader looks for them) become
   `sandbox/policies/`, read with importlib.resources, each with its filters
-  compiled (`NAME.filters.json`, sandbox/prebuilt.py).
+  compiled (`NAME.filters.json`, sandbox/seccomp/prebuilt.py).
 
 A build without a C compiler, libc's static archive or the libfuse3 headers
 fails here, naming what is missing, rather than producing a wheel that
@@ -68,10 +68,10 @@ class BuildWithC(build_py):
 
 
 def _prebuild_filters(build_lib: Path, policies: Path) -> None:
-    """The shipped policies' filters, compiled now with the package just built (sandbox/prebuilt.py), so that no
+    """The shipped policies' filters, compiled now with the package just built (sandbox/seccomp/prebuilt.py), so that no
     box under one compiles it at run time."""
     build_lib, policies = build_lib.resolve(), policies.resolve()
-    code = "import sys; from pathlib import Path; from sandbox.prebuilt import build; build(Path(sys.argv[1]))"
+    code = "import sys; from pathlib import Path; from sandbox.seccomp.prebuilt import build; build(Path(sys.argv[1]))"
     path = os.pathsep.join(p for p in (str(build_lib), os.environ.get("PYTHONPATH")) if p)  # pip's build env too
     proc = subprocess.run([sys.executable, "-c", code, str(policies)], capture_output=True, text=True,
                           cwd=build_lib, env={**os.environ, "PYTHONPATH": path})

@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from sandbox import seccomp as sbx_seccomp
+from sandbox.seccomp import compiler as sbx_seccomp
 from sandbox import syscalls
-from sandbox.policy import load_policy
+from sandbox.seccomp.policy import load_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from . import fallback, plan, prebuilt, scratch, teardown
+from . import fallback, plan, scratch, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
@@ -30,6 +30,7 @@ from .result import Result
 from .rlimits import rlimits
 from .run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
 from .runtime_env import runtime_env
+from .seccomp import prebuilt
 from .tap import Tap, program_pipe, relay, tapped_pipe
 from .teardown import TeardownWarning
 from .upper import apart, lock_upper
@@ -38,7 +39,7 @@ from .verdict import enforcement, verdict
 
 if TYPE_CHECKING:
     from .images.store import Image
-    from .policy import Policy
+    from .seccomp.policy import Policy
 
 DEFAULT_POLICY = "default"
 BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
@@ -263,7 +264,7 @@ class Sandbox:
     def _policy(self, name: str) -> Policy:
         """Read once per sandbox: a run must not pay for reading policy files."""
         if name not in self._policies:
-            from .policy import load_policy
+            from .seccomp.policy import load_policy
             self._policies[name] = load_policy(name)
         return self._policies[name]
 
@@ -278,7 +279,7 @@ class Sandbox:
 
     def _filter(self, policy: str, unmapped_memory: bool = True) -> tuple[int, bool]:
         """A memfd holding the policy's BPF, built with the wheel (prebuilt.py) or compiled once per sandbox, and
-        whether the spawner may count its refusals (seccomp.SPAWN_CALLS).
+        whether the spawner may count its refusals (compiler.SPAWN_CALLS).
 
         Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
         """
@@ -288,9 +289,9 @@ class Sandbox:
             if built is not None:
                 bpf, counted = built.bpf[unmapped_memory]
             else:
-                from . import seccomp
+                from .seccomp import compiler
                 loaded = self._policy(policy)
-                compiled = seccomp.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
+                compiled = compiler.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
                 bpf, counted = compiled.bpf, compiled.counts_refusals
             fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
             write_all(fd, bpf)

@@ -83,8 +83,8 @@ def _unrecognized(kind: str, word: str, known: list[str]) -> str:
 def _policy_cli() -> Any:
     """Loaded for `sbx policy` only: it brings the policy parser and libseccomp, which no other command needs
     (a box under a shipped policy takes its filter as built with the wheel: prebuilt.py)."""
-    from . import policy_cli
-    return policy_cli
+    from .seccomp import cli
+    return cli
 
 
 def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:

@@ -68,7 +68,7 @@
  * tell a refusal (answered with its errno, counted) from a kill.  Only when
  * the request says so (seccomp token 2): a policy that refuses a call this
  * process makes between loading the filter and execve would wait for an
- * answer that the spawner, waiting for that execve, never gives (seccomp.py,
+ * answer that the spawner, waiting for that execve, never gives (seccomp/compiler.py,
  * SPAWN_CALLS); such a policy is loaded as it is (token 1).
  */
 #define _GNU_SOURCE
@@ -273,7 +273,7 @@ static void exec_program(struct run *r, int err_pipe, int go)
         _exit(127); /* the spawner could not trace it and closed its end */
     if (syscall(SYS_close_range, r->nprogram, ~0U, 4 /* CLOSE_RANGE_CLOEXEC */) < 0)
         child_fail(err_pipe, "setup", errno); /* no descriptor of sbx's may reach the program */
-    if (bpf_fd >= 0) /* after it, only what seccomp.py's SPAWN_CALLS names */
+    if (bpf_fd >= 0) /* after it, only what seccomp/compiler.py's SPAWN_CALLS names */
         load_filter(err_pipe, bpf_fd, r->count_refusals, listener_sock);
     execvpe(r->argv[0], r->argv, r->envp);
     int err = errno;

@@ -15,11 +15,11 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from programs.harness import RET_ALLOW, RET_ERRNO, RET_NOTIFY, bpf_run, seccomp_data
-from sandbox import policy_cli
+from sandbox.seccomp import cli as policy_cli
 from sandbox.errors import ConfigError
-from sandbox.policy import (ALLOW, ENOSYS, KILL, U64, Action, Condition, Policy, PolicyError, Rule,
+from sandbox.seccomp.policy import (ALLOW, ENOSYS, KILL, U64, Action, Condition, Policy, PolicyError, Rule,
                             available_policies, load_policy)
-from sandbox.seccomp import _build, syscall_regions
+from sandbox.seccomp.compiler import _build, syscall_regions
 
 SHIPPED = ["compile", "default", "permissive", "strict"]
 X86_64 = 0xC000003E
@@ -394,7 +394,9 @@ def test_load_is_cached_until_a_file_of_the_chain_changes(tmp_path: Path) -> Non
 
 def test_the_shipped_policies_filters_are_built_with_the_wheel() -> None:
     """What setup.py compiled is what compiling the installed policy gives now, for both memory forms."""
-    from sandbox import fallback, prebuilt, seccomp
+    from sandbox import fallback
+    from sandbox.seccomp import compiler as seccomp
+    from sandbox.seccomp import prebuilt
     for name in available_policies():
         built = prebuilt.load(name)
         assert built is not None, name
@@ -407,7 +409,7 @@ def test_the_shipped_policies_filters_are_built_with_the_wheel() -> None:
 
 
 def test_a_built_filter_whose_policy_file_changed_is_not_used(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from sandbox import prebuilt
+    from sandbox.seccomp import prebuilt
     from sandbox.shipped import POLICY_DIR
     copy = tmp_path / "policies"
     shutil.copytree(POLICY_DIR, copy)
@@ -425,4 +427,4 @@ def test_a_run_under_a_shipped_policy_loads_no_policy_parser_or_libseccomp() -> 
                         "/bin/true"], capture_output=True)
     assert r.returncode == 0, r.stderr
     imported = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.decode().splitlines() if "|" in line}
-    assert {"pyseccomp", "tomllib", "sandbox.policy", "sandbox.seccomp"}.isdisjoint(imported)
+    assert {"pyseccomp", "tomllib", "sandbox.seccomp.policy", "sandbox.seccomp.compiler"}.isdisjoint(imported)

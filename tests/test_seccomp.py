@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 from programs.harness import build_programs, run_filtered
-from sandbox import seccomp as sbx_seccomp
-from sandbox import seccomp_notify
-from sandbox.policy import load_policy
-from sandbox.seccomp import CompiledPolicy, compile
+from sandbox.seccomp import compiler as sbx_seccomp
+from sandbox.seccomp import notify as seccomp_notify
+from sandbox.seccomp.compiler import CompiledPolicy, compile
+from sandbox.seccomp.policy import load_policy
 
 SHIPPED = ["compile", "default", "permissive", "strict"]
 

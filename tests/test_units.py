@@ -18,7 +18,7 @@ from fuse_overlay.openfiles import OpenFiles
 from sandbox import ConfigError, Limits, Status, parse_size
 from sandbox import fallback
 from sandbox.limits import parse_count, parse_seconds
-from sandbox.policy import load_policy
+from sandbox.seccomp.policy import load_policy
 from sandbox.run_protocol import HEAD_TOKENS, MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
 from sandbox.run_protocol import decode_report
 from sandbox.verdict import enforcement, verdict

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..policy import resolve
+from ..seccomp.policy import resolve
 
 MiB = 2**20
 _REQUIRED = {"title", "extensions", "source", "run", "run_policy", "processes", "version"}

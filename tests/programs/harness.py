@@ -24,7 +24,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sandbox import seccomp_notify, syscalls
+from sandbox import syscalls
+from sandbox.seccomp import notify as seccomp_notify
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,7 +7,7 @@ Each policy's file records the sha256 of every policy file it was read from
 file is not used and the policy is compiled from what is there, as a user's
 policy always is.  Nothing here is written at run time: a filter read from a
 place someone else can write would decide what a program may call on their
-word (seccomp.py).
+word (compiler.py).
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .shipped import POLICY_DIR
+from ..shipped import POLICY_DIR
 
 _SUFFIX = ".filters.json"
 
 
 @dataclass(frozen=True)
 class Filters:
-    """A policy's compiled forms: BPF, and whether the spawner may count its refusals (seccomp.py), both with
+    """A policy's compiled forms: BPF, and whether the spawner may count its refusals (compiler.py), both with
     memory no process maps allowed (True) and refused (False; fallback.py), and whether it lets a program make
     no process (fallback.one_process)."""
 
@@ -64,7 +64,8 @@ def _sha256(path: Path) -> str:
 
 def build(policy_dir: Path) -> list[str]:
     """Compile every shipped policy in `policy_dir` next to it (the wheel's build); the names built."""
-    from . import fallback, seccomp
+    from .. import fallback
+    from . import compiler
     from .policy import load_policy
 
     built = []
@@ -74,7 +75,7 @@ def build(policy_dir: Path) -> list[str]:
         policy = load_policy(str(source))
         forms = {}
         for unmapped, form in (("unmapped", policy), ("mapped", fallback.without_unmapped_memory(policy))):
-            compiled = seccomp.compile(form)
+            compiled = compiler.compile(form)
             forms[unmapped] = (base64.b64encode(compiled.bpf).decode(), compiled.counts_refusals)
         sources = {}
         for file in policy.files:

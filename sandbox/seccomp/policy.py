@@ -12,7 +12,7 @@ Every error names the file and the line: `FILE:LINE: reason`.  Syntax errors
 come from tomllib; for semantic errors the line of the offending key or value
 is found in the source text.
 
-This module knows nothing about BPF: `sandbox.seccomp` compiles a `Policy`.
+This module knows nothing about BPF: `compiler.py` compiles a `Policy`.
 `Policy.decide()` is the reference meaning of a policy, which the compiled
 filter must agree with (the tests check exactly that).
 """
@@ -28,8 +28,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
-from .errors import ConfigError
-from .shipped import POLICY_DIR, shipped
+from ..errors import ConfigError
+from ..shipped import POLICY_DIR, shipped
 
 U64 = (1 << 64) - 1
 ACTIONS = ("allow", "errno", "kill")

@@ -1,0 +1,10 @@
+"""Seccomp: policies as data, compiled to BPF, and the notifications a policy's kill sends.
+
+- `policy`: the TOML model, parsed, validated and resolved (inheritance);
+- `compiler`: a policy to BPF with libseccomp, first-match rules made disjoint;
+- `prebuilt`: the shipped policies' filters, built with the wheel;
+- `notify`: receiving and answering a user notification (the supervisor's side);
+- `cli`: `sbx policy list|show|check`.
+
+Nothing is imported here: a box under a shipped policy loads only `prebuilt` (and `notify`'s names).
+"""
