@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 from programs.harness import RET_ALLOW, RET_ERRNO, RET_NOTIFY, bpf_run, seccomp_data
-from sandbox.seccomp import cli as policy_cli
+from sandbox.cli import policy as policy_cli
 from sandbox.errors import ConfigError
 from sandbox.seccomp.policy import (ALLOW, ENOSYS, KILL, U64, Action, Condition, Policy, PolicyError, Rule,
                             available_policies, load_policy)

@@ -5,6 +5,7 @@ docker-archives and rootfs trees as hostile input, and written back as OCI layou
 - `archive`: what an import reads, told by its content;
 - `unpack`: one layer tar placed through directory fds, never through a link;
 - `tar`: a layer dir as a tar (export, commit);
-- `export`: an image as an OCI layout tar;
-- `cli`: `sbx image ...`.
+- `export`: an image as an OCI layout tar.
+
+`sbx image ...` is `sandbox/cli/image.py`.
 """

@@ -3,8 +3,9 @@
 - `policy`: the TOML model, parsed, validated and resolved (inheritance);
 - `compiler`: a policy to BPF with libseccomp, first-match rules made disjoint;
 - `prebuilt`: the shipped policies' filters, built with the wheel;
-- `notify`: receiving and answering a user notification (the supervisor's side);
-- `cli`: `sbx policy list|show|check`.
+- `notify`: receiving and answering a user notification (the supervisor's side).
+
+`sbx policy list|show|check` is `sandbox/cli/policy.py`.
 
 Nothing is imported here: a box under a shipped policy loads only `prebuilt` (and `notify`'s names).
 """

@@ -16,7 +16,7 @@ from .. import scratch
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .store import Store
+    from ..images.store import Store
 
 
 TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "containers-storage:")
@@ -26,12 +26,12 @@ TRANSPORTS = ("docker://", "oci:", "oci-archive:", "docker-archive:", "dir:", "c
 def _store() -> Store:
     """The image store, loaded by the commands that use it: its unpacker and zstandard would cost every other
     command (`sbx run` without --image) ~30 ms of start."""
-    from .store import Store
+    from ..images.store import Store
     return Store()
 
 
 def _export(args: argparse.Namespace) -> None:
-    from .export import export
+    from ..images.export import export
     export(_store(), args.ref, args.output)
 
 

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .limits import parse_seconds, parse_size
+from ..errors import ConfigError
+from ..limits import parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:
@@ -29,7 +29,7 @@ def add_command(sub: Any) -> None:
 def _cmd_submit(args: argparse.Namespace) -> int:
     import httpx
 
-    from .judge import find_tests, table
+    from ..judge import find_tests, table
 
     tests = find_tests(Path(args.tests))
     headers = {}

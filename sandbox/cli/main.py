@@ -22,15 +22,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from . import boxfiles, copies, hostpath, judge_cli, serve_cli, stopping, submit_cli
-from .api import Sandbox
-from .errors import BoxFileError, ConfigError, ExecError, SandboxError
-from .images import cli as image_cli
-from .limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
-from .mounts import WORK_DIR, Bind, parse_bind
-from .output import Relay
-from .plan import describe
-from .result import Result, Status
+from .. import boxfiles, copies, hostpath, stopping
+from ..api import Sandbox
+from ..errors import BoxFileError, ConfigError, ExecError, SandboxError
+from ..limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
+from ..mounts import WORK_DIR, Bind, parse_bind
+from ..output import Relay
+from ..plan import describe
+from ..result import Result, Status
+from . import image, judge, serve, submit
 
 T = TypeVar("T")
 
@@ -83,8 +83,8 @@ def _unrecognized(kind: str, word: str, known: list[str]) -> str:
 def _policy_cli() -> Any:
     """Loaded for `sbx policy` only: it brings the policy parser and libseccomp, which no other command needs
     (a box under a shipped policy takes its filter as built with the wheel: prebuilt.py)."""
-    from .seccomp import cli
-    return cli
+    from . import policy
+    return policy
 
 
 def _no_command(choices: Mapping[str, object]) -> Callable[[argparse.Namespace], NoReturn]:
@@ -209,9 +209,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="the program: a path in the box, or a name looked up in /usr/local/bin, /usr/bin, /bin")
     run.set_defaults(func=_cmd_run)
 
-    judge_cli.add_command(sub)
-    serve_cli.add_command(sub)
-    submit_cli.add_command(sub)
+    judge.add_command(sub)
+    serve.add_command(sub)
+    submit.add_command(sub)
 
     policy = sub.add_parser("policy", help="the seccomp policies")
     psub = policy.add_subparsers(dest="policy_command", parser_class=_Parser)
@@ -225,7 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("file", metavar="FILE")
     pcheck.set_defaults(func=lambda a: _print(_policy_cli().check_policy(a.file)))
 
-    image_cli.add_commands(sub, _Parser, _no_command)
+    image.add_commands(sub, _Parser, _no_command)
 
     check = sub.add_parser("check", help="what this machine supports and what sbx will use")
     check.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -448,7 +448,7 @@ def _print(text: str) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from . import doctor
+    from .. import doctor
     report = doctor.report()
     print(json.dumps(report, indent=2) if args.json else doctor.table(report))
     return 0

@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .limits import parse_count, parse_seconds, parse_size
+from ..errors import ConfigError
+from ..limits import parse_count, parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:
@@ -42,8 +42,8 @@ def add_command(sub: Any) -> None:
 
 
 def _cmd_judge(args: argparse.Namespace) -> int:
-    from . import judge as judging  # loaded only by this command
-    from . import stopping
+    from .. import judge as judging  # loaded only by this command
+    from .. import stopping
 
     languages = judging.load_languages(args.languages)
     if args.list_languages:

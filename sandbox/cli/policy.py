@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
-from .compiler import compile
-from .policy import POLICY_DIR, Action, Policy, available_policies, load_policy
+from ..seccomp.compiler import compile
+from ..seccomp.policy import POLICY_DIR, Action, Policy, available_policies, load_policy
 
 # The calls every shipped policy must stop: (label, syscall, args).  `check` warns about any a policy lets through.
 DANGEROUS: tuple[tuple[str, str, tuple[int, ...]], ...] = (

@@ -9,8 +9,8 @@ import signal
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
-from .limits import parse_count, parse_seconds, parse_size
+from ..errors import ConfigError
+from ..limits import parse_count, parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:
@@ -65,7 +65,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from hypercorn.asyncio import serve
     from hypercorn.config import Config
 
-    from .service import ServiceConfig, create_app
+    from ..service import ServiceConfig, create_app
 
     host, port = _listen(args.listen)
     token = None
@@ -108,7 +108,7 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     import redis
     import trio
 
-    from .service.redis_queue import Worker
+    from ..service.redis_queue import Worker
 
     try:
         worker = Worker(args.redis, parse_seconds(args.lease, "--lease"), args.name)
