@@ -615,12 +615,19 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
             ends[pipe.writer], ends[pipe.reader] = write, read
         with single_error():
             async with anyio.create_task_group() as tasks:
-                for i, p in enumerate(programs):
-                    mine = {fd: end for (index, fd), end in ends.items() if index == i}
-                    pending.append(await p.box._start(
-                        tasks, p.argv, limits=p.limits, env=p.env, cwd=None, stdin=mine.pop(0, p.stdin),
-                        stdout=mine.pop(1, None), stderr=mine.pop(2, None), policy=p.policy,
-                        more_fds={**p.fds, **mine}, tty=p.tty))
+                try:
+                    for i, p in enumerate(programs):
+                        mine = {fd: end for (index, fd), end in ends.items() if index == i}
+                        pending.append(await p.box._start(
+                            tasks, p.argv, limits=p.limits, env=p.env, cwd=None, stdin=mine.pop(0, p.stdin),
+                            stdout=mine.pop(1, None), stderr=mine.pop(2, None), policy=p.policy,
+                            more_fds={**p.fds, **mine}, tty=p.tty))
+                except BaseException:  # the programs started already end now, not at their wall limit
+                    with anyio.CancelScope(shield=True):
+                        for started in pending:
+                            await started.box.kill_run("another program of its group could not start")
+                            await started.reply()
+                    raise
                 _close_all(ours)
                 ours = []
                 for source, sink, tap in relays:

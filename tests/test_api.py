@@ -96,6 +96,15 @@ async def test_programs_joined_by_pipes_from_any_fd_to_any_fd() -> None:
                                                                                Pipe((0, 1), (1, 3))])
 
 
+async def test_a_group_whose_last_program_cannot_start_leaves_no_run_behind() -> None:
+    marker = "1000.2468"
+    async with SandboxPool(size=2) as pool, pool.acquire_many(2) as (a, b):
+        with pytest.raises(ConfigError, match="further fds"):
+            await run_connected([Program(a, ["sleep", marker]), Program(b, ["true"], fds={99: b""})], [])
+        assert host_processes_matching(marker) == []  # not left to run until its wall limit
+        assert (await a.run(["echo", "usable"])).stdout == b"usable\n"
+
+
 async def test_a_terminal_is_stdout_and_stderr(box: Sandbox) -> None:
     r = (await run_connected([Program(box, ["sh", "-c", "test -t 1 && test -t 2 && echo a terminal; echo err >&2; "
                                                         "test -t 0 || echo not stdin"], tty=True)], []))[0]
