@@ -131,14 +131,12 @@ def build_root(steps: tuple[plan.Step, ...], hand_over_fuse: Callable[[int], Non
 
 
 class _Builder:
-    """The executor of a plan's steps: each kind of step is one method, in the order the plan gives."""
+    """The executor of a plan's steps, in the order the plan gives: each kind of step is one branch of `do`."""
 
     def __init__(self, hand_over_fuse: Callable[[int], None]) -> None:
         self.hand_over_fuse = hand_over_fuse
         self.root: _Tree | None = None
-        self.union = False
         self.last_pid = -1
-        self.scratch = {"size": "0", "inodes": "0"}
 
     def close(self) -> None:
         if self.root is not None:
@@ -163,7 +161,6 @@ class _Builder:
     def _new_root(self, union: bool) -> None:
         # A union root is untrusted (its layers, an upper an earlier run wrote) and ours to rewrite (writes go to
         # the box's upper); the host's system dirs go into a fresh tmpfs that holds only what is made here.
-        self.union = union
         self.root = _Tree(os.open("/new", _PATH_FLAGS | os.O_DIRECTORY), replaceable=union)
 
     def do(self, step: plan.Step) -> None:

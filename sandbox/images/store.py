@@ -69,10 +69,14 @@ class Image:
     @property
     def chain_ids(self) -> tuple[str, ...]:
         """The store's names of the image's unpacked layers, bottom first."""
-        chain: list[str] = []
-        for diff_id in self.diff_ids:
-            chain.append(chain_id(chain[-1] if chain else None, diff_id))
-        return tuple(chain)
+        return chain_ids(self.diff_ids)
+
+
+def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    chain: list[str] = []
+    for diff_id in diff_ids:
+        chain.append(chain_id(chain[-1] if chain else None, diff_id))
+    return tuple(chain)
 
 
 def chain_id(parent: str | None, diff_id: str) -> str:
@@ -372,7 +376,7 @@ class Store:
         return fd
 
     def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
-        sizes = [self._layer_size(c) for c in Image(ref, "", config, tuple(diff_ids)).chain_ids]
+        sizes = [self._layer_size(c) for c in chain_ids(diff_ids)]
         with self._locked(fcntl.LOCK_EX):
             config_blob = json.dumps(config, sort_keys=True).encode()
             config_digest = self._put_blob(config_blob)

@@ -155,14 +155,9 @@ class _Dirs:
             os.close(fd)
         del self.chain[keep:]
         for depth in range(keep, len(want)):
-            parent = self.chain[-1][1] if self.chain else self.root
-            try:
-                st = os.stat(want[depth], dir_fd=parent, follow_symlinks=False)
-            except FileNotFoundError:
-                st = None
-            fd = _enter(parent, want[depth], 0o755, where, name)
+            fd, made = _enter(self.chain[-1][1] if self.chain else self.root, want[depth], 0o755, where, name)
             self.chain.append((want[depth], fd))
-            if st is None:  # made here: as the layers below have it
+            if made:  # as the layers below have it
                 self.owners.note(_inherit(fd, self.below, want[:depth + 1]))
         return self.chain[-1][1] if self.chain else self.root
 
@@ -228,14 +223,15 @@ def _components(name: str, where: str) -> list[str]:
     return parts
 
 
-def _enter(parent: int, part: str, mode: int, where: str, name: str) -> int:
-    """An fd of the directory `part` in `parent`, made if missing; never through a link."""
+def _enter(parent: int, part: str, mode: int, where: str, name: str) -> tuple[int, bool]:
+    """An fd of the directory `part` in `parent`, made if missing (and whether it was); never through a link."""
     try:
         os.mkdir(part, mode, dir_fd=parent)
+        made = True
     except FileExistsError:
-        pass
+        made = False
     try:
-        return os.open(part, _DIR, dir_fd=parent)
+        return os.open(part, _DIR, dir_fd=parent), made
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise ArchiveError(f"{where}: entry {name!r} needs {part!r} to be a directory, and it is not "
@@ -248,7 +244,7 @@ def _parent(root: int, parts: list[str], where: str, name: str) -> int:
     fd = os.dup(root)
     try:
         for part in parts[:-1]:
-            nxt = _enter(fd, part, 0o755, where, name)
+            nxt, _ = _enter(fd, part, 0o755, where, name)
             os.close(fd)
             fd = nxt
     except BaseException:
@@ -283,7 +279,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
             pass
         return
     if m.isdir():
-        fd = _enter(parent, base, 0o700, where, m.name)
+        fd, _ = _enter(parent, base, 0o700, where, m.name)
         try:  # the owner (the caller: box root in the box) keeps rwx, so that later entries and removal work
             os.fchmod(fd, _mode(m) | 0o700)
             dirs.owners.note(_own(fd, m, stat.S_IFDIR))
