@@ -1,7 +1,9 @@
 """Build sbx's C parts and package data into the wheel, so nothing compiles at run time.
 
-- `sandbox/spawner.c` becomes `sandbox/_bin/sbx-spawner`, a static executable
-  (box init execs it inside the box, where the host's libraries may not be).
+- `sandbox/starter.c` becomes `sandbox/_bin/sbx-starter`, a static executable
+  spawned for each box (it builds the box and is its init), and
+  `sandbox/spawner.c` becomes `sandbox/_bin/sbx-spawner`, another (box init
+  execs it inside the box, where the host's libraries may not be).
 - `fuse_overlay/shim.c` becomes `fuse_overlay/_bin/sbx-fuse-shim.so`, loaded
   by the FUSE daemon before pyfuse3.
 - `policies/*.toml` (top level, where a reader looks for them) become
@@ -53,10 +55,12 @@ class BuildWithC(build_py):
     def run(self) -> None:
         super().run()
         out = Path(self.build_lib)
+        starter = out / "sandbox" / "_bin" / "sbx-starter"
         spawner = out / "sandbox" / "_bin" / "sbx-spawner"
         shim = out / "fuse_overlay" / "_bin" / "sbx-fuse-shim.so"
         for target in (spawner, shim):
             target.parent.mkdir(parents=True, exist_ok=True)
+        _compile(["-O2", "-static", "-s", "-o", str(starter), str(HERE / "sandbox" / "starter.c")], "starter")
         _compile(["-O2", "-static", "-s", "-o", str(spawner), str(HERE / "sandbox" / "spawner.c")], "spawner")
         _compile(["-O2", "-shared", "-fPIC", *_fuse_cflags(), "-o", str(shim), str(HERE / "fuse_overlay" / "shim.c"),
                   "-ldl"], "libfuse shim")

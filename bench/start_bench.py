@@ -1,12 +1,18 @@
-"""Start-up cost of one sandboxed /bin/true, against bubblewrap and a bare fork+exec, in the same run.
+"""Start-up cost of one sandboxed /bin/true, against bubblewrap, interleaved round by round.
 
-Also: the per-run cost inside an already-built box (the judge's path) on
-asyncio and on trio, and how late a CPU-time kill lands after the limit.  Prints a markdown table;
-run as an unprivileged user:  python bench/start_bench.py [N]
+Each round runs, in turn: bwrap, `sbx run --policy strict -- /bin/true`
+(a new Python process, as a user types it), `Sandbox()` + run + close in
+this process, and, with `--old PYTHON`, the same `sbx run` through another
+install (a venv's python) to compare two builds in the same run.  This VM
+drifts by tens of percent, so only ratios within a round's medians count.
+Also: the per-run cost inside a built box, and how late a CPU-time kill lands.
+
+Run as an unprivileged user:  python bench/start_bench.py [N] [--old /path/to/venv/bin/python]
 """
 
 from __future__ import annotations
 
+import argparse
 import shutil
 import statistics
 import subprocess
@@ -22,29 +28,35 @@ BWRAP = [
     "--symlink", "usr/bin", "/bin", "--symlink", "usr/lib", "/lib", "--symlink", "usr/lib64", "/lib64",
     "--symlink", "usr/sbin", "/sbin", "--tmpfs", "/tmp", "/bin/true",
 ]
-SBX = [sys.executable, "-m", "sandbox", "run", "--", "/bin/true"]
 
 
-def timed(cmd: list[str], n: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        subprocess.run(cmd, check=True)
-        samples.append(time.perf_counter() - t)
-    return samples
+def sbx_run(python: str) -> list[str]:
+    return [python, "-m", "sandbox", "run", "--policy", "strict", "--", "/bin/true"]
 
 
-async def in_box(n: int) -> tuple[list[float], float]:
-    async with Sandbox() as box:
+def timed(cmd: list[str]) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    return time.perf_counter() - t
+
+
+async def sandbox_once() -> float:
+    t = time.perf_counter()
+    async with Sandbox(policy="strict") as box:
+        r = await box.run(["/bin/true"])
+    assert r.status == "OK"
+    return time.perf_counter() - t
+
+
+async def in_box(n: int) -> list[float]:
+    async with Sandbox(policy="strict") as box:
         samples = []
         for _ in range(n):
             t = time.perf_counter()
             r = await box.run(["/bin/true"])
             samples.append(time.perf_counter() - t)
             assert r.status == "OK"
-        t = time.perf_counter()
-        await box.run(["/bin/true"])
-        return samples, time.perf_counter() - t
+        return samples
 
 
 async def kill_latency(n: int, limit: float) -> list[float]:
@@ -57,33 +69,32 @@ async def kill_latency(n: int, limit: float) -> list[float]:
     return late
 
 
-async def box_build(n: int) -> list[float]:
-    samples = []
-    for _ in range(n):
-        t = time.perf_counter()
-        async with Sandbox():
-            pass
-        samples.append(time.perf_counter() - t)
-    return samples
-
-
 def main() -> None:
-    n = int(sys.argv[1]) if len(sys.argv) > 1 else 30
-    rows: dict[str, list[float]] = {"fork+exec /bin/true (subprocess.run)": timed(["/bin/true"], n)}
-    if shutil.which("bwrap"):
-        rows["bwrap --unshare-all ... /bin/true"] = timed(BWRAP, n)
-    rows["sbx run -- /bin/true (CLI, new Python)"] = timed(SBX, n)
-    for backend in ("asyncio", "trio"):
-        rows[f"Sandbox() build + close (API, {backend})"] = anyio.run(box_build, n, backend=backend)
-        rows[f"box.run(['/bin/true']) in a built box (API, {backend})"] = anyio.run(in_box, n, backend=backend)[0]
-    base = statistics.median(rows["fork+exec /bin/true (subprocess.run)"])
-    bw = statistics.median(rows.get("bwrap --unshare-all ... /bin/true", [float("nan")]))
-    print(f"| what (n={n}) | median ms | vs fork+exec | vs bwrap |")
-    print("|---|---:|---:|---:|")
+    parser = argparse.ArgumentParser()
+    parser.add_argument("n", type=int, nargs="?", default=30)
+    parser.add_argument("--old", help="another install's python, to time its `sbx run` in the same rounds")
+    args = parser.parse_args()
+    if not shutil.which("bwrap"):
+        raise SystemExit("bwrap not found (apt-get install bubblewrap)")
+    rows: dict[str, list[float]] = {"bwrap --unshare-all ... /bin/true": [],
+                                    "sbx run --policy strict -- /bin/true": [],
+                                    "Sandbox(policy='strict') + run + close (API)": []}
+    if args.old:
+        rows["the same sbx run, --old install"] = []
+    for _ in range(args.n):
+        rows["bwrap --unshare-all ... /bin/true"].append(timed(BWRAP))
+        rows["sbx run --policy strict -- /bin/true"].append(timed(sbx_run(sys.executable)))
+        rows["Sandbox(policy='strict') + run + close (API)"].append(anyio.run(sandbox_once))
+        if args.old:
+            rows["the same sbx run, --old install"].append(timed(sbx_run(args.old)))
+    rows["box.run(['/bin/true']) in a built box (API)"] = anyio.run(in_box, args.n)
+    bw = statistics.median(rows["bwrap --unshare-all ... /bin/true"])
+    print(f"| what ({args.n} interleaved rounds) | median ms | vs bwrap |")
+    print("|---|---:|---:|")
     for name, samples in rows.items():
         m = statistics.median(samples)
-        print(f"| {name} | {m * 1000:.2f} | {m / base:.1f}x | {m / bw:.2f}x |")
-    late = anyio.run(kill_latency, max(n // 3, 5), 0.2)
+        print(f"| {name} | {m * 1000:.2f} | {m / bw:.2f}x |")
+    late = anyio.run(kill_latency, max(args.n // 3, 5), 0.2)
     print(f"\nCPU-time kill latency (limit 0.2 s, n={len(late)}): median {statistics.median(late) * 1000:.2f} ms, "
           f"max {max(late) * 1000:.2f} ms after the limit")
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from . import fallback, plan, scratch, teardown
+from . import boxfiles, fallback, plan, scratch, teardown
 from .box import Box
 from .cgroups import delegation
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
@@ -162,7 +162,6 @@ class Sandbox:
         self._captured: tuple[int, int] | None = None
         if policy is not None:
             self._check_policy(policy)
-        Box.prepare()
 
     async def __aenter__(self) -> Sandbox:
         upper, workdir = self._upper, None
@@ -346,7 +345,7 @@ class Sandbox:
         Box init copies it straight from the fd, so a large file never passes
         through this process.
         """
-        reply, _ = await self._open_box().file_op({"op": "write", "path": path, "mode": mode}, [os.dup(source)])
+        reply, _ = await self._open_box().file_op(["write", *self._beneath(path), f"{mode:o}"], [os.dup(source)])
         if "error" in reply:
             raise BoxFileError(reply["error"])
 
@@ -355,7 +354,11 @@ class Sandbox:
         is not checked: only the program follows it."""
         if "\0" in target or not target:
             raise BoxFileError(f"symlink {path}: the target must be a non-empty path without NUL bytes")
-        reply, _ = await self._open_box().file_op({"op": "symlink", "path": path, "target": target}, [])
+        try:
+            where = self._beneath(path)
+        except BoxFileError as e:
+            raise BoxFileError(f"symlink {e}") from None
+        reply, _ = await self._open_box().file_op(["symlink", *where, target], [])
         if "error" in reply:
             raise BoxFileError(f"symlink {reply['error']}")
 
@@ -367,7 +370,7 @@ class Sandbox:
         controls.  A directory's entries can be listed through it (os.scandir),
         not opened: open each with `open_file` again.
         """
-        reply, fds = await self._open_box().file_op({"op": "read", "path": path}, [])
+        reply, fds = await self._open_box().file_op(["read", *self._beneath(path)], [])
         if "error" in reply:
             raise BoxFileError(reply["error"])
         return fds[0]
@@ -395,9 +398,18 @@ class Sandbox:
         """
         if self._lowers:
             raise SetupError("a box with --lower layers cannot be reset (its upper keeps what the run wrote)")
-        reply, _ = await self._open_box().file_op({"op": "reset"}, [])
+        reply, _ = await self._open_box().file_op(["reset"], [])
         if "error" in reply:
             raise SetupError(f"reset failed: {reply['error']}")
+
+    def _beneath(self, path: str) -> list[str]:
+        """`path` for box init: as given (to name it in errors), its writable dir, and the path beneath that."""
+        try:
+            if "\0" in path:
+                raise ValueError(f"{path!r}: a path cannot contain NUL bytes")
+            return [path, *boxfiles.locate(path, self.home)]
+        except ValueError as e:
+            raise BoxFileError(str(e)) from None
 
     def _open_box(self) -> Box:
         if self._box is None:

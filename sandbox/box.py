@@ -5,17 +5,20 @@ Process tree::
     supervisor ── outer (new user namespace; waits) ── box init (pid 1 of the new
                                                         pid/mount/net/ipc/uts/cgroup namespaces)
 
-The outer process exists because a user namespace's id map must be written
-from outside it (newuidmap needs the target pid), and because a new pid
-namespace only applies to children.  It is a fresh interpreter, not a fork of
-the supervisor (boxstart.py), and box init is its fork.  Each link dies with its parent
-(PR_SET_PDEATHSIG), and when box init dies the kernel kills every process of
-its pid namespace: nothing of a box can outlive the supervisor.
+Both are the starter (starter.c), a small static program spawned fresh for
+each box, so that nothing of the caller's memory, command line or
+environment reaches them; box init is the outer's fork.  The outer process
+exists because a user namespace's id map must be written from outside it
+(newuidmap needs the target pid), and because a new pid namespace only
+applies to children.  Each link dies with its parent (PR_SET_PDEATHSIG), and
+when box init dies the kernel kills every process of its pid namespace:
+nothing of a box can outlive the supervisor.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import math
 import os
 import signal
@@ -29,15 +32,14 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
-from . import boxstart, plan, protocol
+from . import plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .errors import SetupError
 from .limits import Limits
 from .mounts import Layout
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
-from .shipped import SPAWNER, shipped
+from .shipped import SPAWNER, STARTER, shipped
 from .userns import IdMap
-from .zygote import Zygote
 
 _CLOSE_TIMEOUT = 5.0
 _SPAWNER_GRACE = 1.0
@@ -46,11 +48,6 @@ _SPAWNER_GRACE = 1.0
 
 class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
-
-    @staticmethod
-    def prepare() -> None:
-        """Start what making a box needs (the zygote) ahead of time."""
-        Zygote.start()
 
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
         """`daemon_holds`: fds the FUSE daemon keeps for its whole life (locks that must outlast a killed caller)."""
@@ -72,6 +69,7 @@ class Box:
         self._busy = False
 
     async def start(self) -> None:
+        starter = str(shipped(STARTER, "the starter"))
         spawner = str(shipped(SPAWNER, "the spawner"))
         cgroup_fd = -1
         if self._delegation.base is not None:
@@ -85,9 +83,9 @@ class Box:
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         unshared_r, unshared_w = os.pipe()
         mapped_r, mapped_w = os.pipe()
-        theirs = [child.detach(), unshared_w, mapped_r, *([cgroup_fd] if cgroup_fd >= 0 else [])]
+        theirs = [child.detach(), unshared_w, mapped_r]
         try:
-            self._pid = Zygote.fork_outer(theirs)
+            self._pid = spawn_starter(starter, spawner, self.ids, theirs, cgroup_fd)
             self._pidfd = os.pidfd_open(self._pid)
         except OSError as e:
             parent.close()
@@ -96,12 +94,11 @@ class Box:
             await self.aclose()
             raise SetupError(f"cannot start the box: {e.strerror or e}") from None
         finally:
-            for fd in theirs:
+            for fd in (*theirs, *([cgroup_fd] if cgroup_fd >= 0 else [])):
                 os.close(fd)
         self._sock = protocol.AsyncSocket(parent)
         try:
-            steps = plan.make(self.layout, self.ids)
-            await protocol.asend(self._sock, boxstart.parameters(self.layout, steps, self.ids, spawner))
+            await protocol.asend_tokens(self._sock, plan.tokens(plan.make(self.layout, self.ids)), [])
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)
@@ -252,8 +249,8 @@ class Box:
             raise SetupError("the box is busy: one run or file operation at a time")
         self._busy = True
 
-    async def file_op(self, msg: dict[str, Any], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
-        """A request for box init's file copying (see boxfiles.py); returns its reply and any fd it sent.
+    async def file_op(self, tokens: list[str], fds: list[int]) -> tuple[dict[str, Any], list[int]]:
+        """A request for box init's file copying or reset (starter.c); returns its reply and any fd it sent.
 
         `fds` are closed once sent.
         """
@@ -261,7 +258,7 @@ class Box:
         try:
             self._claim()
             claimed = True
-            await protocol.asend(self._sock, msg, fds)  # type: ignore[arg-type]
+            await protocol.asend_tokens(self._sock, tokens, fds)  # type: ignore[arg-type]
             return await protocol.arecv(self._sock)  # type: ignore[arg-type]
         except EOFError:
             self.broken = True
@@ -349,7 +346,7 @@ class Box:
             return  # the box was closed meanwhile
         try:
             with anyio.fail_after(_CLOSE_TIMEOUT):
-                await protocol.asend(self._sock, {"op": "respawn"})  # type: ignore[arg-type]
+                await protocol.asend_tokens(self._sock, ["respawn"], [])  # type: ignore[arg-type]
                 reply, fds = await protocol.arecv(self._sock)  # type: ignore[arg-type]
             self._spawner = _socket(fds[0])
         except (EOFError, OSError, IndexError, TimeoutError, anyio.ClosedResourceError):
@@ -379,9 +376,13 @@ class Box:
             if scope.cancelled_caught:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
                 with anyio.CancelScope(shield=True):
-                    await anyio.wait_readable(self._pidfd)  # dead; the zygote reaps it
+                    await anyio.wait_readable(self._pidfd)
             os.close(self._pidfd)
             self._pidfd = -1
+            try:
+                os.waitpid(self._pid, 0)  # it is dead (its pidfd said so): this only collects it
+            except ChildProcessError:
+                pass
         if self.cgroup is not None:
             cgroup, self.cgroup = self.cgroup, None
             with anyio.CancelScope(shield=True):
@@ -407,3 +408,33 @@ class Box:
 
 def _socket(fd: int) -> protocol.AsyncSocket:
     return protocol.AsyncSocket(socket.socket(fileno=fd))
+
+
+_LOW_FDS = 100
+"""The fds handed to the starter are moved this high first, clear of the fds 3-7 they are duplicated onto."""
+
+
+def spawn_starter(starter: str, spawner: str, ids: IdMap, fds: list[int], cgroup_fd: int) -> int:
+    """Spawn the starter (starter.c) for one box: `fds` are its control socket, the "unshared" pipe's write end
+    and the "mapped" pipe's read end (fds 3, 5 and 6 there), the spawner's binary fd 4, `cgroup_fd` (if >= 0) 7.
+
+    posix_spawn rather than a fork: nothing of this process's memory goes
+    with it.  stdin, stdout and stderr are /dev/null: the caller's terminal
+    or pipes are no box's.  The starter closes whatever else the caller left
+    inheritable before it does anything.
+    """
+    sources = [*fds, *([cgroup_fd] if cgroup_fd >= 0 else [])]
+    high: list[int] = []
+    try:
+        for fd in sources:
+            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FDS))
+        targets = (3, 5, 6, 7)
+        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high, targets)]
+        actions += [(os.POSIX_SPAWN_OPEN, 4, spawner, os.O_PATH, 0),
+                    *((os.POSIX_SPAWN_OPEN, i, os.devnull, os.O_RDWR, 0) for i in (0, 1, 2))]
+        return os.posix_spawn(starter, [starter, str(os.getpid()), ids.mode, str(ids.outer_uid), str(ids.outer_gid),
+                                        str(ids.program_uid), str(ids.program_gid), str(int(cgroup_fd >= 0))], {},
+                              file_actions=actions, setsigmask=())
+    finally:
+        for fd in high:
+            os.close(fd)

@@ -1,9 +1,8 @@
-"""A box's root filesystem as a plan: typed steps the supervisor works out and box init carries out, in order.
+"""A box's root filesystem as a plan: typed steps the supervisor works out and the starter carries out, in order.
 
 As bubblewrap's SetupOp list: what the box will be is data before anything
 is mounted, so it can be printed (`sbx run --dry-run`), tested without a
-box, and sent to whatever builds the box (box init today: mounts.py's
-`build_root`).  The host facts it depends on (which system dirs and which
+box, and sent to the C starter that builds the box (starter.c).  The host facts it depends on (which system dirs and which
 /etc entries the host has) are read here, in the supervisor; the executor
 finds each one again under the old root and never follows a link to it.
 """
@@ -14,7 +13,7 @@ import dataclasses
 import fnmatch
 import os
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
     from .mounts import Layout
@@ -215,11 +214,6 @@ class Loopback(Step):
         return "network: loopback up, nothing else"
 
 
-_KINDS: dict[str, type[Step]] = {cls.name: cls for cls in (
-    Scratch, TmpfsRoot, KernelUnion, FuseUnion, Mirror, File, Writable, Devices, Proc, HostBind, Tmpfs, ReadOnlyRoot,
-    Pivot, Hostname, Loopback)}
-
-
 def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     """The steps that build `layout`'s box for the id map `ids`; `host`: where the host's tree is read."""
     union = bool(layout.lowers)
@@ -249,17 +243,19 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     return tuple(steps)
 
 
-def encode(steps: tuple[Step, ...]) -> list[dict[str, Any]]:
-    """JSON for box init: nothing in it can run code when read."""
-    return [{"step": s.name, **dataclasses.asdict(s)} for s in steps]
-
-
-def decode(data: list[dict[str, Any]]) -> tuple[Step, ...]:
-    steps = []
-    for item in data:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in item.items() if k != "step"}
-        steps.append(_KINDS[item["step"]](**fields))
-    return tuple(steps)
+def tokens(steps: tuple[Step, ...]) -> list[str]:
+    """The plan as the starter reads it (starter.c): per step its name, then its fields in order; a tuple is its
+    length then its items, None is "", a bool "1" or "0".  Nothing in it can run code when read."""
+    out: list[str] = []
+    for step in steps:
+        out.append(step.name)
+        for field in dataclasses.fields(step):
+            value = getattr(step, field.name)
+            if isinstance(value, tuple):
+                out += [str(len(value)), *map(str, value)]
+            else:
+                out.append("" if value is None else str(int(value)) if isinstance(value, bool) else str(value))
+    return out
 
 
 def describe(steps: tuple[Step, ...]) -> list[str]:

@@ -1,4 +1,4 @@
-"""What the wheel ships inside the package: the spawner, built by setup.py, and the shipped policies.
+"""What the wheel ships inside the package: the starter and the spawner, built by setup.py, and the shipped policies.
 
 They are found next to the installed code, never in a cache or on PATH, so
 nothing at run time compiles, and nothing writable by someone else decides
@@ -20,6 +20,7 @@ def _package_path(name: str) -> Path:
 
 
 SPAWNER = _package_path("_bin/sbx-spawner")
+STARTER = _package_path("_bin/sbx-starter")
 POLICY_DIR = _package_path("policies")
 
 
@@ -34,7 +35,7 @@ def shipped(path: Path, what: str) -> Path:
 def problems() -> list[str]:
     """What is missing from this installation (for `sbx check`)."""
     out = []
-    for path, what in ((SPAWNER, "the spawner"), (POLICY_DIR, "the shipped policies")):
+    for path, what in ((STARTER, "the starter"), (SPAWNER, "the spawner"), (POLICY_DIR, "the shipped policies")):
         try:
             shipped(path, what)
         except SetupError as e:

@@ -76,13 +76,6 @@ def remove_tree(path: str, expected: tuple[int, int] | None = None) -> list[str]
     return notes.lines
 
 
-def empty_tree(fd: int, where: str) -> list[str]:
-    """Empty the directory open as `fd` (which stays open) the same way; what could not be removed, one line each."""
-    notes = _Notes(where)
-    _empty(os.dup(fd), where, notes)
-    return notes.lines
-
-
 def _empty(top: int, top_path: str, notes: _Notes) -> bool:
     """Empty the directory open as `top` (and close it): depth first, with a loop and one open directory at a time.
 

@@ -173,28 +173,3 @@ def _group_name(gid: int) -> str | None:
         return grp.getgrgid(gid).gr_name
     except KeyError:
         return None
-
-
-_UNSET_LOGINUID = b"4294967295"
-
-
-def fix_loginuid(ids: IdMap) -> None:
-    """Set the box's audit loginuid to the program's uid, unless it is already set; run by box init in the box.
-
-    The kernel lets a process whose loginuid is unset (a systemd service, a
-    CI runner, `runuser`) set it once, without privilege: a program could
-    claim any identity the box maps (box root is the caller) for the audit
-    records of all it does.  Set, it can be changed only with
-    CAP_AUDIT_CONTROL in the host's user namespace, which nothing in a box
-    has; the spawner and every program inherit it.  A kernel without audit
-    has no such file, and no such identity to claim.
-    """
-    try:
-        fd = os.open("/proc/self/loginuid", os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return
-    try:
-        if os.read(fd, 16).strip() == _UNSET_LOGINUID:
-            os.pwrite(fd, str(ids.program_uid).encode(), 0)
-    finally:
-        os.close(fd)

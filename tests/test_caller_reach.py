@@ -71,7 +71,7 @@ _INHERITED = textwrap.dedent("""
 
     async def main() -> None:
         async with Sandbox() as box:
-            # every process of the box is up: the zygote, the outer, box init, the spawner, the program
+            # every process of the box is up: the outer, box init, the spawner, the program
             async with anyio.create_task_group() as tg:
                 tg.start_soon(box.run, ["sleep", "2"])
                 await anyio.sleep(1)
@@ -88,17 +88,13 @@ _INHERITED = textwrap.dedent("""
                     sock = "eof" if ours.recv(1) == b"" else "data"
                 except BlockingIOError:
                     sock = "held"
-                zygote = [p for p in os.listdir("/proc") if p.isdigit() and
-                          open(f"/proc/{p}/cmdline", "rb").read().startswith(sys.executable.encode() + b"\\0-I\\0-m")
-                          and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())]
-                # the box's outer process: the zygote's child (box init below it is not ours to look at)
-                outer = [p for p in os.listdir("/proc") if p.isdigit() and zygote and
-                         open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == zygote[0]]
-                held = sorted({os.readlink(f"/proc/{p}/fd/{n}") for p in zygote for n in os.listdir(f"/proc/{p}/fd")})
-                outer_held = {os.readlink(f"/proc/{p}/fd/{n}") for p in outer for n in os.listdir(f"/proc/{p}/fd")}
+                # the box's outer process: the starter, the supervisor's child (box init below it is not ours to see)
+                outer = [p for p in os.listdir("/proc") if p.isdigit() and
+                         open(f"/proc/{p}/cmdline", "rb").read().split(b"\\0")[0].endswith(b"/sbx-starter")
+                         and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())]
+                held = sorted({os.readlink(f"/proc/{p}/fd/{n}") for p in outer for n in os.listdir(f"/proc/{p}/fd")})
                 stderr = os.readlink("/proc/self/fd/2")
-                print(pipe, sock, len(zygote), len(outer), len(set(left) & (set(held) | outer_held)),
-                      stderr in outer_held, *held)
+                print(pipe, sock, len(outer), len(set(left) & set(held)), stderr in held, *held)
 
     anyio.run(main)
 """)
@@ -107,16 +103,16 @@ _INHERITED = textwrap.dedent("""
 @pytest.mark.parametrize("idmap", ["range", "single"])
 def test_the_callers_descriptors_reach_no_process_of_the_box(tmp_path: Path, idmap: str) -> None:
     """A pipe's write end and a socket, left open by the caller, are held by no process of the box: the caller's
-    letting go of its own copies ends them (EOF).  Seen from the host, the zygote holds none of the four, and the
-    box's outer process not even the caller's stderr."""
+    letting go of its own copies ends them (EOF).  Seen from the host, the box's outer process holds none of the
+    four, and not even the caller's stderr: its stdin, stdout and stderr are /dev/null."""
     script = tmp_path / "inherit.py"
     script.write_text(_INHERITED.replace("Sandbox()", f"Sandbox(idmap={idmap!r})"))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "written")], capture_output=True, timeout=60,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    pipe, sock, zygotes, outers, shared, stderr_held, *held = r.stdout.decode().split()
-    assert (pipe, sock, zygotes, outers, shared, stderr_held) == ("eof", "eof", "1", "1", "0", "False"), r.stdout
-    assert "/dev/null" in held  # its stdin and stdout: the caller's terminal is not the zygote's either
+    pipe, sock, outers, shared, stderr_held, *held = r.stdout.decode().split()
+    assert (pipe, sock, outers, shared, stderr_held) == ("eof", "eof", "1", "0", "False"), r.stdout
+    assert "/dev/null" in held  # its stdin and stdout: the caller's terminal is not the box's either
 
 
 # -- the audit identity -----------------------------------------------------------------------------------------
@@ -163,7 +159,7 @@ def test_the_program_sees_only_its_own_processes(idmap: str) -> None:
 
 
 def test_box_init_carries_nothing_of_the_callers_process() -> None:
-    """Pid 1 of the box is a fresh interpreter spawned by the zygote, not a fork of the supervisor: on the host,
+    """Pid 1 of the box is the starter, spawned fresh, not a fork of the supervisor: on the host,
     only the supervisor has the caller's command line; in the box, pid 1 is not there to read."""
     mark = "sbx-secret-" + os.urandom(4).hex()
     proc = subprocess.Popen([sys.executable, "-X", f"sbx-test-mark={mark}", "-m", "sandbox", "run", "--env",

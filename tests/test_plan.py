@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
-
 from helpers import host_processes_matching, sbx
+
 from sandbox import plan
+from sandbox.box import spawn_starter
 from sandbox.mounts import Bind, Layout
-from sandbox.userns import IdMap
+from sandbox.shipped import SPAWNER, STARTER
+from sandbox.userns import IdMap, detect
 
 IDS = IdMap(mode="range", outer_uid=1234, outer_gid=1234, subuid=(200000, 65536), subgid=(200000, 65536))
 
@@ -51,13 +56,41 @@ def test_an_image_box_is_its_union_and_nothing_of_the_hosts(host: Path, fs: str,
     assert plan.Writable("/w", True, 1000, 1000) in steps and not isinstance(steps[-1], plan.Loopback)
 
 
-def test_a_plan_goes_to_box_init_and_back_unchanged(host: Path) -> None:
-    layout = Layout(disk=2**20, inodes=100, binds=(Bind("/data", "/in", True, (3, 4)),), lowers=("/a",),
-                    upper="/u", workdir="/w2")
-    steps = plan.make(layout, IDS, host=str(host))
-    assert plan.decode(plan.encode(steps)) == steps
-    with pytest.raises(KeyError):
-        plan.decode([{"step": "format-the-disk"}])
+def test_a_plan_goes_to_the_starter_as_tokens(host: Path) -> None:
+    """The starter (C) reads each step's fields in order: a tuple as its length then its items, None as ""."""
+    layout = Layout(disk=2**20, inodes=100, binds=(Bind("/data", "/in", True, (3, 4)), Bind("/x", "/y", False)),
+                    lowers=("/a", "/b"), upper=None, loopback=False)
+    tokens = plan.tokens(plan.make(layout, IDS, host=str(host)))
+    assert tokens[:8] == ["scratch", str(2**20), "100", "kernel-union", "2", "/a", "/b", ""]
+    assert ["bind", "/data", "/in", "1", "2", "3", "4", "bind", "/x", "/y", "0", ""] == \
+        tokens[tokens.index("bind"):tokens.index("bind") + 12]
+    assert tokens[-3:] == ["pivot", "hostname", "sbx"]
+
+
+@pytest.mark.parametrize("tokens,said", [
+    (["scratch", "1024", "100", "format-the-disk"], "the box's plan has a step the starter does not know: "
+                                                     "format-the-disk"),
+    (["scratch", "1024"], "the box's plan ends in the middle of a step"),
+    (["scratch", "x", "1"], "the box's plan has x where a number goes"),
+    (["bind", "/a", "/b", "1", "3", "1", "2", "3"], "the box's plan has a bind identity of 3 numbers"),
+])
+def test_the_starter_refuses_a_plan_it_cannot_read(tokens: list[str], said: str) -> None:
+    """A plan it cannot read is one line from the starter, before it makes any namespace."""
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    unshared_r, unshared_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    try:
+        pid = spawn_starter(str(STARTER), str(SPAWNER), detect("single"), [theirs.fileno(), unshared_w, mapped_r], -1)
+    finally:
+        for fd in (theirs.detach(), unshared_w, mapped_r):
+            os.close(fd)
+    ours.sendmsg([os.fsencode("\0".join(tokens) + "\0")])
+    reply = json.loads(ours.recv(4096))
+    _, status = os.waitpid(pid, 0)
+    ours.close()
+    for fd in (unshared_r, mapped_w):
+        os.close(fd)
+    assert (reply, os.waitstatus_to_exitcode(status)) == ({"error": said}, 1)
 
 
 def test_dry_run_prints_the_plan_and_builds_nothing(tmp_path: Path) -> None:
