@@ -1,8 +1,8 @@
 """Build sbx's C parts and package data into the wheel, so nothing compiles at run time.
 
-- `sandbox/starter.c` becomes `sandbox/_bin/sbx-starter`, a static executable
+- `sandbox/box/starter.c` becomes `sandbox/_bin/sbx-starter`, a static executable
   spawned for each box (it builds the box and is its init), and
-  `sandbox/spawner.c` becomes `sandbox/_bin/sbx-spawner`, another (box init
+  `sandbox/box/spawner.c` becomes `sandbox/_bin/sbx-spawner`, another (box init
   execs it inside the box, where the host's libraries may not be).
 - `fuse_overlay/shim.c` becomes `fuse_overlay/_bin/sbx-fuse-shim.so`, loaded
   by the FUSE daemon before pyfuse3.
@@ -60,8 +60,8 @@ class BuildWithC(build_py):
         shim = out / "fuse_overlay" / "_bin" / "sbx-fuse-shim.so"
         for target in (spawner, shim):
             target.parent.mkdir(parents=True, exist_ok=True)
-        _compile(["-O2", "-static", "-s", "-o", str(starter), str(HERE / "sandbox" / "starter.c")], "starter")
-        _compile(["-O2", "-static", "-s", "-o", str(spawner), str(HERE / "sandbox" / "spawner.c")], "spawner")
+        for binary, source in ((starter, "starter"), (spawner, "spawner")):
+            _compile(["-O2", "-static", "-s", "-o", str(binary), str(HERE / "sandbox" / "box" / f"{source}.c")], source)
         _compile(["-O2", "-shared", "-fPIC", *_fuse_cflags(), "-o", str(shim), str(HERE / "fuse_overlay" / "shim.c"),
                   "-ldl"], "libfuse shim")
         policies = out / "sandbox" / "policies"

@@ -21,7 +21,7 @@ from pathlib import Path
 import trio
 
 from sandbox import Bind, Limits, Sandbox
-from sandbox.cgroups import delegation
+from sandbox.box.cgroups import delegation
 
 PROGRAM = Path(__file__).resolve().parent.parent / "tests" / "programs" / "busy_threads.c"
 

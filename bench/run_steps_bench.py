@@ -27,7 +27,7 @@ from typing import Any
 import trio
 
 from sandbox import Limits, SandboxPool
-from sandbox.box import Box
+from sandbox.box.supervisor import Box
 
 JUDGE_LIMITS = Limits(cpu_time=1.0, wall_time=3.0, memory=256 * 2**20, pids=1)
 marks: dict[str, float] = {}

@@ -1,7 +1,12 @@
 """sbx: a rootless Linux sandbox for untrusted code.
 
-The names are loaded on first use: box init, a fresh interpreter, imports
-parts of this package and must not pay for the API's (anyio, libseccomp).
+The names are loaded on first use, so that a command that needs no box (`sbx image ls`,
+`sbx policy show`) does not pay for the API's imports (anyio, the event loop).
+
+The house, by mechanism: `box/` (a box's plan and layout, the C starter that builds it and
+is its init, the C spawner, ids, cgroups, the supervisor's side), `run/` (a run's limits,
+input and output, verdict and record), `seccomp/`, `images/`, `judge/`, `service/`, `cli/`;
+`api.py` is the Sandbox, `pool.py` the pool.
 """
 
 from __future__ import annotations
@@ -10,22 +15,21 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import (ExactEnv, Pipe, Program, Sandbox, TeardownWarning, run_connected, run_interactive,
-                      run_pipeline)
+    from .api import ExactEnv, Pipe, Program, Sandbox, TeardownWarning, run_connected, run_interactive, run_pipeline
+    from .box.layout import Bind
     from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
-    from .limits import Limits, parse_size
-    from .mounts import Bind
-    from .output import Relay
     from .pool import SandboxPool
-    from .result import Result, Status
-    from .tap import Tap
+    from .run.limits import Limits, parse_size
+    from .run.output import Relay
+    from .run.result import Result, Status
+    from .run.tap import Tap
 
 _WHERE = {
-    "ExactEnv": "api", "Pipe": "api", "Program": "api", "Relay": "output", "Sandbox": "api", "TeardownWarning": "api",
-    "run_connected": "api", "run_interactive": "api", "run_pipeline": "api",
+    "ExactEnv": "api", "Pipe": "api", "Program": "api", "Relay": "run.output", "Sandbox": "api",
+    "TeardownWarning": "api", "run_connected": "api", "run_interactive": "api", "run_pipeline": "api",
     "BoxFileError": "errors", "ConfigError": "errors", "ExecError": "errors", "SandboxError": "errors",
-    "SetupError": "errors", "Limits": "limits", "parse_size": "limits", "Bind": "mounts", "SandboxPool": "pool",
-    "Result": "result", "Status": "result", "Tap": "tap",
+    "SetupError": "errors", "Limits": "run.limits", "parse_size": "run.limits", "Bind": "box.layout",
+    "SandboxPool": "pool", "Result": "run.result", "Status": "run.result", "Tap": "run.tap",
 }
 __all__ = sorted(_WHERE)
 

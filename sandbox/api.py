@@ -18,24 +18,27 @@ from typing import TYPE_CHECKING
 import anyio
 from anyio.abc import TaskGroup
 
-from . import boxfiles, fallback, plan, scratch, teardown
-from .box import Box
-from .cgroups import delegation
+from . import scratch, teardown
+from .box import plan
+from .box.cgroups import delegation
+from .box.files import locate
+from .box.layout import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
+from .box.run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
+from .box.supervisor import Box
+from .box.userns import IdmapMode, detect
 from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
 from .hostpath import Guard
-from .limits import Limits
-from .mounts import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
-from .output import Output, Relay, input_fd, write_all
-from .result import Result
-from .rlimits import rlimits
-from .run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
-from .runtime_env import runtime_env
+from .run import fallback
+from .run.limits import Limits
+from .run.output import Output, Relay, input_fd, write_all
+from .run.result import Result
+from .run.rlimits import rlimits
+from .run.runtime_env import runtime_env
+from .run.tap import Tap, program_pipe, relay, tapped_pipe
+from .run.verdict import enforcement, verdict
 from .seccomp import prebuilt
-from .tap import Tap, program_pipe, relay, tapped_pipe
 from .teardown import TeardownWarning
 from .upper import apart, lock_upper
-from .userns import IdmapMode, detect
-from .verdict import enforcement, verdict
 
 if TYPE_CHECKING:
     from .images.store import Image
@@ -407,7 +410,7 @@ class Sandbox:
         try:
             if "\0" in path:
                 raise ValueError(f"{path!r}: a path cannot contain NUL bytes")
-            return [path, *boxfiles.locate(path, self.home)]
+            return [path, *locate(path, self.home)]
         except ValueError as e:
             raise BoxFileError(str(e)) from None
 

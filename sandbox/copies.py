@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from . import boxfiles, hostpath
+from . import hostpath
 from .api import Sandbox
+from .box.files import copy, locate
 from .errors import BoxFileError, ConfigError
 
 MAX_DEPTH = 128
@@ -54,7 +55,7 @@ def _spec(spec: str, flag: str) -> tuple[str, str]:
 def _check_box_path(path: str, flag: str, file: bool) -> None:
     """In /box, /tmp or /dev/shm; a file cannot be one of those dirs themselves (a tree can)."""
     try:
-        root, rel = boxfiles.locate(path)
+        root, rel = locate(path)
     except ValueError as e:
         raise ConfigError(f"{flag} {e}") from None
     if file and rel == ".":
@@ -263,7 +264,7 @@ def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
     temp = f".sbx-copy-{secrets.token_hex(8)}"  # (not from `name`: that may already be 255 bytes long)
     fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
     try:
-        boxfiles.copy(source, fd, size)
+        copy(source, fd, size)
         os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)
     except BaseException:
         os.unlink(temp, dir_fd=parent)

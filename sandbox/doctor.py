@@ -16,8 +16,8 @@ from typing import Any
 
 from . import shipped
 from . import syscalls as sc
-from .cgroups import inspect, systemd_unreachable
-from .userns import IdMap, detect, write_single_map
+from .box.cgroups import inspect, systemd_unreachable
+from .box.userns import IdMap, detect, write_single_map
 
 
 def _in_child(probe: Any) -> str | None:

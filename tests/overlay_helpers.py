@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sandbox.userns import detect
+from sandbox.box.userns import detect
 
 PY = sys.executable
 CLONE_NEWNS = 0x00020000

@@ -23,7 +23,7 @@ import anyio
 
 from helpers import build_go_program, build_program, sbx
 from sandbox import Bind, Limits, Sandbox, Status
-from sandbox.cgroups import RunCgroup, delegation, inspect
+from sandbox.box.cgroups import RunCgroup, delegation, inspect
 
 FOUND = inspect()
 REQUIRED = os.environ.get("SBX_REQUIRE_CGROUP") == "1"

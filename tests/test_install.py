@@ -47,12 +47,13 @@ def _run(argv: list[str], env: dict[str, str], cwd: Path, stdin: bytes = b"") ->
 
 def test_the_wheel_ships_its_c_parts_and_policies() -> None:
     package = Path(sandbox.__file__).parent
-    spawner = package / "_bin" / "sbx-spawner"
-    assert spawner.is_file() and spawner.stat().st_mode & stat.S_IXUSR
-    assert spawner.read_bytes()[:4] == b"\x7fELF"
+    for name in ("sbx-starter", "sbx-spawner"):
+        binary = package / "_bin" / name
+        assert binary.is_file() and binary.stat().st_mode & stat.S_IXUSR
+        assert binary.read_bytes()[:4] == b"\x7fELF"
     assert (Path(fuse_overlay.__file__).parent / "_bin" / "sbx-fuse-shim.so").is_file()
     assert sorted(p.stem for p in (package / "policies").glob("*.toml")) == ["compile", "default", "permissive", "strict"]
-    assert not list(package.glob("*.c")) and not list(Path(fuse_overlay.__file__).parent.glob("*.c"))
+    assert not list(package.rglob("*.c")) and not list(Path(fuse_overlay.__file__).parent.rglob("*.c"))
 
 
 def test_the_venv_has_no_system_site_packages() -> None:

@@ -14,7 +14,7 @@ import pytest
 import anyio
 
 from sandbox import Bind, Limits, Sandbox, Status
-from sandbox.userns import PROGRAM_ID
+from sandbox.box.userns import PROGRAM_ID
 
 from helpers import host_processes_matching, sbx
 

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 from programs.harness import RET_ALLOW, RET_ERRNO, RET_NOTIFY, bpf_run, seccomp_data
 from sandbox.cli import policy as policy_cli
 from sandbox.errors import ConfigError
-from sandbox.seccomp.policy import (ALLOW, ENOSYS, KILL, U64, Action, Condition, Policy, PolicyError, Rule,
-                            available_policies, load_policy)
+from sandbox.seccomp.policy import (ALLOW, ENOSYS, KILL, U64, Action, Condition, Policy, PolicyError, Rule, available_policies, load_policy)
 from sandbox.seccomp.compiler import _build, syscall_regions
 
 SHIPPED = ["compile", "default", "permissive", "strict"]
@@ -394,7 +393,7 @@ def test_load_is_cached_until_a_file_of_the_chain_changes(tmp_path: Path) -> Non
 
 def test_the_shipped_policies_filters_are_built_with_the_wheel() -> None:
     """What setup.py compiled is what compiling the installed policy gives now, for both memory forms."""
-    from sandbox import fallback
+    from sandbox.run import fallback
     from sandbox.seccomp import compiler as seccomp
     from sandbox.seccomp import prebuilt
     for name in available_policies():

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from helpers import host_processes_matching, sbx
-from sandbox.userns import ROOT_RANGE
+from sandbox.box.userns import ROOT_RANGE
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs real root: ./dev test runs this file as root")
 

@@ -23,7 +23,7 @@ import pytest
 
 from sandbox import Bind, ConfigError, Sandbox, SandboxPool, teardown
 from sandbox.api import TeardownWarning
-from sandbox.box import Box
+from sandbox.box.supervisor import Box
 
 from helpers import sbx
 from test_union_root import USR, bottom

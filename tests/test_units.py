@@ -16,12 +16,12 @@ import pytest
 from fuse_overlay.inodes import Node
 from fuse_overlay.openfiles import OpenFiles
 from sandbox import ConfigError, Limits, Status, parse_size
-from sandbox import fallback
-from sandbox.limits import parse_count, parse_seconds
+from sandbox.run import fallback
+from sandbox.run.limits import parse_count, parse_seconds
 from sandbox.seccomp.policy import load_policy
-from sandbox.run_protocol import HEAD_TOKENS, MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
-from sandbox.run_protocol import decode_report
-from sandbox.verdict import enforcement, verdict
+from sandbox.box.run_protocol import HEAD_TOKENS, MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
+from sandbox.box.run_protocol import decode_report
+from sandbox.run.verdict import enforcement, verdict
 
 
 @pytest.mark.parametrize("text,value", [("65536", 65536), ("256M", 256 * 2**20), ("1G", 2**30), ("1.5k", 1536),
@@ -168,7 +168,7 @@ def test_an_answer_is_the_same_json_whole_or_streamed() -> None:
 
 def test_the_run_protocol_is_the_spawners() -> None:
     """run_protocol.py's bounds are spawner.c's, and a request has as many head tokens as spawner.c reads."""
-    source = (Path(__file__).resolve().parent.parent / "sandbox" / "spawner.c").read_text()
+    source = (Path(__file__).resolve().parent.parent / "sandbox" / "box" / "spawner.c").read_text()
     defined = dict(re.findall(r"^#define (\w+) (\d+)\b", source, re.M))
     assert (int(defined["MAX_ARGS"]), int(defined["MAX_PROGRAM_FDS"]), int(defined["HEAD_TOKENS"])) == \
         (MAX_ARGS, MAX_PROGRAM_FDS, HEAD_TOKENS)

@@ -22,14 +22,15 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NoReturn, TypeVar
 
-from .. import boxfiles, copies, hostpath, stopping
+from .. import copies, hostpath, stopping
 from ..api import Sandbox
+from ..box.files import writable_dirs
+from ..box.layout import WORK_DIR, Bind, parse_bind
+from ..box.plan import describe
 from ..errors import BoxFileError, ConfigError, ExecError, SandboxError
-from ..limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
-from ..mounts import WORK_DIR, Bind, parse_bind
-from ..output import Relay
-from ..plan import describe
-from ..result import Result, Status
+from ..run.limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
+from ..run.output import Relay
+from ..run.result import Result, Status
 from . import image, judge, serve, submit
 
 T = TypeVar("T")
@@ -394,7 +395,7 @@ def _not_found(plan: _Plan, sandbox: Sandbox, error: str) -> list[str]:
     hint = f"{prog}: not found in the box; it exists on the host: bind it in with --ro-bind " + \
         (prog if os.path.isabs(prog) else f"{prog}:{in_box}")
     root, name = os.path.split(in_box)
-    if root in boxfiles.writable_dirs():  # (a copy cannot make directories on the way)
+    if root in writable_dirs():  # (a copy cannot make directories on the way)
         hint += f" (or --copy-in {prog}:{name if root == WORK_DIR else in_box})"
     return [hint]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError
-from ..limits import parse_seconds, parse_size
+from ..run.limits import parse_seconds, parse_size
 
 
 def add_command(sub: Any) -> None:

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 from ..api import Sandbox
 from ..errors import BoxFileError
-from ..limits import Limits
-from ..result import Result, Status
+from ..run.limits import Limits
+from ..run.result import Result, Status
 
 CHECKER_POLICY = "default"  # a checker may be a script
 CHECKER_LIMITS = Limits(cpu_time=10.0, wall_time=20.0)

@@ -22,11 +22,21 @@ import anyio
 
 from ..api import Sandbox, run_interactive
 from ..errors import BoxFileError, ConfigError, SandboxError
-from ..limits import Limits
 from ..pool import SandboxPool
-from ..result import Result, Status
-from .checking import (CHECKER_ENV, CHECKER_LIMITS, CHECKER_POLICY, JudgeProgram, check, compare, outcome, prepare,
-                       testlib_program, write_files)
+from ..run.limits import Limits
+from ..run.result import Result, Status
+from .checking import (
+    CHECKER_ENV,
+    CHECKER_LIMITS,
+    CHECKER_POLICY,
+    JudgeProgram,
+    check,
+    compare,
+    outcome,
+    prepare,
+    testlib_program,
+    write_files,
+)
 from .languages import Language
 from .problem import Validator
 from .report import Report, Verdict

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..result import Result
+from ..run.result import Result
 
 VERDICTS = ("OK", "WA", "PE", "CE", "TLE", "WLE", "MLE", "OLE", "RE", "SV", "IE")
 """The judge's vocabulary (the run record's SG is RE here, the signal in the message)."""

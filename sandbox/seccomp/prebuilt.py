@@ -64,7 +64,7 @@ def _sha256(path: Path) -> str:
 
 def build(policy_dir: Path) -> list[str]:
     """Compile every shipped policy in `policy_dir` next to it (the wheel's build); the names built."""
-    from .. import fallback
+    from ..run import fallback
     from . import compiler
     from .policy import load_policy
 

@@ -34,7 +34,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector
 
-from ..cgroups import delegation
+from ..box.cgroups import delegation
 from ..errors import ConfigError
 from ..pool import SandboxPool
 from . import callback, gojudge, page, response

@@ -24,13 +24,13 @@ import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from ..api import ExactEnv, Pipe, Program, Sandbox, run_connected
-from ..cgroups import delegation
+from ..box.cgroups import delegation
+from ..box.run_protocol import MAX_PROGRAM_FDS
 from ..errors import BoxFileError, SandboxError
-from ..limits import Limits
 from ..pool import SandboxPool
-from ..result import Result, Status
-from ..run_protocol import MAX_PROGRAM_FDS
-from ..tap import Tap
+from ..run.limits import Limits
+from ..run.result import Result, Status
+from ..run.tap import Tap
 from .files import CacheFull, FileCache
 from .response import Collected
 from .sources import SourceError, Sources

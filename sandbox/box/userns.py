@@ -18,14 +18,14 @@ over a private block of host ids that no user or /etc/subuid range has
 
 from __future__ import annotations
 
+import grp
 import os
 import pwd
-import grp
 import shutil
 from dataclasses import dataclass
 from typing import Literal
 
-from .errors import ConfigError, SetupError
+from ..errors import ConfigError, SetupError
 
 PROGRAM_ID = 1000
 """The uid and gid the program runs as inside a ``range`` box."""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from .box import Box
+from ..box.supervisor import Box
 
 _CHUNK = 1 << 16
 _SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from .limits import Limits
 
 if TYPE_CHECKING:  # the policy's parser and compiler load only where a policy is read (prebuilt.py)
-    from .seccomp.policy import Policy
+    from ..seccomp.policy import Policy
 
 BACKSTOP_SLACK = 4 * 2**30
 
@@ -50,8 +50,8 @@ _one_process: dict[str, bool] = {}
 
 
 def _makes_no_process(policy: Policy) -> bool:
-    from .seccomp.compiler import syscall_regions
-    from .seccomp.policy import CONSTANTS
+    from ..seccomp.compiler import syscall_regions
+    from ..seccomp.policy import CONSTANTS
 
     clone_thread = CONSTANTS["CLONE_THREAD"]
     if policy.default.kind == "allow":
@@ -71,8 +71,8 @@ def address_space(memory: int) -> int:
 
 def without_unmapped_memory(policy: Policy) -> Policy:
     """The policy, with memfd_create and shmget failing as on a kernel without them (callers fall back)."""
-    from .seccomp.policy import Action, Rule
+    from ..seccomp.policy import Action, Rule
 
-    refused = Rule(Action("errno", errno.ENOSYS), where="sandbox/fallback.py: memory no process maps")
+    refused = Rule(Action("errno", errno.ENOSYS), where="sandbox/run/fallback.py: memory no process maps")
     return dataclasses.replace(policy, syscalls={**policy.syscalls, "memfd_create": (refused,),
                                                  "shmget": (refused,)})

@@ -13,8 +13,8 @@ import os
 import stat
 from dataclasses import dataclass
 
-from . import hostpath
-from .errors import ConfigError
+from .. import hostpath
+from ..errors import ConfigError
 
 WORK_DIR = "/box"
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 
-from .mounts import WORK_DIR
+from .layout import WORK_DIR
 
 
 def writable_dirs(home: str = WORK_DIR) -> tuple[str, ...]:

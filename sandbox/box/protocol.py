@@ -15,7 +15,7 @@ import os
 import socket
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8

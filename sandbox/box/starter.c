@@ -1,5 +1,5 @@
 /*
- * sbx starter: a box's first processes, built from the plan the supervisor sends (sandbox/plan.py).
+ * sbx starter: a box's first processes, built from the plan the supervisor sends (sandbox/box/plan.py).
  *
  * Why C: the box used to start from a Python zygote (an interpreter the
  * supervisor spawned, ~80 ms to boot, and one more per `sbx run`) whose fork

@@ -32,13 +32,13 @@ from typing import Any
 import anyio
 from anyio.abc import Process
 
+from ..errors import SetupError
+from ..run.limits import Limits
+from ..shipped import SPAWNER, STARTER, shipped
 from . import plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
-from .errors import SetupError
-from .limits import Limits
-from .mounts import Layout
+from .layout import Layout
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
-from .shipped import SPAWNER, STARTER, shipped
 from .userns import IdMap
 
 _CLOSE_TIMEOUT = 5.0

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 import resource
 
+from ..box.userns import IdMap
 from .fallback import address_space
 from .limits import Limits
-from .userns import IdMap
 
 Rlimit = tuple[int, int, int]
 

@@ -32,7 +32,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 
-from .limits import Limits
+from ..run.limits import Limits
 
 _WANTED = ("memory", "pids", "cpu")
 _REQUIRED = ("memory", "pids")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import signal as signals
 
+from ..box.run_protocol import RunEnd
 from .limits import Limits
 from .result import Result, Status
-from .run_protocol import RunEnd
 
 
 def _signame(sig: int) -> str:

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .seccomp.notify import syscall_label
+from ..seccomp.notify import syscall_label
 
 MAX_ARGS = 4096
 """Per run, for argv and for the environment each."""

@@ -99,10 +99,10 @@
 #include <unistd.h>
 
 #define MAX_MSG (1 << 20)
-#define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/run_protocol.py has the same bound */
+#define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/box/run_protocol.py has the same bound */
 #define MAX_FDS (MAX_PROGRAM_FDS + 3)
-#define MAX_ARGS 4096 /* each of argv and the environment; sandbox/run_protocol.py has the same bound */
-#define HEAD_TOKENS 15 /* "run" up to NFDS; as sandbox/run_protocol.py */
+#define MAX_ARGS 4096 /* each of argv and the environment; sandbox/box/run_protocol.py has the same bound */
+#define HEAD_TOKENS 15 /* "run" up to NFDS; as sandbox/box/run_protocol.py */
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
