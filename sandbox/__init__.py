@@ -15,17 +15,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .api import ExactEnv, Pipe, Program, Sandbox, TeardownWarning, run_connected, run_interactive, run_pipeline
+    from .api import Pipe, Program, Sandbox, TeardownWarning, run_connected, run_interactive, run_pipeline
     from .box.layout import Bind
     from .errors import BoxFileError, ConfigError, ExecError, SandboxError, SetupError
     from .pool import SandboxPool
     from .run.limits import Limits, parse_size
-    from .run.output import Relay
+    from .run.relay import Relay
     from .run.result import Result, Status
     from .run.tap import Tap
+    from .spec import ExactEnv
 
 _WHERE = {
-    "ExactEnv": "api", "Pipe": "api", "Program": "api", "Relay": "run.output", "Sandbox": "api",
+    "ExactEnv": "spec", "Pipe": "api", "Program": "api", "Relay": "run.relay", "Sandbox": "api",
     "TeardownWarning": "api", "run_connected": "api", "run_interactive": "api", "run_pipeline": "api",
     "BoxFileError": "errors", "ConfigError": "errors", "ExecError": "errors", "SandboxError": "errors",
     "SetupError": "errors", "Limits": "run.limits", "parse_size": "run.limits", "Bind": "box.layout",

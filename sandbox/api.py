@@ -1,7 +1,8 @@
 """The async API: a `Sandbox` is built once and then runs any number of programs.
 
-The CLI's `sbx run` is a Sandbox that lives for one run, so the command line
-and the judge share one launcher.
+Its configuration is checked in spec.py, which loads no event loop; the
+judge, the service and `sbx run --copy-in/--copy-out` (or with a FUSE
+union) run through this module.
 """
 
 from __future__ import annotations
@@ -13,164 +14,42 @@ import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING
 
 import anyio
 from anyio.abc import TaskGroup
 
 from . import scratch, teardown
-from .box import plan
 from .box.cgroups import delegation
 from .box.files import locate
-from .box.layout import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
-from .box.run_protocol import MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
+from .box.run_protocol import MAX_PROGRAM_FDS, RunEnd, RunRequest, StartFailure
 from .box.supervisor import Box
-from .box.userns import IdmapMode, detect
-from .errors import BoxFileError, ConfigError, ExecError, SetupError, single_error
-from .hostpath import Guard
-from .run import fallback
+from .errors import BoxFileError, ConfigError, SetupError, single_error
 from .run.limits import Limits
-from .run.output import Output, Relay, input_fd, write_all
+from .run.output import Output, input_fd
+from .run.relay import Relay, program_pipe, write_all
 from .run.result import Result
-from .run.rlimits import rlimits
-from .run.runtime_env import runtime_env
-from .run.tap import Tap, program_pipe, relay, tapped_pipe
+from .run.tap import Tap, relay, tapped_pipe
 from .run.verdict import enforcement, verdict
-from .seccomp import prebuilt
+from .spec import INHERIT, NEVER_RAN, Inherit, Spec, exec_failure
 from .teardown import TeardownWarning
-from .upper import apart, lock_upper
-
-if TYPE_CHECKING:
-    from .images.store import Image
-    from .seccomp.policy import Policy
-
-DEFAULT_POLICY = "default"
-BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
-_NEVER_RAN = RunEnd(None, 0.0, 0.0, 0)
-"""The accounting of a run whose program never started."""
+from .upper import lock_upper
 
 
-KERNEL_UPPER = ("kernel overlayfs writes straight into the --upper dir on the host, where nothing rootless can hold "
-                "--disk and --inodes: use --fs fuse, or leave out --upper (the scratch upper is capped)")
-"""Why a kernel union cannot keep its upper on the host (quotas; see README, "Layers")."""
+class Sandbox(Spec):
+    """A prepared box; `run()` starts programs in it, all sharing its /box and /tmp.
 
+    Its configuration, checked when it is made, is `Spec`'s (spec.py); this
+    class adds the box's lifecycle (`async with`), file requests and runs.
+    """
 
-class _Inherit:
-    """The default of `run(policy=...)`: use the sandbox's policy (None already means "no policy")."""
-
-
-_INHERIT = _Inherit()
-
-
-class ExactEnv(dict[str, str]):
-    """A run's environment given whole (`run(env=ExactEnv(...))`): the sandbox adds nothing to it, neither its
-    defaults (PATH, HOME, LANG), the runtimes' memory settings (runtime_env.py), nor the sandbox's own `env`.
-    go-judge's clients expect exactly the list they send."""
-
-
-class Sandbox:
-    """A prepared box; `run()` starts programs in it, all sharing its /box and /tmp."""
-
-    DEFAULT_DISK = 256 * 2**20
-    DEFAULT_INODES = 16384
-
-    def __init__(
-        self,
-        *,
-        limits: Limits | None = None,
-        binds: Sequence[Bind] = (),
-        tmpfs: Sequence[str] = (),
-        disk: int = DEFAULT_DISK,
-        inodes: int = DEFAULT_INODES,
-        net: str = "loopback",
-        idmap: IdmapMode = "auto",
-        env: Mapping[str, str] | None = None,
-        cwd: str | None = None,
-        policy: str | None = DEFAULT_POLICY,
-        lowers: Sequence[str] = (),
-        upper: str | None = None,
-        fs: str = "auto",
-        image: str | None = None,
-        commit: str | None = None,
-        home: str = WORK_DIR,
-    ) -> None:
-        """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
-        Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
-        image plus what the runs wrote, made when the sandbox closes (`committed` then holds it).  `home`: the
-        writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w)."""
-        if net not in ("none", "loopback"):
-            raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
-        self.limits = limits or Limits()
-        self.image: Image | None = None
-        if image is not None:
-            if lowers:
-                raise ConfigError("--image and --lower: the image's layers are the lowers")
-            from .images.store import Store  # (not loaded for runs without an image: it costs ~30 ms)
-            self._store = Store()
-            self.image = self._store.get(image)
-            lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
-        if upper is not None and not lowers:
-            raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
-        if commit is not None:
-            from .images.store import parse_ref
-        self._commit = parse_ref(commit) if commit is not None else None
-        self.committed: Image | None = None
-        self._lowers = tuple(parse_lower(d) for d in lowers)
-        self._upper = parse_upper(upper) if upper is not None else None
-        self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
-        writable = [resolve_bind(b, Guard()).identity for b in binds if b.writable]
-        if self._upper is not None:
-            upper_st = os.stat(self._upper, follow_symlinks=False)
-            writable.append((upper_st.st_dev, upper_st.st_ino))
-        # the host dirs the box can write: no caller's path follows a link below them (hostpath.py), so the
-        # binds are resolved again with them known, and the command line resolves its copies with them
-        self.writable_dirs = Guard(frozenset(i for i in writable if i is not None))
-        self._binds = tuple(resolve_bind(b, self.writable_dirs) for b in binds)
-        if self._upper is not None:
-            apart(self._upper, [("--lower", d) for d in self._lowers]
-                   + [("--bind" if b.writable else "--ro-bind", b.src) for b in self._binds])
-        self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
-        self._host_dirs: dict[str, tuple[int, int]] = {}
-        self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)
-        if fs not in ("auto", "fuse", "kernel"):
-            raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
-        if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
-            needs = self._upper is not None or self._commit is not None
-            if not needs and self.image is not None:
-                ids = detect(idmap)
-                needs = self._store.owns(self.image, ids.program_uid, ids.program_gid)
-            fs = "fuse" if needs and os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
-            if fs == "kernel" and self._upper is not None:
-                raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
-        if fs == "kernel" and self._upper is not None:
-            raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
-        self.fs = fs
-        if self._commit is not None and (self.image is None or self.fs != "fuse"):
-            raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
-                              "lives inside the box")
-        defaults = self.image.runtime if self.image is not None else {}
-        self.env = {**dict(e.split("=", 1) for e in defaults.get("Env") or [] if "=" in e), **(env or {})}
-        self.home = check_box_path(home, "home")
-        if self.home in ("/tmp", "/dev/shm") or self.home.startswith(("/tmp/", "/dev/")):
-            raise ConfigError(f"home {home}: must be a directory of its own, not in /tmp or /dev")
-        if cwd is not None and not cwd.startswith("/"):
-            raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
-        self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
-        self._idmap: IdmapMode = idmap
-        self._box: Box | None = None
-        self._union_upper: str | None = None
-        self.policy = policy
-        self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
-        self._policies: dict[str, Policy] = {}
-        self._captured: tuple[int, int] | None = None
-        if policy is not None:
-            self._check_policy(policy)
+    _box: Box | None = None
+    _union_upper: str | None = None
+    _captured: tuple[int, int] | None = None
 
     async def __aenter__(self) -> Sandbox:
         upper, workdir = self._upper, None
         try:
-            if self.image is not None:
-                self._pin_image(self.image)
+            self.pin()
             if upper is not None:
                 self._locks += lock_upper(upper)  # one writer per upper, until the box and its daemon are gone
                 # the union needs a scratch dir on the upper's filesystem, beside it and not inside it
@@ -188,7 +67,7 @@ class Sandbox:
             layout = self._layout(upper, workdir)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-            self._box = Box(layout, detect(self._idmap), found, daemon_holds=tuple(self._locks))
+            self._box = Box(layout, self.ids, found, daemon_holds=tuple(self._locks))
             if self.policy is None:
                 await self._box.start()
             else:  # the filter the runs will need, compiled in a thread while the box is built
@@ -202,34 +81,6 @@ class Sandbox:
             self._remove_workdir()
             raise
         return self
-
-    def plan(self) -> tuple[plan.Step, ...]:
-        """The steps that will build this sandbox's box (plan.py; `sbx run --dry-run`), without building it.  The
-        scratch dirs a FUSE union's upper gets on entry are named by what they will be."""
-        upper, workdir = self._upper, None
-        if upper is not None:
-            workdir = os.path.join(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-(made on entry)")
-        elif self._lowers and self.fs == "fuse":
-            upper, workdir = "(a scratch dir)/upper", "(a scratch dir)/work"
-        return plan.make(self._layout(upper, workdir), detect(self._idmap))
-
-    def _layout(self, upper: str | None, workdir: str | None) -> Layout:
-        return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
-                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
-
-    def _pin_image(self, image: Image) -> None:
-        """Shared locks on the image's layers while the box and its daemon live: no prune removes them."""
-        pinned, fds = self._store.pin(image.ref)
-        self._locks += fds
-        if pinned.digest != image.digest:
-            raise ConfigError(f"image {image.ref}: it was replaced by another since this sandbox was made")
-
-    def command(self, argv: Sequence[str]) -> list[str]:
-        """What runs for `argv`: with an image, its Entrypoint first, and its Cmd when `argv` is empty."""
-        if self.image is None:
-            return list(argv)
-        defaults = self.image.runtime
-        return [*(defaults.get("Entrypoint") or []), *(argv or defaults.get("Cmd") or [])]
 
     def _scratch(self, parent: str, prefix: str) -> str:
         """A host dir this sandbox makes, locks and removes on close; only that very dir is removed (see teardown).
@@ -256,49 +107,10 @@ class Sandbox:
                     warnings.warn(TeardownWarning(f"could not remove all of {path}: {'; '.join(left)}"),
                                   stacklevel=2)
         finally:
-            for fd in self._locks:
-                os.close(fd)  # the daemon holds its own copies until it exits: then the flocks are released
-            self._locks = []
+            self.release()
 
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
-
-    def _policy(self, name: str) -> Policy:
-        """Read once per sandbox: a run must not pay for reading policy files."""
-        if name not in self._policies:
-            from .seccomp.policy import load_policy
-            self._policies[name] = load_policy(name)
-        return self._policies[name]
-
-    def _check_policy(self, name: str) -> None:
-        """A bad policy is bad input: it fails before any box is built.  A shipped one was checked when built."""
-        if prebuilt.load(name) is None:
-            self._policy(name)
-
-    def _one_process(self, name: str) -> bool:
-        built = prebuilt.load(name)
-        return built.one_process if built is not None else fallback.one_process(self._policy(name))
-
-    def _filter(self, policy: str, unmapped_memory: bool = True) -> tuple[int, bool]:
-        """A memfd holding the policy's BPF, built with the wheel (prebuilt.py) or compiled once per sandbox, and
-        whether the spawner may count its refusals (compiler.SPAWN_CALLS).
-
-        Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
-        """
-        key = (policy, unmapped_memory)
-        if key not in self._filters:
-            built = prebuilt.load(policy)
-            if built is not None:
-                bpf, counted = built.bpf[unmapped_memory]
-            else:
-                from .seccomp import compiler
-                loaded = self._policy(policy)
-                compiled = compiler.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
-                bpf, counted = compiled.bpf, compiled.counts_refusals
-            fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
-            write_all(fd, bpf)
-            self._filters[key] = (fd, counted)
-        return self._filters[key]
 
     def _capture_files(self) -> tuple[int, int]:
         """The memfds the spawner copies captured stdout and stderr into: one pair per sandbox, emptied per run."""
@@ -311,9 +123,9 @@ class Sandbox:
         """Close the box, then remove the host dirs of its union and release its upper, each whatever happened
         before; what could not be released is a `TeardownWarning`, not an exception."""
         try:
-            for fd in (*(fd for fd, _ in self._filters.values()), *(self._captured or ())):
+            self.close_filters()
+            for fd in self._captured or ():
                 os.close(fd)
-            self._filters.clear()
             self._captured = None
             if self._box is not None:
                 box, self._box = self._box, None
@@ -429,7 +241,7 @@ class Sandbox:
         stdin: bytes | int | None = None,
         stdout: int | Relay | None = None,
         stderr: int | Relay | None = None,
-        policy: str | None | _Inherit = _INHERIT,
+        policy: str | None | Inherit = INHERIT,
     ) -> Result:
         """Run one program to completion.
 
@@ -460,7 +272,7 @@ class Sandbox:
         stdin: bytes | int | None,
         stdout: int | Relay | None,
         stderr: int | Relay | None,
-        policy: str | None | _Inherit = _INHERIT,
+        policy: str | None | Inherit = INHERIT,
         more_fds: Mapping[int, bytes | int] | None = None,
         tty: bool = False,
     ) -> _Pending:
@@ -471,21 +283,9 @@ class Sandbox:
         one terminal, whose output is captured as stdout.
         """
         box = self._open_box()
-        argv = self.command(argv)
-        if not argv:
-            raise ConfigError("no program given" + (" (and the image has no Cmd)" if self.image else ""))
-        limits = limits or self.limits
         cgroup = box.cgroup is not None
-        if limits.cpus is not None and not cgroup:
-            raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
-        sampled_memory = None if cgroup else limits.memory
-        full_env = dict(env) if isinstance(env, ExactEnv) else \
-            {**BASE_ENV, "HOME": self.home, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
-        if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
-            raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
-        policy_name = self.policy if isinstance(policy, _Inherit) else policy
-        trace = fallback.traced(limits, cgroup, policy_name is not None and self._one_process(policy_name))
-        filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
+        prepared = self.prepare(argv, limits, env, cwd, policy, cgroup)
+        limits = prepared.limits
         more_fds = more_fds or {}
         if tty and (stdout is not None or stderr is not None):
             raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
@@ -511,18 +311,14 @@ class Sandbox:
                     fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
                 fds.append(await input_fd(more_fds.get(fd)))
-            req = RunRequest(
-                argv=tuple(argv), env=full_env, cwd=cwd or self.cwd, rlimits=rlimits(limits, box.ids, cgroup),
-                cpu_time=limits.cpu_time, wall_time=limits.wall_time, memory=sampled_memory, output=limits.output,
-                cpu_set=limits.cpu_set, trace=trace, capture=captured is not None, fds=len(fds),
-                seccomp=Seccomp.NONE if filter_fd is None else Seccomp.COUNTED if counted else Seccomp.AS_IS)
-            if filter_fd is not None:
-                fds.append(os.dup(filter_fd))
+            req = prepared.request(box.ids, cgroup, captured is not None, len(fds))
+            if prepared.filter_fd is not None:
+                fds.append(os.dup(prepared.filter_fd))
         except BaseException:
             _close_all(fds)
             raise
         await box.start_run(req, fds, limits)
-        return _Pending(box, req, limits, out, policy_name, cgroup, captured)
+        return _Pending(box, req, limits, out, prepared.policy, cgroup, captured)
 
 
 @dataclass
@@ -562,9 +358,9 @@ class _Pending:
                 os.ftruncate(fd, 0)
         death = self.box.daemon_death()
         if death is not None:
-            end = replace(end if isinstance(end, RunEnd) else _NEVER_RAN, killed=death)
+            end = replace(end if isinstance(end, RunEnd) else NEVER_RAN, killed=death)
         if isinstance(end, StartFailure):
-            raise _exec_failure(end, self.req)
+            raise exec_failure(end, self.req)
         result = verdict(end, self.limits, output_exceeded=self.out.exceeded,
                          enforcement=enforcement(self.limits, self.policy, self.cgroup, self.req.trace))
         result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
@@ -583,7 +379,7 @@ class Program:
     argv: Sequence[str]
     limits: Limits | None = None
     env: Mapping[str, str] | None = None
-    policy: str | None | _Inherit = _INHERIT
+    policy: str | None | Inherit = INHERIT
     stdin: bytes | int | None = None
     fds: Mapping[int, bytes | int] = field(default_factory=dict)
     tty: bool = False
@@ -614,7 +410,7 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
     ours: list[int] = []
     relays: list[_Relay] = []
     pending: list[_Pending] = []
-    replies: list[RunEnd | StartFailure] = [_NEVER_RAN for _ in programs]
+    replies: list[RunEnd | StartFailure] = [NEVER_RAN for _ in programs]
     try:
         for pipe in pipes:
             for end in (pipe.writer, pipe.reader):
@@ -663,7 +459,7 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
 async def run_interactive(
     box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
-    policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
+    policy_a: str | None | Inherit = INHERIT, policy_b: str | None | Inherit = INHERIT,
     env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None,
     tap_ab: Tap | None = None, tap_ba: Tap | None = None,
 ) -> tuple[Result, Result]:
@@ -678,7 +474,7 @@ async def run_pipeline(
     box_a: Sandbox, argv_a: Sequence[str], box_b: Sandbox, argv_b: Sequence[str], *,
     stdin: bytes | int | None = None,
     limits_a: Limits | None = None, limits_b: Limits | None = None,
-    policy_a: str | None | _Inherit = _INHERIT, policy_b: str | None | _Inherit = _INHERIT,
+    policy_a: str | None | Inherit = INHERIT, policy_b: str | None | Inherit = INHERIT,
     env_a: Mapping[str, str] | None = None, env_b: Mapping[str, str] | None = None, tap: Tap | None = None,
 ) -> tuple[Result, Result]:
     """`a | b` (run_connected): a reads `stdin` (as in `Sandbox.run`); b's stdout and both stderrs are captured."""
@@ -706,16 +502,3 @@ def _close_all(fds: Sequence[int]) -> None:
         os.close(fd)
 
 
-def _exec_failure(failure: StartFailure, req: RunRequest) -> Exception:
-    code, stage = failure.errno, failure.stage
-    message = os.strerror(code)
-    if stage == "exec":
-        return ExecError(f"{req.argv[0]}: {message}", code)
-    if stage == "cwd":
-        return ConfigError(f"--cwd {req.cwd}: {message}")
-    if stage == "cgroup":
-        return SetupError(f"the program could not join its run's cgroup: {message}")
-    if stage == "trace":
-        return SetupError(f"the spawner cannot trace the run, which is how it counts the CPU time of every process "
-                          f"without cgroup v2 ({message}; see `sbx check`): give --pids 1, or delegate cgroup v2")
-    return SetupError(f"preparing the program failed: {message}")

@@ -21,6 +21,7 @@ import anyio
 from . import hostpath
 from .api import Sandbox
 from .box.files import copy, locate
+from .budget import Budget
 from .errors import BoxFileError, ConfigError
 
 MAX_DEPTH = 128
@@ -163,27 +164,6 @@ def left_out(count: int) -> str:
     return f"left out {count} symlink(s) or special file(s) in it (only regular files and directories are copied)"
 
 
-@dataclass
-class Budget:
-    """What all --copy-out copies together may still bring back: at most what the box could hold.
-
-    A hostile program cannot fill the host through a copy-out: not with a
-    sparse file, not with an --upper that no --disk caps.
-    """
-
-    bytes: int
-    entries: int
-
-    def take(self, path: str, size: int) -> None:
-        if size > self.bytes:
-            raise BoxFileError(f"{path}: {size} bytes, more than the {self.bytes} bytes left for copying out "
-                               "(at most --disk in all)")
-        if self.entries < 1:
-            raise BoxFileError(f"{path}: more files than --inodes in all to copy out")
-        self.bytes -= size
-        self.entries -= 1
-
-
 async def copy_out(sandbox: Sandbox, c: Copy, budget: Budget) -> int:
     """One --copy-out, of a file or a directory tree; returns how many entries of the tree were left out.
 
@@ -207,7 +187,12 @@ async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown
     try:
         st = os.fstat(fd)
         is_dir = stat.S_ISDIR(st.st_mode)
-        budget.take(src, 0 if is_dir else st.st_size)
+        out = budget.take(0 if is_dir else st.st_size, 1)
+        if out == "bytes":
+            raise BoxFileError(f"{src}: {st.st_size} bytes, more than the {budget.bytes - budget.used_bytes} bytes left "
+                               "for copying out (at most --disk in all)")
+        if out == "entries":
+            raise BoxFileError(f"{src}: more files than --inodes in all to copy out")
         try:
             if not is_dir:
                 await anyio.to_thread.run_sync(_store, fd, st.st_size, _plain_mode(st.st_mode), parent, name)

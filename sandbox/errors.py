@@ -7,6 +7,7 @@ not be executed" (126/127) without parsing messages.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -52,3 +53,15 @@ def single_error() -> Iterator[None]:
         if len(group.exceptions) == 1 and not isinstance(group.exceptions[0], BaseExceptionGroup):
             raise group.exceptions[0] from None
         raise
+
+
+class Stopped(SandboxError):
+    """The command was stopped by a signal before its work ended."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}: the run was ended and its box removed")
+        self.signum = signum
+
+    @property
+    def exit_status(self) -> int:  # type: ignore[override]
+        return 128 + self.signum

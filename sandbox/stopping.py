@@ -15,22 +15,10 @@ from typing import TypeVar
 
 import anyio
 
-from .errors import SandboxError, single_error
+from .errors import Stopped, single_error
 
 T = TypeVar("T")
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Stopped(SandboxError):
-    """The command was stopped by a signal before its work ended."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(f"stopped by {signal.Signals(signum).name}: the run was ended and its box removed")
-        self.signum = signum
-
-    @property
-    def exit_status(self) -> int:  # type: ignore[override]
-        return 128 + self.signum
 
 
 def run(work: Callable[..., Awaitable[T]], *args: object) -> T:

@@ -224,23 +224,27 @@ def test_nothing_survives_a_killed_supervisor() -> None:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signalled_cli_run_ends_its_box_and_leaves_nothing(tmp_path: Path, signum: int) -> None:
+@pytest.mark.parametrize("way", ["one-shot", "fuse union"])
+def test_a_signalled_cli_run_ends_its_box_and_leaves_nothing(tmp_path: Path, signum: int, way: str) -> None:
     """Ctrl-C, or SIGTERM from a CI runner's timeout, ends `sbx run` as a cancellation: the run killed, 128+N,
-    one line, an IE record, and no process, mount or temp dir (the FUSE union's scratch) left behind."""
-    marker = f"1000.{signum}77"
+    one line, an IE record, and no process, mount or temp dir (the FUSE union's scratch) left behind.  Both ways
+    a run goes: the one-shot path (no event loop) and the API's (here for the FUSE union's daemon)."""
+    marker = f"1000.{signum}{len(way)}77"
     low = tmp_path / "low"
     (low / "usr").mkdir(parents=True)
     for link in ("bin", "lib", "lib64", "sbin"):
         (low / link).symlink_to(f"usr/{link}")
     before_tmp = set(os.listdir("/tmp"))
     before_mounts = Path("/proc/self/mountinfo").read_text()
-    cli = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--json", str(tmp_path / "r.json"), "--fs", "fuse",
-                            "--lower", str(low), "--ro-bind", "/usr", "--", "sleep", marker], stderr=subprocess.PIPE)
+    union = ["--fs", "fuse", "--lower", str(low), "--ro-bind", "/usr"] if way == "fuse union" else []
+    cli = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--json", str(tmp_path / "r.json"), *union, "--",
+                            "sleep", marker], stderr=subprocess.PIPE)
     deadline = time.monotonic() + 30
     while not any(p.split(": ", 1)[1].startswith("sleep") for p in host_processes_matching(marker)):
         assert time.monotonic() < deadline and cli.poll() is None, "the run started"
         time.sleep(0.02)
-    assert set(os.listdir("/tmp")) != before_tmp, "the union's scratch dir is there while it runs"
+    if union:
+        assert set(os.listdir("/tmp")) != before_tmp, "the union's scratch dir is there while it runs"
     cli.send_signal(signum)
     _, err = cli.communicate(timeout=30)
     assert cli.returncode == 128 + signum, err
@@ -250,6 +254,18 @@ def test_a_signalled_cli_run_ends_its_box_and_leaves_nothing(tmp_path: Path, sig
     assert host_processes_matching(marker) == []
     assert set(os.listdir("/tmp")) == before_tmp
     assert Path("/proc/self/mountinfo").read_text() == before_mounts
+
+
+def test_a_plain_cli_run_loads_no_event_loop() -> None:
+    """`sbx run` with no copies and no FUSE union goes the one-shot way: asyncio and anyio, whose imports cost
+    more than building the box (bench/README.md), are not loaded at all."""
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "sandbox", "run", "--policy", "strict", "--",
+                        "sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True, timeout=60)
+    lines = r.stderr.decode().splitlines()
+    loaded = {line.rpartition("|")[2].strip() for line in lines if line.startswith("import time:")}
+    assert (r.returncode, r.stdout, [line for line in lines if not line.startswith("import time:")]) == \
+        (3, b"out\n", ["err", "sbx: RE: exited with status 3"])
+    assert "sandbox.oneshot" in loaded and not {"asyncio", "anyio", "trio", "sandbox.api"} & loaded
 
 
 def test_cli_run_leaves_no_mount_or_temp_dir() -> None:

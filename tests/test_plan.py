@@ -11,10 +11,10 @@ import pytest
 from helpers import host_processes_matching, sbx
 
 from sandbox.box import plan
-from sandbox.box.supervisor import spawn_starter
 from sandbox.box.layout import Bind, Layout
-from sandbox.shipped import SPAWNER, STARTER
+from sandbox.box.starter import spawn_starter
 from sandbox.box.userns import IdMap, detect
+from sandbox.shipped import SPAWNER, STARTER
 
 IDS = IdMap(mode="range", outer_uid=1234, outer_gid=1234, subuid=(200000, 65536), subgid=(200000, 65536))
 

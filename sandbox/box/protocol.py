@@ -108,17 +108,34 @@ async def asend(sock: AsyncSocket, msg: Message, fds: list[int] | None = None) -
     await sock.sendmsg(*_encode(msg, fds or []))
 
 
+def _tokens(tokens: list[str]) -> bytes:
+    """The spawner's and the starter's request format: NUL-separated tokens, which C splits without a parser."""
+    return _within_limit(os.fsencode("\0".join(tokens) + "\0"))
+
+
+def _too_big(data: bytes, sndbuf: int) -> ConfigError:
+    return ConfigError(f"request of {len(data)} bytes is over what the spawner's socket takes ({sndbuf} bytes: "
+                       "net.core.wmem_max); pass long data through stdin or a file")
+
+
+def send_tokens(sock: socket.socket, tokens: list[str], fds: list[int]) -> None:
+    data = _tokens(tokens)
+    try:
+        sock.sendmsg([data], _ancillary(fds))
+    except OSError as e:
+        if e.errno != errno.EMSGSIZE:
+            raise
+        raise _too_big(data, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) from None
+
+
 async def asend_tokens(sock: AsyncSocket, tokens: list[str], fds: list[int]) -> None:
-    """The spawner's request format: NUL-separated tokens, which C splits without a parser."""
-    data = _within_limit(os.fsencode("\0".join(tokens) + "\0"))
+    data = _tokens(tokens)
     try:
         await sock.sendmsg([data], _ancillary(fds))
     except OSError as e:
         if e.errno != errno.EMSGSIZE:
             raise
-        size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
-        raise ConfigError(f"request of {len(data)} bytes is over what the spawner's socket takes ({size} bytes: "
-                          "net.core.wmem_max); pass long data through stdin or a file") from None
+        raise _too_big(data, sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)) from None
 
 
 async def arecv(sock: AsyncSocket) -> tuple[Message, list[int]]:

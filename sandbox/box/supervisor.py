@@ -18,7 +18,6 @@ nothing of a box can outlive the supervisor.
 from __future__ import annotations
 
 import dataclasses
-import fcntl
 import math
 import os
 import signal
@@ -39,6 +38,7 @@ from . import plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .layout import Layout
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
+from .starter import spawn_starter, write_id_maps
 from .userns import IdMap
 
 _CLOSE_TIMEOUT = 5.0
@@ -131,10 +131,9 @@ class Box:
         layout = self.layout
         opts = [f"lowerdir={':'.join(layout.lowers)}", f"upperdir={layout.upper}", f"workdir={layout.workdir}",
                 f"quota_bytes={layout.disk}", f"quota_inodes={layout.inodes}"]
-        if self.ids.mode == "range":
-            assert self.ids.subuid and self.ids.subgid
-            opts += [f"uidmapping=0:{self.ids.outer_uid}:1:1:{self.ids.subuid[0]}:{self.ids.subuid[1]}",
-                     f"gidmapping=0:{self.ids.outer_gid}:1:1:{self.ids.subgid[0]}:{self.ids.subgid[1]}"]
+        if self.ids.mode == "range":  # the daemon shows host ids as the box's user namespace maps them
+            opts += [f"uidmapping={':'.join(self.ids.uid_map_args())}",
+                     f"gidmapping={':'.join(self.ids.gid_map_args())}"]
         self._daemon_log = tempfile.TemporaryFile()
         try:
             self.daemon = await anyio.open_process(
@@ -181,23 +180,7 @@ class Box:
         await anyio.wait_readable(unshared_r)
         if os.read(unshared_r, 1) != b"u":
             return  # the outer process failed; its error arrives on the socket
-        if self.ids.private:  # root writes the maps itself; newuidmap would check /etc/subuid
-            for name, args in (("uid_map", self.ids.uid_map_args()), ("gid_map", self.ids.gid_map_args())):
-                lines = "".join(" ".join(args[i:i + 3]) + "\n" for i in range(0, len(args), 3))
-                try:
-                    with open(f"/proc/{self._pid}/{name}", "w") as f:
-                        f.write(lines)
-                except OSError as e:  # e.g. "root" of a user namespace that lacks those host ids
-                    raise SetupError(f"cannot map root's private range of ids ({name}: {e.strerror}); give root "
-                                     "a range in /etc/subuid and /etc/subgid, or use --idmap single") from None
-            os.write(mapped_w, b"g")
-            return
-        for tool, args in (("newuidmap", self.ids.uid_map_args()), ("newgidmap", self.ids.gid_map_args())):
-            proc = await anyio.run_process([tool, str(self._pid), *args], check=False, stdin=subprocess.DEVNULL,
-                                          stdout=subprocess.DEVNULL)
-            if proc.returncode != 0:
-                detail = proc.stderr.decode(errors="replace").strip().splitlines()
-                raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
+        await anyio.to_thread.run_sync(write_id_maps, self.ids, self._pid)
         os.write(mapped_w, b"g")
 
     async def start_run(self, req: RunRequest, fds: list[int], limits: Limits) -> None:
@@ -408,33 +391,3 @@ class Box:
 
 def _socket(fd: int) -> protocol.AsyncSocket:
     return protocol.AsyncSocket(socket.socket(fileno=fd))
-
-
-_LOW_FDS = 100
-"""The fds handed to the starter are moved this high first, clear of the fds 3-7 they are duplicated onto."""
-
-
-def spawn_starter(starter: str, spawner: str, ids: IdMap, fds: list[int], cgroup_fd: int) -> int:
-    """Spawn the starter (starter.c) for one box: `fds` are its control socket, the "unshared" pipe's write end
-    and the "mapped" pipe's read end (fds 3, 5 and 6 there), the spawner's binary fd 4, `cgroup_fd` (if >= 0) 7.
-
-    posix_spawn rather than a fork: nothing of this process's memory goes
-    with it.  stdin, stdout and stderr are /dev/null: the caller's terminal
-    or pipes are no box's.  The starter closes whatever else the caller left
-    inheritable before it does anything.
-    """
-    sources = [*fds, *([cgroup_fd] if cgroup_fd >= 0 else [])]
-    high: list[int] = []
-    try:
-        for fd in sources:
-            high.append(fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, _LOW_FDS))
-        targets = (3, 5, 6, 7)
-        actions: list[tuple[Any, ...]] = [(os.POSIX_SPAWN_DUP2, fd, target) for fd, target in zip(high, targets)]
-        actions += [(os.POSIX_SPAWN_OPEN, 4, spawner, os.O_PATH, 0),
-                    *((os.POSIX_SPAWN_OPEN, i, os.devnull, os.O_RDWR, 0) for i in (0, 1, 2))]
-        return os.posix_spawn(starter, [starter, str(os.getpid()), ids.mode, str(ids.outer_uid), str(ids.outer_gid),
-                                        str(ids.program_uid), str(ids.program_gid), str(int(cgroup_fd >= 0))], {},
-                              file_actions=actions, setsigmask=())
-    finally:
-        for fd in high:
-            os.close(fd)

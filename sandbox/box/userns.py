@@ -71,6 +71,7 @@ class IdMap:
                 f"caller's supplementary groups (only a subgid range lets them be dropped), no capabilities")
 
     def uid_map_args(self) -> list[str]:
+        """BOX HOST COUNT triples, flat: newuidmap's arguments and, joined by ':', sbx-overlayfs's uidmapping."""
         assert self.subuid
         return ["0", str(self.outer_uid), "1", "1", str(self.subuid[0]), str(self.subuid[1])]
 

@@ -30,10 +30,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import scratch, teardown
+from ..budget import Budget
 from ..errors import ConfigError
 from .archive import LayerBlob, Source, Verified, decompressed, open_source
 from .tar import tar_layer
-from .unpack import ArchiveError, Budget, Caps, unpack
+from .unpack import ArchiveError, Caps, unpack
 from .unpack import digest as tar_digest
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
@@ -282,7 +283,7 @@ class Store:
                        pins: list[int]) -> list[str]:
         """The source's layers unpacked over the layers `parents` (chain ids, bottom first, pinned); their
         diff_ids."""
-        budget = Budget(caps)
+        budget = Budget(caps.bytes, caps.entries)
         diff_ids = []
         chains = list(parents)
         for i, blob in enumerate(source.layers):
@@ -297,7 +298,7 @@ class Store:
             diff_ids.append(diff_id)
             chains.append(chain_id(parent, diff_id))
             how = "shared, verified" if shared is not None else "unpacked"
-            progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} {how} ({budget.bytes >> 20} MiB so far)")
+            progress(f"layer {i + 1}/{len(source.layers)}: {diff_id[:19]} {how} ({budget.used_bytes >> 20} MiB so far)")
         return diff_ids
 
     @staticmethod
@@ -313,7 +314,7 @@ class Store:
         made = teardown.identity(work)
         try:
             os.mkdir(os.path.join(work, "root"), 0o755)
-            before = budget.bytes
+            before = budget.used_bytes
             with blob.open() as raw:
                 verified = Verified(raw, blob.digest, blob.where)
                 below = tuple(os.path.join(self.layer_dir(c), "root") for c in reversed(parents))
@@ -322,7 +323,7 @@ class Store:
                 verified.check()
             _checked(blob, diff_id)
             with open(os.path.join(work, "size"), "w") as f:
-                f.write(str(budget.bytes - before))
+                f.write(str(budget.used_bytes - before))
             with open(os.path.join(work, _OWNERS), "w") as f:
                 json.dump({"uids": sorted(owners.uids), "gids": sorted(owners.gids)}, f)
             pins.append(self._place_layer(work, lock, chain_id(parents[-1] if parents else None, diff_id)))

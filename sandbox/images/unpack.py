@@ -25,6 +25,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO
 
+from ..budget import Budget
 from ..errors import ConfigError
 
 WHITEOUT_PREFIX = ".wh."
@@ -64,21 +65,12 @@ class Caps:
     entries: int = 1_000_000
 
 
-@dataclass
-class Budget:
-    """What is left of the caps while an image is imported."""
-
-    caps: Caps
-    bytes: int = 0
-    entries: int = 0
-
-    def take(self, size: int, entries: int, where: str) -> None:
-        self.bytes += size
-        self.entries += entries
-        if self.bytes > self.caps.bytes:
-            raise ArchiveError(f"{where}: unpacks to more than {self.caps.bytes} bytes (the import cap)")
-        if self.entries > self.caps.entries:
-            raise ArchiveError(f"{where}: has more than {self.caps.entries} entries (the import cap)")
+def _take(budget: Budget, size: int, entries: int, where: str) -> None:
+    out = budget.take(size, entries)
+    if out == "bytes":
+        raise ArchiveError(f"{where}: unpacks to more than {budget.bytes} bytes (the import cap)")
+    if out == "entries":
+        raise ArchiveError(f"{where}: has more than {budget.entries} entries (the import cap)")
 
 
 class _HashingReader:
@@ -110,7 +102,7 @@ def unpack(stream: IO[bytes], into: str, budget: Budget, where: str,
     try:
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
-                budget.take(max(member.size, 0), 1, where)
+                _take(budget, max(member.size, 0), 1, where)
                 _place(tar, member, dirs, where)
         while hashing.read(_CHUNK):  # the padding after the end marker is part of the digest
             pass
@@ -125,7 +117,7 @@ def digest(stream: IO[bytes], budget: Budget, where: str) -> str:
     """The diff_id of the uncompressed tar `stream`, read through without unpacking; its bytes count as data."""
     sha = hashlib.sha256()
     while chunk := stream.read(_CHUNK):
-        budget.take(len(chunk), 0, where)
+        _take(budget, len(chunk), 0, where)
         sha.update(chunk)
     return "sha256:" + sha.hexdigest()
 

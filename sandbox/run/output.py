@@ -11,21 +11,10 @@ from dataclasses import dataclass
 import anyio
 
 from ..box.supervisor import Box
+from .relay import Relay, write_all
 
 _CHUNK = 1 << 16
 _SEALED = fcntl.F_SEAL_SEAL | fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW | fcntl.F_SEAL_WRITE
-
-
-@dataclass
-class Relay:
-    """Stream a program's output to this fd as it comes, counted against the output limit.
-
-    `ends_line` says whether what was relayed so far ends a line, so that a
-    caller writing after the program to the same fd can start a new one.
-    """
-
-    fd: int
-    ends_line: bool = True
 
 
 async def input_fd(data: bytes | int | None) -> int:
@@ -121,13 +110,3 @@ def _read_buffered(fd: int) -> bytes | None:
         if e.errno == errno.EIO:  # a terminal's master once no process holds the terminal: its EOF
             return b""
         raise
-
-
-def write_all(fd: int, data: bytes) -> None:
-    """Blocking writes, in a worker thread for a caller's fd (a terminal, a pipe must stay in blocking mode)."""
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view):]
-        except BrokenPipeError:
-            return

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from .relay import program_pipe
+
 _CHUNK = 1 << 16
 
 
@@ -33,15 +35,6 @@ class Tap:
 
     def keep(self, chunk: bytes) -> None:
         self.data += chunk[:max(self.limit + 1 - len(self.data), 0)]
-
-
-def program_pipe() -> tuple[int, int]:
-    """A pipe (read end, write end) that a program gets an end of: it may reopen it through /proc/self/fd (as
-    /dev/stdout, /dev/stdin), so the pipe is not only for the uid that made it (the supervisor's).  Only a
-    process that holds an end can reach it that way."""
-    read, write = os.pipe2(os.O_CLOEXEC)
-    os.fchmod(write, 0o666)
-    return read, write
 
 
 def tapped_pipe() -> tuple[tuple[int, int], tuple[int, int]]:

@@ -23,7 +23,7 @@ from typing import Any
 import anyio
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..api import ExactEnv, Pipe, Program, Sandbox, run_connected
+from ..api import Pipe, Program, Sandbox, run_connected
 from ..box.cgroups import delegation
 from ..box.run_protocol import MAX_PROGRAM_FDS
 from ..errors import BoxFileError, SandboxError
@@ -31,6 +31,7 @@ from ..pool import SandboxPool
 from ..run.limits import Limits
 from ..run.result import Result, Status
 from ..run.tap import Tap
+from ..spec import ExactEnv
 from .files import CacheFull, FileCache
 from .response import Collected
 from .sources import SourceError, Sources

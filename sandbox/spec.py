@@ -1,0 +1,301 @@
+"""A sandbox's configuration, checked: what its box is made of and how each run is worked out, with no box yet.
+
+Everything here is decided before anything is forked, so that bad input
+gets a clear message and leaves nothing behind.  It loads no event loop:
+`Sandbox` (api.py) adds the box's lifecycle and async runs on top, and
+`sbx run` (oneshot.py) one blocking run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from .box import plan
+from .box.cgroups import delegation
+from .box.layout import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
+from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailure
+from .box.userns import IdMap, IdmapMode, detect
+from .errors import ConfigError, ExecError, SetupError
+from .hostpath import Guard
+from .run import fallback
+from .run.limits import Limits
+from .run.relay import write_all
+from .run.rlimits import rlimits
+from .run.runtime_env import runtime_env
+from .seccomp import prebuilt
+from .upper import apart
+
+if TYPE_CHECKING:
+    from .images.store import Image
+    from .seccomp.policy import Policy
+
+DEFAULT_POLICY = "default"
+BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
+NEVER_RAN = RunEnd(None, 0.0, 0.0, 0)
+"""The accounting of a run whose program never started."""
+
+
+KERNEL_UPPER = ("kernel overlayfs writes straight into the --upper dir on the host, where nothing rootless can hold "
+                "--disk and --inodes: use --fs fuse, or leave out --upper (the scratch upper is capped)")
+"""Why a kernel union cannot keep its upper on the host (quotas; see README, "Layers")."""
+
+
+class Inherit:
+    """The default of `run(policy=...)`: use the sandbox's policy (None already means "no policy")."""
+
+
+INHERIT = Inherit()
+
+
+class ExactEnv(dict[str, str]):
+    """A run's environment given whole (`run(env=ExactEnv(...))`): the sandbox adds nothing to it, neither its
+    defaults (PATH, HOME, LANG), the runtimes' memory settings (runtime_env.py), nor the sandbox's own `env`.
+    go-judge's clients expect exactly the list they send."""
+
+
+class Spec:
+    """What a sandbox is: its box's layout and filesystems, its defaults for runs, its policies' filters.
+
+    The host paths it names are resolved here (hostpath.py), and the image
+    and policies are read here, once."""
+
+    DEFAULT_DISK = 256 * 2**20
+    DEFAULT_INODES = 16384
+
+    def __init__(
+        self,
+        *,
+        limits: Limits | None = None,
+        binds: Sequence[Bind] = (),
+        tmpfs: Sequence[str] = (),
+        disk: int = DEFAULT_DISK,
+        inodes: int = DEFAULT_INODES,
+        net: str = "loopback",
+        idmap: IdmapMode = "auto",
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        policy: str | None = DEFAULT_POLICY,
+        lowers: Sequence[str] = (),
+        upper: str | None = None,
+        fs: str = "auto",
+        image: str | None = None,
+        commit: str | None = None,
+        home: str = WORK_DIR,
+    ) -> None:
+        """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
+        Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
+        image plus what the runs wrote, made when the sandbox closes (`committed` then holds it).  `home`: the
+        writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w)."""
+        if net not in ("none", "loopback"):
+            raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
+        self.limits = limits or Limits()
+        self.image: Image | None = None
+        if image is not None:
+            if lowers:
+                raise ConfigError("--image and --lower: the image's layers are the lowers")
+            from .images.store import Store  # (not loaded for runs without an image: it costs ~30 ms)
+            self._store = Store()
+            self.image = self._store.get(image)
+            lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
+        if upper is not None and not lowers:
+            raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
+        if commit is not None:
+            from .images.store import parse_ref
+        self._commit = parse_ref(commit) if commit is not None else None
+        self.committed: Image | None = None
+        self._lowers = tuple(parse_lower(d) for d in lowers)
+        self._upper = parse_upper(upper) if upper is not None else None
+        self._tmpfs = tuple(check_box_path(t, "--tmpfs") for t in tmpfs)
+        writable = [resolve_bind(b, Guard()).identity for b in binds if b.writable]
+        if self._upper is not None:
+            upper_st = os.stat(self._upper, follow_symlinks=False)
+            writable.append((upper_st.st_dev, upper_st.st_ino))
+        # the host dirs the box can write: no caller's path follows a link below them (hostpath.py), so the
+        # binds are resolved again with them known, and the command line resolves its copies with them
+        self.writable_dirs = Guard(frozenset(i for i in writable if i is not None))
+        self._binds = tuple(resolve_bind(b, self.writable_dirs) for b in binds)
+        if self._upper is not None:
+            apart(self._upper, [("--lower", d) for d in self._lowers]
+                   + [("--bind" if b.writable else "--ro-bind", b.src) for b in self._binds])
+        self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
+        self._host_dirs: dict[str, tuple[int, int]] = {}
+        self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)
+        if fs not in ("auto", "fuse", "kernel"):
+            raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
+        if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
+            needs = self._upper is not None or self._commit is not None
+            if not needs and self.image is not None:
+                ids = detect(idmap)
+                needs = self._store.owns(self.image, ids.program_uid, ids.program_gid)
+            fs = "fuse" if needs and os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
+            if fs == "kernel" and self._upper is not None:
+                raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
+        if fs == "kernel" and self._upper is not None:
+            raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
+        self.fs = fs
+        if self._commit is not None and (self.image is None or self.fs != "fuse"):
+            raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
+                              "lives inside the box")
+        defaults = self.image.runtime if self.image is not None else {}
+        self.env = {**dict(e.split("=", 1) for e in defaults.get("Env") or [] if "=" in e), **(env or {})}
+        self.home = check_box_path(home, "home")
+        if self.home in ("/tmp", "/dev/shm") or self.home.startswith(("/tmp/", "/dev/")):
+            raise ConfigError(f"home {home}: must be a directory of its own, not in /tmp or /dev")
+        if cwd is not None and not cwd.startswith("/"):
+            raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
+        self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
+        self._idmap: IdmapMode = idmap
+        self.policy = policy
+        self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
+        self._policies: dict[str, Policy] = {}
+        if policy is not None:
+            self._check_policy(policy)
+
+    def plan(self) -> tuple[plan.Step, ...]:
+        """The steps that will build this sandbox's box (plan.py; `sbx run --dry-run`), without building it.  The
+        scratch dirs a FUSE union's upper gets on entry are named by what they will be."""
+        upper, workdir = self._upper, None
+        if upper is not None:
+            workdir = os.path.join(os.path.dirname(upper), f".sbx-work-{os.path.basename(upper)}-(made on entry)")
+        elif self._lowers and self.fs == "fuse":
+            upper, workdir = "(a scratch dir)/upper", "(a scratch dir)/work"
+        return plan.make(self._layout(upper, workdir), self.ids)
+
+    def _layout(self, upper: str | None, workdir: str | None) -> Layout:
+        return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
+                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
+
+    def pin(self) -> None:
+        """Shared locks on the image's layers (if any) while the box and its daemon live: no prune removes them."""
+        if self.image is None:
+            return
+        pinned, fds = self._store.pin(self.image.ref)
+        self._locks += fds
+        if pinned.digest != self.image.digest:
+            raise ConfigError(f"image {self.image.ref}: it was replaced by another since this sandbox was made")
+
+    def release(self) -> None:
+        """Let go of the pins and the upper's lock (the daemon holds its own copies until it exits)."""
+        for fd in self._locks:
+            os.close(fd)
+        self._locks = []
+
+    @property
+    def ids(self) -> IdMap:
+        return detect(self._idmap)
+
+    @property
+    def needs_daemon(self) -> bool:
+        """Whether the root is the FUSE union, whose daemon the supervisor runs beside the box."""
+        return bool(self._lowers) and self.fs == "fuse"
+
+    def command(self, argv: Sequence[str]) -> list[str]:
+        """What runs for `argv`: with an image, its Entrypoint first, and its Cmd when `argv` is empty."""
+        if self.image is None:
+            return list(argv)
+        defaults = self.image.runtime
+        return [*(defaults.get("Entrypoint") or []), *(argv or defaults.get("Cmd") or [])]
+
+    def _policy(self, name: str) -> Policy:
+        """Read once per sandbox: a run must not pay for reading policy files."""
+        if name not in self._policies:
+            from .seccomp.policy import load_policy
+            self._policies[name] = load_policy(name)
+        return self._policies[name]
+
+    def _check_policy(self, name: str) -> None:
+        """A bad policy is bad input: it fails before any box is built.  A shipped one was checked when built."""
+        if prebuilt.load(name) is None:
+            self._policy(name)
+
+    def _one_process(self, name: str) -> bool:
+        built = prebuilt.load(name)
+        return built.one_process if built is not None else fallback.one_process(self._policy(name))
+
+    def _filter(self, policy: str, unmapped_memory: bool = True) -> tuple[int, bool]:
+        """A memfd holding the policy's BPF, built with the wheel (prebuilt.py) or compiled once per sandbox, and
+        whether the spawner may count its refusals (compiler.SPAWN_CALLS).
+
+        Without `unmapped_memory`, the calls that make memory no process maps fail (see fallback.py).
+        """
+        key = (policy, unmapped_memory)
+        if key not in self._filters:
+            built = prebuilt.load(policy)
+            if built is not None:
+                bpf, counted = built.bpf[unmapped_memory]
+            else:
+                from .seccomp import compiler
+                loaded = self._policy(policy)
+                compiled = compiler.compile(loaded if unmapped_memory else fallback.without_unmapped_memory(loaded))
+                bpf, counted = compiled.bpf, compiled.counts_refusals
+            fd = os.memfd_create(f"sbx-seccomp-{os.path.basename(policy)}", os.MFD_CLOEXEC)
+            write_all(fd, bpf)
+            self._filters[key] = (fd, counted)
+        return self._filters[key]
+
+    def prepare(self, argv: Sequence[str], limits: Limits | None, env: Mapping[str, str] | None, cwd: str | None,
+                policy: str | None | Inherit, cgroup: bool) -> Prepared:
+        """A run worked out and checked, before its fds are made: `cgroup` says whether it gets a run cgroup."""
+        argv = self.command(argv)
+        if not argv:
+            raise ConfigError("no program given" + (" (and the image has no Cmd)" if self.image else ""))
+        limits = limits or self.limits
+        if limits.cpus is not None and not cgroup:
+            raise ConfigError(f"--cpus needs cgroup v2 delegation, and there is none: {delegation().reason}")
+        full_env = dict(env) if isinstance(env, ExactEnv) else \
+            {**BASE_ENV, "HOME": self.home, **runtime_env(limits.memory, cgroup), **self.env, **(env or {})}
+        if len(argv) > MAX_ARGS or len(full_env) > MAX_ARGS:
+            raise ConfigError(f"at most {MAX_ARGS} arguments and {MAX_ARGS} environment variables")
+        policy_name = self.policy if isinstance(policy, Inherit) else policy
+        trace = fallback.traced(limits, cgroup, policy_name is not None and self._one_process(policy_name))
+        sampled_memory = None if cgroup else limits.memory
+        filter_fd, counted = (None, False) if policy_name is None else self._filter(policy_name, sampled_memory is None)
+        return Prepared(tuple(argv), full_env, cwd or self.cwd, limits, policy_name, trace, filter_fd, counted,
+                        sampled_memory)
+
+    def close_filters(self) -> None:
+        for fd, _ in self._filters.values():
+            os.close(fd)
+        self._filters.clear()
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A run as `Spec.prepare` worked it out; `request` is what the spawner gets once its fds are known."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    limits: Limits
+    policy: str | None
+    trace: bool
+    filter_fd: int | None
+    """The policy's filter (the sandbox's: send a dup of it), or None."""
+    counted: bool
+    memory: int | None
+    """The memory limit the spawner samples: only without a run cgroup."""
+
+    def request(self, ids: IdMap, cgroup: bool, capture: bool, fds: int) -> RunRequest:
+        return RunRequest(
+            argv=self.argv, env=self.env, cwd=self.cwd, rlimits=rlimits(self.limits, ids, cgroup),
+            cpu_time=self.limits.cpu_time, wall_time=self.limits.wall_time, memory=self.memory,
+            output=self.limits.output, cpu_set=self.limits.cpu_set, trace=self.trace, capture=capture, fds=fds,
+            seccomp=Seccomp.NONE if self.filter_fd is None else Seccomp.COUNTED if self.counted else Seccomp.AS_IS)
+
+
+def exec_failure(failure: StartFailure, req: RunRequest) -> Exception:
+    code, stage = failure.errno, failure.stage
+    message = os.strerror(code)
+    if stage == "exec":
+        return ExecError(f"{req.argv[0]}: {message}", code)
+    if stage == "cwd":
+        return ConfigError(f"--cwd {req.cwd}: {message}")
+    if stage == "cgroup":
+        return SetupError(f"the program could not join its run's cgroup: {message}")
+    if stage == "trace":
+        return SetupError(f"the spawner cannot trace the run, which is how it counts the CPU time of every process "
+                          f"without cgroup v2 ({message}; see `sbx check`): give --pids 1, or delegate cgroup v2")
+    return SetupError(f"preparing the program failed: {message}")
