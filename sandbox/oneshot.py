@@ -12,7 +12,6 @@ API (`eligible`).
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import math
 import os
@@ -182,11 +181,9 @@ class _Box:
                        killed=wait.killed or "the sandbox's spawner died (the program killed it)")
             if run_cgroup is not None and isinstance(end, RunEnd):
                 try:
-                    acct = run_cgroup.account()
+                    end = run_cgroup.accounted(end)
                 except OSError as e:
                     raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
-                end = dataclasses.replace(end, cpu_time=acct.cpu_time, memory_peak=acct.memory_peak,
-                                          proc_peak=acct.proc_peak, events={**end.events, **acct.events})
         finally:
             if run_cgroup is not None:
                 try:

@@ -22,6 +22,7 @@ used, and the result's `enforcement` then says `rlimit`.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
 import itertools
@@ -30,9 +31,10 @@ import re
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..run.limits import Limits
+from .run_protocol import RunEnd
 
 _WANTED = ("memory", "pids", "cpu")
 _REQUIRED = ("memory", "pids")
@@ -257,14 +259,6 @@ def delegation() -> Delegation:
     return _prepare()
 
 
-@dataclass
-class RunAccounting:
-    cpu_time: float
-    memory_peak: int
-    proc_peak: int | None
-    events: dict[str, int] = field(default_factory=dict)
-
-
 class RunCgroup:
     """One run's cgroup: its limits, the fd the program joins it through, and its accounting."""
 
@@ -303,7 +297,9 @@ class RunCgroup:
         """Before Linux 5.19 there is no memory.peak: the supervisor samples memory.current while the run lasts."""
         self.sampled_peak = max(self.sampled_peak, int(_read(os.path.join(self.path, "memory.current"))))
 
-    def account(self) -> RunAccounting:
+    def accounted(self, end: RunEnd) -> RunEnd:
+        """`end` as the spawner reported it, with this cgroup's exact CPU time, memory peak, process peak and
+        events (OSError if they cannot be read)."""
         cpu = _keyed(os.path.join(self.path, "cpu.stat"))["usage_usec"] / 1e6
         peak = int(_read(os.path.join(self.path, "memory.peak"))) if self.has_peak else self.sampled_peak
         events = {f"memory.{k}": v for k, v in _keyed(os.path.join(self.path, "memory.events")).items()
@@ -311,7 +307,8 @@ class RunCgroup:
         if (pids_max := _keyed(os.path.join(self.path, "pids.events")).get("max", 0)):
             events["pids.max"] = pids_max
         procs = int(_read(os.path.join(self.path, "pids.peak"))) if self.has_pids_peak else None
-        return RunAccounting(cpu, peak, procs, events)
+        return dataclasses.replace(end, cpu_time=cpu, memory_peak=peak, proc_peak=procs,
+                                   events={**end.events, **events})
 
     def remove(self) -> None:
         """The spawner reaped every process of the run, so this is normally a plain rmdir."""

@@ -17,7 +17,6 @@ nothing of a box can outlive the supervisor.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import signal
@@ -264,11 +263,9 @@ class Box:
             end = await self._reply(wall_limit)
             if self._run_cgroup is not None and isinstance(end, RunEnd):
                 try:
-                    acct = self._run_cgroup.account()
+                    end = self._run_cgroup.accounted(end)
                 except OSError as e:
                     raise SetupError(f"reading the run's cgroup failed: {e.strerror or e}") from None
-                end = dataclasses.replace(end, cpu_time=acct.cpu_time, memory_peak=acct.memory_peak,
-                                          proc_peak=acct.proc_peak, events={**end.events, **acct.events})
             return end
         finally:
             self._busy = False
