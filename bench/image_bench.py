@@ -12,6 +12,8 @@ under a temporary dir.  Podman runs with runc and cgroupfs, as on this machine; 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import statistics
 import subprocess
 import sys
@@ -42,8 +44,11 @@ def du(path: Path, prefix: list[str] = []) -> int:  # noqa: B006 - never changed
 def main() -> None:
     rootfs_tar = Path(sys.argv[1]) if len(sys.argv) > 1 and sys.argv[1] else None
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 10
-    with tempfile.TemporaryDirectory(prefix="sbx-image-bench-", ignore_cleanup_errors=True) as d:
-        work = Path(d)
+    # podman names an oci: image by its path, which must be a valid reference: lowercase, no "-_" (mkdtemp's
+    # random names may have both)
+    work = Path(tempfile.gettempdir()) / f"sbx-image-bench-{secrets.token_hex(4)}"
+    work.mkdir(mode=0o700)
+    try:
         base = rootfs_tar.read_bytes() if rootfs_tar else tar_of(busybox_rootfs(work / "busybox"), as_root=True)
         OciImage([base], compression="").write(work / "a")
         OciImage([base, layer_tar([Entry("etc/extra", data=b"extra\n")])], compression="").write(work / "b")
@@ -56,6 +61,8 @@ def main() -> None:
         finally:  # its files belong to subordinate ids: only podman can remove them
             subprocess.run([*podman, "system", "reset", "-f"], env=env, stdout=subprocess.DEVNULL,
                            stderr=subprocess.DEVNULL)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run(work: Path, env: dict[str, str], podman: list[str], n: int) -> None:
