@@ -88,30 +88,44 @@ _INHERITED = textwrap.dedent("""
                     sock = "eof" if ours.recv(1) == b"" else "data"
                 except BlockingIOError:
                     sock = "held"
-                # the box's outer process: the starter, the supervisor's child (box init below it is not ours to see)
-                outer = [p for p in os.listdir("/proc") if p.isdigit() and
-                         open(f"/proc/{p}/cmdline", "rb").read().split(b"\\0")[0].endswith(b"/sbx-starter")
-                         and open(f"/proc/{p}/stat").read().split(") ")[1].split()[1] == str(os.getpid())]
-                held = sorted({os.readlink(f"/proc/{p}/fd/{n}") for p in outer for n in os.listdir(f"/proc/{p}/fd")})
+                # the supervisor's children: the box's outer process (the starter; box init below it is not ours
+                # to see) and, with a FUSE union, the daemons' fork server, whose children the daemons are
+                def parent(p):
+                    return open(f"/proc/{p}/stat").read().split(") ")[1].split()[1]
+                pids = [p for p in os.listdir("/proc") if p.isdigit()]
+                children = [p for p in pids if parent(p) == str(os.getpid())]
+                outer = [p for p in children
+                         if open(f"/proc/{p}/cmdline", "rb").read().split(b"\\0")[0].endswith(b"/sbx-starter")]
+                helpers = children + [p for p in pids if parent(p) in set(children) - set(outer)]
+                held = sorted({os.readlink(f"/proc/{p}/fd/{n}") for p in helpers for n in os.listdir(f"/proc/{p}/fd")})
                 stderr = os.readlink("/proc/self/fd/2")
-                print(pipe, sock, len(outer), len(set(left) & set(held)), stderr in held, *held)
+                print(pipe, sock, len(outer), len(helpers), len(set(left) & set(held)), stderr in held, *held)
 
     anyio.run(main)
 """)
 
 
-@pytest.mark.parametrize("idmap", ["range", "single"])
-def test_the_callers_descriptors_reach_no_process_of_the_box(tmp_path: Path, idmap: str) -> None:
+@pytest.mark.parametrize("idmap,union", [("range", False), ("single", False), ("range", True)])
+def test_the_callers_descriptors_reach_no_process_of_the_box(tmp_path: Path, idmap: str, union: bool) -> None:
     """A pipe's write end and a socket, left open by the caller, are held by no process of the box: the caller's
     letting go of its own copies ends them (EOF).  Seen from the host, the box's outer process holds none of the
-    four, and not even the caller's stderr: its stdin, stdout and stderr are /dev/null."""
+    four, and not even the caller's stderr: its stdin, stdout and stderr are /dev/null.  With a FUSE union, neither
+    do the daemons' fork server and the box's daemon."""
+    low = tmp_path / "low"
+    (low / "usr").mkdir(parents=True)
+    for link in ("bin", "lib", "lib64", "sbin"):
+        (low / link).symlink_to(f"usr/{link}")
+    box = f"Sandbox(idmap={idmap!r}" + (f", lowers=[{str(low)!r}], binds=[Bind('/usr', '/usr', False)], fs='fuse')"
+                                        if union else ")")
     script = tmp_path / "inherit.py"
-    script.write_text(_INHERITED.replace("Sandbox()", f"Sandbox(idmap={idmap!r})"))
+    script.write_text(_INHERITED.replace("Sandbox()", box).replace("from sandbox import Sandbox",
+                                                                   "from sandbox import Bind, Sandbox"))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "written")], capture_output=True, timeout=60,
                        cwd=tmp_path)
     assert r.returncode == 0, r.stderr.decode()
-    pipe, sock, outers, shared, stderr_held, *held = r.stdout.decode().split()
-    assert (pipe, sock, outers, shared, stderr_held) == ("eof", "eof", "1", "0", "False"), r.stdout
+    pipe, sock, outers, helpers, shared, stderr_held, *held = r.stdout.decode().split()
+    assert (pipe, sock, outers, helpers, shared, stderr_held) == \
+        ("eof", "eof", "1", "3" if union else "1", "0", "False"), r.stdout
     assert "/dev/null" in held  # its stdin and stdout: the caller's terminal is not the box's either
 
 

@@ -9,6 +9,7 @@ import pytest
 import anyio
 
 from sandbox import Bind, ConfigError, Sandbox, Status
+from sandbox.box.union_daemon import ForkServer
 
 from helpers import host_processes_matching, sbx
 
@@ -101,6 +102,23 @@ def test_cli_union_root(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert (upper / "box" / "copy").read_text() == "bottom\n"
     assert not any(n.startswith(".sbx-work-") for n in os.listdir(tmp_path))
+
+
+async def test_fuse_daemons_fork_from_one_warm_interpreter(tmp_path: Path) -> None:
+    """A box's FUSE daemon is no new interpreter: each is a fork of one server per process, spawned with the first
+    (fuse_overlay/forkserver.py), so the boxes after it start without an interpreter's 200-300 ms."""
+    lower = bottom(tmp_path)
+    parents = []
+    for _ in range(2):
+        async with Sandbox(lowers=[str(lower)], binds=USR, fs="fuse") as box:
+            daemon = box._box.daemon  # type: ignore[union-attr]
+            assert daemon is not None
+            r = await box.run(["cat", "/etc/motd"])
+            assert (r.status, r.stdout) == (Status.OK, b"bottom\n")
+            parents.append(Path(f"/proc/{daemon.pid}/stat").read_text().split(") ")[1].split()[1])
+    server = ForkServer._current
+    assert server is not None and parents == [str(server.pid)] * 2
+    assert Path(f"/proc/{server.pid}/cmdline").read_bytes().split(b"\0")[1:3] == [b"-m", b"fuse_overlay.forkserver"]
 
 
 async def test_fuse_daemon_death_ends_the_run_ie_and_leaves_nothing(tmp_path: Path) -> None:

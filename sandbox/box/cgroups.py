@@ -343,15 +343,15 @@ class BoxCgroup:
         """An fd of init/cgroup.procs: the outer process writes itself there before its namespaces."""
         return os.open(os.path.join(self.path, "init", "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
 
-    def join_daemon(self, pid: int) -> None:
-        """Move the box's FUSE daemon (started by the supervisor, so in sbx-procs) into `daemon/`.
+    def daemon_procs(self) -> int:
+        """A write-only fd of `daemon/cgroup.procs`, through which the box's FUSE daemon joins before it serves.
 
         From then on the memory it allocates and the CPU it spends serving the
         box are charged to the box's cgroup; `remove` kills it with the box.
         """
         path = os.path.join(self.path, "daemon")
         os.makedirs(path, exist_ok=True)
-        _write(os.path.join(path, "cgroup.procs"), str(pid))
+        return os.open(os.path.join(path, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
 
     def new_run(self, limits: Limits) -> RunCgroup:
         return RunCgroup(os.path.join(self.path, f"run-{next(self._runs)}"), limits, self.controllers)

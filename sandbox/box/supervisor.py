@@ -21,14 +21,11 @@ import math
 import os
 import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
 
 import anyio
-from anyio.abc import Process
 
 from ..errors import SetupError
 from ..run.limits import Limits
@@ -38,6 +35,7 @@ from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .layout import Layout
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
 from .starter import spawn_starter, write_id_maps
+from .union_daemon import Daemon, ForkServer
 from .userns import IdMap
 
 _CLOSE_TIMEOUT = 5.0
@@ -64,7 +62,7 @@ class Box:
         self._pidfd = -1
         self._send_lock = anyio.Lock()
         self.broken = False
-        self.daemon: Process | None = None
+        self.daemon: Daemon | None = None
         self._busy = False
 
     async def start(self) -> None:
@@ -115,7 +113,7 @@ class Box:
             os.close(unshared_r)
             os.close(mapped_w)
         if "error" in reply:
-            if self.daemon is not None and self.daemon.returncode is not None:
+            if self.daemon is not None and self.daemon.dead:
                 reply["error"] += f" (union filesystem: {self.daemon_error()})"
             await self.aclose()
             raise SetupError(reply["error"])
@@ -134,31 +132,34 @@ class Box:
             opts += [f"uidmapping={':'.join(self.ids.uid_map_args())}",
                      f"gidmapping={':'.join(self.ids.gid_map_args())}"]
         self._daemon_log = tempfile.TemporaryFile()
+        procs = -1
         try:
-            self.daemon = await anyio.open_process(
-                [sys.executable, "-m", "fuse_overlay.cli", "-f", "-o", ",".join(opts), f"/dev/fd/{fd}"],
-                pass_fds=(fd, *self._daemon_holds), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                stderr=self._daemon_log)
+            if self.cgroup is not None:  # it joins before it serves: its work for the box is the box's
+                try:
+                    procs = self.cgroup.daemon_procs()
+                except OSError as e:
+                    raise SetupError(f"cannot make the union filesystem daemon's cgroup: {e.strerror or e}") from None
+            try:
+                self.daemon = await anyio.to_thread.run_sync(
+                    ForkServer.fork_daemon, ["-o", ",".join(opts)], fd, self._daemon_log.fileno(), procs,
+                    self._daemon_holds)
+            except OSError as e:
+                raise SetupError(f"cannot start the union filesystem daemon: {e.strerror or e}") from None
         finally:
             os.close(fd)
-        if self.cgroup is not None:
-            # before it serves a request (it is still starting Python): its work for the box is the box's
-            try:
-                self.cgroup.join_daemon(self.daemon.pid)
-            except OSError as e:
-                raise SetupError(f"cannot move the union filesystem daemon into the box's cgroup: "
-                                 f"{e.strerror or e}") from None
+            if procs >= 0:
+                os.close(procs)
 
     def daemon_error(self) -> str:
         """The daemon's last words, for the one-line message of a failure."""
         self._daemon_log.seek(0)
         lines = self._daemon_log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else f"exit status {self.daemon.returncode}"  # type: ignore[union-attr]
+        return lines[-1] if lines else "it exited without a word"
 
     async def watch_daemon(self) -> None:
         """End the current run (IE) if the union filesystem's daemon dies under it."""
         assert self.daemon is not None
-        await self.daemon.wait()
+        await anyio.wait_readable(self.daemon.pidfd)
         reason = self.daemon_death()
         assert reason is not None
         await self.kill_run(reason)
@@ -170,7 +171,7 @@ class Box:
         ENOTCONN and may have ended before `watch_daemon` woke: its failure is
         the sandbox's, not the program's.
         """
-        if self.daemon is None or self.daemon.returncode is None:
+        if self.daemon is None or not self.daemon.dead:
             return None
         self.broken = True
         return f"the union filesystem daemon died ({self.daemon_error()})"
@@ -370,11 +371,12 @@ class Box:
         if self.daemon is not None:
             # the mount went with the box's namespaces; the daemon sees ENODEV and exits
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
-                await self.daemon.wait()
+                await anyio.wait_readable(self.daemon.pidfd)
             if scope.cancelled_caught:
                 self.daemon.kill()
                 with anyio.CancelScope(shield=True):
-                    await self.daemon.wait()
+                    await anyio.wait_readable(self.daemon.pidfd)
+            self.daemon.close()
             self._daemon_log.close()
             self.daemon = None
 

@@ -1,0 +1,104 @@
+"""The FUSE union's daemons, forked from one warm interpreter per supervisor process (fuse_overlay.forkserver).
+
+A daemon started as a fresh interpreter costs 200-300 ms per box, more than
+the rest of the box.  The fork server is spawned (not forked: it holds
+nothing of this process's memory) when the first union is served, and again
+if it died or this process forked; every daemon after the first starts in a
+few milliseconds.  A daemon is not this process's child, so it is watched
+and killed through a pidfd, which the server sends with its pid.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+
+from . import protocol
+
+_QUIET = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2)]
+"""The server reads and prints nothing: the caller's terminal and pipes are no daemon's."""
+
+
+class Daemon:
+    """A running union daemon: its pid, and a pidfd that turns readable when it dies."""
+
+    def __init__(self, pid: int, pidfd: int) -> None:
+        self.pid = pid
+        self.pidfd = pidfd
+
+    @property
+    def dead(self) -> bool:
+        return bool(select.select([self.pidfd], [], [], 0)[0])
+
+    def kill(self) -> None:
+        try:
+            signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def close(self) -> None:
+        os.close(self.pidfd)
+
+
+class ForkServer:
+    """The warm interpreter that forks each daemon: one per supervisor process."""
+
+    _lock = threading.Lock()
+    _current: ForkServer | None = None
+
+    def __init__(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            high = fcntl.fcntl(theirs.fileno(), fcntl.F_DUPFD_CLOEXEC, 100)  # clear of fd 3, its target
+            try:
+                self.pid = os.posix_spawn(sys.executable, [sys.executable, "-m", "fuse_overlay.forkserver",
+                                                           str(os.getpid())], dict(os.environ),
+                                          file_actions=[(os.POSIX_SPAWN_DUP2, high, 3), *_QUIET], setsigmask=())
+            finally:
+                os.close(high)
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()
+        self.sock = ours
+        self.owner = os.getpid()
+
+    @classmethod
+    def fork_daemon(cls, options: list[str], fuse_fd: int, log_fd: int, cgroup_procs: int,
+                    holds: tuple[int, ...]) -> Daemon:
+        """A daemon serving the FUSE connection `fuse_fd` with `options`, its stderr `log_fd`, in the cgroup whose
+        `cgroup.procs` is open as `cgroup_procs` (-1: this process's), keeping `holds` open.
+
+        Blocking (the first call waits for the server to boot): call it from a worker thread.
+        """
+        with cls._lock:
+            for attempt in (1, 2):
+                server = cls._current
+                if server is None or server.owner != os.getpid():  # none yet, or this process forked
+                    server = cls._current = ForkServer()
+                try:
+                    joins = [cgroup_procs] if cgroup_procs >= 0 else []
+                    protocol.send(server.sock, {"argv": options, "cgroup": bool(joins)},
+                                  [fuse_fd, log_fd, *joins, *holds])
+                    reply, fds = protocol.recv(server.sock)
+                except (EOFError, OSError):
+                    server.close()  # it died: a new one, once
+                    cls._current = None
+                    if attempt == 2:
+                        raise OSError("the union filesystem's fork server died") from None
+                    continue
+                if "error" in reply:
+                    raise OSError(reply["error"])
+                return Daemon(int(reply["pid"]), fds[0])
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self.sock.close()
+        if self.owner == os.getpid():
+            os.waitpid(self.pid, 0)
