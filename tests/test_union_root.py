@@ -104,6 +104,19 @@ def test_cli_union_root(tmp_path: Path) -> None:
     assert not any(n.startswith(".sbx-work-") for n in os.listdir(tmp_path))
 
 
+async def test_file_requests_follow_the_home_box_init_made_not_a_name_the_program_moved(tmp_path: Path) -> None:
+    """In a union root with the single id mapping the program owns "/" (the caller's layers), so it can move /box
+    away and put a link to /etc in its place.  Box init opened its writable dirs before any program ran: a file
+    written to /box lands in the moved dir, not through the link."""
+    async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, fs="kernel", idmap="single") as box:
+        r = await box.run(["sh", "-c", "cd / && mv /box /moved && ln -s /etc /box && echo moved"])
+        assert (r.status, r.stdout) == (Status.OK, b"moved\n"), r
+        await box.write_file("/box/planted", b"data\n")
+        r = await box.run(["sh", "-c", "cat /moved/planted; ls /etc/planted 2>&1 || echo not-in-etc"])
+    assert r.stdout.decode().splitlines() == ["data", "ls: cannot access '/etc/planted': No such file or directory",
+                                              "not-in-etc"], r
+
+
 async def test_fuse_daemons_fork_from_one_warm_interpreter(tmp_path: Path) -> None:
     """A box's FUSE daemon is no new interpreter: each is a fork of one server per process, spawned with the first
     (fuse_overlay/forkserver.py), so the boxes after it start without an interpreter's 200-300 ms."""

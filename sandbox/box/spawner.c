@@ -98,6 +98,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "send_msg.h"
+
 #define MAX_MSG (1 << 20)
 #define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/box/run_protocol.py has the same bound */
 #define MAX_FDS (MAX_PROGRAM_FDS + 3)
@@ -121,25 +123,6 @@ static int use_setgroups;
 static pid_t spawner_pid; /* a program's process outliving it is killed (parent-death signal) */
 static int last_cap = CAP_LAST_CAP;
 static long clock_tick;
-
-static void send_msg(int sock, const char *msg, int fd)
-{
-    struct iovec iov = {(void *)msg, strlen(msg)};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
-        memset(&anc, 0, sizeof anc);
-        mh.msg_control = anc.buf;
-        mh.msg_controllen = sizeof anc.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
-    while (sendmsg(sock, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
-        ;
-}
 
 static double now(void)
 {

@@ -75,6 +75,8 @@
 #include <sys/xattr.h>
 #include <unistd.h>
 
+#include "send_msg.h"
+
 #define MAX_MSG (1 << 20)
 #define MAX_STEPS 512
 #define MAX_DIRS 64 /* home, /tmp, /dev/shm and the --tmpfs dirs a reset restores */
@@ -113,25 +115,6 @@ static int fail_errno(const char *what)
     return fail("%s: %s", what, strerror(errno));
 }
 
-static void send_msg(const char *msg, int fd)
-{
-    struct iovec iov = {(void *)msg, strlen(msg)};
-    union { struct cmsghdr h; char buf[CMSG_SPACE(sizeof(int))]; } anc;
-    struct msghdr mh = {.msg_iov = &iov, .msg_iovlen = 1};
-    if (fd >= 0) {
-        memset(&anc, 0, sizeof anc);
-        mh.msg_control = anc.buf;
-        mh.msg_controllen = sizeof anc.buf;
-        struct cmsghdr *c = CMSG_FIRSTHDR(&mh);
-        c->cmsg_level = SOL_SOCKET;
-        c->cmsg_type = SCM_RIGHTS;
-        c->cmsg_len = CMSG_LEN(sizeof(int));
-        memcpy(CMSG_DATA(c), &fd, sizeof fd);
-    }
-    while (sendmsg(ctl, &mh, MSG_NOSIGNAL) < 0 && errno == EINTR)
-        ;
-}
-
 /* {"error": err}, as JSON the supervisor can decode whatever bytes a path had (invalid UTF-8 becomes U+FFFD) */
 static void send_error(void)
 {
@@ -159,7 +142,7 @@ static void send_error(void)
         s += len ? len : 1;
     }
     strcpy(o, "\"}");
-    send_msg(out, -1);
+    send_msg(ctl, out, -1);
 }
 
 static void die(void) __attribute__((noreturn));
@@ -849,7 +832,7 @@ static void mount_fuse(void)
     snprintf(data, sizeof data, "fd=%d,rootmode=40000,user_id=%u,group_id=%u,default_permissions,allow_other", fd,
              getuid(), getgid());
     check(mount_("sbx-overlayfs", "/new", "fuse.sbx-overlayfs", MS_NOSUID | MS_NODEV, data));
-    send_msg("{\"fuse\":true}", fd);
+    send_msg(ctl, "{\"fuse\":true}", fd);
     close(fd);
 }
 
@@ -966,6 +949,7 @@ static int build_root(void)
 /* -- files in and out ------------------------------------------------------------------------------------------ */
 
 static const char *writable[MAX_DIRS]; /* home, /tmp, /dev/shm, then the --tmpfs dirs */
+static int writable_fd[MAX_DIRS];      /* each, opened (O_PATH) once the root is built, before any program ran */
 static int nwritable;
 
 static int fail_path(const char *path)
@@ -977,14 +961,16 @@ static int fail_path(const char *path)
  * missing on the way are made, owned by the program */
 static int parent_beneath(const char *path, const char *dir, char *rel, int own_, const char **name)
 {
-    int known = 0;
+    int known = -1;
     for (int i = 0; i < 3 && i < nwritable; i++)
-        known |= !strcmp(dir, writable[i]);
-    if (!known) {
+        if (!strcmp(dir, writable[i]))
+            known = i;
+    if (known < 0) {
         errno = EINVAL;
         return fail("%s: not under %s, %s or %s", path, writable[0], writable[1], writable[2]);
     }
-    int parent = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    /* through the fd taken before any program ran: in a union root, the program may have moved the dir's name */
+    int parent = (int)fcntl(writable_fd[known], F_DUPFD_CLOEXEC, 0);
     if (parent < 0)
         return fail_path(path);
     char *slash;
@@ -1280,7 +1266,7 @@ static void resetter_init(void)
 {
     for (int i = 0; i < nwritable; i++) {
         dirs[ndirs].path = writable[i];
-        check(lstat(writable[i], &dirs[ndirs++].st) < 0 ? fail_errno(writable[i]) : 0);
+        check(fstat(writable_fd[i], &dirs[ndirs++].st) < 0 ? fail_errno(writable[i]) : 0);
     }
     check(mount_("mqueue", "/tmp", "mqueue", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL));
     mqueue = open("/tmp", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -1326,7 +1312,7 @@ static int reset(void)
         return fail("reset: ns_last_pid: %s", strerror(errno));
     for (int i = 0; i < ndirs; i++) {
         struct dir_state *d = &dirs[i];
-        int fd = open(d->path, DIR_FLAGS);
+        int fd = openat(writable_fd[i], ".", DIR_FLAGS);
         if (fd < 0)
             return fail("reset: %s: %s", d->path, strerror(errno));
         struct notes notes = {.top = d->path};
@@ -1460,7 +1446,7 @@ static void file_request(char *op, struct tokens *t, int fd)
     if (r < 0)
         send_error();
     else
-        send_msg("{\"ok\":true}", out);
+        send_msg(ctl, "{\"ok\":true}", out);
     if (out >= 0)
         close(out);
 }
@@ -1473,6 +1459,10 @@ static void box_init(void)
     if (!writable[0]) {
         errno = EINVAL;
         check(fail("the box's plan makes no writable dirs"));
+    }
+    for (int i = 0; i < nwritable; i++) {
+        writable_fd[i] = open(writable[i], O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        check(writable_fd[i] < 0 ? fail_errno(writable[i]) : 0);
     }
     int union_root = 0;
     for (int i = 0; i < nsteps; i++)
@@ -1494,7 +1484,7 @@ static void box_init(void)
     int sock;
     pid_t spawner = start_spawner(&sock);
     pids_after = spawner;
-    send_msg("{\"ready\":true}", sock);
+    send_msg(ctl, "{\"ready\":true}", sock);
     close(sock);
     static char buf[MAX_MSG];
     for (;;) {
@@ -1523,7 +1513,7 @@ static void box_init(void)
             reap_all();
             spawner = start_spawner(&sock);
             pids_after = spawner;
-            send_msg("{\"ok\":true}", sock);
+            send_msg(ctl, "{\"ok\":true}", sock);
             close(sock);
         } else if (op) {
             file_request(op, &t, fd);
