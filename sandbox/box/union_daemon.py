@@ -33,7 +33,9 @@ class Daemon:
 
     @property
     def dead(self) -> bool:
-        return bool(select.select([self.pidfd], [], [], 0)[0])
+        poller = select.poll()  # (not select(2): a service's fds go past FD_SETSIZE)
+        poller.register(self.pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def kill(self) -> None:
         try:
