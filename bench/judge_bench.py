@@ -9,7 +9,6 @@ ping/pong programs joined by plain pipes outside any sandbox.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import shutil
 import statistics
@@ -32,7 +31,7 @@ ROUNDS = 100_000
 JUDGE_LIMITS = Limits(cpu_time=1.0, wall_time=3.0, memory=256 * 2**20, pids=1)
 """What `sbx judge` sets on every run: the spawner watches CPU, wall time and (without cgroup v2) memory, so
 they are part of the cost."""
-FORKING_LIMITS = dataclasses.replace(JUDGE_LIMITS, pids=64)
+FORKING_LIMITS = JUDGE_LIMITS.replace(pids=64)
 """The same for a run that may fork: without cgroup v2 the spawner then traces it (see spawner.c)."""
 
 

@@ -13,7 +13,7 @@ import stat
 import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import anyio
 from anyio.abc import TaskGroup
@@ -358,7 +358,7 @@ class _Pending:
                 os.ftruncate(fd, 0)
         death = self.box.daemon_death()
         if death is not None:
-            end = replace(end if isinstance(end, RunEnd) else NEVER_RAN, killed=death)
+            end = (end if isinstance(end, RunEnd) else NEVER_RAN).replace(killed=death)
         if isinstance(end, StartFailure):
             raise exec_failure(end, self.req)
         result = verdict(end, self.limits, output_exceeded=self.out.exceeded,

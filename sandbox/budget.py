@@ -8,12 +8,12 @@ first take past either end is refused, with nothing taken.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Literal
 
+from .record import Record
 
-@dataclass
-class Budget:
+
+class Budget(Record, frozen=False):
     bytes: int
     entries: int
     used_bytes: int = 0

@@ -28,11 +28,11 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import Self
 
 from . import syscalls as sc
 from .errors import ConfigError
+from .record import Record, field
 
 MAX_LINKS = 40
 """Links followed in one path, as the kernel's own limit (ELOOP past it)."""
@@ -44,8 +44,7 @@ class UnsafePath(ConfigError):
     """A caller's path runs through a link that sbx will not follow; the message names the link."""
 
 
-@dataclass(frozen=True)
-class Guard:
+class Guard(Record):
     """Host directories a box can write, by identity (st_dev, st_ino): no link is followed below them."""
 
     dirs: frozenset[tuple[int, int]] = field(default_factory=frozenset)
@@ -64,8 +63,7 @@ class _Closing:
         self.close()
 
 
-@dataclass
-class HostPath(_Closing):
+class HostPath(_Closing, Record, frozen=False):
     """What a caller's path names, open as an O_PATH fd (the owner closes it), and where it is, link-free."""
 
     fd: int

@@ -8,20 +8,16 @@ that is said in one line rather than as an empty policy list.
 
 from __future__ import annotations
 
-import importlib.resources
 from pathlib import Path
 
 from .errors import SetupError
 
-
-def _package_path(name: str) -> Path:
-    # an installed wheel is unpacked on disk, so the package's resources are real paths
-    return Path(str(importlib.resources.files(__package__).joinpath(name)))
-
-
-SPAWNER = _package_path("_bin/sbx-spawner")
-STARTER = _package_path("_bin/sbx-starter")
-POLICY_DIR = _package_path("policies")
+# An installed wheel is unpacked on disk, so the package's files are real paths next to this one
+# (importlib.resources would cost every start the zipfile module for nothing).
+_PACKAGE = Path(__file__).parent
+SPAWNER = _PACKAGE / "_bin/sbx-spawner"
+STARTER = _PACKAGE / "_bin/sbx-starter"
+POLICY_DIR = _PACKAGE / "policies"
 
 
 def shipped(path: Path, what: str) -> Path:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from .box import plan
@@ -20,6 +19,7 @@ from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailur
 from .box.userns import IdMap, IdmapMode, detect
 from .errors import ConfigError, ExecError, SetupError
 from .hostpath import Guard
+from .record import Record
 from .run import fallback
 from .run.limits import Limits
 from .run.relay import write_all
@@ -262,8 +262,7 @@ class Spec:
         self._filters.clear()
 
 
-@dataclass(frozen=True)
-class Prepared:
+class Prepared(Record):
     """A run as `Spec.prepare` worked it out; `request` is what the spawner gets once its fds are known."""
 
     argv: tuple[str, ...]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import json
 import os
@@ -54,8 +53,30 @@ def test_limits_reject_nonsense() -> None:
         Limits(memory=0)
 
 
+def test_a_record_is_a_value_checked_on_every_copy() -> None:
+    """record.py stands in for dataclasses on the start path: what its users rely on must hold."""
+    limits = Limits(pids=3)
+    assert limits == Limits(pids=3) != Limits(pids=4) and hash(limits) == hash(Limits(pids=3))
+    assert limits.replace(pids=5) == Limits(pids=5) and limits.pids == 3
+    with pytest.raises(AttributeError):
+        limits.pids = 4  # type: ignore[misc]
+    with pytest.raises(ConfigError):  # replace goes through __init__, so __post_init__'s checks again
+        limits.replace(memory=0)
+    with pytest.raises(TypeError, match="missing argument 'cpu_time'"):
+        RunEnd(wait_status=0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected or repeated argument 'cpu_time'"):
+        Limits(1.0, cpu_time=2.0)  # type: ignore[misc]
+    first, second = _reply(), _reply()
+    first.events["x"] = 1
+    assert second.events == {}  # a default_factory makes one per record
+    result = verdict(_reply(), Limits(), output_exceeded=False, enforcement={})
+    result.stdout = b"secret"
+    assert "secret" not in repr(result) and "status=" in repr(result)  # repr=False fields stay out
+    assert RunEnd(0, 0.1, 0.2, 1000) != StartFailure("exec", 2)  # another type is never equal
+
+
 def _reply(**kw: Any) -> RunEnd:
-    return dataclasses.replace(RunEnd(wait_status=0, cpu_time=0.1, wall_time=0.2, memory_peak=1000), **kw)
+    return RunEnd(wait_status=0, cpu_time=0.1, wall_time=0.2, memory_peak=1000).replace(**kw)
 
 
 def test_verdict_order() -> None:

@@ -22,17 +22,15 @@ used, and the result's `enforcement` then says `rlimit`.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import functools
 import itertools
 import os
 import re
 import shutil
-import subprocess
 import time
-from dataclasses import dataclass
 
+from ..record import Record
 from ..run.limits import Limits
 from .run_protocol import RunEnd
 
@@ -45,8 +43,7 @@ _EMPTY_TIMEOUT = 2.0
 _SCOPE_TIMEOUT = 5.0
 
 
-@dataclass(frozen=True)
-class Delegation:
+class Delegation(Record):
     """Where this process may create cgroups, or why it may not."""
 
     base: str | None
@@ -215,6 +212,8 @@ def _systemd_scope() -> str | None:
     unreachable = systemd_unreachable()
     if unreachable is not None:
         return unreachable
+    import subprocess  # (only here: a start that needs no scope does not load it)
+
     busctl = shutil.which("busctl")
     assert busctl is not None
     before = _read("/proc/self/cgroup")
@@ -307,8 +306,7 @@ class RunCgroup:
         if (pids_max := _keyed(os.path.join(self.path, "pids.events")).get("max", 0)):
             events["pids.max"] = pids_max
         procs = int(_read(os.path.join(self.path, "pids.peak"))) if self.has_pids_peak else None
-        return dataclasses.replace(end, cpu_time=cpu, memory_peak=peak, proc_peak=procs,
-                                   events={**end.events, **events})
+        return end.replace(cpu_time=cpu, memory_peak=peak, proc_peak=procs, events={**end.events, **events})
 
     def remove(self) -> None:
         """The spawner reaped every process of the run, so this is normally a plain rmdir."""

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 
 from .. import hostpath
 from ..errors import ConfigError
+from ..record import Record
 
 WORK_DIR = "/box"
 
 
-@dataclass(frozen=True)
-class Bind:
+class Bind(Record):
     src: str
     dst: str
     writable: bool
@@ -29,8 +28,7 @@ class Bind:
     found again without following a link, or nothing."""
 
 
-@dataclass(frozen=True)
-class Layout:
+class Layout(Record):
     disk: int
     inodes: int
     binds: tuple[Bind, ...] = ()

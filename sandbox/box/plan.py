@@ -9,11 +9,11 @@ finds each one again under the old root and never follows a link to it.
 
 from __future__ import annotations
 
-import dataclasses
 import fnmatch
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
+
+from ..record import Record, fields
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -38,15 +38,13 @@ PROC_MASKED = ("acpi", "cmdline", "config.gz", "kallsyms", "kcore", "keys", "key
 files read as empty, directories as empty directories."""
 
 
-@dataclass(frozen=True)
-class Step:
+class Step(Record):
     name: ClassVar[str]
 
     def describe(self) -> str:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class Scratch(Step):
     """The box's own tmpfs, capped: home, /tmp and /dev/shm, the masks, a union's upper when it has none."""
 
@@ -58,7 +56,6 @@ class Scratch(Step):
         return f"tmpfs scratch: size {self.size}, {self.inodes} inodes (home, /tmp, /dev/shm)"
 
 
-@dataclass(frozen=True)
 class TmpfsRoot(Step):
     """A fresh, empty root, read-only once built: only what the plan puts in it."""
 
@@ -68,7 +65,6 @@ class TmpfsRoot(Step):
         return "root: a fresh tmpfs"
 
 
-@dataclass(frozen=True)
 class KernelUnion(Step):
     """Kernel overlayfs of host layer dirs (top first), over `upper` or, without one, the scratch tmpfs."""
 
@@ -81,7 +77,6 @@ class KernelUnion(Step):
         return f"root: overlayfs of {', '.join(self.lowers)} over {self.upper or 'the scratch tmpfs'}"
 
 
-@dataclass(frozen=True)
 class FuseUnion(Step):
     """The FUSE union (sbx-overlayfs), served from outside the box on the connection handed to the supervisor."""
 
@@ -91,7 +86,6 @@ class FuseUnion(Step):
         return "root: sbx-overlayfs, served by the supervisor's daemon"
 
 
-@dataclass(frozen=True)
 class Mirror(Step):
     """The host's `host_dir/entry` at `into/entry`, read-only: a link as the same link, else a bind."""
 
@@ -104,7 +98,6 @@ class Mirror(Step):
         return f"read-only {self.host_dir.rstrip('/')}/{self.entry} -> {self.into.rstrip('/')}/{self.entry}"
 
 
-@dataclass(frozen=True)
 class File(Step):
     """A file made for the box (its /etc/passwd, group, hostname, hosts)."""
 
@@ -116,7 +109,6 @@ class File(Step):
         return f"file {self.path} ({len(self.text.encode())} bytes)"
 
 
-@dataclass(frozen=True)
 class Writable(Step):
     """Home, /tmp and /dev/shm on the scratch tmpfs; over a union root, home is the union's own dir."""
 
@@ -131,7 +123,6 @@ class Writable(Step):
         return f"writable {self.home} (owned by {self.uid}:{self.gid}, {where}), /tmp"
 
 
-@dataclass(frozen=True)
 class Devices(Step):
     """/dev: a tmpfs with the host's harmless devices bound, a private devpts, /dev/shm and the fd links."""
 
@@ -142,7 +133,6 @@ class Devices(Step):
         return f"/dev: {', '.join(self.names)}, pts (private), shm, fd links; read-only"
 
 
-@dataclass(frozen=True)
 class Proc(Step):
     """The box's procfs (hidepid=invisible), some parts read-only, the host's facts masked."""
 
@@ -154,7 +144,6 @@ class Proc(Step):
         return f"/proc: hidepid=invisible; read-only {', '.join(self.readonly)}; masked {', '.join(self.masked)}"
 
 
-@dataclass(frozen=True)
 class HostBind(Step):
     """A host path the caller named, found again by its identity (hostpath.py), at `dst`."""
 
@@ -168,7 +157,6 @@ class HostBind(Step):
         return f"{'writable' if self.writable else 'read-only'} bind {self.src} -> {self.dst}"
 
 
-@dataclass(frozen=True)
 class Tmpfs(Step):
     name = "tmpfs"
     dst: str
@@ -179,7 +167,6 @@ class Tmpfs(Step):
         return f"tmpfs {self.dst}: size {self.size}, {self.inodes} inodes"
 
 
-@dataclass(frozen=True)
 class ReadOnlyRoot(Step):
     name = "read-only-root"
 
@@ -187,7 +174,6 @@ class ReadOnlyRoot(Step):
         return "root read-only"
 
 
-@dataclass(frozen=True)
 class Pivot(Step):
     """Into the new root; the host's tree is detached, not hidden."""
 
@@ -197,7 +183,6 @@ class Pivot(Step):
         return "pivot_root into the new root, the old root detached"
 
 
-@dataclass(frozen=True)
 class Hostname(Step):
     name = "hostname"
     hostname: str
@@ -206,7 +191,6 @@ class Hostname(Step):
         return f"hostname {self.hostname}"
 
 
-@dataclass(frozen=True)
 class Loopback(Step):
     name = "loopback"
 
@@ -249,8 +233,8 @@ def tokens(steps: tuple[Step, ...]) -> list[str]:
     out: list[str] = []
     for step in steps:
         out.append(step.name)
-        for field in dataclasses.fields(step):
-            value = getattr(step, field.name)
+        for name in fields(step):
+            value = getattr(step, name)
             if isinstance(value, tuple):
                 out += [str(len(value)), *map(str, value)]
             else:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
+from ..record import Record, field
 from ..seccomp.notify import syscall_label
 
 MAX_ARGS = 4096
@@ -32,8 +32,7 @@ class Seccomp(enum.IntEnum):
     COUNTED = 2  # each errno the policy returns is a notification the spawner answers and counts
 
 
-@dataclass(frozen=True)
-class RunRequest:
+class RunRequest(Record):
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: str
@@ -63,16 +62,14 @@ def _flag(value: bool) -> str:
     return "1" if value else "0"
 
 
-@dataclass(frozen=True)
-class StartFailure:
+class StartFailure(Record):
     """The program never ran: the step that failed (setup, cwd, cgroup, trace, seccomp, exec) and its errno."""
 
     stage: str
     errno: int
 
 
-@dataclass(frozen=True)
-class RunEnd:
+class RunEnd(Record):
     """How a run ended, as `verdict` reads it: the spawner's report, what the supervisor stopped it for, and the
     run cgroup's accounting when there is one."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 from typing import Any
 
 from ..errors import SetupError
@@ -58,8 +57,28 @@ def write_id_maps(ids: IdMap, pid: int) -> None:
                                  "a range in /etc/subuid and /etc/subgid, or use --idmap single") from None
         return
     for tool, args in (("newuidmap", ids.uid_map_args()), ("newgidmap", ids.gid_map_args())):
-        proc = subprocess.run([tool, str(pid), *args], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                              stderr=subprocess.PIPE)
-        if proc.returncode != 0:
-            detail = proc.stderr.decode(errors="replace").strip().splitlines()
-            raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {proc.returncode}'}")
+        status, stderr = _run_tool([tool, str(pid), *args])
+        if status != 0:
+            detail = stderr.decode(errors="replace").strip().splitlines()
+            raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {status}'}")
+
+
+def _run_tool(argv: list[str]) -> tuple[int, bytes]:
+    """Run `argv` (found on PATH) with stdin and stdout on /dev/null: its exit status and its stderr.
+
+    posix_spawn rather than subprocess, whose import (and threading's) a
+    one-shot `sbx run` would pay on every start for this one call.
+    """
+    read_end, write_end = os.pipe2(os.O_CLOEXEC)
+    try:
+        pid = os.posix_spawnp(argv[0], argv, os.environ, file_actions=[
+            (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0), (os.POSIX_SPAWN_OPEN, 1, os.devnull, os.O_WRONLY, 0),
+            (os.POSIX_SPAWN_DUP2, write_end, 2)])
+    except OSError as e:
+        os.close(read_end)
+        raise SetupError(f"{argv[0]}: {e.strerror}") from None
+    finally:
+        os.close(write_end)
+    with os.fdopen(read_end, "rb") as err:
+        stderr = err.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), stderr

@@ -22,10 +22,10 @@ import grp
 import os
 import pwd
 import shutil
-from dataclasses import dataclass
 from typing import Literal
 
 from ..errors import ConfigError, SetupError
+from ..record import Record
 
 PROGRAM_ID = 1000
 """The uid and gid the program runs as inside a ``range`` box."""
@@ -37,8 +37,7 @@ below 2**31 (some tools still read ids as signed)."""
 IdmapMode = Literal["auto", "range", "single"]
 
 
-@dataclass(frozen=True)
-class IdMap:
+class IdMap(Record):
     mode: Literal["range", "single"]
     outer_uid: int
     outer_gid: int

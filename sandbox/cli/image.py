@@ -10,10 +10,11 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import scratch
 from ..errors import ConfigError
+from .parser import Parser, no_command
 
 if TYPE_CHECKING:
     from ..images.store import Store
@@ -46,10 +47,8 @@ def _one_line(command: Callable[[argparse.Namespace], int | None]) -> Callable[[
     return run
 
 
-def add_commands(sub: Any, parser_class: type[argparse.ArgumentParser],
-                 no_command: Callable[[Any], Callable[[argparse.Namespace], Any]]) -> None:
-    image = sub.add_parser("image", help="the image store: import, list, inspect, tag, remove, prune, export")
-    isub = image.add_subparsers(dest="image_command", parser_class=parser_class)
+def build(image: argparse.ArgumentParser) -> None:
+    isub = image.add_subparsers(dest="image_command", parser_class=Parser)
     image.set_defaults(func=no_command(isub.choices))
     imp = isub.add_parser("import", help="import a rootfs (dir or tar), a docker-archive or an OCI layout")
     imp.add_argument("path", metavar="FILE|DIR")

@@ -6,14 +6,12 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 from ..run.limits import parse_count, parse_seconds, parse_size
 
 
-def add_command(sub: Any) -> None:
-    judge = sub.add_parser("judge", help="compile a solution and run it on a directory of tests")
+def build(judge: argparse.ArgumentParser) -> None:
     judge.add_argument("solution", metavar="SOLUTION", nargs="?")
     judge.add_argument("--tests", metavar="DIR", help="NAME.in with NAME.out (or NAME.ans)")
     judge.add_argument("--problem", metavar="DIR",

@@ -1,11 +1,17 @@
-"""What `sbx policy list|show|check` print.  Each function returns the text; errors raise PolicyError."""
+"""`sbx policy list|show|check`.  Each function returns the text it prints; errors raise PolicyError.
+
+Loaded for `sbx policy` only: it brings the policy parser and libseccomp, which no other command needs
+(a box under a shipped policy takes its filter as built with the wheel: prebuilt.py).
+"""
 
 from __future__ import annotations
 
+import argparse
 import textwrap
 
 from ..seccomp.compiler import compile
 from ..seccomp.policy import POLICY_DIR, Action, Policy, available_policies, load_policy
+from .parser import Parser, no_command
 
 # The calls every shipped policy must stop: (label, syscall, args).  `check` warns about any a policy lets through.
 DANGEROUS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
@@ -27,6 +33,23 @@ DANGEROUS: tuple[tuple[str, str, tuple[int, ...]], ...] = (
     ("seccomp(SECCOMP_SET_MODE_FILTER)", "seccomp", (1,)),
     ("prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER)", "prctl", (22, 2)),
 )
+
+
+def build(policy: argparse.ArgumentParser) -> None:
+    psub = policy.add_subparsers(dest="policy_command", parser_class=Parser)
+    policy.set_defaults(func=no_command(psub.choices))
+    psub.add_parser("list", help="the shipped policies").set_defaults(func=lambda a: _print(list_policies()))
+    show = psub.add_parser("show", help="what a policy allows and blocks")
+    show.add_argument("name", metavar="NAME|FILE")
+    show.set_defaults(func=lambda a: _print(show_policy(a.name)))
+    pcheck = psub.add_parser("check", help="validate a policy file")
+    pcheck.add_argument("file", metavar="FILE")
+    pcheck.set_defaults(func=lambda a: _print(check_policy(a.file)))
+
+
+def _print(text: str) -> int:
+    print(text)
+    return 0
 
 
 def leaks(policy: Policy) -> list[str]:

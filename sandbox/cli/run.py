@@ -15,7 +15,6 @@ import shlex
 import sys
 import termios
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import hostpath, oneshot
@@ -24,6 +23,7 @@ from ..box.layout import WORK_DIR, Bind, parse_bind
 from ..box.plan import describe
 from ..budget import Budget
 from ..errors import BoxFileError, ConfigError, ExecError, SandboxError
+from ..record import Record, field
 from ..run.limits import Limits, parse_count, parse_cpus, parse_seconds, parse_size
 from ..run.relay import Relay
 from ..run.result import Result, Status
@@ -60,6 +60,98 @@ def _limits(args: argparse.Namespace) -> Limits:
         output=parse_size(args.output, "--output") if args.output else defaults.output,
         cpus=parse_cpus(args.cpus) if args.cpus else None,
     )
+
+
+def build(run: argparse.ArgumentParser) -> None:
+    """The `run` command's options (main.py builds only the invoked command's parser)."""
+    run.description = (
+        "Run PROG in a fresh box. The box sees only the host's /usr, /bin, /sbin, /lib* and the parts "
+        "of /etc a toolchain needs; /box (the working directory), /tmp and /dev/shm start empty. "
+        "Give it more with --ro-bind, --bind or --copy-in.")
+    run.epilog = (
+        "Exit status: the program's own, 128+N when it was killed by signal N, 126/127 when it is not "
+        "executable / not found, 125 when the sandbox could not be set up, a --copy-in failed, or a "
+        "--copy-out failed after a run that exited 0, 128+N when sbx itself got SIGINT or SIGTERM (the run "
+        "is ended and its box removed first). A run that does not end OK is explained in one line "
+        "on stderr after the program's own output (sbx: TLE: 1.00 s of CPU time, limit 1 s).")
+    run.add_argument("--policy", default="default", metavar="NAME|FILE",
+                     help="seccomp policy: a shipped name (sbx policy list) or a .toml file (default: default)")
+    run.add_argument("--time", metavar="S",
+                     help="CPU time limit in seconds, summed over every process and thread (default: none, "
+                          "--wall-time bounds it)")
+    run.add_argument("--wall-time", metavar="S", help="wall-clock time limit in seconds (default 600; none lifts it)")
+    run.add_argument("--memory", metavar="SIZE",
+                     help="memory limit of the whole run, e.g. 256M (default 1G; none lifts it): the cgroup's "
+                          "memory.max when one is delegated, else resident memory sampled by the spawner "
+                          "(sbx check says which)")
+    run.add_argument("--pids", metavar="N", help="maximum number of processes and threads (default 64)")
+    run.add_argument("--cpus", metavar="N", help="CPU bandwidth in cores, e.g. 0.5 (cgroup cpu.max; needs delegation)")
+    run.add_argument("--output", metavar="SIZE", help="cap on stdout+stderr (default 64M); more is OLE")
+    run.add_argument("--disk", metavar="SIZE",
+                     help="size of the writable /box, /tmp, /dev/shm together (default 256M); also the most "
+                          "that all --copy-out copies together may bring back")
+    run.add_argument("--inodes", metavar="N",
+                     help="number of files in them (default 16384); also the most files --copy-out may bring back")
+    run.add_argument("--image", metavar="NAME[:TAG]",
+                     help="an image of the store (sbx image ls): its layers are the root, its Env, WorkingDir and "
+                          "Entrypoint apply, and its Cmd when no PROG is given")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the steps that would build the box, one a line, and build nothing")
+    run.add_argument("--commit", metavar="NEW[:TAG]",
+                     help="with --image (and --fs fuse): after the run, the image plus what the program wrote, "
+                          "deletions included, as a new image of the store")
+    run.add_argument("--lower", action="append", default=[], metavar="DIR",
+                     help="a read-only layer of the root (repeatable, top first): the layers are the whole root, "
+                          "instead of the host's system dirs")
+    run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
+                     help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or (auto, the "
+                          "default) kernel unless the run needs FUSE: --upper, --commit, or an image with files of "
+                          "the program's uid or gid. kernel refuses --upper: it would write straight into the host "
+                          "dir, where --disk and --inodes cannot hold")
+    run.add_argument("--upper", metavar="DIR",
+                     help="keep what the program wrote over the --lower layers here, at most --disk bytes and "
+                          "--inodes names (--fs fuse only)")
+    run.add_argument("--bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="writable bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range the program writes as its own uid, so SRC must be writable by others")
+    run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]",
+                     help="read-only bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
+                          "range SRC must be readable by others")
+    run.add_argument("--tmpfs", action="append", default=[], metavar="DST",
+                     help="an empty writable tmpfs at DST (repeatable; each up to --disk and --inodes)")
+    run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
+                     help="copy the host file or directory SRC to DST in the box before the run (repeatable). "
+                          "DST is relative to /box or absolute under /box, /tmp or /dev/shm (a directory may go "
+                          "to /box itself: DST .); directories on the way are made. The copies are the "
+                          "program's, mode 644, or 755 if executable. Of a directory's tree, regular files and "
+                          "directories are copied, symlinks and special files left out (never followed), and "
+                          "empty directories not made.")
+    run.add_argument("--copy-out", action="append", default=[], metavar="SRC:DST",
+                     help="after the run, even a failed one, copy the box file or directory SRC (a path as for "
+                          "--copy-in's DST; . is all of /box) to the host path DST, or into DST if it is a "
+                          "directory (repeatable). Of a tree, regular files and directories are copied, symlinks "
+                          "and special files left out (never followed); an existing host directory is merged "
+                          "into. The copies are yours, mode 644, or 755 if executable, less your umask. A file "
+                          "already at the destination is replaced, never written through a symlink; a symlink "
+                          "where a directory goes is refused. At most --disk bytes and --inodes files in all. (A "
+                          "directory of a --fs fuse union cannot be copied out, only its files.)")
+    run.add_argument("--cwd", metavar="DIR", help="working directory in the box (default /box, or the image's "
+                                                  "WorkingDir)")
+    run.add_argument("--env", action="append", default=[], metavar="K=V",
+                     help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
+    run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
+    run.add_argument("--idmap", default="auto", metavar="auto|range|single",
+                     help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
+    run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
+    run.add_argument("--json", metavar="FILE|-",
+                     help="write the result record as JSON, for every run attempted (also one whose program "
+                          "could not be started or whose box could not be set up); with -, stdout carries the "
+                          "record alone and the program's stdout goes to stderr")
+    run.add_argument("--quiet", action="store_true",
+                     help="do not say why a run did not end OK, nor give hints (errors are still said)")
+    run.add_argument("program", nargs=argparse.REMAINDER, metavar="-- PROG [ARG...]",
+                     help="the program: a path in the box, or a name looked up in /usr/local/bin, /usr/bin, /bin")
+    run.set_defaults(func=command)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -123,8 +215,7 @@ def command(args: argparse.Namespace) -> int:
     return outcome.exit_status
 
 
-@dataclass(frozen=True)
-class _Plan:
+class _Plan(Record):
     """What `sbx run` does with its box, checked before the box is built."""
 
     argv: list[str]
@@ -140,8 +231,7 @@ class _Plan:
     stderr: Relay = field(default_factory=lambda: Relay(2))  # the program's stderr, relayed to ours
 
 
-@dataclass
-class _Outcome:
+class _Outcome(Record, frozen=False):
     """How `sbx run` ends: the record, the exit status, and the lines to say after the program's output."""
 
     result: Result

@@ -7,14 +7,12 @@ import argparse
 import ipaddress
 import signal
 from pathlib import Path
-from typing import Any
 
 from ..errors import ConfigError
 from ..run.limits import parse_count, parse_seconds, parse_size
 
 
-def add_command(sub: Any) -> None:
-    serve = sub.add_parser("serve", help="serve go-judge's /run API (and /file, /languages, /metrics) over HTTP")
+def build_serve(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--listen", default="127.0.0.1:5050", metavar="HOST:PORT",
                        help="where to listen (default 127.0.0.1:5050); beyond loopback a --token-file is required")
     serve.add_argument("--pool", default="2", metavar="N", help="boxes kept ready (default 2)")
@@ -36,7 +34,9 @@ def add_command(sub: Any) -> None:
                        help="hosts (names, addresses or networks such as 10.0.0.0/8) a submission's callback_url may "
                             "name (repeatable; default none: no callbacks)")
     serve.set_defaults(func=_cmd_serve)
-    worker = sub.add_parser("worker", help="judge the submissions an sbx serve --redis queues")
+
+
+def build_worker(worker: argparse.ArgumentParser) -> None:
     worker.add_argument("--redis", required=True, metavar="URL", help="e.g. redis://127.0.0.1:6379/0")
     worker.add_argument("--judges", default="1", metavar="N", help="submissions judged at once (default 1)")
     worker.add_argument("--lease", default="30", metavar="S",

@@ -12,8 +12,7 @@ from ..errors import ConfigError
 from ..run.limits import parse_seconds, parse_size
 
 
-def add_command(sub: Any) -> None:
-    submit = sub.add_parser("submit", help="send a solution to an sbx serve to judge")
+def build(submit: argparse.ArgumentParser) -> None:
     submit.add_argument("solution", metavar="SOLUTION")
     submit.add_argument("--tests", required=True, metavar="DIR", help="NAME.in with NAME.out (or NAME.ans)")
     submit.add_argument("--server", default="http://127.0.0.1:5050", metavar="URL", help="default http://127.0.0.1:5050")
@@ -41,7 +40,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     try:
         source = Path(args.solution).read_text()
         body = {"language": args.lang, "source": source,
-                "tests": [{"name": t.name, "input": t.input.read_text(), "answer": t.answer.read_text()} for t in tests],
+                "tests": [{"name": t.name, "input": t.input.read_text(), "answer": t.answer.read_text()}
+                          for t in tests],
                 "limits": {"time": parse_seconds(args.time, "--time"), "memory": parse_size(args.memory, "--memory")}}
     except OSError as e:
         raise ConfigError(f"{e.filename}: {e.strerror}") from None

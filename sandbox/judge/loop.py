@@ -13,7 +13,6 @@ not the whole judging a traceback.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from dataclasses import dataclass
 from typing import TextIO
@@ -186,7 +185,7 @@ async def _interact(runs: SandboxPool, checks: SandboxPool, program: JudgeProgra
         await prepare(judge_box, program, test.input.read_bytes(), test.answer.read_bytes())
         result, judged = await run_interactive(box, language.run_argv(options.limits.memory), judge_box,
                                                program.command(), limits_a=options.limits,
-                                               limits_b=dataclasses.replace(CHECKER_LIMITS, wall_time=wall))
+                                               limits_b=CHECKER_LIMITS.replace(wall_time=wall))
         status, message, points = await outcome(judge_box, program, judged)
     if result.status in (Status.TLE, Status.WLE, Status.MLE, Status.OLE, Status.SV):
         return _failed(test, result, language)

@@ -20,7 +20,6 @@ A cgroup sees every process and every page of a run.  Without one:
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 from typing import TYPE_CHECKING
 
@@ -71,6 +70,8 @@ def address_space(memory: int) -> int:
 
 def without_unmapped_memory(policy: Policy) -> Policy:
     """The policy, with memfd_create and shmget failing as on a kernel without them (callers fall back)."""
+    import dataclasses  # (only where a policy is compiled: a start under a shipped policy loads none)
+
     from ..seccomp.policy import Action, Rule
 
     refused = Rule(Action("errno", errno.ENOSYS), where="sandbox/run/fallback.py: memory no process maps")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import math
 import os
 import re
-from dataclasses import dataclass
 
 from ..errors import ConfigError
+from ..record import Record
 
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)([KMGT]?)(i?B)?", re.IGNORECASE)
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -52,8 +52,7 @@ def parse_count(text: str, what: str) -> int:
     return value
 
 
-@dataclass(frozen=True)
-class Limits:
+class Limits(Record):
     """Per-run limits; None means "not limited".
 
     The defaults are what a sandbox for untrusted code should never run without:

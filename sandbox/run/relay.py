@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+
+from ..record import Record
 
 
-@dataclass
-class Relay:
+class Relay(Record, frozen=False):
     """Stream a program's output to this fd as it comes, counted against the output limit.
 
     `ends_line` says whether what was relayed so far ends a line, so that a

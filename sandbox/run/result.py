@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
 from enum import Enum
+
+from ..record import Record, asdict, field
 
 
 class Status(str, Enum):
@@ -19,8 +20,7 @@ class Status(str, Enum):
     IE = "IE"
 
 
-@dataclass
-class Result:
+class Result(Record, frozen=False):
     status: Status
     exit_code: int | None
     signal: int | None
@@ -51,6 +51,7 @@ class Result:
         """The JSON record: every contract field, never the captured output."""
         d = asdict(self)
         del d["stdout"], d["stderr"]
+        d["enforcement"], d["events"] = dict(self.enforcement), dict(self.events)
         d["status"] = self.status.value
         return d
 

@@ -26,7 +26,8 @@ from __future__ import annotations
 import errno as _errno
 import fcntl
 import struct
-from dataclasses import dataclass
+
+from ..record import Record
 
 _NOTIF = struct.Struct("=QII iIQ6Q")
 _RESP = struct.Struct("=QqiI")
@@ -52,8 +53,7 @@ X32_SYSCALL_BIT = 0x40000000
 _ARCH_NAMES = {AUDIT_ARCH_X86_64: "x86_64", AUDIT_ARCH_I386: "i386", 0xC00000B7: "aarch64", 0x40000028: "arm"}
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(Record):
     id: int  # the kernel's cookie for this call, needed to answer it
     pid: int  # the caller, as seen from the receiver's pid namespace (0 if not visible there)
     arch: str  # "x86_64", "i386", "x32", or "arch 0x..." for anything else

@@ -13,18 +13,21 @@ word (compiler.py).
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
+from ..record import Record
 from ..shipped import POLICY_DIR
+
+try:  # CPython 3.11's own SHA-256, built into the interpreter: hashlib would load OpenSSL, some 3 ms of every start
+    from _sha256 import sha256  # type: ignore[import-not-found]
+except ImportError:
+    from hashlib import sha256
 
 _SUFFIX = ".filters.json"
 
 
-@dataclass(frozen=True)
-class Filters:
+class Filters(Record):
     """A policy's compiled forms: BPF, and whether the spawner may count its refusals (compiler.py), both with
     memory no process maps allowed (True) and refused (False; fallback.py), and whether it lets a program make
     no process (fallback.one_process)."""
@@ -59,7 +62,7 @@ def _read(name: str) -> Filters | None:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    return str(sha256(path.read_bytes()).hexdigest())
 
 
 def build(policy_dir: Path) -> list[str]:
