@@ -14,6 +14,10 @@ An import unpacks without the lock and takes it only to put finished layers
 in place (a layer already there is kept: same content) and name the image.
 A box holds a shared flock on each of its layers for as long as it lives, so
 `prune` removes only layers no name refers to and no box uses.
+
+A run only reads names and pins layers: the machinery of archives, tar and
+unpacking (tarfile, gzip, zstandard) is loaded by the methods that import
+or commit, not by every start of a box on an image.
 """
 
 from __future__ import annotations
@@ -21,21 +25,21 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import re
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .. import scratch, teardown
-from ..budget import Budget
+from .. import teardown
 from ..errors import ConfigError
-from .archive import LayerBlob, Source, Verified, decompressed, open_source
-from .tar import tar_layer
-from .unpack import ArchiveError, Caps, unpack
-from .unpack import digest as tar_digest
+from ..record import Record
+from ..sha256 import hexdigest
+
+if TYPE_CHECKING:
+    from ..budget import Budget
+    from .archive import LayerBlob, Source
+    from .unpack import Caps
 
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -56,8 +60,7 @@ def parse_ref(ref: str) -> str:
     return f"{name}:{tag}"
 
 
-@dataclass(frozen=True)
-class Image:
+class Image(Record):
     ref: str
     digest: str  # of the manifest
     config: dict[str, Any]
@@ -82,7 +85,7 @@ def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
 
 def chain_id(parent: str | None, diff_id: str) -> str:
     """OCI's ChainID: a layer's diff_id at the bottom, else the digest of its parent's chain id and its own."""
-    return diff_id if parent is None else "sha256:" + hashlib.sha256(f"{parent} {diff_id}".encode()).hexdigest()
+    return diff_id if parent is None else "sha256:" + hexdigest(f"{parent} {diff_id}".encode())
 
 
 class Store:
@@ -128,7 +131,7 @@ class Store:
             return f.read()
 
     def _put_blob(self, data: bytes) -> str:
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
+        digest = "sha256:" + hexdigest(data)
         path = os.path.join(self.root, "blobs", "sha256", digest.split(":", 1)[1])
         if not os.path.exists(path):
             tmp = f"{path}.{os.getpid()}"
@@ -257,14 +260,18 @@ class Store:
 
     # --- import ---------------------------------------------------------------------------------------------
 
-    def import_path(self, path: str, ref: str | None, caps: Caps = Caps(),
+    def import_path(self, path: str, ref: str | None, caps: Caps | None = None,
                     progress: Callable[[str], None] = lambda line: None) -> Image:
-        """Import a rootfs, docker-archive or OCI layout; named `ref`, else by the archive, else an error."""
+        """Import a rootfs, docker-archive or OCI layout; named `ref`, else by the archive, else an error
+        (within `caps`: unpack.py's defaults unless given)."""
+        from .archive import open_source
+        from .unpack import Caps
+
         with open_source(path) as source, self._pinning() as pins:
             name = parse_ref(ref) if ref else parse_ref(source.tags[0]) if source.tags else None
             if name is None:
                 raise ConfigError(f"{path}: the archive names no image: give --name NAME[:TAG]")
-            diff_ids = self._unpack_layers(source, (), caps, progress, pins)
+            diff_ids = self._unpack_layers(source, (), caps or Caps(), progress, pins)
             config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
             config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
             return self._name(name, config, diff_ids)
@@ -283,6 +290,8 @@ class Store:
                        pins: list[int]) -> list[str]:
         """The source's layers unpacked over the layers `parents` (chain ids, bottom first, pinned); their
         diff_ids."""
+        from ..budget import Budget
+
         budget = Budget(caps.bytes, caps.entries)
         diff_ids = []
         chains = list(parents)
@@ -303,6 +312,9 @@ class Store:
 
     @staticmethod
     def _read_through(blob: LayerBlob, budget: Budget) -> str:
+        from .archive import Verified, decompressed
+        from .unpack import digest as tar_digest
+
         with blob.open() as raw:
             verified = Verified(raw, blob.digest, blob.where)
             diff_id = tar_digest(decompressed(verified), budget, blob.where)
@@ -310,6 +322,10 @@ class Store:
         return _checked(blob, diff_id)
 
     def _unpack_layer(self, blob: LayerBlob, parents: list[str], budget: Budget, pins: list[int]) -> str:
+        from .. import scratch
+        from .archive import Verified, decompressed
+        from .unpack import unpack
+
         work, lock = scratch.make(os.path.join(self.root, "tmp"), "unpack-")
         made = teardown.identity(work)
         try:
@@ -341,6 +357,11 @@ class Store:
 
         The upper is the program's work: it goes through the same unpacking as any archive.
         """
+        from .. import scratch
+        from .archive import LayerBlob, Source
+        from .tar import tar_layer
+        from .unpack import Caps
+
         ref = parse_ref(ref)
         with self._pinning() as pins, scratch.workdir(os.path.join(self.root, "tmp"), "commit-") as work:
             tar_path = os.path.join(work, "layer.tar")
@@ -396,6 +417,8 @@ class Store:
 
 
 def _checked(blob: LayerBlob, diff_id: str) -> str:
+    from .unpack import ArchiveError
+
     if blob.diff_id is not None and diff_id != blob.diff_id:
         raise ArchiveError(f"{blob.where}: unpacks to {diff_id}, but the config says {blob.diff_id}")
     return diff_id

@@ -17,12 +17,8 @@ import json
 from pathlib import Path
 
 from ..record import Record
+from ..sha256 import hexdigest
 from ..shipped import POLICY_DIR
-
-try:  # CPython 3.11's own SHA-256, built into the interpreter: hashlib would load OpenSSL, some 3 ms of every start
-    from _sha256 import sha256  # type: ignore[import-not-found]
-except ImportError:
-    from hashlib import sha256
 
 _SUFFIX = ".filters.json"
 
@@ -62,7 +58,7 @@ def _read(name: str) -> Filters | None:
 
 
 def _sha256(path: Path) -> str:
-    return str(sha256(path.read_bytes()).hexdigest())
+    return hexdigest(path.read_bytes())
 
 
 def build(policy_dir: Path) -> list[str]:
