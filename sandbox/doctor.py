@@ -82,7 +82,7 @@ def _installation() -> dict[str, Any]:
         import pyseccomp  # noqa: F401 - importing it loads libseccomp.so.2
     except (ImportError, OSError, AttributeError) as e:  # pyseccomp without libseccomp.so.2 fails late
         problems.append(f"libseccomp cannot be loaded through pyseccomp: {e}")
-    where = f"sbx {importlib.metadata.version('sbx')}, spawner and policies in {shipped.POLICY_DIR.parent}"
+    where = f"sbx {importlib.metadata.version('sbx')}, spawner and policies in {os.path.dirname(shipped.POLICY_DIR)}"
     return {"ok": not problems, "detail": "; ".join(problems) or where}
 
 

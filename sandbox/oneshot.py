@@ -106,7 +106,7 @@ class _Box:
         self.spawner: socket.socket | None = None
 
     def start(self) -> None:
-        starter, spawner = str(shipped(STARTER, "the starter")), str(shipped(SPAWNER, "the spawner"))
+        starter, spawner = shipped(STARTER, "the starter"), shipped(SPAWNER, "the spawner")
         found = delegation()
         cgroup_fd = -1
         if found.base is not None:

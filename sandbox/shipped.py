@@ -8,21 +8,21 @@ that is said in one line rather than as an empty policy list.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
 from .errors import SetupError
 
-# An installed wheel is unpacked on disk, so the package's files are real paths next to this one
-# (importlib.resources would cost every start the zipfile module for nothing).
-_PACKAGE = Path(__file__).parent
-SPAWNER = _PACKAGE / "_bin/sbx-spawner"
-STARTER = _PACKAGE / "_bin/sbx-starter"
-POLICY_DIR = _PACKAGE / "policies"
+# An installed wheel is unpacked on disk, so the package's files are real paths next to this one.  Plain strings:
+# importlib.resources (zipfile) and pathlib would cost every start some 5 ms for nothing.
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+SPAWNER = os.path.join(_PACKAGE, "_bin", "sbx-spawner")
+STARTER = os.path.join(_PACKAGE, "_bin", "sbx-starter")
+POLICY_DIR = os.path.join(_PACKAGE, "policies")
 
 
-def shipped(path: Path, what: str) -> Path:
+def shipped(path: str, what: str) -> str:
     """PATH, or a SetupError saying that sbx was not installed from its wheel."""
-    if not path.exists():
+    if not os.path.exists(path):
         raise SetupError(f"{what}: not found at {path}; install sbx with pip (pip install . builds it), "
                          f"rather than running it from a source tree")
     return path

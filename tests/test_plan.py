@@ -80,7 +80,7 @@ def test_the_starter_refuses_a_plan_it_cannot_read(tokens: list[str], said: str)
     unshared_r, unshared_w = os.pipe()
     mapped_r, mapped_w = os.pipe()
     try:
-        pid = spawn_starter(str(STARTER), str(SPAWNER), detect("single"), [theirs.fileno(), unshared_w, mapped_r], -1)
+        pid = spawn_starter(STARTER, SPAWNER, detect("single"), [theirs.fileno(), unshared_w, mapped_r], -1)
     finally:
         for fd in (theirs.detach(), unshared_w, mapped_r):
             os.close(fd)

@@ -27,9 +27,9 @@ import functools
 import itertools
 import os
 import re
-import shutil
 import time
 
+from .. import tools
 from ..record import Record
 from ..run.limits import Limits
 from .run_protocol import RunEnd
@@ -197,7 +197,7 @@ def _clean_stale(base: str) -> None:
 def systemd_unreachable() -> str | None:
     """Why no systemd user manager can be asked for a delegated scope, or None if one can."""
     runtime = os.environ.get("XDG_RUNTIME_DIR", f"/run/user/{os.getuid()}")
-    if shutil.which("busctl") is None:
+    if tools.find("busctl") is None:
         return "no busctl to ask a systemd user manager for a delegated scope"
     if not (os.environ.get("DBUS_SESSION_BUS_ADDRESS") or os.path.exists(f"{runtime}/bus")):
         return "no systemd user manager is reachable for a delegated scope"
@@ -214,7 +214,7 @@ def _systemd_scope() -> str | None:
         return unreachable
     import subprocess  # (only here: a start that needs no scope does not load it)
 
-    busctl = shutil.which("busctl")
+    busctl = tools.find("busctl")
     assert busctl is not None
     before = _read("/proc/self/cgroup")
     proc = subprocess.run(

@@ -66,8 +66,8 @@ class Box:
         self._busy = False
 
     async def start(self) -> None:
-        starter = str(shipped(STARTER, "the starter"))
-        spawner = str(shipped(SPAWNER, "the spawner"))
+        starter = shipped(STARTER, "the starter")
+        spawner = shipped(SPAWNER, "the spawner")
         cgroup_fd = -1
         if self._delegation.base is not None:
             try:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import grp
 import os
 import pwd
-import shutil
 from typing import Literal
 
+from .. import tools
 from ..errors import ConfigError, SetupError
 from ..record import Record
 
@@ -143,7 +143,7 @@ def _check_root_range() -> None:
 
 def range_unavailable_reason(uid: int) -> str | None:
     for helper in ("newuidmap", "newgidmap"):
-        if shutil.which(helper) is None:
+        if tools.find(helper) is None:
             return f"{helper} not found (install package uidmap)"
     user = _user_name(uid)
     if subordinate_range("/etc/subuid", uid, user) is None:

@@ -3,10 +3,32 @@
 from __future__ import annotations
 
 import argparse
+import os
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NoReturn
 
 from ..errors import ConfigError
+
+
+class _Formatter(argparse.HelpFormatter):
+    """argparse's, with the terminal's width read through os: argparse makes a formatter for every option it
+    adds (to check its metavar), and the first one imports shutil for the width, 2 ms of every start."""
+
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None) -> None:
+        if width is None:
+            width = _columns() - 2  # (as argparse does)
+        super().__init__(prog, indent_increment, max_help_position, width)
+
+
+def _columns() -> int:
+    """$COLUMNS, else the terminal's width, else 80 (as shutil.get_terminal_size)."""
+    if os.environ.get("COLUMNS", "").isdigit():
+        return int(os.environ["COLUMNS"])
+    try:
+        return os.get_terminal_size(1).columns
+    except OSError:  # not a terminal
+        return 80
 
 
 class Parser(argparse.ArgumentParser):
@@ -19,7 +41,7 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.option_names: list[str] = []
-        super().__init__(*args, allow_abbrev=False, **kwargs)
+        super().__init__(*args, allow_abbrev=False, formatter_class=_Formatter, **kwargs)
 
     def add_argument(self, *args: Any, **kwargs: Any) -> argparse.Action:
         action = super().add_argument(*args, **kwargs)

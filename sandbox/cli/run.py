@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import errno
 import os
-import shlex
 import sys
 import termios
 from collections.abc import Callable, Iterator
@@ -169,6 +168,7 @@ def command(args: argparse.Namespace) -> int:
         lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit)
     sandbox = Spec(**config)
     if args.dry_run:
+        import shlex
         lines = describe(sandbox.plan())
         print("\n".join([*lines, f"{len(lines) + 1:2}. run {shlex.join(sandbox.command(argv))} under "
                                    f"{'no policy' if sandbox.policy is None else 'policy ' + sandbox.policy}"]))

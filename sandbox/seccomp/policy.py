@@ -455,7 +455,7 @@ def _show(v: int) -> str:
 
 def available_policies() -> list[str]:
     """Names of the shipped policies."""
-    found = shipped(POLICY_DIR, "the shipped policies").glob("*.toml")
+    found = Path(shipped(POLICY_DIR, "the shipped policies")).glob("*.toml")
     return sorted(p.stem for p in found if not p.stem.startswith("_"))
 
 
@@ -472,7 +472,7 @@ def resolve(ref: str, relative_to: Path | None = None) -> Path:
         if not p.is_file():
             raise PolicyError(f"policy {ref!r}: no such file")
         return p
-    p = POLICY_DIR / f"{ref}.toml"
+    p = Path(POLICY_DIR, f"{ref}.toml")
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", ref) or not p.is_file():
         raise PolicyError(f"policy {ref!r}: no such policy (available: {', '.join(available_policies())})")
     return p

@@ -12,13 +12,17 @@ word (compiler.py).
 
 from __future__ import annotations
 
-import base64
+import binascii
 import json
-from pathlib import Path
+import os
+from typing import TYPE_CHECKING
 
 from ..record import Record
 from ..sha256 import hexdigest
 from ..shipped import POLICY_DIR
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 _SUFFIX = ".filters.json"
 
@@ -47,18 +51,19 @@ def _read(name: str) -> Filters | None:
     if "/" in name or name.endswith(".toml") or name.startswith("."):
         return None  # a file of the user's: compiled per run
     try:
-        data = json.loads((POLICY_DIR / f"{name}{_SUFFIX}").read_bytes())
+        data = json.loads(_read_bytes(os.path.join(POLICY_DIR, f"{name}{_SUFFIX}")))
         for file, digest in data["sources"].items():
-            if "/" in file or _sha256(POLICY_DIR / file) != digest:
+            if "/" in file or hexdigest(_read_bytes(os.path.join(POLICY_DIR, file))) != digest:
                 return None
-        return Filters({unmapped == "unmapped": (base64.b64decode(bpf), counted)
+        return Filters({unmapped == "unmapped": (binascii.a2b_base64(bpf), counted)
                         for unmapped, (bpf, counted) in data["bpf"].items()}, bool(data["one_process"]))
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
 
-def _sha256(path: Path) -> str:
-    return hexdigest(path.read_bytes())
+def _read_bytes(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def build(policy_dir: Path) -> list[str]:
@@ -75,12 +80,12 @@ def build(policy_dir: Path) -> list[str]:
         forms = {}
         for unmapped, form in (("unmapped", policy), ("mapped", fallback.without_unmapped_memory(policy))):
             compiled = compiler.compile(form)
-            forms[unmapped] = (base64.b64encode(compiled.bpf).decode(), compiled.counts_refusals)
+            forms[unmapped] = (binascii.b2a_base64(compiled.bpf, newline=False).decode(), compiled.counts_refusals)
         sources = {}
         for file in policy.files:
             if file.resolve().parent != policy_dir.resolve():
                 raise ValueError(f"{source.name}: reads {file}, outside the shipped policies")
-            sources[file.name] = _sha256(file)
+            sources[file.name] = hexdigest(file.read_bytes())
         data = {"sources": sources, "bpf": forms, "one_process": fallback.one_process(policy)}
         (policy_dir / f"{source.stem}{_SUFFIX}").write_text(json.dumps(data, sort_keys=True))
         built.append(source.stem)
