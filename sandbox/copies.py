@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import anyio
 
-from . import hostpath
+from . import fdpath, hostpath
 from .api import Sandbox
 from .box.files import copy, locate
 from .budget import Budget
@@ -105,11 +105,8 @@ def parse_copy_out(spec: str, guard: hostpath.Guard = hostpath.Guard()) -> Copy:
     if not stat.S_ISDIR(st.st_mode):  # (a link there is replaced, not followed)
         return Copy(src, dst, parent, name)
     with parent:  # an existing directory: copied into, as cp does
-        fd = os.open(name, _PATH_DIR, dir_fd=parent.fd)
+        fd = os.open(name, fdpath.PATH_DIR, dir_fd=parent.fd)
     return Copy(src, dst, hostpath.HostPath(fd, os.path.join(parent.path, name)), inside, into=True)
-
-
-_PATH_DIR = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 async def copy_in(sandbox: Sandbox, c: Copy) -> int:
@@ -142,7 +139,7 @@ async def _send_entry(sandbox: Sandbox, fd: int, src: str, dst: str, depth: int)
     names, left_out = _listing(fd)
     for name in names:
         try:  # (O_NOFOLLOW: an entry swapped for a link meanwhile is refused, not followed)
-            below = os.open(name, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW, dir_fd=fd)
+            below = os.open(name, fdpath.READ, dir_fd=fd)
         except OSError as e:
             raise ConfigError(f"--copy-in {src}/{name}: {e.strerror}") from None
         try:
@@ -175,9 +172,6 @@ async def copy_out(sandbox: Sandbox, c: Copy, budget: Budget) -> int:
     """
     shown = os.path.join(c.dst, c.name) if c.into else c.dst
     return await _fetch_entry(sandbox, c.src, c.host.fd, c.name, shown, budget, 0)
-
-
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
 async def _fetch_entry(sandbox: Sandbox, src: str, parent: int, name: str, shown: str, budget: Budget,
@@ -232,11 +226,7 @@ def _listing(directory: int) -> tuple[list[str], int]:
 
 def _host_dir(parent: int, name: str) -> int:
     """The host directory `name` in `parent`, made if missing; a symlink there is refused, not followed."""
-    try:
-        os.mkdir(name, 0o755, dir_fd=parent)
-    except FileExistsError:
-        pass
-    return os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)
+    return fdpath.make_dir(parent, name, 0o755)[0]
 
 
 def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
@@ -247,7 +237,7 @@ def _store(source: int, size: int, mode: int, parent: int, name: str) -> None:
     as it was.
     """
     temp = f".sbx-copy-{secrets.token_hex(8)}"  # (not from `name`: that may already be 255 bytes long)
-    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
+    fd = os.open(temp, fdpath.CREATE, mode, dir_fd=parent)
     try:
         copy(source, fd, size)
         os.rename(temp, name, src_dir_fd=parent, dst_dir_fd=parent)

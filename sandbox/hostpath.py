@@ -30,6 +30,7 @@ import os
 import stat
 from typing import Self
 
+from . import fdpath
 from . import syscalls as sc
 from .errors import ConfigError
 from .record import Record, field
@@ -37,7 +38,6 @@ from .record import Record, field
 MAX_LINKS = 40
 """Links followed in one path, as the kernel's own limit (ELOOP past it)."""
 
-_PATH = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class UnsafePath(ConfigError):
@@ -111,7 +111,7 @@ def resolve_parent(path: str, what: str, guard: Guard = Guard()) -> tuple[HostPa
 
 
 def _walk(start: str, path: str, what: str, guard: Guard) -> HostPath:
-    current = os.open(start, _PATH | os.O_DIRECTORY)
+    current = os.open(start, fdpath.PATH_DIR)
     where = [part for part in start.split("/") if part]
     guarded = _guarded(current, guard)
     todo = [part for part in reversed(path.split("/")) if part not in ("", ".")]
@@ -120,13 +120,13 @@ def _walk(start: str, path: str, what: str, guard: Guard) -> HostPath:
         while todo:
             part = todo.pop()
             if part == "..":
-                parent = os.open("..", _PATH | os.O_DIRECTORY, dir_fd=current)
+                parent = os.open("..", fdpath.PATH_DIR, dir_fd=current)
                 os.close(current)
                 current = parent
                 where = where[:-1]
                 guarded = guarded or _guarded(current, guard)
                 continue
-            below = os.open(part, _PATH, dir_fd=current)
+            below = os.open(part, fdpath.PATH, dir_fd=current)
             st = os.fstat(below)
             if not stat.S_ISLNK(st.st_mode):
                 if todo and not stat.S_ISDIR(st.st_mode):
@@ -156,7 +156,7 @@ def _walk(start: str, path: str, what: str, guard: Guard) -> HostPath:
             todo.extend(p for p in reversed(target.split("/")) if p not in ("", "."))
             if target.startswith("/"):
                 os.close(current)
-                current = os.open("/", _PATH | os.O_DIRECTORY)
+                current = os.open("/", fdpath.PATH_DIR)
                 where = []
     except BaseException:
         os.close(current)
@@ -167,8 +167,7 @@ def _walk(start: str, path: str, what: str, guard: Guard) -> HostPath:
 def _guarded(fd: int, guard: Guard) -> bool:
     if not guard.dirs:
         return False
-    st = os.fstat(fd)
-    return (st.st_dev, st.st_ino) in guard.dirs
+    return fdpath.identity(fd) in guard.dirs
 
 
 def _check_link(shown: str, st: os.stat_result, guarded: bool, what: str) -> None:

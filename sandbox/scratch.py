@@ -18,17 +18,15 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 
-from . import teardown
+from . import fdpath, teardown
 from .teardown import TeardownWarning
-
-_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def make(parent: str, prefix: str) -> tuple[str, int]:
     """A new dir `parent/prefixXXXX`, and the fd that holds its lock; abandoned `prefix*` dirs go first."""
     remove_abandoned(parent, prefix)
     making = tempfile.mkdtemp(prefix=f".making-{prefix}", dir=parent)
-    fd = os.open(making, _OPEN)
+    fd = os.open(making, fdpath.DIR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         path = os.path.join(parent, prefix + os.path.basename(making)[len(f".making-{prefix}"):])
@@ -61,7 +59,7 @@ def remove_abandoned(parent: str, prefix: str) -> None:
     for name in names:
         path = os.path.join(parent, name)
         try:
-            fd = os.open(path, _OPEN)
+            fd = os.open(path, fdpath.DIR)
         except OSError:
             continue
         try:

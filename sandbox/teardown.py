@@ -19,9 +19,9 @@ import errno
 import os
 import stat
 
+from . import fdpath
 from . import syscalls as sc
 
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _MAX_NOTES = 3
 
 
@@ -62,7 +62,7 @@ def remove_tree(path: str, expected: tuple[int, int] | None = None) -> list[str]
         except OSError as e:
             notes.add(path, e if e.errno not in (errno.ELOOP, errno.ENOTDIR) else "not a directory (left alone)")
             return notes.lines
-        if expected is not None and _identity(top) != expected:
+        if expected is not None and fdpath.identity(top) != expected:
             os.close(top)
             notes.add(path, "not the directory sbx made there (left alone)")
             return notes.lines
@@ -84,7 +84,7 @@ def _empty(top: int, top_path: str, notes: _Notes) -> bool:
     Returns False if it had to stop because the tree changed under it.
     """
     stack: list[tuple[tuple[int, int], list[str], str]] = []
-    cur, cur_id, todo, where = top, _identity(top), _names(top, top_path, notes), top_path
+    cur, cur_id, todo, where = top, fdpath.identity(top), _names(top, top_path, notes), top_path
     try:
         while True:
             if todo:
@@ -95,19 +95,19 @@ def _empty(top: int, top_path: str, notes: _Notes) -> bool:
                 stack.append((cur_id, todo, name))
                 os.close(cur)
                 cur, where = child, f"{where}/{name}"
-                cur_id, todo = _identity(cur), _names(cur, where, notes)
+                cur_id, todo = fdpath.identity(cur), _names(cur, where, notes)
                 continue
             if not stack:
                 return True
             parent_id, todo, name = stack.pop()
             try:
-                up = os.open("..", _DIR, dir_fd=cur)
+                up = os.open("..", fdpath.DIR, dir_fd=cur)
             except OSError as e:
                 notes.add(os.path.dirname(where), e)
                 return False
             os.close(cur)
             cur, where = up, os.path.dirname(where)
-            cur_id = _identity(cur)
+            cur_id = fdpath.identity(cur)
             if cur_id != parent_id:  # nothing should move it; if something did, touch nothing more
                 notes.add(where, "moved during removal (removal stopped)")
                 return False
@@ -144,12 +144,12 @@ def _open_dir(parent: int, name: str) -> int:
     """An fd of the directory `name` (never through a link), readable and writable for its owner, so that it can be
     emptied: a directory sbx cannot list or write to is fchmodded to 0700 through an fd of that very directory."""
     try:
-        fd = os.open(name, _DIR, dir_fd=parent)
+        fd = os.open(name, fdpath.DIR, dir_fd=parent)
     except PermissionError:  # e.g. overlayfs's mode-000 `work`: opened without read access, fchmodded, then read
-        path_fd = os.open(name, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+        path_fd = os.open(name, fdpath.PATH_DIR, dir_fd=parent)
         try:
             sc.fchmod_path(path_fd, 0o700)
-            fd = os.open(".", _DIR, dir_fd=path_fd)
+            fd = os.open(".", fdpath.DIR, dir_fd=path_fd)
         finally:
             os.close(path_fd)
     try:
@@ -166,11 +166,6 @@ def _names(fd: int, where: str, notes: _Notes) -> list[str]:
     except OSError as e:
         notes.add(where, e)
         return []
-
-
-def _identity(fd: int) -> tuple[int, int]:
-    st = os.fstat(fd)
-    return st.st_dev, st.st_ino
 
 
 class _Notes:

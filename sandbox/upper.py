@@ -6,6 +6,7 @@ import errno
 import fcntl
 import os
 
+from . import fdpath
 from .errors import ConfigError
 
 
@@ -29,7 +30,7 @@ def lock_upper(upper: str) -> list[int]:
     fds: list[int] = []
     try:
         try:
-            fds.append(os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC))
+            fds.append(os.open(upper, fdpath.DIR))
         except OSError as e:
             raise ConfigError(f"--upper {upper}: {e.strerror}") from None
         _flock(fds[0], fcntl.LOCK_EX, upper, "in use by another sandbox")

@@ -31,7 +31,7 @@ import re
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from .. import teardown
+from .. import fdpath, teardown
 from ..errors import ConfigError
 from ..record import Record
 from ..sha256 import hexdigest
@@ -44,7 +44,6 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _OWNERS = "owners.json"
 """In a layer's dir: {"uids": [...], "gids": [...]}, the owners other than root its entries have (unpack.py)."""
 
@@ -238,7 +237,7 @@ class Store:
             for hexd in sorted(os.listdir(layers)):
                 if hexd in used_layers:
                     continue
-                fd = os.open(os.path.join(layers, hexd), _DIR)
+                fd = os.open(os.path.join(layers, hexd), fdpath.DIR)
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 except OSError as e:
@@ -393,7 +392,7 @@ class Store:
                 return None
 
     def _pin_layer_locked(self, chain: str) -> int:
-        fd = os.open(self.layer_dir(chain), _DIR)
+        fd = os.open(self.layer_dir(chain), fdpath.DIR)
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 

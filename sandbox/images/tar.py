@@ -19,6 +19,7 @@ import stat
 import tarfile
 from collections.abc import Iterator
 
+from .. import fdpath
 from ..errors import ConfigError
 from .unpack import OPAQUE, OPAQUE_XATTR, OWNER_XATTR, WHITEOUT_PREFIX
 
@@ -31,7 +32,6 @@ def add_bytes(tar: tarfile.TarFile, name: str, data: bytes, uid: int = 0, gid: i
 
 MAX_DEPTH = 512
 """Directories deeper than this are refused: the walk keeps one fd open per level."""
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def tar_layer(root: str, out: str, where: str) -> None:
@@ -40,8 +40,8 @@ def tar_layer(root: str, out: str, where: str) -> None:
         links: dict[tuple[int, int], str] = {}
         stack: list[tuple[int, str, Iterator[str]]] = []
         try:
-            fd = os.open(root, _DIR)
-            stack.append((fd, "", iter(sorted(os.listdir(fd)))))
+            fd = os.open(root, fdpath.DIR)
+            stack.append((fd, "", iter(fdpath.names(fd))))
             while stack:
                 parent, rel, names = stack[-1]
                 name = next(names, None)
@@ -53,7 +53,7 @@ def tar_layer(root: str, out: str, where: str) -> None:
                     if len(stack) >= MAX_DEPTH:
                         os.close(child)
                         raise ConfigError(f"{where}: directories nested deeper than {MAX_DEPTH} (a layer's limit)")
-                    stack.append((child, f"{rel}{name}/", iter(sorted(os.listdir(child)))))
+                    stack.append((child, f"{rel}{name}/", iter(fdpath.names(child))))
         finally:
             for fd, _, _ in stack:
                 os.close(fd)
@@ -74,17 +74,16 @@ def _add_entry(tar: tarfile.TarFile, parent: int, name: str, arcname: str,
         tar.addfile(info)
         return None
     if stat.S_ISDIR(st.st_mode):
-        kind, flags = tarfile.DIRTYPE, _DIR
+        kind, flags = tarfile.DIRTYPE, fdpath.DIR
     elif stat.S_ISREG(st.st_mode):
-        kind, flags = tarfile.REGTYPE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        kind, flags = tarfile.REGTYPE, fdpath.READ
     elif stat.S_ISFIFO(st.st_mode):
-        kind, flags = tarfile.FIFOTYPE, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+        kind, flags = tarfile.FIFOTYPE, fdpath.READ
     else:
         return None  # a socket or device node: nothing a layer may hold
     fd = os.open(name, flags, dir_fd=parent)
     try:
-        now = os.fstat(fd)
-        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+        if fdpath.identity(fd) != (st.st_dev, st.st_ino):
             raise ConfigError(f"{arcname}: changed while it was read")
         info.type = kind
         owner = _xattr(fd, OWNER_XATTR)

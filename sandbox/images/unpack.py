@@ -25,6 +25,7 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import IO
 
+from .. import fdpath
 from ..budget import Budget
 from ..errors import ConfigError
 
@@ -32,7 +33,6 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
 OWNER_XATTR = "user.sbx.owner"
 OPAQUE_XATTR = "user.overlay.opaque"
-_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _CHUNK = 1 << 20
 
 
@@ -98,7 +98,7 @@ def unpack(stream: IO[bytes], into: str, budget: Budget, where: str,
     its parents: else it would hide them with box root's 0755.
     """
     hashing = _HashingReader(stream)
-    dirs = _Dirs(os.open(into, _DIR), below)
+    dirs = _Dirs(os.open(into, fdpath.DIR), below)
     try:
         with tarfile.open(fileobj=hashing, mode="r|") as tar:  # type: ignore[call-overload]
             for member in tar:
@@ -183,10 +183,10 @@ def _inherit(fd: int, below: tuple[str, ...], parts: list[str]) -> bytes | None:
 def _find_dir(layer: str, parts: list[str]) -> tuple[int | None, bool]:
     """In one unpacked layer: an fd of the directory `parts` (None if it has none), and whether the layer hides
     that path in the layers under it (a whiteout, a file or a link there, or an opaque directory above it)."""
-    fd = os.open(layer, _DIR)
+    fd = os.open(layer, fdpath.DIR)
     for part in parts:
         try:
-            nxt = os.open(part, _DIR, dir_fd=fd)
+            nxt = os.open(part, fdpath.DIR, dir_fd=fd)
         except FileNotFoundError:
             hides = _opaque(fd)
             os.close(fd)
@@ -218,12 +218,7 @@ def _components(name: str, where: str) -> list[str]:
 def _enter(parent: int, part: str, mode: int, where: str, name: str) -> tuple[int, bool]:
     """An fd of the directory `part` in `parent`, made if missing (and whether it was); never through a link."""
     try:
-        os.mkdir(part, mode, dir_fd=parent)
-        made = True
-    except FileExistsError:
-        made = False
-    try:
-        return os.open(part, _DIR, dir_fd=parent), made
+        return fdpath.make_dir(parent, part, mode)
     except OSError as e:
         if e.errno in (errno.ELOOP, errno.ENOTDIR):
             raise ArchiveError(f"{where}: entry {name!r} needs {part!r} to be a directory, and it is not "
@@ -280,7 +275,7 @@ def _place(tar: tarfile.TarFile, m: tarfile.TarInfo, dirs: _Dirs, where: str) ->
         return
     _clear(parent, base)
     if m.isreg():
-        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+        fd = os.open(base, fdpath.CREATE, 0o600,
                      dir_fd=parent)
         try:
             _copy(tar.extractfile(m), fd, m.size)
