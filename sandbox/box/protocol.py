@@ -2,8 +2,9 @@
 
 SEQPACKET keeps message boundaries and delivers the fds with the message
 they belong to, so no framing or fd bookkeeping is needed on either side.
-Box init uses the blocking half (it has no event loop); the supervisor the
-async half, on anyio, so that it runs under asyncio as well as trio.
+The one-shot path and the FUSE fork server's client use the blocking half
+(they have no event loop); the supervisor the async half, on anyio, so
+that it runs under asyncio as well as trio.
 """
 
 from __future__ import annotations
@@ -20,10 +21,6 @@ from ..errors import ConfigError
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 8
 _ANCBUF = socket.CMSG_SPACE(MAX_FDS * 4)
-# Box init's receive buffer: recvmsg(MAX_MESSAGE) would allocate and free 1 MiB per message (~15 us).
-# Only the blocking side may share one: an async receive may yield after the syscall, and another box's
-# reply could land in the buffer before it is decoded.
-_BUFFER = bytearray(MAX_MESSAGE)
 
 Message = dict[str, Any]
 
@@ -61,8 +58,10 @@ def send(sock: socket.socket, msg: Message, fds: list[int] | None = None) -> Non
 
 
 def recv(sock: socket.socket) -> tuple[Message, list[int]]:
-    size, anc, flags, _ = sock.recvmsg_into([_BUFFER], _ANCBUF, socket.MSG_CMSG_CLOEXEC)
-    return _decode(_BUFFER[:size], anc, flags)
+    # (recvmsg allocates MAX_MESSAGE per message, ~15 us; a buffer kept for it would cost every start 0.7 ms to
+    # zero, and the blocking side receives a few messages a box)
+    data, anc, flags, _ = sock.recvmsg(MAX_MESSAGE, _ANCBUF, socket.MSG_CMSG_CLOEXEC)
+    return _decode(data, anc, flags)
 
 
 class AsyncSocket:
@@ -71,8 +70,8 @@ class AsyncSocket:
     anyio's socket streams cannot wrap a SOCK_SEQPACKET pair with fds passed
     alongside, so this does what they do underneath: try the call, and wait
     for readiness only when it would block.  `close` wakes a task waiting on
-    the socket with anyio.ClosedResourceError.  Box init imports this module,
-    so anyio is imported only once a socket is waited on (the supervisor).
+    the socket with anyio.ClosedResourceError.  The one-shot path imports
+    this module, so anyio is imported only once a socket is waited on.
     """
 
     def __init__(self, sock: socket.socket) -> None:

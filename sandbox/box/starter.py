@@ -56,15 +56,20 @@ def write_id_maps(ids: IdMap, pid: int) -> None:
                 raise SetupError(f"cannot map root's private range of ids ({name}: {e.strerror}); give root "
                                  "a range in /etc/subuid and /etc/subgid, or use --idmap single") from None
         return
-    for tool, args in (("newuidmap", ids.uid_map_args()), ("newgidmap", ids.gid_map_args())):
-        status, stderr = _run_tool([tool, str(pid), *args])
+    started: list[tuple[str, int, int]] = []
+    try:  # both at once: each is a setuid program's exec, some 1 ms of every start
+        for tool, args in (("newuidmap", ids.uid_map_args()), ("newgidmap", ids.gid_map_args())):
+            started.append((tool, *_spawn_tool([tool, str(pid), *args])))
+    finally:
+        ended = [(tool, *_reap_tool(child, stderr)) for tool, child, stderr in started]
+    for tool, status, said in ended:
         if status != 0:
-            detail = stderr.decode(errors="replace").strip().splitlines()
+            detail = said.decode(errors="replace").strip().splitlines()
             raise SetupError(f"{tool}: {detail[-1] if detail else f'exit status {status}'}")
 
 
-def _run_tool(argv: list[str]) -> tuple[int, bytes]:
-    """Run `argv` (found on PATH) with stdin and stdout on /dev/null: its exit status and its stderr.
+def _spawn_tool(argv: list[str]) -> tuple[int, int]:
+    """Start `argv` (found on PATH) with stdin and stdout on /dev/null: its pid and the read end of its stderr.
 
     posix_spawn rather than subprocess, whose import (and threading's) a
     one-shot `sbx run` would pay on every start for this one call.
@@ -79,6 +84,11 @@ def _run_tool(argv: list[str]) -> tuple[int, bytes]:
         raise SetupError(f"{argv[0]}: {e.strerror}") from None
     finally:
         os.close(write_end)
-    with os.fdopen(read_end, "rb") as err:
-        stderr = err.read()
-    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), stderr
+    return pid, read_end
+
+
+def _reap_tool(pid: int, stderr: int) -> tuple[int, bytes]:
+    """What `_spawn_tool`'s program said on stderr, and its exit status, once it ended."""
+    with os.fdopen(stderr, "rb") as f:
+        said = f.read()
+    return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), said

@@ -5,9 +5,11 @@ Every failure of the sandbox itself is one line on stderr and exit status
 the program's own status, or 128+N for signal N.  A run that does not end
 OK is explained in one line after the program's own output.
 
-Only the invoked command's module is loaded and its parser built: the
-others are listed by name and help alone.  Building all of them cost
-`sbx run` a fifth of its start (the image store, the judge, the service).
+Only the invoked command's module is loaded and only its parser built;
+the others are listed (by name and help) only where they are shown or
+suggested: `sbx --help`, or a command that does not exist.  Building all
+of them cost `sbx run` a fifth of its start (the image store, the judge,
+the service).
 """
 
 from __future__ import annotations
@@ -49,16 +51,18 @@ class _Version(argparse.Action):
 
 
 def build_parser(argv: Sequence[str]) -> argparse.ArgumentParser:
-    """The parser for `argv`: every command named, the invoked one (its first word that is not an option) built."""
-    invoked = next((word for word in argv if not word.startswith("-")), None)
+    """The parser for `argv`: the invoked command (its first word) built, the others named only when sbx's own
+    options come first (`sbx --help`) or the command is not one of them."""
+    invoked = argv[0] if argv else None
     parser = Parser(prog="sbx", description="Run untrusted programs in a rootless sandbox.")
     parser.add_argument("--version", action=_Version)
     sub = parser.add_subparsers(dest="command", parser_class=Parser)
     parser.set_defaults(func=no_command(_COMMANDS))
     for name, (about, module, builder) in _COMMANDS.items():
-        command = sub.add_parser(name, help=about)
         if name == invoked:
-            getattr(importlib.import_module(f".{module}", __package__), builder)(command)
+            getattr(importlib.import_module(f".{module}", __package__), builder)(sub.add_parser(name, help=about))
+        elif invoked not in _COMMANDS:
+            sub.add_parser(name, help=about)
     return parser
 
 
