@@ -8,14 +8,13 @@ answered in Python.
 """
 
 import ctypes
-import importlib.resources
 import logging
 import os
 import sys
 
 log = logging.getLogger(__name__)
 
-SHIM = str(importlib.resources.files(__package__).joinpath("_bin/sbx-fuse-shim.so"))
+SHIM = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bin", "sbx-fuse-shim.so")  # (the wheel is unpacked)
 
 
 def _load() -> ctypes.CDLL | None:
