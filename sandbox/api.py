@@ -25,6 +25,7 @@ from .box.run_protocol import MAX_PROGRAM_FDS, RunEnd, RunRequest, StartFailure
 from .box.supervisor import Box
 from .errors import BoxFileError, ConfigError, SetupError, single_error
 from .run.limits import Limits
+from .run.mask import Mask
 from .run.output import Output, input_fd
 from .run.relay import Relay, program_pipe, write_all
 from .run.result import Result
@@ -291,7 +292,7 @@ class Sandbox(Spec):
             raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
         if any(not 3 <= fd < MAX_PROGRAM_FDS for fd in more_fds):
             raise ConfigError(f"a program's further fds are 3 to {MAX_PROGRAM_FDS - 1}")
-        out = Output(limits.output, box)
+        out = Output(limits.output, box, self.mask)
         captured = self._capture_files() if stdout is None and stderr is None and not tty else None
         fds = [await input_fd(stdin)]
         try:
@@ -318,7 +319,7 @@ class Sandbox(Spec):
             _close_all(fds)
             raise
         await box.start_run(req, fds, limits)
-        return _Pending(box, req, limits, out, prepared.policy, cgroup, captured)
+        return _Pending(box, req, limits, out, prepared.policy, cgroup, captured, self.mask())
 
 
 @dataclass
@@ -330,6 +331,7 @@ class _Pending:
     policy: str | None
     cgroup: bool
     captured: tuple[int, int] | None
+    mask: Mask
 
     async def reply(self) -> RunEnd | StartFailure:
         """The run's end; a box whose union filesystem daemon dies meanwhile ends it (IE).
@@ -363,7 +365,9 @@ class _Pending:
             raise exec_failure(end, self.req)
         result = verdict(end, self.limits, output_exceeded=self.out.exceeded,
                          enforcement=enforcement(self.limits, self.policy, self.cgroup, self.req.trace))
-        result.stdout, result.stderr = bytes(self.out.stdout), bytes(self.out.stderr)
+        mask = self.mask.apply
+        result.stdout, result.stderr = mask(bytes(self.out.stdout)), mask(bytes(self.out.stderr))
+        result.message = mask(result.message.encode()).decode(errors="replace")
         return result
 
 

@@ -27,6 +27,7 @@ from .box.cgroups import BoxCgroup, RunCgroup, delegation
 from .box.run_protocol import RunEnd, StartFailure, decode_report
 from .box.starter import spawn_starter, write_id_maps
 from .errors import SetupError, Stopped
+from .run.mask import Mask
 from .run.relay import Relay, program_pipe, write_all
 from .run.result import Result
 from .run.verdict import enforcement, verdict
@@ -174,7 +175,8 @@ class _Box:
             for fd in fds:
                 os.close(fd)
         try:
-            wait = _Wait(self.spawner, pipes, limits.output, run_cgroup, signals)
+            wait = _Wait(self.spawner, {fd: (relay, self.spec.mask()) for fd, relay in pipes.items()}, limits.output,
+                         run_cgroup, signals)
             report = wait.until_reported(limits.wall_time)
             end = decode_report(report, wait.killed) if report is not None else \
                 RunEnd(None, 0.0, time.monotonic() - wait.started, 0,
@@ -194,8 +196,10 @@ class _Box:
             raise Stopped(signals.got[0])
         if isinstance(end, StartFailure):
             raise exec_failure(end, req)
-        return verdict(end, limits, output_exceeded=wait.exceeded,
-                       enforcement=enforcement(limits, prepared.policy, cgroup, req.trace))
+        result = verdict(end, limits, output_exceeded=wait.exceeded,
+                         enforcement=enforcement(limits, prepared.policy, cgroup, req.trace))
+        result.message = self.spec.mask().apply(result.message.encode()).decode(errors="replace")
+        return result
 
     def close(self) -> None:
         """Close the control sockets (box init exits, and the box with it), then collect the outer process."""
@@ -223,7 +227,7 @@ class _Box:
 class _Wait:
     """The run's end, with its output relayed as it comes and its wall time watched, on one poll(2)."""
 
-    def __init__(self, spawner: socket.socket, pipes: dict[int, Relay], limit: int | None,
+    def __init__(self, spawner: socket.socket, pipes: dict[int, tuple[Relay, Mask]], limit: int | None,
                  run_cgroup: RunCgroup | None, signals: _Signals) -> None:
         self.spawner = spawner
         self.pipes = pipes
@@ -271,10 +275,12 @@ class _Wait:
                     else:
                         self._relay(fd)
         finally:
-            for fd in self.pipes:  # every process of the run is gone: what the pipes hold is all there is
+            # every process of the run is gone: what the pipes hold is all there is
+            for fd, (relay, mask) in self.pipes.items():
                 while self._relay(fd):
                     pass
                 os.close(fd)
+                _write(relay, mask.flush())
 
     def _kill(self, reason: str) -> None:
         self.killed = self.killed or reason
@@ -305,11 +311,15 @@ class _Wait:
             self.exceeded = True
             self._kill("OLE")
         self.used += len(chunk)
-        if chunk:
-            relay = self.pipes[fd]
-            write_all(relay.fd, chunk)
-            relay.ends_line = chunk.endswith(b"\n")
+        relay, mask = self.pipes[fd]
+        _write(relay, mask.feed(chunk))
         return True
+
+
+def _write(relay: Relay, data: bytes) -> None:
+    if data:
+        write_all(relay.fd, data)
+        relay.ends_line = data.endswith(b"\n")
 
 
 def _drain(fd: int) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from .box import plan
 from .box.cgroups import delegation
-from .box.layout import WORK_DIR, Bind, Layout, check_box_path, parse_lower, parse_upper, resolve_bind
+from .box.layout import WORK_DIR, Bind, Layout, check_box_path, check_secrets, parse_lower, parse_upper, resolve_bind
 from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailure
 from .box.userns import IdMap, IdmapMode, detect
 from .errors import ConfigError, ExecError, SetupError
@@ -22,6 +22,7 @@ from .hostpath import Guard
 from .record import Record
 from .run import fallback
 from .run.limits import Limits
+from .run.mask import Mask
 from .run.relay import write_all
 from .run.rlimits import rlimits
 from .run.runtime_env import runtime_env
@@ -84,11 +85,15 @@ class Spec:
         image: str | None = None,
         commit: str | None = None,
         home: str = WORK_DIR,
+        secrets: Mapping[str, bytes | str] | None = None,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
         image plus what the runs wrote, made when the sandbox closes (`committed` then holds it).  `home`: the
-        writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w)."""
+        writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w).  `secrets`: name ->
+        value, each a file /run/secrets/NAME only the program can read, on a tmpfs of its own (never in an
+        upper, a commit or a bind), and masked (`***`) in the runs' output as it is relayed or captured and in
+        their results (run/mask.py)."""
         if net not in ("none", "loopback"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
         self.limits = limits or Limits()
@@ -148,6 +153,7 @@ class Spec:
             raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
         self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
         self._idmap: IdmapMode = idmap
+        self._secrets = check_secrets(secrets or {})
         self.policy = policy
         self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
         self._policies: dict[str, Policy] = {}
@@ -166,7 +172,11 @@ class Spec:
 
     def _layout(self, upper: str | None, workdir: str | None) -> Layout:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
-                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home)
+                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, secrets=self._secrets)
+
+    def mask(self) -> Mask:
+        """A masker of this sandbox's secrets for one stream (one per stream: it holds what may begin one)."""
+        return Mask(tuple(value for _, value in self._secrets))
 
     def pin(self) -> None:
         """Shared locks on the image's layers (if any) while the box and its daemon live: no prune removes them."""

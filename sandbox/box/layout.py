@@ -10,13 +10,20 @@ the host tree is detached from the box rather than hidden.
 from __future__ import annotations
 
 import os
+import re
 import stat
+from collections.abc import Mapping
 
 from .. import hostpath
 from ..errors import ConfigError
 from ..record import Record
 
 WORK_DIR = "/box"
+SECRETS_DIR = "/run/secrets"
+MAX_SECRET = 64 * 2**10
+MAX_SECRETS = 256 * 2**10
+"""A secret's size, and all of a box's together: they travel in the plan, and live in the box's memory."""
+_SECRET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
 
 
 class Bind(Record):
@@ -46,6 +53,24 @@ class Layout(Record):
     home: str = WORK_DIR
     """The program's working directory on the box's capped tmpfs, beside /tmp and /dev/shm (go-judge's clients
     expect /w)."""
+    secrets: tuple[tuple[str, bytes], ...] = ()
+    """Files of /run/secrets, each (name, value): a read-only tmpfs of their own, never in a layer or an upper."""
+
+
+def check_secrets(secrets: Mapping[str, bytes | str]) -> tuple[tuple[str, bytes], ...]:
+    """The secrets as the plan takes them: names that are plain file names, values within MAX_SECRET and
+    MAX_SECRETS (a str is taken as UTF-8)."""
+    checked = []
+    for name, value in sorted(secrets.items()):
+        if not _SECRET_NAME.fullmatch(name):
+            raise ConfigError(f"--secret id={name!r}: a name of letters, digits, '.', '_' and '-', at most 128")
+        data = value.encode() if isinstance(value, str) else bytes(value)
+        if len(data) > MAX_SECRET:
+            raise ConfigError(f"--secret id={name}: {len(data)} bytes, more than {MAX_SECRET}")
+        checked.append((name, data))
+    if sum(len(data) for _, data in checked) > MAX_SECRETS:
+        raise ConfigError(f"--secret: more than {MAX_SECRETS} bytes of secrets in all")
+    return tuple(checked)
 
 
 def parse_bind(spec: str, writable: bool) -> Bind:

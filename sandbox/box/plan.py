@@ -14,6 +14,7 @@ import os
 from typing import TYPE_CHECKING, ClassVar
 
 from ..record import Record, fields
+from .layout import SECRETS_DIR
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -167,6 +168,23 @@ class Tmpfs(Step):
         return f"tmpfs {self.dst}: size {self.size}, {self.inodes} inodes"
 
 
+class Secrets(Step):
+    """/run/secrets: a tmpfs of its own holding one file per secret, each 0400 and the program's; read-only once
+    filled.  The values travel hex-encoded (a secret may hold any byte) and are never described."""
+
+    name = "secrets"
+    names: tuple[str, ...]
+    values: tuple[str, ...]
+    uid: int
+    gid: int
+
+    def __repr__(self) -> str:  # (a plan may be logged)
+        return f"Secrets(names={self.names!r}, uid={self.uid}, gid={self.gid})"
+
+    def describe(self) -> str:
+        return f"{SECRETS_DIR}: {', '.join(self.names)} (a read-only tmpfs; mode 0400, owned by {self.uid}:{self.gid})"
+
+
 class ReadOnlyRoot(Step):
     name = "read-only-root"
 
@@ -219,6 +237,9 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
               Proc(PROC_READONLY, PROC_MASKED)]
     steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
     steps += [Tmpfs(dst, layout.disk, layout.inodes) for dst in layout.tmpfs]
+    if layout.secrets:
+        names, values = zip(*layout.secrets, strict=True)
+        steps.append(Secrets(names, tuple(value.hex() for value in values), ids.program_uid, ids.program_gid))
     if not union:
         steps.append(ReadOnlyRoot())
     steps += [Pivot(), Hostname(layout.hostname)]

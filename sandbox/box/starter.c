@@ -254,11 +254,11 @@ static int copy(int source, int target, off_t size)
 /* -- the plan ------------------------------------------------------------------------------------------------- */
 
 enum kind { SCRATCH, TMPFS_ROOT, KERNEL_UNION, FUSE_UNION, MIRROR, FILE_, WRITABLE, DEVICES, PROC, BIND, TMPFS,
-            READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
+            SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
 
 static const char *const KINDS[] = {"scratch", "tmpfs-root", "kernel-union", "fuse-union", "mirror", "file",
-                                    "writable", "devices", "proc", "bind", "tmpfs", "read-only-root", "pivot",
-                                    "hostname", "loopback"};
+                                    "writable", "devices", "proc", "bind", "tmpfs", "secrets", "read-only-root",
+                                    "pivot", "hostname", "loopback"};
 
 struct list {
     int n;
@@ -366,6 +366,13 @@ static void parse_plan(struct tokens *t)
             break;
         case TMPFS:
             s->s[0] = need(t), s->n[0] = number(t), s->n[1] = number(t);
+            break;
+        case SECRETS:
+            s->l[0] = list(t), s->l[1] = list(t), s->n[0] = number(t), s->n[1] = number(t);
+            if (s->l[0].n != s->l[1].n) {
+                fail("the box's plan has %d secrets' names and %d values", s->l[0].n, s->l[1].n);
+                die();
+            }
             break;
         case HOSTNAME:
             s->s[0] = need(t);
@@ -581,7 +588,7 @@ static int new_fs(int target, const char *fstype, const char *const *options, un
         snprintf(msg, sizeof msg, "fsmount %s", fstype);
         goto out;
     }
-    if (move_mount(mnt, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) {
+    if (target >= 0 && move_mount(mnt, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0) {
         snprintf(msg, sizeof msg, "mount on %s", fstype);
         int e = errno;
         close(mnt);
@@ -663,6 +670,56 @@ static void make_file(struct tree *root, const char *path, const char *text)
     check(write_all(fd, text, strlen(text)) < 0 ? fail_errno(path) : 0);
     close(fd);
     close(into.fd);
+}
+
+static int unhex(char c)
+{
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+}
+
+/* /run/secrets: a tmpfs of its own, filled while it is still detached (so no program ever sees it half made),
+ * one file per secret, 0400 and the program's; then read-only, and only then in the box */
+static void mount_secrets(struct tree *root, struct step *s)
+{
+    size_t total = 0;
+    for (int i = 0; i < s->l[1].n; i++)
+        total += strlen(s->l[1].items[i]) / 2 + 4096;
+    char size[48], inodes[48];
+    snprintf(size, sizeof size, "size=%zu", total + 4096);
+    snprintf(inodes, sizeof inodes, "nr_inodes=%d", s->l[0].n + 2);
+    const char *const opts[] = {"mode=0755", size, inodes, NULL};
+    int fs = new_fs(-1, "tmpfs", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    check(fs);
+    for (int i = 0; i < s->l[0].n; i++) {
+        const char *name = s->l[0].items[i], *hex = s->l[1].items[i];
+        size_t len = strlen(hex) / 2;
+        char *value = malloc(len + 1);
+        for (size_t j = 0; value && j < len; j++) {
+            int hi = unhex(hex[2 * j]), lo = unhex(hex[2 * j + 1]);
+            if (hi < 0 || lo < 0) {
+                errno = EINVAL;
+                check(fail("the box's plan has a secret that is not hex"));
+            }
+            value[j] = (char)(hi << 4 | lo);
+        }
+        if (!value || strchr(name, '/') || !strcmp(name, ".") || !strcmp(name, "..") || strlen(hex) % 2) {
+            errno = EINVAL;
+            check(fail("the box's plan has a secret named %s that cannot be made", name));
+        }
+        int fd = openat(fs, name, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0400);
+        check(fd < 0 || write_all(fd, value, len) < 0 || fchown(fd, (uid_t)s->n[0], (gid_t)s->n[1]) < 0 ?
+              fail_errno(name) : 0);
+        close(fd);
+        explicit_bzero(value, len);
+        free(value);
+    }
+    check(setattr(fs, MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC));
+    int target = place(root, "/run/secrets", 1, 0755);
+    check(target);
+    check(move_mount(fs, "", target, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0 ?
+          fail_errno("mount /run/secrets") : 0);
+    close(target);
+    close(fs);
 }
 
 static void own(int target, unsigned uid, unsigned gid, mode_t mode)
@@ -919,6 +976,9 @@ static int build_root(void)
             close(target);
             break;
         }
+        case SECRETS:
+            mount_secrets(&root, s);
+            break;
         case READ_ONLY_ROOT:
             check(setattr(root.fd, MOUNT_ATTR_RDONLY));
             break;

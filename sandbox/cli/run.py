@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import hostpath, oneshot
 from ..box.files import writable_dirs
-from ..box.layout import WORK_DIR, Bind, parse_bind
+from ..box.layout import MAX_SECRET, WORK_DIR, Bind, parse_bind
 from ..box.plan import describe
 from ..budget import Budget
 from ..errors import BoxFileError, ConfigError, ExecError, SandboxError
@@ -47,6 +47,34 @@ def _unless_none(text: str | None, parse: Callable[[str, str], T], what: str, de
     if text is None:
         return default
     return None if text == "none" else parse(text, what)
+
+
+def _secret(spec: str, guard: hostpath.Guard) -> tuple[str, bytes]:
+    """`id=NAME,src=FILE` (docker's and buildah's syntax; `source=` too) or `id=NAME,env=VAR`: the name and value."""
+    fields: dict[str, str] = {}
+    for part in spec.split(","):
+        key, sep, value = part.partition("=")
+        if not sep or key in fields or key not in ("id", "src", "source", "env", "type"):
+            raise ConfigError(f"--secret {spec!r}: expected id=NAME,src=FILE or id=NAME,env=VAR")
+        fields[key] = value
+    name, src, env = fields.get("id"), fields.get("src", fields.get("source")), fields.get("env")
+    if not name or (src is None) == (env is None) or fields.get("type", "file") != "file":
+        raise ConfigError(f"--secret {spec!r}: expected id=NAME,src=FILE or id=NAME,env=VAR")
+    if env is not None:
+        if env not in os.environ:
+            raise ConfigError(f"--secret id={name}: ${env} is not set")
+        return name, os.fsencode(os.environ[env])
+    assert src is not None
+    with hostpath.resolve(src, f"--secret id={name}", guard) as found:
+        try:  # (blocking: a FIFO, as `src=<(pass show token)` gives, is read to its end)
+            fd = found.reopen(os.O_RDONLY)
+        except OSError as e:
+            raise ConfigError(f"--secret id={name}: {src}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            return name, f.read(MAX_SECRET + 1)  # (Spec refuses one past MAX_SECRET)
+    except OSError as e:
+        raise ConfigError(f"--secret id={name}: {src}: {e.strerror}") from None
 
 
 def _limits(args: argparse.Namespace) -> Limits:
@@ -142,6 +170,10 @@ def build(run: argparse.ArgumentParser) -> None:
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
     run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
+    run.add_argument("--secret", action="append", default=[], metavar="id=NAME,src=FILE|env=VAR",
+                     help="a secret at /run/secrets/NAME (read-only, the program's alone, on a tmpfs of its own: "
+                          "never in an upper or a commit), from a host file or sbx's environment; its value is "
+                          "masked as *** in the program's output, the record and the messages (repeatable)")
     run.add_argument("--json", metavar="FILE|-",
                      help="write the result record as JSON, for every run attempted (also one whose program "
                           "could not be started or whose box could not be set up); with -, stdout carries the "
@@ -167,6 +199,9 @@ def command(args: argparse.Namespace) -> int:
         idmap=args.idmap, env=dict(_env_pair(e) for e in args.env), cwd=args.cwd, policy=args.policy,
         lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit)
     sandbox = Spec(**config)
+    if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
+        config["secrets"] = dict(_secret(s, sandbox.writable_dirs) for s in args.secret)
+        sandbox = Spec(**config)
     if args.dry_run:
         import shlex
         lines = describe(sandbox.plan())

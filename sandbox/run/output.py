@@ -6,11 +6,13 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import anyio
 
 from ..box.supervisor import Box
+from .mask import Mask
 from .relay import Relay, write_all
 
 _CHUNK = 1 << 16
@@ -44,10 +46,13 @@ async def input_fd(data: bytes | int | None) -> int:
 
 @dataclass
 class Output:
-    """stdout and stderr share one output limit; past it the run is killed (OLE) and the rest discarded."""
+    """stdout and stderr share one output limit; past it the run is killed (OLE) and the rest discarded.  What is
+    relayed as it comes is masked as it comes (`mask` makes one masker per stream); what is captured is masked
+    whole, once the run is over (`_Pending.finish`, api.py)."""
 
     limit: int | None
     box: Box
+    mask: Callable[[], Mask]
     used: int = 0
     exceeded: bool = False
 
@@ -66,6 +71,7 @@ class Output:
     async def pump(self, fd: int, sink: Relay | None, buf: bytearray) -> None:
         """Read the pipe `fd` (closed at the end) until EOF, or until the run's end and then what it holds."""
         os.set_blocking(fd, False)
+        mask = self.mask()
         try:
             wait = anyio.CancelScope()
             self._waits.append(wait)
@@ -77,14 +83,17 @@ class Output:
                         await anyio.wait_readable(fd)
                         continue
                     with anyio.CancelScope(shield=True):  # a chunk read is never dropped by the end's cancel
-                        await self._take(chunk, sink, buf)
-                return
-            while chunk := _read_buffered(fd):
-                await self._take(chunk, sink, buf)
+                        await self._take(chunk, sink, buf, mask)
+            if wait.cancelled_caught:  # the run is over before its pipe's EOF: what the pipe holds is all
+                while chunk := _read_buffered(fd):
+                    await self._take(chunk, sink, buf, mask)
+            if sink is not None and (rest := mask.flush()):
+                with anyio.CancelScope(shield=True):
+                    await _relay(sink, rest)
         finally:
             os.close(fd)
 
-    async def _take(self, chunk: bytes, sink: Relay | None, buf: bytearray) -> None:
+    async def _take(self, chunk: bytes, sink: Relay | None, buf: bytearray, mask: Mask) -> None:
         if self.exceeded:
             return
         if self.limit is not None and self.used + len(chunk) > self.limit:
@@ -95,9 +104,13 @@ class Output:
         self.used += len(chunk)
         if sink is None:
             buf += chunk
-        elif chunk:
-            await anyio.to_thread.run_sync(write_all, sink.fd, chunk)
-            sink.ends_line = chunk.endswith(b"\n")
+        elif shown := mask.feed(chunk):
+            await _relay(sink, shown)
+
+
+async def _relay(sink: Relay, data: bytes) -> None:
+    await anyio.to_thread.run_sync(write_all, sink.fd, data)
+    sink.ends_line = data.endswith(b"\n")
 
 
 def _read_buffered(fd: int) -> bytes | None:
