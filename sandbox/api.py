@@ -457,6 +457,10 @@ async def run_connected(programs: Sequence[Program], pipes: Sequence[Pipe]) -> l
                 await collect(len(pending) - 1)
     finally:
         _close_all((*ours, *(fd for r in relays for fd in r[:2])))
+    for pipe in pipes:  # what a tap kept is shown to the caller: masked with the secrets of both its ends
+        if pipe.tap is not None:
+            mask = Mask(programs[pipe.writer[0]].box.secret_values + programs[pipe.reader[0]].box.secret_values)
+            pipe.tap.data[:] = mask.apply(bytes(pipe.tap.data))
     return [p.finish(reply) for p, reply in zip(pending, replies, strict=True)]
 
 

@@ -174,9 +174,13 @@ class Spec:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
                       workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, secrets=self._secrets)
 
+    @property
+    def secret_values(self) -> tuple[bytes, ...]:
+        return tuple(value for _, value in self._secrets)
+
     def mask(self) -> Mask:
         """A masker of this sandbox's secrets for one stream (one per stream: it holds what may begin one)."""
-        return Mask(tuple(value for _, value in self._secrets))
+        return Mask(self.secret_values)
 
     def pin(self) -> None:
         """Shared locks on the image's layers (if any) while the box and its daemon live: no prune removes them."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import sbx
-from sandbox import ConfigError, Relay, Sandbox, Status
+from sandbox import ConfigError, Relay, Sandbox, Status, Tap, run_pipeline
 from sandbox.run.mask import Mask
 
 VALUE = b"tok-3f9a1c77"
@@ -104,6 +104,16 @@ async def test_the_api_masks_what_it_captures_and_what_it_relays(tmp_path: Path)
     assert captured.status == Status.OK and relayed.status == Status.OK
     assert (captured.stdout, captured.stderr) == (b"***\npa55-***", b"w0rd\n"), captured
     assert streamed == b"***\n"
+
+
+async def test_a_tap_keeps_the_secret_masked_and_the_reader_gets_it_whole() -> None:
+    """A pipe between two programs carries their bytes as they are; what the caller is shown of it is masked."""
+    tap = Tap(1000)
+    async with Sandbox(secrets={"db": VALUE}) as a, Sandbox() as b:
+        ra, rb = await run_pipeline(a, ["cat", "/run/secrets/db"], b, ["sh", "-c", f"grep -c '^{VALUE.decode()}$'"],
+                                    tap=tap)
+    assert (ra.status, rb.status, rb.stdout) == (Status.OK, Status.OK, b"1\n")
+    assert bytes(tap.data) == b"***"
 
 
 def test_a_commit_holds_no_secret(tmp_path: Path, secret_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:

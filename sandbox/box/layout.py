@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from .. import hostpath
 from ..errors import ConfigError
-from ..record import Record
+from ..record import Record, field
 
 WORK_DIR = "/box"
 SECRETS_DIR = "/run/secrets"
@@ -53,7 +53,7 @@ class Layout(Record):
     home: str = WORK_DIR
     """The program's working directory on the box's capped tmpfs, beside /tmp and /dev/shm (go-judge's clients
     expect /w)."""
-    secrets: tuple[tuple[str, bytes], ...] = ()
+    secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     """Files of /run/secrets, each (name, value): a read-only tmpfs of their own, never in a layer or an upper."""
 
 
