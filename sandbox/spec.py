@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .box import plan
+from .box import pasta, plan
 from .box.cgroups import delegation
 from .box.layout import WORK_DIR, Bind, Layout, check_box_path, check_secrets, parse_lower, parse_upper, resolve_bind
 from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailure
@@ -86,6 +86,8 @@ class Spec:
         commit: str | None = None,
         home: str = WORK_DIR,
         secrets: Mapping[str, bytes | str] | None = None,
+        host_loopback: bool = False,
+        publish: Sequence[str] = (),
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -93,9 +95,14 @@ class Spec:
         writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w).  `secrets`: name ->
         value, each a file /run/secrets/NAME only the program can read, on a tmpfs of its own (never in an
         upper, a commit or a bind), and masked (`***`) in the runs' output as it is relayed or captured and in
-        their results (run/mask.py)."""
-        if net not in ("none", "loopback"):
-            raise ConfigError(f"--net: unknown mode {net!r} (expected none or loopback)")
+        their results (run/mask.py).  `net`: none, loopback, or pasta (a way out through a user-mode stack,
+        box/pasta.py), with which `host_loopback` lets the box reach the host's 127.0.0.1 as
+        host.containers.internal and `publish` (`[IP:]HOSTPORT:BOXPORT[/tcp|udp]`) puts box ports on the host."""
+        if net not in ("none", "loopback", "pasta"):
+            raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback or pasta)")
+        if (host_loopback or publish) and net != "pasta":
+            raise ConfigError(f"--{'host-loopback' if host_loopback else 'publish'} needs --net pasta")
+        self.pasta = pasta.network(host_loopback, tuple(map(pasta.parse_publish, publish))) if net == "pasta" else None
         self.limits = limits or Limits()
         self.image: Image | None = None
         if image is not None:
@@ -125,7 +132,7 @@ class Spec:
         if self._upper is not None:
             apart(self._upper, [("--lower", d) for d in self._lowers]
                    + [("--bind" if b.writable else "--ro-bind", b.src) for b in self._binds])
-        self._disk, self._inodes, self._loopback = disk, inodes, net == "loopback"
+        self._disk, self._inodes, self._loopback = disk, inodes, net != "none"
         self._host_dirs: dict[str, tuple[int, int]] = {}
         self._locks: list[int] = []  # flocks held while this sandbox's box and daemon live (see _lock_upper)
         if fs not in ("auto", "fuse", "kernel"):
@@ -172,7 +179,8 @@ class Spec:
 
     def _layout(self, upper: str | None, workdir: str | None) -> Layout:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
-                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, secrets=self._secrets)
+                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, pasta=self.pasta,
+                      secrets=self._secrets)
 
     @property
     def secret_values(self) -> tuple[bytes, ...]:

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from .. import hostpath
 from ..errors import ConfigError
 from ..record import Record, field
+from .pasta import Network
 
 WORK_DIR = "/box"
 SECRETS_DIR = "/run/secrets"
@@ -53,6 +54,8 @@ class Layout(Record):
     home: str = WORK_DIR
     """The program's working directory on the box's capped tmpfs, beside /tmp and /dev/shm (go-judge's clients
     expect /w)."""
+    pasta: Network | None = None
+    """With --net pasta: the way out pasta gives the box (pasta.py); its /etc/resolv.conf and /etc/hosts say so."""
     secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     """Files of /run/secrets, each (name, value): a read-only tmpfs of their own, never in a layer or an upper."""
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..record import Record, fields
 from .layout import SECRETS_DIR
+from .pasta import DNS, HOST_NAME
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -108,6 +109,18 @@ class File(Step):
 
     def describe(self) -> str:
         return f"file {self.path} ({len(self.text.encode())} bytes)"
+
+
+class BoundFile(Step):
+    """A file made for a box over a union root (its /etc/resolv.conf and hosts under --net pasta): written on the
+    scratch tmpfs and bound read-only over the image's own, which stays as it is."""
+
+    name = "bound-file"
+    path: str
+    text: str
+
+    def describe(self) -> str:
+        return f"file {self.path} ({len(self.text.encode())} bytes), bound over the image's"
 
 
 class Writable(Step):
@@ -213,7 +226,7 @@ class Loopback(Step):
     name = "loopback"
 
     def describe(self) -> str:
-        return "network: loopback up, nothing else"
+        return "network: loopback up (and, under --net pasta, the interface pasta adds once the box is built)"
 
 
 def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
@@ -227,8 +240,7 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
         steps += [Mirror("/etc", name, "/etc") for pattern in ETC_ENTRIES
                   for name in (fnmatch.filter(etc, pattern) if "*" in pattern else [pattern] * (pattern in etc))]
         steps += [File("/etc/passwd", _passwd(ids, layout.home)), File("/etc/group", _group(ids)),
-                  File("/etc/hostname", f"{layout.hostname}\n"),
-                  File("/etc/hosts", f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n")]
+                  File("/etc/hostname", f"{layout.hostname}\n"), *(File(p, t) for p, t in _net_files(layout))]
     elif layout.fs == "fuse":
         steps.append(FuseUnion())
     else:
@@ -237,6 +249,8 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
               Proc(PROC_READONLY, PROC_MASKED)]
     steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
     steps += [Tmpfs(dst, layout.disk, layout.inodes) for dst in layout.tmpfs]
+    if union and layout.pasta is not None:
+        steps += [BoundFile(path, text) for path, text in _net_files(layout)]
     if layout.secrets:
         names, values = zip(*layout.secrets, strict=True)
         steps.append(Secrets(names, tuple(value.hex() for value in values), ids.program_uid, ids.program_gid))
@@ -265,6 +279,16 @@ def tokens(steps: tuple[Step, ...]) -> list[str]:
 
 def describe(steps: tuple[Step, ...]) -> list[str]:
     return [f"{i + 1:2}. {step.describe()}" for i, step in enumerate(steps)]
+
+
+def _net_files(layout: Layout) -> list[tuple[str, str]]:
+    """/etc/hosts, and under --net pasta /etc/resolv.conf: the name servers and names the box's network has."""
+    hosts = f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n"
+    if layout.pasta is None:
+        return [("/etc/hosts", hosts)]
+    if layout.pasta.host_gateway is not None:
+        hosts += f"{layout.pasta.host_gateway}\t{HOST_NAME}\n"
+    return [("/etc/hosts", hosts), ("/etc/resolv.conf", f"nameserver {DNS}\n")]
 
 
 def _passwd(ids: IdMap, home: str) -> str:

@@ -253,12 +253,12 @@ static int copy(int source, int target, off_t size)
 
 /* -- the plan ------------------------------------------------------------------------------------------------- */
 
-enum kind { SCRATCH, TMPFS_ROOT, KERNEL_UNION, FUSE_UNION, MIRROR, FILE_, WRITABLE, DEVICES, PROC, BIND, TMPFS,
-            SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
+enum kind { SCRATCH, TMPFS_ROOT, KERNEL_UNION, FUSE_UNION, MIRROR, FILE_, BOUND_FILE, WRITABLE, DEVICES, PROC,
+            BIND, TMPFS, SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
 
 static const char *const KINDS[] = {"scratch", "tmpfs-root", "kernel-union", "fuse-union", "mirror", "file",
-                                    "writable", "devices", "proc", "bind", "tmpfs", "secrets", "read-only-root",
-                                    "pivot", "hostname", "loopback"};
+                                    "bound-file", "writable", "devices", "proc", "bind", "tmpfs", "secrets",
+                                    "read-only-root", "pivot", "hostname", "loopback"};
 
 struct list {
     int n;
@@ -345,6 +345,7 @@ static void parse_plan(struct tokens *t)
             s->s[0] = need(t), s->s[1] = need(t), s->s[2] = need(t);
             break;
         case FILE_:
+        case BOUND_FILE:
             s->s[0] = need(t), s->s[1] = need(t);
             break;
         case WRITABLE:
@@ -722,6 +723,21 @@ static void mount_secrets(struct tree *root, struct step *s)
     close(fs);
 }
 
+/* a file made for a box over a union root: written on the scratch tmpfs (out of the program's reach once the old
+ * root is detached) and bound read-only over the image's own, which stays as it is */
+static void bound_file(struct tree *root, const char *path, const char *text, int n)
+{
+    char scratch[64];
+    snprintf(scratch, sizeof scratch, "/rw/.file-%d", n);
+    int fd = open(scratch, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
+    check(fd < 0 || write_all(fd, text, strlen(text)) < 0 ? fail_errno(scratch) : 0);
+    close(fd);
+    int target = place(root, path, 0, 0644);
+    check(target);
+    check(bind_path(scratch, target, 0, 0));
+    close(target);
+}
+
 static void own(int target, unsigned uid, unsigned gid, mode_t mode)
 {
     int fd = openat(target, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -950,6 +966,9 @@ static int build_root(void)
         }
         case FILE_:
             make_file(&root, s->s[0], s->s[1]);
+            break;
+        case BOUND_FILE:
+            bound_file(&root, s->s[0], s->s[1], i);
             break;
         case WRITABLE:
             mount_writable(&root, s);

@@ -33,6 +33,7 @@ from ..shipped import SPAWNER, STARTER, shipped
 from . import plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .layout import Layout
+from .pasta import READY_TIMEOUT, Network, Pasta
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
 from .starter import spawn_starter, write_id_maps
 from .union_daemon import Daemon, ForkServer
@@ -63,6 +64,7 @@ class Box:
         self._send_lock = anyio.Lock()
         self.broken = False
         self.daemon: Daemon | None = None
+        self._pasta: Pasta | None = None
         self._busy = False
 
     async def start(self) -> None:
@@ -117,6 +119,22 @@ class Box:
                 reply["error"] += f" (union filesystem: {self.daemon_error()})"
             await self.aclose()
             raise SetupError(reply["error"])
+        if self.layout.pasta is not None:
+            try:
+                await self._start_pasta(self.layout.pasta)
+            except BaseException:
+                await self.aclose()
+                raise
+
+    async def _start_pasta(self, net: Network) -> None:
+        """The box's way out (pasta.py), up before any program runs.  Spawned from this thread, the event loop's,
+        which outlives the box: pasta dies with the thread that started it."""
+        self._pasta = Pasta.spawn(self._pid, net)
+        with anyio.move_on_after(READY_TIMEOUT):
+            while not self._pasta.ready():
+                await anyio.sleep(0.002)
+            return
+        raise SetupError(f"pasta: the box's network was not up after {READY_TIMEOUT:.0f} s")
 
     async def _start_daemon(self, fd: int) -> None:
         """Serve the box's FUSE root (mounted by box init on `fd`) with sbx-overlayfs, from outside the box.
@@ -347,6 +365,9 @@ class Box:
 
     async def aclose(self) -> None:
         """Close the control socket (box init exits on EOF); SIGKILL the outer process if that is slow."""
+        if self._pasta is not None:
+            self._pasta.stop()
+            self._pasta = None
         for sock in (self._spawner, self._sock):
             if sock is not None:
                 sock.close()

@@ -166,7 +166,13 @@ def build(run: argparse.ArgumentParser) -> None:
                                                   "WorkingDir)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
-    run.add_argument("--net", default="loopback", metavar="none|loopback", help="network (default loopback)")
+    run.add_argument("--net", default="loopback", metavar="none|loopback|pasta",
+                     help="network (default loopback): pasta gives outbound TCP/UDP and DNS through passt's "
+                          "user-mode stack on the host; the host's own loopback stays out of reach")
+    run.add_argument("--host-loopback", action="store_true",
+                     help="with --net pasta: the host's 127.0.0.1 is reachable as host.containers.internal")
+    run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:BOXPORT[/tcp|udp]",
+                     help="with --net pasta: a box port on the host, on 127.0.0.1 unless IP is given (repeatable)")
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
     run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
@@ -197,7 +203,8 @@ def command(args: argparse.Namespace) -> int:
     config: dict[str, Any] = dict(
         limits=_limits(args), binds=binds, tmpfs=args.tmpfs, disk=disk, inodes=inodes, net=args.net,
         idmap=args.idmap, env=dict(_env_pair(e) for e in args.env), cwd=args.cwd, policy=args.policy,
-        lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit)
+        lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit,
+        host_loopback=args.host_loopback, publish=args.publish)
     sandbox = Spec(**config)
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
         config["secrets"] = dict(_secret(s, sandbox.writable_dirs) for s in args.secret)
