@@ -30,7 +30,10 @@ s.settimeout(3)
 try:
     s.connect((host, int(sys.argv[3])))
     s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-    print(s.recv(4096).split(b"\\r\\n\\r\\n", 1)[1].decode(), end="")
+    answer = b""
+    while chunk := s.recv(4096):  # (HTTP/1.0: the server closes at the end)
+        answer += chunk
+    print(answer.split(b"\\r\\n\\r\\n", 1)[1].decode(), end="")
 except OSError as e:
     print(f"unreached: {type(e).__name__}")
 """
