@@ -365,9 +365,8 @@ class _Pending:
             raise exec_failure(end, self.req)
         result = verdict(end, self.limits, output_exceeded=self.out.exceeded,
                          enforcement=enforcement(self.limits, self.policy, self.cgroup, self.req.trace))
-        mask = self.mask.apply
-        result.stdout, result.stderr = mask(bytes(self.out.stdout)), mask(bytes(self.out.stderr))
-        result.message = mask(result.message.encode()).decode(errors="replace")
+        result.stdout, result.stderr = self.mask.apply(bytes(self.out.stdout)), self.mask.apply(bytes(self.out.stderr))
+        result.message = self.mask.apply_text(result.message)
         return result
 
 

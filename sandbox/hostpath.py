@@ -39,7 +39,6 @@ MAX_LINKS = 40
 """Links followed in one path, as the kernel's own limit (ELOOP past it)."""
 
 
-
 class UnsafePath(ConfigError):
     """A caller's path runs through a link that sbx will not follow; the message names the link."""
 

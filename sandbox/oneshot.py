@@ -207,7 +207,7 @@ class _Box:
             raise exec_failure(end, req)
         result = verdict(end, limits, output_exceeded=wait.exceeded,
                          enforcement=enforcement(limits, prepared.policy, cgroup, req.trace))
-        result.message = self.spec.mask().apply(result.message.encode()).decode(errors="replace")
+        result.message = self.spec.mask().apply_text(result.message)
         return result
 
     def close(self) -> None:

@@ -38,6 +38,7 @@ class Record:
 
     _fields: ClassVar[tuple[str, ...]] = ()
     _defaults: ClassVar[dict[str, _Field]] = {}
+    _hidden: ClassVar[frozenset[str]] = frozenset()
     _in_repr: ClassVar[tuple[str, ...]] = ()
     _frozen: ClassVar[bool] = True
 
@@ -45,18 +46,25 @@ class Record:
         super().__init_subclass__(**kwargs)
         own = [name for name, kind in cls.__dict__.get("__annotations__", {}).items()
                if not str(kind).startswith(("ClassVar", "typing.ClassVar"))]
-        defaults = dict(cls._defaults)
+        defaults, hidden = dict(cls._defaults), set(cls._hidden)
         for name in own:
-            if name in cls.__dict__:
-                value = cls.__dict__[name]
-                defaults[name] = value if isinstance(value, _Field) else _Field(value, None, True)
-                if isinstance(value, _Field):
-                    delattr(cls, name)
-                    if value.default is not _NO_DEFAULT:
-                        setattr(cls, name, value.default)
+            value = cls.__dict__.get(name, _NO_DEFAULT)
+            spec = value if isinstance(value, _Field) else _Field(value, None, True)
+            if isinstance(value, _Field):
+                delattr(cls, name)
+                if value.default is not _NO_DEFAULT:
+                    setattr(cls, name, value.default)
+            if spec.default is not _NO_DEFAULT or spec.factory is not None:
+                defaults[name] = spec
+            else:  # required, here or again after a base class gave it a default
+                defaults.pop(name, None)
+            if spec.repr:
+                hidden.discard(name)
+            else:
+                hidden.add(name)
         cls._fields = tuple(dict.fromkeys([*cls._fields, *own]))
-        cls._defaults = defaults
-        cls._in_repr = tuple(name for name in cls._fields if name not in defaults or defaults[name].repr)
+        cls._defaults, cls._hidden = defaults, frozenset(hidden)
+        cls._in_repr = tuple(name for name in cls._fields if name not in hidden)
         cls._frozen = frozen
         if not frozen:
             cls.__hash__ = None  # type: ignore[assignment]  # equal by value and mutable: not hashable

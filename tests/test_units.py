@@ -20,6 +20,7 @@ from sandbox.run.limits import parse_count, parse_seconds
 from sandbox.seccomp.policy import load_policy
 from sandbox.box.run_protocol import HEAD_TOKENS, MAX_ARGS, MAX_PROGRAM_FDS, RunEnd, RunRequest, Seccomp, StartFailure
 from sandbox.box.run_protocol import decode_report
+from sandbox.box.plan import Secrets
 from sandbox.run.verdict import enforcement, verdict
 
 
@@ -73,6 +74,9 @@ def test_a_record_is_a_value_checked_on_every_copy() -> None:
     result.stdout = b"secret"
     assert "secret" not in repr(result) and "status=" in repr(result)  # repr=False fields stay out
     assert RunEnd(0, 0.1, 0.2, 1000) != StartFailure("exec", 2)  # another type is never equal
+    with pytest.raises(TypeError, match="missing argument 'values'"):  # field(repr=False) with no default: required
+        Secrets(("api",))  # type: ignore[call-arg]
+    assert "6869" not in repr(Secrets(("api",), ("6869",), 1000, 1000))
 
 
 def _reply(**kw: Any) -> RunEnd:

@@ -106,11 +106,10 @@ class Pasta:
     @classmethod
     def spawn(cls, target: int, net: Network) -> Pasta:
         """Start pasta for the box whose outer process is `target`; `ready` says when the box's interface is up."""
-        ports = [f"{p.ip}/{p.host_port}:{p.box_port}" for p in net.publish]
         args = ["--config-net", "--quiet", "--foreground", "--ipv4-only", "--dns-forward", DNS,
                 "-T", "none", "-U", "none"]
         for flag, proto in (("-t", "tcp"), ("-u", "udp")):
-            wanted = [spec for spec, p in zip(ports, net.publish, strict=True) if p.proto == proto]
+            wanted = [f"{p.ip}/{p.host_port}:{p.box_port}" for p in net.publish if p.proto == proto]
             args += [flag, ",".join(wanted) if wanted else "none"]
         if net.host_gateway is None:
             args.append("--no-map-gw")

@@ -13,7 +13,7 @@ import fnmatch
 import os
 from typing import TYPE_CHECKING, ClassVar
 
-from ..record import Record, fields
+from ..record import Record, field, fields
 from .layout import SECRETS_DIR
 from .pasta import DNS, HOST_NAME
 
@@ -187,12 +187,9 @@ class Secrets(Step):
 
     name = "secrets"
     names: tuple[str, ...]
-    values: tuple[str, ...]
+    values: tuple[str, ...] = field(repr=False)  # (a plan may be logged)
     uid: int
     gid: int
-
-    def __repr__(self) -> str:  # (a plan may be logged)
-        return f"Secrets(names={self.names!r}, uid={self.uid}, gid={self.gid})"
 
     def describe(self) -> str:
         return f"{SECRETS_DIR}: {', '.join(self.names)} (a read-only tmpfs; mode 0400, owned by {self.uid}:{self.gid})"

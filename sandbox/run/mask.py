@@ -29,6 +29,10 @@ class Mask:
     def apply(self, data: bytes) -> bytes:
         return data if self._pattern is None else self._pattern.sub(MASK, data)
 
+    def apply_text(self, text: str) -> str:
+        """A message of sbx's (a result's), masked as the output is."""
+        return text if self._pattern is None else self.apply(text.encode()).decode(errors="replace")
+
     def feed(self, data: bytes) -> bytes:
         """What of the stream so far can be shown: masked, less an end that may begin a secret."""
         if self._pattern is None:
