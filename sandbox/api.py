@@ -341,11 +341,11 @@ class _Pending:
         descriptor parked in a unix socket could hold off for good.
         """
         box = self.box
-        if box.daemon is None:
+        if not box.daemons:
             reply = await box.reply(self.limits.wall_time)
         else:
             async with anyio.create_task_group() as watcher:
-                watcher.start_soon(box.watch_daemon)
+                watcher.start_soon(box.watch_daemons)
                 reply = await box.reply(self.limits.wall_time)
                 watcher.cancel_scope.cancel()
         self.out.end()

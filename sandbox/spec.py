@@ -14,7 +14,18 @@ from typing import TYPE_CHECKING
 
 from .box import pasta, plan
 from .box.cgroups import delegation
-from .box.layout import WORK_DIR, Bind, Layout, check_box_path, check_secrets, parse_lower, parse_upper, resolve_bind
+from .box.layout import (
+    WORK_DIR,
+    Bind,
+    Layout,
+    MountedVolume,
+    VolumeMount,
+    check_box_path,
+    check_secrets,
+    parse_lower,
+    parse_upper,
+    resolve_bind,
+)
 from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailure
 from .box.userns import IdMap, IdmapMode, detect
 from .errors import ConfigError, ExecError, SetupError
@@ -88,6 +99,7 @@ class Spec:
         secrets: Mapping[str, bytes | str] | None = None,
         host_loopback: bool = False,
         publish: Sequence[str] = (),
+        volumes: Sequence[VolumeMount] = (),
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -97,7 +109,9 @@ class Spec:
         upper, a commit or a bind), and masked (`***`) in the runs' output as it is relayed or captured and in
         their results (run/mask.py).  `net`: none, loopback, or pasta (a way out through a user-mode stack,
         box/pasta.py), with which `host_loopback` lets the box reach the host's 127.0.0.1 as
-        host.containers.internal and `publish` (`[IP:]HOSTPORT:BOXPORT[/tcp|udp]`) puts box ports on the host."""
+        host.containers.internal and `publish` (`[IP:]HOSTPORT:BOXPORT[/tcp|udp]`) puts box ports on the host.
+        `volumes`: named volumes (volumes.py), each made on its first use and served by a FUSE daemon of its own
+        that holds its caps; one writer at a time."""
         if net not in ("none", "loopback", "pasta"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback or pasta)")
         if (host_loopback or publish) and net != "pasta":
@@ -166,6 +180,28 @@ class Spec:
         self._policies: dict[str, Policy] = {}
         if policy is not None:
             self._check_policy(policy)
+        self._volumes = self._find_volumes(volumes)  # last: a volume is made on first use, once all else is right
+
+    def _find_volumes(self, volumes: Sequence[VolumeMount]) -> tuple[MountedVolume, ...]:
+        if not volumes:
+            return ()
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            raise ConfigError("--volume needs /dev/fuse: a volume is served by a FUSE daemon, which holds its caps")
+        from fuse_overlay.markers import OWNER_XATTR
+
+        from .volumes import Volumes
+        self._volume_store = Volumes()
+        ids, mounted = self.ids, []
+        for v in volumes:
+            volume = self._volume_store.ensure(v.name)
+            try:
+                given = OWNER_XATTR in map(os.fsencode, os.listxattr(volume.data))
+            except OSError as e:
+                raise ConfigError(f"volume {v.name}: {volume.data}: {e.strerror}") from None
+            owner = None if given or v.read_only else (ids.program_uid, ids.program_gid)
+            mounted.append(MountedVolume(v.name, check_box_path(v.dst, "--volume"), v.read_only, volume.data,
+                                         volume.work, volume.lower, volume.size, volume.inodes, owner))
+        return tuple(mounted)
 
     def plan(self) -> tuple[plan.Step, ...]:
         """The steps that will build this sandbox's box (plan.py; `sbx run --dry-run`), without building it.  The
@@ -180,7 +216,7 @@ class Spec:
     def _layout(self, upper: str | None, workdir: str | None) -> Layout:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
                       workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, pasta=self.pasta,
-                      secrets=self._secrets)
+                      volumes=self._volumes, secrets=self._secrets)
 
     @property
     def secret_values(self) -> tuple[bytes, ...]:
@@ -191,7 +227,10 @@ class Spec:
         return Mask(self.secret_values)
 
     def pin(self) -> None:
-        """Shared locks on the image's layers (if any) while the box and its daemon live: no prune removes them."""
+        """Locks held while the box and its daemons live: shared on the image's layers (no prune removes them), and
+        each volume's (volumes.py: one writer at a time, no `volume rm` meanwhile)."""
+        for v in self._volumes:
+            self._locks += self._volume_store.lock(self._volume_store.get(v.name), v.read_only)
         if self.image is None:
             return
         pinned, fds = self._store.pin(self.image.ref)
@@ -211,8 +250,9 @@ class Spec:
 
     @property
     def needs_daemon(self) -> bool:
-        """Whether the root is the FUSE union, whose daemon the supervisor runs beside the box."""
-        return bool(self._lowers) and self.fs == "fuse"
+        """Whether the root is the FUSE union or there are volumes: their daemons run beside the box, from the
+        supervisor."""
+        return bool(self._lowers) and self.fs == "fuse" or bool(self._volumes)
 
     def command(self, argv: Sequence[str]) -> list[str]:
         """What runs for `argv`: with an image, its Entrypoint first, and its Cmd when `argv` is empty."""

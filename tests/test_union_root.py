@@ -124,8 +124,7 @@ async def test_fuse_daemons_fork_from_one_warm_interpreter(tmp_path: Path) -> No
     parents = []
     for _ in range(2):
         async with Sandbox(lowers=[str(lower)], binds=USR, fs="fuse") as box:
-            daemon = box._box.daemon  # type: ignore[union-attr]
-            assert daemon is not None
+            daemon = box._box.daemons[0]  # type: ignore[union-attr]
             r = await box.run(["cat", "/etc/motd"])
             assert (r.status, r.stdout) == (Status.OK, b"bottom\n")
             parents.append(Path(f"/proc/{daemon.pid}/stat").read_text().split(") ")[1].split()[1])
@@ -138,8 +137,7 @@ async def test_fuse_daemon_death_ends_the_run_ie_and_leaves_nothing(tmp_path: Pa
     marker = "1000.7531"
     before = set(os.listdir("/tmp"))
     async with Sandbox(lowers=[str(bottom(tmp_path))], binds=USR, fs="fuse") as box:
-        daemon = box._box.daemon  # type: ignore[union-attr]
-        assert daemon is not None
+        daemon = box._box.daemons[0]  # type: ignore[union-attr]
 
         async def kill_daemon_soon() -> None:
             with anyio.fail_after(10):

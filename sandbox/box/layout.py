@@ -36,6 +36,30 @@ class Bind(Record):
     found again without following a link, or nothing."""
 
 
+class VolumeMount(Record):
+    """`--volume NAME:/path[:ro]`: the named volume NAME (volumes.py) at `dst`, made on its first use."""
+
+    name: str
+    dst: str
+    read_only: bool = False
+
+
+class MountedVolume(Record):
+    """A volume as its box mounts it and its daemon serves it: `data` its upper (or, read-only, its lower) over the
+    empty `lower`, capped by `size` bytes and `inodes` names."""
+
+    name: str
+    dst: str
+    read_only: bool
+    data: str
+    work: str
+    lower: str
+    size: int
+    inodes: int
+    owner: tuple[int, int] | None
+    """The in-box owner its root is given when the box mounts it: on its first use only (the daemon keeps it)."""
+
+
 class Layout(Record):
     disk: int
     inodes: int
@@ -56,6 +80,7 @@ class Layout(Record):
     expect /w)."""
     pasta: Network | None = None
     """With --net pasta: the way out pasta gives the box (pasta.py); its /etc/resolv.conf and /etc/hosts say so."""
+    volumes: tuple[MountedVolume, ...] = ()
     secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     """Files of /run/secrets, each (name, value): a read-only tmpfs of their own, never in a layer or an upper."""
 
@@ -83,6 +108,18 @@ def parse_bind(spec: str, writable: bool) -> Bind:
     if not src:
         raise ConfigError(f"{flag} {spec!r}: empty source")
     return Bind(src, check_box_path(dst if sep else os.path.abspath(src), flag), writable)
+
+
+def parse_volume(spec: str) -> VolumeMount | Bind:
+    """`NAME:/PATH[:ro|rw]` (docker's `-v`); a source that is a path (starting with / or .) is a host bind, as in
+    docker and podman."""
+    parts = spec.split(":")
+    if len(parts) not in (2, 3) or parts[2:] not in ([], ["ro"], ["rw"]) or not parts[0]:
+        raise ConfigError(f"--volume {spec!r}: expected NAME:/PATH[:ro] (or a host path as SRC:/PATH[:ro])")
+    read_only, dst = parts[2:] == ["ro"], check_box_path(parts[1], "--volume")
+    if parts[0].startswith(("/", ".")):
+        return Bind(parts[0], dst, not read_only)
+    return VolumeMount(parts[0], dst, read_only)
 
 
 def resolve_bind(bind: Bind, guard: hostpath.Guard) -> Bind:

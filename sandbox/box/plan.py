@@ -2,9 +2,10 @@
 
 As bubblewrap's SetupOp list: what the box will be is data before anything
 is mounted, so it can be printed (`sbx run --dry-run`), tested without a
-box, and sent to the C starter that builds the box (starter.c).  The host facts it depends on (which system dirs and which
-/etc entries the host has) are read here, in the supervisor; the executor
-finds each one again under the old root and never follows a link to it.
+box, and sent to the C starter that builds the box (starter.c).  The host
+facts it depends on (which system dirs and which /etc entries the host has)
+are read here, in the supervisor; the executor finds each one again under
+the old root and never follows a link to it.
 """
 
 from __future__ import annotations
@@ -171,6 +172,21 @@ class HostBind(Step):
         return f"{'writable' if self.writable else 'read-only'} bind {self.src} -> {self.dst}"
 
 
+class Volume(Step):
+    """A named volume at `dst`: a FUSE mount of its own, served by a daemon the supervisor starts on it; on its
+    first use its root is given to `uid`:`gid` (-1: left as the daemon keeps it)."""
+
+    name = "volume"
+    dst: str
+    read_only: bool
+    uid: int
+    gid: int
+
+    def describe(self) -> str:
+        given = f"; its root given to {self.uid}:{self.gid}" if self.uid >= 0 else ""
+        return f"{'read-only' if self.read_only else 'writable'} volume at {self.dst} (a FUSE mount{given})"
+
+
 class Tmpfs(Step):
     name = "tmpfs"
     dst: str
@@ -245,6 +261,7 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     steps += [Writable(layout.home, union, ids.program_uid, ids.program_gid), Devices(DEVICES),
               Proc(PROC_READONLY, PROC_MASKED)]
     steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
+    steps += [Volume(v.dst, v.read_only, *(v.owner or (-1, -1))) for v in layout.volumes]
     steps += [Tmpfs(dst, layout.disk, layout.inodes) for dst in layout.tmpfs]
     if union and layout.pasta is not None:
         steps += [BoundFile(path, text) for path, text in _net_files(layout)]

@@ -254,10 +254,10 @@ static int copy(int source, int target, off_t size)
 /* -- the plan ------------------------------------------------------------------------------------------------- */
 
 enum kind { SCRATCH, TMPFS_ROOT, KERNEL_UNION, FUSE_UNION, MIRROR, FILE_, BOUND_FILE, WRITABLE, DEVICES, PROC,
-            BIND, TMPFS, SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
+            BIND, VOLUME, TMPFS, SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
 
 static const char *const KINDS[] = {"scratch", "tmpfs-root", "kernel-union", "fuse-union", "mirror", "file",
-                                    "bound-file", "writable", "devices", "proc", "bind", "tmpfs", "secrets",
+                                    "bound-file", "writable", "devices", "proc", "bind", "volume", "tmpfs", "secrets",
                                     "read-only-root", "pivot", "hostname", "loopback"};
 
 struct list {
@@ -367,6 +367,9 @@ static void parse_plan(struct tokens *t)
             break;
         case TMPFS:
             s->s[0] = need(t), s->n[0] = number(t), s->n[1] = number(t);
+            break;
+        case VOLUME:
+            s->s[0] = need(t), s->flag = (int)number(t), s->n[0] = number(t), s->n[1] = number(t);
             break;
         case SECRETS:
             s->l[0] = list(t), s->l[1] = list(t), s->n[0] = number(t), s->n[1] = number(t);
@@ -909,6 +912,33 @@ static void mount_fuse(void)
     close(fd);
 }
 
+/* a named volume at its path: a FUSE filesystem of its own, served from outside the box like a FUSE root; the
+ * connection goes to the supervisor with the volume's index.  A volume no box has used yet is given to the program
+ * (its owner is kept by the daemon); the chown goes through the mount, so it waits for the daemon to answer. */
+static void mount_volume(struct tree *root, struct step *s, int index)
+{
+    char fd_opt[32], ids[2][32], msg[64];
+    int fd = open("/oldroot/dev/fuse", O_RDWR | O_CLOEXEC);
+    check(fd < 0 ? fail_errno("/dev/fuse") : 0);
+    snprintf(fd_opt, sizeof fd_opt, "fd=%d", fd);
+    snprintf(ids[0], sizeof ids[0], "user_id=%u", getuid());
+    snprintf(ids[1], sizeof ids[1], "group_id=%u", getgid());
+    const char *const opts[] = {"source=sbx-volume", "subtype=sbx-overlayfs", fd_opt, "rootmode=40000", ids[0],
+                                ids[1], "default_permissions", "allow_other", NULL};
+    int target = place(root, s->s[0], 1, 0755);
+    check(target);
+    int mnt = new_fs(target, "fuse", opts,
+                     MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | (s->flag ? MOUNT_ATTR_RDONLY : 0));
+    check(mnt);
+    close(target);
+    snprintf(msg, sizeof msg, "{\"volume\":%d}", index);
+    send_msg(ctl, msg, fd);
+    close(fd);
+    if (s->n[0] >= 0)
+        check(fchownat(mnt, "", (uid_t)s->n[0], (gid_t)s->n[1], AT_EMPTY_PATH) < 0 ? fail_errno(s->s[0]) : 0);
+    close(mnt);
+}
+
 static void loopback_up(void)
 {
     struct ifreq ifr = {0};
@@ -929,7 +959,7 @@ static int build_root(void)
     check(syscall(SYS_pivot_root, ".", "oldroot") < 0 ? fail_errno("pivot_root") : 0);
     check(chdir("/") < 0 || mkdir("/new", 0755) < 0 || mkdir("/rw", 0755) < 0 ? fail_errno("/") : 0);
     struct tree root = {-1, 0};
-    int last_pid = -1;
+    int last_pid = -1, volumes = 0;
     for (int i = 0; i < nsteps; i++) {
         struct step *s = &steps[i];
         if (root.fd < 0 && s->kind > FUSE_UNION && s->kind < PIVOT) {
@@ -981,6 +1011,9 @@ static int build_root(void)
             break;
         case BIND:
             mount_bind(&root, s);
+            break;
+        case VOLUME:
+            mount_volume(&root, s, volumes++);
             break;
         case TMPFS: {
             char size[32], inodes[32];

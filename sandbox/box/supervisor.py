@@ -48,7 +48,7 @@ class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
-        """`daemon_holds`: fds the FUSE daemon keeps for its whole life (locks that must outlast a killed caller)."""
+        """`daemon_holds`: fds the FUSE daemons keep for their whole life (locks that must outlast a killed caller)."""
         self.layout = layout
         self._daemon_holds = daemon_holds
         self.ids = ids
@@ -63,7 +63,8 @@ class Box:
         self._pidfd = -1
         self._send_lock = anyio.Lock()
         self.broken = False
-        self.daemon: Daemon | None = None
+        self.daemons: list[Daemon] = []
+        """The FUSE daemons serving the box: its union root's (first), and each volume's (layout.volumes)."""
         self._pasta: Pasta | None = None
         self._busy = False
 
@@ -101,8 +102,8 @@ class Box:
             if self.ids.mode == "range":
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)
-            if reply.get("fuse"):
-                await self._start_daemon(fds[0])
+            while "fuse" in reply or "volume" in reply:  # a FUSE mount made: its daemon, before it is used
+                await self._start_daemon(fds[0], *self._daemon_options(reply))
                 reply, fds = await protocol.arecv(self._sock)
             if reply.get("ready"):
                 self._spawner = _socket(fds[0])
@@ -115,8 +116,9 @@ class Box:
             os.close(unshared_r)
             os.close(mapped_w)
         if "error" in reply:
-            if self.daemon is not None and self.daemon.dead:
-                reply["error"] += f" (union filesystem: {self.daemon_error()})"
+            death = self.daemon_death()
+            if death is not None:
+                reply["error"] += f" ({death})"
             await self.aclose()
             raise SetupError(reply["error"])
         if self.layout.pasta is not None:
@@ -136,63 +138,84 @@ class Box:
             return
         raise SetupError(f"pasta: the box's network was not up after {READY_TIMEOUT:.0f} s")
 
-    async def _start_daemon(self, fd: int) -> None:
-        """Serve the box's FUSE root (mounted by box init on `fd`) with sbx-overlayfs, from outside the box.
+    def _daemon_options(self, reply: dict[str, Any]) -> tuple[str, list[str]]:
+        """What the daemon of the FUSE mount box init made is (for messages), and its options: the union root's
+        (`{"fuse": true}`), or the volume's that `{"volume": N}` names."""
+        layout = self.layout
+        if "fuse" in reply:
+            what = "the union filesystem daemon"
+            opts = [f"lowerdir={':'.join(layout.lowers)}", f"upperdir={layout.upper}", f"workdir={layout.workdir}",
+                    f"quota_bytes={layout.disk}", f"quota_inodes={layout.inodes}"]
+        else:
+            index = reply["volume"]
+            if not isinstance(index, int) or not 0 <= index < len(layout.volumes):
+                raise SetupError(f"box init named a volume the box does not have: {index!r}")
+            volume = layout.volumes[index]
+            what = f"the daemon of the volume at {volume.dst}"
+            opts = [f"lowerdir={volume.data}", "ro"] if volume.read_only else \
+                [f"lowerdir={volume.lower}", f"upperdir={volume.data}", f"workdir={volume.work}",
+                 f"quota_bytes={volume.size}", f"quota_inodes={volume.inodes}"]
+        if self.ids.mode == "range":  # the daemon shows host ids as the box's user namespace maps them
+            opts += [f"uidmapping={':'.join(self.ids.uid_map_args())}",
+                     f"gidmapping={':'.join(self.ids.gid_map_args())}"]
+        return what, opts
+
+    async def _start_daemon(self, fd: int, what: str, opts: list[str]) -> None:
+        """Serve a FUSE mount box init made (the root, or a volume) on `fd` with sbx-overlayfs, from outside the
+        box.
 
         The daemon runs as the caller, out of the program's reach (another pid
         namespace, another uid in range mode).  Its stderr goes to an unlinked
         file, read only to explain a failure.
         """
-        layout = self.layout
-        opts = [f"lowerdir={':'.join(layout.lowers)}", f"upperdir={layout.upper}", f"workdir={layout.workdir}",
-                f"quota_bytes={layout.disk}", f"quota_inodes={layout.inodes}"]
-        if self.ids.mode == "range":  # the daemon shows host ids as the box's user namespace maps them
-            opts += [f"uidmapping={':'.join(self.ids.uid_map_args())}",
-                     f"gidmapping={':'.join(self.ids.gid_map_args())}"]
-        self._daemon_log = tempfile.TemporaryFile()
+        log = tempfile.TemporaryFile()
         procs = -1
         try:
             if self.cgroup is not None:  # it joins before it serves: its work for the box is the box's
                 try:
                     procs = self.cgroup.daemon_procs()
                 except OSError as e:
-                    raise SetupError(f"cannot make the union filesystem daemon's cgroup: {e.strerror or e}") from None
+                    raise SetupError(f"cannot make the cgroup of {what}: {e.strerror or e}") from None
             try:
-                self.daemon = await anyio.to_thread.run_sync(
-                    ForkServer.fork_daemon, ["-o", ",".join(opts)], fd, self._daemon_log.fileno(), procs,
-                    self._daemon_holds)
+                daemon = await anyio.to_thread.run_sync(
+                    ForkServer.fork_daemon, ["-o", ",".join(opts)], fd, log.fileno(), procs, self._daemon_holds)
             except OSError as e:
-                raise SetupError(f"cannot start the union filesystem daemon: {e.strerror or e}") from None
+                raise SetupError(f"cannot start {what}: {e.strerror or e}") from None
+            daemon.what, daemon.log = what, log
+            self.daemons.append(daemon)
+        except BaseException:
+            log.close()
+            raise
         finally:
             os.close(fd)
             if procs >= 0:
                 os.close(procs)
 
-    def daemon_error(self) -> str:
-        """The daemon's last words, for the one-line message of a failure."""
-        self._daemon_log.seek(0)
-        lines = self._daemon_log.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else "it exited without a word"
+    async def watch_daemons(self) -> None:
+        """End the current run (IE) if a FUSE daemon of the box dies under it."""
+        async with anyio.create_task_group() as watchers:
+            for daemon in self.daemons:
+                watchers.start_soon(self._watch_daemon, daemon, watchers.cancel_scope)
 
-    async def watch_daemon(self) -> None:
-        """End the current run (IE) if the union filesystem's daemon dies under it."""
-        assert self.daemon is not None
-        await anyio.wait_readable(self.daemon.pidfd)
+    async def _watch_daemon(self, daemon: Daemon, watchers: anyio.CancelScope) -> None:
+        await anyio.wait_readable(daemon.pidfd)
         reason = self.daemon_death()
         assert reason is not None
         await self.kill_run(reason)
+        watchers.cancel()
 
     def daemon_death(self) -> str | None:
-        """Why the run cannot be trusted, if the daemon is gone.
+        """Why the run cannot be trusted, if a daemon is gone.
 
-        A program that touched the root right after the daemon died got
-        ENOTCONN and may have ended before `watch_daemon` woke: its failure is
-        the sandbox's, not the program's.
+        A program that touched a FUSE mount right after its daemon died got
+        ENOTCONN and may have ended before `watch_daemons` woke: its failure
+        is the sandbox's, not the program's.
         """
-        if self.daemon is None or not self.daemon.dead:
-            return None
-        self.broken = True
-        return f"the union filesystem daemon died ({self.daemon_error()})"
+        for daemon in self.daemons:
+            if daemon.dead:
+                self.broken = True
+                return f"{daemon.what} died ({daemon.last_words()})"
+        return None
 
     async def _map_ids(self, unshared_r: int, mapped_w: int) -> None:
         await anyio.wait_readable(unshared_r)
@@ -389,17 +412,16 @@ class Box:
             cgroup, self.cgroup = self.cgroup, None
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(cgroup.remove)
-        if self.daemon is not None:
+        daemons, self.daemons = self.daemons, []
+        for daemon in daemons:
             # the mount went with the box's namespaces; the daemon sees ENODEV and exits
             with anyio.move_on_after(_CLOSE_TIMEOUT, shield=True) as scope:
-                await anyio.wait_readable(self.daemon.pidfd)
+                await anyio.wait_readable(daemon.pidfd)
             if scope.cancelled_caught:
-                self.daemon.kill()
+                daemon.kill()
                 with anyio.CancelScope(shield=True):
-                    await anyio.wait_readable(self.daemon.pidfd)
-            self.daemon.close()
-            self._daemon_log.close()
-            self.daemon = None
+                    await anyio.wait_readable(daemon.pidfd)
+            daemon.close()
 
     async def __aenter__(self) -> Box:
         await self.start()

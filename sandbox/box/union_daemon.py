@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import threading
+from typing import IO
 
 from . import protocol
 
@@ -25,11 +26,22 @@ _QUIET = [(os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDWR, 0) for fd in (0, 1, 2
 
 
 class Daemon:
-    """A running union daemon: its pid, and a pidfd that turns readable when it dies."""
+    """A running union daemon: its pid, a pidfd that turns readable when it dies, and what the supervisor calls it
+    and where its stderr goes (to explain its death)."""
 
     def __init__(self, pid: int, pidfd: int) -> None:
         self.pid = pid
         self.pidfd = pidfd
+        self.what = "the union filesystem daemon"
+        self.log: IO[bytes] | None = None
+
+    def last_words(self) -> str:
+        """The last line it wrote, for the one-line message of a failure."""
+        if self.log is None:
+            return "it exited without a word"
+        self.log.seek(0)
+        lines = self.log.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else "it exited without a word"
 
     @property
     def dead(self) -> bool:
@@ -45,6 +57,8 @@ class Daemon:
 
     def close(self) -> None:
         os.close(self.pidfd)
+        if self.log is not None:
+            self.log.close()
 
 
 class ForkServer:

@@ -34,6 +34,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "submit": ("send a solution to an sbx serve to judge", "submit", "build"),
     "policy": ("the seccomp policies", "policy", "build"),
     "image": ("the image store: import, list, inspect, tag, remove, prune, export", "image", "build"),
+    "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
     "check": ("what this machine supports and what sbx will use", "main", "_build_check"),
 }
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import hostpath, oneshot
 from ..box.files import writable_dirs
-from ..box.layout import MAX_SECRET, WORK_DIR, Bind, parse_bind
+from ..box.layout import MAX_SECRET, WORK_DIR, Bind, VolumeMount, parse_bind, parse_volume
 from ..box.plan import describe
 from ..budget import Budget
 from ..errors import BoxFileError, ConfigError, ExecError, SandboxError
@@ -144,6 +144,9 @@ def build(run: argparse.ArgumentParser) -> None:
     run.add_argument("--ro-bind", action="append", default=[], metavar="SRC[:DST]",
                      help="read-only bind mount of a host path (repeatable; DST defaults to SRC); with a subuid "
                           "range SRC must be readable by others")
+    run.add_argument("-v", "--volume", action="append", default=[], metavar="NAME:DST[:ro]",
+                     help="the named volume NAME at DST, kept between runs (made on first use, capped; see sbx "
+                          "volume); one writer at a time, any number with :ro. A SRC that is a path is a --bind")
     run.add_argument("--tmpfs", action="append", default=[], metavar="DST",
                      help="an empty writable tmpfs at DST (repeatable; each up to --disk and --inodes)")
     run.add_argument("--copy-in", action="append", default=[], metavar="SRC:DST",
@@ -198,13 +201,20 @@ def command(args: argparse.Namespace) -> int:
     if argv and argv[0].startswith("-"):
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
+    volumes: list[VolumeMount] = []
+    for spec in args.volume:
+        parsed = parse_volume(spec)
+        if isinstance(parsed, Bind):
+            binds.append(parsed)
+        else:
+            volumes.append(parsed)
     disk = parse_size(args.disk, "--disk") if args.disk else Spec.DEFAULT_DISK
     inodes = parse_count(args.inodes, "--inodes") if args.inodes else Spec.DEFAULT_INODES
     config: dict[str, Any] = dict(
         limits=_limits(args), binds=binds, tmpfs=args.tmpfs, disk=disk, inodes=inodes, net=args.net,
         idmap=args.idmap, env=dict(_env_pair(e) for e in args.env), cwd=args.cwd, policy=args.policy,
         lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit,
-        host_loopback=args.host_loopback, publish=args.publish)
+        host_loopback=args.host_loopback, publish=args.publish, volumes=volumes)
     sandbox = Spec(**config)
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
         config["secrets"] = dict(_secret(s, sandbox.writable_dirs) for s in args.secret)
