@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from helpers import sbx
+from image_helpers import busybox_rootfs
 from sandbox import ConfigError, Sandbox, Status, VolumeMount, Volumes
 
 
@@ -125,3 +126,28 @@ def test_a_second_create_is_refused_and_the_dry_run_names_the_mount(store: Path)
     plan = sbx("run", "--dry-run", "-v", "twice:/data:ro", "-v", f"{store}:/host:ro", "--", "true").stdout.decode()
     assert "read-only volume at /data (a FUSE mount)" in plan and f"read-only bind {store} -> /host" in plan
     assert Volumes().get("twice").size == 2**30
+
+
+@pytest.mark.parametrize("fs", ["kernel", "fuse"])
+def test_an_image_job_keeps_its_cache_in_a_volume_and_a_commit_never_holds_it(fs: str, tmp_path: Path) -> None:
+    """A volume over an image's root, on either union; what the job writes there stays out of `--commit`'s layer,
+    as a docker volume stays out of `docker commit`."""
+    assert sbx("image", "import", str(busybox_rootfs(tmp_path / "root")), "--name", "bb").returncode == 0
+    commit = ["--commit", "bb:after"] if fs == "fuse" else []
+    r = sbx("run", "--image", "bb", "--fs", fs, *commit, "-v", "cache:/var/cache/job", "--",
+            "sh", "-c", "echo cached > /var/cache/job/entry && ls /var/cache/job")
+    assert (r.returncode, r.stdout) == (0, b"entry\n"), r.stderr
+    again = sbx("run", "--image", "bb", "--fs", fs, "-v", "cache:/var/cache/job", "--", "cat", "/var/cache/job/entry")
+    assert again.stdout == b"cached\n", again.stderr
+    if fs == "fuse":  # the committed image has the mount point, empty
+        bare = sbx("run", "--image", "bb:after", "--", "ls", "-A", "/var/cache/job")
+        assert (bare.returncode, bare.stdout) == (0, b""), bare.stderr
+
+
+async def test_a_volume_daemon_that_dies_ends_the_run_ie() -> None:
+    async with Sandbox(volumes=[VolumeMount("dies", "/v")]) as box:
+        daemon = box._box.daemons[0]  # type: ignore[union-attr]
+        assert daemon.what == "the daemon of the volume at /v"
+        daemon.kill()
+        r = await box.run(["sh", "-c", "sleep 0.2; ls /v"])
+    assert r.status is Status.IE and "the daemon of the volume at /v died" in r.message
