@@ -36,6 +36,8 @@ class Options:
     uid_spec: str | None = None
     gid_spec: str | None = None
     unmapped: Unmapped = "identity"
+    root_uid: int = 0
+    root_gid: int = 0
     quota_bytes: int | None = None
     quota_inodes: int | None = None
     whiteout: Literal["auto", "chardev", "oci"] = "auto"
@@ -45,10 +47,14 @@ class Options:
     debug: bool = False
 
     def uid_map(self) -> IdMap:
-        return IdMap.parse(self.uid_spec, self.unmapped) if self.uid_spec else IdMap(unmapped=self.unmapped)
+        if self.uid_spec:
+            return IdMap.parse(self.uid_spec, self.unmapped, self.root_uid)
+        return IdMap(unmapped=self.unmapped, root=self.root_uid)
 
     def gid_map(self) -> IdMap:
-        return IdMap.parse(self.gid_spec, self.unmapped) if self.gid_spec else IdMap(unmapped=self.unmapped)
+        if self.gid_spec:
+            return IdMap.parse(self.gid_spec, self.unmapped, self.root_gid)
+        return IdMap(unmapped=self.unmapped, root=self.root_gid)
 
 
 def _split_unescaped(value: str, sep: str) -> list[str]:
@@ -95,6 +101,11 @@ def parse_options(opts: list[str]) -> Options:
                 if value not in ("identity", "overflow"):
                     raise ConfigError(f"option unmapped={value!r}: expected identity or overflow")
                 result.unmapped = value  # type: ignore[assignment]
+            elif name == "rootid":  # sbx's own: the box id the layers' root is shown as (ownership.IdMap)
+                uid, sep, gid = value.partition(":")
+                if not (sep and uid.isdigit() and gid.isdigit()):
+                    raise ConfigError(f"option rootid={value!r}: expected UID:GID")
+                result.root_uid, result.root_gid = int(uid), int(gid)
             elif name == "quota_bytes":
                 result.quota_bytes = _size(name, value)
             elif name == "quota_inodes":

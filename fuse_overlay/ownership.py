@@ -32,9 +32,13 @@ class IdRange:
 class IdMap:
     """Maps host ids (what the upper and lowers store) to ids shown in the box."""
 
-    def __init__(self, ranges: Sequence[IdRange] = (), unmapped: Unmapped = "identity") -> None:
+    def __init__(self, ranges: Sequence[IdRange] = (), unmapped: Unmapped = "identity", root: int = 0) -> None:
+        """`root`: the box id that stands for the layers' root (0 and it trade places between what the layers and
+        xattrs hold and what the box sees), for a box whose program is root of a user namespace of its own in
+        which that id is 0 (sbx's --user 0)."""
         self.ranges = tuple(ranges)
         self.unmapped: Unmapped = unmapped
+        self.root = root
         self._to_box: dict[int, int] = {}
 
     @classmethod
@@ -42,7 +46,7 @@ class IdMap:
         return cls([IdRange(host, box, 1)], unmapped)
 
     @classmethod
-    def parse(cls, spec: str, unmapped: Unmapped = "identity") -> "IdMap":
+    def parse(cls, spec: str, unmapped: Unmapped = "identity", root: int = 0) -> "IdMap":
         """Parse fuse-overlayfs's ``BOX:HOST:COUNT[:BOX:HOST:COUNT...]``."""
         parts = spec.replace(",", ":").split(":")
         if len(parts) % 3 or not spec:
@@ -51,7 +55,7 @@ class IdMap:
             nums = [int(p) for p in parts]
         except ValueError:
             raise ConfigError(f"id mapping {spec!r} has a non-numeric field") from None
-        return cls([IdRange(nums[i + 1], nums[i], nums[i + 2]) for i in range(0, len(nums), 3)], unmapped)
+        return cls([IdRange(nums[i + 1], nums[i], nums[i + 2]) for i in range(0, len(nums), 3)], unmapped, root)
 
     def to_box(self, host_id: int) -> int:
         cached = self._to_box.get(host_id)
@@ -62,8 +66,12 @@ class IdMap:
             if r.host <= host_id < r.host + r.count:
                 result = r.box + host_id - r.host
                 break
-        self._to_box[host_id] = result
+        result = self._to_box[host_id] = self.view(result)
         return result
+
+    def view(self, stored: int) -> int:
+        """The box's id for an id as the layers hold it (an owner xattr's), and back: 0 and `root` swapped."""
+        return self.root if stored == 0 else 0 if stored == self.root else stored
 
 
 @dataclass(frozen=True)

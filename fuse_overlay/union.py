@@ -248,7 +248,7 @@ class Union:
             gid = self.gid_map.to_box(st.st_gid)
             rdev = st.st_rdev
         else:
-            uid, gid, rdev = ov.uid, ov.gid, ov.rdev
+            uid, gid, rdev = self.uid_map.view(ov.uid), self.gid_map.view(ov.gid), ov.rdev
             if stat.S_IFMT(ov.mode) and stat.S_ISREG(mode):
                 mode = ov.mode
             else:
@@ -263,7 +263,8 @@ class Union:
         """Record what the box asked for wherever the real object cannot hold it."""
         st = os.lstat(target)
         natural = (self.uid_map.to_box(st.st_uid), self.gid_map.to_box(st.st_gid), st.st_mode, st.st_rdev)
-        ov = None if natural == (uid, gid, mode, rdev) else Override(uid, gid, mode, rdev)
+        ov = None if natural == (uid, gid, mode, rdev) else \
+            Override(self.uid_map.view(uid), self.gid_map.view(gid), mode, rdev)
         if can_hold_xattr(st.st_mode):
             node.mem_override = None
             if ov is not None or not fresh:

@@ -27,7 +27,7 @@ from .box.layout import (
     resolve_bind,
 )
 from .box.run_protocol import MAX_ARGS, RunEnd, RunRequest, Seccomp, StartFailure
-from .box.userns import IdMap, IdmapMode, detect
+from .box.userns import PROGRAM_ID, IdMap, IdmapMode, detect
 from .errors import ConfigError, ExecError, SetupError
 from .hostpath import Guard
 from .record import Record
@@ -45,7 +45,8 @@ if TYPE_CHECKING:
     from .seccomp.policy import Policy
 
 DEFAULT_POLICY = "default"
-BASE_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}  # and HOME: the box's home
+BASE_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+"""As docker's default PATH, with the sbin dirs a root program (dpkg) needs; and HOME: the box's home."""
 NEVER_RAN = RunEnd(None, 0.0, 0.0, 0)
 """The accounting of a run whose program never started."""
 
@@ -100,6 +101,7 @@ class Spec:
         host_loopback: bool = False,
         publish: Sequence[str] = (),
         volumes: Sequence[VolumeMount] = (),
+        user: str | None = None,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -111,7 +113,9 @@ class Spec:
         box/pasta.py), with which `host_loopback` lets the box reach the host's 127.0.0.1 as
         host.containers.internal and `publish` (`[IP:]HOSTPORT:BOXPORT[/tcp|udp]`) puts box ports on the host.
         `volumes`: named volumes (volumes.py), each made on its first use and served by a FUSE daemon of its own
-        that holds its caps; one writer at a time."""
+        that holds its caps; one writer at a time.  `user`: "0" (or "root") runs the programs as root of the box,
+        in a user namespace of their own with no power over the sandbox (userns.py), as does an image whose User is
+        root; None or "1000": the sandbox's unprivileged uid."""
         if net not in ("none", "loopback", "pasta"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback or pasta)")
         if (host_loopback or publish) and net != "pasta":
@@ -126,6 +130,10 @@ class Spec:
             self._store = Store()
             self.image = self._store.get(image)
             lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
+        self._idmap: IdmapMode = idmap
+        self._root = _root_user(user, self.image.runtime.get("User") if self.image is not None else None)
+        if self._root:
+            detect(idmap).as_root()  # (refused here without a range, before anything is made)
         if upper is not None and not lowers:
             raise ConfigError("--upper needs --lower or --image: it is the writable layer over them")
         if commit is not None:
@@ -152,7 +160,8 @@ class Spec:
         if fs not in ("auto", "fuse", "kernel"):
             raise ConfigError(f"--fs: unknown filesystem {fs!r} (expected fuse, kernel or auto)")
         if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
-            needs = self._upper is not None or self._commit is not None
+            # (with root in the box, the kernel union would show the layers' files as the sandbox's root's)
+            needs = self._upper is not None or self._commit is not None or (self._root and bool(lowers))
             if not needs and self.image is not None:
                 ids = detect(idmap)
                 needs = self._store.owns(self.image, ids.program_uid, ids.program_gid)
@@ -161,6 +170,9 @@ class Spec:
                 raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
         if fs == "kernel" and self._upper is not None:
             raise ConfigError(f"--fs kernel with --upper: {KERNEL_UPPER}")
+        if fs == "kernel" and self._root and self._lowers:
+            raise ConfigError("--user 0 with a union root needs --fs fuse: the kernel union shows the layers' files "
+                              "as owned by the sandbox's root, which the program's namespace does not have")
         self.fs = fs
         if self._commit is not None and (self.image is None or self.fs != "fuse"):
             raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
@@ -173,7 +185,6 @@ class Spec:
         if cwd is not None and not cwd.startswith("/"):
             raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
         self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
-        self._idmap: IdmapMode = idmap
         self._secrets = check_secrets(secrets or {})
         self.policy = policy
         self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
@@ -246,7 +257,8 @@ class Spec:
 
     @property
     def ids(self) -> IdMap:
-        return detect(self._idmap)
+        ids = detect(self._idmap)
+        return ids.as_root() if self._root else ids
 
     @property
     def needs_daemon(self) -> bool:
@@ -322,6 +334,18 @@ class Spec:
         for fd, _ in self._filters.values():
             os.close(fd)
         self._filters.clear()
+
+
+def _root_user(user: str | None, image_user: str | None) -> bool:
+    """Whether the program is root of the box: `--user 0`, or else an image whose User is root.  An image's other
+    users are not there to run as (the program is the sandbox's uid 1000, as without --user)."""
+    if user is None:
+        return (image_user or "").split(":")[0] in ("0", "root")
+    if user.split(":")[0] in ("0", "root") and user.partition(":")[2] in ("", "0", "root"):
+        return True
+    if user in (str(PROGRAM_ID), f"{PROGRAM_ID}:{PROGRAM_ID}"):
+        return False
+    raise ConfigError(f"--user {user}: 0 (root of the box) or {PROGRAM_ID} (the default) are the users a box has")
 
 
 class Prepared(Record):

@@ -39,6 +39,12 @@ def anyio_backend() -> str:
 
 
 @pytest.fixture
-async def box() -> AsyncIterator[Sandbox]:
-    async with Sandbox() as sandbox:
+def user() -> str | None:
+    """The `box` fixture's `user`: a module whose tests hold for root of the box too overrides it with both."""
+    return None
+
+
+@pytest.fixture
+async def box(user: str | None) -> AsyncIterator[Sandbox]:
+    async with Sandbox(user=user) as sandbox:
         yield sandbox

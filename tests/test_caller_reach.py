@@ -25,7 +25,7 @@ from sandbox.hostpath import Guard, OutputFile, UnsafePath, resolve
 
 from helpers import host_processes_matching, sbx
 
-POLICIES = ["strict", "default", "compile", "permissive"]
+POLICIES = ["strict", "default", "compile", "build", "permissive"]
 
 
 def shared_dir(path: Path) -> Path:

@@ -19,6 +19,12 @@ from sandbox.box.userns import PROGRAM_ID
 from helpers import host_processes_matching, sbx
 
 
+@pytest.fixture(params=[None, "0"], ids=["uid1000", "root"])
+def user(request: pytest.FixtureRequest) -> str | None:
+    """Every isolation property of the `box` tests holds for root of the box (--user 0) too."""
+    return request.param
+
+
 def _status_field(text: str, name: str) -> str:
     return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name + ":"))
 
@@ -30,24 +36,45 @@ def test_tests_run_unprivileged_without_capabilities() -> None:
         assert int(_status_field(status, field), 16) == 0, field
 
 
-async def test_program_has_no_privileges(box: Sandbox) -> None:
-    r = await box.run(["cat", "/proc/self/status"])
+ROOT_CAPS = sum(1 << n for n in (0, 1, 3, 4, 5, 6, 7, 8, 10, 18, 31))
+"""What root of the box keeps, over its own user namespace only (podman's default set): chown, dac_override,
+fowner, fsetid, kill, setgid, setuid, setpcap, net_bind_service, sys_chroot, setfcap."""
+
+
+async def test_program_has_no_privileges(box: Sandbox, user: str | None) -> None:
+    """No capability; or, root of the box, podman's default ones over its own user namespace, of which the box's
+    root (box init, the spawner, the mounts) is no part."""
+    r = await box.run(["sh", "-c", "cat /proc/self/status; echo ---; cat /proc/self/uid_map"])
     assert r.status is Status.OK
-    status = r.stdout.decode()
-    for field in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb"):
+    status, uid_map = r.stdout.decode().split("---\n")
+    for field in ("CapPrm", "CapEff", "CapBnd"):
+        assert int(_status_field(status, field), 16) == (ROOT_CAPS if user == "0" else 0), field
+    for field in ("CapInh", "CapAmb"):
         assert int(_status_field(status, field), 16) == 0, field
     assert _status_field(status, "NoNewPrivs") == "1"
     uid = int(_status_field(status, "Uid").split()[0])
-    assert uid == (PROGRAM_ID if box._box.ids.mode == "range" else os.getuid())  # type: ignore[union-attr]
-
-
-async def test_program_gets_its_own_host_uid_from_the_subuid_range(box: Sandbox) -> None:
     ids = box._box.ids  # type: ignore[union-attr]
-    assert ids.mode == "range", "the test user has an /etc/subuid range (useradd gives one)"
-    r = await box.run(["cat", "/proc/self/uid_map"])
-    rows = [line.split() for line in r.stdout.decode().splitlines()]
-    assert ["0", str(os.getuid()), "1"] in rows
-    assert ids.subuid and ["1", str(ids.subuid[0]), str(ids.subuid[1])] in rows
+    assert uid == (0 if user == "0" else PROGRAM_ID if ids.mode == "range" else os.getuid())
+    if user == "0":  # its 0 is the box's top subordinate id; the box's root (the caller's uid) is not in its map
+        assert ids.subuid and uid_map.split() == ["0", str(ids.subuid[1]), "1", "1", "1", str(ids.subuid[1] - 1)]
+
+
+async def test_program_gets_its_own_host_uid_from_the_subuid_range(box: Sandbox, user: str | None) -> None:
+    """Seen from the host, the program is a subordinate uid: neither the caller (box init and the spawner) nor
+    root."""
+    ids = box._box.ids  # type: ignore[union-attr]
+    assert ids.mode == "range" and ids.subuid, "the test user has an /etc/subuid range (useradd gives one)"
+    marker = "1000.3579"
+    async with anyio.create_task_group() as tasks:
+        tasks.start_soon(box.run, ["sleep", marker])
+        with anyio.fail_after(10):
+            while not host_processes_matching(marker):
+                await anyio.sleep(0.01)
+        pid = host_processes_matching(marker)[0].split(":")[0]
+        host_uids = _status_field(Path(f"/proc/{pid}/status").read_text(), "Uid").split()
+        tasks.cancel_scope.cancel()  # (a cancelled run is killed)
+    expected = ids.subuid[0] + (ids.subuid[1] if user == "0" else PROGRAM_ID) - 1
+    assert host_uids == [str(expected)] * 4 and expected not in (os.getuid(), 0)
 
 
 async def test_single_id_mapping_also_isolates() -> None:

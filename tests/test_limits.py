@@ -17,6 +17,12 @@ MiB = 2**20
 BUSY = ["sh", "-c", "while :; do :; done"]
 
 
+@pytest.fixture(params=[None, "0"], ids=["uid1000", "root"])
+def user(request: pytest.FixtureRequest) -> str | None:
+    """Every limit and verdict of the `box` tests holds for root of the box (--user 0) too."""
+    return request.param
+
+
 async def test_ok_re_sg(box: Sandbox) -> None:
     ok = await box.run(["true"])
     re = await box.run(["sh", "-c", "exit 3"])

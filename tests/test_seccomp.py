@@ -23,7 +23,7 @@ from sandbox.seccomp import notify as seccomp_notify
 from sandbox.seccomp.compiler import CompiledPolicy, compile
 from sandbox.seccomp.policy import load_policy
 
-SHIPPED = ["compile", "default", "permissive", "strict"]
+SHIPPED = ["build", "compile", "default", "permissive", "strict"]
 
 
 @pytest.fixture(scope="session")

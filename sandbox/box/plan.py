@@ -242,6 +242,19 @@ class Loopback(Step):
         return "network: loopback up (and, under --net pasta, the interface pasta adds once the box is built)"
 
 
+class NestedRoot(Step):
+    """The program's own user namespace, for a program that is root of the box: its 0 is box uid `uid` (gid `gid`),
+    its 1..N-1 the box's 1..N-1; the box's root (box init, the spawner) is not in it (userns.py)."""
+
+    name = "nested-root"
+    uid: int
+    gid: int
+
+    def describe(self) -> str:
+        return (f"the program: root of a user namespace of its own (its 0 = box uid {self.uid}:{self.gid}; "
+                "the box's root is not in it)")
+
+
 def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     """The steps that build `layout`'s box for the id map `ids`; `host`: where the host's tree is read."""
     union = bool(layout.lowers)
@@ -273,6 +286,8 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     steps += [Pivot(), Hostname(layout.hostname)]
     if layout.loopback:
         steps.append(Loopback())
+    if ids.root:
+        steps.append(NestedRoot(ids.program_uid, ids.program_gid))
     return tuple(steps)
 
 
@@ -307,7 +322,7 @@ def _net_files(layout: Layout) -> list[tuple[str, str]]:
 
 def _passwd(ids: IdMap, home: str) -> str:
     lines = ["root:x:0:0:root:/root:/bin/sh"]
-    if ids.program_uid != 0:
+    if ids.program_uid != 0 and not ids.root:
         lines.append(f"sbx:x:{ids.program_uid}:{ids.program_gid}:sandboxed program:{home}:/bin/sh")
     lines.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
     return "\n".join(lines) + "\n"
@@ -315,7 +330,7 @@ def _passwd(ids: IdMap, home: str) -> str:
 
 def _group(ids: IdMap) -> str:
     lines = ["root:x:0:", "tty:x:5:"]
-    if ids.program_gid != 0:
+    if ids.program_gid != 0 and not ids.root:
         lines.append(f"sbx:x:{ids.program_gid}:")
     lines.append("nogroup:x:65534:")
     return "\n".join(lines) + "\n"

@@ -120,6 +120,7 @@ static int listener_pair[2]; /* the program's process hands its seccomp listener
 static uid_t program_uid;
 static gid_t program_gid;
 static int use_setgroups;
+static int program_userns = -1; /* with a program that is root of the box: its own user namespace (starter.c) */
 static pid_t spawner_pid; /* a program's process outliving it is killed (parent-death signal) */
 static int last_cap = CAP_LAST_CAP;
 static long clock_tick;
@@ -145,10 +146,21 @@ static void child_fail(int err_pipe, const char *stage, int err)
     _exit(127);
 }
 
+/* What root of its own user namespace keeps (as podman's default): enough for package managers to own files and
+ * drop to their users; its namespace owns nothing of the box's. */
+static const unsigned long long ROOT_CAPS = 1ULL << CAP_CHOWN | 1ULL << CAP_DAC_OVERRIDE | 1ULL << CAP_FOWNER |
+                                            1ULL << CAP_FSETID | 1ULL << CAP_KILL | 1ULL << CAP_SETGID |
+                                            1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP | 1ULL << CAP_NET_BIND_SERVICE |
+                                            1ULL << CAP_SYS_CHROOT | 1ULL << CAP_SETFCAP;
+
 static void drop_privileges(int err_pipe)
 {
+    /* first, while this process is the box's root: entering the namespace takes its owner's rights over it */
+    if (program_userns >= 0 && setns(program_userns, CLONE_NEWUSER) < 0)
+        child_fail(err_pipe, "setup", errno);
+    unsigned long long keep = program_userns >= 0 ? ROOT_CAPS : 0;
     for (int cap = 0; cap <= last_cap; cap++)
-        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
+        if (!(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
             child_fail(err_pipe, "setup", errno);
     if (use_setgroups && setgroups(0, NULL) < 0)
         child_fail(err_pipe, "setup", errno);
@@ -157,6 +169,8 @@ static void drop_privileges(int err_pipe)
     struct __user_cap_header_struct hdr = {_LINUX_CAPABILITY_VERSION_3, 0};
     struct __user_cap_data_struct data[2];
     memset(data, 0, sizeof data);
+    data[0].effective = data[0].permitted = (uint32_t)keep;
+    data[1].effective = data[1].permitted = (uint32_t)(keep >> 32);
     if (prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 || syscall(SYS_capset, &hdr, data) < 0)
         child_fail(err_pipe, "setup", errno);
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0)
@@ -892,7 +906,7 @@ static void handle_request(char *buf, ssize_t n, struct run *r)
 
 int main(int argc, char **argv)
 {
-    if (argc != 5)
+    if (argc != 6)
         return 125;
     ctl = atoi(argv[1]);
     spawner_pid = getpid();
@@ -901,6 +915,9 @@ int main(int argc, char **argv)
     program_uid = (uid_t)atol(argv[2]);
     program_gid = (gid_t)atol(argv[3]);
     use_setgroups = atoi(argv[4]);
+    program_userns = atoi(argv[5]);
+    if (program_userns >= 0 && fcntl(program_userns, F_SETFD, FD_CLOEXEC) < 0)
+        return 125;
     clock_tick = sysconf(_SC_CLK_TCK);
     page_size = sysconf(_SC_PAGESIZE);
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");

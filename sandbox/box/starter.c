@@ -93,6 +93,7 @@
 static int ctl = 3;
 static int range_map;
 static unsigned outer_uid, outer_gid, program_uid, program_gid;
+static int program_userns = -1; /* the program's own user namespace (NESTED_ROOT), or none */
 static char err[8192]; /* the message of the last failure, for the supervisor */
 
 /* -- failures and messages ------------------------------------------------------------------------------------ */
@@ -254,11 +255,11 @@ static int copy(int source, int target, off_t size)
 /* -- the plan ------------------------------------------------------------------------------------------------- */
 
 enum kind { SCRATCH, TMPFS_ROOT, KERNEL_UNION, FUSE_UNION, MIRROR, FILE_, BOUND_FILE, WRITABLE, DEVICES, PROC,
-            BIND, VOLUME, TMPFS, SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK };
+            BIND, VOLUME, TMPFS, SECRETS, READ_ONLY_ROOT, PIVOT, HOSTNAME, LOOPBACK, NESTED_ROOT };
 
 static const char *const KINDS[] = {"scratch", "tmpfs-root", "kernel-union", "fuse-union", "mirror", "file",
                                     "bound-file", "writable", "devices", "proc", "bind", "volume", "tmpfs", "secrets",
-                                    "read-only-root", "pivot", "hostname", "loopback"};
+                                    "read-only-root", "pivot", "hostname", "loopback", "nested-root"};
 
 struct list {
     int n;
@@ -370,6 +371,13 @@ static void parse_plan(struct tokens *t)
             break;
         case VOLUME:
             s->s[0] = need(t), s->flag = (int)number(t), s->n[0] = number(t), s->n[1] = number(t);
+            break;
+        case NESTED_ROOT:
+            s->n[0] = number(t), s->n[1] = number(t);
+            if (s->n[0] < 2 || s->n[1] < 2 || s->n[0] > UINT32_MAX || s->n[1] > UINT32_MAX) {
+                fail("the box's plan has a nested root of %lld:%lld", s->n[0], s->n[1]);
+                die();
+            }
             break;
         case SECRETS:
             s->l[0] = list(t), s->l[1] = list(t), s->n[0] = number(t), s->n[1] = number(t);
@@ -939,6 +947,49 @@ static void mount_volume(struct tree *root, struct step *s, int index)
     close(mnt);
 }
 
+/* The program's own user namespace, for a program that is root of the box (--user 0): its 0 is the box's uid
+ * s->n[0] (gid s->n[1]), the top of the subordinate range, and its 1..N-1 are the box's 1..N-1, so an image's ids
+ * keep their meaning.  The box's root, which box init and the spawner are, is not in it: the program's capabilities
+ * reach what its namespace owns, never the box's mounts, processes or accounting, and it cannot signal box init or
+ * the spawner (another uid).  Made once per box, by a child that unshares and is mapped from here; the spawner
+ * enters it (setns) for each run.  Returns the namespace's fd. */
+static int nested_root(struct step *s)
+{
+    int unshared[2], done[2];
+    check(pipe2(unshared, O_CLOEXEC) < 0 || pipe2(done, O_CLOEXEC) < 0 ? fail_errno("pipe") : 0);
+    pid_t pid = fork();
+    check(pid < 0 ? fail_errno("fork") : 0);
+    if (pid == 0) {
+        char c = 'u';
+        close(unshared[0]);
+        close(done[1]);
+        if (unshare(CLONE_NEWUSER) < 0 || write(unshared[1], &c, 1) != 1)
+            _exit(1);
+        _exit(read(done[0], &c, 1) < 0); /* (waits until box init has what it needs of this namespace) */
+    }
+    close(unshared[1]);
+    close(done[0]);
+    char c, path[64], map[96];
+    int ns = -1;
+    if (read(unshared[0], &c, 1) == 1) {
+        const char *const files[] = {"uid_map", "gid_map"};
+        for (int i = 0; i < 2; i++) {
+            snprintf(path, sizeof path, "/proc/%d/%s", (int)pid, files[i]);
+            snprintf(map, sizeof map, "0 %lld 1\n1 1 %lld\n", s->n[i], s->n[i] - 1);
+            check(write_file(path, map));
+        }
+        snprintf(path, sizeof path, "/proc/%d/ns/user", (int)pid);
+        ns = open(path, O_RDONLY | O_CLOEXEC);
+    }
+    int e = errno;
+    close(unshared[0]);
+    close(done[1]);
+    waitpid(pid, NULL, 0);
+    errno = e;
+    check(ns < 0 ? fail_errno("the program's user namespace") : 0);
+    return ns;
+}
+
 static void loopback_up(void)
 {
     struct ifreq ifr = {0};
@@ -1048,6 +1099,9 @@ static int build_root(void)
             break;
         case LOOPBACK:
             loopback_up();
+            break;
+        case NESTED_ROOT:
+            program_userns = nested_root(s);
             break;
         }
     }
@@ -1481,17 +1535,19 @@ static pid_t start_spawner(int *sock)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
-        if (dup2(pair[1], 3) < 0 || dup2(spawner_bin, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0)
+        if (dup2(pair[1], 3) < 0 || dup2(spawner_bin, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0 ||
+            (program_userns >= 0 && dup2(program_userns, 5) < 0))
             _exit(127);
-        syscall(SYS_close_range, 5U, ~0U, 0U);
+        syscall(SYS_close_range, program_userns >= 0 ? 6U : 5U, ~0U, 0U);
         if (!range_map) { /* the spawner keeps no capability across execve here, so drop them from the bounding set */
             for (int cap = 0; prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) == 0; cap++)
                 ;
         }
         char uid[16], gid[16];
-        snprintf(uid, sizeof uid, "%u", program_uid);
-        snprintf(gid, sizeof gid, "%u", program_gid);
-        char *argv[] = {"sbx-spawner", "3", uid, gid, range_map ? "1" : "0", NULL};
+        /* in its own namespace, the program is its root */
+        snprintf(uid, sizeof uid, "%u", program_userns >= 0 ? 0 : program_uid);
+        snprintf(gid, sizeof gid, "%u", program_userns >= 0 ? 0 : program_gid);
+        char *argv[] = {"sbx-spawner", "3", uid, gid, range_map ? "1" : "0", program_userns >= 0 ? "5" : "-1", NULL};
         char *envp[] = {NULL};
         execveat(4, "", argv, envp, AT_EMPTY_PATH);
         _exit(127);

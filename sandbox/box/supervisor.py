@@ -158,6 +158,8 @@ class Box:
         if self.ids.mode == "range":  # the daemon shows host ids as the box's user namespace maps them
             opts += [f"uidmapping={':'.join(self.ids.uid_map_args())}",
                      f"gidmapping={':'.join(self.ids.gid_map_args())}"]
+        if self.ids.root:  # the layers' root is the program's namespace's 0
+            opts.append(f"rootid={self.ids.program_uid}:{self.ids.program_gid}")
         return what, opts
 
     async def _start_daemon(self, fd: int, what: str, opts: list[str]) -> None:

@@ -7,6 +7,12 @@ Two shapes, chosen once per box:
   uids 1..N are the subordinate range, and the program runs as uid 1000 of
   that range: a host uid of its own, so it cannot signal, ptrace or read the
   files of box init or of the supervisor even if it escaped a check.
+  With ``root`` (``--user 0``), the program is instead root of a user
+  namespace of its own, nested in the box's, whose 0 is box uid N (the top
+  of the range) and whose 1..N-1 are the box's: it may chown, setuid and
+  install packages over what that namespace owns, and still has no power
+  over box init, the spawner, the mounts or the accounting (box root is not
+  in its namespace, and it is another host uid).
 * ``single``: only the caller's own uid is mapped (setgroups denied), the
   program keeps that uid inside and loses every capability.  This is what
   bubblewrap does and works everywhere unprivileged user namespaces do.
@@ -44,14 +50,30 @@ class IdMap(Record):
     subuid: tuple[int, int] | None = None
     subgid: tuple[int, int] | None = None
     private: bool = False  # ROOT_RANGE, mapped by root itself rather than by newuidmap
+    root: bool = False
+    """The program is root of a user namespace of its own (module docstring): range mode only."""
 
     @property
     def program_uid(self) -> int:
-        return PROGRAM_ID if self.mode == "range" else self.outer_uid
+        """The program's uid as the box's user namespace sees it (the files it is given are made its)."""
+        if self.mode == "single":
+            return self.outer_uid
+        assert self.subuid
+        return self.subuid[1] if self.root else PROGRAM_ID
 
     @property
     def program_gid(self) -> int:
-        return PROGRAM_ID if self.mode == "range" else self.outer_gid
+        if self.mode == "single":
+            return self.outer_gid
+        assert self.subgid
+        return self.subgid[1] if self.root else PROGRAM_ID
+
+    def as_root(self) -> IdMap:
+        """These ids with the program root of a namespace of its own; refused without a range to take its id from."""
+        if self.mode != "range":
+            raise ConfigError("--user 0 needs a subordinate id range (/etc/subuid and /etc/subgid, and newuidmap): "
+                              "root of the box must be another host uid than the sandbox's own")
+        return self.replace(root=True)
 
     @property
     def init_shares_program_uid(self) -> bool:
@@ -59,6 +81,11 @@ class IdMap(Record):
         return self.mode == "single"
 
     def describe(self) -> str:
+        if self.root:
+            assert self.subuid
+            return (f"range, the program root of a user namespace of its own: its 0 = box uid {self.program_uid} = "
+                    f"host uid {self.subuid[0] + self.program_uid - 1}; box root (the sandbox) = host uid "
+                    f"{self.outer_uid}, not in it")
         if self.mode == "range":
             assert self.subuid and self.subgid
             return (

@@ -176,6 +176,10 @@ def build(run: argparse.ArgumentParser) -> None:
                      help="with --net pasta: the host's 127.0.0.1 is reachable as host.containers.internal")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:BOXPORT[/tcp|udp]",
                      help="with --net pasta: a box port on the host, on 127.0.0.1 unless IP is given (repeatable)")
+    run.add_argument("-u", "--user", metavar="0|1000",
+                     help="0 (or root): the program is root of the box, in a user namespace of its own that has no "
+                          "power over the sandbox (needs a subuid range; an image's User root does the same). "
+                          "Default: uid 1000")
     run.add_argument("--idmap", default="auto", metavar="auto|range|single",
                      help="uid mapping: subuid range (program has its own uid) or the caller's uid only")
     run.add_argument("--stdin", metavar="FILE", help="file to use as the program's stdin (default: sbx's own)")
@@ -214,7 +218,7 @@ def command(args: argparse.Namespace) -> int:
         limits=_limits(args), binds=binds, tmpfs=args.tmpfs, disk=disk, inodes=inodes, net=args.net,
         idmap=args.idmap, env=dict(_env_pair(e) for e in args.env), cwd=args.cwd, policy=args.policy,
         lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit,
-        host_loopback=args.host_loopback, publish=args.publish, volumes=volumes)
+        host_loopback=args.host_loopback, publish=args.publish, volumes=volumes, user=args.user)
     sandbox = Spec(**config)
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
         config["secrets"] = dict(_secret(s, sandbox.writable_dirs) for s in args.secret)
