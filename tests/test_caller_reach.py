@@ -26,6 +26,8 @@ from sandbox.hostpath import Guard, OutputFile, UnsafePath, resolve
 from helpers import host_processes_matching, sbx
 
 POLICIES = ["strict", "default", "compile", "build", "permissive"]
+IDMAP = {"range": ["--idmap", "range"], "single": ["--idmap", "single"], "root": ["--idmap", "range", "--user", "0"]}
+"""The program's ids: a subordinate uid, the caller's own, or root of a user namespace of its own (--user 0)."""
 
 
 def shared_dir(path: Path) -> Path:
@@ -138,29 +140,29 @@ def _loginuid() -> str:
 
 @pytest.mark.skipif(not Path("/proc/self/loginuid").exists(), reason="this kernel has no audit loginuid")
 @pytest.mark.parametrize("policy", POLICIES)
-@pytest.mark.parametrize("idmap", ["range", "single"])
+@pytest.mark.parametrize("idmap", ["range", "single", "root"])
 def test_the_program_cannot_set_its_own_audit_identity(policy: str, idmap: str) -> None:
     """With the caller's loginuid unset (a service, a CI runner), the box's is set to the program's uid before it
     runs: setting it again needs CAP_AUDIT_CONTROL of the host, which nothing in a box has."""
     if _loginuid() != "4294967295":
         pytest.skip(f"the caller's loginuid is set ({_loginuid()}): the kernel lets only an unset one be set, so "
                     "there is nothing for a program to claim (CI's and this machine's callers have it unset)")
-    r = sbx("run", "--idmap", idmap, "--policy", policy, "--", "sh", "-c",  # (builtins only: strict forks nothing)
+    r = sbx("run", *IDMAP[idmap], "--policy", policy, "--", "sh", "-c",  # (builtins only: strict forks nothing)
             "echo 0 > /proc/self/loginuid && echo changed; read uid < /proc/self/loginuid; echo $uid")
     assert r.returncode == 0, r.stderr
-    program_uid = 1000 if idmap == "range" else os.getuid()
-    assert r.stdout.decode().split() == [str(program_uid)], "the loginuid is the program's own uid, as the box sees it"
+    program_uid = {"range": 1000, "single": os.getuid(), "root": 0}[idmap]
+    assert r.stdout.decode().split() == [str(program_uid)], "the loginuid is the program's own uid, as it sees it"
     assert r.stderr.startswith(b"sh: 1: echo: echo: "), r.stderr  # the kernel refused the write
 
 
 # -- /proc ------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("idmap", ["range", "single"])
+@pytest.mark.parametrize("idmap", ["range", "single", "root"])
 def test_the_program_sees_only_its_own_processes(idmap: str) -> None:
     """Box init (pid 1) and the spawner are not in the box's /proc at all, so none of their files can be opened
     (Debian 12's kernel lets anyone open /proc/PID/timers); the program's own processes are."""
-    r = sbx("run", "--idmap", idmap, "--", "sh", "-c",
+    r = sbx("run", *IDMAP[idmap], "--", "sh", "-c",
             "sleep 5 & for p in /proc/[0-9]*; do echo ${p#/proc/}; done; "
             "for f in /proc/1/timers /proc/1/status /proc/2/timers; do cat $f >/dev/null 2>&1 && echo opened $f; done; "
             "echo me $$ $!; kill $!")
@@ -189,21 +191,21 @@ def test_box_init_carries_nothing_of_the_callers_process() -> None:
 # -- caller's paths: links planted in a writable bind ----------------------------------------------------------
 
 
-@pytest.mark.parametrize("idmap", ["range", "single"])
+@pytest.mark.parametrize("idmap", ["range", "single", "root"])
 def test_copy_out_never_writes_through_a_link_planted_in_a_writable_bind(tmp_path: Path, idmap: str) -> None:
     """The issue's attack: the program swaps the destination's directory for a link to the caller's private one.
     The directory was opened before the run; it is gone now, and nothing lands in the private one."""
     shared = shared_dir(tmp_path / "b")
     shared_dir(shared / "sub")
     victim = private_dir(tmp_path / "victim")
-    r = sbx("run", "--idmap", idmap, "--bind", f"{shared}:/data", "--copy-out", f"out:{shared}/sub/result", "--",
+    r = sbx("run", *IDMAP[idmap], "--bind", f"{shared}:/data", "--copy-out", f"out:{shared}/sub/result", "--",
             "sh", "-c", f"echo PWNED > /box/out; rm -rf /data/sub; ln -s {victim} /data/sub")
     assert listing(victim) == ["inside"], "copy-out wrote into the caller's private directory"
     assert r.returncode == 125
     assert r.stderr.decode().splitlines() == [f"sbx: --copy-out {shared}/sub/result: No such file or directory"]
 
 
-@pytest.mark.parametrize("idmap", ["range", "single"])
+@pytest.mark.parametrize("idmap", ["range", "single", "root"])
 def test_copy_in_never_reads_through_a_link_an_earlier_run_planted(tmp_path: Path, idmap: str) -> None:
     """Run 1 plants a link in a writable bind; run 2 copies in through that path.  A link of the program's
     (subordinate) uid is refused wherever it is; with the single mapping the program's links are the caller's
@@ -211,10 +213,10 @@ def test_copy_in_never_reads_through_a_link_an_earlier_run_planted(tmp_path: Pat
     shared = shared_dir(tmp_path / "b2")
     victim = private_dir(tmp_path / "v2")
     (victim / "keep").write_text("SECRET\n")
-    first = sbx("run", "--idmap", idmap, "--bind", f"{shared}:/data", "--", "ln", "-s", str(victim), "/data/sub")
+    first = sbx("run", *IDMAP[idmap], "--bind", f"{shared}:/data", "--", "ln", "-s", str(victim), "/data/sub")
     assert first.returncode == 0, first.stderr
     again = ["--bind", f"{shared}:/data"] if idmap == "single" else []
-    r = sbx("run", "--idmap", idmap, *again, "--copy-in", f"{shared}/sub/keep:keep", "--", "cat", "keep")
+    r = sbx("run", *IDMAP[idmap], *again, "--copy-in", f"{shared}/sub/keep:keep", "--", "cat", "keep")
     assert r.returncode == 125 and b"SECRET" not in r.stdout
     why = ("is a link inside a directory the box can write; links there are never followed" if idmap == "single"
            else f"is a link owned by uid {os.lstat(shared / 'sub').st_uid}; only links of the caller's or root's "

@@ -295,8 +295,7 @@ async def test_the_fuse_daemon_is_charged_to_the_box(tmp_path: Path) -> None:
     for d in (tmp_path, low, *(p for p in low.iterdir() if not p.is_symlink())):
         d.chmod(0o755)
     async with Sandbox(lowers=[str(low)], binds=[Bind("/usr", "/usr", False)], fs="fuse", idmap="single") as box:
-        daemon = box._box.daemon  # type: ignore[union-attr]
-        assert daemon is not None
+        daemon = box._box.daemons[0]  # type: ignore[union-attr]
         [box_dir] = _ours()
         charged = Path(delegation().base or "", box_dir, "daemon")
         assert open(f"/proc/{daemon.pid}/cgroup").read().strip().endswith(f"/{box_dir}/daemon")

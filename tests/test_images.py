@@ -322,6 +322,39 @@ def test_a_real_debian_image_from_mmdebstrap(tmp_path: Path) -> None:
             timeout=120)
     assert r.returncode == 0 and r.stdout.startswith(b"12."), r.stderr
     assert b"apt " in r.stdout
+    # root of the box: dpkg installs a local package, useradd and su work, and a commit keeps the owners
+    deb = _local_deb(tmp_path)
+    r = sbx("run", "--image", "debian:12", "--user", "0", "--policy", "build", "--commit", "debian:hello",
+            "--ro-bind", f"{deb.parent}:/deb", "--", "sh", "-c",
+            "id -u; dpkg -i /deb/sbx-hello.deb > /dev/null && sbx-hello && useradd -m builder && "
+            "su builder -c 'id -un; touch ~/mine' && head -c 5 /etc/shadow; echo; "
+            "kill -9 1 2>/dev/null || echo box-init-out-of-reach", timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == ["0", "hello", "from", "a", "package", "builder", "root:", "box-init-out-of-reach"]
+    r = sbx("run", "--image", "debian:hello", "--", "sh", "-c",
+            "sbx-hello; stat -c '%U %n' /usr/local/bin/sbx-hello /home/builder/mine; dpkg -s sbx-hello | grep Status",
+            timeout=120)
+    assert r.stdout.decode().splitlines() == ["hello from a package", "root /usr/local/bin/sbx-hello",
+                                              "builder /home/builder/mine", "Status: install ok installed"], r.stderr
+
+
+def _local_deb(tmp_path: Path) -> Path:
+    """A package built with Debian's dpkg-deb, as a CI job's own .deb would be."""
+    root = tmp_path / "pkg"
+    (root / "DEBIAN").mkdir(parents=True)
+    (root / "DEBIAN" / "control").write_text("Package: sbx-hello\nVersion: 1.0\nArchitecture: all\n"
+                                             "Maintainer: sbx tests <sbx@example.invalid>\nDescription: a test\n")
+    tool = root / "usr" / "local" / "bin" / "sbx-hello"
+    tool.parent.mkdir(parents=True)
+    tool.write_text("#!/bin/sh\necho hello from a package\n")
+    tool.chmod(0o755)
+    out = tmp_path / "debs" / "sbx-hello.deb"
+    out.parent.mkdir()
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(root), str(out)], check=True,
+                   stdout=subprocess.DEVNULL)
+    out.parent.chmod(0o755)
+    out.chmod(0o644)
+    return out
 
 
 # -- hostile archives --------------------------------------------------------------------------------------------

@@ -66,7 +66,8 @@ def scratch_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pat
 # -- setup: mount points inside an untrusted root ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("fs", "idmap"), [("kernel", "single"), ("fuse", "single"), ("kernel", "range")])
+@pytest.mark.parametrize(("fs", "idmap"), [("kernel", "single"), ("fuse", "single"), ("kernel", "range"),
+                                          ("fuse", "root")])
 @pytest.mark.parametrize("kind", ["file", "dir"])
 def test_a_box_link_in_a_lower_is_not_followed(tmp_path: Path, fs: str, idmap: str, kind: str) -> None:
     secret, private = victims(tmp_path)
@@ -74,7 +75,8 @@ def test_a_box_link_in_a_lower_is_not_followed(tmp_path: Path, fs: str, idmap: s
     before = snapshot(victim)
     low = bottom(tmp_path)
     (low / "box").symlink_to(f"/oldroot{victim}")
-    r = sbx("run", "--idmap", idmap, "--fs", fs, "--lower", str(low), "--ro-bind", "/usr", "--",
+    ids = ["--idmap", "range", "--user", "0"] if idmap == "root" else ["--idmap", idmap]
+    r = sbx("run", *ids, "--fs", fs, "--lower", str(low), "--ro-bind", "/usr", "--",
             "sh", "-c", "echo hi > /box/out && stat -c '%F %a' /box")
     assert snapshot(victim) == before, "setup changed the caller's file through the layer's link"
     assert (r.returncode, r.stdout) == (0, b"directory 755\n"), r.stderr
@@ -167,15 +169,21 @@ def test_a_link_in_a_union_root_on_the_way_is_refused(tmp_path: Path) -> None:
 # -- teardown of the scratch upper ---------------------------------------------------------------------------------
 
 
-def test_cleanup_never_follows_a_link_the_program_planted(tmp_path: Path, scratch_tmp: Path) -> None:
+@pytest.mark.parametrize("user", [None, "0"])
+def test_cleanup_never_follows_a_link_the_program_planted(tmp_path: Path, scratch_tmp: Path, user: str | None) -> None:
+    """In /box; and, root of the box, anywhere in the union's upper, under dirs it locked with mode 000."""
     host = tmp_path / "dir"
     host.mkdir()
     (host / "keep").write_text("keep\n")
     host.chmod(0o755)
     before = snapshot(host)
     low = bottom(tmp_path)
-    r = sbx("run", "--fs", "fuse", "--lower", str(low), "--ro-bind", "/usr", "--", "sh", "-c",
-            f"ln -s {host} /box/x && mkdir -p /box/a/b && ln -s {host} /box/a/b/y && ln -s {host}/keep /box/a/f")
+    script = f"ln -s {host} /box/x && mkdir -p /box/a/b && ln -s {host} /box/a/b/y && ln -s {host}/keep /box/a/f"
+    if user == "0":
+        script += (f" && ln -s {host} /planted && mkdir -p /etc/deep/er && ln -s {host}/keep /etc/deep/er/f && "
+                   "chmod 000 /etc/deep/er /etc/deep && chown 1234:1234 /etc/deep")
+    r = sbx("run", *(["--user", user] if user else []), "--fs", "fuse", "--lower", str(low), "--ro-bind", "/usr",
+            "--", "sh", "-c", script)
     assert r.returncode == 0, r.stderr
     assert snapshot(host) == before, "cleanup changed a host directory through a link"
     assert os.listdir(scratch_tmp) == [], "the scratch upper is removed"
@@ -338,8 +346,9 @@ async def test_the_upper_stays_locked_while_its_daemon_lives(tmp_path: Path) -> 
     upper.mkdir()
     async with Sandbox(lowers=[str(low)], upper=str(upper), binds=USR, fs="fuse") as sandbox:
         box = sandbox._box
-        assert box is not None and box.daemon is not None
-        held = {os.readlink(f"/proc/{box.daemon.pid}/fd/{fd}") for fd in os.listdir(f"/proc/{box.daemon.pid}/fd")}
+        assert box is not None and len(box.daemons) == 1
+        pid = box.daemons[0].pid
+        held = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
     assert str(upper) in held
 
 
