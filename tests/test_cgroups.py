@@ -112,6 +112,21 @@ async def test_fork_bomb_is_contained_by_pids_max() -> None:
     assert r.proc_peak == 16 and before.proc_peak is not None and before.proc_peak < 16, (r, before)
 
 
+async def test_root_of_the_box_cannot_lift_its_own_limits() -> None:
+    """Root of the box (--user 0) with no seccomp policy at all: a user, cgroup and mount namespace of its own let
+    it mount its run's cgroup, but the files there are the caller's on the host, which no namespace of the
+    program's maps: it can write none of them, and the memory and pids limits hold."""
+    lift = ("unshare -U -r -C -m sh -c 'mount -t cgroup2 none /tmp && ls /tmp/memory.max && "
+            "for f in memory.max pids.max cgroup.procs; do echo max > /tmp/$f && echo lifted $f; done'; ")
+    async with Sandbox(user="0", limits=Limits(memory=64 * MiB, pids=16, wall_time=60), policy=None) as box:
+        hog = await box.run(["sh", "-c", lift + "head -c 400M /dev/zero | tail"])
+        bomb = await box.run(["sh", "-c", lift + "b() { b & b & wait; }; b"])
+    assert hog.stdout.startswith(b"/tmp/memory.max\n") and b"lifted" not in hog.stdout, hog.stderr
+    assert b"Permission denied" in hog.stderr
+    assert hog.status is Status.MLE, hog
+    assert b"lifted" not in bomb.stdout and bomb.proc_peak == 16 and bomb.events.get("pids.max", 0) > 0, bomb
+
+
 async def test_the_most_processes_at_once_are_counted() -> None:
     """The record's proc_peak (go-judge's procPeak): the shell, five sleeps at once, and the wait after."""
     async with Sandbox(policy=None) as box:

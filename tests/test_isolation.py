@@ -328,3 +328,18 @@ async def test_cancelled_run_leaves_no_process() -> None:
             await box.run(["sleep", marker])
     await anyio.sleep(0.2)
     assert host_processes_matching(marker) == []
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["--user", "0", "--idmap", "single"], "--user 0 needs a subordinate id range"),
+    (["--user", "5"], "--user 5: 0 (root of the box) or 1000 (the default) are the users a box has"),
+    (["--user", "0", "--fs", "kernel", "--lower", "/usr"], "--user 0 with a union root needs --fs fuse"),
+])
+def test_bad_user_input_is_one_line(args: list[str], said: str) -> None:
+    r = sbx("run", *args, "--", "true")
+    assert r.returncode == 125 and len(r.stderr.splitlines()) == 1 and said in r.stderr.decode(), r.stderr
+
+
+def test_the_dry_run_shows_the_programs_own_namespace() -> None:
+    r = sbx("run", "--dry-run", "--user", "root", "--", "true")
+    assert r.returncode == 0 and b"the program: root of a user namespace of its own (its 0 = box uid" in r.stdout
