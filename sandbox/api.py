@@ -19,6 +19,7 @@ import anyio
 from anyio.abc import TaskGroup
 
 from . import scratch, teardown
+from .box import plan
 from .box.cgroups import delegation
 from .box.files import locate
 from .box.run_protocol import MAX_PROGRAM_FDS, RunEnd, RunRequest, StartFailure
@@ -33,7 +34,7 @@ from .run.tap import Tap, relay, tapped_pipe
 from .run.verdict import enforcement, verdict
 from .spec import INHERIT, NEVER_RAN, Inherit, Spec, exec_failure
 from .teardown import TeardownWarning
-from .upper import lock_upper
+from .upper import leave_out_mount_points, lock_upper
 
 
 class Sandbox(Spec):
@@ -136,6 +137,7 @@ class Sandbox(Spec):
                     warnings.warn(TeardownWarning(f"closing the box failed: {e}"), stacklevel=2)
                 if self._commit is not None and self.image is not None and self._union_upper is not None:
                     # the daemon is gone: the upper holds all it will; and it is removed right after
+                    leave_out_mount_points(self._union_upper, plan.mount_points(plan.make(box.layout, box.ids)))
                     self.committed = await anyio.to_thread.run_sync(self._store.commit, self.image,
                                                                     self._union_upper, self._commit)
         finally:

@@ -94,7 +94,7 @@ class Spec:
         lowers: Sequence[str] = (),
         upper: str | None = None,
         fs: str = "auto",
-        image: str | None = None,
+        image: str | Image | None = None,
         commit: str | None = None,
         home: str = WORK_DIR,
         secrets: Mapping[str, bytes | str] | None = None,
@@ -102,6 +102,7 @@ class Spec:
         publish: Sequence[str] = (),
         volumes: Sequence[VolumeMount] = (),
         user: str | None = None,
+        build_step: bool = False,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -115,7 +116,8 @@ class Spec:
         `volumes`: named volumes (volumes.py), each made on its first use and served by a FUSE daemon of its own
         that holds its caps; one writer at a time.  `user`: "0" (or "root") runs the programs as root of the box,
         in a user namespace of their own with no power over the sandbox (userns.py), as does an image whose User is
-        root; None or "1000": the sandbox's unprivileged uid."""
+        root; None or "1000": the sandbox's unprivileged uid.  `build_step`: the box of a build's RUN (sbx build),
+        which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them."""
         if net not in ("none", "loopback", "pasta"):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback or pasta)")
         if (host_loopback or publish) and net != "pasta":
@@ -128,7 +130,7 @@ class Spec:
                 raise ConfigError("--image and --lower: the image's layers are the lowers")
             from .images.store import Store  # (not loaded for runs without an image: it costs ~30 ms)
             self._store = Store()
-            self.image = self._store.get(image)
+            self.image = self._store.get(image) if isinstance(image, str) else image
             lowers = [os.path.join(self._store.layer_dir(c), "root") for c in reversed(self.image.chain_ids)]
         self._idmap: IdmapMode = idmap
         self._root = _root_user(user, self.image.runtime.get("User") if self.image is not None else None)
@@ -186,6 +188,9 @@ class Spec:
             raise ConfigError(f"--cwd {cwd}: must be an absolute path in the box")
         self.cwd = os.path.normpath(cwd) if cwd else defaults.get("WorkingDir") or ("/" if self.image else self.home)
         self._secrets = check_secrets(secrets or {})
+        if build_step and not self._lowers:
+            raise ConfigError("a build step runs on an image")
+        self._build_step = build_step
         self.policy = policy
         self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
         self._policies: dict[str, Policy] = {}
@@ -227,7 +232,7 @@ class Spec:
     def _layout(self, upper: str | None, workdir: str | None) -> Layout:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
                       workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, pasta=self.pasta,
-                      volumes=self._volumes, secrets=self._secrets)
+                      volumes=self._volumes, build=self._build_step, secrets=self._secrets)
 
     @property
     def secret_values(self) -> tuple[bytes, ...]:
@@ -243,6 +248,9 @@ class Spec:
         for v in self._volumes:
             self._locks += self._volume_store.lock(self._volume_store.get(v.name), v.read_only)
         if self.image is None:
+            return
+        if not self.image.ref:  # a build step's image, named by its digest alone
+            self._locks += self._store.pin_image(self.image)
             return
         pinned, fds = self._store.pin(self.image.ref)
         self._locks += fds

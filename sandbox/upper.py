@@ -1,10 +1,12 @@
-"""An upper dir has one writer: the flocks that make a sandbox its only one, and the overlaps that are refused."""
+"""An upper dir has one writer: the flocks that make a sandbox its only one, and the overlaps that are refused;
+and what of a finished run's upper is box init's, not the program's."""
 
 from __future__ import annotations
 
 import errno
 import fcntl
 import os
+import stat
 
 from . import fdpath
 from .errors import ConfigError
@@ -56,3 +58,28 @@ def _flock(fd: int, how: int, upper: str, conflict: str) -> None:
         if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
             raise ConfigError(f"--upper {upper}: {conflict} (an upper has one writer at a time)") from None
         raise ConfigError(f"--upper {upper}: cannot lock it: {e.strerror}") from None
+
+
+def leave_out_mount_points(upper: str, points: list[str]) -> None:
+    """Remove from a finished run's upper what box init made there only to mount over it (plan.mount_points): an
+    empty dir or file at a mount point that the image had no entry for (/box, /run/secrets, a volume's path).  The
+    program could not write below a mount, so such an entry is box init's; through fds, following no link."""
+    for point in points:
+        *parents, last = point.strip("/").split("/")
+        fds = [os.open(upper, fdpath.DIR)]
+        try:
+            for name in parents:
+                fds.append(os.open(name, fdpath.DIR, dir_fd=fds[-1]))
+            parent = fds[-1]
+            st = os.stat(last, dir_fd=parent, follow_symlinks=False)
+            if stat.S_ISDIR(st.st_mode):
+                fds.append(os.open(last, fdpath.DIR, dir_fd=parent))
+                if not os.listdir(fds[-1]):
+                    os.rmdir(last, dir_fd=parent)
+            elif stat.S_ISREG(st.st_mode) and st.st_size == 0:
+                os.unlink(last, dir_fd=parent)
+        except OSError:
+            continue  # not there (the image had it), or not box init's to take back
+        finally:
+            for fd in fds:
+                os.close(fd)

@@ -53,7 +53,7 @@ def test_an_image_box_is_its_union_and_nothing_of_the_hosts(host: Path, fs: str,
     steps = plan.make(layout, IDS, host=str(host))
     assert type(steps[1]) is root and not any(isinstance(s, (plan.Mirror, plan.File, plan.ReadOnlyRoot))
                                               for s in steps)
-    assert plan.Writable("/w", True, 1000, 1000) in steps and not isinstance(steps[-1], plan.Loopback)
+    assert plan.Writable("/w", True, 1000, 1000, True) in steps and not isinstance(steps[-1], plan.Loopback)
 
 
 def test_a_plan_goes_to_the_starter_as_tokens(host: Path) -> None:

@@ -81,6 +81,8 @@ class Layout(Record):
     pasta: Network | None = None
     """With --net pasta: the way out pasta gives the box (pasta.py); its /etc/resolv.conf and /etc/hosts say so."""
     volumes: tuple[MountedVolume, ...] = ()
+    build: bool = False
+    """A build step's box: no home and no /tmp of sbx's over the union root (it sees the image's own)."""
     secrets: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
     """Files of /run/secrets, each (name, value): a read-only tmpfs of their own, never in a layer or an upper."""
 

@@ -125,15 +125,19 @@ class BoundFile(Step):
 
 
 class Writable(Step):
-    """Home, /tmp and /dev/shm on the scratch tmpfs; over a union root, home is the union's own dir."""
+    """Home, /tmp and /dev/shm on the scratch tmpfs; over a union root, home is the union's own dir.  A build
+    step's box has neither home nor /tmp of sbx's: it sees the image's own (docker build's view)."""
 
     name = "writable"
-    home: str
+    home: str | None
     union: bool
     uid: int
     gid: int
+    tmp: bool
 
     def describe(self) -> str:
+        if self.home is None:
+            return "/dev/shm on the scratch tmpfs; the image's own /tmp and dirs (a build step)"
         where = "in the union" if self.union else "on the scratch tmpfs"
         return f"writable {self.home} (owned by {self.uid}:{self.gid}, {where}), /tmp"
 
@@ -271,7 +275,8 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
         steps.append(FuseUnion())
     else:
         steps.append(KernelUnion(layout.lowers, layout.upper, layout.workdir))
-    steps += [Writable(layout.home, union, ids.program_uid, ids.program_gid), Devices(DEVICES),
+    steps += [Writable(None if layout.build else layout.home, union, ids.program_uid, ids.program_gid,
+                       not layout.build), Devices(DEVICES),
               Proc(PROC_READONLY, PROC_MASKED)]
     steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
     steps += [Volume(v.dst, v.read_only, *(v.owner or (-1, -1))) for v in layout.volumes]
@@ -289,6 +294,26 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     if ids.root:
         steps.append(NestedRoot(ids.program_uid, ids.program_gid))
     return tuple(steps)
+
+
+def mount_points(steps: tuple[Step, ...]) -> list[str]:
+    """Where the plan mounts over a union root (absolute paths in the box): what box init made in the root's
+    upper for a mount, if the image had no such entry, is no file of the program's (a commit leaves it out)."""
+    points: list[str] = []
+    for step in steps:
+        if isinstance(step, Writable):
+            points += [p for p in (step.home, "/tmp" if step.tmp else None) if p]
+        elif isinstance(step, Devices):
+            points.append("/dev")
+        elif isinstance(step, Proc):
+            points.append("/proc")
+        elif isinstance(step, (HostBind, Volume, Tmpfs)):
+            points.append(step.dst)
+        elif isinstance(step, BoundFile):
+            points.append(step.path)
+        elif isinstance(step, Secrets):
+            points.append(SECRETS_DIR)
+    return points
 
 
 def tokens(steps: tuple[Step, ...]) -> list[str]:

@@ -271,6 +271,7 @@ struct step {
     char *s[3];        /* the string fields, in order */
     long long n[2];    /* the number fields, in order */
     int flag;          /* writable / union */
+    int flag2;         /* WRITABLE: /tmp on the scratch tmpfs */
     struct list l[2];  /* the tuple fields */
     int has_identity;
 };
@@ -351,6 +352,7 @@ static void parse_plan(struct tokens *t)
             break;
         case WRITABLE:
             s->s[0] = need(t), s->flag = (int)number(t), s->n[0] = number(t), s->n[1] = number(t);
+            s->flag2 = (int)number(t);
             break;
         case DEVICES:
             s->l[0] = list(t);
@@ -765,16 +767,20 @@ static void mount_writable(struct tree *root, struct step *s)
     for (int i = 0; i < 3; i++)
         check(mkdir(dirs[i], 0777) < 0 ? fail_errno(dirs[i]) : 0);
     check(chmod("/rw/tmp", 01777) < 0 || chmod("/rw/shm", 01777) < 0 ? fail_errno("/rw") : 0);
-    int box = place(root, s->s[0], 1, 0755);
-    check(box);
-    if (s->flag) {
-        own(box, (unsigned)s->n[0], (unsigned)s->n[1], 0755);
-    } else {
-        check(chown("/rw/box", (uid_t)s->n[0], (gid_t)s->n[1]) < 0 || chmod("/rw/box", 0755) < 0 ?
-              fail_errno("/rw/box") : 0);
-        check(bind_path("/rw/box", box, 1, 0));
+    if (*s->s[0]) { /* none for a build step: it sees the image's own dirs */
+        int box = place(root, s->s[0], 1, 0755);
+        check(box);
+        if (s->flag) {
+            own(box, (unsigned)s->n[0], (unsigned)s->n[1], 0755);
+        } else {
+            check(chown("/rw/box", (uid_t)s->n[0], (gid_t)s->n[1]) < 0 || chmod("/rw/box", 0755) < 0 ?
+                  fail_errno("/rw/box") : 0);
+            check(bind_path("/rw/box", box, 1, 0));
+        }
+        close(box);
     }
-    close(box);
+    if (!s->flag2)
+        return;
     int tmp = place(root, "tmp", 1, 0755);
     check(tmp);
     check(bind_path("/rw/tmp", tmp, 1, 0));
@@ -1696,11 +1702,14 @@ static void find_writable(void)
 {
     static const char *const fixed[] = {"/tmp", "/dev/shm"};
     for (int i = 0; i < nsteps; i++)
-        if (steps[i].kind == WRITABLE) {
+        if (steps[i].kind == WRITABLE && *steps[i].s[0] && steps[i].flag2) {
             writable[0] = steps[i].s[0];
             writable[1] = fixed[0];
             writable[2] = fixed[1];
             nwritable = 3;
+        } else if (steps[i].kind == WRITABLE) { /* a build step's box: the image's own dirs are no scratch */
+            writable[0] = fixed[1];
+            nwritable = 1;
         }
     for (int i = 0; i < nsteps && nwritable; i++)
         if (steps[i].kind == TMPFS && nwritable < MAX_DIRS)

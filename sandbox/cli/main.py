@@ -35,6 +35,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "policy": ("the seccomp policies", "policy", "build"),
     "image": ("the image store: import, list, inspect, tag, remove, prune, export", "image", "build"),
     "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
+    "build": ("build an image from a Containerfile", "build", "build"),
     "check": ("what this machine supports and what sbx will use", "main", "_build_check"),
 }
 

@@ -49,7 +49,7 @@ def _unless_none(text: str | None, parse: Callable[[str, str], T], what: str, de
     return None if text == "none" else parse(text, what)
 
 
-def _secret(spec: str, guard: hostpath.Guard) -> tuple[str, bytes]:
+def read_secret(spec: str, guard: hostpath.Guard) -> tuple[str, bytes]:
     """`id=NAME,src=FILE` (docker's and buildah's syntax; `source=` too) or `id=NAME,env=VAR`: the name and value."""
     fields: dict[str, str] = {}
     for part in spec.split(","):
@@ -221,7 +221,7 @@ def command(args: argparse.Namespace) -> int:
         host_loopback=args.host_loopback, publish=args.publish, volumes=volumes, user=args.user)
     sandbox = Spec(**config)
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
-        config["secrets"] = dict(_secret(s, sandbox.writable_dirs) for s in args.secret)
+        config["secrets"] = dict(read_secret(s, sandbox.writable_dirs) for s in args.secret)
         sandbox = Spec(**config)
     if args.dry_run:
         import shlex

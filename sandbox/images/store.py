@@ -148,9 +148,22 @@ class Store:
         digest = self._refs().get(ref)
         if digest is None:
             raise ConfigError(f"image {ref}: not in the store (sbx image ls lists it, sbx image import adds one)")
+        return self._image(ref, digest)
+
+    def _image(self, ref: str, digest: str) -> Image:
         manifest = json.loads(self._blob(digest))
         config = json.loads(self._blob(manifest["config"]["digest"]))
         return Image(ref, digest, config, tuple(layer["digest"] for layer in manifest["layers"]))
+
+    def by_digest(self, digest: str) -> Image | None:
+        """The image whose manifest is `digest`, named or not (a build step's), if the store still has it."""
+        if not _DIFF_ID.fullmatch(digest):
+            return None
+        with self._locked(fcntl.LOCK_SH):
+            try:
+                return self._image("", digest)
+            except (OSError, ValueError, KeyError):
+                return None
 
     def layer_dir(self, chain: str) -> str:
         return os.path.join(self.root, "layers", chain.split(":", 1)[1])
@@ -160,20 +173,29 @@ class Store:
         ref = parse_ref(ref)
         with self._locked(fcntl.LOCK_SH):
             image = self._get(ref)
-            fds: list[int] = []
-            try:
-                for chain in image.chain_ids:
-                    try:
-                        fds.append(self._pin_layer_locked(chain))
-                    except FileNotFoundError:
-                        raise ConfigError(f"image {ref}: its layer {chain} is not in the store (a store from before "
-                                          f"layers were named by chain id: sbx image rm {ref}, then import it "
-                                          "again)") from None
-            except BaseException:
-                for fd in fds:
-                    os.close(fd)
-                raise
-        return image, fds
+            return image, self._pin_image_locked(image)
+
+    def pin_image(self, image: Image) -> list[int]:
+        """`pin` for an image in hand, named or not (a build step's)."""
+        with self._locked(fcntl.LOCK_SH):
+            return self._pin_image_locked(image)
+
+    def _pin_image_locked(self, image: Image) -> list[int]:
+        fds: list[int] = []
+        try:
+            for chain in image.chain_ids:
+                try:
+                    fds.append(self._pin_layer_locked(chain))
+                except FileNotFoundError:
+                    what = image.ref or image.digest
+                    raise ConfigError(f"image {what}: its layer {chain} is not in the store (pruned, or a store from "
+                                      f"before layers were named by chain id: remove the image and import it "
+                                      "again)") from None
+        except BaseException:
+            for fd in fds:
+                os.close(fd)
+            raise
+        return fds
 
     def list(self) -> list[dict[str, Any]]:
         with self._locked(fcntl.LOCK_SH):
@@ -273,7 +295,7 @@ class Store:
             diff_ids = self._unpack_layers(source, (), caps or Caps(), progress, pins)
             config = dict(source.config or {"architecture": "amd64", "os": "linux", "config": {}})
             config["rootfs"] = {"type": "layers", "diff_ids": diff_ids}
-            return self._name(name, config, diff_ids)
+            return self.save(config, diff_ids, name)
 
     @contextlib.contextmanager
     def _pinning(self) -> Iterator[list[int]]:
@@ -352,23 +374,32 @@ class Store:
                 os.close(lock)
 
     def commit(self, base: Image, upper: str, ref: str) -> Image:
-        """A new image: `base` with a run's upper dir on it as one more layer (whiteouts for what it deleted).
+        """A new image named `ref`: `base` with a run's upper dir on it as one more layer."""
+        ref = parse_ref(ref)
+        with self._pinning() as pins:
+            diff_ids = [*base.diff_ids, self.layer_from_upper(base, upper, f"--commit {ref}", pins)]
+            return self.save({**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids, ref)
 
-        The upper is the program's work: it goes through the same unpacking as any archive.
-        """
+    def layer_from_upper(self, base: Image, upper: str, what: str, pins: list[int]) -> str:
+        """A run's upper dir, finished, as a layer on `base` (whiteouts for what it deleted; pinned into `pins`);
+        its diff_id.  The upper is the program's work: it goes through the same unpacking as any archive."""
         from .. import scratch
-        from .archive import LayerBlob, Source
         from .tar import tar_layer
+
+        with scratch.workdir(os.path.join(self.root, "tmp"), "commit-") as work:
+            tar_path = os.path.join(work, "layer.tar")
+            tar_layer(upper, tar_path, f"{what}: the run's files")
+            return self.add_layer(base, tar_path, f"the run's upper (for {what})", pins)
+
+    def add_layer(self, base: Image, tar_path: str, where: str, pins: list[int]) -> str:
+        """Unpack the layer tar `tar_path` onto `base`'s layers (pinned into `pins`, as the new one is); its
+        diff_id.  The tar is untrusted: it goes through the same unpacking as any archive."""
+        from .archive import LayerBlob, Source
         from .unpack import Caps
 
-        ref = parse_ref(ref)
-        with self._pinning() as pins, scratch.workdir(os.path.join(self.root, "tmp"), "commit-") as work:
-            tar_path = os.path.join(work, "layer.tar")
-            tar_layer(upper, tar_path, f"--commit {ref}: the run's files")
-            source = Source(None, [LayerBlob(f"the run's upper (for {ref})", lambda: open(tar_path, "rb"))], [])
-            [diff_id] = self._unpack_layers(source, base.chain_ids, Caps(), lambda line: None, pins)
-            diff_ids = [*base.diff_ids, diff_id]
-            return self._name(ref, {**base.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, diff_ids)
+        source = Source(None, [LayerBlob(where, lambda: open(tar_path, "rb"))], [])
+        [diff_id] = self._unpack_layers(source, base.chain_ids, Caps(), lambda line: None, pins)
+        return diff_id
 
     def _place_layer(self, work: str, lock: int, chain: str) -> int:
         """Put the unpacked layer in place, unless the same content is there already; returns a pin of the layer.
@@ -396,7 +427,9 @@ class Store:
         fcntl.flock(fd, fcntl.LOCK_SH)
         return fd
 
-    def _name(self, ref: str, config: dict[str, Any], diff_ids: list[str]) -> Image:
+    def save(self, config: dict[str, Any], diff_ids: list[str], ref: str | None) -> Image:
+        """The image of `config` and the layers `diff_ids` (in the store), named `ref` (checked), or unnamed."""
+        ref = parse_ref(ref) if ref is not None else None
         sizes = [self._layer_size(c) for c in chain_ids(diff_ids)]
         with self._locked(fcntl.LOCK_EX):
             config_blob = json.dumps(config, sort_keys=True).encode()
@@ -409,10 +442,11 @@ class Store:
                             "size": size} for d, size in zip(diff_ids, sizes, strict=True)],
             }
             digest = self._put_blob(json.dumps(manifest, sort_keys=True).encode())
-            refs = self._refs()
-            refs[ref] = digest
-            self._write_refs(refs)
-        return Image(ref, digest, config, tuple(diff_ids))
+            if ref is not None:
+                refs = self._refs()
+                refs[ref] = digest
+                self._write_refs(refs)
+        return Image(ref or "", digest, config, tuple(diff_ids))
 
 
 def _checked(blob: LayerBlob, diff_id: str) -> str:
