@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -198,3 +200,24 @@ def test_an_exported_build_is_read_by_umoci(tmp_path: Path) -> None:
                    capture_output=True)
     assert (bundle / "rootfs" / "opt" / "out").read_text() == "built\n"
     assert json.loads((bundle / "config.json").read_text())["process"]["args"] == ["cat", "/opt/out"]
+
+
+def test_a_built_image_exported_runs_in_podman(tmp_path: Path) -> None:
+    """The real client: rootless podman loads the exported image and runs its Cmd, with what the RUN made."""
+    ctx = context(tmp_path, 'FROM bb\nRUN mkdir /opt && echo built-by-sbx > /opt/out\nCMD ["cat", "/opt/out"]\n')
+    assert sbx("build", "-t", "for-podman:1", str(ctx), timeout=120).returncode == 0
+    out = tmp_path / "image.tar"
+    assert sbx("image", "export", "for-podman:1", "-o", str(out)).returncode == 0
+    runroot = tempfile.mkdtemp(prefix="podman-", dir="/tmp")  # (podman wants it shorter than 50 characters)
+    podman = ["podman", "--root", str(tmp_path / "podman-root"), "--runroot", runroot, "--storage-driver", "vfs"]
+    try:
+        loaded = subprocess.run([*podman, "load", "-q", "-i", str(out)], capture_output=True, text=True,
+                                timeout=120)
+        assert loaded.returncode == 0, loaded.stderr
+        name = loaded.stdout.strip().rsplit(" ", 1)[-1]
+        ran = subprocess.run([*podman, "run", "--rm", "--net", "none", name], capture_output=True, text=True,
+                             timeout=120)
+        assert (ran.returncode, ran.stdout) == (0, "built-by-sbx\n"), ran.stderr
+    finally:
+        subprocess.run([*podman, "system", "reset", "--force"], capture_output=True, timeout=120)
+        shutil.rmtree(runroot, ignore_errors=True)

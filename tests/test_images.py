@@ -336,6 +336,16 @@ def test_a_real_debian_image_from_mmdebstrap(tmp_path: Path) -> None:
             timeout=120)
     assert r.stdout.decode().splitlines() == ["hello from a package", "root /usr/local/bin/sbx-hello",
                                               "builder /home/builder/mine", "Status: install ok installed"], r.stderr
+    # the same from a Containerfile: sbx build, a RUN that installs the .deb COPY'd to /tmp, as root of the box
+    (deb.parent / "Containerfile").write_text(
+        "FROM debian:12\nCOPY sbx-hello.deb /tmp/\nRUN dpkg -i /tmp/sbx-hello.deb && rm /tmp/sbx-hello.deb\n"
+        "RUN useradd -m builder\nUSER 1000\nCMD [\"sh\", \"-c\", \"sbx-hello; id -un; ls -A /tmp\"]\n")
+    built = sbx("build", "-t", "debian:built", str(deb.parent), timeout=300)
+    assert built.returncode == 0, built.stderr
+    r = sbx("run", "--image", "debian:built", timeout=120)
+    assert (r.returncode, r.stdout) == (0, b"hello from a package\nbuilder\n"), r.stderr
+    again = sbx("build", "-t", "debian:built", str(deb.parent), timeout=300)
+    assert again.stderr.count(b"--> Using cache") == 3, again.stderr
 
 
 def _local_deb(tmp_path: Path) -> Path:
