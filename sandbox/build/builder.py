@@ -75,6 +75,7 @@ class _State:
     def __init__(self, image: Image, key: str) -> None:
         self.image = image
         self.config: dict[str, Any] = dict(image.runtime)
+        self.history: list[dict[str, Any]] = list(image.config.get("history") or [])
         self.args: dict[str, str] = {}
         self.key = key
 
@@ -157,7 +158,7 @@ class _Builder:
             assert state is not None
             await self._step(state, ins, where)
         assert state is not None
-        return state.image.replace(config={**state.image.config, "config": state.config})
+        return state.image.replace(config={**state.image.config, "config": state.config, "history": state.history})
 
     # -- instructions ------------------------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class _Builder:
             raise ConfigError(f"{where}: not supported")
         if name not in ("RUN", "COPY", "ADD"):
             state.key = _key(state.key, f"{name} {json.dumps(state.config, sort_keys=True)}")
+            state.history.append({"created_by": f"{name} {ins.args}", "empty_layer": True})
 
     def _args(self, ins: Instruction, where: str) -> list[tuple[str, str]]:
         out = []
@@ -271,7 +273,7 @@ class _Builder:
             diff_id = self.store.layer_from_upper(state.image, upper, where, self.pins)
         finally:
             teardown.remove_tree(upper, made)
-        self._advance(state, diff_id, key)
+        self._advance(state, diff_id, key, f"RUN {ins.args}")
 
     def _secret_mount(self, value: str, where: str) -> None:
         """`--mount=type=secret,id=NAME` (buildkit's): every RUN has the build's secrets at /run/secrets; a name the
@@ -320,7 +322,7 @@ class _Builder:
         key = _key(state.key, json.dumps([ins.name, _file_digest(tar_path), dest], sort_keys=True))
         if not self._cached(state, key):
             diff_id = self.store.add_layer(state.image, tar_path, where, self.pins)
-            self._advance(state, diff_id, key)
+            self._advance(state, diff_id, key, f"{ins.name} {ins.args}")
         os.unlink(tar_path)
 
     def _extract(self, tar: tarfile.TarFile, rel: str, dest: str, budget: Budget, where: str) -> bool:
@@ -368,13 +370,16 @@ class _Builder:
             return False  # pruned since
         state.image, state.key = image, key
         state.config = dict(image.runtime)
+        state.history = list(image.config.get("history") or [])
         self.say(f"--> Using cache {digest}")
         return True
 
-    def _advance(self, state: _State, diff_id: str, key: str) -> None:
+    def _advance(self, state: _State, diff_id: str, key: str, created_by: str) -> None:
         """The step's layer on the image so far, saved (unnamed) and remembered under its key."""
         diff_ids = [*state.image.diff_ids, diff_id]
-        config = {**state.image.config, "config": state.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+        state.history.append({"created_by": created_by})
+        config = {**state.image.config, "config": state.config, "history": state.history,
+                  "rootfs": {"type": "layers", "diff_ids": diff_ids}}
         state.image = self.store.save(config, diff_ids, None)
         state.key = key
         path = os.path.join(self.cache_dir, key.split(":")[1])

@@ -16,7 +16,7 @@ import tarfile
 import tempfile
 from typing import Any
 
-from .store import Store, parse_ref
+from .store import Store, parse_ref, with_history
 from .tar import add_bytes, tar_layer
 
 
@@ -46,7 +46,7 @@ def export(store: Store, ref: str, out: str) -> None:
                 digest, size = put(packed)
                 layers.append({"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": digest,
                                "size": size})
-            config = {**image.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}
+            config = with_history({**image.config, "rootfs": {"type": "layers", "diff_ids": diff_ids}}, len(diff_ids))
             config_desc = _json_blob(work, "config", config, put, "application/vnd.oci.image.config.v1+json")
             manifest = {"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
                         "config": config_desc, "layers": layers}

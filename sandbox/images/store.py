@@ -75,6 +75,16 @@ class Image(Record):
         return chain_ids(self.diff_ids)
 
 
+def with_history(config: dict[str, Any], layers: int) -> dict[str, Any]:
+    """`config` with a history entry for each of its `layers` (one "sbx" entry for each the history lacks).  OCI
+    makes history optional, but buildah and podman refuse an image whose history counts other layers than it has."""
+    history = list(config.get("history") or [])
+    have = sum(1 for h in history if not h.get("empty_layer"))
+    if have > layers:
+        history, have = [], 0
+    return {**config, "history": history + [{"created_by": "sbx"}] * (layers - have)}
+
+
 def chain_ids(diff_ids: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     chain: list[str] = []
     for diff_id in diff_ids:
@@ -430,6 +440,7 @@ class Store:
     def save(self, config: dict[str, Any], diff_ids: list[str], ref: str | None) -> Image:
         """The image of `config` and the layers `diff_ids` (in the store), named `ref` (checked), or unnamed."""
         ref = parse_ref(ref) if ref is not None else None
+        config = with_history(config, len(diff_ids))
         sizes = [self._layer_size(c) for c in chain_ids(diff_ids)]
         with self._locked(fcntl.LOCK_EX):
             config_blob = json.dumps(config, sort_keys=True).encode()
