@@ -27,7 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from image_helpers import OciImage  # noqa: E402
 
-from sandbox.box.pasta import _default_gateway  # noqa: E402
+from sandbox.box.netstack import _default_gateway  # noqa: E402
 
 
 def timed(cmd: list[str], env: dict[str, str]) -> tuple[float, bytes]:

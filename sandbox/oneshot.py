@@ -22,9 +22,8 @@ import time
 from types import FrameType
 from typing import Any
 
-from .box import plan, protocol
+from .box import netstack, plan, protocol
 from .box.cgroups import BoxCgroup, RunCgroup, delegation
-from .box.pasta import READY_TIMEOUT, Pasta
 from .box.run_protocol import RunEnd, StartFailure, decode_report
 from .box.starter import spawn_starter, write_id_maps
 from .errors import SetupError, Stopped
@@ -106,7 +105,7 @@ class _Box:
         self.pidfd = -1
         self.sock: socket.socket | None = None
         self.spawner: socket.socket | None = None
-        self.pasta: Pasta | None = None
+        self.netstack: netstack.Stack | None = None
 
     def start(self) -> None:
         starter, spawner = shipped(STARTER, "the starter"), shipped(SPAWNER, "the spawner")
@@ -145,12 +144,13 @@ class _Box:
         if "error" in reply:
             raise SetupError(reply["error"])
         self.spawner = socket.socket(fileno=fds[0])
-        if self.spec.pasta is not None:  # the box's way out, before any program runs
-            self.pasta = Pasta.spawn(self.pid, self.spec.pasta)
-            deadline = time.monotonic() + READY_TIMEOUT
-            while not self.pasta.ready():
+        net = self.spec.netstack
+        if net is not None:  # the box's way out, before any program runs
+            self.netstack = netstack.start(self.pid, net)
+            deadline = time.monotonic() + netstack.READY_TIMEOUT
+            while not self.netstack.ready():
                 if time.monotonic() > deadline:
-                    raise SetupError(f"pasta: the box's network was not up after {READY_TIMEOUT:.0f} s")
+                    raise SetupError(f"{net.stack}: the box's network was not up after {netstack.READY_TIMEOUT:.0f} s")
                 time.sleep(0.002)
 
     def run(self, argv: list[str], stdin: int, stdout: Relay, stderr: Relay, signals: _Signals) -> Result:
@@ -212,9 +212,9 @@ class _Box:
 
     def close(self) -> None:
         """Close the control sockets (box init exits, and the box with it), then collect the outer process."""
-        if self.pasta is not None:
-            self.pasta.stop()
-            self.pasta = None
+        if self.netstack is not None:
+            self.netstack.stop()
+            self.netstack = None
         for sock in (self.spawner, self.sock):
             if sock is not None:
                 sock.close()

@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from .box import pasta, plan
+from .box import netstack, plan
 from .box.cgroups import delegation
 from .box.layout import (
     WORK_DIR,
@@ -110,19 +110,20 @@ class Spec:
         writable working directory beside /tmp and /dev/shm (go-judge's clients expect /w).  `secrets`: name ->
         value, each a file /run/secrets/NAME only the program can read, on a tmpfs of its own (never in an
         upper, a commit or a bind), and masked (`***`) in the runs' output as it is relayed or captured and in
-        their results (run/mask.py).  `net`: none, loopback, or pasta (a way out through a user-mode stack,
-        box/pasta.py), with which `host_loopback` lets the box reach the host's 127.0.0.1 as
+        their results (run/mask.py).  `net`: none, loopback, pasta or slirp4netns (a way out through a
+        user-mode stack, box/netstack.py), with which `host_loopback` lets the box reach the host's 127.0.0.1 as
         host.containers.internal and `publish` (`[IP:]HOSTPORT:BOXPORT[/tcp|udp]`) puts box ports on the host.
         `volumes`: named volumes (volumes.py), each made on its first use and served by a FUSE daemon of its own
         that holds its caps; one writer at a time.  `user`: "0" (or "root") runs the programs as root of the box,
         in a user namespace of their own with no power over the sandbox (userns.py), as does an image whose User is
         root; None or "1000": the sandbox's unprivileged uid.  `build_step`: the box of a build's RUN (sbx build),
         which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them."""
-        if net not in ("none", "loopback", "pasta"):
-            raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback or pasta)")
-        if (host_loopback or publish) and net != "pasta":
-            raise ConfigError(f"--{'host-loopback' if host_loopback else 'publish'} needs --net pasta")
-        self.pasta = pasta.network(host_loopback, tuple(map(pasta.parse_publish, publish))) if net == "pasta" else None
+        if net not in ("none", "loopback", *netstack.STACKS):
+            raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback, pasta or slirp4netns)")
+        if (host_loopback or publish) and net not in netstack.STACKS:
+            raise ConfigError(f"--{'host-loopback' if host_loopback else 'publish'} needs --net pasta or slirp4netns")
+        self.netstack = netstack.network(net, host_loopback, tuple(map(netstack.parse_publish, publish))) \
+            if net in netstack.STACKS else None
         self.limits = limits or Limits()
         self.image: Image | None = None
         if image is not None:
@@ -231,7 +232,7 @@ class Spec:
 
     def _layout(self, upper: str | None, workdir: str | None) -> Layout:
         return Layout(self._disk, self._inodes, self._binds, self._tmpfs, lowers=self._lowers, upper=upper,
-                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, pasta=self.pasta,
+                      workdir=workdir, fs=self.fs, loopback=self._loopback, home=self.home, netstack=self.netstack,
                       volumes=self._volumes, build=self._build_step, secrets=self._secrets)
 
     @property

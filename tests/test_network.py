@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port, sbx
-from sandbox.box.pasta import _default_gateway
+from sandbox.box.netstack import _default_gateway
 
 PROBE = """
 import socket, sys
@@ -61,42 +61,47 @@ def host_server() -> Iterator[int]:
     server.server_close()
 
 
-def _pastas() -> set[int]:
-    """This user's pasta processes (Debian's runs as passt.avx2 where the CPU has AVX2)."""
+STACKS = ["pasta", "slirp4netns"]
+
+
+def _stacks() -> set[int]:
+    """This user's pasta and slirp4netns processes (Debian's pasta runs as passt.avx2 where the CPU has AVX2)."""
     found = set()
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             comm = Path(f"/proc/{pid}/comm").read_text()
-            if comm.startswith(("pasta", "passt")) and os.stat(f"/proc/{pid}").st_uid == os.getuid():
+            if comm.startswith(("pasta", "passt", "slirp4netns")) and os.stat(f"/proc/{pid}").st_uid == os.getuid():
                 found.add(int(pid))
         except OSError:
             pass
     return found
 
 
-def test_the_hosts_loopback_is_reached_only_when_asked(host_server: int) -> None:
-    before = _pastas()
-    asked = sbx("run", "--net", "pasta", "--host-loopback", "--", "python3", "-c", PROBE,
+@pytest.mark.parametrize("stack", STACKS)
+def test_the_hosts_loopback_is_reached_only_when_asked(host_server: int, stack: str) -> None:
+    before = _stacks()
+    asked = sbx("run", "--net", stack, "--host-loopback", "--", "python3", "-c", PROBE,
                 "host.containers.internal", "-", str(host_server))
     assert (asked.returncode, asked.stdout) == (0, b"from the host\n"), asked.stderr
     # not asked: no name for the host; its loopback is not the box's, nor mapped at the gateway's address
-    gateway = _default_gateway()
+    gateway = _default_gateway() if stack == "pasta" else "10.0.2.2"
     assert gateway is not None
     for host, ip in (("host.containers.internal", gateway), ("localhost", "127.0.0.1")):
-        r = sbx("run", "--net", "pasta", "--", "python3", "-c", PROBE, host, ip, str(host_server))
+        r = sbx("run", "--net", stack, "--", "python3", "-c", PROBE, host, ip, str(host_server))
         assert r.returncode == 0 and b"unreached" in r.stdout and b"from the host" not in r.stdout, (host, r)
     loopback = sbx("run", "--", "python3", "-c", PROBE, "x.invalid", gateway, str(host_server))
     assert loopback.stdout.startswith(b"no name unreached"), loopback  # the default: no way out at all
-    assert _pastas() == before  # each box's pasta ended with it
+    assert _stacks() == before  # each box's pasta ended with it
 
 
-def test_a_published_port_is_answered_by_the_box_and_nothing_else_is_published() -> None:
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_published_port_is_answered_by_the_box_and_nothing_else_is_published(stack: str) -> None:
     port, other = free_port(), free_port()
     serve = ("import http.server, os, socket; os.chdir('/box'); open('hello', 'w').write('from the box\\n'); "
              f"unpublished = socket.create_server(('0.0.0.0', {other})); "  # pasta's default would publish it
              "s = http.server.HTTPServer(('0.0.0.0', 8000), http.server.SimpleHTTPRequestHandler); "
              "s.handle_request(); s.handle_request()")
-    box = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--net", "pasta", "-p", f"{port}:8000",
+    box = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--net", stack, "-p", f"{port}:8000",
                             "--wall-time", "60", "--", "python3", "-c", serve],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
@@ -116,32 +121,34 @@ def test_a_published_port_is_answered_by_the_box_and_nothing_else_is_published()
         box.wait()
 
 
-def test_a_killed_sbx_leaves_no_pasta() -> None:
-    before = _pastas()
-    box = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--net", "pasta", "--", "sleep", "60"])
+@pytest.mark.parametrize("stack", STACKS)
+def test_a_killed_sbx_leaves_no_stack(stack: str) -> None:
+    before = _stacks()
+    box = subprocess.Popen([sys.executable, "-m", "sandbox", "run", "--net", stack, "--", "sleep", "60"])
     try:
         deadline = time.monotonic() + 20
-        while _pastas() == before and time.monotonic() < deadline:
+        while _stacks() == before and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _pastas() != before
+        assert _stacks() != before
         box.send_signal(signal.SIGKILL)
         box.wait()
         deadline = time.monotonic() + 10
-        while _pastas() != before and time.monotonic() < deadline:
+        while _stacks() != before and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert _pastas() == before
+        assert _stacks() == before
     finally:
         box.kill()
         box.wait()
 
 
 @pytest.mark.parametrize(("args", "said"), [
-    (["--host-loopback"], "--host-loopback needs --net pasta"),
-    (["-p", "8080:80"], "--publish needs --net pasta"),
+    (["--host-loopback"], "--host-loopback needs --net pasta or slirp4netns"),
+    (["-p", "8080:80"], "--publish needs --net pasta or slirp4netns"),
+    (["--net", "slirp4netns", "-p", "127.0.0.1:1:80/tcp"], "slirp4netns: cannot publish -p 127.0.0.1:1:80/tcp"),
     (["--net", "pasta", "-p", "70000:80"], "ports are 1 to 65535"),
     (["--net", "pasta", "-p", "80"], "expected [IP:]HOSTPORT:BOXPORT[/tcp|udp]"),
     (["--net", "pasta", "-p", "300.1.1.1:8080:80"], "300.1.1.1 is not an IP address"),
-    (["--net", "slirp"], "unknown mode 'slirp' (expected none, loopback or pasta)"),
+    (["--net", "slirp"], "unknown mode 'slirp' (expected none, loopback, pasta or slirp4netns)"),
 ])
 def test_bad_network_options_are_one_line(args: list[str], said: str) -> None:
     r = sbx("run", *args, "--", "sh", "-c", "echo ran")
@@ -161,6 +168,10 @@ def test_an_image_gets_the_boxs_resolv_conf_and_hosts_and_keeps_its_own(tmp_path
         assert r.returncode == 0, (fs, r.stderr)
         assert r.stdout.startswith(b"nameserver 169.254.1.1\n127.0.0.1\tlocalhost") and b"read-only" in r.stdout
         assert f"{_default_gateway()}\thost.containers.internal\n".encode() in r.stdout
+        slirp = sbx("run", "--image", "base", "--fs", fs, "--net", "slirp4netns", "--host-loopback", "--",
+                    "cat", "/etc/resolv.conf", "/etc/hosts")
+        assert slirp.stdout.startswith(b"nameserver 10.0.2.3\n") and b"10.0.2.2\thost.containers.internal\n" in \
+            slirp.stdout, slirp.stderr
     plain = sbx("run", "--image", "base", "--", "sh", "-c", "cat /etc/resolv.conf 2>&1; true")
     assert b"nameserver" not in plain.stdout  # the image's own: it has none
 

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from .. import hostpath
 from ..errors import ConfigError
 from ..record import Record, field
-from .pasta import Network
+from .netstack import Network
 
 WORK_DIR = "/box"
 SECRETS_DIR = "/run/secrets"
@@ -78,8 +78,9 @@ class Layout(Record):
     home: str = WORK_DIR
     """The program's working directory on the box's capped tmpfs, beside /tmp and /dev/shm (go-judge's clients
     expect /w)."""
-    pasta: Network | None = None
-    """With --net pasta: the way out pasta gives the box (pasta.py); its /etc/resolv.conf and /etc/hosts say so."""
+    netstack: Network | None = None
+    """With --net pasta or slirp4netns: the box's way out (netstack.py); its /etc/resolv.conf and /etc/hosts say
+    so."""
     volumes: tuple[MountedVolume, ...] = ()
     build: bool = False
     """A build step's box: no home and no /tmp of sbx's over the union root (it sees the image's own)."""

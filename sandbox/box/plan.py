@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from ..record import Record, field, fields
 from .layout import SECRETS_DIR
-from .pasta import DNS, HOST_NAME
+from .netstack import HOST_NAME
 
 if TYPE_CHECKING:
     from .layout import Layout
@@ -281,7 +281,7 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     steps += [HostBind(b.src, b.dst, b.writable, b.identity) for b in layout.binds]
     steps += [Volume(v.dst, v.read_only, *(v.owner or (-1, -1))) for v in layout.volumes]
     steps += [Tmpfs(dst, layout.disk, layout.inodes) for dst in layout.tmpfs]
-    if union and layout.pasta is not None:
+    if union and layout.netstack is not None:
         steps += [BoundFile(path, text) for path, text in _net_files(layout)]
     if layout.secrets:
         names, values = zip(*layout.secrets, strict=True)
@@ -338,11 +338,11 @@ def describe(steps: tuple[Step, ...]) -> list[str]:
 def _net_files(layout: Layout) -> list[tuple[str, str]]:
     """/etc/hosts, and under --net pasta /etc/resolv.conf: the name servers and names the box's network has."""
     hosts = f"127.0.0.1\tlocalhost {layout.hostname}\n::1\tlocalhost ip6-localhost\n"
-    if layout.pasta is None:
+    if layout.netstack is None:
         return [("/etc/hosts", hosts)]
-    if layout.pasta.host_gateway is not None:
-        hosts += f"{layout.pasta.host_gateway}\t{HOST_NAME}\n"
-    return [("/etc/hosts", hosts), ("/etc/resolv.conf", f"nameserver {DNS}\n")]
+    if layout.netstack.host_gateway is not None:
+        hosts += f"{layout.netstack.host_gateway}\t{HOST_NAME}\n"
+    return [("/etc/hosts", hosts), ("/etc/resolv.conf", f"nameserver {layout.netstack.dns}\n")]
 
 
 def _passwd(ids: IdMap, home: str) -> str:

@@ -30,10 +30,10 @@ import anyio
 from ..errors import SetupError
 from ..run.limits import Limits
 from ..shipped import SPAWNER, STARTER, shipped
-from . import plan, protocol
+from . import netstack, plan, protocol
 from .cgroups import BoxCgroup, Delegation, RunCgroup
 from .layout import Layout
-from .pasta import READY_TIMEOUT, Network, Pasta
+from .netstack import READY_TIMEOUT, Network
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
 from .starter import spawn_starter, write_id_maps
 from .union_daemon import Daemon, ForkServer
@@ -65,7 +65,7 @@ class Box:
         self.broken = False
         self.daemons: list[Daemon] = []
         """The FUSE daemons serving the box: its union root's (first), and each volume's (layout.volumes)."""
-        self._pasta: Pasta | None = None
+        self._netstack: netstack.Stack | None = None
         self._busy = False
 
     async def start(self) -> None:
@@ -121,22 +121,22 @@ class Box:
                 reply["error"] += f" ({death})"
             await self.aclose()
             raise SetupError(reply["error"])
-        if self.layout.pasta is not None:
+        if self.layout.netstack is not None:
             try:
-                await self._start_pasta(self.layout.pasta)
+                await self._start_netstack(self.layout.netstack)
             except BaseException:
                 await self.aclose()
                 raise
 
-    async def _start_pasta(self, net: Network) -> None:
-        """The box's way out (pasta.py), up before any program runs.  Spawned from this thread, the event loop's,
-        which outlives the box: pasta dies with the thread that started it."""
-        self._pasta = Pasta.spawn(self._pid, net)
+    async def _start_netstack(self, net: Network) -> None:
+        """The box's way out (netstack.py), up before any program runs.  Spawned from this thread, the event
+        loop's, which outlives the box: the stack dies with the thread that started it."""
+        self._netstack = stack = netstack.start(self._pid, net)
         with anyio.move_on_after(READY_TIMEOUT):
-            while not self._pasta.ready():
+            while not stack.ready():
                 await anyio.sleep(0.002)
             return
-        raise SetupError(f"pasta: the box's network was not up after {READY_TIMEOUT:.0f} s")
+        raise SetupError(f"{net.stack}: the box's network was not up after {READY_TIMEOUT:.0f} s")
 
     def _daemon_options(self, reply: dict[str, Any]) -> tuple[str, list[str]]:
         """What the daemon of the FUSE mount box init made is (for messages), and its options: the union root's
@@ -390,9 +390,9 @@ class Box:
 
     async def aclose(self) -> None:
         """Close the control socket (box init exits on EOF); SIGKILL the outer process if that is slow."""
-        if self._pasta is not None:
-            self._pasta.stop()
-            self._pasta = None
+        if self._netstack is not None:
+            self._netstack.stop()
+            self._netstack = None
         for sock in (self._spawner, self._sock):
             if sock is not None:
                 sock.close()

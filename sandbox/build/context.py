@@ -195,7 +195,7 @@ class Context:
         except OSError as e:
             if e.errno == errno.EXDEV:
                 raise ConfigError(f"{what}: a link out of the context (refused)") from None
-            raise ConfigError(f"{what}: {os.strerror(e.errno)}") from None
+            raise ConfigError(f"{what}: {os.strerror(e.errno or errno.EIO)}") from None
 
     def is_dir(self, rel: str, where: str) -> bool:
         fd = self._open(rel, os.O_PATH, f"{where}: {rel}")

@@ -24,8 +24,9 @@ def build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="an ARG's value")
     parser.add_argument("--secret", action="append", default=[], metavar="id=NAME,src=FILE|env=VAR",
                         help="a secret at /run/secrets/NAME in every RUN: masked in its output, never in a layer")
-    parser.add_argument("--net", default="none", metavar="none|loopback|pasta",
-                        help="the RUNs' network (default none; pasta: outbound through a user-mode stack)")
+    parser.add_argument("--net", default="none", metavar="none|loopback|pasta|slirp4netns",
+                        help="the RUNs' network (default none; pasta or slirp4netns: outbound through a user-mode "
+                             "stack)")
     parser.add_argument("--no-cache", action="store_true", help="run every step again")
     parser.add_argument("--policy", default="build", metavar="NAME|FILE|none",
                         help="the RUNs' seccomp policy (default build)")
@@ -50,8 +51,6 @@ def command(args: argparse.Namespace) -> int:
                     pids=parse_count(args.pids, "--pids") if args.pids else defaults.limits.pids,
                     wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else
                     defaults.limits.wall_time)
-    if args.net not in ("none", "loopback", "pasta"):
-        raise ConfigError(f"--net: unknown mode {args.net!r} (expected none, loopback or pasta)")
     opts = Options(
         containerfile=args.file or _default_file(args.context), context=args.context, tag=args.tag,
         build_args=dict(_build_arg(a) for a in args.build_arg),

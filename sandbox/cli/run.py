@@ -169,13 +169,16 @@ def build(run: argparse.ArgumentParser) -> None:
                                                   "WorkingDir)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
-    run.add_argument("--net", default="loopback", metavar="none|loopback|pasta",
-                     help="network (default loopback): pasta gives outbound TCP/UDP and DNS through passt's "
-                          "user-mode stack on the host; the host's own loopback stays out of reach")
+    run.add_argument("--net", default="loopback", metavar="none|loopback|pasta|slirp4netns",
+                     help="network (default loopback): pasta (or slirp4netns where pasta is missing) gives outbound "
+                          "TCP/UDP and DNS through a user-mode stack on the host; the host's own loopback stays out "
+                          "of reach")
     run.add_argument("--host-loopback", action="store_true",
-                     help="with --net pasta: the host's 127.0.0.1 is reachable as host.containers.internal")
+                     help="with --net pasta or slirp4netns: the host's 127.0.0.1 is reachable as "
+                          "host.containers.internal")
     run.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:BOXPORT[/tcp|udp]",
-                     help="with --net pasta: a box port on the host, on 127.0.0.1 unless IP is given (repeatable)")
+                     help="with --net pasta or slirp4netns: a box port on the host, on 127.0.0.1 unless IP is given "
+                          "(repeatable)")
     run.add_argument("-u", "--user", metavar="0|1000",
                      help="0 (or root): the program is root of the box, in a user namespace of its own that has no "
                           "power over the sandbox (needs a subuid range; an image's User root does the same). "
