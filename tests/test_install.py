@@ -52,7 +52,8 @@ def test_the_wheel_ships_its_c_parts_and_policies() -> None:
         assert binary.is_file() and binary.stat().st_mode & stat.S_IXUSR
         assert binary.read_bytes()[:4] == b"\x7fELF"
     assert (Path(fuse_overlay.__file__).parent / "_bin" / "sbx-fuse-shim.so").is_file()
-    assert sorted(p.stem for p in (package / "policies").glob("*.toml")) == ["compile", "default", "permissive", "strict"]
+    assert sorted(p.stem for p in (package / "policies").glob("*.toml")) == ["build", "compile", "default", "permissive",
+                                                                         "strict"]
     assert not list(package.rglob("*.c")) and not list(Path(fuse_overlay.__file__).parent.rglob("*.c"))
 
 
