@@ -22,13 +22,16 @@ from . import fdpath, teardown
 from .teardown import TeardownWarning
 
 
-def make(parent: str, prefix: str) -> tuple[str, int]:
-    """A new dir `parent/prefixXXXX`, and the fd that holds its lock; abandoned `prefix*` dirs go first."""
+def make(parent: str, prefix: str, shared: bool = False) -> tuple[str, int]:
+    """A new dir `parent/prefixXXXX`, and the fd that holds its lock; abandoned `prefix*` dirs go first.
+
+    `shared`: the lock is a shared one, which the shared locks an upper takes on the dirs above it (upper.py) do
+    not conflict with: for a dir that holds uppers."""
     remove_abandoned(parent, prefix)
     making = tempfile.mkdtemp(prefix=f".making-{prefix}", dir=parent)
     fd = os.open(making, fdpath.DIR)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         path = os.path.join(parent, prefix + os.path.basename(making)[len(f".making-{prefix}"):])
         os.rename(making, path)
     except BaseException:
@@ -39,9 +42,9 @@ def make(parent: str, prefix: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def workdir(parent: str, prefix: str) -> Iterator[str]:
+def workdir(parent: str, prefix: str, shared: bool = False) -> Iterator[str]:
     """A dir from `make` for the length of a `with`, then removed (only that very dir) and unlocked."""
-    path, lock = make(parent, prefix)
+    path, lock = make(parent, prefix, shared)
     made = teardown.identity(path)
     try:
         yield path

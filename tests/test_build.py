@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from helpers import sbx
+from helpers import host_processes_matching, sbx
 from image_helpers import Entry, busybox_rootfs, layer_tar
 
 
@@ -221,3 +224,41 @@ def test_a_built_image_exported_runs_in_podman(tmp_path: Path) -> None:
     finally:
         subprocess.run([*podman, "system", "reset", "--force"], capture_output=True, timeout=120)
         shutil.rmtree(runroot, ignore_errors=True)
+
+
+def test_copy_takes_chown_and_chmod(tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM bb\nCOPY --chown=1000:1000 --chmod=640 app /home/app/\nUSER 1000\n"
+                            "RUN echo mine >> /home/app/f && stat -c '%u:%g %a' /home/app/f\n", {"app/f": "x\n"})
+    r = sbx("build", "-t", "owned", str(ctx), timeout=120)
+    assert r.returncode == 0 and b"1000:1000 640\n" in r.stderr, r.stderr
+
+
+def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path: Path, store: Path) -> None:
+    """SIGKILL in the middle of a RUN: the box and its daemon die with sbx; the step's upper and the build's
+    scratch dir are the next build's to remove.  And two builds at once of the same steps both succeed."""
+    ctx = context(tmp_path, "FROM bb\nRUN echo started; sleep 1000.24680\n")
+    build = subprocess.Popen([sys.executable, "-m", "sandbox", "build", str(ctx)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 60
+        while not host_processes_matching("1000.24680") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host_processes_matching("1000.24680")
+        build.send_signal(signal.SIGKILL)
+        build.wait()
+        deadline = time.monotonic() + 10
+        while host_processes_matching("1000.24680") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert host_processes_matching("1000.24680") == []
+    finally:
+        build.kill()
+        build.wait()
+    assert left_in(store) != []  # what the killed one could not remove
+    (ctx / "Containerfile").write_text("FROM bb\nRUN echo same > /f\n")
+    both = [subprocess.Popen([sys.executable, "-m", "sandbox", "build", "-t", f"twin:{i}", str(ctx)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in range(2)]
+    for b in both:
+        _, err = b.communicate(timeout=120)
+        assert b.returncode == 0, err
+    assert left_in(store) == []
+    assert sbx("run", "--image", "twin:1", "--", "cat", "/f").stdout == b"same\n"

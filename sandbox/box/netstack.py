@@ -73,7 +73,9 @@ def network(stack: str, host_loopback: bool, publish: tuple[Publish, ...]) -> Ne
     """The network a box gets under `--net STACK`, checked before anything starts: the stack is installed, and
     for pasta with `host_loopback`, the host has a default IPv4 gateway (pasta gives the box the host's)."""
     if tools.find(stack) is None:
-        raise ConfigError(f"--net {stack}: {stack} not found (install package {_PACKAGES[stack]})")
+        other = next(s for s in STACKS if s != stack)
+        instead = f", or use --net {other}" if tools.find(other) is not None else ""
+        raise ConfigError(f"--net {stack}: {stack} not found (install package {_PACKAGES[stack]}{instead})")
     if stack == "slirp4netns":
         from .slirp import DNS, HOST
         return Network(stack, DNS, HOST if host_loopback else None, publish)

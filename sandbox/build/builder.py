@@ -42,8 +42,6 @@ from .containerfile import MAX_SIZE, Instruction, pairs, parse, substitute, word
 from .context import Context, Owner
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
-UPPER_PREFIX = "build-upper-"
-"""A RUN's upper, in the store's tmp/; a killed build's are removed by the next build (once unlocked)."""
 _ARCHIVES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz")
 
 
@@ -97,11 +95,12 @@ async def build(opts: Options, say: Callable[[str], None], out: Relay, err: Rela
     """Build, saying each step on `say`, the RUNs' output relayed to `out` and `err`; the image, named `opts.tag`."""
     store = Store()
     tag = parse_ref(opts.tag) if opts.tag else None
-    scratch.remove_abandoned(os.path.join(store.root, "tmp"), UPPER_PREFIX)
-    with Context(opts.context) as context, scratch.workdir(os.path.join(store.root, "tmp"), "build-") as work:
+    tmp = os.path.join(store.root, "tmp")
+    with Context(opts.context) as context, scratch.workdir(tmp, "build-") as work, \
+            scratch.workdir(tmp, "build-uppers-", shared=True) as uppers:
         text = _containerfile(opts, context)
         steps = parse(text, opts.containerfile)
-        builder = _Builder(opts, store, context, work, say, out, err)
+        builder = _Builder(opts, store, context, work, uppers, say, out, err)
         try:
             image = await builder.run(steps)
         finally:
@@ -127,9 +126,13 @@ def _containerfile(opts: Options, context: Context) -> str:
 
 
 class _Builder:
-    def __init__(self, opts: Options, store: Store, context: Context, work: str, say: Callable[[str], None],
-                 out: Relay, err: Relay) -> None:
-        self.opts, self.store, self.context, self.work = opts, store, context, work
+    """`work`: the build's scratch dir (layer tars); `uppers`: the dir of its RUNs' uppers, and of their unions'
+    work dirs (api.py), locked shared, as the sandboxes lock the dirs above an upper (upper.py); a killed build's
+    go with the next build's."""
+
+    def __init__(self, opts: Options, store: Store, context: Context, work: str, uppers: str,
+                 say: Callable[[str], None], out: Relay, err: Relay) -> None:
+        self.opts, self.store, self.context, self.work, self.uppers = opts, store, context, work, uppers
         self.say, self.out, self.err = say, out, err
         self.pins: list[int] = []
         self.cache_dir = os.path.join(store.root, "build-cache")
@@ -257,8 +260,7 @@ class _Builder:
         env.setdefault("HOME", "/root" if user == "0" else "/")
         from ..api import Sandbox
         run_image = state.image.replace(config={**state.image.config, "config": {}})  # no Entrypoint, no Env
-        # (not in the build's locked work dir: the sandbox locks the dirs above an upper, see upper.py)
-        upper = tempfile.mkdtemp(prefix=UPPER_PREFIX, dir=os.path.dirname(self.work))
+        upper = tempfile.mkdtemp(prefix="upper-", dir=self.uppers)
         made = teardown.identity(upper)
         try:
             os.chmod(upper, 0o755)
