@@ -54,7 +54,9 @@ RUN ["/bin/sh", "-c", "echo exec-form > /app/exec"]
 USER 1000
 EXPOSE 8080
 LABEL org.example.role="a test"
-CMD ["/bin/sh", "/app/run.sh", "x"]
+VOLUME /data
+ENTRYPOINT ["/bin/sh"]
+CMD ["/app/run.sh", "x"]
 """
 
 
@@ -65,19 +67,21 @@ def test_a_containerfile_builds_a_layer_per_step_and_the_image_runs(tmp_path: Pa
     name, digest = r.stdout.decode().split()
     assert name == "demo:1" and digest.startswith("sha256:")
     said = r.stderr.decode()
-    assert "STEP 7/12: RUN cat /tmp/g" in said and "STEP 3/12: ENV APP=/app MODE=test\n" in said and said.count("--> sha256:") == 4, said
+    assert "STEP 7/14: RUN cat /tmp/g" in said and "STEP 3/14: ENV APP=/app MODE=test\n" in said and said.count("--> sha256:") == 4, said
     # the RUN saw the image's own root: no /box, nothing of sbx's but the mounts a box needs
     root = said.split("ls -A /\n", 1)[1].split("-->", 1)[0].split()
     assert "box" not in root and {"app", "bin", "tmp", "proc", "dev"} <= set(root), said
     ran = sbx("run", "--image", "demo:1")
     assert (ran.returncode, ran.stdout) == (0, b"from-script x /app\n"), ran.stderr
-    files = sbx("run", "--image", "demo:1", "--", "sh", "-c",
+    files = sbx("run", "--image", "demo:1", "--", "-c",  # (after the Entrypoint, /bin/sh)
                 "cat from-tmp arg who exec; stat -c '%u %a %n' /app/run.sh /app/arg; id -u; pwd")
     assert files.stdout.decode().splitlines() == ["hello", "hey test", "0", "exec-form", "0 644 /app/run.sh",
                                                   "0 644 /app/arg", "1000", "/app"], files.stderr
     config = json.loads(sbx("image", "inspect", "demo:1").stdout)["config"]["config"]
     assert config["User"] == "1000" and config["ExposedPorts"] == {"8080/tcp": {}}
     assert config["Labels"] == {"org.example.role": "a test"} and "MODE=test" in config["Env"]
+    assert (config["Entrypoint"], config["Cmd"], config["Volumes"]) == (["/bin/sh"], ["/app/run.sh", "x"],
+                                                                         {"/data": {}})
     assert len(json.loads(sbx("image", "inspect", "demo:1").stdout)["layers"]) == 5
     # the layers hold what the steps wrote, and none of the mount points box init made for the RUNs
     layers = [p / "root" for p in (store / "layers").iterdir()]

@@ -343,3 +343,15 @@ def test_bad_user_input_is_one_line(args: list[str], said: str) -> None:
 def test_the_dry_run_shows_the_programs_own_namespace() -> None:
     r = sbx("run", "--dry-run", "--user", "root", "--", "true")
     assert r.returncode == 0 and b"the program: root of a user namespace of its own (its 0 = box uid" in r.stdout
+
+
+@pytest.mark.parametrize("user", [None, "0"])
+def test_strict_still_holds_for_root_of_the_box(user: str | None) -> None:
+    """Root of the box is no way around a policy: strict still kills a second process, default a namespace."""
+    as_user = ["--user", user] if user else []
+    one = sbx("run", *as_user, "--policy", "strict", "--", "python3", "-c",
+              "import os; print(os.getuid(), flush=True); os.fork()")
+    assert one.returncode == 137 and one.stderr.decode().splitlines()[-1] == "sbx: SV: clone", one.stderr
+    assert one.stdout == (b"0\n" if user else f"{PROGRAM_ID}\n".encode())
+    ns = sbx("run", *as_user, "--", "unshare", "-U", "true")
+    assert ns.stderr.decode().splitlines()[-1] == "sbx: SV: unshare", ns.stderr

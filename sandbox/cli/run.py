@@ -202,10 +202,11 @@ def build(run: argparse.ArgumentParser) -> None:
 
 
 def command(args: argparse.Namespace) -> int:
-    argv = args.program[1:] if args.program[:1] == ["--"] else args.program
+    separated = args.program[:1] == ["--"]
+    argv = args.program[1:] if separated else args.program
     if not argv and not args.image:
         raise ConfigError("run: no program given (usage: sbx run [OPTIONS] -- PROG [ARG...])")
-    if argv and argv[0].startswith("-"):
+    if argv and argv[0].startswith("-") and not separated:  # (after --, an image's Entrypoint may take it)
         raise ConfigError(f"run: unrecognized option {argv[0]!r}")
     binds = [parse_bind(b, True) for b in args.bind] + [parse_bind(b, False) for b in args.ro_bind]
     volumes: list[VolumeMount] = []
