@@ -266,3 +266,14 @@ def test_a_killed_build_leaves_nothing_the_next_build_keeps(tmp_path: Path, stor
         assert b.returncode == 0, err
     assert left_in(store) == []
     assert sbx("run", "--image", "twin:1", "--", "cat", "/f").stdout == b"same\n"
+
+
+def test_f_names_a_containerfile_from_the_working_directory(tmp_path: Path) -> None:
+    ctx = context(tmp_path, "FROM bb\nRUN exit 7\n", {"data": "in the context\n"})
+    (tmp_path / "Other.containerfile").write_text("FROM bb\nCOPY data /data\n")
+    r = sbx("build", "-q", "-f", str(tmp_path / "Other.containerfile"), "-t", "other", str(ctx), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sbx("run", "--image", "other", "--", "cat", "/data").stdout == b"in the context\n"
+    os.mkfifo(tmp_path / "fifo")
+    fifo = sbx("build", "-q", "-f", str(tmp_path / "fifo"), str(ctx), timeout=60)
+    assert fifo.returncode == 125 and fifo.stderr.endswith(b"fifo: not a regular file\n"), fifo.stderr

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 import tarfile
 import tempfile
 from collections.abc import Callable, Mapping
@@ -53,7 +54,7 @@ class BuildError(SandboxError):
 
 class Options(Record):
     containerfile: str
-    """A path in the context, or on the host (absolute, or starting with ./ or ../)."""
+    """A name in the context, or an absolute path on the host."""
     context: str
     tag: str | None = None
     build_args: dict[str, str] = field(default_factory=dict)
@@ -111,17 +112,22 @@ async def build(opts: Options, say: Callable[[str], None], out: Relay, err: Rela
 
 
 def _containerfile(opts: Options, context: Context) -> str:
-    path = opts.containerfile
-    if os.path.isabs(path) or path.startswith(("./", "../")):
-        from .. import hostpath
-        with hostpath.resolve(path, "sbx build -f") as found:
+    """The Containerfile: a host path if absolute (the command line's -f), else a name in the context."""
+    path, what = opts.containerfile, f"sbx build -f {opts.containerfile}"
+    if not os.path.isabs(path):
+        return context.read_file(path, MAX_SIZE, what).decode(errors="replace")
+    from .. import hostpath
+    with hostpath.resolve(path, "sbx build -f") as found:
+        try:
             fd = found.reopen(os.O_RDONLY | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            data = f.read(MAX_SIZE + 1)
-        if len(data) > MAX_SIZE:
-            raise ConfigError(f"sbx build -f {path}: more than {MAX_SIZE} bytes")
-    else:
-        data = context.read_file(path, MAX_SIZE, f"sbx build -f {path}")
+        except OSError as e:
+            raise ConfigError(f"{what}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ConfigError(f"{what}: not a regular file")
+        data = f.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:
+        raise ConfigError(f"{what}: more than {MAX_SIZE} bytes")
     return data.decode(errors="replace")
 
 

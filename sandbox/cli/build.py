@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from ..errors import ConfigError
@@ -18,7 +19,7 @@ def build(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("context", metavar="CONTEXT", help="the directory COPY and ADD read (hostile input: a link "
                                                            "out of it is refused)")
     parser.add_argument("-f", "--file", metavar="FILE",
-                        help="the Containerfile: a path in CONTEXT, or ./, ../ or / for one elsewhere "
+                        help="the Containerfile, from the working directory as docker's -f "
                              "(default: CONTEXT/Containerfile, else CONTEXT/Dockerfile)")
     parser.add_argument("-t", "--tag", metavar="NAME[:TAG]", help="the name of the image built")
     parser.add_argument("--build-arg", action="append", default=[], metavar="K=V", help="an ARG's value")
@@ -52,7 +53,7 @@ def command(args: argparse.Namespace) -> int:
                     wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else
                     defaults.limits.wall_time)
     opts = Options(
-        containerfile=args.file or _default_file(args.context), context=args.context, tag=args.tag,
+        containerfile=os.path.abspath(args.file) if args.file else _default_file(args.context), context=args.context, tag=args.tag,
         build_args=dict(_build_arg(a) for a in args.build_arg),
         secrets=dict(read_secret(s, hostpath.Guard()) for s in args.secret), net=args.net, no_cache=args.no_cache,
         policy=None if args.policy == "none" else args.policy, limits=limits,
@@ -76,7 +77,6 @@ def _build_arg(text: str) -> tuple[str, str]:
 
 
 def _default_file(context: str) -> str:
-    import os
     for name in ("Containerfile", "Dockerfile"):
         if os.path.lexists(os.path.join(context, name)):
             return name
