@@ -53,7 +53,8 @@ def command(args: argparse.Namespace) -> int:
                     wall_time=parse_seconds(args.wall_time, "--wall-time") if args.wall_time else
                     defaults.limits.wall_time)
     opts = Options(
-        containerfile=os.path.abspath(args.file) if args.file else _default_file(args.context), context=args.context, tag=args.tag,
+        containerfile=os.path.abspath(args.file) if args.file else _default_file(args.context),
+        context=args.context, tag=args.tag,
         build_args=dict(_build_arg(a) for a in args.build_arg),
         secrets=dict(read_secret(s, hostpath.Guard()) for s in args.secret), net=args.net, no_cache=args.no_cache,
         policy=None if args.policy == "none" else args.policy, limits=limits,
