@@ -233,6 +233,35 @@ def test_pull_from_a_registry(rootfs: Path, tmp_path: Path, registry: str) -> No
     assert [i["name"] for i in Store().list()] == [f"{registry}/team/bb:v1"]
 
 
+def test_push_to_a_registry_and_pull_back_the_same_image(rootfs: Path, tmp_path: Path, registry: str) -> None:
+    """sbx image push through skopeo to Debian's docker-registry; the registry has the digest push printed, and
+    the image pulled back has the same layers and config and runs."""
+    OciImage([tar_of(rootfs)], config={"Cmd": ["cat", "/etc/motd"]}).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "bb:1").returncode == 0
+    ref = f"{registry}/team/pushed:v2"
+    pushed = sbx("image", "push", "--tls-verify=false", "bb:1", ref)
+    assert pushed.returncode == 0, pushed.stderr
+    name, digest = pushed.stdout.decode().split()
+    assert name == ref and digest.startswith("sha256:")
+    remote = json.loads(subprocess.run(["skopeo", "inspect", "--tls-verify=false", f"docker://{ref}"],
+                                       capture_output=True, check=True).stdout)
+    assert remote["Digest"] == digest
+    pulled = sbx("image", "pull", "--tls-verify=false", ref, "--name", "back:1")
+    assert pulled.returncode == 0, pulled.stderr
+    back = json.loads(sbx("image", "inspect", "back:1").stdout)
+    remote_config = json.loads(subprocess.run(["skopeo", "inspect", "--config", "--tls-verify=false",
+                                               f"docker://{ref}"], capture_output=True, check=True).stdout)
+    assert back["layers"] == remote_config["rootfs"]["diff_ids"] and len(back["layers"]) == 1
+    assert back["config"]["config"]["Cmd"] == ["cat", "/etc/motd"]
+    assert sbx("run", "--image", "back:1").stdout == b"from the image\n"
+    refused = sbx("image", "push", "bb:1", ref)  # TLS is verified by default: the local registry has none
+    assert refused.returncode == 125 and refused.stderr.startswith(b"sbx: skopeo could not push to docker://")
+    assert refused.stderr.count(b"\n") == 1
+    missing = sbx("image", "push", "--tls-verify=false", "nothere:1", ref)
+    assert (missing.returncode, missing.stderr) == (125, b"sbx: image nothere:1: not in the store (sbx image ls "
+                                                         b"lists it, sbx image import adds one)\n")
+
+
 def test_commit_makes_the_runs_changes_a_new_layer(rootfs: Path, tmp_path: Path) -> None:
     """What the program wrote and deleted, as one more layer over the image; exported, umoci sees the same."""
     data = layer_tar([Entry("data", tarfile.DIRTYPE, mode=0o755, uid=1000, gid=1000),

@@ -1,4 +1,4 @@
-"""`sbx image import|ls|inspect|tag|rm|prune|export`: the image store from the command line."""
+"""`sbx image import|pull|push|ls|inspect|tag|rm|prune|export`: the image store from the command line."""
 
 from __future__ import annotations
 
@@ -77,6 +77,12 @@ def build(image: argparse.ArgumentParser) -> None:
     rm.set_defaults(func=_one_line(lambda a: _store().remove(a.ref)))
     prune = isub.add_parser("prune", help="remove the layers no name refers to and no box uses")
     prune.set_defaults(func=_one_line(_prune))
+    push = isub.add_parser("push", help="send an image to a registry (or any skopeo destination) through skopeo")
+    push.add_argument("ref", metavar="NAME[:TAG]")
+    push.add_argument("dest", metavar="REF", help="REGISTRY/NAME:TAG, or any skopeo destination (oci:DIR, ...)")
+    push.add_argument("--tls-verify", choices=["true", "false"], default="true",
+                      help="false: a registry without TLS, or with a certificate not verified (a local one)")
+    push.set_defaults(func=_one_line(_push))
     exp = isub.add_parser("export", help="write an image as an OCI image layout tar (skopeo's oci-archive)")
     exp.add_argument("ref", metavar="NAME[:TAG]")
     exp.add_argument("-o", "--output", required=True, metavar="FILE")
@@ -92,11 +98,21 @@ def _import(args: argparse.Namespace) -> int:
     return 0
 
 
-def _pull(args: argparse.Namespace) -> int:
+def _skopeo(command: str, instead: str) -> str:
     skopeo = shutil.which("skopeo")
     if skopeo is None:
-        raise ConfigError("sbx image pull needs skopeo (Debian: apt install skopeo); or import an archive: skopeo copy "
-                          "docker://NAME:TAG oci-archive:FILE, then sbx image import FILE --name NAME:TAG")
+        raise ConfigError(f"sbx image {command} needs skopeo (Debian: apt install skopeo); or {instead}")
+    return skopeo
+
+
+def _said(run: subprocess.CompletedProcess[bytes]) -> str:
+    lines = run.stderr.decode(errors="replace").strip().splitlines()
+    return lines[-1] if lines else "no reason given"
+
+
+def _pull(args: argparse.Namespace) -> int:
+    skopeo = _skopeo("pull", "import an archive: skopeo copy docker://NAME:TAG oci-archive:FILE, then sbx image "
+                             "import FILE --name NAME:TAG")
     source = args.ref if args.ref.startswith(TRANSPORTS) else f"docker://{args.ref}"
     if args.name is None and not source.startswith("docker://"):
         raise ConfigError(f"image pull {args.ref}: give --name NAME[:TAG] for a source that is not a registry")
@@ -106,10 +122,30 @@ def _pull(args: argparse.Namespace) -> int:
                                  f"oci:{work}/layout:pulled"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
         if copied.returncode:
-            said = copied.stderr.decode(errors="replace").strip().splitlines()
-            raise ConfigError(f"skopeo could not fetch {source}: {said[-1] if said else 'no reason given'}")
+            raise ConfigError(f"skopeo could not fetch {source}: {_said(copied)}")
         args.path = os.path.join(work, "layout")
         return _import(args)
+
+
+def _push(args: argparse.Namespace) -> int:
+    """The image exported (export.py), then copied by skopeo; prints the destination and its manifest digest."""
+    from ..images.export import export
+
+    skopeo = _skopeo("push", "export the image and copy it: sbx image export NAME -o FILE, then skopeo copy "
+                             "oci-archive:FILE docker://REF")
+    dest = args.dest if args.dest.startswith(TRANSPORTS) else f"docker://{args.dest}"
+    store = _store()
+    with scratch.workdir(os.path.join(store.root, "tmp"), "push-") as work:
+        archive, digest = os.path.join(work, "image.tar"), os.path.join(work, "digest")
+        export(store, args.ref, archive)
+        copied = subprocess.run([skopeo, "copy", "--quiet", f"--dest-tls-verify={args.tls_verify}", "--digestfile",
+                                 digest, f"oci-archive:{archive}", dest],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
+        if copied.returncode:
+            raise ConfigError(f"skopeo could not push to {dest}: {_said(copied)}")
+        with open(digest) as f:
+            print(f"{args.dest} {f.read().strip()}")
+    return 0
 
 
 def _ls(args: argparse.Namespace) -> int:

@@ -33,7 +33,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "worker": ("judge the submissions an sbx serve --redis queues", "serve", "build_worker"),
     "submit": ("send a solution to an sbx serve to judge", "submit", "build"),
     "policy": ("the seccomp policies", "policy", "build"),
-    "image": ("the image store: import, list, inspect, tag, remove, prune, export", "image", "build"),
+    "image": ("the image store: import, pull, push, list, inspect, tag, remove, prune, export", "image", "build"),
     "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
     "build": ("build an image from a Containerfile", "build", "build"),
     "check": ("what this machine supports and what sbx will use", "main", "_build_check"),
