@@ -143,6 +143,12 @@ class Sandbox(Spec):
         finally:
             self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
 
+    async def signal(self, signum: int) -> None:
+        """Send `signum` to the running program's first process (as `docker stop` sends SIGTERM); nothing between
+        runs.  Ending the run is the program's to do: cancel the run to kill it."""
+        if self._box is not None:
+            await self._box.signal_run(signum)
+
     async def write_file(self, path: str, data: bytes, mode: int = 0o644) -> None:
         """Create or replace a file in /box, /tmp or /dev/shm (relative paths are in /box), owned by the program.
 

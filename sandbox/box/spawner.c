@@ -897,6 +897,10 @@ static void handle_request(char *buf, ssize_t n, struct run *r)
     if (strcmp(buf, "kill") == 0) {
         if (run.main_pid)
             finish_run();
+    } else if (strncmp(buf, "signal ", 7) == 0) { /* to the run's first process (docker stop's SIGTERM) */
+        int sig = atoi(buf + 7);
+        if (run.main_pid && sig > 0 && sig < NSIG && !run.main_done)
+            kill(run.main_pid, sig);
     } else if (run.main_pid == 0 && parse_run(buf, n, r) == 0) {
         start_run(r);
     } else {

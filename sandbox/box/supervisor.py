@@ -388,6 +388,16 @@ class Box:
             except (OSError, anyio.ClosedResourceError):
                 pass
 
+    async def signal_run(self, signum: int) -> None:
+        """Send `signum` to the current run's first process (none between runs); the run goes on as it will."""
+        async with self._send_lock:
+            if self._spawner is None:
+                return
+            try:
+                await self._spawner.sendmsg([f"signal {int(signum)}".encode()], [])
+            except (OSError, anyio.ClosedResourceError):
+                pass
+
     async def aclose(self) -> None:
         """Close the control socket (box init exits on EOF); SIGKILL the outer process if that is slow."""
         if self._netstack is not None:

@@ -35,6 +35,11 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "policy": ("the seccomp policies", "policy", "build"),
     "image": ("the image store: import, pull, push, list, inspect, tag, remove, prune, export", "image", "build"),
     "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
+    "ps": ("the detached boxes (sbx run -d)", "boxes", "build_ps"),
+    "logs": ("a detached box's output", "boxes", "build_logs"),
+    "stop": ("stop detached boxes: SIGTERM, then SIGKILL", "boxes", "build_stop"),
+    "start": ("start stopped boxes again", "boxes", "build_start"),
+    "rm": ("remove boxes that ended", "boxes", "build_rm"),
     "build": ("build an image from a Containerfile", "build", "build"),
     "check": ("what this machine supports and what sbx will use", "main", "_build_check"),
 }

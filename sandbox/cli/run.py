@@ -190,6 +190,10 @@ def build(run: argparse.ArgumentParser) -> None:
                      help="a secret at /run/secrets/NAME (read-only, the program's alone, on a tmpfs of its own: "
                           "never in an upper or a commit), from a host file or sbx's environment; its value is "
                           "masked as *** in the program's output, the record and the messages (repeatable)")
+    run.add_argument("-d", "--detach", action="store_true",
+                     help="run in the background, watched by a monitor process of its own (see sbx ps, logs, "
+                          "stop, rm); the program has no wall-time limit unless --wall-time gives one")
+    run.add_argument("--name", metavar="NAME", help="with -d: the box's name (default: one made up)")
     run.add_argument("--json", metavar="FILE|-",
                      help="write the result record as JSON, for every run attempted (also one whose program "
                           "could not be started or whose box could not be set up); with -, stdout carries the "
@@ -201,7 +205,8 @@ def build(run: argparse.ArgumentParser) -> None:
     run.set_defaults(func=command)
 
 
-def command(args: argparse.Namespace) -> int:
+def configure(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], Spec]:
+    """The program, the sandbox's configuration (Spec's keywords) and the Spec, checked, secrets read."""
     separated = args.program[:1] == ["--"]
     argv = args.program[1:] if separated else args.program
     if not argv and not args.image:
@@ -227,6 +232,15 @@ def command(args: argparse.Namespace) -> int:
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
         config["secrets"] = dict(read_secret(s, sandbox.writable_dirs) for s in args.secret)
         sandbox = Spec(**config)
+    return argv, config, sandbox
+
+
+def command(args: argparse.Namespace) -> int:
+    if args.detach:
+        from ..living import detach
+        return detach.command(args)
+    argv, config, sandbox = configure(args)
+    binds, disk, inodes = config["binds"], config["disk"], config["inodes"]
     if args.dry_run:
         import shlex
         lines = describe(sandbox.plan())

@@ -1,0 +1,166 @@
+"""`sbx ps`, `logs`, `stop`, `start` and `rm`: detached boxes (sandbox/living/) from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import signal
+import sys
+import time
+
+from ..errors import ConfigError
+from ..living import state
+
+
+def build_ps(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-a", "--all", action="store_true", help="also the boxes that ended")
+    parser.add_argument("--json", action="store_true")
+    parser.set_defaults(func=_ps)
+
+
+def build_logs(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("-f", "--follow", action="store_true", help="keep printing what comes, until the box ends")
+    parser.set_defaults(func=_logs)
+
+
+def build_stop(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.add_argument("-t", "--time", type=float, default=10.0, metavar="S",
+                        help="how long the program has to end after SIGTERM, before it is killed (default 10)")
+    parser.set_defaults(func=_stop)
+
+
+def build_start(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.set_defaults(func=_start)
+
+
+def build_rm(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("names", nargs="+", metavar="NAME")
+    parser.add_argument("-f", "--force", action="store_true", help="stop a running box first (no grace)")
+    parser.set_defaults(func=_rm)
+
+
+def _ps(args: argparse.Namespace) -> int:
+    boxes = [state.status(n) for n in state.names()]
+    boxes = [b for b in boxes if args.all or b.state in ("starting", "running")]
+    if args.json:
+        print(json.dumps([{"name": b.name, "image": b.image, "command": list(b.command), "state": b.state,
+                           "uptime": round(state.uptime(b), 3), "exit_status": b.exit_status, "message": b.message}
+                          for b in boxes], indent=1))
+        return 0
+    print(f"{'NAME':24} {'IMAGE':24} {'COMMAND':30} {'STATE':9} {'UPTIME':>9}  STATUS")
+    for b in boxes:
+        ended = f"exit {b.exit_status}" if b.exit_status is not None else ""
+        print(f"{b.name:24} {(b.image or '-'):24} {shlex.join(b.command)[:30]:30} {b.state:9} "
+              f"{state.uptime(b):8.0f}s  {ended} {b.message}".rstrip())
+    return 0
+
+
+def _logs(args: argparse.Namespace) -> int:
+    path = state.path_of(args.name)
+    state.status(args.name)  # (a box that does not exist is an error, not an empty log)
+    out = sys.stdout.buffer
+    for name in ("log.1", "log"):
+        try:
+            with open(os.path.join(path, name), "rb") as f:
+                out.write(f.read())
+        except FileNotFoundError:
+            pass
+    out.flush()
+    if not args.follow:
+        return 0
+    where = _log_position(path)
+    while True:
+        alive = state.alive(path)
+        where = _copy_new(path, where, out)
+        if not alive:
+            return 0
+        time.sleep(0.2)
+
+
+def _log_position(path: str) -> tuple[int, int]:
+    """(inode, offset) of the log read so far: its end."""
+    try:
+        st = os.stat(os.path.join(path, "log"))
+        return st.st_ino, st.st_size
+    except FileNotFoundError:
+        return 0, 0
+
+
+def _copy_new(path: str, where: tuple[int, int], out: object) -> tuple[int, int]:
+    """What the log gained since `where`; after a rotation, the rest of the old one (log.1) and the new one."""
+    inode, offset = where
+    try:
+        f = open(os.path.join(path, "log"), "rb")
+    except FileNotFoundError:
+        return where
+    with f:
+        st = os.fstat(f.fileno())
+        if st.st_ino != inode and inode:
+            try:
+                with open(os.path.join(path, "log.1"), "rb") as old:
+                    if os.fstat(old.fileno()).st_ino == inode:
+                        old.seek(offset)
+                        out.write(old.read())  # type: ignore[attr-defined]
+            except FileNotFoundError:
+                pass
+            offset = 0
+        f.seek(offset)
+        data = f.read()
+        out.write(data)  # type: ignore[attr-defined]
+        out.flush()  # type: ignore[attr-defined]
+        return st.st_ino, offset + len(data)
+
+
+def _stop(args: argparse.Namespace) -> int:
+    for name in args.names:
+        stop(name, args.time)
+        print(name)
+    return 0
+
+
+def stop(name: str, grace: float) -> None:
+    """SIGTERM to the program (through its monitor), and SIGKILL after `grace`; returns once the box is gone."""
+    path = state.path_of(name)
+    box = state.status(name)
+    if box.state not in ("starting", "running"):
+        raise ConfigError(f"box {name}: not running ({box.state})")
+    with open(os.path.join(path, "stop"), "w") as f:
+        f.write(str(max(0.0, grace)))
+    try:
+        os.kill(box.monitor, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + grace + 30
+    while state.alive(path):
+        if time.monotonic() > deadline:
+            os.kill(box.monitor, signal.SIGKILL)  # a monitor that does not end: the box dies with it
+            break
+        time.sleep(0.05)
+
+
+def _start(args: argparse.Namespace) -> int:
+    from ..living import detach
+    for name in args.names:
+        detach.start(name)
+        print(name)
+    return 0
+
+
+def _rm(args: argparse.Namespace) -> int:
+    from .. import teardown
+    for name in args.names:
+        box = state.status(name)
+        if box.state in ("starting", "running"):
+            if not args.force:
+                raise ConfigError(f"box {name}: it is running (sbx stop {name} first, or sbx rm -f)")
+            stop(name, 0)
+        left = teardown.remove_tree(state.path_of(name))
+        if left:
+            raise ConfigError(f"box {name}: could not remove all of it: {'; '.join(left)}")
+        print(name)
+    return 0

@@ -1,0 +1,129 @@
+"""Detached boxes: `sbx run -d`, `ps`, `logs`, `stop`, `start`, `rm`, each box watched by a monitor of its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import host_processes_matching, sbx
+from image_helpers import busybox_rootfs
+
+TICKS = "trap 'echo got TERM; exit 3' TERM; echo hello; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"
+
+
+@pytest.fixture(autouse=True)
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The boxes' state in a runtime dir of the test's own (and the image store, for image boxes)."""
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    return tmp_path / "run" / "sbx" / "boxes"
+
+
+def wait_for(check, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def ps(*args: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    return {b["name"]: b for b in json.loads(sbx("ps", "--json", *args).stdout)}
+
+
+def test_a_detached_box_runs_logs_stops_starts_and_is_removed(runtime: Path) -> None:
+    r = sbx("run", "-d", "--name", "ticker", "--", "sh", "-c", TICKS)
+    assert (r.returncode, r.stdout) == (0, b"ticker\n"), r.stderr
+    assert ps()["ticker"]["state"] == "running" and ps()["ticker"]["command"] == ["sh", "-c", TICKS]
+    wait_for(lambda: b"tick 2" in sbx("logs", "ticker").stdout, "the log grows as the program prints")
+    assert sbx("logs", "ticker").stdout.startswith(b"hello\ntick 1\n")
+    follow = subprocess.Popen([sys.executable, "-m", "sandbox", "logs", "-f", "ticker"], stdout=subprocess.PIPE)
+    stopped = sbx("stop", "-t", "5", "ticker")
+    assert (stopped.returncode, stopped.stdout) == (0, b"ticker\n"), stopped.stderr
+    followed, _ = follow.communicate(timeout=30)  # -f ends with the box, having printed all of it
+    assert followed.startswith(b"hello\n") and followed.endswith(b"got TERM\n")
+    box = ps("-a")["ticker"]
+    assert (box["state"], box["exit_status"]) == ("exited", 3) and ps() == {}
+    record = json.loads((runtime / "ticker" / "record.json").read_text())
+    assert record["status"] == "RE" and record["exit_code"] == 3 and record["wall_time"] > 0
+    assert sbx("start", "ticker").returncode == 0 and ps()["ticker"]["state"] == "running"
+    again = sbx("run", "-d", "--name", "ticker", "--", "true")
+    assert (again.returncode, again.stderr) == (125, b"sbx: box ticker: the name is in use (sbx rm ticker frees "
+                                                     b"it)\n")
+    refused = sbx("rm", "ticker")
+    assert refused.returncode == 125 and b"it is running" in refused.stderr
+    assert sbx("rm", "-f", "ticker").stdout == b"ticker\n" and ps("-a") == {}
+    assert not (runtime / "ticker").exists()
+
+
+def test_a_killed_monitor_leaves_nothing_and_ps_says_dead(runtime: Path) -> None:
+    marker = "1000.86420"
+    assert sbx("run", "-d", "--name", "victim", "--", "sh", "-c", f"sleep {marker}").returncode == 0
+    wait_for(lambda: host_processes_matching(marker), "the program runs")
+    monitor = ps()["victim"]
+    os.kill(json.loads((runtime / "victim" / "state.json").read_text())["monitor"], signal.SIGKILL)
+    wait_for(lambda: not host_processes_matching(marker), "the box dies with its monitor")
+    box = ps("-a")["victim"]
+    assert monitor["state"] == "running" and box["state"] == "dead" and "killed" in box["message"]
+    assert sbx("stop", "victim").stderr == b"sbx: box victim: not running (dead)\n"
+    assert sbx("rm", "victim").returncode == 0 and not (runtime / "victim").exists()
+
+
+def test_limits_and_secrets_hold_for_a_detached_box(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("tok-6e1f0a")
+    assert sbx("run", "-d", "--name", "hog", "--memory", "64M", "--secret", f"id=t,src={token}", "--",
+               "sh", "-c", "cat /run/secrets/t; echo; head -c 400M /dev/zero | tail").returncode == 0
+    wait_for(lambda: ps("-a")["hog"]["state"] == "exited", "the hog ends", 60)
+    box = ps("-a")["hog"]
+    assert box["message"].startswith("MLE") and box["exit_status"] == 137, box
+    log = sbx("logs", "hog").stdout
+    assert log.startswith(b"***\n") and b"tok-6e1f0a" not in log
+
+
+def test_an_image_box_keeps_its_files_across_stop_and_start(tmp_path: Path, runtime: Path) -> None:
+    assert sbx("image", "import", str(busybox_rootfs(tmp_path / "root")), "--name", "bb").returncode == 0
+    script = "cat /etc/kept 2>/dev/null || echo first-run; echo kept > /etc/kept; while :; do sleep 1; done"
+    assert sbx("run", "-d", "--name", "keeper", "--image", "bb", "--user", "0", "--", "sh", "-c",
+               script).returncode == 0
+    wait_for(lambda: b"first-run" in sbx("logs", "keeper").stdout, "the first run writes")
+    assert sbx("stop", "-t", "0", "keeper").returncode == 0
+    assert sbx("start", "keeper").returncode == 0
+    wait_for(lambda: b"kept" in sbx("logs", "keeper").stdout, "the second run finds the file")
+    assert sbx("rm", "-f", "keeper").returncode == 0 and not (runtime / "keeper").exists()
+
+
+@pytest.mark.parametrize(("args", "said"), [
+    (["run", "-d", "--copy-in", "a:b", "--", "true"], "sbx: run -d: --copy-in is for a run that sbx waits for"),
+    (["run", "-d", "--name", "../x", "--", "true"], "sbx: box name '../x': letters, digits"),
+    (["run", "-d", "--name", "bad", "--memory", "lots", "--", "true"], "sbx: --memory: invalid size 'lots'"),
+    (["logs", "nothere"], "sbx: box nothere: no such box (sbx ps -a lists them)"),
+    (["stop", "nothere"], "sbx: box nothere: no such box (sbx ps -a lists them)"),
+])
+def test_bad_input_is_one_line_and_leaves_no_box(args: list[str], said: str, runtime: Path) -> None:
+    r = sbx(*args)
+    assert r.returncode == 125 and len(r.stderr.splitlines()) == 1 and said in r.stderr.decode(), r.stderr
+    assert not runtime.exists() or os.listdir(runtime) == []
+
+
+def test_a_corrupt_state_file_is_one_line(runtime: Path) -> None:
+    assert sbx("run", "-d", "--name", "c", "--", "true").returncode == 0
+    wait_for(lambda: ps("-a")["c"]["state"] == "exited", "it ends")
+    (runtime / "c" / "state.json").write_text("{not json")
+    r = sbx("ps", "-a")
+    assert r.returncode == 125 and r.stderr.decode().startswith("sbx: box c: its state.json cannot be read")
+
+
+def test_a_program_that_cannot_be_executed_ends_its_box_with_the_reason() -> None:
+    """The box starts, so `run -d` prints the name; the exec fails in it, and ps says why."""
+    assert sbx("run", "-d", "--name", "nope", "--", "/no/such/program").stdout == b"nope\n"
+    wait_for(lambda: ps("-a")["nope"]["state"] == "exited", "it ends")
+    box = ps("-a")["nope"]
+    assert box["exit_status"] == 127 and "/no/such/program" in box["message"], box
