@@ -69,7 +69,7 @@ class Sandbox(Spec):
             layout = self._layout(upper, workdir)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-            self._box = Box(layout, self.ids, found, daemon_holds=tuple(self._locks))
+            self._box = Box(layout, self.ids, found, daemon_holds=tuple(self._locks), join=self.join)
             if self.policy is None:
                 await self._box.start()
             else:  # the filter the runs will need, compiled in a thread while the box is built
@@ -142,6 +142,11 @@ class Sandbox(Spec):
                                                                     self._union_upper, self._commit)
         finally:
             self._remove_workdir()  # after the box and its daemon are gone, whatever happened before
+
+    @property
+    def box_pid(self) -> int:
+        """The box's outer process, whose namespaces are the box's (what `join` takes); 0 without a box."""
+        return self._box.pid if self._box is not None else 0
 
     async def signal(self, signum: int) -> None:
         """Send `signum` to the running program's first process (as `docker stop` sends SIGTERM); nothing between

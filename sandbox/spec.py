@@ -103,6 +103,7 @@ class Spec:
         volumes: Sequence[VolumeMount] = (),
         user: str | None = None,
         build_step: bool = False,
+        join: int = 0,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -117,7 +118,9 @@ class Spec:
         that holds its caps; one writer at a time.  `user`: "0" (or "root") runs the programs as root of the box,
         in a user namespace of their own with no power over the sandbox (userns.py), as does an image whose User is
         root; None or "1000": the sandbox's unprivileged uid.  `build_step`: the box of a build's RUN (sbx build),
-        which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them."""
+        which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them.  `join`: the outer
+        process of a running box to run in instead of making one (sbx exec): its mounts are the box's, and what
+        here describes a box's filesystem is not used."""
         if net not in ("none", "loopback", *netstack.STACKS):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback, pasta or slirp4netns)")
         if (host_loopback or publish) and net not in netstack.STACKS:
@@ -192,6 +195,7 @@ class Spec:
         if build_step and not self._lowers:
             raise ConfigError("a build step runs on an image")
         self._build_step = build_step
+        self.join = join
         self.policy = policy
         self._filters: dict[tuple[str, bool], tuple[int, bool]] = {}  # memfd, and whether refusals are counted
         self._policies: dict[str, Policy] = {}

@@ -127,3 +127,26 @@ def test_a_program_that_cannot_be_executed_ends_its_box_with_the_reason() -> Non
     wait_for(lambda: ps("-a")["nope"]["state"] == "exited", "it ends")
     box = ps("-a")["nope"]
     assert box["exit_status"] == 127 and "/no/such/program" in box["message"], box
+
+
+def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_processes() -> None:
+    assert sbx("run", "-d", "--name", "svc", "--memory", "64M", "--env", "GREETING=hi", "--", "sh", "-c",
+               "echo data > /box/shared; while :; do sleep 1; done").returncode == 0
+    wait_for(lambda: ps()["svc"]["state"] == "running", "it runs")
+    marker = "1000.97531"
+    r = subprocess.run([sys.executable, "-m", "sandbox", "exec", "svc", "sh", "-c",
+                        f"cat /box/shared; echo $GREETING; read line; echo got $line; id -u; sleep {marker} & "
+                        "kill -9 1 || echo init-out-of-reach; exit 4"], input=b"typed\n", capture_output=True,
+                       timeout=60)
+    assert r.returncode == 4 and r.stdout.decode().split("\n")[:5] == ["data", "hi", "got typed", "1000",
+                                                                       "init-out-of-reach"], r.stderr
+    assert host_processes_matching(marker) == []  # what exec started ended with it
+    hog = sbx("exec", "svc", "sh", "-c", "head -c 400M /dev/zero | tail")
+    assert hog.returncode == 137 and hog.stderr.decode().splitlines()[-1].startswith("sbx: MLE"), hog.stderr
+    ns = sbx("exec", "svc", "unshare", "-U", "true")
+    assert ns.stderr.decode().splitlines()[-1] == "sbx: SV: unshare", ns.stderr
+    assert ps()["svc"]["state"] == "running"  # none of it touched the box's own program
+    assert sbx("exec", "svc", "cat", "/box/shared").stdout == b"data\n"
+    sbx("stop", "-t", "0", "svc")
+    stopped = sbx("exec", "svc", "true")
+    assert (stopped.returncode, stopped.stderr) == (125, b"sbx: box svc: not running (exited)\n")

@@ -1716,12 +1716,84 @@ static void find_writable(void)
             writable[nwritable++] = steps[i].s[0];
 }
 
+/* -- joining a running box (sbx exec) ---------------------------------------------------------------------------- */
+
+/* one spawner, in the box this process entered: no plan, nothing of the box changed; it serves the supervisor's
+ * runs and respawns until the supervisor goes, and its programs die with it.  The spawner is pid 1 of a pid
+ * namespace of its own, nested in the box's: it ends a run with kill(-1), which must reach the run's processes
+ * and none of the box's own (its program, its spawner).  Not the box's pid 1, this process signals nothing but
+ * its own spawner. */
+static void joined_init(void) __attribute__((noreturn));
+static void joined_init(void)
+{
+    prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    fix_loginuid();
+    prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    check(unshare(CLONE_NEWPID) < 0 ? fail_errno("unshare") : 0);
+    int sock;
+    pid_t spawner = start_spawner(&sock);
+    send_msg(ctl, "{\"ready\":true}", sock);
+    close(sock);
+    static char buf[MAX_MSG];
+    for (;;) {
+        int fd;
+        ssize_t n = recv_msg(buf, sizeof buf, &fd);
+        if (n <= 0)
+            _exit(0);
+        if (fd >= 0)
+            close(fd);
+        struct tokens t = {buf, buf + n};
+        char *op = token(&t);
+        if (op && !strcmp(op, "respawn")) {
+            kill(spawner, SIGKILL);
+            waitpid(spawner, NULL, 0);
+            spawner = start_spawner(&sock);
+            send_msg(ctl, "{\"ok\":true}", sock);
+            close(sock);
+        } else {
+            send_msg(ctl, "{\"error\":\"a process joined to a box serves no file requests\"}", -1);
+        }
+    }
+}
+
+/* enter the namespaces of the running box whose outer process is `target` (the caller's own: it owns the box's user
+ * namespace), as nsenter does, then fork the joined init into its pid namespace */
+static void join_box(pid_t target)
+{
+    static const char *const names[] = {"user", "mnt", "net", "ipc", "uts", "cgroup", "pid_for_children"};
+    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
+                                CLONE_NEWCGROUP, CLONE_NEWPID};
+    int fds[7];
+    for (int i = 0; i < 7; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)target, names[i]);
+        fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+        check(fds[i] < 0 ? fail_errno("the box to join") : 0);
+    }
+    for (int i = 0; i < 7; i++) {
+        check(setns(fds[i], types[i]) < 0 ? fail_errno(names[i]) : 0);
+        close(fds[i]);
+    }
+    check(chdir("/") < 0 ? fail_errno("/") : 0);
+    pid_t pid = fork();
+    check(pid < 0 ? fail_errno("cannot fork into the box") : 0);
+    if (pid == 0)
+        joined_init();
+    close(ctl);
+    int status;
+    while (waitpid(pid, &status, 0) < 0)
+        if (errno != EINTR)
+            _exit(1);
+    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+}
+
 /* -- outer -------------------------------------------------------------------------------------------------- */
 
 int main(int argc, char **argv)
 {
-    if (argc != 8)
+    if (argc != 8 && argc != 9)
         return 125;
+    pid_t join = argc == 9 ? (pid_t)atol(argv[8]) : 0; /* sbx exec: the running box to enter */
     int cgroup = atoi(argv[7]);
     syscall(SYS_close_range, cgroup ? 8U : 7U, ~0U, 0U); /* whatever the caller left inheritable */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -1749,13 +1821,20 @@ int main(int argc, char **argv)
     if (fd >= 0)
         close(fd);
     struct tokens t = {plan, plan + n};
-    parse_plan(&t);
-    find_writable();
+    if (!join) { /* (a joining starter's plan is one word, "join": it builds nothing) */
+        parse_plan(&t);
+        find_writable();
+    }
     if (spawner_bin < 0)
         check(fail_errno("the spawner"));
     if (cgroup) {
         check(write(7, "0", 1) < 0 ? fail_errno("cannot join the box's cgroup") : 0);
         close(7);
+    }
+    if (join > 0) {
+        close(5);
+        close(6);
+        join_box(join);
     }
     check(unshare(CLONE_NEWUSER) < 0 ? fail_errno("unshare") : 0);
     if (!range_map) {

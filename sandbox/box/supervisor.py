@@ -47,9 +47,13 @@ _SPAWNER_GRACE = 1.0
 class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
-    def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = ()) -> None:
-        """`daemon_holds`: fds the FUSE daemons keep for their whole life (locks that must outlast a killed caller)."""
+    def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = (),
+                 join: int = 0) -> None:
+        """`daemon_holds`: fds the FUSE daemons keep for their whole life (locks that must outlast a killed caller).
+        `join`: the outer process of a running box to enter (sbx exec): no box is made, the layout is not used, and
+        the runs have no cgroup of their own."""
         self.layout = layout
+        self._join = join
         self._daemon_holds = daemon_holds
         self.ids = ids
         self._delegation = delegation
@@ -72,7 +76,7 @@ class Box:
         starter = shipped(STARTER, "the starter")
         spawner = shipped(SPAWNER, "the spawner")
         cgroup_fd = -1
-        if self._delegation.base is not None:
+        if self._delegation.base is not None and not self._join:
             try:
                 # it may first remove a dead supervisor's cgroups, waiting for their processes to die
                 self.cgroup = await anyio.to_thread.run_sync(BoxCgroup, self._delegation)
@@ -85,7 +89,7 @@ class Box:
         mapped_r, mapped_w = os.pipe()
         theirs = [child.detach(), unshared_w, mapped_r]
         try:
-            self._pid = spawn_starter(starter, spawner, self.ids, theirs, cgroup_fd)
+            self._pid = spawn_starter(starter, spawner, self.ids, theirs, cgroup_fd, self._join)
             self._pidfd = os.pidfd_open(self._pid)
         except OSError as e:
             parent.close()
@@ -98,8 +102,9 @@ class Box:
                 os.close(fd)
         self._sock = protocol.AsyncSocket(parent)
         try:
-            await protocol.asend_tokens(self._sock, plan.tokens(plan.make(self.layout, self.ids)), [])
-            if self.ids.mode == "range":
+            tokens = plan.tokens(plan.make(self.layout, self.ids)) if not self._join else ["join"]
+            await protocol.asend_tokens(self._sock, tokens, [])
+            if self.ids.mode == "range" and not self._join:
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)
             while "fuse" in reply or "volume" in reply:  # a FUSE mount made: its daemon, before it is used
@@ -121,7 +126,7 @@ class Box:
                 reply["error"] += f" ({death})"
             await self.aclose()
             raise SetupError(reply["error"])
-        if self.layout.netstack is not None:
+        if self.layout.netstack is not None and not self._join:
             try:
                 await self._start_netstack(self.layout.netstack)
             except BaseException:
@@ -387,6 +392,11 @@ class Box:
                 await self._spawner.sendmsg([b"kill"], [])
             except (OSError, anyio.ClosedResourceError):
                 pass
+
+    @property
+    def pid(self) -> int:
+        """The outer process: its namespaces are the box's."""
+        return self._pid
 
     async def signal_run(self, signum: int) -> None:
         """Send `signum` to the current run's first process (none between runs); the run goes on as it will."""

@@ -44,6 +44,45 @@ def build_rm(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_rm)
 
 
+def build_exec(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="more environment")
+    parser.add_argument("-w", "--workdir", metavar="DIR", help="the working directory (default: the box's)")
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("program", nargs=argparse.REMAINDER, metavar="PROG [ARG...]")
+    parser.set_defaults(func=_exec)
+
+
+def _exec(args: argparse.Namespace) -> int:
+    """A new process in a running box: the box's namespaces entered (no box made), under the policy and limits
+    the box was given, with the box's environment and secrets (masked in what it prints); sbx's stdin is its."""
+    from .. import stopping
+    from ..api import Sandbox
+    from ..living import detach
+    from ..run.relay import Relay
+    from .run import _env_pair
+
+    argv = args.program[1:] if args.program[:1] == ["--"] else args.program
+    if not argv:
+        raise ConfigError("exec: no program given (usage: sbx exec NAME PROG [ARG...])")
+    box = state.status(args.name)
+    if box.state != "running":
+        raise ConfigError(f"box {args.name}: not running ({box.state})")
+    config = detach.exec_config(args.name)
+    config["env"] = {**config["env"], **dict(_env_pair(e) for e in args.env)}
+    if args.workdir:
+        config["cwd"] = args.workdir
+    sandbox = Sandbox(join=box.box, **config)
+
+    async def session() -> int:
+        async with sandbox:
+            result = await sandbox.run(argv, stdin=0, stdout=Relay(1), stderr=Relay(2))
+        if result.status.value != "OK":
+            print(f"sbx: {result.summary}", file=sys.stderr)
+        return result.shell_status
+
+    return stopping.run(session)
+
+
 def _ps(args: argparse.Namespace) -> int:
     boxes = [state.status(n) for n in state.names()]
     boxes = [b for b in boxes if args.all or b.state in ("starting", "running")]

@@ -37,6 +37,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
     "ps": ("the detached boxes (sbx run -d)", "boxes", "build_ps"),
     "logs": ("a detached box's output", "boxes", "build_logs"),
+    "exec": ("run a program in a running detached box", "boxes", "build_exec"),
     "stop": ("stop detached boxes: SIGTERM, then SIGKILL", "boxes", "build_stop"),
     "start": ("start stopped boxes again", "boxes", "build_start"),
     "rm": ("remove boxes that ended", "boxes", "build_rm"),

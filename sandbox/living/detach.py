@@ -88,3 +88,20 @@ def _start(path: str, saved: dict[str, Any], cwd: str) -> None:
         raise ConfigError(f"box {os.path.basename(path)}: its monitor did not start: {e.strerror}") from None
     if said != "started":
         raise ConfigError(said.removeprefix("error: ") or f"box {os.path.basename(path)}: its monitor ended")
+
+
+def exec_config(name: str) -> dict[str, Any]:
+    """What a process `sbx exec` starts in the running box NAME gets: the box's policy, limits (no wall time unless
+    given), ids, environment (its image's too), working directory and secrets, read again as the caller."""
+    from ..cli.run import configure
+
+    saved = state.read_json(state.path_of(name), "run.json")
+    if saved["args"].get("user") in ("0", "root"):
+        raise ConfigError(f"box {name}: exec into a box whose program is root of the box is not supported yet")
+    os.chdir(saved["cwd"])
+    args = argparse.Namespace(**saved["args"])
+    _, config, spec = configure(args)
+    limits = config["limits"]
+    return {"policy": config["policy"], "idmap": config["idmap"], "env": dict(spec.env), "cwd": spec.cwd,
+            "secrets": config.get("secrets", {}), "net": "none" if config["net"] == "none" else "loopback",
+            "limits": limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)}

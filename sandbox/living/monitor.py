@@ -94,7 +94,7 @@ def _failed(path: str, box: BoxState, why: str, report: Any) -> None:
 async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report: Any) -> None:
     result: Result | ExecError | None = None
     async with sandbox:
-        box = box.replace(state="running", started=time.time())
+        box = box.replace(state="running", started=time.time(), box=sandbox.box_pid)
         state.save(path, box)
         report.write("started\n")
         report.close()

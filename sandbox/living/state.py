@@ -38,6 +38,8 @@ class BoxState(Record):
     command: tuple[str, ...] = ()
     image: str | None = None
     monitor: int = 0
+    box: int = 0
+    """The box's outer process, whose namespaces `sbx exec` enters."""
     created: float = 0.0
     started: float | None = None
     ended: float | None = None
