@@ -150,3 +150,12 @@ def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_proc
     sbx("stop", "-t", "0", "svc")
     stopped = sbx("exec", "svc", "true")
     assert (stopped.returncode, stopped.stderr) == (125, b"sbx: box svc: not running (exited)\n")
+
+
+def test_attach_prints_what_comes_until_the_box_ends() -> None:
+    assert sbx("run", "-d", "--name", "talker", "--", "sh", "-c",
+               "echo before; sleep 3; echo after; sleep 0.3; echo last").returncode == 0
+    wait_for(lambda: b"before" in sbx("logs", "talker").stdout, "it starts")
+    attached = sbx("attach", "talker", timeout=30)
+    assert attached.returncode == 0 and attached.stdout == b"after\nlast\n", attached
+    assert sbx("attach", "talker").stderr == b"sbx: box talker: not running (exited)\n"

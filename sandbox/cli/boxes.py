@@ -9,6 +9,7 @@ import shlex
 import signal
 import sys
 import time
+from typing import BinaryIO
 
 from ..errors import ConfigError
 from ..living import state
@@ -24,6 +25,11 @@ def build_logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing what comes, until the box ends")
     parser.set_defaults(func=_logs)
+
+
+def build_attach(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.set_defaults(func=_attach)
 
 
 def build_stop(parser: argparse.ArgumentParser) -> None:
@@ -103,16 +109,30 @@ def _logs(args: argparse.Namespace) -> int:
     path = state.path_of(args.name)
     state.status(args.name)  # (a box that does not exist is an error, not an empty log)
     out = sys.stdout.buffer
-    for name in ("log.1", "log"):
-        try:
-            with open(os.path.join(path, name), "rb") as f:
-                out.write(f.read())
-        except FileNotFoundError:
-            pass
-    out.flush()
-    if not args.follow:
+    try:
+        with open(os.path.join(path, "log.1"), "rb") as f:
+            out.write(f.read())
+    except FileNotFoundError:
+        pass
+    where = _copy_new(path, (0, 0), out)  # (then -f goes on from exactly there)
+    return _follow(path, out, where) if args.follow else 0
+
+
+def _attach(args: argparse.Namespace) -> int:
+    """What the box prints from now on, until it ends (Ctrl-C leaves it running).  Its stdin is /dev/null: a
+    detached program reads nothing from a terminal."""
+    path = state.path_of(args.name)
+    box = state.status(args.name)
+    if box.state not in ("starting", "running"):
+        raise ConfigError(f"box {args.name}: not running ({box.state})")
+    try:
+        return _follow(path, sys.stdout.buffer, _log_position(path))
+    except KeyboardInterrupt:
         return 0
-    where = _log_position(path)
+
+
+def _follow(path: str, out: BinaryIO, where: tuple[int, int]) -> int:
+    """Print what the log gains after `where` until the box's monitor ends."""
     while True:
         alive = state.alive(path)
         where = _copy_new(path, where, out)
@@ -130,7 +150,7 @@ def _log_position(path: str) -> tuple[int, int]:
         return 0, 0
 
 
-def _copy_new(path: str, where: tuple[int, int], out: object) -> tuple[int, int]:
+def _copy_new(path: str, where: tuple[int, int], out: BinaryIO) -> tuple[int, int]:
     """What the log gained since `where`; after a rotation, the rest of the old one (log.1) and the new one."""
     inode, offset = where
     try:
@@ -144,14 +164,14 @@ def _copy_new(path: str, where: tuple[int, int], out: object) -> tuple[int, int]
                 with open(os.path.join(path, "log.1"), "rb") as old:
                     if os.fstat(old.fileno()).st_ino == inode:
                         old.seek(offset)
-                        out.write(old.read())  # type: ignore[attr-defined]
+                        out.write(old.read())
             except FileNotFoundError:
                 pass
             offset = 0
         f.seek(offset)
         data = f.read()
-        out.write(data)  # type: ignore[attr-defined]
-        out.flush()  # type: ignore[attr-defined]
+        out.write(data)
+        out.flush()
         return st.st_ino, offset + len(data)
 
 

@@ -38,6 +38,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "ps": ("the detached boxes (sbx run -d)", "boxes", "build_ps"),
     "logs": ("a detached box's output", "boxes", "build_logs"),
     "exec": ("run a program in a running detached box", "boxes", "build_exec"),
+    "attach": ("a detached box's output from now on, until it ends", "boxes", "build_attach"),
     "stop": ("stop detached boxes: SIGTERM, then SIGKILL", "boxes", "build_stop"),
     "start": ("start stopped boxes again", "boxes", "build_start"),
     "rm": ("remove boxes that ended", "boxes", "build_rm"),
