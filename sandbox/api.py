@@ -69,7 +69,8 @@ class Sandbox(Spec):
             layout = self._layout(upper, workdir)
             self._union_upper = upper
             found = await anyio.to_thread.run_sync(delegation)  # once per process; it may ask systemd for a scope
-            self._box = Box(layout, self.ids, found, daemon_holds=tuple(self._locks), join=self.join)
+            self._box = Box(layout, self.ids, found, daemon_holds=tuple(self._locks), join=self.join,
+                            network=self.network_holder)
             if self.policy is None:
                 await self._box.start()
             else:  # the filter the runs will need, compiled in a thread while the box is built

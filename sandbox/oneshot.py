@@ -43,7 +43,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 def eligible(spec: Spec, copies: bool) -> bool:
     """Whether a run of `spec` can go this way: no copies in or out, and no FUSE daemon beside the box."""
-    return not copies and not spec.needs_daemon
+    return not copies and not spec.needs_daemon and not spec.network_holder
 
 
 def run_once(spec: Spec, argv: list[str], stdin: int, stdout: Relay, stderr: Relay) -> Result:

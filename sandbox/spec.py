@@ -104,6 +104,7 @@ class Spec:
         user: str | None = None,
         build_step: bool = False,
         join: int = 0,
+        network: str | None = None,
     ) -> None:
         """`image`: NAME[:TAG] in the image store; its layers are the lowers, and its Env, WorkingDir and
         Entrypoint/Cmd the defaults (`cwd` defaults to /box without an image).  `commit`: NEW[:TAG], the
@@ -120,13 +121,25 @@ class Spec:
         root; None or "1000": the sandbox's unprivileged uid.  `build_step`: the box of a build's RUN (sbx build),
         which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them.  `join`: the outer
         process of a running box to run in instead of making one (sbx exec): its mounts are the box's, and what
-        here describes a box's filesystem is not used."""
+        here describes a box's filesystem is not used.  `network`: a network made by `sbx network create`, whose
+        loopback the box shares and whose hosts file is its /etc/hosts (living/network.py)."""
         if net not in ("none", "loopback", *netstack.STACKS):
             raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback, pasta or slirp4netns)")
         if (host_loopback or publish) and net not in netstack.STACKS:
             raise ConfigError(f"--{'host-loopback' if host_loopback else 'publish'} needs --net pasta or slirp4netns")
         self.netstack = netstack.network(net, host_loopback, tuple(map(netstack.parse_publish, publish))) \
             if net in netstack.STACKS else None
+        self.network_holder = 0
+        if network is not None:
+            if net != "loopback":
+                raise ConfigError("--network: the network's loopback is the box's network; --net is for a box alone")
+            from .living.network import get
+            joined = get(network)
+            if joined.idmap != detect(idmap).mode:
+                raise ConfigError(f"--network {network}: its ids are mapped {joined.idmap}, and this box's would be "
+                                  f"{detect(idmap).mode}")
+            self.network_holder = joined.holder
+            binds = [*binds, Bind(os.path.join(joined.path, "hosts"), "/etc/hosts", False)]
         self.limits = limits or Limits()
         self.image: Image | None = None
         if image is not None:

@@ -159,3 +159,40 @@ def test_attach_prints_what_comes_until_the_box_ends() -> None:
     attached = sbx("attach", "talker", timeout=30)
     assert attached.returncode == 0 and attached.stdout == b"after\nlast\n", attached
     assert sbx("attach", "talker").stderr == b"sbx: box talker: not running (exited)\n"
+
+
+def test_a_detached_redis_is_reached_by_name_on_its_network_and_keeps_its_data() -> None:
+    """The issue's service: redis-server detached on a network, its data on a volume; a job box on the same network
+    reaches it by name (redis-cli ping, set, get), and after stop and start the data is still there."""
+    assert sbx("network", "create", "ci").stdout == b"ci\n"
+    server = ["--", "redis-server", "--port", "6379", "--dir", "/data", "--appendonly", "yes", "--save", ""]
+    assert sbx("run", "-d", "--name", "db", "--network", "ci", "-v", "dbdata:/data", *server).returncode == 0
+    cli = ["run", "--network", "ci", "--", "redis-cli", "-h", "db"]
+    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers by name", 30)
+    assert sbx(*cli, "set", "answer", "42").stdout == b"OK\n"
+    assert sbx("stop", "db").returncode == 0 and sbx(*cli, "ping").stdout != b"PONG\n"
+    assert sbx("start", "db").returncode == 0
+    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers again", 30)
+    assert sbx(*cli, "get", "answer").stdout == b"42\n"
+    assert sbx("rm", "-f", "db").returncode == 0 and sbx("network", "rm", "ci").returncode == 0
+    assert sbx("volume", "rm", "dbdata").returncode == 0
+
+
+def test_a_network_reaches_nothing_of_the_host() -> None:
+    import socket
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    try:
+        assert sbx("network", "create", "closed").returncode == 0
+        r = sbx("run", "--network", "closed", "--", "python3", "-c",
+                f"import socket; socket.create_connection(('127.0.0.1', {port}), timeout=3)")
+        assert r.returncode != 0 and b"ConnectionRefusedError" in r.stderr, r.stderr  # its own loopback
+        devices = sbx("run", "--network", "closed", "--", "cat", "/proc/net/dev").stdout.decode().splitlines()[2:]
+        assert [d.split(":")[0].strip() for d in devices] == ["lo"]
+        bad = sbx("run", "--network", "nothere", "--", "true")
+        assert bad.stderr == b"sbx: network nothere: no such network (sbx network ls lists them)\n"
+        both = sbx("run", "--network", "closed", "--net", "pasta", "--", "true")
+        assert both.returncode == 125 and b"--network: the network's loopback is the box's network" in both.stderr
+    finally:
+        listener.close()
+        sbx("network", "rm", "closed")

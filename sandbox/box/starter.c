@@ -1787,13 +1787,54 @@ static void join_box(pid_t target)
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
+/* the user and network namespaces of the network whose holder is `holder` (sbx network create): boxes on one
+ * network share its loopback, as the containers of a pod do, and reach each other by name (its hosts file) */
+static void enter_network(pid_t holder)
+{
+    static const char *const names[] = {"user", "net"};
+    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNET};
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)holder, names[i]);
+        fds[i] = open(path, O_RDONLY | O_CLOEXEC);
+        check(fds[i] < 0 ? fail_errno("the network") : 0);
+    }
+    for (int i = 0; i < 2; i++) {
+        check(setns(fds[i], types[i]) < 0 ? fail_errno(names[i]) : 0);
+        close(fds[i]);
+    }
+}
+
 /* -- outer -------------------------------------------------------------------------------------------------- */
+
+/* the new user namespace's id map: the caller alone (single), or the range the supervisor has newuidmap write */
+static void map_ids(void)
+{
+    if (!range_map) {
+        char map[64];
+        check(write_file("/proc/self/setgroups", "deny"));
+        snprintf(map, sizeof map, "%u %u 1\n", outer_uid, outer_uid);
+        check(write_file("/proc/self/uid_map", map));
+        snprintf(map, sizeof map, "%u %u 1\n", outer_gid, outer_gid);
+        check(write_file("/proc/self/gid_map", map));
+        return;
+    }
+    char c = 0;
+    if (write(5, "u", 1) != 1 || read(6, &c, 1) != 1 || c != 'g')
+        _exit(1);
+}
 
 int main(int argc, char **argv)
 {
     if (argc != 8 && argc != 9)
         return 125;
-    pid_t join = argc == 9 ? (pid_t)atol(argv[8]) : 0; /* sbx exec: the running box to enter */
+    /* argv[8]: "exec:PID", the running box to enter (sbx exec); "net:PID", the network whose user and network
+     * namespaces the new box shares (sbx run --network) */
+    pid_t join = argc == 9 && !strncmp(argv[8], "exec:", 5) ? (pid_t)atol(argv[8] + 5) : 0;
+    pid_t network = argc == 9 && !strncmp(argv[8], "net:", 4) ? (pid_t)atol(argv[8] + 4) : 0;
+    if (argc == 9 && join <= 0 && network <= 0)
+        return 125;
     int cgroup = atoi(argv[7]);
     syscall(SYS_close_range, cgroup ? 8U : 7U, ~0U, 0U); /* whatever the caller left inheritable */
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
@@ -1836,22 +1877,17 @@ int main(int argc, char **argv)
         close(6);
         join_box(join);
     }
-    check(unshare(CLONE_NEWUSER) < 0 ? fail_errno("unshare") : 0);
-    if (!range_map) {
-        char map[64];
-        check(write_file("/proc/self/setgroups", "deny"));
-        snprintf(map, sizeof map, "%u %u 1\n", outer_uid, outer_uid);
-        check(write_file("/proc/self/uid_map", map));
-        snprintf(map, sizeof map, "%u %u 1\n", outer_gid, outer_gid);
-        check(write_file("/proc/self/gid_map", map));
+    int namespaces = NAMESPACES;
+    if (network > 0) { /* its namespaces, mapped already, instead of new ones */
+        enter_network(network);
+        namespaces &= ~CLONE_NEWNET;
     } else {
-        char c = 0;
-        if (write(5, "u", 1) != 1 || read(6, &c, 1) != 1 || c != 'g')
-            _exit(1);
+        check(unshare(CLONE_NEWUSER) < 0 ? fail_errno("unshare") : 0);
+        map_ids();
     }
     close(5);
     close(6);
-    check(unshare(NAMESPACES) < 0 ? fail_errno("unshare") : 0);
+    check(unshare(namespaces) < 0 ? fail_errno("unshare") : 0);
     pid_t pid = fork();
     check(pid < 0 ? fail_errno("cannot fork box init") : 0);
     if (pid == 0)

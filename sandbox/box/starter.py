@@ -17,10 +17,11 @@ _LOW_FDS = 100
 """The fds handed to the starter are moved this high first, clear of the fds 3-7 they are duplicated onto."""
 
 
-def spawn_starter(starter: str, spawner: str, ids: IdMap, fds: list[int], cgroup_fd: int, join: int = 0) -> int:
+def spawn_starter(starter: str, spawner: str, ids: IdMap, fds: list[int], cgroup_fd: int, enter: str = "") -> int:
     """Spawn the starter (starter.c) for one box: `fds` are its control socket, the "unshared" pipe's write end
     and the "mapped" pipe's read end (fds 3, 5 and 6 there), the spawner's binary fd 4, `cgroup_fd` (if >= 0) 7.
-    `join`: the outer process of a running box to enter (sbx exec) instead of making one.
+    `enter`: "exec:PID", the outer process of a running box to enter (sbx exec) instead of making one; or
+    "net:PID", the holder of a network whose user and network namespaces the box shares.
 
     posix_spawn rather than a fork: nothing of this process's memory goes
     with it.  stdin, stdout and stderr are /dev/null: the caller's terminal
@@ -38,7 +39,7 @@ def spawn_starter(starter: str, spawner: str, ids: IdMap, fds: list[int], cgroup
                     *((os.POSIX_SPAWN_OPEN, i, os.devnull, os.O_RDWR, 0) for i in (0, 1, 2))]
         return os.posix_spawn(starter, [starter, str(os.getpid()), ids.mode, str(ids.outer_uid), str(ids.outer_gid),
                                         str(ids.program_uid), str(ids.program_gid), str(int(cgroup_fd >= 0)),
-                                        *([str(join)] if join else [])], {},
+                                        *([enter] if enter else [])], {},
                               file_actions=actions, setsigmask=())
     finally:
         for fd in high:

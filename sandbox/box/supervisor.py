@@ -48,12 +48,14 @@ class Box:
     """One live box: namespaces, root filesystem, box init for file requests, and its spawner for runs."""
 
     def __init__(self, layout: Layout, ids: IdMap, delegation: Delegation, daemon_holds: tuple[int, ...] = (),
-                 join: int = 0) -> None:
+                 join: int = 0, network: int = 0) -> None:
         """`daemon_holds`: fds the FUSE daemons keep for their whole life (locks that must outlast a killed caller).
         `join`: the outer process of a running box to enter (sbx exec): no box is made, the layout is not used, and
-        the runs have no cgroup of their own."""
+        the runs have no cgroup of their own.  `network`: the holder of the network whose user and network
+        namespaces the box shares (living/network.py), already mapped."""
         self.layout = layout
         self._join = join
+        self._network = network
         self._daemon_holds = daemon_holds
         self.ids = ids
         self._delegation = delegation
@@ -89,7 +91,8 @@ class Box:
         mapped_r, mapped_w = os.pipe()
         theirs = [child.detach(), unshared_w, mapped_r]
         try:
-            self._pid = spawn_starter(starter, spawner, self.ids, theirs, cgroup_fd, self._join)
+            enter = f"exec:{self._join}" if self._join else f"net:{self._network}" if self._network else ""
+            self._pid = spawn_starter(starter, spawner, self.ids, theirs, cgroup_fd, enter)
             self._pidfd = os.pidfd_open(self._pid)
         except OSError as e:
             parent.close()
@@ -104,7 +107,7 @@ class Box:
         try:
             tokens = plan.tokens(plan.make(self.layout, self.ids)) if not self._join else ["join"]
             await protocol.asend_tokens(self._sock, tokens, [])
-            if self.ids.mode == "range" and not self._join:
+            if self.ids.mode == "range" and not self._join and not self._network:
                 await self._map_ids(unshared_r, mapped_w)
             reply, fds = await protocol.arecv(self._sock)
             while "fuse" in reply or "volume" in reply:  # a FUSE mount made: its daemon, before it is used

@@ -35,6 +35,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "policy": ("the seccomp policies", "policy", "build"),
     "image": ("the image store: import, pull, push, list, inspect, tag, remove, prune, export", "image", "build"),
     "volume": ("named volumes kept between runs: create, list, inspect, remove, prune", "volume", "build"),
+    "network": ("networks whose boxes reach each other by name: create, list, remove", "network", "build"),
     "ps": ("the detached boxes (sbx run -d)", "boxes", "build_ps"),
     "logs": ("a detached box's output", "boxes", "build_logs"),
     "exec": ("run a program in a running detached box", "boxes", "build_exec"),

@@ -173,6 +173,9 @@ def build(run: argparse.ArgumentParser) -> None:
                      help="network (default loopback): pasta (or slirp4netns where pasta is missing) gives outbound "
                           "TCP/UDP and DNS through a user-mode stack on the host; the host's own loopback stays out "
                           "of reach")
+    run.add_argument("--network", metavar="NAME",
+                     help="join the network NAME (sbx network create): its boxes share its loopback and reach "
+                          "each other's detached boxes by name")
     run.add_argument("--host-loopback", action="store_true",
                      help="with --net pasta or slirp4netns: the host's 127.0.0.1 is reachable as "
                           "host.containers.internal")
@@ -227,7 +230,8 @@ def configure(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], Spec
         limits=_limits(args), binds=binds, tmpfs=args.tmpfs, disk=disk, inodes=inodes, net=args.net,
         idmap=args.idmap, env=dict(_env_pair(e) for e in args.env), cwd=args.cwd, policy=args.policy,
         lowers=args.lower, upper=args.upper, fs=args.fs, image=args.image, commit=args.commit,
-        host_loopback=args.host_loopback, publish=args.publish, volumes=volumes, user=args.user)
+        host_loopback=args.host_loopback, publish=args.publish, volumes=volumes, user=args.user,
+        network=args.network)
     sandbox = Spec(**config)
     if args.secret:  # read as the caller, so through the box-writable dirs' guard, known once the binds are
         config["secrets"] = dict(read_secret(s, sandbox.writable_dirs) for s in args.secret)

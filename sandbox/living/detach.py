@@ -44,6 +44,9 @@ def command(args: argparse.Namespace) -> int:
     except BaseException:
         teardown.remove_tree(path)
         raise
+    if args.network:  # the other boxes of its network know it by name from now on
+        from .network import add_name, get
+        add_name(get(args.network), name)
     print(name)
     return 0
 
