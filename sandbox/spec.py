@@ -123,15 +123,21 @@ class Spec:
         process of a running box to run in instead of making one (sbx exec): its mounts are the box's, and what
         here describes a box's filesystem is not used.  `network`: a network made by `sbx network create`, whose
         loopback the box shares and whose hosts file is its /etc/hosts (living/network.py)."""
+        self.network_holder = 0
+        if net.startswith("box:"):  # a running detached box's network namespace, as the containers of a pod
+            from .living import state
+            other = state.status(net[4:])
+            if other.state != "running":
+                raise ConfigError(f"--net {net}: the box is not running ({other.state})")
+            self.network_holder, net = other.box, "loopback"
         if net not in ("none", "loopback", *netstack.STACKS):
-            raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback, pasta or slirp4netns)")
+            raise ConfigError(f"--net: unknown mode {net!r} (expected none, loopback, pasta, slirp4netns or box:NAME)")
         if (host_loopback or publish) and net not in netstack.STACKS:
             raise ConfigError(f"--{'host-loopback' if host_loopback else 'publish'} needs --net pasta or slirp4netns")
         self.netstack = netstack.network(net, host_loopback, tuple(map(netstack.parse_publish, publish))) \
             if net in netstack.STACKS else None
-        self.network_holder = 0
         if network is not None:
-            if net != "loopback":
+            if net != "loopback" or self.network_holder:
                 raise ConfigError("--network: the network's loopback is the box's network; --net is for a box alone")
             from .living.network import get
             joined = get(network)

@@ -90,7 +90,7 @@ def test_options_reach_the_box(tmp_path: Path) -> None:
         (["run", "--cwd", "/nope", "--", "true"], 125, "sbx: --cwd /nope: No such file or directory"),
         (["run", "--cwd", "rel", "--", "true"], 125, "sbx: --cwd rel: must be an absolute path in the box"),
         (["run", "--stdin", "/no/file", "--", "true"], 125, "sbx: --stdin /no/file: No such file or directory"),
-        (["run", "--net", "wifi", "--", "true"], 125, "sbx: --net: unknown mode 'wifi' (expected none, loopback, pasta or slirp4netns)"),
+        (["run", "--net", "wifi", "--", "true"], 125, "sbx: --net: unknown mode 'wifi' (expected none, loopback, pasta, slirp4netns or box:NAME)"),
         (["run", "--idmap", "x", "--", "true"], 125, "sbx: --idmap: unknown mode 'x' (expected auto, range or single)"),
         (["run", "--env", "NOEQUALS", "--", "true"], 125, "sbx: --env 'NOEQUALS': expected KEY=VALUE"),
         (["run", "--ro-bind", "/etc:/usr/lib/sbx-new", "--", "true"], 125,

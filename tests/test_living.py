@@ -196,3 +196,14 @@ def test_a_network_reaches_nothing_of_the_host() -> None:
     finally:
         listener.close()
         sbx("network", "rm", "closed")
+
+
+def test_a_box_joins_another_boxs_network_as_a_pod() -> None:
+    assert sbx("run", "-d", "--name", "pod", "--", "redis-server", "--port", "7001", "--save", "").returncode == 0
+    cli = ["run", "--net", "box:pod", "--", "redis-cli", "-p", "7001"]
+    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "the pod's redis answers on the shared loopback", 30)
+    alone = sbx("run", "--", "redis-cli", "-p", "7001", "ping")
+    assert alone.stdout != b"PONG\n"  # a box of its own has a loopback of its own
+    sbx("rm", "-f", "pod")
+    gone = sbx("run", "--net", "box:pod", "--", "true")
+    assert gone.stderr == b"sbx: box pod: no such box (sbx ps -a lists them)\n"

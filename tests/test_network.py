@@ -148,7 +148,7 @@ def test_a_killed_sbx_leaves_no_stack(stack: str) -> None:
     (["--net", "pasta", "-p", "70000:80"], "ports are 1 to 65535"),
     (["--net", "pasta", "-p", "80"], "expected [IP:]HOSTPORT:BOXPORT[/tcp|udp]"),
     (["--net", "pasta", "-p", "300.1.1.1:8080:80"], "300.1.1.1 is not an IP address"),
-    (["--net", "slirp"], "unknown mode 'slirp' (expected none, loopback, pasta or slirp4netns)"),
+    (["--net", "slirp"], "unknown mode 'slirp' (expected none, loopback, pasta, slirp4netns or box:NAME)"),
 ])
 def test_bad_network_options_are_one_line(args: list[str], said: str) -> None:
     r = sbx("run", *args, "--", "sh", "-c", "echo ran")

@@ -169,10 +169,10 @@ def build(run: argparse.ArgumentParser) -> None:
                                                   "WorkingDir)")
     run.add_argument("--env", action="append", default=[], metavar="K=V",
                      help="environment variable (repeatable; the program gets only PATH, HOME and LANG besides)")
-    run.add_argument("--net", default="loopback", metavar="none|loopback|pasta|slirp4netns",
+    run.add_argument("--net", default="loopback", metavar="none|loopback|pasta|slirp4netns|box:NAME",
                      help="network (default loopback): pasta (or slirp4netns where pasta is missing) gives outbound "
                           "TCP/UDP and DNS through a user-mode stack on the host; the host's own loopback stays out "
-                          "of reach")
+                          "of reach; box:NAME shares the running detached box NAME's network, as a pod")
     run.add_argument("--network", metavar="NAME",
                      help="join the network NAME (sbx network create): its boxes share its loopback and reach "
                           "each other's detached boxes by name")
