@@ -207,3 +207,12 @@ def test_a_box_joins_another_boxs_network_as_a_pod() -> None:
     sbx("rm", "-f", "pod")
     gone = sbx("run", "--net", "box:pod", "--", "true")
     assert gone.stderr == b"sbx: box pod: no such box (sbx ps -a lists them)\n"
+
+
+def test_ps_shows_the_cpu_and_memory_so_far() -> None:
+    assert sbx("run", "-d", "--name", "busy", "--", "python3", "-c",
+               "import time; x = bytearray(50 * 2**20); end = time.time() + 60\nwhile time.time() < end: pass"
+               ).returncode == 0
+    wait_for(lambda: ps()["busy"]["cpu"] > 1.0, "the busy loop's CPU shows", 30)
+    assert ps()["busy"]["memory"] > 50 * 2**20
+    assert b"busy" in sbx("ps").stdout and sbx("rm", "-f", "busy").returncode == 0

@@ -92,16 +92,18 @@ def _exec(args: argparse.Namespace) -> int:
 def _ps(args: argparse.Namespace) -> int:
     boxes = [state.status(n) for n in state.names()]
     boxes = [b for b in boxes if args.all or b.state in ("starting", "running")]
+    usage = {b.name: state.usage(b.name) for b in boxes}
     if args.json:
         print(json.dumps([{"name": b.name, "image": b.image, "command": list(b.command), "state": b.state,
-                           "uptime": round(state.uptime(b), 3), "exit_status": b.exit_status, "message": b.message}
-                          for b in boxes], indent=1))
+                           "uptime": round(state.uptime(b), 3), "cpu": usage[b.name][0], "memory": usage[b.name][1],
+                           "exit_status": b.exit_status, "message": b.message} for b in boxes], indent=1))
         return 0
-    print(f"{'NAME':24} {'IMAGE':24} {'COMMAND':30} {'STATE':9} {'UPTIME':>9}  STATUS")
+    print(f"{'NAME':20} {'IMAGE':20} {'COMMAND':26} {'STATE':8} {'UPTIME':>8} {'CPU':>8} {'MEM':>9}  STATUS")
     for b in boxes:
         ended = f"exit {b.exit_status}" if b.exit_status is not None else ""
-        print(f"{b.name:24} {(b.image or '-'):24} {shlex.join(b.command)[:30]:30} {b.state:9} "
-              f"{state.uptime(b):8.0f}s  {ended} {b.message}".rstrip())
+        cpu, memory = usage[b.name]
+        print(f"{b.name:20} {(b.image or '-'):20} {shlex.join(b.command)[:26]:26} {b.state:8} "
+              f"{state.uptime(b):7.0f}s {cpu:7.2f}s {memory / 2**20:7.1f}Mi  {ended} {b.message}".rstrip())
     return 0
 
 

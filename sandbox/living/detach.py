@@ -57,7 +57,7 @@ def start(name: str) -> None:
     saved = state.read_json(path, "run.json")
     if state.alive(path):
         raise ConfigError(f"box {name}: it is running")
-    for leftover in ("record.json", "stop"):
+    for leftover in ("record.json", "stop", "stats.json"):
         try:
             os.unlink(os.path.join(path, leftover))
         except FileNotFoundError:

@@ -8,6 +8,7 @@ Under `$XDG_RUNTIME_DIR/sbx/boxes/NAME/` (else `/tmp/sbx-UID/boxes`), 0700::
     log, log.1    the program's stdout and stderr, masked, rotated at LOG_SIZE (at most twice that on disk)
     lock          flocked by the monitor for its whole life: free while the state says running means it died
     stop          the grace `sbx stop -t` asks for, in seconds
+    stats.json    the CPU time and memory so far, sampled by the monitor every 2 s
 
 Every JSON file is written whole under another name and renamed, so a
 reader sees the old or the new one; one that cannot be read is reported in
@@ -140,6 +141,19 @@ def save(path: str, state: BoxState) -> None:
 
 def names() -> list[str]:
     return sorted(n for n in os.listdir(root()) if _NAME.fullmatch(n))
+
+
+def usage(name: str) -> tuple[float, int]:
+    """CPU seconds and memory bytes so far: the monitor's last sample while the box runs, the record's once it
+    ended (its CPU time and memory peak); (0, 0) when neither is there."""
+    path = path_of(name)
+    for file, cpu, memory in (("record.json", "cpu_time", "memory_peak"), ("stats.json", "cpu", "memory")):
+        try:
+            data = read_json(path, file)
+            return float(data.get(cpu) or 0), int(data.get(memory) or 0)
+        except (ConfigError, ValueError, TypeError):
+            continue
+    return 0.0, 0
 
 
 def uptime(state: BoxState) -> float:
