@@ -216,3 +216,14 @@ def test_ps_shows_the_cpu_and_memory_so_far() -> None:
     wait_for(lambda: ps()["busy"]["cpu"] > 1.0, "the busy loop's CPU shows", 30)
     assert ps()["busy"]["memory"] > 50 * 2**20
     assert b"busy" in sbx("ps").stdout and sbx("rm", "-f", "busy").returncode == 0
+
+
+def test_exec_it_gives_the_program_a_terminal_of_its_own() -> None:
+    assert sbx("run", "-d", "--name", "term", "--secret", "id=s,env=HOME", "--", "sleep", "1000").returncode == 0
+    r = subprocess.run([sys.executable, "-m", "sandbox", "exec", "-it", "term", "sh", "-c",
+                        "test -t 0 && test -t 1 && echo on-a-terminal; read line; echo got $line; cat /run/secrets/s;"
+                        " echo; exit 5"], input=b"typed\n", capture_output=True, timeout=60)
+    out = r.stdout.replace(b"\r\n", b"\n")
+    assert r.returncode == 5 and b"on-a-terminal\n" in out and b"got typed\n" in out, (r.stdout, r.stderr)
+    assert os.environ["HOME"].encode() not in out and b"***" in out  # the secret, masked on the terminal too
+    sbx("rm", "-f", "term")

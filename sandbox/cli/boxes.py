@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
 import signal
 import sys
 import time
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from ..errors import ConfigError
 from ..living import state
@@ -53,6 +54,10 @@ def build_rm(parser: argparse.ArgumentParser) -> None:
 def build_exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="more environment")
     parser.add_argument("-w", "--workdir", metavar="DIR", help="the working directory (default: the box's)")
+    parser.add_argument("-t", "--tty", action="store_true",
+                        help="give the program a terminal of its own (a new pseudo-terminal, relayed: never sbx's "
+                             "own; no job control), sbx's terminal in raw mode meanwhile")
+    parser.add_argument("-i", "--interactive", action="store_true", help="with -t: relay sbx's stdin to it")
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("program", nargs=argparse.REMAINDER, metavar="PROG [ARG...]")
     parser.set_defaults(func=_exec)
@@ -81,12 +86,69 @@ def _exec(args: argparse.Namespace) -> int:
 
     async def session() -> int:
         async with sandbox:
-            result = await sandbox.run(argv, stdin=0, stdout=Relay(1), stderr=Relay(2))
+            if args.tty:
+                result = await _on_a_terminal(sandbox, argv, args.interactive)
+            else:
+                result = await sandbox.run(argv, stdin=0, stdout=Relay(1), stderr=Relay(2))
         if result.status.value != "OK":
             print(f"sbx: {result.summary}", file=sys.stderr)
         return result.shell_status
 
     return stopping.run(session)
+
+
+async def _on_a_terminal(sandbox: Any, argv: list[str], interactive: bool) -> Any:
+    """The run on a new pseudo-terminal: what the program writes, masked, to sbx's stdout, and (interactive) what
+    sbx reads, to the program.  The program never gets sbx's own terminal, so no TIOCSTI of its reaches it."""
+    import pty
+    import termios
+    import tty
+
+    import anyio
+
+    master, slave = pty.openpty()
+    restore = termios.tcgetattr(0) if os.isatty(0) else None
+    if restore is not None:
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, fcntl.ioctl(0, termios.TIOCGWINSZ, b"\0" * 8))
+        tty.setraw(0)
+    mask = sandbox.mask()
+
+    async def out() -> None:
+        while True:
+            await anyio.wait_readable(master)
+            try:
+                data = os.read(master, 1 << 16)
+            except OSError:  # EIO: every end of the slave is closed
+                data = b""
+            if not data:
+                break
+            os.write(1, mask.feed(data))
+        os.write(1, mask.flush())
+
+    async def into() -> None:
+        while True:
+            await anyio.wait_readable(0)
+            data = os.read(0, 1 << 16)
+            if not data:
+                return
+            os.write(master, data)
+
+    try:
+        async with anyio.create_task_group() as tasks:
+            if interactive:
+                tasks.start_soon(into)
+            async with anyio.create_task_group() as output:  # it ends at EIO, once the run's last end is closed
+                output.start_soon(out)
+                try:
+                    result = await sandbox.run(argv, stdin=slave, stdout=slave, stderr=slave)
+                finally:
+                    os.close(slave)
+            tasks.cancel_scope.cancel()
+    finally:
+        os.close(master)
+        if restore is not None:
+            termios.tcsetattr(0, termios.TCSADRAIN, restore)
+    return result
 
 
 def _ps(args: argparse.Namespace) -> int:

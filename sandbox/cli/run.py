@@ -240,6 +240,8 @@ def configure(args: argparse.Namespace) -> tuple[list[str], dict[str, Any], Spec
 
 
 def command(args: argparse.Namespace) -> int:
+    if args.name and not args.detach:
+        raise ConfigError("--name names a detached box: give -d too")
     if args.detach:
         from ..living import detach
         return detach.command(args)

@@ -40,13 +40,17 @@ def command(args: argparse.Namespace) -> int:
             os.mkdir(os.path.join(path, "upper"), 0o755)
             saved.update(upper=os.path.join(path, "upper"), fs="fuse")
         state.write_json(path, "run.json", {"args": saved, "cwd": os.getcwd()})
+        if args.network:  # the other boxes of its network know it by name from its start
+            from .network import add_name, get
+            add_name(get(args.network), name)
         _start(path, saved, os.getcwd())
     except BaseException:
+        if args.network:
+            from .network import drop_name, root
+            if os.path.isdir(os.path.join(root(), args.network)):
+                drop_name(os.path.join(root(), args.network), name)
         teardown.remove_tree(path)
         raise
-    if args.network:  # the other boxes of its network know it by name from now on
-        from .network import add_name, get
-        add_name(get(args.network), name)
     print(name)
     return 0
 
