@@ -94,6 +94,8 @@ def test_an_image_box_keeps_its_files_across_stop_and_start(tmp_path: Path, runt
     assert sbx("run", "-d", "--name", "keeper", "--image", "bb", "--user", "0", "--", "sh", "-c",
                script).returncode == 0
     wait_for(lambda: b"first-run" in sbx("logs", "keeper").stdout, "the first run writes")
+    as_root = sbx("exec", "keeper", "sh", "-c", "id -u; touch /etc/by-exec; stat -c %u /etc/by-exec /etc/kept")
+    assert as_root.stdout == b"0\n0\n0\n", as_root.stderr  # exec is root of the box too, over the same files
     assert sbx("stop", "-t", "0", "keeper").returncode == 0
     assert sbx("start", "keeper").returncode == 0
     wait_for(lambda: b"kept" in sbx("logs", "keeper").stdout, "the second run finds the file")

@@ -1541,8 +1541,9 @@ static pid_t start_spawner(int *sock)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        /* (dup2 onto itself keeps close-on-exec: the flag is cleared by hand) */
         if (dup2(pair[1], 3) < 0 || dup2(spawner_bin, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0 ||
-            (program_userns >= 0 && dup2(program_userns, 5) < 0))
+            (program_userns >= 0 && (dup2(program_userns, 5) < 0 || fcntl(5, F_SETFD, 0) < 0)))
             _exit(127);
         syscall(SYS_close_range, program_userns >= 0 ? 6U : 5U, ~0U, 0U);
         if (!range_map) { /* the spawner keeps no capability across execve here, so drop them from the bounding set */
@@ -1727,6 +1728,11 @@ static void joined_init(void) __attribute__((noreturn));
 static void joined_init(void)
 {
     prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+    /* before the new pid namespace (its first child would be its pid 1), and while this process and so the helper
+     * it forks are dumpable (else their /proc is not this process's to write) */
+    for (int i = 0; i < nsteps; i++)
+        if (steps[i].kind == NESTED_ROOT)
+            program_userns = nested_root(&steps[i]);
     fix_loginuid();
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
     check(unshare(CLONE_NEWPID) < 0 ? fail_errno("unshare") : 0);
@@ -1862,10 +1868,11 @@ int main(int argc, char **argv)
     if (fd >= 0)
         close(fd);
     struct tokens t = {plan, plan + n};
-    if (!join) { /* (a joining starter's plan is one word, "join": it builds nothing) */
-        parse_plan(&t);
+    if (join) /* a joining starter's plan is "join", then at most the program's own user namespace: it builds nothing */
+        token(&t);
+    parse_plan(&t);
+    if (!join)
         find_writable();
-    }
     if (spawner_bin < 0)
         check(fail_errno("the spawner"));
     if (cgroup) {

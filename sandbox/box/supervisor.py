@@ -105,7 +105,10 @@ class Box:
                 os.close(fd)
         self._sock = protocol.AsyncSocket(parent)
         try:
-            tokens = plan.tokens(plan.make(self.layout, self.ids)) if not self._join else ["join"]
+            # joining a running box builds nothing, but a program that is root of the box needs its own namespace
+            tokens = plan.tokens(plan.make(self.layout, self.ids)) if not self._join else \
+                ["join", *plan.tokens((plan.NestedRoot(self.ids.program_uid, self.ids.program_gid),) if self.ids.root
+                                      else ())]
             await protocol.asend_tokens(self._sock, tokens, [])
             if self.ids.mode == "range" and not self._join and not self._network:
                 await self._map_ids(unshared_r, mapped_w)
@@ -256,7 +259,11 @@ class Box:
                 fds = [*fds, self._run_cgroup.procs_fd, self._run_cgroup.cpu_stat_fd]
             async with self._send_lock:
                 self._run_started = time.monotonic()
-                await protocol.asend_tokens(self._spawner, req.tokens(cgroup), fds)  # type: ignore[arg-type]
+                try:
+                    await protocol.asend_tokens(self._spawner, req.tokens(cgroup), fds)  # type: ignore[arg-type]
+                except (BrokenPipeError, ConnectionResetError):
+                    self.broken = True
+                    raise SetupError("the box's spawner is gone (it could not start, or it died)") from None
         except BaseException:
             if claimed:  # a refused request must not release the run that holds the box, or its cgroup
                 self._busy = False

@@ -103,12 +103,11 @@ def exec_config(name: str) -> dict[str, Any]:
     from ..cli.run import configure
 
     saved = state.read_json(state.path_of(name), "run.json")
-    if saved["args"].get("user") in ("0", "root"):
-        raise ConfigError(f"box {name}: exec into a box whose program is root of the box is not supported yet")
     os.chdir(saved["cwd"])
     args = argparse.Namespace(**saved["args"])
     _, config, spec = configure(args)
     limits = config["limits"]
-    return {"policy": config["policy"], "idmap": config["idmap"], "env": dict(spec.env), "cwd": spec.cwd,
+    return {"policy": config["policy"], "idmap": config["idmap"], "user": "0" if spec.ids.root else None, "env": dict(spec.env),
+            "cwd": spec.cwd,
             "secrets": config.get("secrets", {}), "net": "none" if config["net"] == "none" else "loopback",
             "limits": limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)}
