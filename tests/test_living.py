@@ -7,7 +7,9 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,26 @@ TICKS = "trap 'echo got TERM; exit 3' TERM; echo hello; i=0; while :; do i=$((i+
 
 
 @pytest.fixture(autouse=True)
-def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The boxes' state in a runtime dir of the test's own (and the image store, for image boxes)."""
+def runtime(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """The boxes' state in a runtime dir of the test's own (and the image store, for image boxes); whatever a
+    test leaves running, failed or not, is stopped and removed after it."""
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     (tmp_path / "run").mkdir(mode=0o700)
-    return tmp_path / "run" / "sbx" / "boxes"
+    boxes = tmp_path / "run" / "sbx" / "boxes"
+    yield boxes
+    for name in os.listdir(boxes) if boxes.exists() else []:
+        sbx("rm", "-f", name)
+    networks = tmp_path / "run" / "sbx" / "networks"
+    for name in os.listdir(networks) if networks.exists() else []:
+        sbx("network", "rm", name)
+
+
+def tar_text(path: Path, name: str) -> bytes:
+    with tarfile.open(path) as tar:
+        member = tar.extractfile(name)
+        assert member is not None
+        return member.read()
 
 
 def wait_for(check, what: str, timeout: float = 20) -> None:  # type: ignore[no-untyped-def]
@@ -99,7 +115,17 @@ def test_an_image_box_keeps_its_files_across_stop_and_start(tmp_path: Path, runt
     assert sbx("stop", "-t", "0", "keeper").returncode == 0
     assert sbx("start", "keeper").returncode == 0
     wait_for(lambda: b"kept" in sbx("logs", "keeper").stdout, "the second run finds the file")
-    assert sbx("rm", "-f", "keeper").returncode == 0 and not (runtime / "keeper").exists()
+    refused = sbx("export", "keeper", "-o", str(tmp_path / "x.tar"))
+    assert refused.stderr == b"sbx: box keeper: it is running (sbx stop keeper first)\n"
+    assert sbx("stop", "-t", "0", "keeper").returncode == 0
+    out = tmp_path / "keeper.tar"
+    exported = sbx("export", "keeper", "-o", str(out))
+    assert exported.returncode == 0, exported.stderr
+    with tarfile.open(out) as tar:  # the image's files and the box's, as one tree, with the box's owners
+        names = {m.name: m for m in tar}
+    assert names["etc/kept"].uid == 0 and names["etc/by-exec"].uid == 0 and "etc/motd" in names
+    assert tar_text(out, "etc/kept") == b"kept\n" and names["bin/busybox"].isfile()
+    assert sbx("rm", "keeper").returncode == 0 and not (runtime / "keeper").exists()
 
 
 @pytest.mark.parametrize(("args", "said"), [

@@ -45,6 +45,18 @@ def build_start(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_start)
 
 
+def build_export(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("name", metavar="NAME")
+    parser.add_argument("-o", "--output", required=True, metavar="FILE")
+    parser.set_defaults(func=_export)
+
+
+def _export(args: argparse.Namespace) -> int:
+    from ..living.export import export
+    export(args.name, args.output)
+    return 0
+
+
 def build_rm(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("names", nargs="+", metavar="NAME")
     parser.add_argument("-f", "--force", action="store_true", help="stop a running box first (no grace)")

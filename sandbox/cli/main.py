@@ -43,6 +43,7 @@ _COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("stop detached boxes: SIGTERM, then SIGKILL", "boxes", "build_stop"),
     "start": ("start stopped boxes again", "boxes", "build_start"),
     "rm": ("remove boxes that ended", "boxes", "build_rm"),
+    "export": ("a stopped image box's files as one tar, as docker export", "boxes", "build_export"),
     "build": ("build an image from a Containerfile", "build", "build"),
     "check": ("what this machine supports and what sbx will use", "main", "_build_check"),
 }

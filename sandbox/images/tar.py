@@ -34,8 +34,11 @@ MAX_DEPTH = 512
 """Directories deeper than this are refused: the walk keeps one fd open per level."""
 
 
-def tar_layer(root: str, out: str, where: str) -> None:
-    """Write the layer dir `root` as a tar to `out`, walking it through fds only, never through a link."""
+def tar_layer(root: str, out: str, where: str, merged: bool = False) -> None:
+    """Write the layer dir `root` as a tar to `out`, walking it through fds only, never through a link.
+
+    `merged`: `root` is a union's merged view (a box's export), read through the FUSE union: owners and modes are
+    what it shows, and there are no whiteouts in it."""
     with tarfile.open(out, "w", format=tarfile.PAX_FORMAT) as tar:
         links: dict[tuple[int, int], str] = {}
         stack: list[tuple[int, str, Iterator[str]]] = []
@@ -48,7 +51,7 @@ def tar_layer(root: str, out: str, where: str) -> None:
                 if name is None:
                     os.close(stack.pop()[0])
                     continue
-                child = _add_entry(tar, parent, name, f"{rel}{name}", links)
+                child = _add_entry(tar, parent, name, f"{rel}{name}", links, merged)
                 if child is not None:
                     if len(stack) >= MAX_DEPTH:
                         os.close(child)
@@ -60,12 +63,14 @@ def tar_layer(root: str, out: str, where: str) -> None:
 
 
 def _add_entry(tar: tarfile.TarFile, parent: int, name: str, arcname: str,
-               links: dict[tuple[int, int], str]) -> int | None:
+               links: dict[tuple[int, int], str], merged: bool = False) -> int | None:
     """Add one entry of the dir `parent`; returns an fd of it if it is a directory, to walk next."""
     st = os.stat(name, dir_fd=parent, follow_symlinks=False)
     info = tarfile.TarInfo(arcname)
     info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+    if merged:
+        info.uid, info.gid = st.st_uid, st.st_gid
+    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0 and not merged:
         head, base = os.path.split(arcname)
         add_bytes(tar, os.path.join(head, WHITEOUT_PREFIX + base), b"")
         return None
@@ -86,13 +91,13 @@ def _add_entry(tar: tarfile.TarFile, parent: int, name: str, arcname: str,
         if fdpath.identity(fd) != (st.st_dev, st.st_ino):
             raise ConfigError(f"{arcname}: changed while it was read")
         info.type = kind
-        owner = _xattr(fd, OWNER_XATTR)
+        owner = None if merged else _xattr(fd, OWNER_XATTR)
         if owner:
             uid, gid, mode, _ = owner.decode().split(":")
             info.uid, info.gid, info.mode = int(uid), int(gid), stat.S_IMODE(int(mode, 8))
         if kind == tarfile.DIRTYPE:
             tar.addfile(info)
-            if _xattr(fd, OPAQUE_XATTR) == b"y":
+            if not merged and _xattr(fd, OPAQUE_XATTR) == b"y":
                 add_bytes(tar, f"{arcname}/{OPAQUE}", b"")
             fd, kept = -1, fd
             return kept

@@ -107,7 +107,7 @@ def exec_config(name: str) -> dict[str, Any]:
     args = argparse.Namespace(**saved["args"])
     _, config, spec = configure(args)
     limits = config["limits"]
-    return {"policy": config["policy"], "idmap": config["idmap"], "user": "0" if spec.ids.root else None, "env": dict(spec.env),
-            "cwd": spec.cwd,
+    return {"policy": config["policy"], "idmap": config["idmap"], "user": "0" if spec.ids.root else None,
+            "env": dict(spec.env), "cwd": spec.cwd,
             "secrets": config.get("secrets", {}), "net": "none" if config["net"] == "none" else "loopback",
             "limits": limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)}
