@@ -1762,29 +1762,31 @@ static void joined_init(void)
     }
 }
 
-/* enter the namespaces of the running box whose outer process is `target` (the caller's own: it owns the box's user
- * namespace), as nsenter does, then fork the joined init into its pid namespace */
-static void join_box(pid_t target)
+/* enter the first `n` of these namespaces of the process `pid`, the user namespace first (it gives the rights over
+ * the others); each is opened before any is entered, while this process still sees the host's /proc */
+static const char *const NS_NAMES[] = {"user", "net", "mnt", "ipc", "uts", "cgroup", "pid_for_children"};
+static const int NS_TYPES[] = {CLONE_NEWUSER, CLONE_NEWNET, CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWUTS, CLONE_NEWCGROUP,
+                               CLONE_NEWPID};
+
+static void enter(pid_t pid, int n, const char *what)
 {
-    static const char *const names[] = {"user", "mnt", "net", "ipc", "uts", "cgroup", "pid_for_children"};
-    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNS, CLONE_NEWNET, CLONE_NEWIPC, CLONE_NEWUTS,
-                                CLONE_NEWCGROUP, CLONE_NEWPID};
     int fds[7];
-    for (int i = 0; i < 7; i++) {
+    for (int i = 0; i < n; i++) {
         char path[64];
-        snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)target, names[i]);
+        snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)pid, NS_NAMES[i]);
         fds[i] = open(path, O_RDONLY | O_CLOEXEC);
-        check(fds[i] < 0 ? fail_errno("the box to join") : 0);
+        check(fds[i] < 0 ? fail_errno(what) : 0);
     }
-    for (int i = 0; i < 7; i++) {
-        check(setns(fds[i], types[i]) < 0 ? fail_errno(names[i]) : 0);
+    for (int i = 0; i < n; i++) {
+        check(setns(fds[i], NS_TYPES[i]) < 0 ? fail_errno(NS_NAMES[i]) : 0);
         close(fds[i]);
     }
-    check(chdir("/") < 0 ? fail_errno("/") : 0);
-    pid_t pid = fork();
-    check(pid < 0 ? fail_errno("cannot fork into the box") : 0);
-    if (pid == 0)
-        joined_init();
+}
+
+/* the outer process's end: it waits for its child (box init, or a joined init) and ends as it did */
+static void wait_and_exit(pid_t pid) __attribute__((noreturn));
+static void wait_and_exit(pid_t pid)
+{
     close(ctl);
     int status;
     while (waitpid(pid, &status, 0) < 0)
@@ -1793,23 +1795,17 @@ static void join_box(pid_t target)
     _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
 }
 
-/* the user and network namespaces of the network whose holder is `holder` (sbx network create): boxes on one
- * network share its loopback, as the containers of a pod do, and reach each other by name (its hosts file) */
-static void enter_network(pid_t holder)
+/* enter every namespace of the running box whose outer process is `target` (the caller's own: it owns the box's
+ * user namespace), as nsenter does, then fork the joined init into its pid namespace */
+static void join_box(pid_t target)
 {
-    static const char *const names[] = {"user", "net"};
-    static const int types[] = {CLONE_NEWUSER, CLONE_NEWNET};
-    int fds[2];
-    for (int i = 0; i < 2; i++) {
-        char path[64];
-        snprintf(path, sizeof path, "/proc/%d/ns/%s", (int)holder, names[i]);
-        fds[i] = open(path, O_RDONLY | O_CLOEXEC);
-        check(fds[i] < 0 ? fail_errno("the network") : 0);
-    }
-    for (int i = 0; i < 2; i++) {
-        check(setns(fds[i], types[i]) < 0 ? fail_errno(names[i]) : 0);
-        close(fds[i]);
-    }
+    enter(target, 7, "the box to join");
+    check(chdir("/") < 0 ? fail_errno("/") : 0);
+    pid_t pid = fork();
+    check(pid < 0 ? fail_errno("cannot fork into the box") : 0);
+    if (pid == 0)
+        joined_init();
+    wait_and_exit(pid);
 }
 
 /* -- outer -------------------------------------------------------------------------------------------------- */
@@ -1886,7 +1882,7 @@ int main(int argc, char **argv)
     }
     int namespaces = NAMESPACES;
     if (network > 0) { /* its namespaces, mapped already, instead of new ones */
-        enter_network(network);
+        enter(network, 2, "the network"); /* its user and network namespaces: boxes on it share its loopback */
         namespaces &= ~CLONE_NEWNET;
     } else {
         check(unshare(CLONE_NEWUSER) < 0 ? fail_errno("unshare") : 0);
@@ -1899,10 +1895,5 @@ int main(int argc, char **argv)
     check(pid < 0 ? fail_errno("cannot fork box init") : 0);
     if (pid == 0)
         box_init();
-    close(ctl);
-    int status;
-    while (waitpid(pid, &status, 0) < 0)
-        if (errno != EINTR)
-            _exit(1);
-    _exit(WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status));
+    wait_and_exit(pid);
 }
