@@ -98,6 +98,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sys/mount.h>
+
 #include "send_msg.h"
 
 #define MAX_MSG (1 << 20)
@@ -393,12 +395,30 @@ static void reap(int options)
     }
 }
 
+/* A procfs of this spawner's own pid namespace, mounted nowhere (no program sees it): the box's /proc shows the
+ * same processes for a box's own spawner, but not for one `sbx exec` started, whose pid namespace is nested in the
+ * box's (starter.c: joined_init), where the box's /proc would count the box's processes as the run's. */
+static int proc_dir = -1;
+
+static int own_proc(void)
+{
+    int fs = fsopen("proc", FSOPEN_CLOEXEC), mnt = -1;
+    if (fs >= 0 && fsconfig(fs, FSCONFIG_CMD_CREATE, NULL, NULL, 0) == 0)
+        mnt = fsmount(fs, FSMOUNT_CLOEXEC, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
+    if (fs >= 0)
+        close(fs);
+    int dir = mnt >= 0 ? openat(mnt, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
+    if (mnt >= 0)
+        close(mnt);
+    return dir;
+}
+
 /* A small /proc file of a process of the run, or "" if it is gone. */
 static char *proc_file(pid_t pid, const char *name, char *buf, size_t size)
 {
     char path[64];
-    snprintf(path, sizeof path, "/proc/%d/%s", pid, name);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    snprintf(path, sizeof path, "%d/%s", pid, name);
+    int fd = openat(proc_dir, path, O_RDONLY | O_CLOEXEC);
     ssize_t n = fd < 0 ? 0 : read(fd, buf, size - 1);
     if (fd >= 0)
         close(fd);
@@ -427,18 +447,35 @@ static double live_cpu(pid_t pid)
     return own + (double)(f[13] + f[14]) / clock_tick;
 }
 
-/* Every process of the run: each pid in /proc but box init's and the spawner's. */
+static char own_pid_ns[64]; /* this spawner's pid namespace, as /proc names it */
+
+/* Whether `pid` is in this spawner's own pid namespace: a box's /proc also shows the processes `sbx exec` runs, in
+ * a pid namespace nested in the box's, which are no part of this spawner's run (they have limits of their own). */
+static int ours(pid_t pid)
+{
+    char path[32], link[64];
+    snprintf(path, sizeof path, "%d/ns/pid", pid);
+    ssize_t n = readlinkat(proc_dir, path, link, sizeof link - 1);
+    if (n <= 0)
+        return 0;
+    link[n] = 0;
+    return !strcmp(link, own_pid_ns);
+}
+
+/* Every process of the run: each pid in /proc but box init's and the spawner's, in this spawner's namespace. */
 static double for_each_process(double (*f)(pid_t))
 {
     double sum = 0;
-    DIR *d = opendir("/proc");
+    int dir = fcntl(proc_dir, F_DUPFD_CLOEXEC, 3);
+    DIR *d = dir < 0 ? NULL : fdopendir(dir);
     if (!d)
         return sum;
+    rewinddir(d); /* (the copy shares its offset with proc_dir: the last walk left it at the end) */
     pid_t self = getpid();
     struct dirent *e;
     while ((e = readdir(d))) {
         pid_t pid = atoi(e->d_name);
-        if (pid > 1 && pid != self)
+        if (pid > 1 && pid != self && ours(pid))
             sum += f(pid);
     }
     closedir(d);
@@ -924,6 +961,11 @@ int main(int argc, char **argv)
         return 125;
     clock_tick = sysconf(_SC_CLK_TCK);
     page_size = sysconf(_SC_PAGESIZE);
+    proc_dir = own_proc();
+    ssize_t ns_len = proc_dir < 0 ? -1 : readlinkat(proc_dir, "self/ns/pid", own_pid_ns, sizeof own_pid_ns - 1);
+    if (ns_len <= 0)
+        return 125;
+    own_pid_ns[ns_len] = 0;
     FILE *f = fopen("/proc/sys/kernel/cap_last_cap", "re");
     if (f) {
         if (fscanf(f, "%d", &last_cap) != 1)
