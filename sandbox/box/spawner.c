@@ -397,7 +397,8 @@ static void reap(int options)
 
 /* A procfs of this spawner's own pid namespace, mounted nowhere (no program sees it): the box's /proc shows the
  * same processes for a box's own spawner, but not for one `sbx exec` started, whose pid namespace is nested in the
- * box's (starter.c: joined_init), where the box's /proc would count the box's processes as the run's. */
+ * box's (starter.c: joined_init), where the box's /proc would count the box's processes as the run's.  Either way
+ * only the processes of this spawner's own pid namespace are counted (`ours`). */
 static int proc_dir = -1;
 
 static int own_proc(void)
@@ -410,7 +411,8 @@ static int own_proc(void)
     int dir = mnt >= 0 ? openat(mnt, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC) : -1;
     if (mnt >= 0)
         close(mnt);
-    return dir;
+    /* without the capability to mount one (the single mapping's spawner has none), the box's own */
+    return dir >= 0 ? dir : open("/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 }
 
 /* A small /proc file of a process of the run, or "" if it is gone. */
