@@ -4,6 +4,7 @@ that the suite tests what users install."""
 from __future__ import annotations
 
 import inspect
+import subprocess
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -30,6 +31,16 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
     """Every async test runs on anyio's plugin (marked before that plugin looks at it)."""
     if collector.funcnamefilter(name) and inspect.iscoroutinefunction(obj):
         pytest.mark.anyio(obj)
+
+
+@pytest.fixture(scope="session")
+def debian_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Debian 12's minbase with redis-server, built once per run without root from Debian's mirror (mmdebstrap): the
+    real image the image and living-box tests run."""
+    rootfs = tmp_path_factory.mktemp("debian") / "debian.tar"
+    subprocess.run(["mmdebstrap", "--quiet", "--mode=unshare", "--variant=minbase", "--include=redis-server",
+                    "bookworm", str(rootfs)], check=True, timeout=900, stdout=subprocess.DEVNULL)
+    return rootfs
 
 
 @pytest.fixture

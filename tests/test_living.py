@@ -59,7 +59,14 @@ def test_a_detached_box_runs_logs_stops_starts_and_is_removed(runtime: Path) -> 
     assert (r.returncode, r.stdout) == (0, b"ticker\n"), r.stderr
     assert ps()["ticker"]["state"] == "running" and ps()["ticker"]["command"] == ["sh", "-c", TICKS]
     wait_for(lambda: b"tick 2" in sbx("logs", "ticker").stdout, "the log grows as the program prints")
-    assert sbx("logs", "ticker").stdout.startswith(b"hello\ntick 1\n")
+    before = sbx("logs", "ticker").stdout
+    assert before.startswith(b"hello\ntick 1\n")
+    cut = time.time()
+    wait_for(lambda: b"tick 6" in sbx("logs", "ticker").stdout, "more comes")
+    later = sbx("logs", "--since", str(cut), "ticker").stdout  # from the first output after the cut on
+    everything = sbx("logs", "--since", "1h", "ticker").stdout
+    assert later and everything.endswith(later) and everything.startswith(before)
+    assert later.split(b"\n")[0] not in before.split(b"\n"), (before, later)
     follow = subprocess.Popen([sys.executable, "-m", "sandbox", "logs", "-f", "ticker"], stdout=subprocess.PIPE)
     stopped = sbx("stop", "-t", "5", "ticker")
     assert (stopped.returncode, stopped.stdout) == (0, b"ticker\n"), stopped.stderr
@@ -128,11 +135,32 @@ def test_an_image_box_keeps_its_files_across_stop_and_start(tmp_path: Path, runt
     assert sbx("rm", "keeper").returncode == 0 and not (runtime / "keeper").exists()
 
 
+def test_an_export_killed_midway_leaves_no_mount(tmp_path: Path) -> None:
+    assert sbx("image", "import", str(busybox_rootfs(tmp_path / "root")), "--name", "bb").returncode == 0
+    assert sbx("run", "-d", "--name", "big", "--image", "bb", "--user", "0", "--", "sh", "-c",
+               "dd if=/dev/urandom of=/big bs=1M count=200").returncode == 0
+    wait_for(lambda: ps("-a")["big"]["state"] == "exited", "the box writes its file", 60)
+    assert ps("-a")["big"]["exit_status"] == 0
+
+    def mounted() -> bool:
+        return str(tmp_path) in Path("/proc/self/mountinfo").read_text()
+
+    export = subprocess.Popen([sys.executable, "-m", "sandbox", "export", "big", "-o", str(tmp_path / "big.tar")])
+    wait_for(lambda: mounted() or export.poll() is not None, "the export mounts the box's files")
+    export.kill()
+    export.wait()
+    wait_for(lambda: not mounted(), "the mount goes with the export that was killed")
+    again = sbx("export", "big", "-o", str(tmp_path / "big.tar"), timeout=120)
+    assert again.returncode == 0 and (tmp_path / "big.tar").stat().st_size > 200 * 2**20, again.stderr
+    assert not mounted() and not list((tmp_path / "data").rglob("export-*"))  # the killed one's dir went too
+
+
 @pytest.mark.parametrize(("args", "said"), [
     (["run", "-d", "--copy-in", "a:b", "--", "true"], "sbx: run -d: --copy-in is for a run that sbx waits for"),
     (["run", "-d", "--name", "../x", "--", "true"], "sbx: box name '../x': letters, digits"),
     (["run", "-d", "--name", "bad", "--memory", "lots", "--", "true"], "sbx: --memory: invalid size 'lots'"),
     (["logs", "nothere"], "sbx: box nothere: no such box (sbx ps -a lists them)"),
+    (["logs", "--since", "yesterday", "x"], "sbx: --since 'yesterday': expected a duration (10m, 1h30m)"),
     (["stop", "nothere"], "sbx: box nothere: no such box (sbx ps -a lists them)"),
 ])
 def test_bad_input_is_one_line_and_leaves_no_box(args: list[str], said: str, runtime: Path) -> None:
@@ -189,19 +217,24 @@ def test_attach_prints_what_comes_until_the_box_ends() -> None:
     assert sbx("attach", "talker").stderr == b"sbx: box talker: not running (exited)\n"
 
 
-def test_a_detached_redis_is_reached_by_name_on_its_network_and_keeps_its_data() -> None:
-    """The issue's service: redis-server detached on a network, its data on a volume; a job box on the same network
-    reaches it by name (redis-cli ping, set, get), and after stop and start the data is still there."""
+def test_a_detached_redis_is_reached_by_name_on_its_network_and_keeps_its_data(debian_rootfs: Path) -> None:
+    """The issue's service: Debian's redis-server, detached in a Debian image on a network, its data on a volume; a
+    job box of the same image on the same network reaches it by name (redis-cli ping, set, get), and after stop and
+    start the data is still there."""
+    assert sbx("image", "import", str(debian_rootfs), "--name", "debian:12", timeout=300).returncode == 0
     assert sbx("network", "create", "ci").stdout == b"ci\n"
     server = ["--", "redis-server", "--port", "6379", "--dir", "/data", "--appendonly", "yes", "--save", ""]
-    assert sbx("run", "-d", "--name", "db", "--network", "ci", "-v", "dbdata:/data", *server).returncode == 0
-    cli = ["run", "--network", "ci", "--", "redis-cli", "-h", "db"]
-    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers by name", 30)
+    started = sbx("run", "-d", "--name", "db", "--image", "debian:12", "--network", "ci", "-v", "dbdata:/data",
+                  *server)
+    assert started.returncode == 0, started.stderr
+    cli = ["run", "--image", "debian:12", "--network", "ci", "--", "redis-cli", "-h", "db"]
+    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers by name", 60)
     assert sbx(*cli, "set", "answer", "42").stdout == b"OK\n"
     assert sbx("stop", "db").returncode == 0 and sbx(*cli, "ping").stdout != b"PONG\n"
     assert sbx("start", "db").returncode == 0
-    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers again", 30)
+    wait_for(lambda: sbx(*cli, "ping").stdout == b"PONG\n", "redis answers again", 60)
     assert sbx(*cli, "get", "answer").stdout == b"42\n"
+    assert b"Ready to accept connections" in sbx("logs", "db").stdout
     assert sbx("rm", "-f", "db").returncode == 0 and sbx("network", "rm", "ci").returncode == 0
     assert sbx("volume", "rm", "dbdata").returncode == 0
 

@@ -207,3 +207,15 @@ def test_the_run_protocol_is_the_spawners() -> None:
     end = decode_report({"wait_status": 9, "cpu": 0.5, "wall": 0.7, "maxrss": 10, "limit": None, "syscall": None,
                          "out": [3, 4], "refused": []}, "WLE")
     assert end == RunEnd(9, 0.5, 0.7, 10240, killed="WLE", out=(3, 4))
+
+
+@pytest.mark.parametrize(("text", "seconds_back"), [("10m", 600), ("1h30m", 5400), ("2.5s", 2.5), ("250ms", 0.25),
+                                                    ("1700000000", 1700000000),
+                                                    ("2023-11-14T22:13:20Z", 1700000000)])
+def test_logs_since_takes_what_docker_takes(text: str, seconds_back: float) -> None:
+    from sandbox.living.log import parse_since
+    now = 1800000000.0
+    want = seconds_back if seconds_back > 1e6 else now - seconds_back
+    assert parse_since(text, now) == pytest.approx(want)
+    with pytest.raises(ConfigError, match="--since '10x'"):
+        parse_since("10x", now)

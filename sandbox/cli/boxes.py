@@ -25,6 +25,8 @@ def build_ps(parser: argparse.ArgumentParser) -> None:
 def build_logs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("-f", "--follow", action="store_true", help="keep printing what comes, until the box ends")
+    parser.add_argument("--since", metavar="WHEN", help="only what came from WHEN on: a duration back from now "
+                        "(10m, 1h30m), seconds since the epoch, or a time (2026-12-07T15:04:05Z)")
     parser.set_defaults(func=_logs)
 
 
@@ -182,73 +184,38 @@ def _ps(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace) -> int:
+    from ..living import log
     path = state.path_of(args.name)
+    when = None if args.since is None else log.parse_since(args.since)
     state.status(args.name)  # (a box that does not exist is an error, not an empty log)
     out = sys.stdout.buffer
-    try:
-        with open(os.path.join(path, "log.1"), "rb") as f:
-            out.write(f.read())
-    except FileNotFoundError:
-        pass
-    where = _copy_new(path, (0, 0), out)  # (then -f goes on from exactly there)
+    where = log.copy(path, ("log.1", 0) if when is None else log.since(path, when), out)
     return _follow(path, out, where) if args.follow else 0
 
 
 def _attach(args: argparse.Namespace) -> int:
     """What the box prints from now on, until it ends (Ctrl-C leaves it running).  Its stdin is /dev/null: a
     detached program reads nothing from a terminal."""
+    from ..living import log
     path = state.path_of(args.name)
     box = state.status(args.name)
     if box.state not in ("starting", "running"):
         raise ConfigError(f"box {args.name}: not running ({box.state})")
     try:
-        return _follow(path, sys.stdout.buffer, _log_position(path))
+        return _follow(path, sys.stdout.buffer, log.end(path))
     except KeyboardInterrupt:
         return 0
 
 
 def _follow(path: str, out: BinaryIO, where: tuple[int, int]) -> int:
     """Print what the log gains after `where` until the box's monitor ends."""
+    from ..living import log
     while True:
         alive = state.alive(path)
-        where = _copy_new(path, where, out)
+        where = log.copy_new(path, where, out)
         if not alive:
             return 0
         time.sleep(0.2)
-
-
-def _log_position(path: str) -> tuple[int, int]:
-    """(inode, offset) of the log read so far: its end."""
-    try:
-        st = os.stat(os.path.join(path, "log"))
-        return st.st_ino, st.st_size
-    except FileNotFoundError:
-        return 0, 0
-
-
-def _copy_new(path: str, where: tuple[int, int], out: BinaryIO) -> tuple[int, int]:
-    """What the log gained since `where`; after a rotation, the rest of the old one (log.1) and the new one."""
-    inode, offset = where
-    try:
-        f = open(os.path.join(path, "log"), "rb")
-    except FileNotFoundError:
-        return where
-    with f:
-        st = os.fstat(f.fileno())
-        if st.st_ino != inode and inode:
-            try:
-                with open(os.path.join(path, "log.1"), "rb") as old:
-                    if os.fstat(old.fileno()).st_ino == inode:
-                        old.seek(offset)
-                        out.write(old.read())
-            except FileNotFoundError:
-                pass
-            offset = 0
-        f.seek(offset)
-        data = f.read()
-        out.write(data)
-        out.flush()
-        return st.st_ino, offset + len(data)
 
 
 def _stop(args: argparse.Namespace) -> int:

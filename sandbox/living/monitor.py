@@ -4,7 +4,7 @@ command that started it.
 Started by `sbx run -d` or `sbx start` (detach.py) as `python -m sandbox.living.monitor DIR`, in a session of its
 own, with what to run on stdin and a pipe on stdout to say "started" or why not.  It takes DIR's lock first and
 holds it for its whole life (state.py), builds the box as `sbx run` would (the same options, checked again),
-runs the program with its stdout and stderr into DIR/log (masked as every relay is, rotated at state.LOG_SIZE),
+runs the program with its stdout and stderr into DIR/log (masked as every relay is, rotated: log.py),
 and writes the run's record when it ends.  It is the supervisor: the limits and the accounting are the run's as
 for any other, and when it dies, killed or not, the box dies with it (the starter's parent-death signals) and
 `sbx ps` says so.
@@ -27,7 +27,7 @@ import anyio
 from ..errors import ExecError, SandboxError
 from ..run.relay import Relay, program_pipe
 from ..run.result import Result, Status
-from . import state
+from . import log, state
 from .state import BoxState
 
 STOP_GRACE = 10.0
@@ -128,8 +128,8 @@ async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report:
 
 
 async def _log(read: int, path: str) -> None:
-    """The program's output into DIR/log, which is moved to log.1 (replacing it) once it holds state.LOG_SIZE."""
-    log = os.open(os.path.join(path, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    """The program's output into the box's log (log.py) until its last writer closes."""
+    writer = log.Writer(path)
     try:
         os.set_blocking(read, False)
         while True:
@@ -140,14 +140,9 @@ async def _log(read: int, path: str) -> None:
                 continue
             if not data:
                 return
-            os.write(log, data)
-            if os.fstat(log).st_size >= state.LOG_SIZE:
-                os.rename(os.path.join(path, "log"), os.path.join(path, "log.1"))
-                os.close(log)
-                log = os.open(os.path.join(path, "log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC,
-                              0o600)
+            writer.write(data)
     finally:
-        os.close(log)
+        writer.close()
         os.close(read)
 
 

@@ -5,7 +5,8 @@ Under `$XDG_RUNTIME_DIR/sbx/boxes/NAME/` (else `/tmp/sbx-UID/boxes`), 0700::
     run.json      what `sbx run -d` was given: its arguments and working directory (never a secret's value)
     state.json    starting | running | exited, the monitor's pid, the times, the exit status
     record.json   the run's record (as `sbx run --json` writes it), once it ended
-    log, log.1    the program's stdout and stderr, masked, rotated at LOG_SIZE (at most twice that on disk)
+    log, log.idx  the program's stdout and stderr, masked, and when each part came (log.py); log.1, log.1.idx
+                  before them, once the log was rotated
     lock          flocked by the monitor for its whole life: free while the state says running means it died
     stop          the grace `sbx stop -t` asks for, in seconds
     stats.json    the CPU time and memory so far, sampled by the monitor every 2 s
@@ -28,7 +29,6 @@ from typing import Any
 from ..errors import ConfigError
 from ..record import Record
 
-LOG_SIZE = 8 * 2**20
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
