@@ -147,11 +147,7 @@ class _Box:
         net = self.spec.netstack
         if net is not None:  # the box's way out, before any program runs
             self.netstack = netstack.start(self.pid, net)
-            deadline = time.monotonic() + netstack.READY_TIMEOUT
-            while not self.netstack.ready():
-                if time.monotonic() > deadline:
-                    raise SetupError(f"{net.stack}: the box's network was not up after {netstack.READY_TIMEOUT:.0f} s")
-                time.sleep(0.002)
+            netstack.wait_ready(self.netstack, f"{net.stack}: the box's network")
 
     def run(self, argv: list[str], stdin: int, stdout: Relay, stderr: Relay, signals: _Signals) -> Result:
         assert self.spawner is not None

@@ -122,7 +122,8 @@ class Spec:
         which sees the image's own /tmp and dirs, with no home or /tmp of sbx's over them.  `join`: the outer
         process of a running box to run in instead of making one (sbx exec): its mounts are the box's, and what
         here describes a box's filesystem is not used.  `network`: a network made by `sbx network create`, whose
-        loopback the box shares and whose hosts file is its /etc/hosts (living/network.py)."""
+        loopback (and way out, if it has one) the box shares and whose hosts file is its /etc/hosts
+        (living/network.py)."""
         self.network_holder = 0
         if net.startswith("box:"):  # a running detached box's network namespace, as the containers of a pod
             from .living import state
@@ -138,14 +139,16 @@ class Spec:
             if net in netstack.STACKS else None
         if network is not None:
             if net != "loopback" or self.network_holder:
-                raise ConfigError("--network: the network's loopback is the box's network; --net is for a box alone")
+                raise ConfigError("--network: the network's loopback is the box's network; --net is for a box alone "
+                                  "(sbx network create --net pasta makes a network with a way out)")
             from .living.network import get
             joined = get(network)
             if joined.idmap != detect(idmap).mode:
                 raise ConfigError(f"--network {network}: its ids are mapped {joined.idmap}, and this box's would be "
                                   f"{detect(idmap).mode}")
             self.network_holder = joined.holder
-            binds = [*binds, Bind(os.path.join(joined.path, "hosts"), "/etc/hosts", False)]
+            binds = [*binds, *(Bind(os.path.join(joined.path, name), f"/etc/{name}", False)
+                               for name in ("hosts", *(("resolv.conf",) if joined.way_out else ())))]
         self.limits = limits or Limits()
         self.image: Image | None = None
         if image is not None:

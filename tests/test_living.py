@@ -16,6 +16,7 @@ import pytest
 
 from helpers import host_processes_matching, sbx
 from image_helpers import busybox_rootfs
+from test_network import PROBE, _stacks, host_server  # noqa: F401 - host_server is a fixture
 
 TICKS = "trap 'echo got TERM; exit 3' TERM; echo hello; i=0; while :; do i=$((i+1)); echo tick $i; sleep 0.2; done"
 
@@ -257,6 +258,32 @@ def test_a_network_reaches_nothing_of_the_host() -> None:
     finally:
         listener.close()
         sbx("network", "rm", "closed")
+
+
+@pytest.mark.parametrize("stack", ["pasta", "slirp4netns"])
+def test_a_network_with_a_way_out_shares_it_and_its_stack_goes_with_it(host_server: int, stack: str) -> None:
+    before = _stacks()
+    assert sbx("network", "create", "--net", stack, "--host-loopback", "out").stdout == b"out\n"
+    assert sbx("network", "ls").stdout.split() == [b"out", b"up", stack.encode()]
+    assert sbx("run", "-d", "--name", "cache", "--network", "out", "--", "redis-server", "--save", "").returncode == 0
+    probe = sbx("run", "--network", "out", "--", "sh", "-c", "cat /etc/resolv.conf; python3 -c \"$0\" "
+                f"host.containers.internal - {host_server}; redis-cli -h cache ping", PROBE)
+    lines = probe.stdout.decode().splitlines()
+    assert lines[0].startswith("nameserver ") and lines[1:] == ["from the host", "PONG"], probe
+    assert _stacks() != before  # one stack for the network, and none of the boxes' own
+    keeper = json.loads((Path(os.environ["XDG_RUNTIME_DIR"]) / "sbx/networks/out/state.json").read_text())["keeper"]
+    os.kill(keeper, signal.SIGKILL)  # the network's keeper killed: its holder and its stack go with it
+    wait_for(lambda: _stacks() == before, "the stack goes with the keeper")
+    assert sbx("network", "ls").stdout.split() == [b"out", b"gone"]
+    assert sbx("network", "rm", "out").returncode == 0 and sbx("network", "ls").stdout == b""
+
+
+def test_a_way_out_is_asked_for_with_its_options_in_one_line() -> None:
+    r = sbx("network", "create", "--host-loopback", "x")
+    assert (r.returncode, r.stderr) == (125, b"sbx: --host-loopback needs --net pasta or slirp4netns\n")
+    r = sbx("network", "create", "--net", "wifi", "x")
+    assert (r.returncode, r.stderr) == (125, b"sbx: --net: unknown way out 'wifi' (expected pasta or slirp4netns)\n")
+    assert sbx("network", "ls").stdout == b""
 
 
 def test_a_box_joins_another_boxs_network_as_a_pod() -> None:

@@ -103,6 +103,17 @@ def start(target: int, net: Network) -> Stack:
     return Pasta.spawn(target, net)
 
 
+def wait_ready(stack: Stack, what: str) -> None:
+    """Wait (blocking) until `stack` is ready: a SetupError if it ends, or is not ready in READY_TIMEOUT."""
+    import time
+
+    deadline = time.monotonic() + READY_TIMEOUT
+    while not stack.ready():
+        if time.monotonic() > deadline:
+            raise SetupError(f"{what} was not up after {READY_TIMEOUT:.0f} s")
+        time.sleep(0.002)
+
+
 def spawn(tool: str, args: list[str], work: str, keep: tuple[int, ...] = ()) -> int:
     """`tool ARGS` through `setpriv --pdeathsig KILL`, its output to `work`/log, SIGPIPE back to its default (a
     Python process ignores it, and pasta refuses to start so), the fds `keep` inherited at their numbers."""

@@ -14,6 +14,12 @@ def build(network: argparse.ArgumentParser) -> None:
     create.add_argument("name", metavar="NAME")
     create.add_argument("--idmap", default="auto", metavar="auto|range|single",
                         help="the id mapping of the network's boxes (they share its user namespace)")
+    create.add_argument("--net", metavar="pasta|slirp4netns",
+                        help="a way out for the network's boxes, through this user-mode stack (default: none)")
+    create.add_argument("--host-loopback", action="store_true",
+                        help="with --net: the boxes reach the host's 127.0.0.1 as host.containers.internal")
+    create.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOSTPORT:BOXPORT[/PROTO]",
+                        help="with --net: a port of the network's boxes on the host (on 127.0.0.1 unless IP)")
     create.set_defaults(func=_create)
     ls = nsub.add_parser("ls", help="the networks")
     ls.set_defaults(func=_ls)
@@ -24,15 +30,18 @@ def build(network: argparse.ArgumentParser) -> None:
 
 def _create(args: argparse.Namespace) -> int:
     from ..living.network import create
-    print(create(args.name, args.idmap).name)
+    print(create(args.name, args.idmap, args.net, args.host_loopback, tuple(args.publish)).name)
     return 0
 
 
 def _ls(args: argparse.Namespace) -> int:
-    from ..living import network, state
+    from ..errors import ConfigError
+    from ..living import network
     for name in network.names():
-        path = f"{network.root()}/{name}"
-        print(f"{name:24} {'up' if state.alive(path) else 'gone'}")
+        try:
+            print(f"{name:24} up    {network.get(name).way_out or 'closed'}")
+        except ConfigError:
+            print(f"{name:24} gone")
     return 0
 
 
