@@ -314,4 +314,17 @@ def test_exec_it_gives_the_program_a_terminal_of_its_own() -> None:
     out = r.stdout.replace(b"\r\n", b"\n")
     assert r.returncode == 5 and b"on-a-terminal\n" in out and b"got typed\n" in out, (r.stdout, r.stderr)
     assert os.environ["HOME"].encode() not in out and b"***" in out  # the secret, masked on the terminal too
+    # the terminal controls the program's session: ^C interrupts what runs in its foreground
+    interrupted = subprocess.Popen([sys.executable, "-m", "sandbox", "exec", "-it", "term", "sh", "-c",
+                                    "python3 -c 'import os, time; print(os.tcgetpgrp(0) == os.getpgrp(), flush=True); "
+                                    "print(\"ready\", flush=True); time.sleep(60)'; echo not-interrupted"],
+                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert interrupted.stdin is not None and interrupted.stdout is not None
+    said = b""
+    while b"ready" not in said and interrupted.poll() is None:
+        said += interrupted.stdout.read1()
+    interrupted.stdin.write(b"\x03")
+    interrupted.stdin.flush()
+    rest, _ = interrupted.communicate(timeout=30)
+    assert said.startswith(b"True") and interrupted.returncode == 130 and b"not-interrupted" not in rest, (said, rest)
     sbx("rm", "-f", "term")

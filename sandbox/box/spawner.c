@@ -245,6 +245,11 @@ static void exec_program(struct run *r, int err_pipe, int go)
     for (int i = 0; i < r->nprogram; i++)
         if (dup2(fds[i], i) < 0)
             child_fail(err_pipe, "setup", errno);
+    /* A terminal as stdin that no session controls (sbx exec -t's new pseudo-terminal) becomes the controlling
+     * terminal of the program's new session, for job control and ^C; one some session controls (sbx's own, when
+     * sbx runs on it) is refused by the kernel without force, which nothing here can use, and stays as it is. */
+    if (isatty(0))
+        ioctl(0, TIOCSCTTY, 0);
     if (chdir(r->cwd) < 0)
         child_fail(err_pipe, "cwd", errno);
     for (int i = 0; i < r->nrlimits; i++) {

@@ -69,8 +69,9 @@ def build_exec(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-e", "--env", action="append", default=[], metavar="K=V", help="more environment")
     parser.add_argument("-w", "--workdir", metavar="DIR", help="the working directory (default: the box's)")
     parser.add_argument("-t", "--tty", action="store_true",
-                        help="give the program a terminal of its own (a new pseudo-terminal, relayed: never sbx's "
-                             "own; no job control), sbx's terminal in raw mode meanwhile")
+                        help="give the program a terminal of its own (a new pseudo-terminal, relayed, never sbx's "
+                             "own, that is its controlling terminal: ^C and job control work), sbx's terminal in raw "
+                             "mode meanwhile")
     parser.add_argument("-i", "--interactive", action="store_true", help="with -t: relay sbx's stdin to it")
     parser.add_argument("name", metavar="NAME")
     parser.add_argument("program", nargs=argparse.REMAINDER, metavar="PROG [ARG...]")
