@@ -12,7 +12,7 @@ import os
 import stat
 import tempfile
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import anyio
@@ -257,6 +257,7 @@ class Sandbox(Spec):
         stdout: int | Relay | None = None,
         stderr: int | Relay | None = None,
         policy: str | None | Inherit = INHERIT,
+        started: Callable[[], None] | None = None,
     ) -> Result:
         """Run one program to completion.
 
@@ -267,12 +268,13 @@ class Sandbox(Spec):
         that stream is not counted against the output limit).  When both are
         captured the spawner collects them, with no reader task here.
         `policy`: a seccomp policy name or file for this run, None for none;
-        by default the sandbox's.
+        by default the sandbox's.  `started`: called once the program runs (its
+        execve succeeded), before its end: a detached box's monitor says so then.
         """
         with single_error():
             async with anyio.create_task_group() as tasks:
                 pending = await self._start(tasks, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
-                                            stdout=stdout, stderr=stderr, policy=policy)
+                                            stdout=stdout, stderr=stderr, policy=policy, started=started)
                 reply = await pending.reply()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
@@ -290,6 +292,7 @@ class Sandbox(Spec):
         policy: str | None | Inherit = INHERIT,
         more_fds: Mapping[int, bytes | int] | None = None,
         tty: bool = False,
+        started: Callable[[], None] | None = None,
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end.
 
@@ -326,13 +329,13 @@ class Sandbox(Spec):
                     fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
                 fds.append(await input_fd(more_fds.get(fd)))
-            req = prepared.request(box.ids, cgroup, captured is not None, len(fds))
+            req = prepared.request(box.ids, cgroup, captured is not None, len(fds), started is not None)
             if prepared.filter_fd is not None:
                 fds.append(os.dup(prepared.filter_fd))
         except BaseException:
             _close_all(fds)
             raise
-        await box.start_run(req, fds, limits)
+        await box.start_run(req, fds, limits, started)
         return _Pending(box, req, limits, out, prepared.policy, cgroup, captured, self.mask())
 
 

@@ -178,12 +178,23 @@ def test_a_corrupt_state_file_is_one_line(runtime: Path) -> None:
     assert r.returncode == 125 and r.stderr.decode().startswith("sbx: box c: its state.json cannot be read")
 
 
-def test_a_program_that_cannot_be_executed_ends_its_box_with_the_reason() -> None:
-    """The box starts, so `run -d` prints the name; the exec fails in it, and ps says why."""
-    assert sbx("run", "-d", "--name", "nope", "--", "/no/such/program").stdout == b"nope\n"
-    wait_for(lambda: ps("-a")["nope"]["state"] == "exited", "it ends")
-    box = ps("-a")["nope"]
-    assert box["exit_status"] == 127 and "/no/such/program" in box["message"], box
+def test_a_program_that_cannot_be_executed_is_refused_by_run_d_and_by_start(tmp_path: Path, runtime: Path) -> None:
+    """The box starts and its program cannot: `run -d` says so as `sbx run` does (127), and frees the name."""
+    r = sbx("run", "-d", "--name", "nope", "--", "/no/such/program")
+    assert (r.returncode, r.stdout, r.stderr) == (127, b"", b"sbx: /no/such/program: No such file or directory\n")
+    assert ps("-a") == {} and os.listdir(runtime) == []
+    prog = tmp_path / "bin" / "prog"
+    prog.parent.mkdir()
+    prog.write_text("#!/bin/sh\nexec sleep 600\n")
+    prog.chmod(0o755)
+    assert sbx("run", "-d", "--name", "later", "--ro-bind", f"{prog.parent}:/opt/bin", "--",
+               "/opt/bin/prog").stdout == b"later\n"
+    assert sbx("stop", "-t", "0", "later").returncode == 0
+    prog.unlink()  # its program gone: `start` says why too, and the box stays, exited, with the reason
+    again = sbx("start", "later")
+    assert (again.returncode, again.stderr) == (127, b"sbx: /opt/bin/prog: No such file or directory\n")
+    box = ps("-a")["later"]
+    assert (box["state"], box["exit_status"]) == ("exited", 127) and "/opt/bin/prog" in box["message"], box
 
 
 def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_processes() -> None:

@@ -201,7 +201,7 @@ def test_the_run_protocol_is_the_spawners() -> None:
                          wall_time=None, memory=None, output=1024, cpu_set=frozenset({1, 0}), trace=False,
                          seccomp=Seccomp.COUNTED, capture=True, fds=4)
     tokens = request.tokens(cgroup=True)
-    assert tokens[:HEAD_TOKENS] == ["run", "2", "1", "0", "1.5", "0", "0", "1", "1024", "1", "2", "1", "/w", "0,1", "4"]
+    assert tokens[:HEAD_TOKENS] == ["run", "2", "1", "0", "1.5", "0", "0", "1", "1024", "1", "2", "1", "/w", "0,1", "4", "0"]
     assert tokens[HEAD_TOKENS:] == ["7", "64", "64", "prog", "arg", "A=b"]
     assert decode_report({"stage": "exec", "errno": 2}, None) == StartFailure("exec", 2)
     end = decode_report({"wait_status": 9, "cpu": 0.5, "wall": 0.7, "maxrss": 10, "limit": None, "syscall": None,

@@ -20,7 +20,7 @@ MAX_ARGS = 4096
 """Per run, for argv and for the environment each."""
 MAX_PROGRAM_FDS = 64
 """The fds a program may be given: 0 to 63."""
-HEAD_TOKENS = 15
+HEAD_TOKENS = 16
 """The tokens of a request before its rlimits, argv and environment."""
 
 
@@ -46,6 +46,7 @@ class RunRequest(Record):
     seccomp: Seccomp
     capture: bool  # stdout and stderr are the supervisor's files, filled by the spawner
     fds: int  # the program's fds sent with the request: 0 to fds - 1
+    say_started: bool = False  # the spawner says {"started": true} once the program's execve succeeded
 
     def tokens(self, cgroup: bool) -> list[str]:
         """The request's tokens; `cgroup`: the run cgroup's procs and cpu.stat fds follow the others."""
@@ -54,7 +55,7 @@ class RunRequest(Record):
                 str(self.cpu_time or 0), str(self.wall_time or 0), str(self.memory or 0),
                 _flag(self.capture), str(self.output or 0),
                 str(len(self.rlimits)), str(len(self.argv)), str(len(env)), self.cwd,
-                ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds),
+                ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds), _flag(self.say_started),
                 *(str(v) for triple in self.rlimits for v in triple), *self.argv, *env]
 
 

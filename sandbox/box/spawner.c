@@ -48,12 +48,14 @@
  *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
  *   run HAS_BPF HAS_CGROUP TRACE CPU_LIMIT WALL_LIMIT MEM_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
- *       CPUS NFDS (RES SOFT HARD)* ARGV* ENV*
+ *       CPUS NFDS STARTED (RES SOFT HARD)* ARGV* ENV*
  *       with fds: the program's 0 to NFDS-1 (3 <= NFDS <= MAX_PROGRAM_FDS) [, bpf file] [, cgroup.procs,
- *       cpu.stat]; a limit of 0 is none, CPUS the CPUs to pin the program to ("0,2", "" for any)
+ *       cpu.stat]; a limit of 0 is none, CPUS the CPUs to pin the program to ("0,2", "" for any); STARTED 1:
+ *       say {"started":true} once the program's execve succeeded (a detached box's monitor waits for it)
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
+ *   {"started":true}           the program runs (only when the request's STARTED asks), before its end's reply
  *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B],
  *    "refused":[[ARCH,NR,COUNT],...]}
  *       the run is over, every process reaped; L is "TLE", "WLE", "MLE", "SV", "OLE"
@@ -106,7 +108,7 @@
 #define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/box/run_protocol.py has the same bound */
 #define MAX_FDS (MAX_PROGRAM_FDS + 3)
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/box/run_protocol.py has the same bound */
-#define HEAD_TOKENS 15 /* "run" up to NFDS; as sandbox/box/run_protocol.py */
+#define HEAD_TOKENS 16 /* "run" up to STARTED; as sandbox/box/run_protocol.py */
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
@@ -214,6 +216,7 @@ struct run {
     int nfds, nprogram, has_bpf, has_cgroup, count_refusals;
     cpu_set_t cpus; /* with `pin`, the CPUs the program may run on (go-judge's cpuSetLimit) */
     int pin;
+    int say_started;
 };
 
 /* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
@@ -773,6 +776,7 @@ static int parse_run(char *buf, size_t len, struct run *r)
     if (r->nprogram < 3 || r->nprogram > MAX_PROGRAM_FDS || r->nfds != r->nprogram + r->has_bpf + 2 * r->has_cgroup)
         return -1;
     r->cwd = tok[12];
+    r->say_started = atoi(tok[15]);
     CPU_ZERO(&r->cpus);
     r->pin = 0;
     for (char *p = tok[13]; *p;) { /* CPU numbers separated by ',' ("" for no pinning) */
@@ -932,6 +936,8 @@ static void start_run(struct run *r)
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
         send_msg(ctl, msg, -1);
         run.main_pid = 0;
+    } else if (r->say_started) {
+        send_msg(ctl, "{\"started\":true}", -1);
     }
 }
 

@@ -23,6 +23,7 @@ import signal
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from typing import Any
 
 import anyio
@@ -64,6 +65,7 @@ class Box:
         self._sock: protocol.AsyncSocket | None = None
         self._spawner: protocol.AsyncSocket | None = None
         self._killed: str | None = None
+        self._started: Callable[[], None] | None = None
         self._run_started = 0.0
         self._pid = 0
         self._pidfd = -1
@@ -237,18 +239,21 @@ class Box:
         await anyio.to_thread.run_sync(write_id_maps, self.ids, self._pid)
         os.write(mapped_w, b"g")
 
-    async def start_run(self, req: RunRequest, fds: list[int], limits: Limits) -> None:
+    async def start_run(self, req: RunRequest, fds: list[int], limits: Limits,
+                        started: Callable[[], None] | None = None) -> None:
         """Hand a run to the spawner, in a fresh cgroup when the box has one.
 
         `fds` (the program's, 0 to req.fds - 1, then the seccomp filter if
         any) are closed once sent: the output pipes must reach EOF when the last
-        process of the run dies.
+        process of the run dies.  `started` is called once the program runs
+        (for a request that asks the spawner to say so).
         """
         claimed = False
         try:
             self._claim()
             claimed = True
             self._killed = None
+            self._started = started
             cgroup = self.cgroup is not None
             if self.cgroup is not None:
                 try:
@@ -362,7 +367,11 @@ class Box:
                 raise anyio.ClosedResourceError("the box was closed")
             with anyio.move_on_after(0.005 if cgroup is not None and not cgroup.has_peak else math.inf):
                 report, _ = await protocol.arecv(self._spawner)  # one recvmsg: cancelling it loses nothing
-                return report
+                if "started" not in report:
+                    return report
+                if self._started is not None:
+                    self._started()
+                continue
             assert cgroup is not None
             cgroup.sample_memory()
 

@@ -3,8 +3,9 @@
 The command line checks everything as `sbx run` does (one line for bad input, before anything is started),
 takes the name (state.py), reads the secrets as the caller, and starts the monitor with what to run on a pipe:
 `sbx run`'s options (never a secret's value in a file: the values go over the pipe), the working directory, and
-the secrets.  It waits for the monitor to say "started" (then prints the name) or why not (then the name is
-freed again), so a box that cannot start is reported here, in one line.
+the secrets.  It waits for the monitor to say "started", once the program runs (then it prints the name), or why
+not (then the name is freed again, and a program that is not there or cannot be executed is exit status 127 or 126,
+as for `sbx run`), so a box that cannot start is reported here, in one line.
 
 An image's box keeps what its program writes in DIR/upper (the FUSE union's upper, unless `--upper` names
 another), so that `sbx start` runs it again on the same files; a box on the host's root keeps nothing.
@@ -18,10 +19,11 @@ import os
 import secrets
 import signal
 import sys
+import time
 from typing import Any
 
 from .. import teardown
-from ..errors import ConfigError
+from ..errors import ConfigError, ExecError
 from . import state
 
 _ONE_SHOT_ONLY = ("copy_in", "copy_out", "json", "stdin", "dry_run", "commit")
@@ -93,6 +95,11 @@ def _start(path: str, saved: dict[str, Any], cwd: str) -> None:
             said = f.readline().strip()
     except OSError as e:
         raise ConfigError(f"box {os.path.basename(path)}: its monitor did not start: {e.strerror}") from None
+    if said.startswith("exec-error "):  # the box started, and its program could not: as `sbx run` says it
+        _, errno, why = said.split(" ", 2)
+        while state.alive(path):  # (its monitor is ending: its record is written)
+            time.sleep(0.01)
+        raise ExecError(why, int(errno))
     if said != "started":
         raise ConfigError(said.removeprefix("error: ") or f"box {os.path.basename(path)}: its monitor ended")
 

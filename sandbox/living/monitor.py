@@ -85,6 +85,8 @@ def _configure(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
 
 def _failed(path: str, box: BoxState, why: str, report: Any) -> None:
     state.save(path, box.replace(state="exited", ended=time.time(), exit_status=125, message=why))
+    if report.closed:  # (it said "started" already: the command line is gone)
+        return
     try:
         report.write(f"error: {why}\n")
         report.close()
@@ -93,12 +95,17 @@ def _failed(path: str, box: BoxState, why: str, report: Any) -> None:
 
 
 async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report: Any) -> None:
+    """The box up, its program run to its end, and its record written.  The command line is told "started" once
+    the program runs, or, after the record, why it never did (`exec-error ERRNO WHY`)."""
     result: Result | ExecError | None = None
+
+    def started() -> None:
+        report.write("started\n")
+        report.close()
+
     async with sandbox:
         box = box.replace(state="running", started=time.time(), box=sandbox.box_pid)
         state.save(path, box)
-        report.write("started\n")
-        report.close()
         read, write = program_pipe()
         run_scope = anyio.CancelScope()
         async with anyio.create_task_group() as watchers:
@@ -108,7 +115,8 @@ async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report:
                 pumps.start_soon(_log, read, path)
                 with run_scope:  # cancelled after a stop's grace: the run is killed
                     try:
-                        result = await sandbox.run(argv, stdin=None, stdout=Relay(write), stderr=Relay(write))
+                        result = await sandbox.run(argv, stdin=None, stdout=Relay(write), stderr=Relay(write),
+                                                   started=started)
                     except ExecError as e:  # not found, not executable: the box ran nothing
                         result = e
                     finally:
@@ -118,13 +126,18 @@ async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report:
     if result is None:
         state.save(path, ended.replace(exit_status=137, message="stopped: killed after the grace"))
         return
-    if isinstance(result, ExecError):
-        result = Result.not_run(Status.RE, result.exit_status, str(result))
+    failure = result if isinstance(result, ExecError) else None
+    if failure is not None:
+        result = Result.not_run(Status.RE, failure.exit_status, str(failure))
+    assert isinstance(result, Result)
     with open(os.path.join(path, "record.json.tmp"), "w") as f:
         f.write(result.to_json())
     os.rename(os.path.join(path, "record.json.tmp"), os.path.join(path, "record.json"))
     state.save(path, ended.replace(exit_status=result.shell_status,
                                    message="" if result.status is Status.OK else result.summary))
+    if failure is not None:
+        report.write(f"exec-error {failure.errno} {failure}\n")
+        report.close()
 
 
 async def _log(read: int, path: str) -> None:
