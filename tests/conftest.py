@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import inspect
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -56,6 +57,28 @@ def user() -> str | None:
 
 
 @pytest.fixture
-async def box(user: str | None) -> AsyncIterator[Sandbox]:
-    async with Sandbox(user=user) as sandbox:
-        yield sandbox
+def joined() -> bool:
+    """Whether the `box` fixture's programs are `sbx exec`'s, in a running detached box: a module whose hostile
+    tests hold for them too overrides it with both."""
+    return False
+
+
+@pytest.fixture
+async def box(user: str | None, joined: bool, tmp_path: Path,
+              monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Sandbox]:
+    if not joined:
+        async with Sandbox(user=user) as sandbox:
+            yield sandbox
+        return
+    from sandbox.living import detach, state
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "xdg-run"))
+    (tmp_path / "xdg-run").mkdir(mode=0o700)
+    cli = [sys.executable, "-m", "sandbox"]
+    made = subprocess.run([*cli, "run", "-d", "--name", "hostile", *(["--user", user] if user else []), "--",
+                           "sleep", "infinity"], capture_output=True)
+    assert made.returncode == 0, made.stderr
+    try:
+        async with Sandbox(join=state.status("hostile").box, **detach.exec_config("hostile")) as sandbox:
+            yield sandbox
+    finally:
+        subprocess.run([*cli, "rm", "-f", "hostile"], capture_output=True)

@@ -25,6 +25,12 @@ def user(request: pytest.FixtureRequest) -> str | None:
     return request.param
 
 
+@pytest.fixture(params=[False, True], ids=["box", "exec"])
+def joined(request: pytest.FixtureRequest) -> bool:
+    """... and for a process `sbx exec` started in a running detached box."""
+    return request.param
+
+
 def _status_field(text: str, name: str) -> str:
     return next(line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith(name + ":"))
 

@@ -197,7 +197,7 @@ def test_a_program_that_cannot_be_executed_is_refused_by_run_d_and_by_start(tmp_
     assert (box["state"], box["exit_status"]) == ("exited", 127) and "/opt/bin/prog" in box["message"], box
 
 
-def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_processes() -> None:
+def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_processes(runtime: Path) -> None:
     assert sbx("run", "-d", "--name", "svc", "--memory", "64M", "--env", "GREETING=hi", "--", "sh", "-c",
                "echo data > /box/shared; while :; do sleep 1; done").returncode == 0
     wait_for(lambda: ps()["svc"]["state"] == "running", "it runs")
@@ -213,7 +213,11 @@ def test_exec_runs_in_the_box_under_its_policy_and_limits_and_ends_with_its_proc
     assert hog.returncode == 137 and hog.stderr.decode().splitlines()[-1].startswith("sbx: MLE"), hog.stderr
     ns = sbx("exec", "svc", "unshare", "-U", "true")
     assert ns.stderr.decode().splitlines()[-1] == "sbx: SV: unshare", ns.stderr
-    assert ps()["svc"]["state"] == "running"  # none of it touched the box's own program
+    monitor = json.loads((runtime / "svc" / "state.json").read_text())["monitor"]
+    reach = sbx("exec", "svc", "sh", "-c", f"kill -9 {monitor} {os.getpid()} || echo out-of-reach; "
+                "ls -d /proc/[0-9]* | wc -l")
+    assert reach.stdout.split() == [b"out-of-reach", b"3"], reach  # its /proc: sh, ls, wc (its spawner is hidden)
+    assert ps()["svc"]["state"] == "running"  # none of it touched the box's own program or its monitor
     assert sbx("exec", "svc", "cat", "/box/shared").stdout == b"data\n"
     sbx("stop", "-t", "0", "svc")
     stopped = sbx("exec", "svc", "true")

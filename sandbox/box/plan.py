@@ -296,6 +296,13 @@ def make(layout: Layout, ids: IdMap, host: str = "/") -> tuple[Step, ...]:
     return tuple(steps)
 
 
+def joined(ids: IdMap) -> tuple[Step, ...]:
+    """What a process joined to a running box (sbx exec) is given: a /proc of its own pid namespace (nested in the
+    box's), masked as the box's, and, when its programs are root of the box, their own user namespace."""
+    return (Proc(PROC_READONLY, PROC_MASKED),
+            *((NestedRoot(ids.program_uid, ids.program_gid),) if ids.root else ()))
+
+
 def mount_points(steps: tuple[Step, ...]) -> list[str]:
     """Where the plan mounts over a union root (absolute paths in the box): what box init made in the root's
     upper for a mount, if the image had no such entry, is no file of the program's (a commit leaves it out)."""

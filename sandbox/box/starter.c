@@ -823,21 +823,15 @@ static void mount_dev(struct tree *root, struct list *names)
     close(dev.fd);
 }
 
-/* the box's procfs (hidepid=invisible: box init and the spawner are not there to open at all), the kernel-tuning
- * parts read-only and the host's facts masked by read-only binds of an empty file and directory; returns a
- * writable fd of its sys/kernel/ns_last_pid, opened before /proc/sys went read-only */
-static int mount_proc(struct tree *root, struct step *s)
+/* a procfs of this process's pid namespace on `target` (hidepid=invisible: box init and the spawner are not there
+ * to open at all), the kernel-tuning parts read-only and the host's facts masked by read-only binds of an empty
+ * file and directory (/rw/masked-file, /rw/masked), or, with `masks` a /proc already masked, of its own same-named
+ * masks; returns a writable fd of its sys/kernel/ns_last_pid, opened before /proc/sys went read-only */
+static int proc_on(int target, struct step *s, int masks)
 {
     static const char *const opts[] = {"hidepid=invisible", NULL};
-    check(mkdir("/rw/masked", 0555) < 0 ? fail_errno("/rw/masked") : 0);
-    int empty = open("/rw/masked-file", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0444);
-    check(empty < 0 ? fail_errno("/rw/masked-file") : 0);
-    close(empty);
-    int target = place(root, "proc", 1, 0555);
-    check(target);
     int proc = new_fs(target, "proc", opts, MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV | MOUNT_ATTR_NOEXEC);
     check(proc);
-    close(target);
     int last_pid = openat(proc, "sys/kernel/ns_last_pid", O_WRONLY | O_CLOEXEC);
     check(last_pid < 0 ? fail_errno("ns_last_pid") : 0);
     for (int k = 0; k < 2; k++)
@@ -849,12 +843,40 @@ static int mount_proc(struct tree *root, struct step *s)
                 continue;
             struct stat st;
             check(fstat(fd, &st) < 0 ? fail_errno(name) : 0);
-            check(k == 0 ? bind_(proc, name, fd, 0, 0, name) :
-                  bind_path(S_ISDIR(st.st_mode) ? "/rw/masked" : "/rw/masked-file", fd, 0, 0));
+            const char *mask = masks >= 0 ? name : S_ISDIR(st.st_mode) ? "/rw/masked" : "/rw/masked-file";
+            check(k == 0 ? bind_(proc, name, fd, 0, 0, name)
+                         : bind_(masks >= 0 ? masks : AT_FDCWD, mask, fd, 0, 0, name));
             close(fd);
         }
     close(proc);
     return last_pid;
+}
+
+/* the box's procfs */
+static int mount_proc(struct tree *root, struct step *s)
+{
+    check(mkdir("/rw/masked", 0555) < 0 ? fail_errno("/rw/masked") : 0);
+    int empty = open("/rw/masked-file", O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0444);
+    check(empty < 0 ? fail_errno("/rw/masked-file") : 0);
+    close(empty);
+    int target = place(root, "proc", 1, 0555);
+    check(target);
+    int last_pid = proc_on(target, s, -1);
+    close(target);
+    return last_pid;
+}
+
+static struct step *joined_proc; /* a joined init's plan's /proc (sbx exec) */
+
+/* a joined init's spawner, pid 1 of the pid namespace nested in the box's: a procfs of that namespace over the
+ * box's /proc, in the joined init's own mount namespace, masked as the box's is, so that the pids its programs
+ * see in /proc are the pids they have */
+static void own_proc(void)
+{
+    int box_proc = open("/proc", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    check(box_proc < 0 ? fail_errno("/proc") : 0);
+    close(proc_on(box_proc, joined_proc, box_proc));
+    close(box_proc);
 }
 
 /* the bind's source under /oldroot, by the link-free path the supervisor resolved, and only if it is still what
@@ -1541,6 +1563,8 @@ static pid_t start_spawner(int *sock)
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
         prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0);
+        if (joined_proc)
+            own_proc();
         /* (dup2 onto itself keeps close-on-exec: the flag is cleared by hand) */
         if (dup2(pair[1], 3) < 0 || dup2(spawner_bin, 4) < 0 || fcntl(4, F_SETFD, FD_CLOEXEC) < 0 ||
             (program_userns >= 0 && (dup2(program_userns, 5) < 0 || fcntl(5, F_SETFD, 0) < 0)))
@@ -1733,8 +1757,13 @@ static void joined_init(void)
     for (int i = 0; i < nsteps; i++)
         if (steps[i].kind == NESTED_ROOT)
             program_userns = nested_root(&steps[i]);
+        else if (steps[i].kind == PROC)
+            joined_proc = &steps[i];
     fix_loginuid();
     prctl(PR_SET_DUMPABLE, 0, 0, 0, 0);
+    if (joined_proc) /* (a copy of the box's mounts: its spawner's /proc is no mount of the box's) */
+        check(unshare(CLONE_NEWNS) < 0 || mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ?
+              fail_errno("a mount namespace of its own") : 0);
     check(unshare(CLONE_NEWPID) < 0 ? fail_errno("unshare") : 0);
     int sock;
     pid_t spawner = start_spawner(&sock);

@@ -107,10 +107,10 @@ class Box:
                 os.close(fd)
         self._sock = protocol.AsyncSocket(parent)
         try:
-            # joining a running box builds nothing, but a program that is root of the box needs its own namespace
+            # joining a running box builds nothing but a /proc of its nested pid namespace, and for a program that
+            # is root of the box its own user namespace
             tokens = plan.tokens(plan.make(self.layout, self.ids)) if not self._join else \
-                ["join", *plan.tokens((plan.NestedRoot(self.ids.program_uid, self.ids.program_gid),) if self.ids.root
-                                      else ())]
+                ["join", *plan.tokens(plan.joined(self.ids))]
             await protocol.asend_tokens(self._sock, tokens, [])
             if self.ids.mode == "range" and not self._join and not self._network:
                 await self._map_ids(unshared_r, mapped_w)
