@@ -149,6 +149,14 @@ class Sandbox(Spec):
         """The box's outer process, whose namespaces are the box's (what `join` takes); 0 without a box."""
         return self._box.pid if self._box is not None else 0
 
+    def usage(self) -> tuple[float, int]:
+        """CPU seconds and memory bytes the box's processes use so far (box/usage.py); (0, 0) without a box."""
+        from .box.usage import sample
+        box = self._box
+        if box is None:
+            return 0.0, 0
+        return sample(box.cgroup.path if box.cgroup is not None else None, box.pid)
+
     async def signal(self, signum: int) -> None:
         """Send `signum` to the running program's first process (as `docker stop` sends SIGTERM); nothing between
         runs.  Ending the run is the program's to do: cancel the run to kill it."""

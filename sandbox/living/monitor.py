@@ -160,42 +160,12 @@ async def _log(read: int, path: str) -> None:
 
 
 async def _sample(sandbox: Any, path: str) -> None:
-    """The box's CPU time and memory so far, in DIR/stats.json every STATS_EVERY seconds, for `sbx ps`: its
-    cgroup's (every process, the ended ones' CPU too) where there is one, else its live processes' from /proc."""
+    """The box's CPU time and memory so far (Sandbox.usage), in DIR/stats.json every STATS_EVERY seconds, for
+    `sbx ps`."""
     while True:
-        cpu, memory = _usage(sandbox)
+        cpu, memory = sandbox.usage()
         state.write_json(path, "stats.json", {"cpu": round(cpu, 3), "memory": memory, "at": time.time()})
         await anyio.sleep(STATS_EVERY)
-
-
-def _usage(sandbox: Any) -> tuple[float, int]:
-    box = sandbox._box
-    if box is not None and box.cgroup is not None:
-        try:
-            with open(os.path.join(box.cgroup.path, "cpu.stat")) as f:
-                usec = next(int(line.split()[1]) for line in f if line.startswith("usage_usec"))
-            with open(os.path.join(box.cgroup.path, "memory.current")) as f:
-                return usec / 1e6, int(f.read())
-        except (OSError, StopIteration, ValueError):
-            pass
-    try:
-        ns = os.readlink(f"/proc/{sandbox.box_pid}/ns/pid_for_children")
-    except OSError:
-        return 0.0, 0
-    cpu, memory = 0.0, 0
-    tick, page = os.sysconf("SC_CLK_TCK"), os.sysconf("SC_PAGE_SIZE")
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if os.readlink(f"/proc/{pid}/ns/pid") != ns:
-                continue
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{pid}/statm") as f:
-                memory += int(f.read().split()[1]) * page
-            cpu += (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            continue
-    return cpu, memory
 
 
 async def _stop_on_signal(sandbox: Any, path: str, run: anyio.CancelScope) -> None:
