@@ -319,3 +319,29 @@ async def test_the_fuse_daemon_is_charged_to_the_box(tmp_path: Path) -> None:
         assert r.status is Status.OK, r.stderr
         assert int((charged / "cpu.stat").read_text().split()[1]) > before
         assert int((charged / "memory.current").read_text()) > 0
+
+
+async def test_what_exec_runs_is_in_the_boxs_cgroup(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sbx exec makes its cgroup in the running box's: the box's accounting (sbx ps) counts what it runs, its limits
+    are the cgroup's, and it goes with the box."""
+    from sandbox.box.cgroups import box_cgroup_of
+    from sandbox.living import detach, state
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))
+    (tmp_path / "run").mkdir(mode=0o700)
+    assert sbx("run", "-d", "--name", "held", "--memory", "64M", "--", "sleep", "600").returncode == 0
+    try:
+        box_dir = box_cgroup_of(state.status("held").box)
+        assert box_dir is not None and os.path.basename(box_dir) in _ours()
+        async with Sandbox(join=state.status("held").box, **detach.exec_config("held")) as box:
+            [nested] = [n for n in os.listdir(box_dir) if n.startswith("sbx-")]
+            hog = await box.run(["python3", "-c", "x = bytearray(200 * 2**20)"])
+            assert hog.status is Status.MLE and hog.enforcement["memory"] == "cgroup", hog
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(box.run, ["python3", "-c", "import time; x = bytearray(40 * 2**20); time.sleep(4)"])
+                with anyio.fail_after(30):
+                    while int(Path(box_dir, "memory.current").read_text()) < 40 * MiB:
+                        await anyio.sleep(0.1)
+        assert nested not in os.listdir(box_dir)  # the exec's cgroup goes with it
+    finally:
+        assert sbx("rm", "-f", "held").returncode == 0
+    assert not os.path.exists(box_dir)

@@ -104,6 +104,18 @@ def cgroup_of(pid: int | str = "self") -> str | None:
     return None
 
 
+def box_cgroup_of(pid: int) -> str | None:
+    """The cgroup of the running box whose outer process is `pid` (it stays in the box's init/), or None if the box
+    has none: where an `sbx exec` into it makes its own, so that the box's accounting counts what it runs."""
+    try:
+        path = cgroup_of(pid)
+    except OSError:
+        return None
+    if path is None or os.path.basename(path) != "init" or not _BOX.fullmatch(os.path.basename(os.path.dirname(path))):
+        return None
+    return os.path.dirname(path)
+
+
 def _not_delegated(path: str) -> str | None:
     """Why `path` is not ours to manage (systemd's Delegate=yes chowns exactly these), or None."""
     st = os.stat(path)
@@ -323,10 +335,13 @@ class BoxCgroup:
 
     _boxes = itertools.count()
 
-    def __init__(self, found: Delegation) -> None:
+    def __init__(self, found: Delegation, clean: bool = True) -> None:
+        """`clean`: remove the stale box cgroups in the base first (not in a running box's, where `sbx exec`'s nest:
+        theirs go with the box's)."""
         assert found.base is not None
         self.controllers = found.controllers
-        _clean_stale(found.base)
+        if clean:
+            _clean_stale(found.base)
         self.path = os.path.join(found.base, f"sbx-{os.getpid()}-{next(self._boxes)}")
         self._runs = itertools.count()
         os.mkdir(self.path)

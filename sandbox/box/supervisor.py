@@ -32,7 +32,7 @@ from ..errors import SetupError
 from ..run.limits import Limits
 from ..shipped import SPAWNER, STARTER, shipped
 from . import netstack, plan, protocol
-from .cgroups import BoxCgroup, Delegation, RunCgroup
+from .cgroups import BoxCgroup, Delegation, RunCgroup, box_cgroup_of
 from .layout import Layout
 from .netstack import READY_TIMEOUT, Network
 from .run_protocol import RunEnd, RunRequest, StartFailure, decode_report
@@ -80,10 +80,13 @@ class Box:
         starter = shipped(STARTER, "the starter")
         spawner = shipped(SPAWNER, "the spawner")
         cgroup_fd = -1
-        if self._delegation.base is not None and not self._join:
+        delegation = self._delegation
+        if self._join and delegation.base is not None:  # sbx exec: a cgroup in the box's, if it has one
+            delegation = delegation.replace(base=box_cgroup_of(self._join))
+        if delegation.base is not None:
             try:
                 # it may first remove a dead supervisor's cgroups, waiting for their processes to die
-                self.cgroup = await anyio.to_thread.run_sync(BoxCgroup, self._delegation)
+                self.cgroup = await anyio.to_thread.run_sync(BoxCgroup, delegation, not self._join)
                 cgroup_fd = self.cgroup.init_procs()
             except OSError as e:
                 await self.aclose()
