@@ -92,8 +92,11 @@ _INHERITED = textwrap.dedent("""
                     sock = "held"
                 # the supervisor's children: the box's outer process (the starter; box init below it is not ours
                 # to see) and, with a FUSE union, the daemons' fork server, whose children the daemons are
-                def parent(p):
-                    return open(f"/proc/{p}/stat").read().split(") ")[1].split()[1]
+                def parent(p):  # (None for a process that ended meanwhile: the host's others come and go)
+                    try:
+                        return open(f"/proc/{p}/stat").read().split(") ")[1].split()[1]
+                    except (FileNotFoundError, ProcessLookupError):
+                        return None
                 pids = [p for p in os.listdir("/proc") if p.isdigit()]
                 children = [p for p in pids if parent(p) == str(os.getpid())]
                 outer = [p for p in children
