@@ -266,6 +266,7 @@ class Sandbox(Spec):
         stderr: int | Relay | None = None,
         policy: str | None | Inherit = INHERIT,
         started: Callable[[], None] | None = None,
+        terminal: bool = False,
     ) -> Result:
         """Run one program to completion.
 
@@ -278,11 +279,15 @@ class Sandbox(Spec):
         `policy`: a seccomp policy name or file for this run, None for none;
         by default the sandbox's.  `started`: called once the program runs (its
         execve succeeded), before its end: a detached box's monitor says so then.
+        `terminal`: `stdin` is a terminal made for this run alone, to be the
+        program's controlling terminal (sbx exec -t); never give one that
+        anyone else reads, as the program could push input to them.
         """
         with single_error():
             async with anyio.create_task_group() as tasks:
                 pending = await self._start(tasks, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
-                                            stdout=stdout, stderr=stderr, policy=policy, started=started)
+                                            stdout=stdout, stderr=stderr, policy=policy, started=started,
+                                            terminal=terminal)
                 reply = await pending.reply()
         return pending.finish(reply)  # only now have the pumps drained every pipe
 
@@ -301,6 +306,7 @@ class Sandbox(Spec):
         more_fds: Mapping[int, bytes | int] | None = None,
         tty: bool = False,
         started: Callable[[], None] | None = None,
+        terminal: bool = False,
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end.
 
@@ -337,7 +343,7 @@ class Sandbox(Spec):
                     fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
                 fds.append(await input_fd(more_fds.get(fd)))
-            req = prepared.request(box.ids, cgroup, captured is not None, len(fds), started is not None)
+            req = prepared.request(box.ids, cgroup, captured is not None, len(fds), started is not None, terminal)
             if prepared.filter_fd is not None:
                 fds.append(os.dup(prepared.filter_fd))
         except BaseException:

@@ -398,13 +398,14 @@ class Prepared(Record):
     memory: int | None
     """The memory limit the spawner samples: only without a run cgroup."""
 
-    def request(self, ids: IdMap, cgroup: bool, capture: bool, fds: int, say_started: bool = False) -> RunRequest:
+    def request(self, ids: IdMap, cgroup: bool, capture: bool, fds: int, say_started: bool = False,
+                terminal: bool = False) -> RunRequest:
         return RunRequest(
             argv=self.argv, env=self.env, cwd=self.cwd, rlimits=rlimits(self.limits, ids, cgroup),
             cpu_time=self.limits.cpu_time, wall_time=self.limits.wall_time, memory=self.memory,
             output=self.limits.output, cpu_set=self.limits.cpu_set, trace=self.trace, capture=capture, fds=fds,
             seccomp=Seccomp.NONE if self.filter_fd is None else Seccomp.COUNTED if self.counted else Seccomp.AS_IS,
-            say_started=say_started)
+            say_started=say_started, terminal=terminal)
 
 
 def exec_failure(failure: StartFailure, req: RunRequest) -> Exception:

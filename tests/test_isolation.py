@@ -198,6 +198,29 @@ async def test_hostname_ipc_and_session(box: Sandbox) -> None:
     assert int(fields[3]) != os.getsid(0)
 
 
+def test_a_terminal_nobody_controls_given_as_stdin_does_not_become_the_programs(tmp_path: Path) -> None:
+    """A terminal sbx is given (a CI runner's pseudo-terminal, opened by no session leader) stays nobody's
+    controlling terminal: as its controlling terminal, the program could push input into it with TIOCSTI for
+    whoever reads it after sbx (a shell outside the box).  Every shipped policy kills TIOCSTI; this holds under
+    a user's policy that allows it too."""
+    import fcntl
+    import termios
+    policy = tmp_path / "ioctl.toml"
+    policy.write_text('inherit = "permissive"\n\n[[rule]]\nsyscalls = ["ioctl"]\naction = "allow"\n')
+    master, terminal = os.openpty()
+    try:
+        probe = ("import fcntl, termios\ntry:\n    fcntl.ioctl(0, termios.TIOCSTI, b'x')\n    print('injected')\n"
+                 "except OSError as e:\n    print(e.strerror)")
+        r = subprocess.run([sys.executable, "-m", "sandbox", "run", "--policy", str(policy), "--", "python3", "-c",
+                            probe], stdin=terminal, capture_output=True, timeout=60)
+        assert r.stdout == b"Operation not permitted\n", r
+        pending = int.from_bytes(fcntl.ioctl(terminal, termios.FIONREAD, b"\0\0\0\0"), "little")
+        assert pending == 0, "nothing was pushed into the terminal's input"
+    finally:
+        os.close(master)
+        os.close(terminal)
+
+
 async def test_only_standard_fds_and_scrubbed_environment(box: Sandbox) -> None:
     os.environ["SBX_HOST_SECRET"] = "leak"
     try:

@@ -47,6 +47,7 @@ class RunRequest(Record):
     capture: bool  # stdout and stderr are the supervisor's files, filled by the spawner
     fds: int  # the program's fds sent with the request: 0 to fds - 1
     say_started: bool = False  # the spawner says {"started": true} once the program's execve succeeded
+    terminal: bool = False  # stdin is a terminal made for this run alone: the program's controlling terminal
 
     def tokens(self, cgroup: bool) -> list[str]:
         """The request's tokens; `cgroup`: the run cgroup's procs and cpu.stat fds follow the others."""
@@ -55,8 +56,13 @@ class RunRequest(Record):
                 str(self.cpu_time or 0), str(self.wall_time or 0), str(self.memory or 0),
                 _flag(self.capture), str(self.output or 0),
                 str(len(self.rlimits)), str(len(self.argv)), str(len(env)), self.cwd,
-                ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds), _flag(self.say_started),
+                ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds),
+                str(_SAY_STARTED * self.say_started | _TERMINAL * self.terminal),
                 *(str(v) for triple in self.rlimits for v in triple), *self.argv, *env]
+
+
+_SAY_STARTED, _TERMINAL = 1, 2
+"""The request's FLAGS (spawner.c)."""
 
 
 def _flag(value: bool) -> str:

@@ -48,14 +48,16 @@
  *
  * Requests on CONTROL_FD (SOCK_SEQPACKET), NUL-separated tokens:
  *   run HAS_BPF HAS_CGROUP TRACE CPU_LIMIT WALL_LIMIT MEM_LIMIT CAPTURE OUTPUT_LIMIT NRLIMITS ARGC ENVC CWD
- *       CPUS NFDS STARTED (RES SOFT HARD)* ARGV* ENV*
+ *       CPUS NFDS FLAGS (RES SOFT HARD)* ARGV* ENV*
  *       with fds: the program's 0 to NFDS-1 (3 <= NFDS <= MAX_PROGRAM_FDS) [, bpf file] [, cgroup.procs,
- *       cpu.stat]; a limit of 0 is none, CPUS the CPUs to pin the program to ("0,2", "" for any); STARTED 1:
- *       say {"started":true} once the program's execve succeeded (a detached box's monitor waits for it)
+ *       cpu.stat]; a limit of 0 is none, CPUS the CPUs to pin the program to ("0,2", "" for any); FLAGS:
+ *       SAY_STARTED, say {"started":true} once the program's execve succeeded (a detached box's monitor waits
+ *       for it); TERMINAL, the program's stdin is a terminal the supervisor made for this run alone (sbx exec -t),
+ *       to be its controlling terminal
  *   kill        end the current run now (ignored between runs)
  * Replies (JSON):
  *   {"stage":S,"errno":N}      the program could not be started
- *   {"started":true}           the program runs (only when the request's STARTED asks), before its end's reply
+ *   {"started":true}           the program runs (only when the request's FLAGS ask), before its end's reply
  *   {"wait_status":N,"cpu":S,"maxrss":KIB,"wall":S,"limit":L,"syscall":[ARCH,NR],"out":[B,B],
  *    "refused":[[ARCH,NR,COUNT],...]}
  *       the run is over, every process reaped; L is "TLE", "WLE", "MLE", "SV", "OLE"
@@ -108,7 +110,9 @@
 #define MAX_PROGRAM_FDS 64 /* the fds a program may be given; sandbox/box/run_protocol.py has the same bound */
 #define MAX_FDS (MAX_PROGRAM_FDS + 3)
 #define MAX_ARGS 4096 /* each of argv and the environment; sandbox/box/run_protocol.py has the same bound */
-#define HEAD_TOKENS 16 /* "run" up to STARTED; as sandbox/box/run_protocol.py */
+#define HEAD_TOKENS 16 /* "run" up to FLAGS; as sandbox/box/run_protocol.py */
+#define SAY_STARTED 1   /* FLAGS */
+#define TERMINAL 2
 #define CHUNK (1 << 16)
 #define COPY_ROUNDS 16
 #define MIN_CPU_SLEEP 0.0002
@@ -216,7 +220,7 @@ struct run {
     int nfds, nprogram, has_bpf, has_cgroup, count_refusals;
     cpu_set_t cpus; /* with `pin`, the CPUs the program may run on (go-judge's cpuSetLimit) */
     int pin;
-    int say_started;
+    int flags;
 };
 
 /* `go`: with TRACE, a socket to say "ready to be traced" on, and to wait on until the spawner has seized
@@ -248,11 +252,11 @@ static void exec_program(struct run *r, int err_pipe, int go)
     for (int i = 0; i < r->nprogram; i++)
         if (dup2(fds[i], i) < 0)
             child_fail(err_pipe, "setup", errno);
-    /* A terminal as stdin that no session controls (sbx exec -t's new pseudo-terminal) becomes the controlling
-     * terminal of the program's new session, for job control and ^C; one some session controls (sbx's own, when
-     * sbx runs on it) is refused by the kernel without force, which nothing here can use, and stays as it is. */
-    if (isatty(0))
-        ioctl(0, TIOCSCTTY, 0);
+    /* The terminal the supervisor made for this run alone (sbx exec -t) is the controlling terminal of the
+     * program's new session, for job control and ^C.  Never another: a terminal someone outside reads would let
+     * the program push input to them (TIOCSTI works on a process's own controlling terminal). */
+    if ((r->flags & TERMINAL) && ioctl(0, TIOCSCTTY, 0) < 0)
+        child_fail(err_pipe, "setup", errno);
     if (chdir(r->cwd) < 0)
         child_fail(err_pipe, "cwd", errno);
     for (int i = 0; i < r->nrlimits; i++) {
@@ -776,7 +780,7 @@ static int parse_run(char *buf, size_t len, struct run *r)
     if (r->nprogram < 3 || r->nprogram > MAX_PROGRAM_FDS || r->nfds != r->nprogram + r->has_bpf + 2 * r->has_cgroup)
         return -1;
     r->cwd = tok[12];
-    r->say_started = atoi(tok[15]);
+    r->flags = atoi(tok[15]);
     CPU_ZERO(&r->cpus);
     r->pin = 0;
     for (char *p = tok[13]; *p;) { /* CPU numbers separated by ',' ("" for no pinning) */
@@ -936,7 +940,7 @@ static void start_run(struct run *r)
         snprintf(msg, sizeof msg, "{\"stage\":\"%s\",\"errno\":%d}", stage, err);
         send_msg(ctl, msg, -1);
         run.main_pid = 0;
-    } else if (r->say_started) {
+    } else if (r->flags & SAY_STARTED) {
         send_msg(ctl, "{\"started\":true}", -1);
     }
 }

@@ -155,7 +155,7 @@ async def _on_a_terminal(sandbox: Any, argv: list[str], interactive: bool) -> An
             async with anyio.create_task_group() as output:  # it ends at EIO, once the run's last end is closed
                 output.start_soon(out)
                 try:
-                    result = await sandbox.run(argv, stdin=slave, stdout=slave, stderr=slave)
+                    result = await sandbox.run(argv, stdin=slave, stdout=slave, stderr=slave, terminal=True)
                 finally:
                     os.close(slave)
             tasks.cancel_scope.cancel()
