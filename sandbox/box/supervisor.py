@@ -359,7 +359,8 @@ class Box:
             raise SetupError("the box was closed during the run")
         if report is None:  # what the supervisor knows
             return RunEnd(None, 0.0, time.monotonic() - self._run_started, 0,
-                          killed=self._killed or "the sandbox's spawner died (the program killed it)")
+                          killed=self._killed or ("the box stopped, or the program killed its spawner" if self._join
+                                                  else "the sandbox's spawner died (the program killed it)"))
         return decode_report(report, self._killed)
 
     async def _recv_report(self) -> dict[str, Any]:
