@@ -219,3 +219,22 @@ def test_logs_since_takes_what_docker_takes(text: str, seconds_back: float) -> N
     assert parse_since(text, now) == pytest.approx(want)
     with pytest.raises(ConfigError, match="--since '10x'"):
         parse_since("10x", now)
+
+
+def test_a_box_log_and_its_index_stay_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A program that prints a byte at a time makes a mark per write: the index rotates too, so neither grows
+    past its bound; --since still finds what came after a time."""
+    from sandbox.living import log
+    monkeypatch.setattr(log, "MARKS", 100)
+    monkeypatch.setattr(log, "RESOLUTION", 0.0)
+    writer = log.Writer(str(tmp_path))
+    for i in range(1000):
+        writer.write(b"%d\n" % i)
+    writer.close()
+    assert (tmp_path / "log.idx").stat().st_size <= 100 * 16 and (tmp_path / "log.1.idx").stat().st_size == 1600
+    lines = (tmp_path / "log.1").read_bytes().splitlines() + (tmp_path / "log").read_bytes().splitlines()
+    assert lines[-1] == b"999" and len(lines) == 100 + 1000 % 100
+    import io
+    out = io.BytesIO()
+    log.copy(str(tmp_path), log.since(str(tmp_path), 0.0), out)
+    assert out.getvalue().splitlines() == lines

@@ -3,8 +3,8 @@
 The monitor appends the program's output (already masked) to DIR/log, and to DIR/log.idx a 16-byte mark
 (when, as seconds since the epoch; where, as the log's offset) before the first bytes of each RESOLUTION: the
 bytes from a mark's offset to the next mark's came at or after its time and before the next mark's.  At
-LOG_SIZE both are moved to log.1 and log.1.idx (replacing them): at most twice LOG_SIZE of output on disk, and
-an index of at most one mark per RESOLUTION of output.
+LOG_SIZE of output, or MARKS marks (a program that prints a little at a time makes a mark for each), both are
+moved to log.1 and log.1.idx (replacing them): at most twice LOG_SIZE of output and twice MARKS marks on disk.
 
 `sbx logs --since T` starts at the first mark at or after T: what came in the RESOLUTION before it is left out.
 """
@@ -21,6 +21,7 @@ from typing import BinaryIO
 from ..errors import ConfigError
 
 LOG_SIZE = 8 * 2**20
+MARKS = 65536
 RESOLUTION = 0.01
 _MARK = struct.Struct("<dQ")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
@@ -44,15 +45,17 @@ class Writer:
         self._log = os.open(os.path.join(self._path, "log"), flags, 0o600)
         self._index = os.open(os.path.join(self._path, "log.idx"), flags, 0o600)
         self._size = os.fstat(self._log).st_size
+        self._marks = os.fstat(self._index).st_size // _MARK.size
 
     def write(self, data: bytes) -> None:
         now = time.time()
         if now - self._last_mark >= RESOLUTION:
             os.write(self._index, _MARK.pack(now, self._size))
             self._last_mark = now
+            self._marks += 1
         os.write(self._log, data)
         self._size += len(data)
-        if self._size >= LOG_SIZE:
+        if self._size >= LOG_SIZE or self._marks >= MARKS:
             self.close()
             for name in ("log", "log.idx"):
                 os.rename(os.path.join(self._path, name), os.path.join(self._path, name.replace("log", "log.1", 1)))
