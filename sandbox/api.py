@@ -319,6 +319,8 @@ class Sandbox(Spec):
         prepared = self.prepare(argv, limits, env, cwd, policy, cgroup)
         limits = prepared.limits
         more_fds = more_fds or {}
+        if terminal and not (isinstance(stdin, int) and os.isatty(stdin)):
+            raise ConfigError("a controlling terminal is the program's stdin: give a terminal as stdin")
         if tty and (stdout is not None or stderr is not None):
             raise ConfigError("a terminal is the program's stdout and stderr, captured: neither may be given")
         if any(not 3 <= fd < MAX_PROGRAM_FDS for fd in more_fds):
@@ -330,9 +332,9 @@ class Sandbox(Spec):
             if captured is not None:
                 fds += [os.dup(fd) for fd in captured]
             elif tty:
-                master, terminal = os.openpty()
+                master, slave = os.openpty()
                 tasks.start_soon(out.pump, master, None, out.stdout)
-                fds += [terminal, os.dup(terminal)]
+                fds += [slave, os.dup(slave)]
             else:
                 for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
                     if isinstance(mode, int):

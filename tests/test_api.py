@@ -106,9 +106,18 @@ async def test_a_group_whose_last_program_cannot_start_leaves_no_run_behind() ->
 
 
 async def test_a_terminal_is_stdout_and_stderr(box: Sandbox) -> None:
-    r = (await run_connected([Program(box, ["sh", "-c", "test -t 1 && test -t 2 && echo a terminal; echo err >&2; "
-                                                        "test -t 0 || echo not stdin"], tty=True)], []))[0]
-    assert (r.status, r.stdout, r.stderr) == (Status.OK, b"a terminal\r\nerr\r\nnot stdin\r\n", b"")
+    for extra in (False, True):  # the second time one more fd is open: the terminal's number is another
+        spare = os.open(os.devnull, os.O_RDONLY) if extra else -1
+        try:
+            r = (await run_connected([Program(box, ["sh", "-c", "test -t 1 && test -t 2 && echo a terminal; "
+                                                                "echo err >&2; test -t 0 || echo not stdin"],
+                                              tty=True)], []))[0]
+        finally:
+            if spare >= 0:
+                os.close(spare)
+        assert (r.status, r.stdout, r.stderr) == (Status.OK, b"a terminal\r\nerr\r\nnot stdin\r\n", b"")
+    with pytest.raises(ConfigError, match="a controlling terminal is the program's stdin"):
+        await box.run(["true"], terminal=True)
 
 
 async def test_a_program_cannot_grow_the_file_its_stdin_is(box: Sandbox) -> None:

@@ -203,6 +203,10 @@ def test_the_run_protocol_is_the_spawners() -> None:
     tokens = request.tokens(cgroup=True)
     assert tokens[:HEAD_TOKENS] == ["run", "2", "1", "0", "1.5", "0", "0", "1", "1024", "1", "2", "1", "/w", "0,1", "4", "0"]
     assert tokens[HEAD_TOKENS:] == ["7", "64", "64", "prog", "arg", "A=b"]
+    flags = {f"{a},{b}": request.replace(say_started=a, terminal=b).tokens(cgroup=False)[HEAD_TOKENS - 1]
+             for a in (False, True) for b in (False, True)}  # FLAGS, as spawner.c reads them
+    assert flags == {"False,False": "0", "True,False": defined["SAY_STARTED"], "False,True": defined["TERMINAL"],
+                     "True,True": "3"}
     assert decode_report({"stage": "exec", "errno": 2}, None) == StartFailure("exec", 2)
     end = decode_report({"wait_status": 9, "cpu": 0.5, "wall": 0.7, "maxrss": 10, "limit": None, "syscall": None,
                          "out": [3, 4], "refused": []}, "WLE")

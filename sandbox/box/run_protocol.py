@@ -10,7 +10,7 @@ bounds below against spawner.c's own.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ..record import Record, field
@@ -36,7 +36,7 @@ class RunRequest(Record):
     argv: tuple[str, ...]
     env: Mapping[str, str]
     cwd: str
-    rlimits: tuple[tuple[int, int, int], ...]  # (resource, soft, hard)
+    rlimits: Sequence[tuple[int, int, int]]  # (resource, soft, hard)
     cpu_time: float | None
     wall_time: float | None
     memory: int | None  # sampled by the spawner: only without a run cgroup
@@ -57,7 +57,7 @@ class RunRequest(Record):
                 _flag(self.capture), str(self.output or 0),
                 str(len(self.rlimits)), str(len(self.argv)), str(len(env)), self.cwd,
                 ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds),
-                str(_SAY_STARTED * self.say_started | _TERMINAL * self.terminal),
+                str((_SAY_STARTED if self.say_started else 0) | (_TERMINAL if self.terminal else 0)),
                 *(str(v) for triple in self.rlimits for v in triple), *self.argv, *env]
 
 
