@@ -22,6 +22,8 @@ MAX_PROGRAM_FDS = 64
 """The fds a program may be given: 0 to 63."""
 HEAD_TOKENS = 16
 """The tokens of a request before its rlimits, argv and environment."""
+_SAY_STARTED, _TERMINAL = 1, 2
+"""The request's FLAGS (spawner.c)."""
 
 
 class Seccomp(enum.IntEnum):
@@ -59,10 +61,6 @@ class RunRequest(Record):
                 ",".join(str(cpu) for cpu in sorted(self.cpu_set or ())), str(self.fds),
                 str((_SAY_STARTED if self.say_started else 0) | (_TERMINAL if self.terminal else 0)),
                 *(str(v) for triple in self.rlimits for v in triple), *self.argv, *env]
-
-
-_SAY_STARTED, _TERMINAL = 1, 2
-"""The request's FLAGS (spawner.c)."""
 
 
 def _flag(value: bool) -> str:
