@@ -97,7 +97,8 @@ def _start(path: str, saved: dict[str, Any], cwd: str) -> None:
         raise ConfigError(f"box {os.path.basename(path)}: its monitor did not start: {e.strerror}") from None
     if said.startswith("exec-error "):  # the box started, and its program could not: as `sbx run` says it
         _, errno, why = said.split(" ", 2)
-        while state.alive(path):  # (its monitor is ending: its record is written)
+        deadline = time.monotonic() + 30
+        while state.alive(path) and time.monotonic() < deadline:  # (its monitor is ending: its record is written)
             time.sleep(0.01)
         raise ExecError(why, int(errno))
     if said != "started":
