@@ -110,11 +110,11 @@ def create(name: str, idmap: str, stack: str | None = None, host_loopback: bool 
         os.close(to_holder)
         os.close(said_w)
         with os.fdopen(said_r, "r") as said, os.fdopen(from_cli, "w") as tell:
-            unshared = said.readline().split()
-            if unshared[:1] != ["unshared"]:
-                raise ConfigError(f"network {name}: its holder did not start")
+            first = said.readline().strip()  # "unshared PID", or why not (through the keeper)
+            if not first.startswith("unshared "):
+                raise ConfigError(f"network {name}: {first.removeprefix('error: ') or 'its holder did not start'}")
             if ids.mode == "range":
-                write_id_maps(ids, int(unshared[1]))
+                write_id_maps(ids, int(first.split()[1]))
             tell.write("mapped\n")
             tell.flush()
             answer = said.readline().strip()
