@@ -263,10 +263,9 @@ def _rm(args: argparse.Namespace) -> int:
                 raise ConfigError(f"box {name}: it is running (sbx stop {name} first, or sbx rm -f)")
             stop(name, 0)
         network = state.read_json(state.path_of(name), "run.json")["args"].get("network")
-        if network:  # its name goes from its network's hosts, if the network is still there
-            from ..living.network import drop_name, root
-            if os.path.isdir(os.path.join(root(), network)):
-                drop_name(os.path.join(root(), network), name)
+        if network:  # its name goes from its network's hosts
+            from ..living.network import drop_name
+            drop_name(network, name)
         left = teardown.remove_tree(state.path_of(name))
         if left:
             raise ConfigError(f"box {name}: could not remove all of it: {'; '.join(left)}")

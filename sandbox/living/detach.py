@@ -24,6 +24,7 @@ from typing import Any
 
 from .. import teardown
 from ..errors import ConfigError, ExecError
+from ..run.limits import Limits
 from . import state
 
 _ONE_SHOT_ONLY = ("copy_in", "copy_out", "json", "stdin", "dry_run", "commit")
@@ -48,9 +49,8 @@ def command(args: argparse.Namespace) -> int:
         _start(path, saved, os.getcwd())
     except BaseException:
         if args.network:
-            from .network import drop_name, root
-            if os.path.isdir(os.path.join(root(), args.network)):
-                drop_name(os.path.join(root(), args.network), name)
+            from .network import drop_name
+            drop_name(args.network, name)
         teardown.remove_tree(path)
         raise
     print(name)
@@ -114,8 +114,13 @@ def exec_config(name: str) -> dict[str, Any]:
     os.chdir(saved["cwd"])
     args = argparse.Namespace(**saved["args"])
     _, config, spec = configure(args)
-    limits = config["limits"]
     return {"policy": config["policy"], "idmap": config["idmap"], "user": "0" if spec.ids.root else None,
             "env": dict(spec.env), "cwd": spec.cwd,
             "secrets": config.get("secrets", {}), "net": "none" if config["net"] == "none" else "loopback",
-            "limits": limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)}
+            "limits": detached_limits(config["limits"], args)}
+
+
+def detached_limits(limits: Limits, args: argparse.Namespace) -> Limits:
+    """The limits of a detached box's program, and of what `sbx exec` runs in it: `sbx run`'s, but no output
+    limit (the log is rotated instead) and no wall-time limit unless --wall-time gave one."""
+    return limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)

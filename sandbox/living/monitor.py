@@ -68,18 +68,17 @@ def main() -> int:
 
 
 def _configure(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
-    """`sbx run`'s options (its parsed arguments) made into a sandbox's configuration, as the command line does; a
-    detached program has no output limit (its log is rotated instead) and no wall-time limit unless it was given
-    one."""
+    """`sbx run`'s options (its parsed arguments) made into a sandbox's configuration, as the command line does,
+    with a detached program's limits."""
     import argparse
 
     from ..cli.run import configure
+    from .detach import detached_limits
 
     args = argparse.Namespace(**payload["args"])
     argv, config, _ = configure(args)
     config["secrets"] = {k: bytes.fromhex(v) for k, v in payload["secrets"].items()}
-    limits = config["limits"]
-    config["limits"] = limits.replace(output=None, wall_time=limits.wall_time if args.wall_time else None)
+    config["limits"] = detached_limits(config["limits"], args)
     return argv, config
 
 
@@ -130,9 +129,7 @@ async def _live(path: str, box: BoxState, sandbox: Any, argv: list[str], report:
     if failure is not None:
         result = Result.not_run(Status.RE, failure.exit_status, str(failure))
     assert isinstance(result, Result)
-    with open(os.path.join(path, "record.json.tmp"), "w") as f:
-        f.write(result.to_json())
-    os.rename(os.path.join(path, "record.json.tmp"), os.path.join(path, "record.json"))
+    state.write_text(path, "record.json", result.to_json())
     state.save(path, ended.replace(exit_status=result.shell_status,
                                    message="" if result.status is Status.OK else result.summary))
     if failure is not None:

@@ -145,8 +145,14 @@ def add_name(network: Network, name: str) -> None:
     _edit_hosts(network.path, lambda lines: [*[x for x in lines if x.split()[1:] != [name]], f"127.0.0.1\t{name}"])
 
 
-def drop_name(network_path: str, name: str) -> None:
-    _edit_hosts(network_path, lambda lines: [x for x in lines if x.split()[1:] != [name]])
+def drop_name(network: str, name: str) -> None:
+    """`name` out of the hosts file of the network `network`, if there is such a network (still)."""
+    try:
+        path = os.path.join(root(), state.check_name(network))
+    except ConfigError:  # (a box being refused for its network's name: there is nothing to undo)
+        return
+    if os.path.isdir(path):
+        _edit_hosts(path, lambda lines: [x for x in lines if x.split()[1:] != [name]])
 
 
 def _edit_hosts(path: str, change: Any) -> None:

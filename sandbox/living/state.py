@@ -80,9 +80,14 @@ def create(name: str) -> str:
 
 
 def write_json(path: str, name: str, data: dict[str, Any]) -> None:
+    write_text(path, name, json.dumps(data, sort_keys=True))
+
+
+def write_text(path: str, name: str, text: str) -> None:
+    """`path/name` replaced whole: written under another name, then renamed (a reader sees the old or the new)."""
     tmp = os.path.join(path, f".{name}.{os.getpid()}")
     with open(tmp, "w") as f:
-        json.dump(data, f, sort_keys=True)
+        f.write(text)
     os.rename(tmp, os.path.join(path, name))
 
 
