@@ -49,8 +49,8 @@ _one_process: dict[str, bool] = {}
 
 
 def _makes_no_process(policy: Policy) -> bool:
-    from ..seccomp.compiler import syscall_regions
     from ..seccomp.policy import CONSTANTS
+    from ..seccomp.regions import syscall_regions
 
     clone_thread = CONSTANTS["CLONE_THREAD"]
     if policy.default.kind == "allow":

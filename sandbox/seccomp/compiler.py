@@ -1,47 +1,64 @@
-"""Compile a `Policy` to a seccomp BPF program with libseccomp, once, and cache it.
+"""Compile a `Policy` to a seccomp BPF program, once per process, and keep it in memory.
 
-Actions map to seccomp return values: allow -> SCMP_ACT_ALLOW, errno NAME ->
-SCMP_ACT_ERRNO(n), kill -> SCMP_ACT_NOTIFY.  "kill" is a user notification, not
-SECCOMP_RET_KILL: the supervisor holding the listener fd reads which syscall it
-was (reliably, with its arguments), answers it with an error so the call never
-runs, and ends the run with status SV.  The bad-architecture action is NOTIFY
-too, so an i386 (`int $0x80`) or x32 (nr | 0x40000000) call is reported by name
-(`i386:mount`); libseccomp sends x32 numbers on the x86_64 arch to that action.
+Actions map to seccomp return values: allow -> SECCOMP_RET_ALLOW, errno NAME ->
+SECCOMP_RET_ERRNO(n), kill -> SECCOMP_RET_USER_NOTIF.  "kill" is a user
+notification, not SECCOMP_RET_KILL: the supervisor holding the listener fd reads
+which syscall it was (reliably, with its arguments), answers it with an error so
+the call never runs, and ends the run with status SV.  The bad-architecture
+action is a notification too, so an i386 (`int $0x80`) or x32 (nr | 0x40000000)
+call is reported by name (`i386:mount`).
 
-Per-syscall rules are first-match (see `Policy.decide`).  libseccomp has no
-order among rules of one syscall (an unconditional rule silently swallows
-conditional ones with another action, and one rule cannot compare an argument
-twice), so each syscall's rules are first turned into disjoint regions of the
-argument space, each region a conjunction of masked-equal tests, one per
-argument (a "cube"); ranges become aligned power-of-two blocks.  Disjoint rules
-mean libseccomp's order cannot matter.
+The program, emitted here rather than by libseccomp: rules are first-match, and
+libseccomp has no order among the rules of one call.  Through it, each call's
+rules had to be made disjoint regions first (regions.py), and the complement of
+`arg & 0xffffffff == x` alone is 32 regions: `strict` came to 685 instructions,
+400 of them for ioctl, prctl, personality and clone.  Every run loads its
+filter, and the kernel converts and JITs it at about 0.16 us an instruction
+(bench/filter_load_bench.py): 0.1 ms of each pooled run.  The program here:
+1. checks the architecture (on x86_64, the x32 bit too): anything else is the
+   bad-architecture action;
+2. finds the call's number in a binary tree over ranges of numbers with one
+   decision each.  A leaf is a jump straight to a shared `ret` or to the call's
+   rules, and the path holds only jumps and returns, so the kernel's action
+   cache still takes every call that is always allowed without running it;
+3. for a call with conditional rules, tests them in their order: the first that
+   holds returns its action, and the default follows the last.
+A condition compares only the argument words its mask reaches (an int argument
+under a `U32` mask costs one load), and tests a value's set of ranges or its
+complement, whichever is shorter.  Call numbers come from libseccomp's table
+(pyseccomp): the policy's names, and which numbers it cannot name.
 
 The compiled program is kept in memory for the life of the process, keyed by
 the policy's meaning (not its file).  It is never kept on disk: a filter read
 back from a cache directory would decide what an untrusted program may call
-on the word of whoever can write that directory.
-Compiling costs 10-35 ms once per policy and process (the shipped policies).
+on the word of whoever can write that directory.  (The shipped policies'
+filters are built with the wheel: prebuilt.py.)
 """
 
 from __future__ import annotations
 
-import errno
 import struct
-import tempfile
 import threading
 from dataclasses import dataclass
 
 import pyseccomp as seccomp
 
-from .policy import U64, Action, Policy, PolicyError
+from .bpf import AND, JA, JEQ, JGE, JGT, LD_ABS, LD_MEM, MAX_INSNS, RET, ST, Label, Program
+from .policy import ENOSYS, U64, Action, Condition, Policy, PolicyError
 
-OPTIMIZE = 2  # libseccomp: 2 = binary tree over syscall numbers, 1 = rules in priority order
-_MAX_TERMS = 4096  # per syscall; a policy beyond that is refused, not compiled slowly
+_M32 = 0xFFFFFFFF
+_RET_ALLOW = 0x7FFF0000
+_RET_ERRNO = 0x00050000
+_RET_USER_NOTIF = 0x7FC00000
+_AUDIT_ARCH_X86_64 = 0xC000003E
+_AUDIT_ARCH_64BIT = 0x80000000
+_AUDIT_ARCH_LE = 0x40000000
+_X32_BIT = 0x40000000
+_NR, _ARCH, _ARGS = 0, 4, 16  # offsets in struct seccomp_data; each argument is 8 bytes
 
-Cube = tuple[int, int]  # (mask, value): the argument matches when arg & mask == value
-Term = tuple[Cube, ...]  # one cube per argument (mask 0: any value)
-_ANY: Cube = (0, 0)
-_FULL: Term = (_ANY,) * 6
+NATIVE_SYSCALLS = 512
+"""Numbers below this are looked up for names; above it the kernel has no calls yet, and they are decided as a
+number without a name is."""
 
 
 @dataclass(frozen=True)
@@ -57,263 +74,202 @@ class CompiledPolicy:
         return len(self.bpf) // 8
 
 
-# --- cubes -----------------------------------------------------------------------------------------
-
-
-def _cube_and(a: Cube, b: Cube) -> Cube | None:
-    common = a[0] & b[0]
-    if (a[1] ^ b[1]) & common:
-        return None
-    return a[0] | b[0], a[1] | b[1]
-
-
-def _cube_not(c: Cube) -> list[Cube]:
-    """Disjoint cubes covering everything outside c: the first differing bit, from the top."""
-    mask, value = c
-    out, prefix = [], 0
-    for bit in range(63, -1, -1):
-        b = 1 << bit
-        if mask & b:
-            out.append((prefix | b, (value & prefix) | (~value & b)))
-            prefix |= b
-    return out
-
-
-def _range_cubes(mask: int, lo: int, hi: int) -> list[Cube]:
-    """Disjoint cubes for `lo <= arg & mask <= hi`: split [lo, hi] into aligned blocks."""
-    out = []
-    while lo <= hi:
-        size = (lo & -lo) if lo else 1 << 64
-        while lo + size - 1 > hi:
-            size >>= 1
-        fixed = U64 & ~(size - 1)  # bits the block fixes
-        if not (lo & fixed & ~mask):  # the block needs a 1 where arg & mask is always 0: empty
-            m = mask & fixed
-            out.append((m, lo & m))
-        lo += size
-    return out
-
-
-def _condition_cubes(mask: int, ranges: tuple[tuple[int, int], ...]) -> list[Cube]:
-    """Disjoint cubes for `arg & mask` lying in the ranges; `!= x` as the complement of one cube."""
-    if len(ranges) == 2 and ranges[0][0] == 0 and ranges[1][1] == U64 and ranges[0][1] + 2 == ranges[1][0]:
-        x = ranges[0][1] + 1  # the ranges of `ne = x`
-        return [_ANY] if x & ~mask else _cube_not((mask, x))
-    return [c for lo, hi in ranges for c in _range_cubes(mask, lo, hi)]
-
-
-def _term_and(a: Term, b: Term) -> Term | None:
-    out = []
-    for x, y in zip(a, b):
-        c = _cube_and(x, y)
-        if c is None:
-            return None
-        out.append(c)
-    return tuple(out)
-
-
-_WORK_LIMIT = 400_000  # term intersections per syscall before a policy is called too complex
-_work = 0
-
-
-def _region_and(a: list[Term], b: list[Term]) -> list[Term]:
-    global _work
-    _work += len(a) * len(b)
-    if _work > _WORK_LIMIT:
-        raise _TooComplex
-    out = []
-    for x in a:
-        for y in b:
-            t = _term_and(x, y)
-            if t is not None:
-                out.append(t)
-                if len(out) > _MAX_TERMS:
-                    raise _TooComplex
-    return _merge(out)
-
-
-def _merge(region: list[Term]) -> list[Term]:
-    """Join sibling terms (equal but for one bit of one argument's cube) until none are left.
-
-    Keeps regions near their smallest: the complement of `arg != x` comes back as the one cube `arg == x`.
-    """
-    if len(region) < 2:
-        return region
-    global _work
-    terms = set(region)
-    changed = True
-    while changed:
-        changed = False
-        _work += len(terms) * 8
-        if _work > _WORK_LIMIT:
-            raise _TooComplex
-        for t in list(terms):
-            if t not in terms:
-                continue
-            for i, (mask, value) in enumerate(t):
-                m = mask
-                while m:
-                    bit = m & -m
-                    m ^= bit
-                    sibling = t[:i] + ((mask, value ^ bit),) + t[i + 1:]
-                    if sibling in terms:
-                        terms.discard(t)
-                        terms.discard(sibling)
-                        terms.add(t[:i] + ((mask & ~bit, value & ~bit),) + t[i + 1:])
-                        changed = True
-                        break
-                if t not in terms:
-                    break
-    return list(terms)
-
-
-def _term_not(t: Term) -> list[Term]:
-    """Disjoint terms covering everything outside t."""
-    out, prefix = [], list(_FULL)
-    for i, cube in enumerate(t):
-        if cube == _ANY:
-            continue
-        for c in _cube_not(cube):
-            term = list(prefix)
-            term[i] = c
-            out.append(tuple(term))
-        prefix[i] = cube
-    return out
-
-
-def _region_minus(region: list[Term], cut: list[Term]) -> list[Term]:
-    """What of `region` lies outside every term of `cut`: a term that misses a cut term is kept whole."""
-    global _work
-    for c in cut:
-        _work += len(region)
-        if _work > _WORK_LIMIT:
-            raise _TooComplex
-        out, outside = [], None
-        for t in region:
-            if _term_and(t, c) is None:
-                out.append(t)
-                continue
-            outside = outside or _term_not(c)
-            out.extend(x for n in outside if (x := _term_and(t, n)) is not None)
-        if len(out) > _MAX_TERMS:
-            raise _TooComplex
-        region = out
-    return _merge(region)
-
-
-def _condition_region(rule) -> list[Term]:
-    region = [_FULL]
-    for cond in rule.when:
-        cubes = _condition_cubes(cond.mask, cond.ranges)
-        terms = []
-        for c in cubes:
-            term = list(_FULL)
-            term[cond.arg] = c
-            terms.append(tuple(term))
-        region = _region_and(region, terms)
-    return region
-
-
-class _TooComplex(Exception):
-    pass
-
-
-def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
-    """Disjoint (action, term) pairs that together give the first-match meaning of the syscall's rules.
-
-    Regions whose action is the policy default are left out: the filter's default covers them.
-    """
-    rules = policy.rules_for(syscall)
-    if rules and not rules[0].when:  # most calls: one rule with no condition, which decides every call
-        return [] if rules[0].action == policy.default else [(rules[0].action, _FULL)]
-    global _work
-    _work = 0
-    out: list[tuple[Action, Term]] = []
-    remaining = [_FULL]
-    try:
-        for rule in rules:
-            if not rule.when:  # takes all that is left, and nothing is left after it
-                if rule.action != policy.default:
-                    out.extend((rule.action, t) for t in remaining)
-                break
-            cond = _condition_region(rule)
-            if rule.action != policy.default:
-                out.extend((rule.action, t) for t in _region_and(remaining, cond))
-            remaining = _region_minus(remaining, cond)
-            if not remaining:
-                break
-            if len(out) > _MAX_TERMS:
-                raise _TooComplex
-        merged: list[tuple[Action, Term]] = []
-        for action in dict.fromkeys(a for a, _ in out):
-            merged.extend((action, t) for t in _merge([t for a, t in out if a == action]))
-    except _TooComplex:
-        raise PolicyError(f"policy {policy.name!r}: the conditions for {syscall!r} are too complex to compile") from None
-    return merged
-
-
-# --- libseccomp ------------------------------------------------------------------------------------
-
-
-def _scmp_action(action: Action) -> int:
+def _ret(action: Action) -> int:
     if action.kind == "allow":
-        return seccomp.ALLOW
+        return _RET_ALLOW
     if action.kind == "kill":
-        return seccomp.NOTIFY
-    return seccomp.ERRNO(action.errno)
+        return _RET_USER_NOTIF
+    return _RET_ERRNO | (action.errno or 0)
+
+
+Decision = Action | str  # what a number gets: an action, or the name of a call whose rules are tested in order
 
 
 def _build(policy: Policy) -> bytes:
-    f = seccomp.SyscallFilter(_scmp_action(policy.default))
-    f.set_attr(seccomp.Attr.ACT_BADARCH, seccomp.NOTIFY)
-    f.set_attr(seccomp.Attr.CTL_NNP, 0)  # the loader sets no_new_privs itself
-    try:
-        f.set_attr(seccomp.Attr.CTL_OPTIMIZE, OPTIMIZE)
-    except (RuntimeError, ValueError, OSError):
-        pass
-    for syscall in policy.syscalls:
-        for action, term in syscall_regions(policy, syscall):
-            args = []
-            for i, (mask, value) in enumerate(term):
-                if mask == U64:
-                    args.append(seccomp.Arg(i, seccomp.EQ, value))
-                elif mask:
-                    args.append(seccomp.Arg(i, seccomp.MASKED_EQ, mask, value))
-            try:
-                f.add_rule_exactly(_scmp_action(action), syscall, *args)
-            except (RuntimeError, ValueError, OSError) as e:
-                raise PolicyError(f"policy {policy.name!r}: libseccomp refused a rule for {syscall!r}: {e}") from None
-    if policy.default.kind == "allow":
-        for nr in _unnamed_syscalls():
-            f.add_rule_exactly(seccomp.ERRNO(errno.ENOSYS), nr)
-    with tempfile.TemporaryFile() as tmp:
-        f.export_bpf(tmp)
-        tmp.seek(0)
-        bpf = tmp.read()
-    if not bpf or len(bpf) % 8:
-        raise PolicyError(f"policy {policy.name!r}: libseccomp produced no valid BPF program")
-    if len(bpf) // 8 > 4096:
-        raise PolicyError(f"policy {policy.name!r}: the filter has {len(bpf) // 8} instructions, more than the kernel's 4096")
+    arch = seccomp.system_arch()
+    if not arch & _AUDIT_ARCH_64BIT:
+        raise PolicyError(f"policy {policy.name!r}: this machine's architecture ({arch:#x}) is not a 64-bit one, "
+                          "which sbx's filters are written for")
+    prog = Program()
+    bad_arch, default = prog.ret(_RET_USER_NOTIF), prog.ret(_ret(policy.default))
+    native, tree = Label(), Label()
+    prog.emit(LD_ABS, _ARCH)
+    prog.emit(JEQ, arch, native, bad_arch)
+    prog.here(native)
+    prog.emit(LD_ABS, _NR)
+    if arch == _AUDIT_ARCH_X86_64:
+        x32 = Label()
+        prog.emit(JGE, _X32_BIT, x32, tree)
+        prog.here(x32)
+        prog.emit(JEQ, _M32, default, bad_arch)  # -1, a call a tracer skipped: the default, as libseccomp had it
+    blocks: dict[str, Label] = {}
+    _tree(prog, _segments(policy), blocks, tree)
+    for name, label in blocks.items():
+        prog.here(label)
+        _rules(prog, policy.rules_for(name), default, little=bool(arch & _AUDIT_ARCH_LE))
+    bpf = prog.assemble()
+    if len(bpf) // 8 > MAX_INSNS:
+        raise PolicyError(f"policy {policy.name!r}: the filter has {len(bpf) // 8} instructions, "
+                          f"more than the kernel's {MAX_INSNS}")
     return bpf
 
 
-NATIVE_SYSCALLS = 512
-"""Syscall numbers below this are checked for names; above it (x86_64) the kernel has none yet."""
+def _segments(policy: Policy) -> list[tuple[int, Decision]]:
+    """(first number, decision) of each run of numbers decided alike, from 0; the last runs to 2**32 - 1.
 
-
-def _unnamed_syscalls() -> list[int]:
-    """Native syscall numbers libseccomp cannot name: calls newer than it (open_tree_attr on libseccomp 2.5).
-
-    A policy that allows by default would let them all through, unseen; they
-    fail with ENOSYS instead, as on a kernel that predates them.
+    Under a policy that allows by default, a number libseccomp cannot name (a call newer than it: open_tree_attr
+    on libseccomp 2.5) fails with ENOSYS, as on a kernel that predates it, rather than going through unseen.
     """
-    out = []
-    for nr in range(NATIVE_SYSCALLS):
-        try:
-            seccomp.resolve_syscall(seccomp.Arch.NATIVE, nr)
-        except ValueError:
-            out.append(nr)
+    decided: dict[int, Decision] = {}
+    for name, rules in policy.syscalls.items():
+        nr = seccomp.resolve_syscall(seccomp.Arch.NATIVE, name)
+        if nr >= 0:  # (negative: no such call on this architecture)
+            decided[nr] = name if rules[0].when else rules[0].action
+    unnamed = ENOSYS if policy.default.kind == "allow" else policy.default
+    out: list[tuple[int, Decision]] = []
+    for nr in range(NATIVE_SYSCALLS + 1):
+        if nr in decided:
+            d = decided[nr]
+        else:
+            d = policy.default if nr < NATIVE_SYSCALLS and _named(nr) else unnamed
+        if not out or isinstance(d, str) or out[-1][1] != d:
+            out.append((nr, d))
     return out
+
+
+def _named(nr: int) -> bool:
+    try:
+        seccomp.resolve_syscall(seccomp.Arch.NATIVE, nr)
+    except ValueError:
+        return False
+    return True
+
+
+def _tree(prog: Program, segments: list[tuple[int, Decision]], blocks: dict[str, Label], root: Label) -> None:
+    """A binary search of the number (in A) over the segments' first numbers, bound at `root`."""
+
+    def target(d: Decision) -> Label:
+        return blocks.setdefault(d, Label()) if isinstance(d, str) else prog.ret(_ret(d))
+
+    def node(lo: int, hi: int) -> None:
+        mid = (lo + hi) // 2
+        left = target(segments[lo][1]) if mid - lo == 1 else Label()
+        right = target(segments[mid][1]) if hi - mid == 1 else Label()
+        prog.emit(JGE, segments[mid][0], right, left)
+        for label, start, end in ((left, lo, mid), (right, mid, hi)):
+            if end - start > 1:
+                prog.here(label)
+                node(start, end)
+
+    prog.here(root)
+    if len(segments) == 1:
+        prog.emit(JA, 0, target(segments[0][1]))
+    else:
+        node(0, len(segments))
+
+
+def _rules(prog: Program, rules: tuple, default: Label, little: bool) -> None:
+    for rule in rules:
+        hit = prog.ret(_ret(rule.action))
+        if not rule.when:  # it decides all that is left
+            prog.emit(JA, 0, hit)
+            return
+        next_rule = Label()
+        for i, cond in enumerate(rule.when):
+            match = hit if i == len(rule.when) - 1 else Label()
+            _condition(prog, cond, match, next_rule, little)
+            if match is not hit:
+                prog.here(match)
+        prog.here(next_rule)
+    prog.emit(JA, 0, default)
+
+
+def _condition(prog: Program, cond: Condition, match: Label, fail: Label, little: bool) -> None:
+    """Jump to `match` when `arg & mask` lies in the condition's ranges, else to `fail`."""
+    lo_word = _ARGS + 8 * cond.arg + (0 if little else 4)
+    hi_word = _ARGS + 8 * cond.arg + (4 if little else 0)
+    mask_hi, mask_lo = cond.mask >> 32, cond.mask & _M32
+    top = U64 if mask_hi else _M32  # the value's highest possible
+    ranges = [(lo, min(hi, top)) for lo, hi in cond.ranges if lo <= top]
+    outside = _complement(ranges, top)
+    if not ranges or not outside:
+        prog.emit(JA, 0, match if ranges else fail)
+        return
+    if len(outside) < len(ranges):
+        ranges, match, fail = outside, fail, match
+    if mask_hi:
+        _load(prog, hi_word, mask_hi)
+        prog.emit(ST, 0)
+        _load(prog, lo_word, mask_lo)
+        prog.emit(ST, 1)
+        _in_ranges64(prog, ranges, match, fail)
+    else:
+        _load(prog, lo_word, mask_lo)
+        _in_ranges32(prog, ranges, match, fail)
+
+
+def _load(prog: Program, offset: int, mask: int) -> None:
+    prog.emit(LD_ABS, offset)
+    if mask != _M32:
+        prog.emit(AND, mask)
+
+
+def _complement(ranges: list[tuple[int, int]], top: int) -> list[tuple[int, int]]:
+    out, start = [], 0
+    for lo, hi in ranges:
+        if lo > start:
+            out.append((start, lo - 1))
+        start = hi + 1
+    if start <= top:
+        out.append((start, top))
+    return out
+
+
+def _in_ranges32(prog: Program, ranges: list[tuple[int, int]], match: Label, fail: Label) -> None:
+    """The value in A (32 bits) against sorted, disjoint ranges: below one range, it is below all that follow."""
+    for i, (lo, hi) in enumerate(ranges):
+        following = fail if i == len(ranges) - 1 else Label()
+        if lo == hi:
+            prog.emit(JEQ, lo, match, following)
+        elif hi == _M32:
+            prog.emit(JGE, lo, match, fail)
+        else:
+            if lo:
+                at_least = Label()
+                prog.emit(JGE, lo, at_least, fail)
+                prog.here(at_least)
+            prog.emit(JGT, hi, following, match)
+        if following is not fail:
+            prog.here(following)
+
+
+def _in_ranges64(prog: Program, ranges: list[tuple[int, int]], match: Label, fail: Label) -> None:
+    """The value whose high word is in M[0] and low word in M[1] against sorted, disjoint ranges."""
+    for i, (lo, hi) in enumerate(ranges):
+        following = fail if i == len(ranges) - 1 else Label()
+        if lo:  # at least lo: a higher high word, or the same and a low word at least lo's
+            at_least, same_high, low = Label(), Label(), Label()
+            prog.emit(LD_MEM, 0)
+            prog.emit(JGT, lo >> 32, at_least, same_high)
+            prog.here(same_high)
+            prog.emit(JEQ, lo >> 32, low, fail)
+            prog.here(low)
+            prog.emit(LD_MEM, 1)
+            prog.emit(JGE, lo & _M32, at_least, fail)
+            prog.here(at_least)
+        if hi == U64:
+            prog.emit(JA, 0, match)
+        else:  # at most hi: a lower high word, or the same and a low word at most hi's
+            not_above, same_high = Label(), Label()
+            prog.emit(LD_MEM, 0)
+            prog.emit(JGT, hi >> 32, following, not_above)
+            prog.here(not_above)
+            prog.emit(JEQ, hi >> 32, same_high, match)
+            prog.here(same_high)
+            prog.emit(LD_MEM, 1)
+            prog.emit(JGT, hi & _M32, following, match)
+        if following is not fail:
+            prog.here(following)
 
 
 # --- the in-memory cache ---------------------------------------------------------------------------
@@ -365,13 +321,9 @@ def _counts_refusals(policy: Policy) -> bool:
     return counts
 
 
-_RET = 0x06  # BPF_RET | BPF_K
-_SECCOMP_RET_USER_NOTIF = 0x7FC00000
-
-
 def _has_notify(bpf: bytes) -> bool:
     for code, _jt, _jf, k in struct.iter_unpack("=HBBI", bpf):
-        if code == _RET and k & 0xFFFF0000 == _SECCOMP_RET_USER_NOTIF:
+        if code == RET and k & 0xFFFF0000 == _RET_USER_NOTIF:
             return True
     return False
 

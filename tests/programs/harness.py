@@ -193,6 +193,31 @@ RET_NOTIFY = 0x7FC00000
 RET_ERRNO = 0x00050000
 
 
+def const_allow(bpf: bytes, nr: int, arch: int) -> bool:
+    """What the kernel's action cache concludes for a call at load (seccomp_is_const_allow, kernel/seccomp.c):
+    allowed whatever its arguments, by a path of only number and arch loads, AND, jumps on constants and
+    `ret ALLOW`.  Anything else on the path (an argument's load, memory) leaves the call to the filter."""
+    insns = list(struct.iter_unpack("=HBBI", bpf))
+    a, pc = 0, 0
+    while pc < len(insns):
+        code, jt, jf, k = insns[pc]
+        pc += 1
+        if code == 0x20 and k in (0, 4):  # BPF_LD | BPF_W | BPF_ABS of nr or arch
+            a = nr if k == 0 else arch
+        elif code == 0x06:  # BPF_RET | BPF_K
+            return k == RET_ALLOW
+        elif code == 0x05:  # BPF_JA
+            pc += k
+        elif code in (0x15, 0x25, 0x35, 0x45):  # BPF_JEQ, JGT, JGE, JSET with K
+            taken = {0x15: a == k, 0x25: a > k, 0x35: a >= k, 0x45: bool(a & k)}[code]
+            pc += jt if taken else jf
+        elif code == 0x54:  # BPF_ALU | BPF_AND | BPF_K
+            a &= k
+        else:
+            return False
+    raise AssertionError("BPF program ran off its end")
+
+
 def seccomp_data(nr: int, arch: int, args: tuple[int, ...] = (0,) * 6, ip: int = 0) -> bytes:
     args = tuple(a & (2**64 - 1) for a in args) + (0,) * (6 - len(args))
     return struct.pack("=iIQ6Q", nr, arch, ip, *args)
