@@ -168,15 +168,24 @@ static const unsigned long long ROOT_CAPS = 1ULL << CAP_CHOWN | 1ULL << CAP_DAC_
                                             1ULL << CAP_SETUID | 1ULL << CAP_SETPCAP | 1ULL << CAP_NET_BIND_SERVICE |
                                             1ULL << CAP_SYS_CHROOT | 1ULL << CAP_SETFCAP;
 
+/* Empty the bounding set but for `keep`.  A program that is not root of its own user namespace inherits the
+ * spawner's, which main empties once (the spawner never execs, so its own only bounds its children): a run
+ * saves last_cap + 1 prctl calls.  Entering the program's own namespace fills it again, so that case drops in
+ * each run. */
+static int drop_bounding(unsigned long long keep)
+{
+    for (int cap = 0; cap <= last_cap; cap++)
+        if (!(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
+            return -1;
+    return 0;
+}
+
 static void drop_privileges(int err_pipe)
 {
     /* first, while this process is the box's root: entering the namespace takes its owner's rights over it */
-    if (program_userns >= 0 && setns(program_userns, CLONE_NEWUSER) < 0)
+    if (program_userns >= 0 && (setns(program_userns, CLONE_NEWUSER) < 0 || drop_bounding(ROOT_CAPS) < 0))
         child_fail(err_pipe, "setup", errno);
     unsigned long long keep = program_userns >= 0 ? ROOT_CAPS : 0;
-    for (int cap = 0; cap <= last_cap; cap++)
-        if (!(keep >> cap & 1) && prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL && errno != EPERM)
-            child_fail(err_pipe, "setup", errno);
     if (use_setgroups && setgroups(0, NULL) < 0)
         child_fail(err_pipe, "setup", errno);
     if (setresgid(program_gid, program_gid, program_gid) < 0 || setresuid(program_uid, program_uid, program_uid) < 0)
@@ -998,6 +1007,8 @@ int main(int argc, char **argv)
             last_cap = CAP_LAST_CAP;
         fclose(f);
     }
+    if (program_userns < 0 && drop_bounding(0) < 0)
+        return 125;
     if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, listener_pair) < 0)
         return 1;
     prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
