@@ -13,6 +13,7 @@ import stat
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import anyio
@@ -283,8 +284,9 @@ class Sandbox(Spec):
         program's controlling terminal (sbx exec -t); never give one that
         anyone else reads, as the program could push input to them.
         """
+        pumps = stdout is not None or stderr is not None  # else the spawner captures both: no task to wait for
         with single_error():
-            async with anyio.create_task_group() as tasks:
+            async with anyio.create_task_group() if pumps else nullcontext() as tasks:
                 pending = await self._start(tasks, argv, limits=limits, env=env, cwd=cwd, stdin=stdin,
                                             stdout=stdout, stderr=stderr, policy=policy, started=started,
                                             terminal=terminal)
@@ -293,7 +295,7 @@ class Sandbox(Spec):
 
     async def _start(
         self,
-        tasks: TaskGroup,
+        tasks: TaskGroup | None,
         argv: Sequence[str],
         *,
         limits: Limits | None,
@@ -310,6 +312,7 @@ class Sandbox(Spec):
     ) -> _Pending:
         """Send the run request (the program starts) and return what waits for its end.
 
+        `tasks`: where the output pumps run, None when the spawner captures both streams (no pump then).
         `more_fds`: the program's fds from 3 up, each as `stdin` (data, or an fd
         handed over); one not given below the highest is /dev/null.  `tty`: stdout and stderr are
         one terminal, whose output is captured as stdout.
@@ -331,18 +334,20 @@ class Sandbox(Spec):
         try:
             if captured is not None:
                 fds += [os.dup(fd) for fd in captured]
-            elif tty:
-                master, slave = os.openpty()
-                tasks.start_soon(out.pump, master, None, out.stdout)
-                fds += [slave, os.dup(slave)]
             else:
-                for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
-                    if isinstance(mode, int):
-                        fds.append(os.dup(mode))
-                        continue
-                    r, w = program_pipe()
-                    tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
-                    fds.append(w)
+                assert tasks is not None, "output that is not captured is pumped by a task"
+                if tty:
+                    master, slave = os.openpty()
+                    tasks.start_soon(out.pump, master, None, out.stdout)
+                    fds += [slave, os.dup(slave)]
+                else:
+                    for mode, buf in ((stdout, out.stdout), (stderr, out.stderr)):
+                        if isinstance(mode, int):
+                            fds.append(os.dup(mode))
+                            continue
+                        r, w = program_pipe()
+                        tasks.start_soon(out.pump, r, mode if isinstance(mode, Relay) else None, buf)
+                        fds.append(w)
             for fd in range(3, max(more_fds, default=2) + 1):
                 fds.append(await input_fd(more_fds.get(fd)))
             req = prepared.request(box.ids, cgroup, captured is not None, len(fds), started is not None, terminal)
