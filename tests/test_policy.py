@@ -294,16 +294,23 @@ PROBES = [(0,) * 6, (0x7E020000, 0x5412), (0x10000, 0x100005412), (0xFFFFFFFF, 0
           (0x10011,), (0x3D0F00,), (0x3D0F00 | 0x10000000,), (0x01200011,), (U64, U64, U64, U64, U64, U64)]
 
 
+def named_calls() -> list[tuple[int, str]]:
+    """(number, name) of every x86_64 call below 460 that libseccomp names."""
+    out = []
+    for nr in range(0, 460):
+        try:
+            out.append((nr, libseccomp.resolve_syscall(libseccomp.Arch.X86_64, nr).decode()))
+        except ValueError:
+            continue
+    return out
+
+
 @pytest.mark.parametrize("name", SHIPPED)
 def test_compiled_shipped_policy_agrees_with_the_policy(name: str) -> None:
     p = load_policy(name)
     bpf = _build(p)
     checked = 0
-    for nr in range(0, 460):
-        try:
-            syscall = libseccomp.resolve_syscall(libseccomp.Arch.X86_64, nr).decode()
-        except ValueError:
-            continue
+    for nr, syscall in named_calls():
         for args in PROBES:
             assert bpf_run(bpf, seccomp_data(nr, X86_64, args)) == expected_ret(p.decide(syscall, args)), (syscall, args)
             checked += 1
@@ -376,11 +383,7 @@ def test_a_shipped_filter_is_short_and_its_always_allowed_calls_stay_cacheable(n
     bpf = _build(p)
     assert len(bpf) // 8 < 200, len(bpf) // 8
     allowed = 0
-    for nr in range(0, 460):
-        try:
-            syscall = libseccomp.resolve_syscall(libseccomp.Arch.X86_64, nr).decode()
-        except ValueError:
-            continue
+    for nr, syscall in named_calls():
         rules = p.rules_for(syscall)
         always = (rules[0].action if rules and not rules[0].when else p.default if not rules else None) == ALLOW
         assert const_allow(bpf, nr, X86_64) == always, syscall

@@ -247,29 +247,30 @@ def _in_ranges64(prog: Program, ranges: list[tuple[int, int]], match: Label, fai
     """The value whose high word is in M[0] and low word in M[1] against sorted, disjoint ranges."""
     for i, (lo, hi) in enumerate(ranges):
         following = fail if i == len(ranges) - 1 else Label()
-        if lo:  # at least lo: a higher high word, or the same and a low word at least lo's
-            at_least, same_high, low = Label(), Label(), Label()
-            prog.emit(LD_MEM, 0)
-            prog.emit(JGT, lo >> 32, at_least, same_high)
-            prog.here(same_high)
-            prog.emit(JEQ, lo >> 32, low, fail)
-            prog.here(low)
-            prog.emit(LD_MEM, 1)
-            prog.emit(JGE, lo & _M32, at_least, fail)
+        if lo:
+            at_least = Label()
+            _against64(prog, lo, above=at_least, below=fail, low_test=JGE, low_true=at_least, low_false=fail)
             prog.here(at_least)
         if hi == U64:
             prog.emit(JA, 0, match)
-        else:  # at most hi: a lower high word, or the same and a low word at most hi's
-            not_above, same_high = Label(), Label()
-            prog.emit(LD_MEM, 0)
-            prog.emit(JGT, hi >> 32, following, not_above)
-            prog.here(not_above)
-            prog.emit(JEQ, hi >> 32, same_high, match)
-            prog.here(same_high)
-            prog.emit(LD_MEM, 1)
-            prog.emit(JGT, hi & _M32, following, match)
+        else:
+            _against64(prog, hi, above=following, below=match, low_test=JGT, low_true=following, low_false=match)
         if following is not fail:
             prog.here(following)
+
+
+def _against64(prog: Program, bound: int, *, above: Label, below: Label, low_test: int, low_true: Label,
+               low_false: Label) -> None:
+    """The value (M[0], M[1]) against a 64-bit bound: a higher high word goes `above`, a lower one `below`,
+    and the same one leaves it to `low_test` of the low words."""
+    same_high, low = Label(), Label()
+    prog.emit(LD_MEM, 0)
+    prog.emit(JGT, bound >> 32, above, same_high)
+    prog.here(same_high)
+    prog.emit(JEQ, bound >> 32, low, below)
+    prog.here(low)
+    prog.emit(LD_MEM, 1)
+    prog.emit(low_test, bound & _M32, low_true, low_false)
 
 
 # --- the in-memory cache ---------------------------------------------------------------------------

@@ -208,5 +208,6 @@ def syscall_regions(policy: Policy, syscall: str) -> list[tuple[Action, Term]]:
         for action in dict.fromkeys(a for a, _ in out):
             merged.extend((action, t) for t in _merge([t for a, t in out if a == action]))
     except _TooComplex:
-        raise PolicyError(f"policy {policy.name!r}: the conditions for {syscall!r} are too complex to analyse") from None
+        raise PolicyError(f"policy {policy.name!r}: the conditions for {syscall!r} are too complex to analyse") \
+            from None
     return merged
