@@ -6,7 +6,9 @@ One `box.run(["/bin/true"])` in a warm box (the `strict` policy, the judge's
 limits), split at the points the supervisor sees:
 - prepare: from the call to the request's send (environment, rlimits, the
   filter, the fds, the request's tokens);
-- send: the request's sendmsg to the spawner;
+- send: the request's sendmsg to the spawner, which wakes it: the bare spawn taken between two
+  runs here outlasts the spawner's spin after a report (a judge's runs back to back mostly find it
+  spinning);
 - spawner: from the send to the report's arrival, less what the spawner
   itself measured of the run (its `wall`): the two wake-ups across the socket
   and the spawner's parsing and report;
