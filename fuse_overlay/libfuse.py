@@ -40,12 +40,13 @@ def noopen_active() -> bool:
 
 
 class FastPath:
-    """The tables from which the shim answers getattr and read without Python.
+    """The tables from which the shim answers getattr, read and a listing's end without Python.
 
     Only what can no longer change goes in: attributes of objects not in the
-    upper, and read-only descriptors of lower files.  An entry must be
-    withdrawn before the object changes (copy-up) or the descriptor is
-    closed; all of it runs in the daemon's one thread.
+    upper, read-only descriptors of lower files, and where a directory's
+    listing ends while it stays the same.  An entry must be withdrawn before
+    the object changes (copy-up, a name added or removed) or the descriptor
+    is closed; all of it runs in the daemon's one thread.
     """
 
     def __init__(self, lib: ctypes.CDLL | None) -> None:
@@ -54,6 +55,7 @@ class FastPath:
             u32, u64, i64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
             lib.sbx_fast_attr.argtypes = [u64, u32, u32, u32, u32, u32, u64, u64, u32, i64, i64, i64, u64]
             lib.sbx_fast_file.argtypes = [u64, ctypes.c_int]
+            lib.sbx_fast_listed.argtypes = [u64, u64]
             lib.sbx_fast_forget.argtypes = [u64]
 
     def attr(self, ino: int, e: EntryAttributes, valid: float) -> None:
@@ -66,6 +68,16 @@ class FastPath:
         if self._lib is not None:
             self._lib.sbx_fast_file(ino, fd)
 
+    def listed(self, ino: int, last_cookie: int) -> None:
+        """The directory was listed to its end, LAST_COOKIE its last entry's: a readdir from there is empty."""
+        if self._lib is not None:
+            self._lib.sbx_fast_listed(ino, last_cookie)
+
+    def unlisted(self, ino: int) -> None:
+        """The directory's listing changed."""
+        if self._lib is not None:
+            self._lib.sbx_fast_listed(ino, 0)
+
     def forget(self, ino: int) -> None:
         if self._lib is not None:
             self._lib.sbx_fast_forget(ino)
@@ -73,6 +85,10 @@ class FastPath:
     def answered(self) -> int:
         """How many requests the shim answered by itself."""
         return 0 if self._lib is None else ctypes.c_ulong.in_dll(self._lib, "sbx_fast_answered").value
+
+    def listing_ends(self) -> int:
+        """How many of them were readdirs past a listing's end."""
+        return 0 if self._lib is None else ctypes.c_ulong.in_dll(self._lib, "sbx_fast_listing_ends").value
 
 
 fast = FastPath(_shim)

@@ -337,7 +337,9 @@ class UnionFS(pyfuse3.Operations):
         if d.stream is None:
             d.stream = DirStream()
         reply = pyfuse3.readdir_reply
+        last = start_id
         for cookie, name, node in d.stream.after(d, self.union.listing(d), start_id):
+            last = cookie
             if node.unlinked:
                 continue
             attr = node.attr
@@ -350,6 +352,8 @@ class UnionFS(pyfuse3.Operations):
                 return
             if cookie >= FIRST_COOKIE:  # the kernel takes no lookup reference on "." and ".."
                 node.nlookup += 1
+        if last:  # to the end: the kernel's next readdir, from `last`, is answered empty by the shim
+            fast.listed(d.ino, last)
 
     async def releasedir(self, fh: int) -> None:
         return None

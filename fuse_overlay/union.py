@@ -208,6 +208,11 @@ class Union:
             self.table.register_key(node, st)
         return node
 
+    def _relist(self, d: Node) -> None:
+        """D's names changed: list it again, in Python, to the end (the shim answered past the old end)."""
+        d.listing = None
+        fast.unlisted(d.ino)
+
     def listing(self, d: Node) -> tuple[tuple[bytes, Node], ...]:
         if d.listing is not None:
             return d.listing
@@ -321,7 +326,7 @@ class Union:
             self.markers.mark_opaque(self.upper_path(node))
             node.lowers = ()
             node.lower_st = None
-            node.listing = None
+            self._relist(node)
             node.attr = None
 
     # -- creating ----------------------------------------------------------
@@ -357,7 +362,7 @@ class Union:
 
     def _attach(self, parent: Node, name: bytes, node: Node) -> Node:
         parent.children[name] = node
-        parent.listing = None
+        self._relist(parent)
         return node
 
     def create(self, parent: Node, name: bytes, mode: int, uid: int, gid: int) -> Node:
@@ -452,7 +457,7 @@ class Union:
     def _detach(self, node: Node, parent: Node, name: bytes) -> None:
         """Drop one name of NODE; the node lives on while open or looked up."""
         parent.children.pop(name, None)
-        parent.listing = None
+        self._relist(parent)
         if node.parent is parent and node.name == name:
             if node.aliases:
                 node.parent, node.name = node.aliases.pop()
@@ -555,7 +560,7 @@ class Union:
             for other in list(self.table.nodes.values()):
                 if other.is_dir and other.lowers and other.is_under(node):
                     other.lowers = ()
-                    other.listing = None
+                    self._relist(other)
         else:
             self.ensure_upper(node)
 
@@ -612,13 +617,13 @@ class Union:
 
     def _move_name(self, node: Node, p1: Node, n1: bytes, p2: Node, n2: bytes) -> None:
         p1.children.pop(n1, None)
-        p1.listing = None
+        self._relist(p1)
         if node.parent is p1 and node.name == n1:
             node.parent, node.name = p2, n2
         else:
             node.aliases = [(p2, n2) if (a[0] is p1 and a[1] == n1) else a for a in node.aliases]
         p2.children[n2] = node
-        p2.listing = None
+        self._relist(p2)
 
     def _exchange(self, p1: Node, n1: bytes, a: Node, p2: Node, n2: bytes, b: Node) -> None:
         self._check_movable(a)
@@ -641,8 +646,8 @@ class Union:
                 node.aliases = [(new_p, new_n) if (x[0] is old_p and x[1] == old_n) else x for x in node.aliases]
         p1.children[n1] = b
         p2.children[n2] = a
-        p1.listing = None
-        p2.listing = None
+        self._relist(p1)
+        self._relist(p2)
 
     # -- attributes: changes -------------------------------------------------
 

@@ -480,6 +480,29 @@ def test_a_listing_stays_exact_while_the_directory_changes(mount, tmp_path: Path
     assert sorted(m.listdir("d")) == sorted(set(names) - set(removed) | set(added))
 
 
+def test_the_end_of_a_listing_is_answered_in_c_until_the_directory_changes(mount, tmp_path: Path) -> None:
+    """The kernel reads a directory until a readdir comes back empty: that last one is the shim's once Python
+    listed the directory to its end, and Python's again as soon as a name comes or goes (a pass that reads on
+    past the old end while names come: test_a_listing_stays_exact_while_the_directory_changes)."""
+    names = [f"{i:03d}-" + "y" * 100 for i in range(200)]  # long names: a listing takes several readdirs
+    low = layer(tmp_path, "low", {**{f"d{j}/f": b"" for j in range(10)}, **{f"big/{n}": b"" for n in names}})
+    m = mount([low], extra=",debug")
+    for j in range(10):
+        assert m.listdir(f"d{j}") == ["f"]
+    assert sorted(m.listdir("big")) == names
+    added = [f"new-{i:03d}-" + "z" * 100 for i in range(200)]
+    for n in added:
+        m.write(f"big/{n}", b"")
+    m.unlink(f"big/{names[0]}")
+    assert sorted(m.listdir("big")) == sorted(names[1:] + added)
+    m.mkdir("d0/sub")
+    assert sorted(m.listdir("d0")) == ["f", "sub"]
+    assert m.close() == 0
+    log = m.daemon.proc.stderr.read().decode()
+    ends = int(log.rsplit("readdirs past a listing's end", 1)[0].rsplit("(", 1)[1].split()[0])
+    assert ends >= 13, log[-2000:]  # the ten d*, big twice and d0 again
+
+
 @BOTH_WAYS
 def test_the_shim_answers_unchanging_objects_and_lets_changed_ones_go(mount, tmp_path: Path, opens: bool) -> None:
     """getattr and read of lower objects are answered in C; a copy-up takes them back to Python."""
