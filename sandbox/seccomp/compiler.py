@@ -13,7 +13,7 @@ libseccomp has no order among the rules of one call.  Through it, each call's
 rules had to be made disjoint regions first (regions.py), and the complement of
 `arg & 0xffffffff == x` alone is 32 regions: `strict` came to 685 instructions,
 400 of them for ioctl, prctl, personality and clone.  Every run loads its
-filter, and the kernel converts and JITs it at about 0.16 us an instruction
+filter, and the kernel converts and JITs it at 0.2-0.3 us an instruction
 (bench/filter_load_bench.py): 0.1 ms of each pooled run.  The program here:
 1. checks the architecture (on x86_64, the x32 bit too): anything else is the
    bad-architecture action;
@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import pyseccomp as seccomp
 
 from .bpf import AND, JA, JEQ, JGE, JGT, LD_ABS, LD_MEM, MAX_INSNS, RET, ST, Label, Program
-from .policy import ENOSYS, U64, Action, Condition, Policy, PolicyError
+from .policy import ENOSYS, U64, Action, Condition, Policy, PolicyError, Rule
 
 _M32 = 0xFFFFFFFF
 _RET_ALLOW = 0x7FFF0000
@@ -168,7 +168,7 @@ def _tree(prog: Program, segments: list[tuple[int, Decision]], blocks: dict[str,
         node(0, len(segments))
 
 
-def _rules(prog: Program, rules: tuple, default: Label, little: bool) -> None:
+def _rules(prog: Program, rules: tuple[Rule, ...], default: Label, little: bool) -> None:
     for rule in rules:
         hit = prog.ret(_ret(rule.action))
         if not rule.when:  # it decides all that is left
