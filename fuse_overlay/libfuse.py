@@ -43,8 +43,8 @@ class FastPath:
     """The tables from which the shim answers getattr, read and a listing's end without Python.
 
     Only what can no longer change goes in: attributes of objects not in the
-    upper, read-only descriptors of lower files, and where a directory's
-    listing ends while it stays the same.  An entry must be withdrawn before
+    upper, read-only descriptors and paths of lower files, and where a
+    directory's listing ends while it stays the same.  An entry must be withdrawn before
     the object changes (copy-up, a name added or removed) or the descriptor
     is closed; all of it runs in the daemon's one thread.
     """
@@ -53,16 +53,18 @@ class FastPath:
         self._lib = lib
         if lib is not None:
             u32, u64, i64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
-            lib.sbx_fast_attr.argtypes = [u64, u32, u32, u32, u32, u32, u64, u64, u32, i64, i64, i64, u64]
+            lib.sbx_fast_attr.argtypes = [u64, u32, u32, u32, u32, u32, u64, u64, u32, i64, i64, i64, u64,
+                                          ctypes.c_char_p]
             lib.sbx_fast_file.argtypes = [u64, ctypes.c_int]
             lib.sbx_fast_listed.argtypes = [u64, u64]
             lib.sbx_fast_forget.argtypes = [u64]
 
-    def attr(self, ino: int, e: EntryAttributes, valid: float) -> None:
+    def attr(self, ino: int, e: EntryAttributes, valid: float, path: bytes | None) -> None:
+        """PATH: a lower regular file's, which the shim opens itself on a read Python has not opened it for."""
         if self._lib is not None:
             self._lib.sbx_fast_attr(ino, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size,
                                     e.st_blocks, e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns,
-                                    int(valid))
+                                    int(valid), path)
 
     def file(self, ino: int, fd: int) -> None:
         if self._lib is not None:
@@ -82,13 +84,16 @@ class FastPath:
         if self._lib is not None:
             self._lib.sbx_fast_forget(ino)
 
-    def answered(self) -> int:
-        """How many requests the shim answered by itself."""
-        return 0 if self._lib is None else ctypes.c_ulong.in_dll(self._lib, "sbx_fast_answered").value
+    def counts(self) -> tuple[int, int, int]:
+        """Requests the shim answered by itself, of them readdirs past a listing's end, and lower files it opened."""
+        lib = self._lib
+        if lib is None:
+            return 0, 0, 0
 
-    def listing_ends(self) -> int:
-        """How many of them were readdirs past a listing's end."""
-        return 0 if self._lib is None else ctypes.c_ulong.in_dll(self._lib, "sbx_fast_listing_ends").value
+        def count(name: str) -> int:
+            return ctypes.c_ulong.in_dll(lib, f"sbx_fast_{name}").value
+
+        return count("answered"), count("listing_ends"), count("opened")
 
 
 fast = FastPath(_shim)

@@ -119,8 +119,8 @@ async def serve(start: Callable[[], None], *, unmount: bool) -> None:
                 nursery.cancel_scope.cancel()
         finally:
             pyfuse3.close(unmount=unmount)
-            log.debug("requests answered by the shim without Python: %d (%d of them readdirs past a listing's end)",
-                      fast.answered(), fast.listing_ends())
+            log.debug("requests answered by the shim without Python: %d (%d of them readdirs past a listing's end); "
+                      "lower files it opened: %d", *fast.counts())
 
 
 async def serve_fd(fs: UnionFS, fd: int) -> None:

@@ -14,6 +14,7 @@ import errno
 import functools
 import logging
 import os
+import stat
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -130,7 +131,8 @@ class UnionFS(pyfuse3.Operations):
         e.attr_timeout = self.timeout
         if not node.upper:
             node.attr = e
-            fast.attr(node.ino, e, self.timeout)
+            regular = stat.S_ISREG(p.mode) and stat.S_ISREG(st.st_mode)
+            fast.attr(node.ino, e, self.timeout, self.union.real_path(node) if regular else None)
         return e
 
     def _entry(self, node: Node) -> EntryAttributes:

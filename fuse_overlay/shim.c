@@ -35,7 +35,11 @@
  * directory listed costs one request past its end (13,000 of the 34,000
  * that reached Python on a walk of /usr/include and /usr/lib).  Once Python
  * has listed a directory to its end, it registers the last cookie, and a
- * readdir from there is answered empty here until the listing changes.  Everything runs in the daemon's one thread,
+ * readdir from there is answered empty here until the listing changes.
+ * And it reads a lower file Python has not opened: Python registers the
+ * path of every lower regular file with its attributes, and the shim opens
+ * it on the first read (the 8,000 files of that walk were each a Python
+ * request), keeping at most OWN_FDS such descriptors, the oldest closed.  Everything runs in the daemon's one thread,
  * so the tables need no lock.  When no request is waiting it keeps reading
  * for SPIN_NS before going back to sleep: a walk over a tree sends the
  * next request a few microseconds after the reply, and on a virtual
@@ -186,6 +190,8 @@ struct known {
     uint64_t attr_valid;
     int has_attr;
     int fd;
+    int own_fd;       /* the shim opened `fd` from `path` (else Python's) */
+    char *path;       /* a lower regular file's, to open on its first read; NULL: Python opens it */
     uint64_t listed;  /* a directory's last cookie, once Python listed it to the end; 0: ask Python */
 };
 
@@ -193,6 +199,7 @@ static struct known **table;  /* by inode number: the daemon numbers from 1 up *
 static uint64_t table_size;
 unsigned long sbx_fast_answered;  /* requests answered here, without Python */
 unsigned long sbx_fast_listing_ends;  /* of which readdirs past a listing's end */
+unsigned long sbx_fast_opened;  /* lower files the shim opened for a read */
 
 static struct known *known(uint64_t ino, int create)
 {
@@ -219,14 +226,30 @@ static struct known *known(uint64_t ino, int create)
     return table[ino];
 }
 
+/* The descriptors the shim opened, oldest first out: a ring of inodes. */
+#define OWN_FDS 256
+static uint64_t own_ring[OWN_FDS];
+static unsigned own_next;
+
+static void drop_own_fd(struct known *k)
+{
+    if (k->own_fd && k->fd >= 0)
+        close(k->fd);
+    k->fd = -1;
+    k->own_fd = 0;
+}
+
+/* PATH (a lower regular file's, NULL for anything else) is opened on the first read Python has not answered */
 void sbx_fast_attr(uint64_t ino, uint32_t mode, uint32_t nlink, uint32_t uid, uint32_t gid, uint32_t rdev,
                    uint64_t size, uint64_t blocks, uint32_t blksize, int64_t atime_ns, int64_t mtime_ns,
-                   int64_t ctime_ns, uint64_t valid)
+                   int64_t ctime_ns, uint64_t valid, const char *path)
 {
     struct known *k = known(ino, 1);
 
     if (k == NULL)
         return;
+    if (path != NULL && k->path == NULL)
+        k->path = strdup(path);  /* (none, out of memory: Python opens it) */
     memset(&k->attr, 0, sizeof(k->attr));
     k->attr.ino = ino;
     k->attr.mode = mode;
@@ -247,13 +270,36 @@ void sbx_fast_attr(uint64_t ino, uint32_t mode, uint32_t nlink, uint32_t uid, ui
     k->has_attr = 1;
 }
 
-/* FD < 0 withdraws it */
+/* Python's descriptor; FD < 0 withdraws it */
 void sbx_fast_file(uint64_t ino, int fd)
 {
     struct known *k = known(ino, fd >= 0);
 
-    if (k != NULL)
+    if (k != NULL) {
+        drop_own_fd(k);
         k->fd = fd;
+    }
+}
+
+/* A descriptor of K's path for a read, opened here; -1 leaves the read to Python. */
+static int own_fd(uint64_t ino, struct known *k)
+{
+    if (k->fd >= 0)
+        return k->fd;
+    if (k->path == NULL)
+        return -1;
+    int fd = open(k->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NOCTTY);
+    if (fd < 0)
+        return -1;  /* Python says why */
+    struct known *old = known(own_ring[own_next], 0);
+    if (old != NULL && old->own_fd)
+        drop_own_fd(old);
+    own_ring[own_next] = ino;
+    own_next = (own_next + 1) % OWN_FDS;
+    k->fd = fd;
+    k->own_fd = 1;
+    sbx_fast_opened++;
+    return fd;
 }
 
 /* COOKIE 0 withdraws it: the listing changed */
@@ -267,7 +313,9 @@ void sbx_fast_listed(uint64_t ino, uint64_t cookie)
 
 void sbx_fast_forget(uint64_t ino)
 {
-    if (ino < table_size) {
+    if (ino < table_size && table[ino] != NULL) {
+        drop_own_fd(table[ino]);
+        free(table[ino]->path);
         free(table[ino]);
         table[ino] = NULL;
     }
@@ -308,7 +356,7 @@ static int answer(int fd, const struct fuse_in_header *in)
                ((const struct fuse_read_in *)(in + 1))->offset >= k->listed) {
         out->len = sizeof(*out);  /* nothing after the last entry */
         sbx_fast_listing_ends++;
-    } else if (in->opcode == FUSE_READ && k->fd >= 0) {
+    } else if (in->opcode == FUSE_READ && own_fd(in->nodeid, k) >= 0) {
         const struct fuse_read_in *ri = (const struct fuse_read_in *)(in + 1);
         size_t size = ri->size < buf_size - sizeof(*out) ? ri->size : buf_size - sizeof(*out);
         ssize_t got = pread(k->fd, out + 1, size, ri->offset);

@@ -503,6 +503,31 @@ def test_the_end_of_a_listing_is_answered_in_c_until_the_directory_changes(mount
     assert ends >= 13, log[-2000:]  # the ten d*, big twice and d0 again
 
 
+def test_the_shim_opens_lower_files_for_reads_and_keeps_a_bounded_number_open(mount, tmp_path: Path) -> None:
+    """A lower file's first read is the shim's: it opens the path Python registered with the attributes.  It keeps
+    256 such descriptors, so reading 300 files, dropping their cached pages and reading them again reopens the
+    oldest; a file copied up is read from the upper again."""
+    files = {f"d/f{i:03d}": f"file {i}\n".encode() * (i + 1) for i in range(300)}
+    low = layer(tmp_path, "low", files)
+    m = mount([low], extra=",debug")
+    for _ in range(2):
+        for rel, data in files.items():
+            assert m.read(rel) == data
+        for rel in files:  # the next reads must reach the daemon
+            fd = m.w.call("open", m.p(rel), os.O_RDONLY)
+            m.w.call("posix_fadvise", fd, 0, 0, os.POSIX_FADV_DONTNEED)
+            m.w.call("close", fd)
+    m.write("d/f000", b"changed")
+    fd = m.w.call("open", m.p("d/f000"), os.O_RDONLY)
+    m.w.call("posix_fadvise", fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    assert m.w.call("pread", fd, 100, 0) == b"changed"
+    m.w.call("close", fd)
+    assert m.close() == 0
+    log = m.daemon.proc.stderr.read().decode()
+    opened = int(log.rsplit("lower files it opened: ", 1)[1].split()[0])
+    assert opened >= 300 + 44, log[-2000:]  # each once, then again the 44 that left the 256
+
+
 @BOTH_WAYS
 def test_the_shim_answers_unchanging_objects_and_lets_changed_ones_go(mount, tmp_path: Path, opens: bool) -> None:
     """getattr and read of lower objects are answered in C; a copy-up takes them back to Python."""
