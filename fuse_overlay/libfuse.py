@@ -44,9 +44,9 @@ class FastPath:
 
     Only what can no longer change goes in: attributes of objects not in the
     upper, read-only descriptors and paths of lower files, and where a
-    directory's listing ends while it stays the same.  An entry must be withdrawn before
-    the object changes (copy-up, a name added or removed) or the descriptor
-    is closed; all of it runs in the daemon's one thread.
+    directory's listing ends while it stays the same.  An entry must be
+    withdrawn before the object changes (copy-up, a name added or removed)
+    or the descriptor is closed; all of it runs in the daemon's one thread.
     """
 
     def __init__(self, lib: ctypes.CDLL | None) -> None:

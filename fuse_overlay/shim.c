@@ -39,10 +39,11 @@
  * And it reads a lower file Python has not opened: Python registers the
  * path of every lower regular file with its attributes, and the shim opens
  * it on the first read (the 8,000 files of that walk were each a Python
- * request), keeping at most OWN_FDS such descriptors, the oldest closed.  Everything runs in the daemon's one thread,
- * so the tables need no lock.  When no request is waiting it keeps reading
- * for SPIN_NS before going back to sleep: a walk over a tree sends the
- * next request a few microseconds after the reply, and on a virtual
+ * request), keeping at most OWN_FDS such descriptors, the oldest closed.
+ * Everything runs in the daemon's one thread, so the tables need no lock.
+ * When no request is waiting it keeps reading for SPIN_NS before going back
+ * to sleep: a walk over a tree sends the next request a few microseconds
+ * after the reply, and on a virtual
  * machine each sleep and wake-up of the daemon costs 50-100 us (the second
  * tar+find pass over /usr, 12,000 getattr requests, took 2.2 s with the
  * daemon sleeping between requests and 0.7 s spinning).
