@@ -43,10 +43,10 @@
  * Everything runs in the daemon's one thread, so the tables need no lock.
  * When no request is waiting it keeps reading for SPIN_NS before going back
  * to sleep: a walk over a tree sends the next request a few microseconds
- * after the reply, and on a virtual
- * machine each sleep and wake-up of the daemon costs 50-100 us (the second
- * tar+find pass over /usr, 12,000 getattr requests, took 2.2 s with the
- * daemon sleeping between requests and 0.7 s spinning).
+ * after the reply, and on a virtual machine each sleep and wake-up of the
+ * daemon costs 50-100 us (the second tar+find pass over /usr, 12,000 getattr
+ * requests, took 2.2 s with the daemon sleeping between requests and 0.7 s
+ * spinning).
  */
 #define _GNU_SOURCE
 #define FUSE_USE_VERSION 35
