@@ -279,6 +279,22 @@ def test_policy_check_ok_and_warnings(tmp_path: Path) -> None:
     assert str(e.value) == f"{bad}:2: unknown syscall 'nosuch'"
 
 
+@pytest.mark.parametrize("mask", ["", 'mask = "U32", '])
+def test_policy_check_warns_of_a_refusal_an_int_argument_can_pass_with_high_bits(tmp_path: Path, mask: str) -> None:
+    """How permissive's AF_VSOCK kill was passed (socket(40 | 1 << 32, ...)): a kill on all 64 bits of an int."""
+    path = write(tmp_path, "wide.toml", 'inherit = "strict"\n\n[[rule]]\nsyscalls = ["socket"]\naction = "kill"\n'
+                 f"when = [{{ arg = 0, {mask}eq = 40 }}]\n\n[[rule]]\nsyscalls = [\"socket\"]\naction = \"allow\"\n")
+    out = policy_cli.check_policy(str(path))
+    warned = "warning: the rule for socket compares argument 0 on all 64 bits" in out
+    assert warned == (mask == ""), out
+    assert not warned or f"{path}:" in out.split("warning: the rule for socket")[0].rsplit("\n", 1)[-1]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_no_shipped_refusal_compares_an_argument_on_64_bits_for_values_that_fit_in_32(name: str) -> None:
+    assert policy_cli.wide_compares(load_policy(name)) == []
+
+
 # --- the compiled filter means what the policy says ---------------------------------------------------
 
 

@@ -65,6 +65,21 @@ def leaks(policy: Policy) -> list[str]:
     return out
 
 
+def wide_compares(policy: Policy) -> list[str]:
+    """Rules that refuse or kill on an argument compared on all 64 bits, for values that fit in 32: where the kernel
+    reads the argument as an int, a value with a bit above 31 set goes past the rule (40 | 1 << 32 went past
+    permissive's kill of AF_VSOCK that way).  An allow rule compared so is only stricter."""
+    out = []
+    for name, rules in policy.syscalls.items():
+        for rule in rules:
+            for c in rule.when if rule.action.kind != "allow" else ():
+                if c.mask >> 32 and all(hi >> 32 == 0 for _, hi in c.ranges):
+                    out.append(f"{rule.where}: warning: the rule for {name} compares argument {c.arg} on all 64 bits "
+                               f"({c.text}); if the kernel reads it as an int, a value with a bit above 31 set goes "
+                               'past the rule: add mask = "U32"')
+    return out
+
+
 def list_policies() -> str:
     """`sbx policy list`: one line per shipped policy, name and description."""
     names = available_policies()
@@ -136,7 +151,8 @@ def check_policy(path: str) -> str:
     """`sbx policy check FILE`: parse, resolve and compile; one summary line, then warnings.
 
     Raises PolicyError (`FILE:LINE: reason`) for a bad policy.  A policy that lets a call of the
-    dangerous list through is valid, and gets one warning line per such call.
+    dangerous list through is valid, and gets one warning line per such call; so does each rule that
+    `wide_compares` finds.
     """
     p = load_policy(path)
     c = compile(p)
@@ -145,7 +161,8 @@ def check_policy(path: str) -> str:
     lines = [f"{path}: ok: policy {p.name}, {len(p.syscalls)} syscalls named ({allowed} allowed, "
              f"{killed} killed), otherwise {p.default}; {c.instructions} BPF instructions"]
     lines += [f"{path}: warning: lets through {label}" for label in leaks(p)]
+    lines += wide_compares(p)
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["list_policies", "show_policy", "check_policy", "leaks", "DANGEROUS", "POLICY_DIR"]
+__all__ = ["list_policies", "show_policy", "check_policy", "leaks", "wide_compares", "DANGEROUS", "POLICY_DIR"]
