@@ -95,9 +95,7 @@ class ForkServer:
         """
         with cls._lock:
             for attempt in (1, 2):
-                server = cls._current
-                if server is None or server.owner != os.getpid():  # none yet, or this process forked
-                    server = cls._current = ForkServer()
+                server = cls._up()
                 try:
                     joins = [cgroup_procs] if cgroup_procs >= 0 else []
                     protocol.send(server.sock, {"argv": options, "cgroup": bool(joins)},
@@ -113,6 +111,25 @@ class ForkServer:
                     raise OSError(reply["error"])
                 return Daemon(int(reply["pid"]), fds[0])
         raise AssertionError("unreachable")
+
+    @classmethod
+    def prime(cls) -> None:
+        """Spawn the server now, so that its boot (an interpreter, trio and pyfuse3: 100-200 ms) runs while the
+        caller builds its first union box; `fork_daemon` waits only for what is left of it.  A server that cannot
+        be spawned is reported by `fork_daemon`, which tries again."""
+        with cls._lock:
+            try:
+                cls._up()
+            except OSError:
+                pass
+
+    @classmethod
+    def _up(cls) -> ForkServer:
+        """The server of this process, spawned if there is none yet or this process forked (with the lock held)."""
+        server = cls._current
+        if server is None or server.owner != os.getpid():
+            server = cls._current = ForkServer()
+        return server
 
     def close(self) -> None:
         self.sock.close()

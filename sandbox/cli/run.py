@@ -254,6 +254,9 @@ def command(args: argparse.Namespace) -> int:
                                    f"{'no policy' if sandbox.policy is None else 'policy ' + sandbox.policy}"]))
         return 0
     one_shot = oneshot.eligible(sandbox, bool(args.copy_in or args.copy_out))
+    if sandbox.needs_daemon:  # its boot overlaps the API's imports and the box's build
+        from ..box.union_daemon import ForkServer
+        ForkServer.prime()
     if not one_shot:
         from ..api import Sandbox
         sandbox = Sandbox(**config)

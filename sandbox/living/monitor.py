@@ -48,9 +48,12 @@ def main() -> int:
     box = BoxState(name, "starting", monitor=os.getpid(), created=time.time())
     try:
         os.chdir(payload["cwd"])
-        argv, config = _configure(payload)
+        argv, config, daemon = _configure(payload)
         box = box.replace(command=tuple(argv), image=config.get("image"))
         state.save(path, box)
+        if daemon:  # its boot overlaps the API's imports and the box's build
+            from ..box.union_daemon import ForkServer
+            ForkServer.prime()
         from ..api import Sandbox
         sandbox = Sandbox(**config)
     except SandboxError as e:
@@ -67,19 +70,19 @@ def main() -> int:
     return 0
 
 
-def _configure(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
+def _configure(payload: dict[str, Any]) -> tuple[list[str], dict[str, Any], bool]:
     """`sbx run`'s options (its parsed arguments) made into a sandbox's configuration, as the command line does,
-    with a detached program's limits."""
+    with a detached program's limits; and whether the box needs a FUSE daemon."""
     import argparse
 
     from ..cli.run import configure
     from .detach import detached_limits
 
     args = argparse.Namespace(**payload["args"])
-    argv, config, _ = configure(args)
+    argv, config, spec = configure(args)
     config["secrets"] = {k: bytes.fromhex(v) for k, v in payload["secrets"].items()}
     config["limits"] = detached_limits(config["limits"], args)
-    return argv, config
+    return argv, config, spec.needs_daemon
 
 
 def _failed(path: str, box: BoxState, why: str, report: Any) -> None:
