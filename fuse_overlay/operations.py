@@ -112,7 +112,8 @@ class UnionFS(pyfuse3.Operations):
         cached = node.attr
         if cached is not None:
             return cached
-        p = self.union.presented(node)
+        path = None if node.upper else self.union.real_path(node)  # for the owner override and the shim
+        p = self.union.presented(node, path)
         st = p.st
         e = EntryAttributes()
         e.st_ino = node.ino
@@ -132,7 +133,7 @@ class UnionFS(pyfuse3.Operations):
         if not node.upper:
             node.attr = e
             regular = stat.S_ISREG(p.mode) and stat.S_ISREG(st.st_mode)
-            fast.attr(node.ino, e, self.timeout, self.union.real_path(node) if regular else None)
+            fast.attr(node.ino, e, self.timeout, path if regular else None)
         return e
 
     def _entry(self, node: Node) -> EntryAttributes:

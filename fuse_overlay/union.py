@@ -242,12 +242,13 @@ class Union:
             return node.lower_st
         return os.lstat(self.real_path(node))
 
-    def presented(self, node: Node) -> Presented:
+    def presented(self, node: Node, path: bytes | None = None) -> Presented:
+        """`path`: the node's real path, when the caller has it already."""
         st = self.real_stat(node)
         mode = st.st_mode
         ov: Override | None = node.mem_override
         if ov is None and can_hold_xattr(mode):
-            ov = read_override(self.real_path(node))
+            ov = read_override(path or self.real_path(node))
         if ov is None:
             uid = self.uid_map.to_box(st.st_uid)
             gid = self.gid_map.to_box(st.st_gid)
