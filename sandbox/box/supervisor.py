@@ -52,8 +52,8 @@ class Box:
                  join: int = 0, network: int = 0) -> None:
         """`daemon_holds`: fds the FUSE daemons keep for their whole life (locks that must outlast a killed caller).
         `join`: the outer process of a running box to enter (sbx exec): no box is made, the layout is not used, and
-        the runs' cgroups, if the box has one, are inside the box's.  `network`: the holder of the network whose user and network
-        namespaces the box shares (living/network.py), already mapped."""
+        the runs' cgroups, if the box has one, are inside the box's.  `network`: the holder of the network whose
+        user and network namespaces the box shares (living/network.py), already mapped."""
         self.layout = layout
         self._join = join
         self._network = network

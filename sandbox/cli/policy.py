@@ -72,7 +72,9 @@ def wide_compares(policy: Policy) -> list[str]:
     out = []
     for name, rules in policy.syscalls.items():
         for rule in rules:
-            for c in rule.when if rule.action.kind != "allow" else ():
+            if rule.action.kind == "allow":
+                continue
+            for c in rule.when:
                 if c.mask >> 32 and all(hi >> 32 == 0 for _, hi in c.ranges):
                     out.append(f"{rule.where}: warning: the rule for {name} compares argument {c.arg} on all 64 bits "
                                f"({c.text}); if the kernel reads it as an int, a value with a bit above 31 set goes "
