@@ -190,9 +190,9 @@ class Spec:
         if fs == "auto":  # kernel overlayfs, unless the run needs what only the FUSE union gives
             # (with root in the box, the kernel union would show the layers' files as the sandbox's root's)
             needs = self._upper is not None or self._commit is not None or (self._root and bool(lowers))
-            if not needs and self.image is not None:
+            if not needs and self.image is not None:  # with a range, the kernel union shows owners too
                 ids = detect(idmap)
-                needs = self._store.owns(self.image, ids.program_uid, ids.program_gid)
+                needs = ids.mode != "range" and self._store.owns(self.image, ids.program_uid, ids.program_gid)
             fs = "fuse" if needs and os.access("/dev/fuse", os.R_OK | os.W_OK) else "kernel"
             if fs == "kernel" and self._upper is not None:
                 raise ConfigError(f"--fs auto chose --fs kernel (/dev/fuse is not usable here), {KERNEL_UPPER}")
@@ -202,6 +202,11 @@ class Spec:
             raise ConfigError("--user 0 with a union root needs --fs fuse: the kernel union shows the layers' files "
                               "as owned by the sandbox's root, which the program's namespace does not have")
         self.fs = fs
+        self._owned: tuple[str, ...] = ()  # layer dirs whose owners the kernel union shows through views
+        if fs == "kernel" and self.image is not None and self.ids.mode == "range":
+            from .images import owned
+            self._owned = tuple(self._store.layer_dir(c) for c in reversed(self.image.chain_ids))
+            self._lowers = tuple(owned.lowers(self._owned, self.ids))
         if self._commit is not None and (self.image is None or self.fs != "fuse"):
             raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
                               "lives inside the box")
@@ -278,11 +283,14 @@ class Spec:
             return
         if not self.image.ref:  # a build step's image, named by its digest alone
             self._locks += self._store.pin_image(self.image)
-            return
-        pinned, fds = self._store.pin(self.image.ref)
-        self._locks += fds
-        if pinned.digest != self.image.digest:
-            raise ConfigError(f"image {self.image.ref}: it was replaced by another since this sandbox was made")
+        else:
+            pinned, fds = self._store.pin(self.image.ref)
+            self._locks += fds
+            if pinned.digest != self.image.digest:
+                raise ConfigError(f"image {self.image.ref}: it was replaced by another since this sandbox was made")
+        if self._owned:  # made once per layer and id range, by the first box that needs them
+            from .images import owned
+            owned.ensure(self._owned, self.ids)
 
     def release(self) -> None:
         """Let go of the pins and the upper's lock (the daemon holds its own copies until it exits)."""

@@ -21,18 +21,32 @@ import pytest
 from helpers import free_port, sbx, wait_for_port
 from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
 from sandbox import Sandbox, SandboxPool, Status
+from sandbox.box.userns import detect
+from sandbox.images import owned
 from sandbox.images.store import Store
 from sandbox.images.tar import tar_layer
 from sandbox.images.unpack import ArchiveError, Caps
 
 
 @pytest.fixture(autouse=True)
-def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Each test its own store (the API and the command line both find it through XDG_DATA_HOME)."""
+def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
+    """Each test its own store (the API and the command line both find it through XDG_DATA_HOME); the views of
+    in-image owners the kernel union made, owned by subordinate ids, are removed as `sbx image prune` does."""
     home = tmp_path / "data"
     home.mkdir()
     monkeypatch.setenv("XDG_DATA_HOME", str(home))
-    return home / "sbx" / "images"
+    yield home / "sbx" / "images"
+    _remove_views(home / "sbx" / "images")
+
+
+def _views(store: Path) -> list[str]:
+    layers = store / "layers"
+    return [str(layers / h / n) for h in (os.listdir(layers) if layers.is_dir() else ())
+            for n in os.listdir(layers / h) if n.startswith(owned.VIEWS)]
+
+
+def _remove_views(store: Path) -> None:
+    owned.remove(_views(store), detect())
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +74,8 @@ def test_a_rootfs_directory_imports_and_runs(rootfs: Path, fs: str) -> None:
 
 
 def test_auto_takes_the_kernel_union_unless_the_run_needs_fuse(rootfs: Path, tmp_path: Path) -> None:
-    """--fs auto: kernel overlayfs for an image with nothing of the program's uid or gid (1000) in it (a rootfs
-    directory the caller owns is root's in the box; another owner changes nothing for the program), the FUSE
-    union for one where the program owns its home, and for --commit."""
+    """--fs auto: kernel overlayfs, which with a subordinate id range shows in-image owners too; the FUSE union
+    for --commit."""
     assert sbx("image", "import", str(rootfs), "--name", "plain").returncode == 0
     shadow = layer_tar([Entry("etc/secret", data=b"x", mode=0o640, gid=42)])
     OciImage([tar_of(rootfs, as_root=True), shadow]).write(tmp_path / "other")
@@ -73,7 +86,10 @@ def test_auto_takes_the_kernel_union_unless_the_run_needs_fuse(rootfs: Path, tmp
     root_fs = ["--", "sh", "-c", r"sed -n 's/^[^ ]* [^ ]* [^ ]* \/ \/ .* - \([^ ]*\) .*/\1/p' /proc/self/mountinfo"]
     assert sbx("run", "--image", "plain", *root_fs).stdout == b"overlay\n"
     assert sbx("run", "--image", "other", *root_fs).stdout == b"overlay\n"
-    assert sbx("run", "--image", "owned", *root_fs).stdout == b"fuse.sbx-overlayfs\n"
+    # with the suite's subordinate id range, the kernel union shows the program its home too (images/owned.py)
+    assert sbx("run", "--image", "owned", *root_fs).stdout == b"overlay\n"
+    assert sbx("run", "--image", "owned", "--", "stat", "-c", "%u:%g", "/home/u").stdout == b"1000:0\n"
+    assert sbx("run", "--image", "owned", "--idmap", "single", *root_fs).stdout == b"overlay\n"  # not its uid
     assert sbx("run", "--image", "plain", "--commit", "next", *root_fs).stdout == b"fuse.sbx-overlayfs\n"
     assert sbx("run", "--image", "plain", "--", "stat", "-c", "%u:%g", "/etc/motd").stdout == b"0:0\n"
 
@@ -127,17 +143,15 @@ def test_a_docker_archive_made_by_skopeo_imports_with_its_name(rootfs: Path, tmp
 
 
 def test_in_image_owners_and_modes_show_in_the_box(rootfs: Path, tmp_path: Path, fs: str) -> None:
-    """The caller cannot chown: the FUSE union presents what the layer recorded; kernel overlayfs cannot."""
+    """The caller cannot chown: the FUSE union presents what the layer recorded, and the kernel union shows it
+    through a view of the layer whose entries are really owned by the subordinate ids (images/owned.py)."""
     owned = layer_tar([Entry("home", tarfile.DIRTYPE, mode=0o755), Entry("home/u", tarfile.DIRTYPE, mode=0o750,
                                                                           uid=1000, gid=1000),
                        Entry("home/u/f", data=b"mine\n", mode=0o640, uid=1000, gid=1000)])
     OciImage([tar_of(rootfs), owned]).write(tmp_path / "oci")
     assert sbx("image", "import", str(tmp_path / "oci"), "--name", "own").returncode == 0
     r = sbx("run", "--image", "own", "--fs", fs, "--", "sh", "-c", "stat -c '%u:%g %a' /home/u; cat /home/u/f")
-    if fs == "fuse":  # the program's uid in the box is 1000: the image's owner of its home
-        assert r.stdout == b"1000:1000 750\nmine\n", r.stderr
-    else:  # box root's, mode kept: uid 1000 may not enter
-        assert r.stdout == b"0:0 750\n" and b"Permission denied" in r.stderr
+    assert r.stdout == b"1000:1000 750\nmine\n", r.stderr  # the program's uid in the box is 1000
 
 
 def test_a_parent_a_layer_does_not_name_keeps_what_the_layers_below_give_it(rootfs: Path, tmp_path: Path,
@@ -151,10 +165,61 @@ def test_a_parent_a_layer_does_not_name_keeps_what_the_layers_below_give_it(root
     assert sbx("image", "import", str(tmp_path / "oci"), "--name", "implicit").returncode == 0
     r = sbx("run", "--image", "implicit", "--fs", fs, "--", "sh", "-c",
             "stat -c '%u:%g %a' /data; cat /data/l1.txt /data/l2.txt; touch /data/new && echo wrote")
-    if fs == "fuse":
-        assert r.stdout == b"1000:1000 750\n1\n2\nwrote\n", r.stderr
-    else:  # owners do not show on the kernel union (see above); the mode does
-        assert r.stdout.startswith(b"0:0 750\n"), r.stderr
+    assert r.stdout == b"1000:1000 750\n1\n2\nwrote\n", r.stderr
+
+
+def test_the_kernel_unions_view_of_owners_holds_only_what_the_layer_records(rootfs: Path, tmp_path: Path,
+                                                                           store_home: Path) -> None:
+    """The view of a layer (images/owned.py) copies the entries with an owner record and the directories above
+    them, as the layer has them: hard links stay links, no file is setuid on the host (its owner is a subordinate
+    id anyone could become through it), ids past the range stay box root's, a link is neither followed nor copied.
+    A view half made by a killed build goes with the next one, and prune takes the views with their layer."""
+    top = layer_tar([Entry("srv", tarfile.DIRTYPE, mode=0o751),
+                     Entry("srv/tool", data=b"tool\n", mode=0o4755, uid=1000, gid=1000),
+                     Entry("srv/same", tarfile.LNKTYPE, linkname="srv/tool"),
+                     Entry("srv/far", data=b"far\n", uid=70000, gid=5),
+                     Entry("srv/link", tarfile.SYMTYPE, linkname="/etc/motd", uid=1000),
+                     Entry("srv/plain", data=b"plain\n")])
+    OciImage([tar_of(rootfs, as_root=True), top]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "view").returncode == 0
+    ids = detect()
+    assert ids.subuid is not None and ids.subgid is not None
+    name = owned.view_name(ids)
+    [layer] = [h for h in os.listdir(store_home / "layers") if owned.has_owners(str(store_home / "layers" / h))]
+    stale = store_home / "layers" / layer / f"part-{name}-stale"
+    owned._helper(ids, "build", stale.name, str(store_home / "layers" / layer))  # as a build killed halfway left it
+    assert (stale / "srv" / "tool").stat().st_uid == ids.subuid[0] + 999
+    r = sbx("run", "--image", "view", "--fs", "kernel", "--", "sh", "-c",
+            "cd /srv && stat -c '%n %u:%g %a' . tool same far link plain && stat -c %h tool && cat tool far plain && "
+            "[ $(stat -c %i tool) = $(stat -c %i same) ] && echo linked && echo more >> tool && cat tool")
+    assert r.stdout == (b". 0:0 751\ntool 1000:1000 755\nsame 1000:1000 755\nfar 0:5 644\nlink 0:0 777\n"
+                        b"plain 0:0 644\n2\ntool\nfar\nplain\nlinked\ntool\nmore\n"), r.stderr
+    view = store_home / "layers" / layer / name
+    assert not stale.exists() and sorted(os.listdir(view / "srv")) == ["far", "same", "tool"]
+    host = (view / "srv" / "tool").stat()
+    assert (host.st_uid, host.st_gid, host.st_mode & 0o7777, host.st_nlink) == \
+        (ids.subuid[0] + 999, ids.subgid[0] + 999, 0o755, 2)
+    assert (view / "srv" / "far").stat().st_uid == os.getuid()
+    assert sbx("image", "rm", "view").returncode == 0 and sbx("image", "prune").returncode == 0
+    _nothing_left(store_home)
+
+
+def test_a_view_of_owners_is_made_once_by_concurrent_boxes(rootfs: Path, tmp_path: Path, store_home: Path) -> None:
+    owned_home = layer_tar([Entry("home", tarfile.DIRTYPE, mode=0o755), Entry("home/u", tarfile.DIRTYPE, uid=1000,
+                                                                              gid=1000, mode=0o700)])
+    OciImage([tar_of(rootfs, as_root=True), owned_home]).write(tmp_path / "oci")
+    assert sbx("image", "import", str(tmp_path / "oci"), "--name", "race").returncode == 0
+    results: list[subprocess.CompletedProcess[bytes]] = []
+    run = ["run", "--image", "race", "--fs", "kernel", "--", "sh", "-c", "touch /home/u/x && stat -c %u /home/u"]
+    threads = [threading.Thread(target=lambda: results.append(sbx(*run))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [(r.returncode, r.stdout) for r in results] == [(0, b"1000\n")] * 4, [r.stderr for r in results]
+    assert len(_views(store_home)) == 1
+    assert not any(n.startswith("part-") for h in os.listdir(store_home / "layers")
+                   for n in os.listdir(store_home / "layers" / h))
 
 
 def test_an_exported_image_is_read_by_skopeo_and_umoci(rootfs: Path, tmp_path: Path) -> None:

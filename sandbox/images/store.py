@@ -6,6 +6,7 @@ Under `$XDG_DATA_HOME/sbx/images` (default `~/.local/share/sbx/images`)::
     layers/HEX/root    one unpacked layer, named by its chain id: the digest of its uncompressed tar (diff_id)
                        and of the layers under it (OCI's ChainID), as it is unpacked onto their view
     layers/HEX/size    the bytes it unpacked to; HEX/owners.json the owners other than root its entries have
+    layers/HEX/owned-* its entries that have owners, really owned, for the kernel union (owned.py)
     refs.json          {"name:tag": "sha256:HEX"}, the manifest each name points to
     tmp/               layers being unpacked (those of a killed import go with the next one)
     lock               flocked: shared to read names and pin layers, exclusive to change them
@@ -35,6 +36,7 @@ from .. import fdpath, teardown
 from ..errors import ConfigError
 from ..record import Record
 from ..sha256 import hexdigest
+from . import owned
 
 if TYPE_CHECKING:
     from ..budget import Budget
@@ -44,8 +46,6 @@ if TYPE_CHECKING:
 _NAME = re.compile(r"[a-z0-9]+(?:[._/-][a-z0-9]+)*(?::[0-9]+)?(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*")
 _TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIFF_ID = re.compile(r"sha256:[0-9a-f]{64}")
-_OWNERS = "owners.json"
-"""In a layer's dir: {"uids": [...], "gids": [...]}, the owners other than root its entries have (unpack.py)."""
 
 
 def parse_ref(ref: str) -> str:
@@ -217,11 +217,12 @@ class Store:
             return out
 
     def owns(self, image: Image, uid: int, gid: int) -> bool:
-        """Whether an entry of the image is owned by `uid` or `gid` (the program's), which only the FUSE union
-        shows (unpack.py's OWNER_XATTR); a layer unpacked before owners were noted counts as one that is."""
+        """Whether an entry of the image is owned by `uid` or `gid` (the program's), which without a subordinate id
+        range only the FUSE union shows (unpack.py's OWNER_XATTR, owned.py); a layer unpacked before owners were
+        noted counts as one that is."""
         for chain in image.chain_ids:
             try:
-                with open(os.path.join(self.layer_dir(chain), _OWNERS)) as f:
+                with open(os.path.join(self.layer_dir(chain), owned.OWNERS)) as f:
                     owners = json.load(f)
             except (OSError, ValueError):
                 return True
@@ -278,6 +279,10 @@ class Store:
                         continue  # a box still runs on it
                     raise
                 try:
+                    views = [os.path.join(layers, hexd, n) for n in os.listdir(fd) if n.startswith(owned.VIEWS)]
+                    if views:  # owned by the subordinate ids: removed as box root
+                        from ..box.userns import detect
+                        owned.remove(views, detect())
                     st = os.fstat(fd)
                     teardown.remove_tree(os.path.join(layers, hexd), (st.st_dev, st.st_ino))
                 finally:
@@ -371,7 +376,7 @@ class Store:
             _checked(blob, diff_id)
             with open(os.path.join(work, "size"), "w") as f:
                 f.write(str(budget.used_bytes - before))
-            with open(os.path.join(work, _OWNERS), "w") as f:
+            with open(os.path.join(work, owned.OWNERS), "w") as f:
                 json.dump({"uids": sorted(owners.uids), "gids": sorted(owners.gids)}, f)
             pins.append(self._place_layer(work, lock, chain_id(parents[-1] if parents else None, diff_id)))
             if pins[-1] == lock:

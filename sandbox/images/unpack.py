@@ -42,8 +42,8 @@ class ArchiveError(ConfigError):
 
 @dataclass
 class Owners:
-    """The owners other than root that a layer's entries have: where the program's own uid or gid is one of
-    them, the run needs the FUSE union, which shows them (api.py, --fs auto)."""
+    """The owners other than root that a layer's entries have: the kernel union shows them through a view of the
+    layer (owned.py), or, without a subordinate id range, the FUSE union only (spec.py, --fs auto)."""
 
     uids: set[int] = field(default_factory=set)
     gids: set[int] = field(default_factory=set)
@@ -89,7 +89,7 @@ class _HashingReader:
 def unpack(stream: IO[bytes], into: str, budget: Budget, where: str,
            below: tuple[str, ...] = ()) -> tuple[str, Owners]:
     """Unpack the uncompressed tar `stream` into the new, empty directory `into`; returns its diff_id, and the
-    owners other than root that it recorded (`OWNER_XATTR`: only the FUSE union shows them).
+    owners other than root that it recorded (`OWNER_XATTR`, which the FUSE union presents, and owned.py's views).
 
     `below`: the unpacked layers under this one, topmost first.  A directory
     the layer does not name but needs for an entry (umoci and many real
