@@ -196,6 +196,7 @@ def test_the_kernel_unions_view_of_owners_holds_only_what_the_layer_records(root
                         b"plain 0:0 644\n2\ntool\nfar\nplain\nlinked\ntool\nmore\n"), r.stderr
     view = store_home / "layers" / layer / name
     assert not stale.exists() and sorted(os.listdir(view / "srv")) == ["far", "same", "tool"]
+    assert view.stat().st_mode & 0o7777 == (store_home / "layers" / layer / "root").stat().st_mode & 0o7777
     host = (view / "srv" / "tool").stat()
     assert (host.st_uid, host.st_gid, host.st_mode & 0o7777, host.st_nlink) == \
         (ids.subuid[0] + 999, ids.subgid[0] + 999, 0o755, 2)

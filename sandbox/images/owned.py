@@ -166,6 +166,7 @@ def _build(layer: str, name: str, count: tuple[int, int]) -> None:
         made = teardown.identity(work)
         try:
             _copy_owned(os.path.join(layer, "root"), work, count)
+            os.chmod(work, stat.S_IMODE(os.stat(os.path.join(layer, "root")).st_mode))  # not mkdtemp's 0700
             try:
                 os.rename(work, os.path.join(layer, name))
             except OSError as e:
