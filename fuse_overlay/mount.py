@@ -19,6 +19,7 @@ watchdog is started first; after ``pyfuse3.init`` nothing execs or opens a
 path until ``pyfuse3.main`` runs.
 """
 
+import gc
 import logging
 import os
 import signal
@@ -34,6 +35,12 @@ from .operations import UnionFS
 log = logging.getLogger(__name__)
 
 FS_NAME = "sbx-overlayfs"
+YOUNG_OBJECTS = 20_000
+"""How many new objects the daemon makes between collections of the youngest generation (CPython's default is
+700).  A cold walk makes a node, a stat result and attributes per entry, nearly all of which live as long as
+the mount, and at 700 the collector ran every few directories, its older generations over an ever larger tree:
+a quarter of the Python time of listing /usr.  Cycles of garbage (few: the tree's links point up, and a removed
+node leaves it) wait for at most this many objects more."""
 
 
 class MountError(OverlayError):
@@ -110,6 +117,8 @@ async def serve(start: Callable[[], None], *, unmount: bool) -> None:
     The signal receiver exists before the mount: a SIGTERM arriving right
     after it must unmount cleanly, not kill the daemon with the mount in place.
     """
+    gc.freeze()  # what was imported and built before serving lives as long as the daemon: never walked again
+    gc.set_threshold(YOUNG_OBJECTS, *gc.get_threshold()[1:])
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
         start()
         try:
