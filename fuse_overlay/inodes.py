@@ -20,8 +20,11 @@ class Node:
     __slots__ = (
         "ino", "parent", "name", "is_dir", "upper", "lowers", "lower_st", "nlookup",
         "children", "listing", "stream", "attr", "aliases", "fd", "fd_rw", "orphan", "unlinked", "key",
-        "mem_override",
+        "mem_override", "_rel", "_rel_moves",
     )
+    moves = 0
+    """How many times a node has been given another parent or name: a directory's path remembered before the
+    latest move may be stale (the move can be of any directory above it)."""
 
     def __init__(self, ino: int, parent: "Node | None", name: bytes, is_dir: bool,
                  upper: bool, lowers: tuple[int, ...], lower_st: os.stat_result | None) -> None:
@@ -52,15 +55,26 @@ class Node:
         self.unlinked = False
         self.key: tuple[int, int] | None = None
         self.mem_override: Any = None
+        self._rel = b""
+        self._rel_moves = -1
+
+    def move(self, parent: "Node", name: bytes) -> None:
+        self.parent, self.name = parent, name
+        Node.moves += 1
 
     def rel(self) -> bytes:
-        parts = []
-        node = self
-        while node.parent is not None:
-            parts.append(node.name)
-            node = node.parent
-        parts.reverse()
-        return b"/".join(parts)
+        """The path from the root.  Directories remember theirs until the next move anywhere: a listing asks
+        for its directory's path once per entry, and a file's is its directory's and its name."""
+        parent = self.parent
+        if parent is None:
+            return b""
+        if self._rel_moves == Node.moves:
+            return self._rel
+        prel = _walk(parent)
+        rel = prel + b"/" + self.name if prel else self.name
+        if self.is_dir:
+            self._rel, self._rel_moves = rel, Node.moves
+        return rel
 
     def is_under(self, ancestor: "Node") -> bool:
         node = self.parent
@@ -69,6 +83,21 @@ class Node:
                 return True
             node = node.parent
         return False
+
+
+def _walk(d: Node) -> bytes:
+    """D's path, remembered in D and the directories above it that had none (a loop, not a recursion: a box may
+    nest directories deeper than Python's stack)."""
+    above = []
+    node = d
+    while node.parent is not None and node._rel_moves != Node.moves:
+        above.append(node)
+        node = node.parent
+    rel = node._rel if node.parent is not None else b""
+    for n in reversed(above):
+        rel = rel + b"/" + n.name if rel else n.name
+        n._rel, n._rel_moves = rel, Node.moves
+    return rel
 
 
 class InodeTable:

@@ -10,6 +10,7 @@ answered in Python.
 import ctypes
 import logging
 import os
+import struct
 import sys
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,10 @@ def noopen_active() -> bool:
     return _shim is not None and ctypes.c_int.in_dll(_shim, "sbx_noopen_active").value == 1
 
 
+_ATTR = struct.Struct("=QQQQqqqIIIIIIiI")
+"""shim.c's struct sbx_attr_rec."""
+
+
 class FastPath:
     """The tables from which the shim answers getattr, read and a listing's end without Python.
 
@@ -47,41 +52,63 @@ class FastPath:
     directory's listing ends while it stays the same.  An entry must be
     withdrawn before the object changes (copy-up, a name added or removed)
     or the descriptor is closed; all of it runs in the daemon's one thread.
+    Attributes are sent in batches (`flush`): before any other change to the
+    tables, so that they apply in order, and before a request is answered
+    (operations.py's `handler`), so that the kernel cannot ask about an
+    object the shim has yet to hear of.
     """
 
     def __init__(self, lib: ctypes.CDLL | None) -> None:
         self._lib = lib
+        self._records: list[bytes] = []
+        self._paths: list[bytes] = []
+        self._paths_size = 0
         if lib is not None:
-            u32, u64, i64 = ctypes.c_uint32, ctypes.c_uint64, ctypes.c_int64
-            lib.sbx_fast_attr.argtypes = [u64, u32, u32, u32, u32, u32, u64, u64, u32, i64, i64, i64, u64,
-                                          ctypes.c_char_p]
-            lib.sbx_fast_file.argtypes = [u64, ctypes.c_int]
-            lib.sbx_fast_listed.argtypes = [u64, u64]
-            lib.sbx_fast_forget.argtypes = [u64]
+            lib.sbx_fast_attrs.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p]
+            lib.sbx_fast_file.argtypes = [ctypes.c_uint64, ctypes.c_int]
+            lib.sbx_fast_listed.argtypes = [ctypes.c_uint64, ctypes.c_uint64]
+            lib.sbx_fast_forget.argtypes = [ctypes.c_uint64]
 
     def attr(self, ino: int, e: EntryAttributes, valid: float, path: bytes | None) -> None:
         """PATH: a lower regular file's, which the shim opens itself on a read Python has not opened it for."""
-        if self._lib is not None:
-            self._lib.sbx_fast_attr(ino, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev, e.st_size,
-                                    e.st_blocks, e.st_blksize, e.st_atime_ns, e.st_mtime_ns, e.st_ctime_ns,
-                                    int(valid), path)
+        if self._lib is None:
+            return
+        offset = -1
+        if path is not None:
+            offset = self._paths_size
+            self._paths.append(path + b"\0")
+            self._paths_size += len(path) + 1
+        self._records.append(_ATTR.pack(ino, e.st_size, e.st_blocks, int(valid), e.st_atime_ns, e.st_mtime_ns,
+                                        e.st_ctime_ns, e.st_mode, e.st_nlink, e.st_uid, e.st_gid, e.st_rdev,
+                                        e.st_blksize, offset, 0))
+
+    def flush(self) -> None:
+        """Send the attributes `attr` collected."""
+        if self._records:
+            assert self._lib is not None
+            self._lib.sbx_fast_attrs(b"".join(self._records), len(self._records), b"".join(self._paths))
+            self._records.clear()
+            self._paths.clear()
+            self._paths_size = 0
 
     def file(self, ino: int, fd: int) -> None:
         if self._lib is not None:
+            self.flush()
             self._lib.sbx_fast_file(ino, fd)
 
     def listed(self, ino: int, last_cookie: int) -> None:
         """The directory was listed to its end, LAST_COOKIE its last entry's: a readdir from there is empty."""
         if self._lib is not None:
+            self.flush()
             self._lib.sbx_fast_listed(ino, last_cookie)
 
     def unlisted(self, ino: int) -> None:
         """The directory's listing changed."""
-        if self._lib is not None:
-            self._lib.sbx_fast_listed(ino, 0)
+        self.listed(ino, 0)
 
     def forget(self, ino: int) -> None:
         if self._lib is not None:
+            self.flush()
             self._lib.sbx_fast_forget(ino)
 
     def counts(self) -> tuple[int, int, int]:

@@ -42,7 +42,8 @@ T = TypeVar("T")
 
 
 def handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
-    """Turn OSErrors into FUSE replies, and never let a bug kill the session."""
+    """Turn OSErrors into FUSE replies, never let a bug kill the session, and hand the shim the attributes the
+    request registered before the reply goes out."""
 
     @functools.wraps(fn)
     async def wrapper(self: "UnionFS", *args: Any) -> T:
@@ -55,6 +56,8 @@ def handler(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except Exception:
             log.exception("internal error in %s", fn.__name__)
             raise FUSEError(errno.EIO) from None
+        finally:
+            fast.flush()
 
     return wrapper
 

@@ -93,8 +93,15 @@ class Override:
             return None
 
 
+_OWNER_NAME = os.fsdecode(OWNER_XATTR)
+
+
 def read_override(path: bytes) -> Override | None:
+    """Listed first: most objects have no override, and a getxattr that fails costs Python an exception, twice
+    the listxattr's price (the daemon asks once per entry of every directory it lists)."""
     try:
+        if _OWNER_NAME not in os.listxattr(path, follow_symlinks=False):
+            return None
         return Override.decode(os.getxattr(path, OWNER_XATTR, follow_symlinks=False))
     except OSError as exc:
         if exc.errno in (errno.ENODATA, errno.ENOTSUP, errno.EPERM, errno.ENOENT, errno.EACCES):

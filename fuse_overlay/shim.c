@@ -240,35 +240,46 @@ static void drop_own_fd(struct known *k)
     k->own_fd = 0;
 }
 
-/* PATH (a lower regular file's, NULL for anything else) is opened on the first read Python has not answered */
-void sbx_fast_attr(uint64_t ino, uint32_t mode, uint32_t nlink, uint32_t uid, uint32_t gid, uint32_t rdev,
-                   uint64_t size, uint64_t blocks, uint32_t blksize, int64_t atime_ns, int64_t mtime_ns,
-                   int64_t ctime_ns, uint64_t valid, const char *path)
-{
-    struct known *k = known(ino, 1);
+/* One object's attributes, as Python packs them (libfuse.py's _ATTR, struct "=QQQQqqqIIIIIIiI"): a whole
+ * listing's in one call, where a call per entry cost Python more than its lstat. */
+struct sbx_attr_rec {
+    uint64_t ino, size, blocks, valid;
+    int64_t atime_ns, mtime_ns, ctime_ns;
+    uint32_t mode, nlink, uid, gid, rdev, blksize;
+    int32_t path;  /* offset in `paths` of a lower regular file's path, opened on the first read Python has not
+                      answered; -1: none */
+    uint32_t unused;
+};
+_Static_assert(sizeof(struct sbx_attr_rec) == 88, "the record Python packs");
 
-    if (k == NULL)
-        return;
-    if (path != NULL && k->path == NULL)
-        k->path = strdup(path);  /* (none, out of memory: Python opens it) */
-    memset(&k->attr, 0, sizeof(k->attr));
-    k->attr.ino = ino;
-    k->attr.mode = mode;
-    k->attr.nlink = nlink;
-    k->attr.uid = uid;
-    k->attr.gid = gid;
-    k->attr.rdev = rdev;
-    k->attr.size = size;
-    k->attr.blocks = blocks;
-    k->attr.blksize = blksize;
-    k->attr.atime = atime_ns / 1000000000;
-    k->attr.atimensec = atime_ns % 1000000000;
-    k->attr.mtime = mtime_ns / 1000000000;
-    k->attr.mtimensec = mtime_ns % 1000000000;
-    k->attr.ctime = ctime_ns / 1000000000;
-    k->attr.ctimensec = ctime_ns % 1000000000;
-    k->attr_valid = valid;
-    k->has_attr = 1;
+void sbx_fast_attrs(const struct sbx_attr_rec *recs, size_t n, const char *paths)
+{
+    for (const struct sbx_attr_rec *r = recs; r < recs + n; r++) {
+        struct known *k = known(r->ino, 1);
+
+        if (k == NULL)
+            continue;
+        if (r->path >= 0 && k->path == NULL)
+            k->path = strdup(paths + r->path);  /* (none, out of memory: Python opens it) */
+        memset(&k->attr, 0, sizeof(k->attr));
+        k->attr.ino = r->ino;
+        k->attr.mode = r->mode;
+        k->attr.nlink = r->nlink;
+        k->attr.uid = r->uid;
+        k->attr.gid = r->gid;
+        k->attr.rdev = r->rdev;
+        k->attr.size = r->size;
+        k->attr.blocks = r->blocks;
+        k->attr.blksize = r->blksize;
+        k->attr.atime = r->atime_ns / 1000000000;
+        k->attr.atimensec = r->atime_ns % 1000000000;
+        k->attr.mtime = r->mtime_ns / 1000000000;
+        k->attr.mtimensec = r->mtime_ns % 1000000000;
+        k->attr.ctime = r->ctime_ns / 1000000000;
+        k->attr.ctimensec = r->ctime_ns % 1000000000;
+        k->attr_valid = r->valid;
+        k->has_attr = 1;
+    }
 }
 
 /* Python's descriptor; FD < 0 withdraws it */

@@ -461,7 +461,7 @@ class Union:
         self._relist(parent)
         if node.parent is parent and node.name == name:
             if node.aliases:
-                node.parent, node.name = node.aliases.pop()
+                node.move(*node.aliases.pop())
                 return
             node.unlinked = True
             self.table.drop_key(node)
@@ -620,7 +620,7 @@ class Union:
         p1.children.pop(n1, None)
         self._relist(p1)
         if node.parent is p1 and node.name == n1:
-            node.parent, node.name = p2, n2
+            node.move(p2, n2)
         else:
             node.aliases = [(p2, n2) if (a[0] is p1 and a[1] == n1) else a for a in node.aliases]
         p2.children[n2] = node
@@ -642,7 +642,7 @@ class Union:
         rename2(up1, up2, RENAME_EXCHANGE)
         for node, old_p, old_n, new_p, new_n in ((a, p1, n1, p2, n2), (b, p2, n2, p1, n1)):
             if node.parent is old_p and node.name == old_n:
-                node.parent, node.name = new_p, new_n
+                node.move(new_p, new_n)
             else:
                 node.aliases = [(new_p, new_n) if (x[0] is old_p and x[1] == old_n) else x for x in node.aliases]
         p1.children[n1] = b
