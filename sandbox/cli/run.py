@@ -132,8 +132,9 @@ def build(run: argparse.ArgumentParser) -> None:
                           "instead of the host's system dirs")
     run.add_argument("--fs", default="auto", metavar="fuse|kernel|auto",
                      help="the union of --lower layers: sbx-overlayfs (FUSE), kernel overlayfs, or (auto, the "
-                          "default) kernel unless the run needs FUSE: --upper, --commit, or an image with files of "
-                          "the program's uid or gid. kernel refuses --upper: it would write straight into the host "
+                          "default) kernel unless the run needs FUSE: --upper, --commit, or, without a subordinate "
+                          "id range, an image with files of the program's uid or gid (with one, the kernel union "
+                          "shows in-image owners too). kernel refuses --upper: it would write straight into the host "
                           "dir, where --disk and --inodes cannot hold")
     run.add_argument("--upper", metavar="DIR",
                      help="keep what the program wrote over the --lower layers here, at most --disk bytes and "

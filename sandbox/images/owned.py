@@ -28,6 +28,7 @@ kernel union showed every owner before.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import json
@@ -111,11 +112,13 @@ def _helper(ids: IdMap, *argv: str) -> None:
         if child.stdout.readline() == b"unshared\n":
             try:
                 write_id_maps(ids, child.pid)
-                child.stdin.write(b"mapped\n")
             except BaseException:
                 child.kill()
                 raise
-        child.stdin.close()
+            with contextlib.suppress(BrokenPipeError):  # (it ended: its stderr says why)
+                child.stdin.write(b"mapped\n")
+        with contextlib.suppress(BrokenPipeError):
+            child.stdin.close()
         said = child.stderr.read() if child.stderr else b""
     finally:
         child.wait()
