@@ -414,6 +414,11 @@ def test_a_real_debian_image_from_mmdebstrap(tmp_path: Path, debian_rootfs: Path
             timeout=120)
     assert r.returncode == 0 and r.stdout.startswith(b"12."), r.stderr
     assert b"apt " in r.stdout
+    # both unions show Debian's owners and modes alike (podman showed the same, save its own /etc/hosts)
+    tree = ["--", "sh", "-c", r"find /etc /usr /var -xdev \( -type f -o -type d \) -printf '%U:%G %m %p\n' | sort"]
+    kernel, fuse = (sbx("run", "--image", "debian:12", "--fs", fs, *tree, timeout=120) for fs in ("kernel", "fuse"))
+    assert kernel.stdout == fuse.stdout and b"\n0:42 640 /etc/shadow\n" in kernel.stdout, kernel.stderr
+    assert b"\n0:8 775 /var/mail\n" in kernel.stdout
     # root of the box: dpkg installs a local package, useradd and su work, and a commit keeps the owners
     deb = _local_deb(tmp_path)
     r = sbx("run", "--image", "debian:12", "--user", "0", "--policy", "build", "--commit", "debian:hello",
