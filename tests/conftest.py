@@ -6,14 +6,17 @@ from __future__ import annotations
 import inspect
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import fuse_overlay
 import sandbox
+from image_helpers import views
 from sandbox import Sandbox
+from sandbox.box.userns import detect
+from sandbox.images import owned
 
 CHECKOUT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +45,17 @@ def debian_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run(["mmdebstrap", "--quiet", "--mode=unshare", "--variant=minbase", "--include=redis-server",
                     "bookworm", str(rootfs)], check=True, timeout=900, stdout=subprocess.DEVNULL)
     return rootfs
+
+
+@pytest.fixture(autouse=True)
+def _image_views_removed(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test's image store (`XDG_DATA_HOME=tmp_path/data`) may hold views of in-image owners that the kernel union
+    made (sandbox/images/owned.py), owned by the subordinate ids: removed after the test as `sbx image prune` does,
+    since pytest cannot remove them from its old temporary dirs."""
+    tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
+    yield
+    if tmp is not None:
+        owned.remove(views(tmp / "data" / "sbx" / "images"), detect())
 
 
 @pytest.fixture

@@ -14,8 +14,17 @@ from pathlib import Path
 
 import zstandard
 
+from sandbox.images import owned
+
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
 APPLETS = ("sh", "ls", "cat", "echo", "rm", "mkdir", "touch", "stat", "id", "pwd", "env", "test", "true", "printf")
+
+
+def views(store: Path) -> list[str]:
+    """The views of in-image owners (and partial ones) in the image store `store` (sandbox/images/owned.py)."""
+    layers = store / "layers"
+    return [str(layers / h / n) for h in (os.listdir(layers) if layers.is_dir() else ())
+            for n in os.listdir(layers / h) if n.startswith(owned.VIEWS)]
 
 
 def busybox_rootfs(into: Path) -> Path:

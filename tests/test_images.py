@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from helpers import free_port, sbx, wait_for_port
-from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of
+from image_helpers import Entry, OciImage, busybox_rootfs, layer_tar, tar_of, views
 from sandbox import Sandbox, SandboxPool, Status
 from sandbox.box.userns import detect
 from sandbox.images import owned
@@ -29,24 +29,13 @@ from sandbox.images.unpack import ArchiveError, Caps
 
 
 @pytest.fixture(autouse=True)
-def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
-    """Each test its own store (the API and the command line both find it through XDG_DATA_HOME); the views of
-    in-image owners the kernel union made, owned by subordinate ids, are removed as `sbx image prune` does."""
+def store_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test its own store (the API and the command line both find it through XDG_DATA_HOME; conftest.py removes
+    the views of owners the kernel union made in it)."""
     home = tmp_path / "data"
     home.mkdir()
     monkeypatch.setenv("XDG_DATA_HOME", str(home))
-    yield home / "sbx" / "images"
-    _remove_views(home / "sbx" / "images")
-
-
-def _views(store: Path) -> list[str]:
-    layers = store / "layers"
-    return [str(layers / h / n) for h in (os.listdir(layers) if layers.is_dir() else ())
-            for n in os.listdir(layers / h) if n.startswith(owned.VIEWS)]
-
-
-def _remove_views(store: Path) -> None:
-    owned.remove(_views(store), detect())
+    return home / "sbx" / "images"
 
 
 @pytest.fixture(scope="module")
@@ -218,7 +207,7 @@ def test_a_view_of_owners_is_made_once_by_concurrent_boxes(rootfs: Path, tmp_pat
     for t in threads:
         t.join()
     assert [(r.returncode, r.stdout) for r in results] == [(0, b"1000\n")] * 4, [r.stderr for r in results]
-    assert len(_views(store_home)) == 1
+    assert len(views(store_home)) == 1
     assert not any(n.startswith("part-") for h in os.listdir(store_home / "layers")
                    for n in os.listdir(store_home / "layers" / h))
 
