@@ -202,11 +202,12 @@ class Spec:
             raise ConfigError("--user 0 with a union root needs --fs fuse: the kernel union shows the layers' files "
                               "as owned by the sandbox's root, which the program's namespace does not have")
         self.fs = fs
-        self._owned: tuple[str, ...] = ()  # layer dirs whose owners the kernel union shows through views
+        self._views: tuple[str, ...] = ()  # through which the kernel union shows the layers' owners (owned.py)
         if fs == "kernel" and self.image is not None and self.ids.mode == "range":
             from .images import owned
-            self._owned = tuple(self._store.layer_dir(c) for c in reversed(self.image.chain_ids))
-            self._lowers = tuple(owned.lowers(self._owned, self.ids))
+            layers, views = owned.lowers([self._store.layer_dir(c) for c in reversed(self.image.chain_ids)],
+                                         self.ids)
+            self._lowers, self._views = tuple(layers), tuple(views)
         if self._commit is not None and (self.image is None or self.fs != "fuse"):
             raise ConfigError("--commit needs --image and the FUSE union (--fs fuse): the kernel union's upper "
                               "lives inside the box")
@@ -288,9 +289,9 @@ class Spec:
             self._locks += fds
             if pinned.digest != self.image.digest:
                 raise ConfigError(f"image {self.image.ref}: it was replaced by another since this sandbox was made")
-        if self._owned:  # made once per layer and id range, by the first box that needs them
+        if self._views:  # made once per layer and id range, by the first box that needs them
             from .images import owned
-            owned.ensure(self._owned, self.ids)
+            owned.ensure(self._views, self.ids)
 
     def release(self) -> None:
         """Let go of the pins and the upper's lock (the daemon holds its own copies until it exits)."""

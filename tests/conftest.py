@@ -54,8 +54,9 @@ def _image_views_removed(request: pytest.FixtureRequest) -> Iterator[None]:
     since pytest cannot remove them from its old temporary dirs."""
     tmp = request.getfixturevalue("tmp_path") if "tmp_path" in request.fixturenames else None
     yield
-    if tmp is not None:
-        owned.remove(views(tmp / "data" / "sbx" / "images"), detect())
+    made = views(tmp / "data" / "sbx" / "images") if tmp is not None else []
+    if made:
+        owned.remove(made, detect())
 
 
 @pytest.fixture

@@ -59,35 +59,40 @@ def view_name(ids: IdMap) -> str:
     return f"owned-{ids.subuid[0]}+{ids.subuid[1]}-{ids.subgid[0]}+{ids.subgid[1]}"
 
 
-def has_owners(layer: str) -> bool:
-    """Whether the layer dir's entries have owners other than root; a layer unpacked before owners were noted
-    counts as one that has."""
+def recorded_owners(layer: str) -> tuple[list[int], list[int]] | None:
+    """The uids and gids other than root that the layer dir's entries have (`OWNERS`); None for a layer unpacked
+    before owners were noted, or whose record cannot be read: it counts as one that has any."""
     try:
         with open(os.path.join(layer, OWNERS)) as f:
             owners = json.load(f)
-        return bool(owners["uids"] or owners["gids"])
+        return list(owners["uids"]), list(owners["gids"])
     except (OSError, ValueError, KeyError, TypeError):
-        return True
+        return None
 
 
-def lowers(layers: Sequence[str], ids: IdMap) -> list[str]:
+def has_owners(layer: str) -> bool:
+    owners = recorded_owners(layer)
+    return owners is None or bool(owners[0] or owners[1])
+
+
+def lowers(layers: Sequence[str], ids: IdMap) -> tuple[list[str], list[str]]:
     """The kernel union's lowers for the layer dirs `layers` (topmost first): each layer's root, under its view
-    where it has owners (`ensure` makes the views)."""
-    out = []
+    where it has owners; and those views, which `ensure` makes."""
+    out, views = [], []
     for layer in layers:
         if has_owners(layer):
-            out.append(os.path.join(layer, view_name(ids)))
+            views.append(os.path.join(layer, view_name(ids)))
+            out.append(views[-1])
         out.append(os.path.join(layer, "root"))
-    return out
+    return out, views
 
 
-def ensure(layers: Sequence[str], ids: IdMap) -> None:
-    """Make the views `lowers` names for `layers` that are not there yet, in one mapped helper; the caller holds
-    the layers pinned (no prune takes them meanwhile)."""
-    name = view_name(ids)
-    missing = [layer for layer in layers if has_owners(layer) and not os.path.isdir(os.path.join(layer, name))]
+def ensure(views: Sequence[str], ids: IdMap) -> None:
+    """Make the views (of `lowers`) that are not there yet, in one mapped helper; the caller holds their layers
+    pinned (no prune takes them meanwhile)."""
+    missing = [os.path.dirname(view) for view in views if not os.path.isdir(view)]
     if missing:
-        _helper(ids, "build", name, *missing)
+        _helper(ids, "build", view_name(ids), *missing)
 
 
 def remove(paths: Sequence[str], ids: IdMap) -> None:
@@ -278,7 +283,7 @@ def _copy_owned(src_root: str, dst_root: str, count: tuple[int, int]) -> None:
 
 
 def _owner(fd: int) -> bytes | None:
-    from .unpack import OWNER_XATTR
+    from fuse_overlay.markers import OWNER_XATTR  # (the helper's alone: not loaded for a box's start)
 
     try:
         return os.getxattr(fd, OWNER_XATTR)
@@ -303,13 +308,14 @@ def _copy_file(src: int, st: os.stat_result, owner: bytes, dst_dir: int, name: s
 def _set_owner(fd: int, st: os.stat_result, owner: bytes | None, count: tuple[int, int]) -> None:
     """The owner and mode the layer's record gives (else root's, and the mode the layer has), ids past the range
     left to box root; no setuid or setgid bit on a file."""
+    from fuse_overlay.ownership import Override
+
     uid, gid, mode = 0, 0, st.st_mode
     if owner is not None:
-        try:
-            fields = owner.split(b":")
-            uid, gid, mode = int(fields[0]), int(fields[1]), int(fields[2], 8)
-        except (ValueError, IndexError):
-            raise SetupError(f"a malformed owner record {owner!r} in a layer") from None
+        record = Override.decode(owner)
+        if record is None:
+            raise SetupError(f"a malformed owner record {owner!r} in a layer")
+        uid, gid, mode = record.uid, record.gid, record.mode
     bits = stat.S_IMODE(mode) & (0o3777 if stat.S_ISDIR(st.st_mode) else 0o1777)
     os.fchown(fd, uid if 0 <= uid <= count[0] else 0, gid if 0 <= gid <= count[1] else 0)
     os.fchmod(fd, bits)

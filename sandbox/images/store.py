@@ -221,12 +221,8 @@ class Store:
         range only the FUSE union shows (unpack.py's OWNER_XATTR, owned.py); a layer unpacked before owners were
         noted counts as one that is."""
         for chain in image.chain_ids:
-            try:
-                with open(os.path.join(self.layer_dir(chain), owned.OWNERS)) as f:
-                    owners = json.load(f)
-            except (OSError, ValueError):
-                return True
-            if uid in owners["uids"] or gid in owners["gids"]:
+            owners = owned.recorded_owners(self.layer_dir(chain))
+            if owners is None or uid in owners[0] or gid in owners[1]:
                 return True
         return False
 
